@@ -1,0 +1,96 @@
+"""Sans-I/O STOMP 1.0/1.1/1.2 server core: bytes and time in, frames and requests out.
+
+The package imports nothing from flask, gevent, geventwebsocket, redis or socket,
+and nothing from the rest of ``app``; ``tests/unit/test_stomp_sans_io.py`` proves it.
+
+* :mod:`.frames`: :class:`Frame`, header escaping, :func:`serialize`.
+* :mod:`.parser`: :class:`FrameParser` (bytes -> frames and heart-beats) and :class:`Limits`.
+* :mod:`.errors`: the :class:`StompError` family, each with a ``kind`` and an ERROR frame.
+* :mod:`.session`: :class:`StompSession`, one connection's state machine, its
+  :class:`StompConfig`, and the requests it makes of the broker.
+"""
+
+from .errors import (
+    AuthError,
+    BadContentLength,
+    BadEscape,
+    BrokerError,
+    ConnectTimeout,
+    FrameError,
+    HeartbeatTimeout,
+    LimitExceeded,
+    MissingHeader,
+    ProtocolViolation,
+    StompError,
+    UnsupportedVersion,
+)
+from .frames import (
+    HEARTBEAT,
+    SUPPORTED_VERSIONS,
+    Frame,
+    Heartbeat,
+    escape_header,
+    escapes_headers,
+    header_representable,
+    serialize,
+    unescape_header,
+)
+from .parser import FrameParser, Limits
+from .session import (
+    ACK_MODES,
+    Ack,
+    BadDestination,
+    Closed,
+    Connect,
+    LoginHook,
+    Nack,
+    Request,
+    Send,
+    SessionState,
+    StompConfig,
+    StompSession,
+    Subscribe,
+    Unsubscribe,
+    accept_all,
+)
+
+__all__ = [
+    "ACK_MODES",
+    "HEARTBEAT",
+    "SUPPORTED_VERSIONS",
+    "Ack",
+    "AuthError",
+    "BadContentLength",
+    "BadDestination",
+    "BadEscape",
+    "BrokerError",
+    "Closed",
+    "Connect",
+    "ConnectTimeout",
+    "Frame",
+    "FrameError",
+    "FrameParser",
+    "Heartbeat",
+    "HeartbeatTimeout",
+    "LimitExceeded",
+    "Limits",
+    "LoginHook",
+    "MissingHeader",
+    "Nack",
+    "ProtocolViolation",
+    "Request",
+    "Send",
+    "SessionState",
+    "StompConfig",
+    "StompError",
+    "StompSession",
+    "Subscribe",
+    "Unsubscribe",
+    "UnsupportedVersion",
+    "accept_all",
+    "escape_header",
+    "escapes_headers",
+    "header_representable",
+    "serialize",
+    "unescape_header",
+]

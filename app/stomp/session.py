@@ -1,0 +1,976 @@
+"""One STOMP connection's state machine, sans-I/O (STOMP 1.0, 1.1 and 1.2).
+
+:class:`StompSession` never touches a socket, a clock or the event hub. The I/O
+layer (``app/transports/stomp_ws.py``) drives it like this::
+
+    session = StompSession(StompConfig(...), now=clock())
+    # for every WebSocket message received:
+    session.receive_data(message_bytes, now=clock())
+    # whenever the session's deadline passes (see next_deadline()):
+    session.tick(now=clock())
+    # after each of the calls above, and after deliver():
+    for request in session.requests():    # Connect, Subscribe, Send, Ack, Closed, ...
+        ...                               # map onto the hub
+    for chunk in session.data_to_send():  # one frame or one heart-beat each
+        ...                               # one WebSocket message per chunk
+    if session.closed:
+        ...                               # close the WebSocket
+    # when the hub has an event for subscription ``sub_id``:
+    if session.can_deliver(sub_id):
+        session.deliver(sub_id, body, {"event-id": ..., "content-type": ...}, now=clock())
+    # when the socket goes away without a DISCONNECT:
+    session.connection_lost()
+
+Which client command is allowed in which state is the table :data:`_HANDLERS`;
+every failure is a :class:`~app.stomp.errors.StompError`, answered in one place
+(:meth:`StompSession._fail`) with an ERROR frame, after which the session is
+closed.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Union
+
+from .errors import (
+    AuthError,
+    BrokerError,
+    ConnectTimeout,
+    HeartbeatTimeout,
+    LimitExceeded,
+    MissingHeader,
+    ProtocolViolation,
+    StompError,
+    UnsupportedVersion,
+)
+from .frames import (
+    CLIENT_COMMANDS,
+    EOL,
+    SERVER_COMMANDS,
+    SUPPORTED_VERSIONS,
+    Frame,
+    escapes_headers,
+    header_representable,
+    serialize,
+)
+from .parser import FrameParser, Limits
+
+__all__ = [
+    "ACK_MODES",
+    "Ack",
+    "BadDestination",
+    "Closed",
+    "Connect",
+    "LoginHook",
+    "Nack",
+    "Request",
+    "Send",
+    "SessionState",
+    "StompConfig",
+    "StompSession",
+    "Subscribe",
+    "Unsubscribe",
+    "accept_all",
+]
+
+#: STOMP 1.2, "SUBSCRIBE ack Header": the valid values; ``auto`` when absent.
+ACK_MODES = frozenset({"auto", "client", "client-individual"})
+
+# MESSAGE headers the session writes itself; deliver() drops extra headers by
+# these names, so a broker cannot forge or duplicate them.
+_RESERVED_MESSAGE_HEADERS = frozenset(
+    {"subscription", "message-id", "destination", "ack", "content-length", "redelivered"}
+)
+
+_HEART_BEAT = re.compile(r"\s*([0-9]{1,9})\s*,\s*([0-9]{1,9})\s*")
+_COUNT = re.compile(r"[0-9]{1,9}")
+
+
+class BadDestination(ProtocolViolation):
+    """The ``validate_destination`` hook refused a SEND or SUBSCRIBE destination."""
+
+    kind = "bad-destination"
+
+
+# --- broker-facing requests (frozen, like h11's events) ------------------------------
+
+
+@dataclass(frozen=True)
+class Connect:
+    """The client connected; CONNECTED has been queued.
+
+    Attributes:
+        version: the negotiated STOMP version (``"1.0"``, ``"1.1"`` or ``"1.2"``).
+        login: the CONNECT ``login`` header, as accepted by the login hook.
+        host: the CONNECT ``host`` header, whatever it is (no virtual hosts here).
+        session_id: the ``session`` header sent in CONNECTED.
+        heart_beat: negotiated ``(client_to_server_ms, server_to_client_ms)``;
+            0 means none in that direction.
+    """
+
+    version: str
+    login: str | None
+    host: str | None
+    session_id: str
+    heart_beat: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """The client subscribed; deliver its messages with :meth:`StompSession.deliver`.
+
+    Attributes:
+        sub_id: the subscription id (STOMP 1.0 without ``id``: the destination).
+        destination: where to listen, e.g. ``/topic/chat``.
+        ack_mode: ``auto``, ``client`` or ``client-individual``.
+        last_event_id: the ``last-event-id`` header (resume after this cursor), or ``None``.
+        prefetch: the ``prefetch-count`` header, or ``None``. The session caps
+            unacknowledged messages at ``min(prefetch, max_unacked)`` in the
+            client ack modes (0 or absent: ``max_unacked``).
+        headers: every header of the SUBSCRIBE frame, for server-specific options.
+    """
+
+    sub_id: str
+    destination: str
+    ack_mode: str
+    last_event_id: str | None
+    prefetch: int | None
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    """The client removed a subscription; stop delivering to it.
+
+    Attributes:
+        sub_id: the subscription id.
+        destination: its destination.
+    """
+
+    sub_id: str
+    destination: str
+
+
+@dataclass(frozen=True)
+class Send:
+    """Publish a message the client sent (at once, or when its transaction committed).
+
+    Attributes:
+        destination: the SEND ``destination``.
+        body: the body octets.
+        content_type: the ``content-type`` header, or ``None`` (a binary blob).
+        headers: every header of the SEND frame (user-defined ones included).
+        transaction: the committed transaction it belonged to, or ``None``.
+    """
+
+    destination: str
+    body: bytes
+    content_type: str | None
+    headers: tuple[tuple[str, str], ...]
+    transaction: str | None = None
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Messages were acknowledged; :meth:`StompSession.can_deliver` may now be true again.
+
+    Attributes:
+        sub_id: the subscription.
+        message_ids: the ``message-id`` of each message acknowledged, oldest first.
+    """
+
+    sub_id: str
+    message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Nack:
+    """Messages were refused by the client and have been redelivered (informational).
+
+    Attributes:
+        sub_id: the subscription.
+        message_ids: the ``message-id`` of each message redelivered, oldest first.
+    """
+
+    sub_id: str
+    message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The session is over: drop its subscriptions and close the connection.
+
+    Attributes:
+        reason: why, in a few words.
+        error_kind: the :attr:`StompError.kind` that closed it, or ``None`` for a
+            DISCONNECT or a lost connection.
+    """
+
+    reason: str
+    error_kind: str | None = None
+
+
+Request = Union[Connect, Subscribe, Unsubscribe, Send, Ack, Nack, Closed]
+
+#: ``hook(login, passcode) -> bool``: accept or reject a CONNECT's credentials.
+#: Either may be ``None`` when the header is absent. The hook may raise
+#: :class:`~app.stomp.errors.AuthError` to choose the ERROR message.
+LoginHook = Callable[[Union[str, None], Union[str, None]], bool]
+
+
+def accept_all(login: str | None, passcode: str | None) -> bool:
+    """Accept any credentials (the default login hook).
+
+    Args:
+        login: the CONNECT ``login`` header, or ``None``.
+        passcode: the CONNECT ``passcode`` header, or ``None``.
+
+    Returns:
+        Always ``True``.
+    """
+    return True
+
+
+@dataclass(frozen=True)
+class StompConfig:
+    """Settings for one :class:`StompSession`.
+
+    Attributes:
+        limits: inbound frame size limits (STOMP 1.2, "Size Limits").
+        heart_beat: the server's ``(sx, sy)`` in ms for the CONNECTED
+            ``heart-beat`` header: the smallest interval at which it can send
+            heart-beats, and the interval at which it wants them; 0 = none.
+        heartbeat_margin: a client expected to send every ``n`` ms is
+            disconnected after ``n * heartbeat_margin`` ms of silence
+            (STOMP 1.2: "the receiver SHOULD be tolerant and take into account
+            an error margin").
+        connect_timeout: seconds a client may take to send CONNECT, or ``None``.
+        authenticate: the login hook, see :data:`LoginHook`.
+        validate_destination: ``hook(destination) -> error message or None``,
+            applied to SEND and SUBSCRIBE destinations; ``None`` accepts all.
+        server_name: the CONNECTED ``server`` header.
+        versions: the versions offered, a subset of ``("1.0", "1.1", "1.2")``.
+        max_subscriptions: open subscriptions allowed per session.
+        max_unacked: unacknowledged messages per ``client``/``client-individual``
+            subscription; also the upper bound of ``prefetch-count``.
+        max_transactions: transactions open at once per session.
+        max_transaction_frames: frames held by one transaction before COMMIT.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    heart_beat: tuple[int, int] = (10000, 10000)
+    heartbeat_margin: float = 2.0
+    connect_timeout: float | None = 30.0
+    authenticate: LoginHook = accept_all
+    validate_destination: Callable[[str], str | None] | None = None
+    server_name: str = "Switchboard"
+    versions: tuple[str, ...] = SUPPORTED_VERSIONS
+    max_subscriptions: int = 256
+    max_unacked: int = 256
+    max_transactions: int = 16
+    max_transaction_frames: int = 1000
+
+    def __post_init__(self) -> None:
+        """Validate the settings.
+
+        Raises:
+            ValueError: a setting is out of range or a version is not supported.
+        """
+        sx, sy = self.heart_beat
+        if min(sx, sy) < 0:
+            raise ValueError("heart_beat values must be >= 0 ms")
+        if self.heartbeat_margin < 1:
+            raise ValueError("heartbeat_margin must be >= 1")
+        if not self.versions or not set(self.versions) <= set(SUPPORTED_VERSIONS):
+            raise ValueError(f"versions must be a non-empty subset of {SUPPORTED_VERSIONS}")
+        if not header_representable("server", self.server_name, escaped=False):
+            raise ValueError("server_name must not contain CR or LF")
+        for name in ("max_subscriptions", "max_unacked", "max_transactions", "max_transaction_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+class SessionState(enum.Enum):
+    """Where a session is in its life (see :data:`_HANDLERS`)."""
+
+    AWAITING_CONNECT = "awaiting-connect"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class _Subscription:
+    # Mutable bookkeeping for one subscription; never handed out.
+    __slots__ = ("sub_id", "destination", "ack_mode", "window", "pending")
+
+    def __init__(self, sub_id: str, destination: str, ack_mode: str, window: int) -> None:
+        self.sub_id = sub_id
+        self.destination = destination
+        self.ack_mode = ack_mode
+        self.window = window
+        # message-id -> MESSAGE frame awaiting ACK/NACK, in the order sent.
+        self.pending: OrderedDict[str, Frame] = OrderedDict()
+
+
+class StompSession:
+    """The server side of one STOMP connection, fed bytes and the time.
+
+    Inputs: :meth:`receive_data`, :meth:`tick`, :meth:`deliver`,
+    :meth:`send_error`, :meth:`connection_lost`. Outputs: :meth:`data_to_send`
+    (bytes for the client) and :meth:`requests` (work for the broker). Time is
+    always passed in, in seconds, from any monotonic clock.
+
+    Versions: a 1.0 session neither escapes nor unescapes headers, has no
+    heart-beats, no NACK, and identifies a subscription without ``id`` by its
+    destination; ACK uses ``message-id`` (1.0), ``message-id`` + ``subscription``
+    (1.1) or ``id``, the MESSAGE's ``ack`` header (1.2).
+
+    Attributes:
+        config: the :class:`StompConfig`.
+        session_id: the id sent in CONNECTED's ``session`` header and used as
+            the prefix of every ``message-id``.
+        error: the :class:`StompError` that closed the session, or ``None``.
+        close_reason: why the session closed, or ``None`` while open.
+    """
+
+    def __init__(
+        self,
+        config: StompConfig | None = None,
+        *,
+        now: float | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        """Create a session waiting for CONNECT.
+
+        Args:
+            config: the settings; ``StompConfig()`` when omitted.
+            now: the time the connection opened, which starts
+                ``connect_timeout``; when omitted, the first :meth:`receive_data`
+                or :meth:`tick` starts it.
+            session_id: the session id; a random one when omitted.
+        """
+        self.config = config if config is not None else StompConfig()
+        self.session_id = session_id if session_id is not None else secrets.token_hex(8)
+        self.error: StompError | None = None
+        self.close_reason: str | None = None
+        self._parser = FrameParser(self.config.limits)
+        self._state = SessionState.AWAITING_CONNECT
+        self._version: str | None = None
+        self._heart_beat = (0, 0)
+        self._outgoing: list[bytes] = []
+        self._requests: list[Request] = []
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._ack_index: dict[str, str] = {}  # pending message-id -> subscription id
+        self._transactions: dict[str, list[Frame]] = {}
+        self._message_numbers = itertools.count(1)
+        # Time bookkeeping, all in seconds of the caller's clock.
+        self._started_at = now
+        self._clock = now
+        self._last_received = now
+        self._silence_limit = 0.0  # close after this much client silence; 0 = never
+        self._heartbeat_every = 0.0  # send an EOL after this much server silence; 0 = never
+        self._next_heartbeat_at = 0.0
+
+    # --- state ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        """The current :class:`SessionState`."""
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session is over; close the connection once its data is sent."""
+        return self._state is SessionState.CLOSED
+
+    @property
+    def version(self) -> str | None:
+        """The negotiated STOMP version, or ``None`` before CONNECT."""
+        return self._version
+
+    @property
+    def heart_beat(self) -> tuple[int, int]:
+        """Negotiated ``(client_to_server_ms, server_to_client_ms)``; 0 = none."""
+        return self._heart_beat
+
+    # --- outputs ----------------------------------------------------------------------
+
+    def data_to_send(self) -> list[bytes]:
+        """Return and forget the bytes queued for the client.
+
+        Returns:
+            One chunk per frame or heart-beat, in order. Send each as one
+            WebSocket message (text if it is valid UTF-8, else binary). After
+            the last chunk, if :attr:`closed`, close the connection.
+        """
+        chunks, self._outgoing = self._outgoing, []
+        return chunks
+
+    def requests(self) -> list[Request]:
+        """Return and forget the requests for the broker produced so far.
+
+        Returns:
+            :class:`Connect`, :class:`Subscribe`, :class:`Unsubscribe`,
+            :class:`Send`, :class:`Ack`, :class:`Nack` and finally
+            :class:`Closed`, in the order the client's frames caused them.
+        """
+        requests, self._requests = self._requests, []
+        return requests
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Process bytes received from the client.
+
+        Any bytes, even part of a frame, count as a sign of life for heart-beating.
+        Frames are handled in order; a protocol error queues an ERROR frame and
+        closes the session, and the rest of ``data`` is ignored. Data received
+        after the session closed is ignored.
+
+        Args:
+            data: one WebSocket message's payload (any chunking of the stream).
+            now: the current time in seconds.
+        """
+        if self.closed:
+            return
+        self._advance(now)
+        if data:
+            self._last_received = now
+        frame: Frame | None = None
+        try:
+            self._parser.feed(data)
+            while not self.closed:
+                item = self._parser.next_item()
+                if item is None:
+                    break
+                if isinstance(item, Frame):  # a HEARTBEAT needs nothing beyond _last_received
+                    frame = item
+                    self._handle_frame(item)
+                    frame = None
+        except StompError as err:
+            if frame is not None and err.receipt_id is None:
+                err.receipt_id = frame.get("receipt")
+            self._fail(err)
+
+    def tick(self, now: float) -> None:
+        """Do the time-driven work due at ``now``.
+
+        Queues a heart-beat EOL when the server has been silent for the
+        negotiated interval, and closes the session (ERROR frame, then
+        :class:`Closed`) when the client has sent nothing for its interval
+        times ``heartbeat_margin``, or has not sent CONNECT within
+        ``connect_timeout``. Call it at :meth:`next_deadline`; calling it more
+        often is harmless.
+
+        Args:
+            now: the current time in seconds.
+        """
+        if self.closed:
+            return
+        self._advance(now)
+        if self._state is SessionState.AWAITING_CONNECT:
+            deadline = self.next_deadline()
+            if deadline is not None and now >= deadline:
+                self._fail(
+                    ConnectTimeout(
+                        "no CONNECT frame received",
+                        f"A session must start with CONNECT within {self.config.connect_timeout} s.",
+                    )
+                )
+            return
+        if self._silence_limit and now >= self._last_received + self._silence_limit:
+            # STOMP 1.2, "Heart-beating": after a window of at least <n> ms
+            # without data, the receiver MAY consider the connection as dead.
+            self._fail(
+                HeartbeatTimeout(
+                    "heart-beat timeout",
+                    f"Nothing received for {self._silence_limit:g} s; "
+                    f"heart-beats were expected every {self._heart_beat[0]} ms.",
+                )
+            )
+            return
+        if self._heartbeat_every and now >= self._next_heartbeat_at:
+            # STOMP 1.2: "if the sender has no real STOMP frame to send, it MUST send an EOL".
+            self._outgoing.append(EOL)
+            self._next_heartbeat_at = now + self._heartbeat_every
+
+    def next_deadline(self) -> float | None:
+        """Tell when :meth:`tick` must next be called.
+
+        Returns:
+            The earliest time, in seconds, at which a heart-beat is due or a
+            timeout expires; ``None`` when nothing is scheduled (closed, no
+            heart-beats negotiated, or the start time is not known yet).
+        """
+        if self.closed:
+            return None
+        if self._state is SessionState.AWAITING_CONNECT:
+            if self._started_at is None or self.config.connect_timeout is None:
+                return None
+            return self._started_at + self.config.connect_timeout
+        deadlines = []
+        if self._silence_limit and self._last_received is not None:
+            deadlines.append(self._last_received + self._silence_limit)
+        if self._heartbeat_every:
+            deadlines.append(self._next_heartbeat_at)
+        return min(deadlines) if deadlines else None
+
+    def can_deliver(self, sub_id: str) -> bool:
+        """Tell whether subscription ``sub_id`` can take another MESSAGE now.
+
+        Args:
+            sub_id: the subscription id of a :class:`Subscribe` request.
+
+        Returns:
+            ``False`` when the session is not connected, the subscription does not
+            exist (any more), or its ack mode is ``client``/``client-individual``
+            and its prefetch window (``prefetch-count``, at most ``max_unacked``)
+            is full of unacknowledged messages. Wait for an :class:`Ack` request
+            for that subscription, then ask again.
+        """
+        sub = self._subscriptions.get(sub_id)
+        return self._state is SessionState.CONNECTED and sub is not None and self._window_open(sub)
+
+    def deliver(
+        self,
+        sub_id: str,
+        body: bytes,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        *,
+        now: float | None = None,
+    ) -> str | None:
+        """Queue a MESSAGE frame for subscription ``sub_id``.
+
+        The frame carries ``subscription``, a new unique ``message-id``, the
+        subscription's ``destination``, in 1.2 with a client ack mode an ``ack``
+        header (equal to the message-id), then ``headers`` (e.g. ``event-id``,
+        ``event-type``, ``sender``, ``time``, ``content-type``; the reserved
+        names above are dropped, as are headers a 1.0 session cannot carry
+        unescaped), ``content-type: application/octet-stream`` if none was given
+        for a non-empty body, and ``content-length``. With a client ack mode the
+        message is kept until ACKed, and redelivered with ``redelivered:true``
+        when NACKed.
+
+        Args:
+            sub_id: the subscription id of a :class:`Subscribe` request.
+            body: the message body octets.
+            headers: extra MESSAGE headers, as a mapping or ``(name, value)`` pairs.
+            now: the current time in seconds; when given, the server heart-beat
+                timer restarts from it (the frame is a sign of life).
+
+        Returns:
+            The new ``message-id``; or ``None`` when nothing was queued because
+            the session is not connected, the subscription is gone, or
+            :meth:`can_deliver` is false (keep or drop the event; do not retry
+            in a loop).
+        """
+        if now is not None:
+            self._advance(now)
+        sub = self._subscriptions.get(sub_id)
+        if self._state is not SessionState.CONNECTED or sub is None or not self._window_open(sub):
+            return None
+        message_id = f"{self.session_id}-{next(self._message_numbers)}"
+        frame_headers = [
+            ("subscription", sub.sub_id),
+            ("message-id", message_id),
+            ("destination", sub.destination),
+        ]
+        if sub.ack_mode != "auto" and self._version == "1.2":
+            # STOMP 1.2, "MESSAGE": client ack modes need an ack header, which the
+            # ACK/NACK id header must then match.
+            frame_headers.append(("ack", message_id))
+        escaped = escapes_headers("MESSAGE", self._version)
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        for name, value in items:
+            name, value = str(name), str(value)
+            if name not in _RESERVED_MESSAGE_HEADERS and header_representable(name, value, escaped):
+                frame_headers.append((name, value))
+        if body and not any(name == "content-type" for name, _ in frame_headers):
+            # STOMP 1.2, "Header content-type": without one the body is a binary blob; say so.
+            frame_headers.append(("content-type", "application/octet-stream"))
+        frame = Frame("MESSAGE", tuple(frame_headers), bytes(body))
+        if sub.ack_mode != "auto":
+            sub.pending[message_id] = frame
+            self._ack_index[message_id] = sub.sub_id
+        self._send_frame(frame)
+        return message_id
+
+    def send_error(self, message: str, body: str = "", *, receipt_id: str | None = None) -> None:
+        """End the session from the server side: queue an ERROR frame, then close.
+
+        For broker-side failures (unknown destination, hub refused a publish,
+        server shutting down with a reconnect hint). Does nothing once closed.
+
+        Args:
+            message: one line for the ERROR ``message`` header.
+            body: an explanation for the ERROR body.
+            receipt_id: the ``receipt`` of the client frame concerned, if any.
+        """
+        if not self.closed:
+            self._fail(BrokerError(message, body, receipt_id=receipt_id))
+
+    def connection_lost(self, reason: str = "connection lost") -> None:
+        """Record that the connection closed without DISCONNECT.
+
+        Open transactions are aborted (STOMP 1.2, "BEGIN": "implicitly aborted
+        ... if the TCP connection fails for any reason") and a :class:`Closed`
+        request is queued. Does nothing once closed.
+
+        Args:
+            reason: the reason given in :class:`Closed`.
+        """
+        if not self.closed:
+            self._close(reason, None)
+
+    # --- frame handling -----------------------------------------------------------
+
+    def _handle_frame(self, frame: Frame) -> None:
+        handler = _HANDLERS[self._state].get(frame.command)
+        if handler is None or frame.command in _NOT_IN_VERSION.get(self._version, ()):
+            raise self._unexpected(frame.command)
+        handler(self, frame)
+        receipt = frame.get("receipt")
+        # STOMP 1.2, "Header receipt": any client frame other than CONNECT MAY ask
+        # for one; DISCONNECT answers its own before closing.
+        if receipt is not None and frame.command not in ("CONNECT", "STOMP", "DISCONNECT"):
+            self._send_frame(Frame("RECEIPT", (("receipt-id", receipt),)))
+
+    def _unexpected(self, command: str) -> ProtocolViolation:
+        shown = repr(command[:32])
+        if command in SERVER_COMMANDS:
+            return ProtocolViolation(
+                "server frame from client", f"{shown} frames are sent by the server only."
+            )
+        if command not in CLIENT_COMMANDS:
+            return ProtocolViolation("unknown command", f"{shown} is not a STOMP command.")
+        if self._state is SessionState.AWAITING_CONNECT:
+            return ProtocolViolation(
+                "frame before CONNECT", f"Expected CONNECT or STOMP, received {shown}."
+            )
+        if command in ("CONNECT", "STOMP"):
+            return ProtocolViolation("already connected", f"Received a second {shown} frame.")
+        return ProtocolViolation(
+            "command not in this version", f"{shown} is not part of STOMP {self._version}."
+        )
+
+    def _require(self, frame: Frame, name: str) -> str:
+        value = frame.get(name)
+        if value is None:
+            raise MissingHeader(
+                f"missing header {name!r}", f"{frame.command} frames require a {name!r} header."
+            )
+        return value
+
+    def _check_destination(self, destination: str) -> None:
+        hook = self.config.validate_destination
+        problem = hook(destination) if hook is not None else None
+        if problem is not None:
+            raise BadDestination("invalid destination", f"{destination[:200]!r}: {problem}")
+
+    def _on_connect(self, frame: Frame) -> None:
+        version = self._negotiate(frame.get("accept-version"))
+        # STOMP 1.0 has no heart-beating; 1.1 introduced the header.
+        cx, cy = (0, 0) if version == "1.0" else self._parse_heart_beat(frame.get("heart-beat"))
+        login = frame.get("login")
+        if not self.config.authenticate(login, frame.get("passcode")):
+            raise AuthError("authentication failed", "The login and passcode were not accepted.")
+        sx, sy = (0, 0) if version == "1.0" else self.config.heart_beat
+        # STOMP 1.2, "Heart-beating": client to server there are none if cx or sy
+        # is 0, else one every MAX(cx, sy) ms; the other way, the same with sx, cy.
+        client_to_server = max(cx, sy) if cx and sy else 0
+        server_to_client = max(sx, cy) if sx and cy else 0
+        self._heart_beat = (client_to_server, server_to_client)
+        self._silence_limit = client_to_server / 1000 * self.config.heartbeat_margin
+        self._heartbeat_every = server_to_client / 1000
+        self._version = version
+        self._parser.version = version  # the frames that follow use its escaping rules
+        self._state = SessionState.CONNECTED
+        headers = [("version", version)]
+        if version != "1.0":
+            headers.append(("heart-beat", f"{sx},{sy}"))
+        headers += [("session", self.session_id), ("server", self.config.server_name)]
+        self._send_frame(Frame("CONNECTED", tuple(headers)))
+        self._requests.append(
+            Connect(version, login, frame.get("host"), self.session_id, self._heart_beat)
+        )
+
+    def _negotiate(self, accept_version: str | None) -> str:
+        # STOMP 1.2, "Protocol Negotiation": no accept-version means 1.0 only;
+        # else the highest version both sides have in common.
+        offered = {"1.0"} if accept_version is None else {v.strip() for v in accept_version.split(",")}
+        common = [v for v in SUPPORTED_VERSIONS if v in offered and v in self.config.versions]
+        if not common:
+            supported = self.config.versions
+            raise UnsupportedVersion(
+                "no common protocol version",
+                f"Supported protocol versions are {' '.join(supported)}",
+                headers=[("version", ",".join(supported))],
+            )
+        return common[-1]
+
+    def _parse_heart_beat(self, value: str | None) -> tuple[int, int]:
+        # STOMP 1.2: a missing header is "heart-beat:0,0"; else two integers.
+        if value is None:
+            return 0, 0
+        match = _HEART_BEAT.fullmatch(value)
+        if match is None:
+            raise ProtocolViolation(
+                "invalid heart-beat header", f"Expected two integers like '10000,10000', got {value[:64]!r}."
+            )
+        return int(match.group(1)), int(match.group(2))
+
+    def _on_send(self, frame: Frame) -> None:
+        destination = self._require(frame, "destination")
+        self._check_destination(destination)
+        transaction = frame.get("transaction")
+        if transaction is not None:
+            self._hold(transaction, frame)
+        else:
+            self._do_send(frame, None)
+
+    def _do_send(self, frame: Frame, transaction: str | None) -> None:
+        self._requests.append(
+            Send(
+                self._require(frame, "destination"),
+                frame.body,
+                frame.get("content-type"),
+                frame.headers,
+                transaction,
+            )
+        )
+
+    def _on_subscribe(self, frame: Frame) -> None:
+        destination = self._require(frame, "destination")
+        sub_id = frame.get("id")
+        if sub_id is None:
+            if self._version != "1.0":
+                raise self._missing_id(frame)
+            sub_id = destination  # STOMP 1.0: the id is optional; the destination names it
+        if sub_id in self._subscriptions:
+            raise ProtocolViolation(
+                "duplicate subscription id",
+                f"Subscription {sub_id[:200]!r} already exists; ids must differ within a connection.",
+            )
+        ack_mode = frame.get("ack", "auto")
+        if ack_mode not in ACK_MODES:
+            raise ProtocolViolation(
+                "invalid ack mode", f"ack must be auto, client or client-individual, not {ack_mode[:64]!r}."
+            )
+        prefetch = self._parse_count(frame, "prefetch-count")
+        if len(self._subscriptions) >= self.config.max_subscriptions:
+            raise LimitExceeded(
+                "too many subscriptions", f"At most {self.config.max_subscriptions} per connection."
+            )
+        self._check_destination(destination)
+        window = min(prefetch or self.config.max_unacked, self.config.max_unacked)
+        self._subscriptions[sub_id] = _Subscription(sub_id, destination, ack_mode, window)
+        self._requests.append(
+            Subscribe(sub_id, destination, ack_mode, frame.get("last-event-id"), prefetch, frame.headers)
+        )
+
+    def _missing_id(self, frame: Frame) -> MissingHeader:
+        return MissingHeader("missing header 'id'", f"{frame.command} frames require an 'id' header.")
+
+    def _parse_count(self, frame: Frame, name: str) -> int | None:
+        value = frame.get(name)
+        if value is None:
+            return None
+        if not _COUNT.fullmatch(value):
+            raise ProtocolViolation(f"invalid {name}", f"{name} must be a non-negative integer, not {value[:64]!r}.")
+        return int(value)
+
+    def _on_unsubscribe(self, frame: Frame) -> None:
+        sub_id = frame.get("id")
+        if sub_id is None:
+            if self._version != "1.0":
+                raise self._missing_id(frame)
+            # STOMP 1.0: UNSUBSCRIBE "requires either a destination header or an id header".
+            destination = self._require(frame, "destination")
+            sub_ids = [s.sub_id for s in self._subscriptions.values() if s.destination == destination]
+        else:
+            sub_ids = [sub_id] if sub_id in self._subscriptions else []
+        if not sub_ids:
+            wanted = sub_id if sub_id is not None else frame.get("destination", "")
+            raise ProtocolViolation("unknown subscription", f"No subscription {wanted[:200]!r}.")
+        for gone in sub_ids:
+            sub = self._subscriptions.pop(gone)
+            for message_id in sub.pending:
+                del self._ack_index[message_id]
+            self._requests.append(Unsubscribe(sub.sub_id, sub.destination))
+
+    def _on_ack(self, frame: Frame) -> None:
+        sub, message_id = self._resolve_ack(frame)
+        transaction = frame.get("transaction")
+        if transaction is not None:
+            self._hold(transaction, frame)  # checked now, applied at COMMIT
+        else:
+            self._settle(sub, message_id, nack=frame.command == "NACK")
+
+    def _resolve_ack(self, frame: Frame) -> tuple[_Subscription, str]:
+        # Which pending message an ACK/NACK names depends on the version:
+        # 1.2 "id" (the MESSAGE's ack header), 1.1 "message-id" and
+        # "subscription", 1.0 "message-id" (subscription optional).
+        if self._version == "1.2":
+            message_id = self._require(frame, "id")
+            sub_id = self._ack_index.get(message_id)
+        else:
+            message_id = self._require(frame, "message-id")
+            if self._version == "1.1":
+                sub_id = self._require(frame, "subscription")
+                if sub_id not in self._subscriptions:
+                    raise ProtocolViolation("unknown subscription", f"No subscription {sub_id[:200]!r}.")
+            else:
+                sub_id = frame.get("subscription", self._ack_index.get(message_id))
+        sub = self._subscriptions.get(sub_id) if sub_id is not None else None
+        if sub is None or message_id not in sub.pending:
+            raise ProtocolViolation(
+                "bad ack id",
+                f"{frame.command} names {message_id[:200]!r}, which is not a message awaiting "
+                "acknowledgment on this connection.",
+            )
+        return sub, message_id
+
+    def _settle(self, sub: _Subscription, message_id: str, *, nack: bool) -> None:
+        if sub.ack_mode == "client":
+            # STOMP 1.2: in client mode an ACK (and a NACK) covers the message and
+            # every message sent to the subscription before it.
+            settled = []
+            for pending_id in sub.pending:
+                settled.append(pending_id)
+                if pending_id == message_id:
+                    break
+        else:
+            settled = [message_id]  # client-individual: this message only
+        frames = [sub.pending.pop(pending_id) for pending_id in settled]
+        if not nack:
+            for pending_id in settled:
+                del self._ack_index[pending_id]
+            self._requests.append(Ack(sub.sub_id, tuple(settled)))
+            return
+        # NACK: redeliver to the same subscription, marked as such; each message
+        # goes back to the end of the pending order, as it is sent again now.
+        for pending_id, frame in zip(settled, frames):
+            headers = frame.headers if "redelivered" in frame else frame.headers + (("redelivered", "true"),)
+            again = Frame("MESSAGE", headers, frame.body)
+            sub.pending[pending_id] = again
+            self._send_frame(again)
+        self._requests.append(Nack(sub.sub_id, tuple(settled)))
+
+    def _on_begin(self, frame: Frame) -> None:
+        transaction = self._require(frame, "transaction")
+        if transaction in self._transactions:
+            raise ProtocolViolation(
+                "duplicate transaction", f"Transaction {transaction[:200]!r} is already open."
+            )
+        if len(self._transactions) >= self.config.max_transactions:
+            raise LimitExceeded(
+                "too many transactions", f"At most {self.config.max_transactions} may be open at once."
+            )
+        self._transactions[transaction] = []
+
+    def _on_commit(self, frame: Frame) -> None:
+        transaction = self._require(frame, "transaction")
+        for held in self._end_transaction(transaction):
+            if held.command == "SEND":
+                self._do_send(held, transaction)
+                continue
+            # An ACK/NACK was valid when received; an earlier cumulative ACK or an
+            # UNSUBSCRIBE may since have settled its message: nothing left to do.
+            message_id = held.get("id" if self._version == "1.2" else "message-id", "")
+            sub_id = self._ack_index.get(message_id)
+            sub = self._subscriptions.get(sub_id) if sub_id is not None else None
+            if sub is not None and message_id in sub.pending:
+                self._settle(sub, message_id, nack=held.command == "NACK")
+
+    def _on_abort(self, frame: Frame) -> None:
+        self._end_transaction(self._require(frame, "transaction"))
+
+    def _end_transaction(self, transaction: str) -> list[Frame]:
+        try:
+            return self._transactions.pop(transaction)
+        except KeyError:
+            raise ProtocolViolation(
+                "unknown transaction", f"No transaction {transaction[:200]!r} is open."
+            ) from None
+
+    def _hold(self, transaction: str, frame: Frame) -> None:
+        held = self._transactions.get(transaction)
+        if held is None:
+            raise ProtocolViolation("unknown transaction", f"No transaction {transaction[:200]!r} is open.")
+        if len(held) >= self.config.max_transaction_frames:
+            raise LimitExceeded(
+                "transaction too large",
+                f"A transaction may hold at most {self.config.max_transaction_frames} frames.",
+            )
+        held.append(frame)
+
+    def _on_disconnect(self, frame: Frame) -> None:
+        receipt = frame.get("receipt")
+        if receipt is not None:
+            # STOMP 1.2, "DISCONNECT": the client waits for this RECEIPT, then closes.
+            self._send_frame(Frame("RECEIPT", (("receipt-id", receipt),)))
+        self._close("client disconnected", None)
+
+    # --- the one way out ----------------------------------------------------------
+
+    def _fail(self, error: StompError) -> None:
+        # Every failure ends here: ERROR frame, then close (STOMP 1.2, "ERROR").
+        self.error = error
+        self._send_frame(error.to_frame())
+        self._close(error.message, error.kind)
+
+    def _close(self, reason: str, error_kind: str | None) -> None:
+        # Open transactions are implicitly aborted (STOMP 1.2, "BEGIN").
+        self._state = SessionState.CLOSED
+        self.close_reason = reason
+        self._transactions.clear()
+        self._subscriptions.clear()
+        self._ack_index.clear()
+        self._requests.append(Closed(reason, error_kind))
+
+    def _send_frame(self, frame: Frame) -> None:
+        self._outgoing.append(serialize(frame, self._version))
+        if self._heartbeat_every and self._clock is not None:
+            # Any data is a sign of life, so the next heart-beat can wait.
+            self._next_heartbeat_at = self._clock + self._heartbeat_every
+
+    def _window_open(self, sub: _Subscription) -> bool:
+        return sub.ack_mode == "auto" or len(sub.pending) < sub.window
+
+    def _advance(self, now: float) -> None:
+        self._clock = now if self._clock is None else max(self._clock, now)
+        if self._started_at is None:
+            self._started_at = now
+        if self._last_received is None:
+            self._last_received = now
+
+
+# Which client commands each state accepts, and who handles them. A command
+# missing from a state's row is refused with an ERROR (see _unexpected).
+_HANDLERS: dict[SessionState, dict[str, Callable[[StompSession, Frame], None]]] = {
+    SessionState.AWAITING_CONNECT: {
+        "CONNECT": StompSession._on_connect,
+        # STOMP 1.2: "servers MUST handle a STOMP frame in the same manner as a CONNECT frame".
+        "STOMP": StompSession._on_connect,
+    },
+    SessionState.CONNECTED: {
+        "SEND": StompSession._on_send,
+        "SUBSCRIBE": StompSession._on_subscribe,
+        "UNSUBSCRIBE": StompSession._on_unsubscribe,
+        "ACK": StompSession._on_ack,
+        "NACK": StompSession._on_ack,
+        "BEGIN": StompSession._on_begin,
+        "COMMIT": StompSession._on_commit,
+        "ABORT": StompSession._on_abort,
+        "DISCONNECT": StompSession._on_disconnect,
+    },
+    SessionState.CLOSED: {},
+}
+
+# Client commands a negotiated version lacks: NACK arrived with STOMP 1.1.
+_NOT_IN_VERSION: dict[str | None, frozenset[str]] = {"1.0": frozenset({"NACK"})}
