@@ -115,8 +115,8 @@ class FrameParser:
 
     @property
     def buffered(self) -> int:
-        """Number of octets held that are not yet part of a returned item."""
-        return len(self._buf) - self._pos
+        """Number of octets received that are not yet part of a returned item."""
+        return self._frame_bytes + len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> None:
         """Append received bytes; call :meth:`next_item` until it returns ``None``.
@@ -201,7 +201,7 @@ class FrameParser:
                     return self._finish(b"")
                 line = self._read_line()
                 if line is None:
-                    self._check_frame_size(self.buffered)
+                    self._check_frame_size(len(self._buf) - self._pos)
                     return None
                 if not line:
                     self._start_body()
@@ -222,7 +222,7 @@ class FrameParser:
         end = self._buf.find(b"\n", self._scan)
         if end < 0:
             self._scan = len(self._buf)
-            if self.buffered > limit + 1:  # + 1: a CR that may turn out to be EOL
+            if len(self._buf) - self._pos > limit + 1:  # + 1: a CR that may turn out to be EOL
                 raise LimitExceeded("header line too long", f"Lines are limited to {limit} octets.")
             return None
         line = bytes(self._buf[self._pos : end])
@@ -289,7 +289,7 @@ class FrameParser:
             end = self._buf.find(b"\x00", self._scan)
             if end < 0:
                 self._scan = len(self._buf)
-                self._check_frame_size(self.buffered + 1)
+                self._check_frame_size(len(self._buf) - self._pos + 1)
                 return None
             self._check_frame_size(end - start + 1)
         body = bytes(self._buf[start:end])
