@@ -13,6 +13,7 @@ and nothing from the rest of ``app``; ``tests/unit/test_stomp_sans_io.py`` prove
 from .errors import (
     AuthError,
     BadContentLength,
+    BadDestination,
     BadEscape,
     BrokerError,
     ConnectTimeout,
@@ -39,7 +40,6 @@ from .parser import FrameParser, Limits
 from .session import (
     ACK_MODES,
     Ack,
-    BadDestination,
     Closed,
     Connect,
     LoginHook,

@@ -12,7 +12,8 @@ Who broke the protocol is in the class, as in h11:
 * the client's bytes are not a frame: :class:`FrameError` (and its
   :class:`BadEscape`, :class:`BadContentLength`) or :class:`LimitExceeded`;
 * the client's frames are valid but not allowed: :class:`ProtocolViolation`
-  (and its :class:`MissingHeader`, :class:`UnsupportedVersion`),
+  (and its :class:`MissingHeader`, :class:`BadDestination`,
+  :class:`UnsupportedVersion`),
   :class:`AuthError`;
 * the client went silent: :class:`HeartbeatTimeout`, :class:`ConnectTimeout`;
 * the server gave up on the client: :class:`BrokerError`.
@@ -28,6 +29,7 @@ from .frames import Frame
 __all__ = [
     "AuthError",
     "BadContentLength",
+    "BadDestination",
     "BadEscape",
     "BrokerError",
     "ConnectTimeout",
@@ -138,6 +140,12 @@ class MissingHeader(ProtocolViolation):
     """A REQUIRED header is absent (STOMP 1.2, "Frames and Headers")."""
 
     kind = "missing-header"
+
+
+class BadDestination(ProtocolViolation):
+    """The ``validate_destination`` hook refused a SEND or SUBSCRIBE destination."""
+
+    kind = "bad-destination"
 
 
 class UnsupportedVersion(ProtocolViolation):

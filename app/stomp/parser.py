@@ -196,6 +196,12 @@ class FrameParser:
                     # The spec's own DISCONNECT and RECEIPT examples end their
                     # headers with NUL and no blank line: accept that as an
                     # empty body rather than reject the spec's bytes.
+                    self._start_body()
+                    if self._content_length:
+                        raise BadContentLength(
+                            "frame not terminated after content-length",
+                            f"Expected {self._content_length} body octets, found NUL.",
+                        )
                     self._pos += 1
                     self._frame_bytes += 1
                     return self._finish(b"")

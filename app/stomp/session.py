@@ -40,6 +40,7 @@ from typing import Union
 
 from .errors import (
     AuthError,
+    BadDestination,
     BrokerError,
     ConnectTimeout,
     HeartbeatTimeout,
@@ -64,7 +65,6 @@ from .parser import FrameParser, Limits
 __all__ = [
     "ACK_MODES",
     "Ack",
-    "BadDestination",
     "Closed",
     "Connect",
     "LoginHook",
@@ -90,12 +90,6 @@ _RESERVED_MESSAGE_HEADERS = frozenset(
 
 _HEART_BEAT = re.compile(r"\s*([0-9]{1,9})\s*,\s*([0-9]{1,9})\s*")
 _COUNT = re.compile(r"[0-9]{1,9}")
-
-
-class BadDestination(ProtocolViolation):
-    """The ``validate_destination`` hook refused a SEND or SUBSCRIBE destination."""
-
-    kind = "bad-destination"
 
 
 # --- broker-facing requests (frozen, like h11's events) ------------------------------
@@ -330,6 +324,10 @@ class StompSession:
     destination; ACK uses ``message-id`` (1.0), ``message-id`` + ``subscription``
     (1.1) or ``id``, the MESSAGE's ``ack`` header (1.2).
 
+    A body on a frame that must not have one (anything but SEND) is ignored.
+    The session is not thread-safe; under gevent each call runs without
+    yielding, so a reader greenlet and a hub greenlet may share it.
+
     Attributes:
         config: the :class:`StompConfig`.
         session_id: the id sent in CONNECTED's ``session`` header and used as
@@ -433,7 +431,8 @@ class StompSession:
         after the session closed is ignored.
 
         Args:
-            data: one WebSocket message's payload (any chunking of the stream).
+            data: one WebSocket message's payload as bytes (a text message's
+                ``str`` encoded back to UTF-8), in any chunking of the stream.
             now: the current time in seconds.
         """
         if self.closed:
@@ -781,7 +780,9 @@ class StompSession:
         if value is None:
             return None
         if not _COUNT.fullmatch(value):
-            raise ProtocolViolation(f"invalid {name}", f"{name} must be a non-negative integer, not {value[:64]!r}.")
+            raise ProtocolViolation(
+                f"invalid {name}", f"{name} must be a non-negative integer, not {value[:64]!r}."
+            )
         return int(value)
 
     def _on_unsubscribe(self, frame: Frame) -> None:

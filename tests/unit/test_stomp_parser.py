@@ -251,6 +251,10 @@ class TestFraming:
     def test_content_length_without_nul_after_body(self):
         check_error(b"SEND\ncontent-length:2\n\nabc\x00", BadContentLength)
 
+    def test_nul_instead_of_blank_line_cannot_skip_an_announced_body(self):
+        check(b"SEND\ncontent-length:0\n\x00", [F("SEND", ("content-length", "0"))])
+        check_error(b"SEND\ncontent-length:2\n\x00ab\x00", BadContentLength)
+
     def test_parser_stays_broken_after_an_error(self):
         parser = FrameParser()
         parser.feed(b"SEND\nbad\n\n\x00")

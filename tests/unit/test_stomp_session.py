@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.stomp import (
-    HEARTBEAT,
     Ack,
     AuthError,
     Closed,
@@ -137,7 +136,8 @@ class TestConnecting:
     def test_missing_accept_version_means_1_0_only(self):
         client = Client(StompConfig(versions=("1.1", "1.2")))
         client.raw(b"CONNECT\nhost:h\n\n\x00")
-        assert client.expect_error("no common protocol version", "unsupported-version").get("version") == "1.1,1.2"
+        error = client.expect_error("no common protocol version", "unsupported-version")
+        assert error.get("version") == "1.1,1.2"
 
     @pytest.mark.parametrize("host", [None, "", "anything.example", "a:b"])
     def test_any_host_is_accepted(self, host):
@@ -251,7 +251,8 @@ class TestHeartBeating:
         assert client.session.data_to_send() == []
 
     def test_silent_client_is_disconnected_after_margin(self):
-        client = connected(config=StompConfig(heart_beat=(0, 1000), heartbeat_margin=2.0), heart_beat="1500,0")
+        config = StompConfig(heart_beat=(0, 1000), heartbeat_margin=2.0)
+        client = connected(config=config, heart_beat="1500,0")
         assert client.session.heart_beat == (1500, 0)
         assert client.session.next_deadline() == 3.0
         client.session.tick(2.9)
@@ -314,7 +315,10 @@ class TestSend:
         assert client.expect_error("missing header 'destination'", "missing-header").get("receipt-id") == "r1"
 
     def test_destination_hook(self):
-        config = StompConfig(validate_destination=lambda d: None if d.startswith("/topic/") else "unknown prefix")
+        def check(destination):
+            return None if destination.startswith("/topic/") else "unknown prefix"
+
+        config = StompConfig(validate_destination=check)
         client = connected(config=config)
         client.send("SEND", {"destination": "/topic/ok"}, b"x")
         assert isinstance(client.requests()[0], Send)
@@ -330,7 +334,12 @@ class TestSubscribe:
         client.raw(b"SUBSCRIBE\nid:0\ndestination:/queue/foo\nack:client\n\n\x00")
         (request,) = client.requests()
         assert request == Subscribe(
-            "0", "/queue/foo", "client", None, None, (("id", "0"), ("destination", "/queue/foo"), ("ack", "client"))
+            "0",
+            "/queue/foo",
+            "client",
+            None,
+            None,
+            (("id", "0"), ("destination", "/queue/foo"), ("ack", "client")),
         )
 
     def test_defaults_and_options(self):
@@ -339,7 +348,13 @@ class TestSubscribe:
         assert client.requests()[0].ack_mode == "auto"
         client.send(
             "SUBSCRIBE",
-            {"id": "b", "destination": "/topic/t", "ack": "client-individual", "last-event-id": "e-7", "prefetch-count": "5"},
+            {
+                "id": "b",
+                "destination": "/topic/t",
+                "ack": "client-individual",
+                "last-event-id": "e-7",
+                "prefetch-count": "5",
+            },
         )
         request = client.requests()[0]
         assert (request.ack_mode, request.last_event_id, request.prefetch) == ("client-individual", "e-7", 5)
@@ -350,7 +365,11 @@ class TestSubscribe:
             ({"destination": "/topic/t"}, "missing header 'id'", "missing-header"),
             ({"id": "0"}, "missing header 'destination'", "missing-header"),
             ({"id": "0", "destination": "/t", "ack": "sometimes"}, "invalid ack mode", "protocol-violation"),
-            ({"id": "0", "destination": "/t", "prefetch-count": "-1"}, "invalid prefetch-count", "protocol-violation"),
+            (
+                {"id": "0", "destination": "/t", "prefetch-count": "-1"},
+                "invalid prefetch-count",
+                "protocol-violation",
+            ),
         ],
     )
     def test_invalid(self, headers, message, kind):
@@ -402,12 +421,21 @@ class TestMessage:
     def test_frame_headers(self):
         client = connected()
         client.subscribe("sub-1", "/topic/chat")
-        extra = {"event-id": "e1-5", "event-type": "message", "sender": "bob", "time": "1.5",
-                 "content-type": "application/json"}
+        extra = {
+            "event-id": "e1-5",
+            "event-type": "message",
+            "sender": "bob",
+            "time": "1.5",
+            "content-type": "application/json",
+        }
         message_id = client.session.deliver("sub-1", b'{"text":"hi"}', extra)
         (frame,) = client.frames()
         assert frame.command == "MESSAGE"
-        assert frame.headers[:3] == (("subscription", "sub-1"), ("message-id", message_id), ("destination", "/topic/chat"))
+        assert frame.headers[:3] == (
+            ("subscription", "sub-1"),
+            ("message-id", message_id),
+            ("destination", "/topic/chat"),
+        )
         assert "ack" not in frame  # auto mode
         for name, value in extra.items():
             assert frame.get(name) == value
@@ -434,7 +462,8 @@ class TestMessage:
     def test_reserved_headers_cannot_be_overridden(self):
         client = connected()
         client.subscribe("0", "/topic/chat")
-        client.session.deliver("0", b"x", [("subscription", "evil"), ("destination", "/x"), ("ack", "1"), ("gap", "true")])
+        extra = [("subscription", "evil"), ("destination", "/x"), ("ack", "1"), ("gap", "true")]
+        client.session.deliver("0", b"x", extra)
         (frame,) = client.frames()
         assert [v for k, v in frame.headers if k == "subscription"] == ["0"]
         assert [v for k, v in frame.headers if k == "destination"] == ["/topic/chat"]
@@ -817,7 +846,11 @@ class TestErrors:
             (b"STOMP\naccept-version:1.2\n\n\x00", "already connected", "protocol-violation"),
             (b"SEND\ndestination:/a\\tb\n\n\x00", "undefined escape sequence in header", "bad-escape"),
             (b"SEND\ncontent-length:x\n\n\x00", "invalid content-length", "bad-content-length"),
-            (b"SEND\ncontent-length:1\n\nab\x00", "frame not terminated after content-length", "bad-content-length"),
+            (
+                b"SEND\ncontent-length:1\n\nab\x00",
+                "frame not terminated after content-length",
+                "bad-content-length",
+            ),
             (b"SEND\nno colon\n\n\x00", "header line without ':'", "malformed-frame"),
             (b"SEND\n" + b"h:v\n" * 65 + b"\n\x00", "too many headers", "limit-exceeded"),
             (b"SEND\nh:" + b"v" * 9000 + b"\n\n\x00", "header line too long", "limit-exceeded"),
@@ -832,7 +865,8 @@ class TestErrors:
         assert client.session.error.kind == kind
 
     @pytest.mark.parametrize(
-        "data", [b"SEND\ndestination:/a\n\n\x00", b"SUBSCRIBE\nid:0\ndestination:/a\n\n\x00", b"DISCONNECT\n\n\x00"]
+        "data",
+        [b"SEND\ndestination:/a\n\n\x00", b"SUBSCRIBE\nid:0\ndestination:/a\n\n\x00", b"DISCONNECT\n\n\x00"],
     )
     def test_frame_before_connect(self, data):
         client = Client()
@@ -874,13 +908,15 @@ class TestErrors:
         # The ERROR frame comes from StompError.to_frame and nowhere else.
         err = StompError("m", "d", headers=[("x", "1")], receipt_id="r")
         assert err.to_frame() == Frame(
-            "ERROR", (("message", "m"), ("receipt-id", "r"), ("x", "1"), ("content-type", "text/plain;charset=utf-8")), b"d"
+            "ERROR",
+            (("message", "m"), ("receipt-id", "r"), ("x", "1"), ("content-type", "text/plain;charset=utf-8")),
+            b"d",
         )
 
     def test_kinds_are_distinct(self):
         import app.stomp as stomp
 
-        classes = [obj for obj in vars(stomp).values() if isinstance(obj, type) and issubclass(obj, StompError)]
+        classes = [o for o in vars(stomp).values() if isinstance(o, type) and issubclass(o, StompError)]
         kinds = [cls.kind for cls in classes]
         assert len(classes) >= 12 and len(set(kinds)) == len(kinds)
 
