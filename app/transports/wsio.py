@@ -418,6 +418,7 @@ class WebSocket(_StockWebSocket):
         "_closed_event",
         "_reader",
         "_watchdog",
+        "_linger",
     )
 
     def __init__(self, environ, handler, *, subprotocol=None, max_message_bytes=1024 * 1024, close_timeout=5.0):
@@ -436,6 +437,7 @@ class WebSocket(_StockWebSocket):
         self._closed_event = gevent.event.Event()
         self._reader = None
         self._watchdog = None
+        self._linger = False  # we failed the connection: the peer may still be sending
 
     def __del__(self):
         # The stock class sends a Close frame from __del__, i.e. from whatever greenlet
@@ -522,6 +524,7 @@ class WebSocket(_StockWebSocket):
             except WebSocketError:
                 pass
         log.info("WebSocket %s failed: %s %s", self.path, code, reason)
+        self._linger = True
         self._mark_closed(code, reason)
 
     def _mark_closed(self, code, reason) -> None:
@@ -648,20 +651,22 @@ class WebSocket(_StockWebSocket):
         """Complete the closing handshake and let the TCP connection end cleanly.
 
         Called by the handler after the application returned. Waits (at most
-        ``timeout``) for the peer's Close frame if ours is unanswered, then half-closes
-        and reads until the peer closes, so the peer reads our last frames before
-        the socket goes away (RFC 6455 7.1.1: the server closes the TCP connection first).
+        ``timeout``) for the peer's Close frame if ours is unanswered. After a clean
+        handshake the handler closes the TCP connection at once (RFC 6455 7.1.1: the
+        server closes it first). After we *failed* the connection (1002, 1007, 1009)
+        the peer may still be sending, and closing a socket with unread input sends a
+        reset that can destroy our Close frame in flight; so we half-close and discard
+        what arrives until the peer closes too, for at most ``timeout``.
         """
         if self._state is State.OPEN:
             self.close(CLOSE_NORMAL)
         with gevent.Timeout(timeout, False):
             if self._state is State.CLOSING:
                 if self._reader is None:
-                    while self._receive() is not None:
-                        pass
+                    self._receive()
                 else:  # another greenlet is still in receive(): it reads the answer
                     self._closed_event.wait()
-            if self._reader is None:
+            if self._linger and self._reader is None:
                 try:
                     self._sock.shutdown(socket.SHUT_WR)
                     while self._sock.recv(65536):
