@@ -1,0 +1,54 @@
+# Two commands: `make run` serves the demo on :8000, `make test` sets everything up and tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# Programs the test suite starts for real, and the Debian packages that provide them.
+SYSTEM_DEPS := nginx:nginx redis-server:redis-server chromium:chromium
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast system-deps clean help
+
+help:
+	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
+	@echo "make test       install everything the tests need, then run them all"
+	@echo "make test-fast  the same, skipping the long soak tests"
+
+$(VENV)/.run-installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements-dev.txt
+	touch $(VENV)/.run-installed $@
+
+run: $(VENV)/.run-installed
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+
+# Installs the missing programs with apt-get when root; otherwise names them and stops.
+system-deps:
+	@missing=""; for pair in $(SYSTEM_DEPS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "The tests need these Debian packages:$$missing"; \
+	    echo "Install them with: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+test: system-deps $(VENV)/.dev-installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: system-deps $(VENV)/.dev-installed
+	$(PY) -m pytest -m "not soak" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .run

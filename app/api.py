@@ -1,0 +1,79 @@
+"""Publishing over HTTP, health and identity endpoints."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from . import state
+from .errors import ApiError
+from .events import check_topic
+from .identity import current_sender
+
+bp = Blueprint("api", __name__)
+
+_PUBLISH_FIELDS = {"type", "data"}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_publish_body() -> tuple[str, Any]:
+    """The ``(type, data)`` of a publish request, or an ApiError naming what is wrong."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the event as Content-Type: application/json")
+    raw = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: werkzeug raises 413
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_body", 'the body must be a JSON object like {"type": "message", "data": ...}')
+    unknown = set(body) - _PUBLISH_FIELDS
+    if unknown:
+        hint = " (the server sets the sender)" if "sender" in unknown else ""
+        raise ApiError(400, "bad_body", f"unknown field(s): {', '.join(sorted(unknown))}{hint}")
+    if "data" not in body:
+        raise ApiError(400, "bad_body", 'the body needs a "data" field')
+    return body.get("type", "message"), body["data"]
+
+
+@bp.post("/api/topics/<topic>/events")
+def publish(topic: str) -> tuple[Response, int]:
+    """Publish one event; the sender is the caller's session, never the body."""
+    check_topic(topic)
+    type_, data = read_publish_body()
+    event = state.hub().publish(topic, data, type=type_, sender=current_sender())
+    response = jsonify(event.to_dict())
+    response.headers["Cache-Control"] = "no-store"
+    return response, 201
+
+
+@bp.get("/api/whoami")
+def whoami() -> Response:
+    """Tell the page its own sender name (set in the session cookie on first call)."""
+    response = jsonify(sender=current_sender())
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """Liveness, the backend's state, and the server clock (pages measure their offset to it)."""
+    hub = state.hub()
+    healthy = hub.backend.healthy
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "backend": hub.backend.name,
+        "backend_healthy": healthy,
+        "epoch": hub.backend.epoch,
+        "subscribers": hub.subscriber_count(),
+        "time": time.time(),
+    }
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response, 200

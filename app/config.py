@@ -1,0 +1,220 @@
+"""Every setting, its default, and how it is read from the environment.
+
+Settings come from ``SWITCHBOARD_*`` variables (plus ``PORT`` and
+``WEB_CONCURRENCY``, the conventional names). Each one is parsed and checked
+here, once, at start-up: a bad value stops the process with a message that
+names the variable, instead of failing later in a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting has a value Switchboard cannot run with."""
+
+
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._-]+$")
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ValueError(f"must be {bound}")
+        return value
+
+    return parse
+
+
+def _seconds(minimum: float, maximum: float | None = None) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if value != value or value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ValueError(f"must be a number of seconds {bound}")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+    for origin in origins:
+        if origin != "*" and not _ORIGIN_RE.match(origin):
+            raise ValueError(f"{origin!r} is not an origin like https://example.com[:port]")
+    return origins
+
+
+def _redis_url(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return text
+
+
+def _prefix(text: str) -> str:
+    if not _PREFIX_RE.match(text):
+        raise ValueError("must look like /app (a slash and one path segment)")
+    return text
+
+
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
+def _secret(text: str) -> str:
+    if len(text) < 16:
+        raise ValueError("must be at least 16 characters")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Switchboard's configuration. Field metadata names the environment variable."""
+
+    redis_url: str | None = _setting(
+        "SWITCHBOARD_REDIS_URL", None, _redis_url,
+        "Redis URL; unset = in-memory hub (one worker only).")
+    allowed_origins: tuple[str, ...] = _setting(
+        "SWITCHBOARD_ALLOWED_ORIGINS", (), _origins,
+        "Extra origins allowed to open WebSockets (comma-separated); same host is always allowed.")
+    history_size: int = _setting(
+        "SWITCHBOARD_HISTORY_SIZE", 1000, _int(1, 1_000_000),
+        "Events kept per topic for replay and polling.")
+    history_ttl: float = _setting(
+        "SWITCHBOARD_HISTORY_TTL", 3600.0, _seconds(1),
+        "Seconds an event stays in history.")
+    queue_size: int = _setting(
+        "SWITCHBOARD_QUEUE_SIZE", 256, _int(1, 100_000),
+        "Events buffered per subscriber before it is caught up from history or dropped.")
+    longpoll_timeout: float = _setting(
+        "SWITCHBOARD_LONGPOLL_TIMEOUT", 25.0, _seconds(0.05, 3600),
+        "Longest a long poll is parked (seconds); keep it below nginx's proxy_read_timeout.")
+    sse_heartbeat: float = _setting(
+        "SWITCHBOARD_SSE_HEARTBEAT", 15.0, _seconds(0.05, 3600),
+        "Seconds between SSE heartbeat comments; also how a gone client is noticed.")
+    sse_retry_ms: int = _setting(
+        "SWITCHBOARD_SSE_RETRY_MS", 2000, _int(0, 3_600_000),
+        "The retry: value sent to EventSource clients (milliseconds).")
+    max_message_bytes: int = _setting(
+        "SWITCHBOARD_MAX_MESSAGE_BYTES", 1024 * 1024, _int(64, 64 * 1024 * 1024),
+        "Largest HTTP body, WebSocket message or STOMP frame accepted.")
+    ws_ping_interval: float = _setting(
+        "SWITCHBOARD_WS_PING_INTERVAL", 20.0, _seconds(0, 3600),
+        "Seconds between server WebSocket pings (0 = off); a peer that stops answering is closed.")
+    behind_proxy: bool = _setting(
+        "SWITCHBOARD_BEHIND_PROXY", False, _bool,
+        "Trust one proxy's X-Forwarded-For/-Proto/-Host (set when nginx is in front).")
+    stomp_app_prefix: str = _setting(
+        "SWITCHBOARD_STOMP_APP_PREFIX", "/app", _prefix,
+        "STOMP destinations handled by application handlers (Spring's /app or the seed's /pub).")
+    stomp_topic_prefix: str = _setting(
+        "SWITCHBOARD_STOMP_TOPIC_PREFIX", "/topic", _prefix,
+        "STOMP destinations that are hub topics (Spring's /topic or the seed's /sub).")
+    stomp_login: str | None = _setting(
+        "SWITCHBOARD_STOMP_LOGIN", None, _optional_text,
+        "When set (with the passcode), STOMP CONNECT must carry this login.")
+    stomp_passcode: str | None = _setting(
+        "SWITCHBOARD_STOMP_PASSCODE", None, _optional_text,
+        "When set (with the login), STOMP CONNECT must carry this passcode.")
+    ticks: bool = _setting(
+        "SWITCHBOARD_TICKS", True, _bool,
+        "Run the demo producer that publishes to topic 'ticks' every second while someone listens.")
+    secret_key: str | None = _setting(
+        "SWITCHBOARD_SECRET_KEY", None, _secret,
+        "Key that signs the session cookie; unset = a random key per start.")
+    log_level: str = _setting(
+        "SWITCHBOARD_LOG_LEVEL", "INFO", _log_level, "Log level.")
+    port: int = _setting("PORT", 8000, _int(1, 65535), "Port gunicorn binds on 127.0.0.1.")
+    web_concurrency: int = _setting(
+        "WEB_CONCURRENCY", 1, _int(1, 64),
+        "gunicorn worker processes; more than one needs SWITCHBOARD_REDIS_URL.")
+
+    def __post_init__(self) -> None:
+        if self.web_concurrency > 1 and not self.redis_url:
+            raise ConfigError(
+                f"WEB_CONCURRENCY={self.web_concurrency} needs SWITCHBOARD_REDIS_URL: with the "
+                "in-memory hub each worker would have its own audience and a publish would reach "
+                "only the clients of the worker that took it. Set SWITCHBOARD_REDIS_URL or use one worker.")
+        if self.stomp_app_prefix == self.stomp_topic_prefix:
+            raise ConfigError("SWITCHBOARD_STOMP_APP_PREFIX and SWITCHBOARD_STOMP_TOPIC_PREFIX must differ")
+        if bool(self.stomp_login) != bool(self.stomp_passcode):
+            raise ConfigError("set both SWITCHBOARD_STOMP_LOGIN and SWITCHBOARD_STOMP_PASSCODE, or neither")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None,
+             overrides: Mapping[str, Any] | None = None) -> "Settings":
+        """Read every setting from ``environ`` (default ``os.environ``), then apply overrides.
+
+        Args:
+            environ: the environment to read.
+            overrides: setting names (field names) mapped to already-typed values.
+
+        Returns:
+            The validated settings.
+
+        Raises:
+            ConfigError: a variable is malformed or out of range; the message names it.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            raw = environ.get(name)
+            if raw is None:
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r}: {exc}") from None
+        overrides = dict(overrides or {})
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in test_config: {', '.join(sorted(unknown))}")
+        values.update(overrides)
+        return cls(**values)
+
+    def signing_key(self) -> str:
+        """The session-cookie key: the configured one, or a fresh random one."""
+        return self.secret_key or secrets.token_hex(32)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for the README and ``--help`` output."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = "unset" if default is None else (",".join(default) or "none") if isinstance(default, tuple) else str(default)
+        rows.append((f.metadata["env"], shown, f.metadata["doc"]))
+    return rows

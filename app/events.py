@@ -1,0 +1,157 @@
+"""The event model shared by the hub and every transport: topics, cursors, events, gaps.
+
+Pure standard library: no Flask, gevent or sockets, so any layer may import it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+TOPIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+_EPOCH_RE = re.compile(r"[A-Za-z0-9]{1,32}\Z")
+_MAX_CURSOR_LEN = 100
+
+# Event types the transports use for their own signals; a publisher cannot take them.
+RESERVED_TYPES = frozenset({"gap", "error"})
+
+
+class InvalidTopic(ValueError):
+    """A topic name outside ``[A-Za-z0-9][A-Za-z0-9._:-]{0,127}``."""
+
+
+class InvalidCursor(ValueError):
+    """A string that is not a cursor this server could have issued."""
+
+
+class InvalidEventType(ValueError):
+    """An event type that is malformed or reserved."""
+
+
+def check_topic(name: object) -> str:
+    """Return ``name`` if it is a valid topic.
+
+    Raises:
+        InvalidTopic: it is not a string matching ``TOPIC_RE``.
+    """
+    if not isinstance(name, str) or not TOPIC_RE.match(name):
+        raise InvalidTopic("a topic is 1-128 characters of A-Z a-z 0-9 . _ : - and starts with a letter or digit")
+    return name
+
+
+def check_type(name: object) -> str:
+    """Return ``name`` if it may be used as an event type.
+
+    Raises:
+        InvalidEventType: malformed (it becomes an SSE ``event:`` line) or reserved.
+    """
+    if not isinstance(name, str) or not TYPE_RE.match(name):
+        raise InvalidEventType("a type is 1-64 characters of A-Z a-z 0-9 . _ : - and starts with a letter or digit")
+    if name in RESERVED_TYPES:
+        raise InvalidEventType(f"type {name!r} is reserved for the server's own signals")
+    return name
+
+
+@dataclass(frozen=True, order=True)
+class Cursor:
+    """A position in one topic's history: ``<epoch>-<n>[-<n>]``.
+
+    ``epoch`` names the history a position belongs to (a restarted in-memory hub, or a
+    flushed Redis, starts a new epoch); ``position`` orders events within an epoch (one
+    integer in memory, a stream id's two integers with Redis). Clients treat the text
+    as opaque and hand back the last one they saw.
+    """
+
+    epoch: str
+    position: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return self.epoch + "".join(f"-{n}" for n in self.position)
+
+    @classmethod
+    def parse(cls, text: str) -> "Cursor":
+        """Parse the text form.
+
+        Raises:
+            InvalidCursor: not ``<epoch>-<digits>[-<digits>]``.
+        """
+        if not isinstance(text, str) or len(text) > _MAX_CURSOR_LEN:
+            raise InvalidCursor("not a cursor")
+        epoch, _, rest = text.partition("-")
+        parts = rest.split("-") if rest else []
+        if not _EPOCH_RE.match(epoch) or not 1 <= len(parts) <= 2 or not all(p.isascii() and p.isdigit() for p in parts):
+            raise InvalidCursor(f"{text[:40]!r} is not a cursor issued by this server")
+        return cls(epoch, tuple(int(p) for p in parts))
+
+
+@dataclass(frozen=True, eq=False)
+class Event:
+    """One published event, as stored in history and delivered to every transport.
+
+    Transports that write the same event to many clients call :meth:`encoded` so the
+    bytes are built once per format, not once per client.
+    """
+
+    cursor: Cursor
+    topic: str
+    type: str
+    data: Any
+    sender: str | None
+    time: float
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        """The cursor as text: what a client hands back to resume after this event."""
+        return str(self.cursor)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of DESIGN.md §3."""
+        return {"id": self.id, "topic": self.topic, "type": self.type, "data": self.data,
+                "sender": self.sender, "time": self.time}
+
+    def json(self) -> str:
+        """The event as one line of compact JSON (no raw newlines, whatever the data holds)."""
+        return self.encoded("json", lambda e: json.dumps(e.to_dict(), ensure_ascii=False, separators=(",", ":")))
+
+    def encoded(self, fmt: str, encode: Callable[["Event"], Any]) -> Any:
+        """Return ``encode(self)``, computed once per ``fmt`` and cached on the event.
+
+        Args:
+            fmt: a name for the encoding, unique per transport format (e.g. ``"sse"``).
+            encode: builds the encoding; called at most once per event and format.
+        """
+        try:
+            return self._cache[fmt]
+        except KeyError:
+            value = self._cache[fmt] = encode(self)
+            return value
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A marker in a subscription: events between the subscriber's cursor and the next
+    item were lost to it (pruned from history, or from an older epoch).
+
+    ``slow`` is True when the gap came from the subscriber falling behind its queue and
+    history both; the subscription is closed right after delivering it.
+    """
+
+    topic: str
+    slow: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    """A read of history: ``events`` after the given cursor, the cursor to hand back next,
+    and whether events were lost between the given cursor and ``events[0]``."""
+
+    events: list[Event]
+    cursor: str
+    gap: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"events": [e.to_dict() for e in self.events], "cursor": self.cursor, "gap": self.gap}

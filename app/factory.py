@@ -1,0 +1,61 @@
+"""Assemble the Flask application: settings, hub, error handlers, blueprints."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import api, errors, pages
+from .config import ConfigError, Settings
+from .hub import Hub
+from .hub.memory import MemoryBackend
+from .transports import TRANSPORTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_backend(settings: Settings):
+    """The history/fan-out backend the settings ask for."""
+    if settings.redis_url:
+        try:
+            from .hub.redis import RedisBackend
+        except ImportError as exc:  # the Redis backend is optional until it lands
+            raise ConfigError(f"SWITCHBOARD_REDIS_URL is set but the Redis backend is unavailable: {exc}") from None
+        return RedisBackend(settings.redis_url, settings.history_size, settings.history_ttl)
+    return MemoryBackend(settings.history_size, settings.history_ttl)
+
+
+def build_app(test_config=None) -> Flask:
+    """See :func:`app.create_app`."""
+    settings = Settings.load(overrides=test_config)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    app = Flask(__name__, root_path=ROOT, static_folder="static", template_folder="templates")
+    app.secret_key = settings.signing_key()
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_message_bytes,
+        SESSION_COOKIE_NAME="switchboard_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    app.json.compact = True
+
+    hub = Hub(make_backend(settings), queue_size=settings.queue_size)
+    app.extensions["switchboard.settings"] = settings
+    app.extensions["switchboard.hub"] = hub
+
+    errors.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    for transport in TRANSPORTS:
+        transport.init_app(app)
+
+    if settings.behind_proxy:
+        # One trusted hop (nginx): X-Forwarded-For/-Proto/-Host become the request's own.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+    return app

@@ -1,0 +1,183 @@
+"""The event hub: publish, read history, subscribe. Every transport goes through here.
+
+The hub knows nothing of HTTP or sockets, and nothing of where history is kept: a
+*backend* stores events and hands each new one back to :meth:`Hub._dispatch` (directly
+in memory, through a Pub/Sub listener with Redis), and the hub offers it to the local
+subscriptions of that topic without ever waiting for one of them.
+
+Typical use by a transport::
+
+    page = hub.history("chat", since=cursor, limit=50)   # polling
+    with hub.subscribe("chat", since=cursor) as sub:      # streaming / long polling
+        for item in iter(lambda: sub.get(timeout=15), ...):
+            ...
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..events import Cursor, Event, Gap, Page, check_topic, check_type
+from .subscription import Item, Subscription, SubscriptionClosed
+
+__all__ = ["Hub", "Backend", "BackendUnavailable", "Subscription", "SubscriptionClosed", "Item", "Gap", "Page"]
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot take or serve events right now (e.g. Redis is down)."""
+
+
+class Backend(Protocol):
+    """What the hub needs from a place that keeps history and fans events out."""
+
+    name: str
+    epoch: str
+
+    def start(self, deliver) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def healthy(self) -> bool: ...
+    def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event: ...
+    def read_after(self, topic: str, cursor: Cursor, limit: int) -> tuple[list[Event], bool]: ...
+    def read_latest(self, topic: str, limit: int) -> list[Event]: ...
+    def last_cursor(self, topic: str) -> Cursor | None: ...
+    def retained(self, topic: str) -> int: ...
+
+
+class Hub:
+    """Topics, history and subscriptions over one backend.
+
+    Args:
+        backend: where events are stored and how they come back for live delivery.
+        queue_size: the live queue bound of every subscription (DESIGN.md §3).
+    """
+
+    def __init__(self, backend: Backend, queue_size: int = 256):
+        self.backend = backend
+        self.queue_size = queue_size
+        self.published = 0
+        self._subs: dict[str, set[Subscription]] = {}
+        self._closed_reason: str | None = None
+        backend.start(self._dispatch)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def publish(self, topic: str, data: Any, *, type: str = "message", sender: str | None = None) -> Event:
+        """Append an event to the topic's history and deliver it to every subscriber.
+
+        Args:
+            topic: a valid topic name.
+            data: any JSON-serialisable value.
+            type: the event type (SSE ``event:`` field); ``message`` by default.
+            sender: who sent it, as the transport established it (never from the body).
+
+        Returns:
+            The stored event, with its cursor.
+
+        Raises:
+            app.events.InvalidTopic, app.events.InvalidEventType: bad names.
+            BackendUnavailable: the backend cannot store events now.
+        """
+        check_topic(topic)
+        check_type(type)
+        event = self.backend.append(topic, type, data, sender)
+        self.published += 1
+        return event
+
+    # -- reading ------------------------------------------------------------------------
+
+    def history(self, topic: str, since: str | None = None, limit: int = 50) -> Page:
+        """Read retained events, for polling and for a page's first view.
+
+        Args:
+            topic: a valid topic name.
+            since: a cursor the client saw last; ``None`` or ``""`` means "the newest
+                ``limit`` events".
+            limit: the most events to return.
+
+        Returns:
+            A :class:`Page`. Its ``cursor`` is the id of the last event returned, else the
+            ``since`` given, else the topic's newest cursor, else ``""``. ``gap`` is True
+            when events between ``since`` and the first returned event are lost (too old,
+            or ``since`` is from another epoch); the page then starts at the oldest
+            retained event.
+
+        Raises:
+            app.events.InvalidTopic: bad topic.
+            app.events.InvalidCursor: ``since`` is not a cursor at all.
+        """
+        check_topic(topic)
+        if not since:
+            events = self.backend.read_latest(topic, limit)
+            return Page(events, events[-1].id if events else self._newest(topic), False)
+        cursor = Cursor.parse(since)
+        events, gap = self.backend.read_after(topic, cursor, limit)
+        if events:
+            return Page(events, events[-1].id, gap)
+        return Page(events, self._newest(topic) if gap else since, gap)
+
+    def subscribe(self, topic: str, since: str | None = None) -> Subscription:
+        """Start receiving a topic's events.
+
+        The subscription is registered for live events before any history is read, so
+        nothing published from this call on is missed (seam rule).
+
+        Args:
+            topic: a valid topic name.
+            since: resume after this cursor: the events after it are replayed first
+                (preceded by a :class:`Gap` if some are lost), then live ones follow.
+                ``None`` or ``""``: live events only, from now on.
+
+        Returns:
+            A :class:`Subscription`; close it when done.
+
+        Raises:
+            app.events.InvalidTopic, app.events.InvalidCursor: bad arguments.
+            SubscriptionClosed: the hub is shutting down.
+        """
+        check_topic(topic)
+        cursor = Cursor.parse(since) if since else None
+        if self._closed_reason is not None:
+            raise SubscriptionClosed(self._closed_reason)
+
+        def read_after(after: Cursor, limit: int) -> tuple[list[Event], bool]:
+            return self.backend.read_after(topic, after, limit)
+
+        sub = Subscription(topic, cursor, read_after, self.queue_size, self._forget)
+        self._subs.setdefault(topic, set()).add(sub)
+        return sub
+
+    def subscriber_count(self, topic: str | None = None) -> int:
+        """Live subscriptions in this process, for one topic or all."""
+        if topic is not None:
+            return len(self._subs.get(topic, ()))
+        return sum(len(subs) for subs in self._subs.values())
+
+    def topics(self) -> list[str]:
+        """Topics with at least one local subscriber."""
+        return [topic for topic, subs in self._subs.items() if subs]
+
+    def close(self, reason: str = "shutdown") -> None:
+        """Close every subscription (waking their readers) and refuse new ones."""
+        self._closed_reason = reason
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.close(reason)
+        self.backend.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _newest(self, topic: str) -> str:
+        last = self.backend.last_cursor(topic)
+        return "" if last is None else str(last)
+
+    def _dispatch(self, event: Event) -> None:
+        for sub in tuple(self._subs.get(event.topic, ())):
+            sub.offer(event)
+
+    def _forget(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.topic)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.topic]

@@ -1,0 +1,215 @@
+"""One subscriber's view of a topic: replay from history, then live, through a bounded queue.
+
+The hub *offers* each live event to every subscription without ever waiting; the
+subscriber *takes* items at its own pace with :meth:`Subscription.get` or
+:meth:`Subscription.get_many`. The two rules of DESIGN.md §3 live here:
+
+* Seam rule: a subscription is registered for live events *before* it reads history,
+  and every item is checked against the cursor of the last item delivered, so an
+  event published during a replay is delivered exactly once, in order.
+* Slow consumers: the live queue holds at most ``maxsize`` events. When it is full the
+  subscription stops queueing and, once the subscriber has taken what is queued, reads
+  the missed events back from history (transparently). If history no longer has them,
+  the subscriber gets a :class:`~app.events.Gap` with ``slow=True`` and the subscription
+  closes. Memory per subscriber is bounded either way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Callable, Union
+
+from gevent.event import Event as Signal
+
+from ..events import Cursor, Event, Gap
+
+Item = Union[Event, Gap]
+ReadAfter = Callable[[Cursor, int], "tuple[list[Event], bool]"]
+
+
+class SubscriptionClosed(Exception):
+    """The subscription ended; ``reason`` says why ("closed", "slow consumer", "shutdown")."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Subscription:
+    """A subscriber's ordered, gap-aware stream of one topic's events.
+
+    Created by :meth:`app.hub.Hub.subscribe`; not thread-safe, but safe between greenlets
+    (the hub offers from the publisher's greenlet, one consumer greenlet takes).
+
+    Use it as a context manager, or call :meth:`close`, so the hub forgets it::
+
+        with hub.subscribe("chat", since=cursor) as sub:
+            while True:
+                item = sub.get(timeout=15)     # Event, Gap, or None on timeout
+    """
+
+    def __init__(self, topic: str, since: Cursor | None, read_after: ReadAfter,
+                 maxsize: int, on_close: Callable[["Subscription"], None]):
+        self.topic = topic
+        self.maxsize = maxsize
+        self.close_reason: str | None = None
+        self.overflows = 0  # times the live queue filled up (each costs a history read)
+        self._read_after = read_after
+        self._on_close = on_close
+        self._last = since
+        self._syncing = since is not None
+        self._first_sync = since is not None  # only a resume's first read may find an old gap
+        self._pending: deque[Event] = deque()  # events read from history, not yet taken
+        self._queue: deque[Event] = deque()  # live events offered by the hub
+        self._overflow = False
+        self._gap: Gap | None = None
+        self._close_after_gap = False
+        self._wakeup = Signal()
+
+    # -- the hub's side -----------------------------------------------------------------
+
+    def offer(self, event: Event) -> None:
+        """Queue a live event without blocking (called by the hub for every publish).
+
+        A full queue switches the subscription to catch-up-from-history mode; events
+        offered meanwhile are dropped here because history already holds them.
+        """
+        if self.close_reason is not None or self._overflow:
+            return
+        if len(self._queue) >= self.maxsize:
+            self._overflow = True
+            self.overflows += 1
+        else:
+            self._queue.append(event)
+        self._wakeup.set()
+
+    # -- the subscriber's side ----------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    @property
+    def last_cursor(self) -> str | None:
+        """Cursor of the last event taken (or the ``since`` given): where a resume starts."""
+        return None if self._last is None else str(self._last)
+
+    @property
+    def depth(self) -> int:
+        """Events waiting to be taken (live queue plus replay page)."""
+        return len(self._queue) + len(self._pending)
+
+    def get(self, timeout: float | None = None) -> Item | None:
+        """Take the next item, waiting up to ``timeout`` seconds (``None`` = forever).
+
+        Returns:
+            The next :class:`Event`, or a :class:`Gap` when events were lost before the
+            next one, or ``None`` when the timeout passed with nothing to take.
+
+        Raises:
+            SubscriptionClosed: the subscription was closed (by :meth:`close`, by the
+                hub's shutdown, or after a slow-consumer gap was taken).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.close_reason is not None:
+                raise SubscriptionClosed(self.close_reason)
+            item = self._take()
+            if item is not None:
+                return item
+            if self.close_reason is not None:
+                raise SubscriptionClosed(self.close_reason)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            self._wakeup.clear()
+            if not self._wakeup.wait(remaining) and deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def get_many(self, max_items: int, timeout: float | None = None) -> list[Item]:
+        """Wait up to ``timeout`` for the first item, then take what is ready, without waiting.
+
+        This is the drain a long poll or a batching writer wants: one wake-up, every
+        queued item (up to ``max_items``) in one response or one write.
+
+        Returns:
+            Up to ``max_items`` items in order; an empty list on timeout.
+
+        Raises:
+            SubscriptionClosed: as :meth:`get`, when nothing was taken first.
+        """
+        first = self.get(timeout)
+        if first is None:
+            return []
+        items: list[Item] = [first]
+        while len(items) < max_items and self.close_reason is None:
+            item = self._take()
+            if item is None:
+                break
+            items.append(item)
+        return items
+
+    def close(self, reason: str = "closed") -> None:
+        """End the subscription and wake a waiting :meth:`get`. Idempotent."""
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        self._queue.clear()
+        self._pending.clear()
+        self._wakeup.set()
+        self._on_close(self)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _is_new(self, event: Event) -> bool:
+        last = self._last
+        return last is None or event.cursor.epoch != last.epoch or event.cursor.position > last.position
+
+    def _take(self) -> Item | None:
+        """The next item without waiting, or None. May read history (catch-up)."""
+        while True:
+            if self._gap is not None:
+                gap, self._gap = self._gap, None
+                if self._close_after_gap:
+                    self.close("slow consumer")
+                return gap
+            if self._pending:
+                event = self._pending.popleft()
+                self._last = event.cursor
+                return event
+            if self._syncing:
+                self._sync()
+                continue
+            while self._queue:
+                event = self._queue.popleft()
+                if self._is_new(event):  # seam rule: skip what the replay already gave
+                    self._last = event.cursor
+                    return event
+            if self._overflow:
+                # Queue drained after an overflow: read the dropped events back from history.
+                self._overflow = False
+                self._syncing = True
+                continue
+            return None
+
+    def _sync(self) -> None:
+        """Read one page of history after the last cursor into the pending list."""
+        assert self._last is not None, "a subscription syncs only from a known cursor"
+        page_size = max(self.maxsize, 1)
+        events, gap = self._read_after(self._last, page_size)
+        if gap:
+            self._gap = Gap(self.topic, slow=not self._first_sync)
+            self._close_after_gap = not self._first_sync
+        self._first_sync = False
+        if len(events) < page_size:
+            self._syncing = False
+        if self._close_after_gap:
+            return
+        self._pending.extend(events)

@@ -1,0 +1,99 @@
+"""The demo pages: an index with one card per technique, and one page per technique."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Blueprint, abort, render_template
+
+from .identity import current_sender
+
+bp = Blueprint("pages", __name__)
+
+
+@dataclass(frozen=True)
+class Technique:
+    slug: str
+    title: str
+    definition: str
+    strengths: tuple[str, ...]
+    costs: tuple[str, ...]
+    use_when: str
+
+
+# The cards follow the study notes this project grew from (shared/seed).
+TECHNIQUES = (
+    Technique(
+        "polling", "Interval polling",
+        "The browser asks the server for news on a timer (setTimeout or setInterval).",
+        ("Simplest to build: plain HTTP requests, works through every proxy.",
+         "A 304 Not Modified keeps an empty answer cheap."),
+        ("Costs a request every interval even when nothing happens.",
+         "Freshness is the interval: short = fresher but heavier, long = lighter but staler."),
+        "Data that need not be instant: dashboards, weather, a sports ticker "
+        "(Naver Sports' live text commentary polls every 10 seconds)."),
+    Technique(
+        "long-polling", "Long polling",
+        "The server holds the request until there is news or a timeout, answers, and the "
+        "browser asks again at once.",
+        ("Near-instant delivery with plain HTTP.",
+         "Far fewer empty requests than short-interval polling."),
+        ("Each waiting client holds a connection; on a thread-per-request server it holds a "
+         "thread (Spring offloads with DeferredResult). Here a parked request is a greenlet of a few KB.",
+         "One request per delivery burst; events published between requests must be "
+         "caught with a cursor, or they are lost."),
+        "Instant updates where only HTTP gets through, or as a fallback for streaming."),
+    Technique(
+        "sse", "Server-Sent Events",
+        "One long HTTP response (text/event-stream) on which the server writes events, one way, "
+        "server to browser; EventSource reconnects by itself.",
+        ("Built into browsers (EventSource), plain HTTP, automatic reconnect.",
+         "Last-Event-ID on reconnect lets the server replay what was missed, with no duplicates.",
+         "addEventListener(type) routes typed events; onmessage only sees type \"message\"."),
+        ("One way only: the browser sends with ordinary requests.",
+         "HTTP/1.1 allows 6 connections per host in Chrome, so at most 6 tabs of streams (HTTP/2: 100 by default).",
+         "EventSource cannot set headers (Authorization needs a fetch-based reader).",
+         "Proxies buffer it unless told not to (X-Accel-Buffering: no, proxy_buffering off)."),
+        "Server-to-browser feeds: notifications, live scores, progress, logs."),
+    Technique(
+        "websocket", "WebSocket",
+        "An HTTP request upgraded (101 Switching Protocols) into a full-duplex message channel "
+        "on one TCP connection.",
+        ("Both ways on one connection, no request per message.",
+         "Small framing overhead; binary or text."),
+        ("Proxies must pass Upgrade and Connection: upgrade (nginx needs proxy_http_version 1.1).",
+         "Reconnect, resume and message format are yours to design (here: cursors and a JSON protocol)."),
+        "Chat, collaboration, games: anything interactive in both directions."),
+    Technique(
+        "stomp", "STOMP over WebSocket",
+        "A text messaging protocol (frames with headers: CONNECT, SUBSCRIBE, SEND, MESSAGE) carried "
+        "in WebSocket messages, as Spring's @EnableWebSocketMessageBroker does.",
+        ("Destinations, receipts, acks and transactions come with the protocol.",
+         "Client libraries exist for every language (@stomp/stompjs, stomp.py)."),
+        ("A protocol on top of a protocol: more bytes per message, more to learn.",
+         "Brokers rarely resume after a drop; here SUBSCRIBE takes a last-event-id header."),
+        "Apps already built around a message broker, or wanting pub/sub semantics with acks."),
+)
+
+_BY_SLUG = {t.slug: t for t in TECHNIQUES}
+
+
+@bp.get("/")
+def index():
+    """Show one card per technique."""
+    return render_template("index.html", techniques=TECHNIQUES, sender=current_sender())
+
+
+@bp.get("/compare")
+def compare():
+    """Show the five transports side by side."""
+    return render_template("compare.html", techniques=TECHNIQUES, sender=current_sender())
+
+
+@bp.get("/<slug>")
+def technique(slug: str):
+    """Show one technique's demo page."""
+    found = _BY_SLUG.get(slug)
+    if found is None:
+        abort(404)
+    return render_template(f"{slug}.html", technique=found, techniques=TECHNIQUES, sender=current_sender())

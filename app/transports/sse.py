@@ -1,0 +1,5 @@
+"""Placeholder: this transport lands in its own issue."""
+
+
+def init_app(app):
+    """Register nothing yet."""

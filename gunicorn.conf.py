@@ -1,0 +1,72 @@
+"""gunicorn settings for Switchboard. Each setting says why it has its value.
+
+Run: ``gunicorn -c gunicorn.conf.py wsgi:app``. Settings come from the same environment
+variables as the app (see app/config.py); a bad value stops start-up with its name.
+"""
+
+import os
+import secrets
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from app.config import ConfigError, Settings  # noqa: E402
+
+try:
+    _settings = Settings.load()
+except ConfigError as _exc:
+    sys.exit(f"switchboard: configuration error: {_exc}")
+
+# Every worker must sign session cookies with the same key, or a browser's identity
+# would change from one worker to the next. Made once here, in the master, and inherited.
+os.environ.setdefault("SWITCHBOARD_SECRET_KEY", secrets.token_hex(32))
+
+# Loopback by default: nginx (nginx.conf) is the public face. $PORT picks the port.
+bind = os.environ.get("SWITCHBOARD_BIND", f"127.0.0.1:{_settings.port}")
+
+# Our subclass of gevent-websocket's worker: it uses the handler that checks Origin,
+# negotiates STOMP sub-protocols and enforces message limits *before* the 101.
+worker_class = "app.transports.wsio.Worker"
+
+# One worker with the in-memory hub; several only with Redis (checked in on_starting).
+workers = _settings.web_concurrency
+
+# Open streams per worker. gunicorn's default of 1000 would cap SSE/WebSocket clients;
+# a greenlet per connection costs a few KB. The open-file limit (ulimit -n) must be
+# higher still: raise it in the service manager (LimitNOFILE=) if it is 1024.
+worker_connections = 20000
+
+# The worker heartbeat timeout. gevent workers notify the arbiter from their own
+# greenlet, so long-lived streams do not trip it; 30 s catches a truly stuck worker.
+timeout = 30
+
+# Time a worker gets after SIGTERM to close its streams (SSE end, long polls 204,
+# WebSockets 1001) before it is killed. Clients resume with their cursors.
+graceful_timeout = 10
+
+# Seconds an idle keep-alive connection (nginx's upstream pool, or a browser in
+# development) stays open waiting for its next request.
+keepalive = 5
+
+# Logs to stderr; the access log is off by default because polling makes it noisy.
+accesslog = os.environ.get("SWITCHBOARD_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+
+# gunicorn 25+ opens a control socket at one fixed path per user; two servers on one
+# machine (a second "host", the test suite) would fight over it. Signals (HUP, TERM,
+# TTIN/TTOU) control the master instead.
+control_socket_disable = True
+
+# No preload: each worker builds its own app (and hub) after the fork, so no greenlet,
+# socket or Redis connection is shared across processes.
+preload_app = False
+
+
+def on_starting(server):
+    """Refuse several workers without Redis, whatever the command line said."""
+    if server.cfg.workers > 1 and not _settings.redis_url:
+        sys.exit(
+            f"switchboard: {server.cfg.workers} workers need SWITCHBOARD_REDIS_URL; with the "
+            "in-memory hub each worker has its own audience and a publish reaches only the "
+            "clients of the worker that took it. Use one worker or configure Redis.")
