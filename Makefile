@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 SYSTEM_DEPS := nginx:nginx redis-server:redis-server chromium:chromium
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast system-deps clean help
+.PHONY: run test test-fast system-deps node-deps clean help
 
 help:
 	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
@@ -44,10 +44,17 @@ system-deps:
 	  fi; \
 	fi
 
-test: system-deps $(VENV)/.dev-installed
+# Third-party JavaScript clients the tests run under Node (eventsource, @stomp/stompjs, ...).
+tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: tests/js/node_modules/.installed
+
+test: system-deps $(VENV)/.dev-installed node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: system-deps $(VENV)/.dev-installed
+test-fast: system-deps $(VENV)/.dev-installed node-deps
 	$(PY) -m pytest -m "not soak" $(PYTEST_ARGS)
 
 clean:
