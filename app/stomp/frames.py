@@ -273,7 +273,8 @@ def serialize(frame: Frame, version: str | None) -> bytes:
 
     Raises:
         ValueError: the frame cannot be represented: an empty command or one with
-            CR, LF or NUL, or a header that :func:`header_representable` rejects.
+            CR, LF or NUL, a header that :func:`header_representable` rejects,
+            or text that is not encodable as UTF-8 (``UnicodeEncodeError``).
     """
     command = frame.command
     if not command or any(c in command for c in "\r\n\x00"):

@@ -414,10 +414,11 @@ class TestFrameAndSerialize:
 VERSIONS = st.sampled_from([None, "1.0", "1.1", "1.2"])
 SMALL_LIMITS = Limits(max_frame_bytes=400, max_headers=6, max_header_line=60)
 SPECIAL = st.sampled_from([":", "\n", "\r", "\\", "\x00", " ", "c", "n", "r", "é", "€"])
-TEXT = st.text(alphabet=st.one_of(SPECIAL, st.characters()), max_size=12)
+CHARS = st.characters(blacklist_categories=("Cs",))  # lone surrogates are not UTF-8
+TEXT = st.text(alphabet=st.one_of(SPECIAL, CHARS), max_size=12)
 COMMANDS = st.one_of(
     st.sampled_from(["SEND", "MESSAGE", "ERROR", "CONNECT", "CONNECTED", "STOMP", "SUBSCRIBE", "ACK"]),
-    st.text(st.characters(blacklist_characters="\r\n\x00"), min_size=1, max_size=10),
+    st.text(CHARS.filter(lambda c: c not in "\r\n\x00"), min_size=1, max_size=10),
 )
 
 
