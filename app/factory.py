@@ -13,6 +13,7 @@ from .config import ConfigError, Settings
 from .hub import Hub
 from .hub.memory import MemoryBackend
 from .transports import TRANSPORTS
+from .transports.wsio import WebSocketPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,6 +55,16 @@ def build_app(test_config=None) -> Flask:
     app.register_blueprint(pages.bp)
     for transport in TRANSPORTS:
         transport.init_app(app)
+
+    # Read by the WebSocket handler (app/transports/wsio.py) before it answers 101.
+    app.switchboard_ws_policy = WebSocketPolicy(
+        allowed_origins=settings.allowed_origins,
+        protocols={"/ws": (), "/stomp": ("v12.stomp", "v11.stomp", "v10.stomp")},
+        max_message_bytes=settings.max_message_bytes,
+        ping_interval=settings.ws_ping_interval,
+        ping_timeout=max(settings.ws_ping_interval, 1.0),
+        trust_forwarded=settings.behind_proxy,
+    )
 
     if settings.behind_proxy:
         # One trusted hop (nginx): X-Forwarded-For/-Proto/-Host become the request's own.

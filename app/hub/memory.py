@@ -58,6 +58,13 @@ class MemoryBackend:
     def healthy(self) -> bool:
         return True
 
+    def acquire_lock(self, name: str, ttl: float) -> bool:
+        """Leadership for a singleton job (the ``ticks`` producer): one process, always ours."""
+        return True
+
+    def release_lock(self, name: str) -> None:
+        """Nothing to release in one process."""
+
     def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event:
         """Store a new event at the end of the topic's history, then deliver it live."""
         state = self._topics.get(topic)
