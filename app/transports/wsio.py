@@ -740,13 +740,28 @@ def open_websockets(environ) -> int:
 # -------------------------------------------------------------------------- handler
 
 
-def _ignore_start_response(status, headers, exc_info=None):
-    # After 101 the application's own status line has nowhere to go.
-    return _ignore_write
+class _AppStatus:
+    """The ``start_response`` the application gets after 101: its status line has
+    nowhere to go, but an error status (say Werkzeug's 404 for a route not declared
+    with ``websocket=True``) is kept so the socket closes with a reason, not silently.
+    """
 
+    __slots__ = ("status",)
 
-def _ignore_write(data):
-    return None
+    def __init__(self):
+        self.status = ""
+
+    def __call__(self, status, headers, exc_info=None):
+        self.status = status
+        return self.write
+
+    @staticmethod
+    def write(data):
+        return None
+
+    @property
+    def failed(self) -> bool:
+        return self.status[:1] in ("4", "5")
 
 
 def _keepalive(ws: WebSocket, interval: float, timeout: float) -> None:
@@ -874,8 +889,9 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         if policy.ping_interval > 0:
             keepalive = gevent.spawn(_keepalive, ws, policy.ping_interval, policy.ping_timeout)
         try:
+            app_status = _AppStatus()
             try:
-                result = self.application(self.environ, _ignore_start_response)
+                result = self.application(self.environ, app_status)
                 try:
                     for _ in result:
                         pass
@@ -886,6 +902,10 @@ class Handler(WebSocketHandler, PyWSGIHandler):
             except Exception:
                 log.error("WebSocket application failed on %s", ws.path, exc_info=True)
                 ws.close(CLOSE_INTERNAL_ERROR, "internal error")
+            else:
+                if app_status.failed and ws.state is State.OPEN:
+                    log.warning("WebSocket application answered %r on %s", app_status.status, ws.path)
+                    ws.close(CLOSE_INTERNAL_ERROR, f"application answered {app_status.status}")
             ws.finish(policy.close_timeout)
         finally:
             if keepalive is not None:

@@ -9,7 +9,9 @@ HTTP (no upgrade):
     the worker, so a test can watch memory and the socket registry from outside.
     Anything else: 200 ``{"ok": true, "path": ...}``.
 
-WebSocket (``/ws``, ``/stomp``, ``/small``): every message is echoed with its type.
+WebSocket (``/ws``, ``/stomp``): every message is echoed with its type. ``/declined``
+takes the upgrade but the application answers 404 without using the socket (as Flask
+does for a route not declared with ``websocket=True``).
 Text commands, for the tests that need the server to act:
     ``!protocol``: answer the negotiated sub-protocol (``-`` for none).
     ``!close <code> <reason>``: close with that code.
@@ -40,7 +42,7 @@ def policy_from_env(env=os.environ) -> WebSocketPolicy:
     origins = tuple(item for item in env.get("WS_ECHO_ALLOWED_ORIGINS", "").split(",") if item)
     return WebSocketPolicy(
         allowed_origins=origins,
-        protocols={"/ws": (), "/stomp": STOMP_PROTOCOLS, "/small": ()},
+        protocols={"/ws": (), "/stomp": STOMP_PROTOCOLS, "/declined": ()},
         max_message_bytes=int(env.get("WS_ECHO_MAX_BYTES", str(1024 * 1024))),
         ping_interval=float(env.get("WS_ECHO_PING_INTERVAL", "0")),
         ping_timeout=float(env.get("WS_ECHO_PING_TIMEOUT", "20")),
@@ -67,6 +69,9 @@ class EchoApp:
 
     def __call__(self, environ, start_response):
         ws = environ.get(ENVIRON_WEBSOCKET)
+        if ws is not None and environ.get("PATH_INFO") == "/declined":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"no such route"]
         if ws is not None:
             self._echo(ws, environ)
             return []

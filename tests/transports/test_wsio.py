@@ -552,6 +552,14 @@ def test_application_error_closes_with_1011(echo):
     ws.close()
 
 
+def test_application_that_declines_the_socket_closes_it_with_a_reason(echo):
+    ws = connect(echo, "/declined")
+    opcode, frame = ws.recv_data_frame(control_frame=True)
+    assert opcode == OP_CLOSE
+    assert frame.data == struct.pack("!H", 1011) + b"application answered 404 Not Found"
+    ws.close()
+
+
 def test_data_after_close_is_not_echoed(raw):
     client = raw()
     client.send_frame(OP_TEXT, b"!close 1000 x")
@@ -695,6 +703,42 @@ def test_fast_quit_still_sends_1001(fresh_server):
         server.proc.wait(scaled(server.graceful_timeout))
     finally:
         ws.close()
+
+
+def test_dev_server_uses_the_same_handler(tmp_path):
+    port = free_port()
+    code = ("from gevent import monkey; monkey.patch_all()\n"
+            "from tests.support.ws_echo_app import app\n"
+            "from app.transports.wsio import serve_dev\n"
+            f"serve_dev(app, '127.0.0.1', {port})\n")
+    with open(tmp_path / "dev.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "WS_ECHO_CLOSE_TIMEOUT": str(scaled(2))})
+    try:
+        def ready():
+            assert proc.poll() is None, (tmp_path / "dev.log").read_text()
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(ready, timeout=30, message="the development server")
+        hostile = RawClient(port, headers={"Origin": "https://evil.example"})
+        assert hostile.status == 403
+        hostile.close()
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/stomp", timeout=scaled(5),
+                                         subprotocols=["v11.stomp", "v10.stomp"])
+        assert ws.getsubprotocol() == "v11.stomp"
+        ws.send("hi")
+        assert ws.recv() == "hi"
+        proc.send_signal(signal.SIGTERM)
+        assert close_code_of(ws) == frames.CLOSE_GOING_AWAY
+        ws.close()
+        assert proc.wait(scaled(10)) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(scaled(5))
 
 
 # -------------------------------------------------------- negotiate (no server)
