@@ -373,6 +373,10 @@ class ConnectionClosed(WebSocketError):
     """Sending on a WebSocket that is closing or closed."""
 
 
+class _SendTimedOut(Exception):
+    """Raised by a gevent.Timeout inside ``WebSocket._write``."""
+
+
 class State(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"  # we sent a Close frame and wait for the peer's
@@ -507,7 +511,8 @@ class WebSocket(_StockWebSocket):
             self._state = State.CLOSING
             self.closed = True
             try:
-                self._write(encode_frame(OP_CLOSE, close_payload(None if code == CLOSE_NO_STATUS else code)))
+                reply = close_payload(None if code == CLOSE_NO_STATUS else code)
+                self._write(encode_frame(OP_CLOSE, reply), self.close_timeout)
             except WebSocketError:
                 pass
             self._mark_closed(code, reason)
@@ -520,7 +525,7 @@ class WebSocket(_StockWebSocket):
             self._state = State.CLOSING
             self.closed = True
             try:
-                self._write(encode_frame(OP_CLOSE, close_payload(code, reason)))
+                self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), self.close_timeout)
             except WebSocketError:
                 pass
         log.info("WebSocket %s failed: %s %s", self.path, code, reason)
@@ -540,16 +545,39 @@ class WebSocket(_StockWebSocket):
 
     # -- writing ------------------------------------------------------------------
 
-    def _write(self, data: bytes, lock_timeout: float | None = None) -> None:
-        if not self._send_lock.acquire(timeout=lock_timeout):
+    def _write(self, data: bytes, timeout: float | None = None) -> None:
+        """Send ``data`` as one unit; ``timeout`` bounds the wait for the lock plus the send.
+
+        Raises:
+            WebSocketError: the lock was busy for ``timeout``; nothing was sent.
+            ConnectionClosed: the socket failed, or the send itself ran out of time (part
+                of a frame may be out, so the connection is cut).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._send_lock.acquire(timeout=timeout):
             raise WebSocketError("timed out waiting to send")
         try:
-            self._sock.sendall(data)
+            if deadline is None:
+                self._sock.sendall(data)
+            else:
+                with gevent.Timeout(max(0.0, deadline - time.monotonic()), _SendTimedOut):
+                    self._sock.sendall(data)
+        except _SendTimedOut:
+            self._cut()
+            raise ConnectionClosed("timed out sending: the peer reads nothing") from None
         except OSError as exc:
             self._mark_closed(CLOSE_ABNORMAL, "connection lost")
             raise ConnectionClosed(f"socket is dead: {exc}") from None
         finally:
             self._send_lock.release()
+
+    def _cut(self) -> None:
+        """End the TCP connection now; wakes greenlets blocked reading or writing it."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._mark_closed(CLOSE_ABNORMAL, "connection cut")
 
     def _send_data(self, opcode: int, payload) -> None:
         if self._state is not State.OPEN:
@@ -586,13 +614,16 @@ class WebSocket(_StockWebSocket):
         else:
             self.send(message, binary=opcode == OP_BINARY)
 
-    def ping(self, payload: bytes = b"", lock_timeout: float | None = None) -> None:
-        """Send a Ping frame (at most 125 bytes); the peer must answer with a Pong."""
+    def ping(self, payload: bytes = b"", timeout: float | None = None) -> None:
+        """Send a Ping frame (at most 125 bytes); the peer must answer with a Pong.
+
+        ``timeout`` bounds the send as for ``_write``.
+        """
         if len(payload) > MAX_CONTROL_PAYLOAD:
             raise ValueError("a ping payload has at most 125 bytes")
         if self._state is not State.OPEN:
             raise ConnectionClosed("WebSocket is closed")
-        self._write(encode_frame(OP_PING, bytes(payload)), lock_timeout)
+        self._write(encode_frame(OP_PING, bytes(payload)), timeout)
 
     # -- closing ------------------------------------------------------------------
 
@@ -631,17 +662,12 @@ class WebSocket(_StockWebSocket):
             self._state = State.CLOSING
             self.closed = True
             self.close_code, self.close_reason = code, reason
-            # Bounded: the peer we give up on may not be reading at all.
-            with gevent.Timeout(min(1.0, self.close_timeout), False):
-                try:
-                    self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), 0.1)
-                except WebSocketError:
-                    pass
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._mark_closed(code if code is not None else CLOSE_ABNORMAL, reason or "aborted")
+            try:
+                # Bounded: the peer we give up on may not be reading at all.
+                self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), min(1.0, self.close_timeout))
+            except WebSocketError:
+                pass
+        self._cut()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the connection is closed; whether it is."""
@@ -773,24 +799,13 @@ def _keepalive(ws: WebSocket, interval: float, timeout: float) -> None:
         if ws.state is not State.OPEN:
             return
         sent_at = time.monotonic()
-        # A ping that cannot be written within ping_timeout (another send holds the
-        # lock, or the peer's receive window stays full) means the peer reads nothing.
-        sent = False
-        timer = gevent.Timeout(timeout)
-        timer.start()
         try:
-            ws.ping(next(counter).to_bytes(4, "big"), lock_timeout=timeout)
-            sent = True
+            # A ping that cannot be written within ping_timeout (another send holds the
+            # lock, or the peer's receive window stays full) means the peer reads nothing.
+            ws.ping(next(counter).to_bytes(4, "big"), timeout=timeout)
         except ConnectionClosed:
-            return
+            return  # already cut
         except WebSocketError:
-            pass
-        except gevent.Timeout as exc:
-            if exc is not timer:
-                raise
-        finally:
-            timer.close()
-        if not sent:
             log.info("WebSocket %s: keepalive ping could not be sent in %ss", ws.path, timeout)
             ws.abort(CLOSE_KEEPALIVE_TIMEOUT, "keepalive ping timeout")
             return

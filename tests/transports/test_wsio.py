@@ -637,6 +637,19 @@ def test_keepalive_timeout_closes_a_silent_peer(fresh_server):
         client.close()
 
 
+def test_keepalive_cuts_a_peer_that_reads_nothing(fresh_server):
+    server = fresh_server(ping_interval=scaled(0.2), ping_timeout=scaled(0.5))
+    client = RawClient(server.port)
+    try:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # The server sends ~50 MB that this client never reads: its sends block, and
+        # so would the pings; the peer is cut instead of holding greenlets forever.
+        client.send_frame(OP_TEXT, b"!burst 2 400 65536")
+        wait_until(lambda: server.stats()["open_websockets"] == 0, timeout=10, message="stuck peer released")
+    finally:
+        client.close()
+
+
 # ------------------------------------------------------------------ shutdown
 
 
