@@ -7,11 +7,13 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # Programs the test suite starts for real, and the Debian packages that provide them.
 SYSTEM_DEPS := nginx:nginx redis-server:redis-server chromium:chromium
 PYTEST_ARGS ?=
+NGINX ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 
-.PHONY: run test test-fast system-deps node-deps clean help
+.PHONY: run run-nginx test test-fast system-deps node-deps clean help
 
 help:
 	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
+	@echo "make run-nginx  gunicorn behind nginx (nginx.conf): http://127.0.0.1:8080"
 	@echo "make test       install everything the tests need, then run them all"
 	@echo "make test-fast  the same, skipping the long soak tests"
 
@@ -27,6 +29,16 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt
 
 run: $(VENV)/.run-installed
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+
+# gunicorn on :8000 behind nginx on :8080, with the repo's nginx.conf; Ctrl-C stops both.
+run-nginx: $(VENV)/.run-installed
+	@test -x "$(NGINX)" || { echo "run-nginx needs nginx (Debian: apt-get install nginx)"; exit 1; }
+	@mkdir -p .run/nginx
+	@trap 'kill 0' INT TERM EXIT; \
+	  SWITCHBOARD_BEHIND_PROXY=1 $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app & \
+	  "$(NGINX)" -p "$(CURDIR)" -c nginx.conf -g 'daemon off;' & \
+	  echo "Switchboard behind nginx: http://127.0.0.1:8080/ (Ctrl-C stops gunicorn and nginx)"; \
+	  wait
 
 # Installs the missing programs with apt-get when root; otherwise names them and stops.
 system-deps:
