@@ -1,0 +1,87 @@
+"""A real nginx (Debian's package) running the repo's nginx.conf, on free ports.
+
+The only changes made to the shipped file are the ones a deployer makes: the listen
+port and the upstream address (plus, for the counter-test, whatever ``edit`` does).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from .servers import ROOT, free_port
+from .timing import scaled, wait_until
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def shipped_config() -> str:
+    return (ROOT / "nginx.conf").read_text()
+
+
+class Nginx:
+    def __init__(self, upstream_port: int, edit: Callable[[str], str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # Under the checkout, not the test's tmp dir: nginx workers run as an unprivileged
+        # user when started as root, and pytest's tmp dirs are private to root.
+        self.prefix = ROOT / ".run" / f"test-nginx-{self.port}"
+        self.prefix.mkdir(parents=True, exist_ok=True)
+        config = shipped_config()
+        config, n_listen = re.subn(r"listen 8080;", f"listen 127.0.0.1:{self.port};", config)
+        config, n_upstream = re.subn(r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{upstream_port};", config)
+        assert n_listen == 1 and n_upstream == 1, "nginx.conf no longer has the DEPLOY lines the tests edit"
+        if edit is not None:
+            config = edit(config)
+        # Same relative layout as a checkout: static/ and .run/nginx/ under the prefix.
+        (self.prefix / ".run" / "nginx").mkdir(parents=True, exist_ok=True)
+        static = self.prefix / "static"
+        if not static.exists():
+            static.symlink_to(ROOT / "static")
+        self.config_path = self.prefix / "nginx.conf"
+        self.config_path.write_text(config)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Nginx":
+        self._log = open(self.prefix / "nginx.stderr", "ab")
+        self.proc = subprocess.Popen(
+            [NGINX, "-p", str(self.prefix), "-c", "nginx.conf", "-g", "daemon off;"],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self._ready, timeout=15, message=f"nginx on {self.url}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"nginx exited: {self.log()}")
+        try:
+            requests.get(self.url + "/static/css/site.css", timeout=1)
+            return True
+        except requests.RequestException:
+            return False
+
+    def log(self) -> str:
+        parts = []
+        for name in ("nginx.stderr", ".run/nginx/error.log"):
+            path = self.prefix / name
+            if path.exists():
+                parts.append(path.read_text(errors="replace")[-4000:])
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish open requests
+            try:
+                self.proc.wait(scaled(10))
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(scaled(5))
+        if self.proc:
+            self._log.close()
+        shutil.rmtree(self.prefix, ignore_errors=True)
