@@ -58,11 +58,11 @@ class EchoServer:
     ``settings`` become WS_ECHO_* variables (see ws_echo_app.policy_from_env).
     """
 
-    def __init__(self, log_dir: Path, graceful_timeout: float = 10, **settings):
+    def __init__(self, log_dir: Path, graceful_timeout: float | None = None, **settings):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.graceful_timeout = graceful_timeout
+        self.graceful_timeout = int(graceful_timeout if graceful_timeout is not None else scaled(10))
         self.log_path = Path(log_dir) / f"gunicorn-{self.port}.log"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.env.update({f"WS_ECHO_{name.upper()}": str(value) for name, value in settings.items()})
@@ -661,7 +661,7 @@ def test_sigterm_to_master_closes_websockets_with_1001(fresh_server):
     server.proc.send_signal(signal.SIGTERM)
     try:
         assert [close_code_of(ws) for ws in clients] == [frames.CLOSE_GOING_AWAY] * 2
-        assert server.proc.wait(scaled(server.graceful_timeout)) == 0
+        assert server.proc.wait(server.graceful_timeout) == 0
         assert time.monotonic() - started < server.graceful_timeout
     finally:
         for ws in clients:
@@ -700,7 +700,7 @@ def test_shutdown_cuts_a_peer_that_never_answers_the_close(fresh_server):
         server.proc.send_signal(signal.SIGTERM)
         assert client.recv_close() == (frames.CLOSE_GOING_AWAY, "server shutting down")
         assert client.at_eof()  # no Close from us: cut after close_timeout
-        assert server.proc.wait(scaled(server.graceful_timeout)) == 0
+        assert server.proc.wait(server.graceful_timeout) == 0
         assert time.monotonic() - started < server.graceful_timeout
     finally:
         client.close()
@@ -713,7 +713,7 @@ def test_fast_quit_still_sends_1001(fresh_server):
     server.proc.send_signal(signal.SIGINT)  # gunicorn's quick shutdown
     try:
         assert close_code_of(ws) == frames.CLOSE_GOING_AWAY
-        server.proc.wait(scaled(server.graceful_timeout))
+        server.proc.wait(server.graceful_timeout)
     finally:
         ws.close()
 
