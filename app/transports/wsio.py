@@ -16,7 +16,9 @@ How the application uses it:
   sub-protocol or ``None``) and ``environ["wsgi.websocket_version"]`` (``"13"``).
   It loops on ``ws.receive()`` until it returns ``None``; any greenlet may call
   ``ws.send()``. When the application returns, the handler completes the closing
-  handshake (code 1000, or 1011 if the application raised).
+  handshake: code 1000, or 1011 if the application raised or answered an HTTP error
+  status (say a route not declared with ``websocket=True``) without closing the socket.
+  gevent-websocket's ``app_protocol(path)`` hook is not consulted: the policy replaces it.
 * Every request's environ carries ``environ["switchboard.ws_registry"]``, the
   process's :class:`Registry`; ``open_websockets(environ)`` is its count, for metrics.
 * gunicorn: ``worker_class = "app.transports.wsio.Worker"``. On SIGTERM the worker
@@ -106,6 +108,7 @@ __all__ = [
     "Refusal",
     "Registry",
     "Server",
+    "State",
     "WebSocket",
     "WebSocketError",
     "WebSocketPolicy",
@@ -113,6 +116,7 @@ __all__ = [
     "is_websocket_request",
     "negotiate",
     "open_websockets",
+    "origin_allowed",
     "serve_dev",
 ]
 
