@@ -6,7 +6,9 @@ variables as the app (see app/config.py); a bad value stops start-up with its na
 
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,6 +22,12 @@ except ConfigError as _exc:
 # Every worker must sign session cookies with the same key, or a browser's identity
 # would change from one worker to the next. Made once here, in the master, and inherited.
 os.environ.setdefault("SWITCHBOARD_SECRET_KEY", secrets.token_hex(32))
+
+# Metrics from every worker are aggregated through files in one directory
+# (prometheus-client's multiprocess mode); a fresh one per master start.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="switchboard-metrics-")
 
 # Loopback by default: nginx (nginx.conf) is the public face. $PORT picks the port.
 bind = os.environ.get("SWITCHBOARD_BIND", f"127.0.0.1:{_settings.port}")
@@ -70,3 +78,16 @@ def on_starting(server):
             f"switchboard: {server.cfg.workers} workers need SWITCHBOARD_REDIS_URL; with the "
             "in-memory hub each worker has its own audience and a publish reaches only the "
             "clients of the worker that took it. Use one worker or configure Redis.")
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (open connections, subscriptions) from /metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory this master made."""
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -77,3 +77,13 @@ def healthz() -> tuple[Response, int]:
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response, 200
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text metrics (every worker's, under gunicorn)."""
+    hub = state.hub()
+    registry = state.metrics()
+    registry.backend_up.labels(hub.backend.name).set(1 if hub.backend.healthy else 0)
+    body, content_type = registry.render()
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})

@@ -8,10 +8,11 @@ import os
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, errors, pages
+from . import api, errors, pages, security
 from .config import ConfigError, Settings
 from .hub import Hub
 from .hub.memory import MemoryBackend
+from .metrics import HubObserver, Metrics
 from .transports import TRANSPORTS
 from .transports.wsio import WebSocketPolicy
 
@@ -46,11 +47,14 @@ def build_app(test_config=None) -> Flask:
     app.json.sort_keys = False
     app.json.compact = True
 
-    hub = Hub(make_backend(settings), queue_size=settings.queue_size)
+    metrics = Metrics()
+    hub = Hub(make_backend(settings), queue_size=settings.queue_size, observer=HubObserver(metrics))
     app.extensions["switchboard.settings"] = settings
     app.extensions["switchboard.hub"] = hub
+    app.extensions["switchboard.metrics"] = metrics
 
     errors.init_app(app)
+    security.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     for transport in TRANSPORTS:

@@ -6,6 +6,7 @@ from flask import current_app
 
 from .config import Settings
 from .hub import Hub
+from .metrics import Metrics
 
 
 def hub() -> Hub:
@@ -16,3 +17,8 @@ def hub() -> Hub:
 def settings() -> Settings:
     """The application's settings."""
     return current_app.extensions["switchboard.settings"]
+
+
+def metrics() -> Metrics:
+    """The application's metrics."""
+    return current_app.extensions["switchboard.metrics"]

@@ -46,17 +46,41 @@ class Backend(Protocol):
     def release_lock(self, name: str) -> None: ...
 
 
+class HubObserver(Protocol):
+    """Receives the hub's notable moments (app/metrics.py turns them into metrics)."""
+
+    def subscribed(self, topic: str) -> None: ...
+    def unsubscribed(self, topic: str, reason: str) -> None: ...
+    def published(self, topic: str) -> None: ...
+    def gap(self, topic: str, slow: bool) -> None: ...
+    def replayed(self, count: int) -> None: ...
+    def queue_depth(self, depth: int) -> None: ...
+
+
+class NullObserver:
+    """An observer that ignores everything (the default)."""
+
+    def subscribed(self, topic): pass
+    def unsubscribed(self, topic, reason): pass
+    def published(self, topic): pass
+    def gap(self, topic, slow): pass
+    def replayed(self, count): pass
+    def queue_depth(self, depth): pass
+
+
 class Hub:
     """Topics, history and subscriptions over one backend.
 
     Args:
         backend: where events are stored and how they come back for live delivery.
         queue_size: the live queue bound of every subscription (DESIGN.md §3).
+        observer: told of subscriptions, publishes, gaps, replays and queue depth.
     """
 
-    def __init__(self, backend: Backend, queue_size: int = 256):
+    def __init__(self, backend: Backend, queue_size: int = 256, observer: HubObserver | None = None):
         self.backend = backend
         self.queue_size = queue_size
+        self.observer = observer or NullObserver()
         self.published = 0
         self._subs: dict[str, set[Subscription]] = {}
         self._closed_reason: str | None = None
@@ -84,6 +108,7 @@ class Hub:
         check_type(type)
         event = self.backend.append(topic, type, data, sender)
         self.published += 1
+        self.observer.published(topic)
         return event
 
     # -- reading ------------------------------------------------------------------------
@@ -145,8 +170,9 @@ class Hub:
         def read_after(after: Cursor, limit: int) -> tuple[list[Event], bool]:
             return self.backend.read_after(topic, after, limit)
 
-        sub = Subscription(topic, cursor, read_after, self.queue_size, self._forget)
+        sub = Subscription(topic, cursor, read_after, self.queue_size, self._forget, self.observer)
         self._subs.setdefault(topic, set()).add(sub)
+        self.observer.subscribed(topic)
         return sub
 
     def subscriber_count(self, topic: str | None = None) -> int:
@@ -179,7 +205,8 @@ class Hub:
 
     def _forget(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.topic)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
+            self.observer.unsubscribed(sub.topic, sub.close_reason or "closed")
             if not subs:
                 del self._subs[sub.topic]

@@ -50,13 +50,15 @@ class Subscription:
     """
 
     def __init__(self, topic: str, since: Cursor | None, read_after: ReadAfter,
-                 maxsize: int, on_close: Callable[["Subscription"], None]):
+                 maxsize: int, on_close: Callable[["Subscription"], None], observer=None):
         self.topic = topic
         self.maxsize = maxsize
         self.close_reason: str | None = None
         self.overflows = 0  # times the live queue filled up (each costs a history read)
         self._read_after = read_after
         self._on_close = on_close
+        self._observer = observer
+        self._high_water = 0
         self._last = since
         self._syncing = since is not None
         self._first_sync = since is not None  # only a resume's first read may find an old gap
@@ -82,6 +84,10 @@ class Subscription:
             self.overflows += 1
         else:
             self._queue.append(event)
+            if len(self._queue) > self._high_water:
+                self._high_water = len(self._queue)
+                if self._observer is not None:
+                    self._observer.queue_depth(self._high_water)
         self._wakeup.set()
 
     # -- the subscriber's side ----------------------------------------------------------
@@ -183,6 +189,8 @@ class Subscription:
             if self._pending:
                 event = self._pending.popleft()
                 self._last = event.cursor
+                if self._observer is not None:
+                    self._observer.replayed(1)
                 return event
             if self._syncing:
                 self._sync()
@@ -207,6 +215,8 @@ class Subscription:
         if gap:
             self._gap = Gap(self.topic, slow=not self._first_sync)
             self._close_after_gap = not self._first_sync
+            if self._observer is not None:
+                self._observer.gap(self.topic, self._gap.slow)
         self._first_sync = False
         if len(events) < page_size:
             self._syncing = False

@@ -1,0 +1,115 @@
+"""Prometheus metrics: what is open, what flowed, what went wrong.
+
+One :class:`Metrics` object per application (built by ``create_app``), with its own
+registry, so tests that build several apps never collide. Under gunicorn the values are
+shared across workers through prometheus-client's multiprocess mode: gunicorn.conf.py
+sets ``PROMETHEUS_MULTIPROC_DIR`` in the master before any worker starts, and
+``/metrics`` then aggregates every live worker's files.
+
+The hub reports through :class:`HubObserver` (it knows nothing of Prometheus); the
+transports call the ``Metrics`` methods directly.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import multiprocess
+
+TRANSPORTS = ("polling", "long-polling", "sse", "websocket", "stomp")
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class Metrics:
+    """The application's metrics. Names follow Prometheus conventions (``_total`` counters)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge(
+            "switchboard_open_connections", "Open streaming connections (SSE, WebSocket, STOMP) and parked long polls",
+            ["transport"], multiprocess_mode="livesum", registry=r)
+        self.subscriptions = Gauge(
+            "switchboard_subscriptions", "Live hub subscriptions", multiprocess_mode="livesum", registry=r)
+        self.long_polls_parked = Gauge(
+            "switchboard_long_polls_parked", "Long-poll requests waiting for an event",
+            multiprocess_mode="livesum", registry=r)
+        self.queue_high_water = Gauge(
+            "switchboard_queue_depth_high_water", "Deepest any subscriber queue has been",
+            multiprocess_mode="max", registry=r)
+        self.backend_up = Gauge(
+            "switchboard_backend_up", "1 when the event store (memory or Redis) is reachable",
+            ["backend"], multiprocess_mode="livemin", registry=r)
+        self.published = Counter(
+            "switchboard_events_published", "Events published (any transport)", registry=r)
+        self.delivered = Counter(
+            "switchboard_events_delivered", "Events written to clients", ["transport"], registry=r)
+        self.replayed = Counter(
+            "switchboard_events_replayed", "Events delivered from history (resume or catch-up)", registry=r)
+        self.gaps = Counter(
+            "switchboard_gaps", "Gaps signalled to clients (history lost or another epoch)", ["kind"], registry=r)
+        self.slow_consumer_drops = Counter(
+            "switchboard_slow_consumer_drops", "Subscribers dropped for falling behind history", registry=r)
+        self.stomp_errors = Counter(
+            "switchboard_stomp_errors", "STOMP ERROR frames sent, by kind", ["kind"], registry=r)
+        self.limit_rejections = Counter(
+            "switchboard_limit_rejections", "Requests or messages refused by a limit", ["limit"], registry=r)
+        self._high_water = 0
+
+    # -- called by transports -----------------------------------------------------------
+
+    @contextmanager
+    def connection(self, transport: str) -> Iterator[None]:
+        """Count an open connection of ``transport`` for the duration of the block."""
+        gauge = self.connections.labels(transport)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+    def queue_depth(self, depth: int) -> None:
+        """Record a subscriber queue depth; only a new maximum is written."""
+        if depth > self._high_water:
+            self._high_water = depth
+            self.queue_high_water.set(depth)
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition of every metric (all workers' under gunicorn)."""
+        if multiprocess_enabled():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class HubObserver:
+    """Adapts the hub's events to metrics; the hub calls these and imports nothing here."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def subscribed(self, topic: str) -> None:
+        self.metrics.subscriptions.inc()
+
+    def unsubscribed(self, topic: str, reason: str) -> None:
+        self.metrics.subscriptions.dec()
+        if reason == "slow consumer":
+            self.metrics.slow_consumer_drops.inc()
+
+    def published(self, topic: str) -> None:
+        self.metrics.published.inc()
+
+    def gap(self, topic: str, slow: bool) -> None:
+        self.metrics.gaps.labels("slow" if slow else "resume").inc()
+
+    def replayed(self, count: int) -> None:
+        self.metrics.replayed.inc(count)
+
+    def queue_depth(self, depth: int) -> None:
+        self.metrics.queue_depth(depth)
