@@ -12,6 +12,7 @@ from . import api, errors, pages, security
 from .config import ConfigError, Settings
 from .hub import Hub
 from .hub.memory import MemoryBackend
+from .producers import start_producers
 from .metrics import HubObserver, Metrics
 from .transports import TRANSPORTS
 from .transports.wsio import WebSocketPolicy
@@ -69,6 +70,8 @@ def build_app(test_config=None) -> Flask:
         ping_timeout=max(settings.ws_ping_interval, 1.0),
         trust_forwarded=settings.behind_proxy,
     )
+
+    start_producers(app)  # the ticks demo producer; only under gevent (see app/producers.py)
 
     if settings.behind_proxy:
         # One trusted hop (nginx): X-Forwarded-For/-Proto/-Host become the request's own.

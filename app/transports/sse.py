@@ -1,5 +1,145 @@
-"""Placeholder: this transport lands in its own issue."""
+"""Server-Sent Events: one long ``text/event-stream`` response per client.
+
+What goes on the wire (WHATWG HTML, "Server-sent events"), in order:
+
+1. At once, before any event: ``retry: <ms>`` and a comment line. A proxy or a browser
+   that sees no byte for a while may give up on the stream (the seed's note about a 503
+   on first connect); the headers and these bytes leave in the first write.
+2. If the client resumes (``Last-Event-ID`` header on an automatic reconnect, or the
+   ``last_event_id`` query on a first connection, since EventSource cannot set headers):
+   the events it missed, replayed from history, then live ones, each exactly once and
+   in order. A cursor older than history, or from another epoch, gets ``event: gap``
+   first, then what history still holds.
+3. Each event as ``id: <cursor>``, ``event: <type>`` (so ``addEventListener(type)``
+   works; ``onmessage`` only sees type ``message``) and ``data: <the event as one-line
+   JSON>``. JSON escapes CR, LF and NUL inside strings, and cursors and types never
+   contain them, so the framing holds for any payload. The bytes are built once per
+   event (``Event.encoded``) and shared by every client; whatever is queued when a
+   writer wakes goes out in one write.
+4. ``: ping`` comments after each ``SWITCHBOARD_SSE_HEARTBEAT`` seconds of silence. They
+   keep proxies from timing the stream out, and they are how a gone client is found:
+   gevent's WSGI server learns it only when a write fails (it skips empty chunks, so the
+   heartbeat must be real bytes), and the generator's ``finally`` then releases the
+   subscription.
+5. A subscriber too slow for its queue and for history gets ``event: gap`` and the
+   stream ends; EventSource reconnects with ``Last-Event-ID`` and resumes from there.
+   On shutdown the stream ends the same way (DESIGN.md §8).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Iterator
+
+from flask import Blueprint, Flask, Request, Response, request
+
+from .. import state
+from ..errors import ApiError
+from ..events import Event, Gap, check_topic
+from ..hub import Subscription, SubscriptionClosed
+from ..identity import current_sender
+from ..metrics import Metrics
+from .cursor import resume_cursor
+
+bp = Blueprint("sse", __name__)
+
+CONTENT_TYPE = "text/event-stream"
+HEARTBEAT = b": ping\n\n"
+# Most events one write carries; a backlog larger than this leaves in several writes.
+BATCH = 100
+# RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token.
+_BEARER_RE = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]+=*)\Z", re.IGNORECASE)
 
 
-def init_app(app):
-    """Register nothing yet."""
+def encode_event(event: Event) -> bytes:
+    """One event as an SSE block: ``id``, ``event`` and ``data`` lines, then a blank line."""
+    data = event.json()
+    try:
+        payload = data.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a "\ud800" escape in the published JSON) has no UTF-8 form:
+        # keep it escaped, as ASCII JSON, rather than fail every subscriber's stream.
+        payload = json.dumps(event.to_dict(), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode("ascii"), event.type.encode("ascii"), payload)
+
+
+def encode_gap(gap: Gap) -> bytes:
+    """The gap signal: no ``id`` (the client's last id stays the last event it got)."""
+    body = json.dumps({"topic": gap.topic, "slow": gap.slow}, separators=(",", ":"))
+    return b"event: gap\ndata: %s\n\n" % body.encode("ascii")
+
+
+def _encode(item: Event | Gap) -> bytes:
+    if isinstance(item, Gap):
+        return encode_gap(item)
+    return item.encoded("sse", encode_event)
+
+
+def _identity(req: Request) -> str:
+    """Who the server thinks the client is, for the opening comment (one line, ASCII).
+
+    ``Authorization: Bearer <token>`` is accepted to show that a header set by a
+    fetch-based reader reaches the server (EventSource cannot set one). The token is
+    not verified: this is a demo, and the comment says so.
+    """
+    who = f"you are {current_sender()} (session cookie)"
+    header = req.headers.get("Authorization")
+    if header is None:
+        return who
+    match = _BEARER_RE.match(header)
+    if match is None:
+        return who + "; an Authorization header came but is not a Bearer token, ignored"
+    token = match.group(1)
+    return who + (f"; Authorization: Bearer token of {len(token)} characters received, "
+                  f"starting {token[:6]!r} (not verified: demo only)")
+
+
+def _stream(sub: Subscription, opening: bytes, heartbeat: float, metrics: Metrics) -> Iterator[bytes]:
+    delivered = metrics.delivered.labels("sse")
+    try:
+        with metrics.connection("sse"):
+            yield opening
+            while True:
+                try:
+                    items = sub.get_many(BATCH, heartbeat)
+                except SubscriptionClosed as exc:
+                    # After a slow-consumer gap (already written) or on shutdown: end the
+                    # stream; EventSource reconnects with Last-Event-ID.
+                    if exc.reason == "shutdown":
+                        yield b": server shutting down, reconnect\n\n"
+                    return
+                if not items:
+                    yield HEARTBEAT
+                    continue
+                yield b"".join(map(_encode, items))
+                delivered.inc(sum(1 for item in items if isinstance(item, Event)))
+    finally:
+        sub.close()
+
+
+@bp.get("/api/topics/<topic>/stream")
+def stream(topic: str) -> Response:
+    """Stream the topic's events as text/event-stream, resuming after Last-Event-ID."""
+    check_topic(topic)
+    since = resume_cursor(request)
+    settings = state.settings()
+    opening = (f"retry: {settings.sse_retry_ms}\n"
+               f": switchboard stream of topic {topic}, heartbeat every {settings.sse_heartbeat:g} s; "
+               f"{_identity(request)}\n\n").encode("ascii", "replace")
+    try:
+        sub = state.hub().subscribe(topic, since=since)
+    except SubscriptionClosed:
+        raise ApiError(503, "shutting_down", "the server is shutting down; reconnect shortly",
+                       {"Retry-After": "1"}) from None
+    stream_body = _stream(sub, opening, settings.sse_heartbeat, state.metrics())
+    response = Response(stream_body, status=200, content_type=CONTENT_TYPE)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each write on at once
+    # Runs even if the generator never starts (HEAD, or a failure before the first write).
+    response.call_on_close(sub.close)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
