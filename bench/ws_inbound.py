@@ -1,6 +1,7 @@
 """Inbound WebSocket throughput of one server process: stock gevent-websocket vs wsio.
 
-Usage: ``.venv/bin/python bench/ws_inbound.py [--quick] [--json PATH]``
+Usage: ``.venv/bin/python bench/ws_inbound.py [--quick] [--json PATH] [--server-cpu 0 --client-cpu 1]``
+(bench/run.py calls it with the cores pinned, as part of ``make bench``).
 
 For each server variant a fresh process runs gevent's WSGI server (the server
 gunicorn's gevent workers run) with that variant's handler and an application that
@@ -100,12 +101,14 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return header + MASK + masked
 
 
-def open_socket(port: int) -> tuple[socket.socket, object]:
+def open_socket(port: int, path: str = "/bench", protocol: str | None = None) -> tuple[socket.socket, object]:
+    """Open a WebSocket to ``path`` (offering ``protocol`` if given); the socket and its reader."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=120)
     key = base64.b64encode(os.urandom(16)).decode()
+    offer = f"Sec-WebSocket-Protocol: {protocol}\r\n" if protocol else ""
     sock.sendall(
-        f"GET /bench HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n".encode())
     rfile = sock.makefile("rb")
     status = rfile.readline()
     if b" 101 " not in status:
@@ -162,11 +165,13 @@ def run_workload(port: int, opcode: int, message: bytes, count: int) -> dict:
     }
 
 
-def start_server(variant: str) -> tuple[subprocess.Popen, int]:
+def start_server(variant: str, cpu: int | None = None) -> tuple[subprocess.Popen, int]:
+    """Start the ``variant`` server process (pinned to core ``cpu`` if given); it and its port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", variant, "--port", str(port)], cwd=ROOT)
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    proc = subprocess.Popen(pin + [sys.executable, __file__, "--serve", variant, "--port", str(port)], cwd=ROOT)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -189,11 +194,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tenth of the messages")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    parser.add_argument("--server-cpu", type=int, help="pin the server processes to this core (taskset)")
+    parser.add_argument("--client-cpu", type=int, help="pin this (client) process to this core")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.port)
         return
 
+    if args.client_cpu is not None:
+        os.sched_setaffinity(0, {args.client_cpu})
     scale = 0.1 if args.quick else 1.0
     text_64k = ("switchboard event " * 4000).encode()[: 64 * 1024]
     workloads = {
@@ -206,7 +215,7 @@ def main() -> None:
     slow = {"stock": (0.03, 0.3), "stock-no-wsaccel": (0.01, 0.1)}
     results: dict = {}
     for variant in args.variants.split(","):
-        proc, port = start_server(variant)
+        proc, port = start_server(variant, args.server_cpu)
         try:
             results[variant] = {}
             for name, (opcode, message, count) in workloads.items():
