@@ -15,7 +15,7 @@ Typical use by a transport::
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ..events import Cursor, Event, Gap, Page, check_topic, check_type
 from .subscription import Item, Subscription, SubscriptionClosed
@@ -44,6 +44,10 @@ class Backend(Protocol):
     def retained(self, topic: str) -> int: ...
     def acquire_lock(self, name: str, ttl: float) -> bool: ...
     def release_lock(self, name: str) -> None: ...
+
+    # Optional: ``set_resync(callback)``. A backend whose live feed can miss events (Redis
+    # Pub/Sub while it reconnects) gets :meth:`Hub.resync_all` through it, before
+    # ``start``, and calls it each time its feed is whole again.
 
 
 class HubObserver(Protocol):
@@ -84,6 +88,9 @@ class Hub:
         self.published = 0
         self._subs: dict[str, set[Subscription]] = {}
         self._closed_reason: str | None = None
+        set_resync = getattr(backend, "set_resync", None)
+        if set_resync is not None:
+            set_resync(self.resync_all)
         backend.start(self._dispatch)
 
     # -- writing ------------------------------------------------------------------------
@@ -184,6 +191,37 @@ class Hub:
     def topics(self) -> list[str]:
         """Topics with at least one local subscriber."""
         return [topic for topic, subs in self._subs.items() if subs]
+
+    def resync_all(self, start_for: Callable[[str], Cursor] | None = None) -> int:
+        """Put every subscription into catch-up-from-history mode.
+
+        For a backend whose live feed can miss events: Redis Pub/Sub calls this (through
+        ``set_resync``, see :class:`Backend`) once it is subscribed again after a broken
+        connection. Each subscription then reads history after the last event it took
+        (:meth:`Subscription.resync`), so no event that reached the backend is lost.
+
+        Args:
+            start_for: ``start_for(topic)`` is the cursor to read after for subscriptions
+                that have received nothing yet (live-only ones): at or before the first
+                event the live feed may have missed. Called once per such topic, before
+                any subscription changes. Without it those subscriptions stay live.
+
+        Returns:
+            How many subscriptions were told to resync.
+
+        Raises:
+            BackendUnavailable: from ``start_for``; then no subscription was changed,
+                and the backend calls again when it has reconnected.
+        """
+        subs = [sub for topic_subs in list(self._subs.values()) for sub in list(topic_subs)]
+        starts: dict[str, Cursor] = {}
+        if start_for is not None:
+            for sub in subs:
+                if not sub.positioned and sub.topic not in starts:
+                    starts[sub.topic] = start_for(sub.topic)
+        for sub in subs:
+            sub.resync(starts.get(sub.topic))
+        return len(subs)
 
     def close(self, reason: str = "shutdown") -> None:
         """Close every subscription (waking their readers) and refuse new ones."""

@@ -90,6 +90,45 @@ class Subscription:
                     self._observer.queue_depth(self._high_water)
         self._wakeup.set()
 
+    @property
+    def positioned(self) -> bool:
+        """Whether the subscription knows where it stands in the topic: it has taken an
+        event, was given ``since``, or has a live event queued. Only a live-only
+        subscription that has received nothing yet is not (see :meth:`resync`)."""
+        return self._last is not None or bool(self._queue)
+
+    def resync(self, start: Cursor | None = None) -> None:
+        """Catch up from history, because the live feed may have missed events.
+
+        Called through :meth:`app.hub.Hub.resync_all` when a backend's live feed was cut
+        and is whole again (Redis Pub/Sub reconnected). The live queue is dropped (history
+        holds those events too) and history is read after the last event taken, the path
+        an overflow takes; the seam rule then dedupes what arrives live meanwhile. A gap
+        found by that first read is the backend's loss, not the subscriber's slowness: it
+        is delivered as a plain :class:`~app.events.Gap` and the subscription goes on.
+
+        Args:
+            start: where to read from when the subscription is not :attr:`positioned`
+                (live-only, nothing received yet): a cursor at or before the first event
+                it may have missed. Without one such a subscription just stays live.
+        """
+        if self.close_reason is not None:
+            return
+        if self._last is None:
+            if self._queue:
+                # Nothing taken yet: the first queued event is delivered first, and the
+                # read resumes after it (_take sets _last when it hands the event out).
+                self._pending.append(self._queue.popleft())
+            elif start is not None:
+                self._last = start
+            else:
+                return
+        self._queue.clear()
+        self._overflow = False
+        self._syncing = True
+        self._first_sync = True
+        self._wakeup.set()
+
     # -- the subscriber's side ----------------------------------------------------------
 
     @property

@@ -1,0 +1,652 @@
+"""The Redis backend: history in one Stream per topic, live fan-out over one Pub/Sub channel.
+
+Several gunicorn workers, on one host or many, share one hub through Redis (DESIGN.md §1).
+No sticky sessions are needed: every worker reads the same history and hears every event.
+
+Keys (``<p>`` is the prefix, ``switchboard`` by default):
+
+==========================  =============================================================
+``<p>:epoch``               the history's epoch, created with "set if absent" by the first
+                            script that runs against an empty Redis. Every cursor names it,
+                            so after a FLUSHALL (or a Redis that restarted without its data)
+                            old cursors are answered with a gap, never matched by number.
+``<p>:stream:<topic>``      the topic's events: a Stream whose ids are ``<ms>-<n>``, ``ms``
+                            Redis's clock at the append (never going backwards within the
+                            topic) and ``n`` the event's number in the topic, 1, 2, 3, ...
+                            Field ``b`` holds ``{"type", "sender", "data"}`` as JSON.
+``<p>:meta:<topic>``        hash ``ms``, ``seq``: the newest id ever given in the topic, so
+                            ids keep growing after the stream itself expired (kept, like
+                            the in-memory backend keeps a topic's counter).
+``<p>:events``              the Pub/Sub channel every append is published on.
+``<p>:lock:<name>``         leadership locks (:meth:`RedisBackend.acquire_lock`).
+==========================  =============================================================
+
+Numbering events 1, 2, 3 inside the stream id is what makes gap detection exact: a read
+after cursor ``n`` must start with event ``n + 1``, or something between was trimmed.
+
+Bounds. An append trims by count (``XADD ... MAXLEN ~ history_size``) and by age
+(``XTRIM MINID ~ now - ttl``); both are approximate, Redis drops whole nodes only, so
+the reads apply both bounds exactly: an event is retained when its number is among the
+newest ``history_size`` and its time is within ``history_ttl`` of Redis's clock. That
+is the in-memory backend's contract, event for event. A stream untouched for longer than
+the TTL holds only expired events, so its key expires too.
+
+Atomicity. Each operation is one Lua script: an append stores the event *and* publishes
+it (with its id) in one step, so no subscriber hears an event that history lacks, and
+every worker hears the events of a topic in stream order. A read sees one consistent
+state of epoch, stream and meta.
+
+Live fan-out. Each process holds ONE Pub/Sub connection, owned by one listener greenlet
+that hands every event to the hub (``deliver``); the hub offers it to the local
+subscribers. There is one channel for the whole deployment: a PUBLISH costs O(workers)
+and each worker decodes every event, which is cheap next to writing it to its clients.
+(A deployment with many hosts and many topics that each have few listeners would rather
+SUBSCRIBE per topic; that needs the hub to report local interest before reading history.)
+Events reach even the publishing worker's own subscribers through the channel, not
+directly: a local shortcut could overtake another worker's earlier event still in flight,
+and the seam rule would then drop that one as old.
+
+Failures. A command that cannot reach Redis raises :class:`~app.hub.BackendUnavailable`
+(HTTP 503). The listener notices a broken connection at once (EOF) or through a PING it
+sends after ``ping_interval`` seconds of silence, reconnects with capped, jittered
+exponential backoff, and once subscribed again asks the hub to resync every
+subscription from history (:meth:`app.hub.Hub.resync_all`): no event that reached Redis
+is lost, and a flushed Redis shows up as a gap (new epoch).
+
+Requires Redis 6.2 or newer (``XADD MINID``, exclusive ``XRANGE`` bounds). The scripts
+touch the epoch key and a topic's keys together, so Redis Cluster is not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+import socket
+import time
+from typing import Any, Callable
+
+import gevent
+import gevent.event
+import gevent.socket
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ..events import Cursor, Event
+from . import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+# Replies that mean "Redis cannot serve now" rather than "this code is wrong".
+_UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "BUSY", "MASTERDOWN", "LOADING", "TRYAGAIN", "NOREPLICAS")
+
+# -- Lua -------------------------------------------------------------------------------
+# KEYS[1] is always the epoch key, ARGV[1] a fresh random epoch used only when Redis has
+# none. Numbers go through string.format('%d'): Lua's own tostring would print ms as
+# 1.7e+12.
+
+_PRELUDE = r"""
+local function get_epoch()
+  local epoch = redis.call('GET', KEYS[1])
+  if not epoch then
+    epoch = ARGV[1]
+    redis.call('SET', KEYS[1], epoch)
+  end
+  return epoch
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+
+local function id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+local function last_id(meta)
+  local last = redis.call('HMGET', meta, 'ms', 'seq')
+  return tonumber(last[1] or '0'), tonumber(last[2] or '0')
+end
+"""
+
+# KEYS: epoch, stream, meta. ARGV: epoch candidate, history size, ttl ms, channel, topic,
+# body, stream key lifetime ms. Returns {epoch, id}.
+_APPEND = _PRELUDE + r"""
+local epoch = get_epoch()
+local now = now_ms()
+local last_ms, last_seq = last_id(KEYS[3])
+local ms = math.max(math.floor(now), last_ms)
+local seq = last_seq + 1
+local id = string.format('%d-%d', ms, seq)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id, 'b', ARGV[6])
+redis.call('XTRIM', KEYS[2], 'MINID', '~', string.format('%d', math.max(0, math.floor(now - tonumber(ARGV[3])))))
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+redis.call('HSET', KEYS[3], 'ms', string.format('%d', ms), 'seq', string.format('%d', seq))
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\n' .. epoch .. '-' .. id .. '\n' .. ARGV[6])
+return {epoch, id}
+"""
+
+# Retained events from a stream id on: the age bound is the caller's start id, the count
+# bound (numbers above last_seq - size) is applied here, since MAXLEN ~ keeps a few more.
+_RETAINED = r"""
+local function retained(stream, start, count_floor, limit)
+  local out = {}
+  while #out < limit do
+    local want = limit - #out
+    local batch = redis.call('XRANGE', stream, start, '+', 'COUNT', want)
+    for _, entry in ipairs(batch) do
+      local _, seq = id_parts(entry[1])
+      if seq > count_floor then
+        out[#out + 1] = entry
+      end
+    end
+    if #batch < want then break end
+    start = '(' .. batch[#batch][1]
+  end
+  return out
+end
+
+local function flatten(head, entries)
+  for _, entry in ipairs(entries) do
+    head[#head + 1] = entry[1]
+    head[#head + 1] = entry[2][2]
+  end
+  return head
+end
+"""
+
+# KEYS: epoch, stream, meta. ARGV: epoch candidate, history size, ttl ms, cursor epoch
+# ('' if the cursor is not a stream position), cursor ms, cursor seq, limit.
+# Returns {epoch, gap (0/1), id, body, id, body, ...}.
+_READ_AFTER = _PRELUDE + _RETAINED + r"""
+local epoch = get_epoch()
+local oldest_ms = math.max(0, math.ceil(now_ms() - tonumber(ARGV[3])))  -- older ids have expired
+local oldest = string.format('%d-0', oldest_ms)
+local last_ms, last_seq = last_id(KEYS[3])
+local count_floor = last_seq - tonumber(ARGV[2])
+local limit = tonumber(ARGV[7])
+local c_ms, c_seq = tonumber(ARGV[5]), tonumber(ARGV[6])
+
+-- Another epoch, or a position this history never reached: a gap.
+local gap = ARGV[4] ~= epoch or c_seq > last_seq or c_ms > last_ms or (c_ms == last_ms and c_seq > last_seq)
+local events
+if not gap then
+  local start = oldest
+  if c_ms >= oldest_ms then
+    start = string.format('(%d-%d', c_ms, c_seq)
+  end
+  events = retained(KEYS[2], start, count_floor, limit)
+  if #events > 0 then
+    local _, first_seq = id_parts(events[1][1])
+    gap = first_seq ~= c_seq + 1           -- the next event was trimmed or expired
+  else
+    gap = c_seq < last_seq                 -- later events exist, none retained
+  end
+end
+if gap then
+  events = retained(KEYS[2], oldest, count_floor, limit)
+end
+return flatten({epoch, gap and 1 or 0}, events)
+"""
+
+# KEYS: epoch, stream, meta. ARGV: epoch candidate, history size, ttl ms, limit.
+# Returns {epoch, id, body, ...}, newest first.
+_READ_LATEST = _PRELUDE + _RETAINED + r"""
+local epoch = get_epoch()
+local oldest = string.format('%d-0', math.max(0, math.ceil(now_ms() - tonumber(ARGV[3]))))
+local limit = math.min(tonumber(ARGV[4]), tonumber(ARGV[2]))
+-- The stream's newest entries are numbered last_seq, last_seq - 1, ... (it is trimmed
+-- from the front only), so the newest `history size` of them are all within the bound.
+return flatten({epoch}, redis.call('XREVRANGE', KEYS[2], '+', oldest, 'COUNT', limit))
+"""
+
+# KEYS: epoch, stream, meta. ARGV: epoch candidate, history size, ttl ms, count (0/1).
+# Returns {epoch, last ms, last seq, retained count (if asked)}.
+_STAT = _PRELUDE + r"""
+local epoch = get_epoch()
+local last_ms, last_seq = last_id(KEYS[3])
+local retained = 0
+if ARGV[4] == '1' and last_seq > 0 then
+  local oldest = string.format('%d-0', math.max(0, math.ceil(now_ms() - tonumber(ARGV[3]))))
+  local first = redis.call('XRANGE', KEYS[2], oldest, '+', 'COUNT', 1)
+  if #first > 0 then
+    local _, first_seq = id_parts(first[1][1])
+    retained = last_seq - math.max(first_seq - 1, last_seq - tonumber(ARGV[2]))
+  end
+end
+return {epoch, last_ms, last_seq, retained}
+"""
+
+# Where a live-only subscription resumes after the listener was cut: the position of
+# the newest event older than `floor` ms, i.e. just before anything it may have missed.
+# KEYS: epoch, stream, meta. ARGV: epoch candidate, floor ms. Returns {epoch, ms, seq}.
+_POSITION = _PRELUDE + r"""
+local epoch = get_epoch()
+local floor = ARGV[2]
+local last_ms, last_seq = last_id(KEYS[3])
+if last_ms < tonumber(floor) then
+  return {epoch, last_ms, last_seq}
+end
+local before = redis.call('XREVRANGE', KEYS[2], '(' .. floor .. '-0', '-', 'COUNT', 1)
+if #before > 0 then
+  local ms, seq = id_parts(before[1][1])
+  return {epoch, ms, seq}
+end
+-- Everything older is gone: stand just before the first event at or after the floor.
+local after = redis.call('XRANGE', KEYS[2], floor .. '-0', '+', 'COUNT', 1)
+local next_seq = last_seq + 1
+if #after > 0 then
+  local _, seq = id_parts(after[1][1])
+  next_seq = seq
+end
+return {epoch, tonumber(floor) - 1, next_seq - 1}
+"""
+
+# KEYS: epoch. ARGV: epoch candidate. Returns {epoch, now ms}.
+_CLOCK = _PRELUDE + r"""
+return {get_epoch(), math.floor(now_ms())}
+"""
+
+# KEYS: lock. ARGV: owner token, ttl ms. SET NX PX, or renew when we own it.
+_ACQUIRE = r"""
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not owner then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lock. ARGV: owner token. Deletes the lock only if we own it.
+_RELEASE = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisBackend:
+    """History in Redis Streams, live delivery through one Pub/Sub listener per process.
+
+    Nothing connects before :meth:`start` (the hub calls it), so a gunicorn worker
+    builds its own connections after the fork.
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        history_size: events kept per topic.
+        history_ttl: seconds an event is kept (by Redis's clock).
+        prefix: the start of every key and of the channel; deployments sharing one Redis
+            need different prefixes.
+        socket_timeout: seconds a command may take before it counts as a failure.
+        connect_timeout: seconds to establish a connection.
+        max_connections: command connections per process; more concurrent commands wait
+            for one (up to ``socket_timeout``). The listener has its own connection.
+        ping_interval: seconds of Pub/Sub silence after which the listener PINGs; no
+            answer within as long again means the connection is dead.
+        reconnect_base: first reconnect delay in seconds (doubling, with jitter).
+        reconnect_cap: the longest reconnect delay in seconds.
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, history_size: int, history_ttl: float, *, prefix: str = "switchboard",
+                 socket_timeout: float = 5.0, connect_timeout: float = 2.0, max_connections: int = 64,
+                 ping_interval: float = 5.0, reconnect_base: float = 0.05, reconnect_cap: float = 2.0):
+        self.url = url
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.prefix = prefix
+        self.epoch = ""  # known after the first script runs; /healthz shows it
+        self.channel = f"{prefix}:events"
+        self.ping_interval = ping_interval
+        self.reconnect_base = reconnect_base
+        self.reconnect_cap = reconnect_cap
+        self.reconnects = 0  # times the listener had to reconnect (a test and metrics hook)
+        self._epoch_key = f"{prefix}:epoch"
+        self._ttl_ms = max(int(history_ttl * 1000), 1)
+        # An idle stream expires once all its events have. The meta (newest id, a few
+        # bytes) stays, as the in-memory backend keeps a topic's counter: numbering never
+        # restarts, and a cursor into a quiet topic is still judged exactly.
+        self._stream_ttl_ms = self._ttl_ms + 1000
+        self._connect_timeout = connect_timeout
+        self._token = secrets.token_hex(16)  # this process's identity as a lock owner
+        self._held_locks: set[str] = set()
+        options = dict(protocol=2, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
+                       socket_keepalive=True, retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        # Commands: a bounded pool shared by the process's greenlets. No retries: an
+        # append that failed after reaching Redis must not be stored twice; the client
+        # (HTTP 503, or the transport) decides whether to try again.
+        self._pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=socket_timeout, **options)
+        self._redis = redis.Redis(connection_pool=self._pool)
+        # The listener's one connection is made from this pool's settings, never pooled.
+        self._listen_pool = redis.ConnectionPool.from_url(url, **options)
+        self._scripts = {name: self._redis.register_script(source) for name, source in (
+            ("append", _APPEND), ("after", _READ_AFTER), ("latest", _READ_LATEST), ("stat", _STAT),
+            ("position", _POSITION), ("clock", _CLOCK), ("acquire", _ACQUIRE), ("release", _RELEASE))}
+        self._deliver: Callable[[Event], None] = lambda event: None
+        self._resync: Callable[..., int] | None = None
+        self._listener: gevent.Greenlet | None = None
+        self._subscribed = gevent.event.Event()
+        self._listening = False
+        self._commands_ok = True
+        self._closed = False
+        # The listener's "known good" point: Redis's clock (and epoch) at a moment when
+        # every event published before it had reached us. Anything missed after a cut is
+        # newer; a live-only subscription resumes from there (see _start_for).
+        self._floor: tuple[str | None, int] = (None, int(time.time() * 1000))
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def set_resync(self, resync: Callable[..., int]) -> None:
+        """Take the hub's :meth:`~app.hub.Hub.resync_all`, called after each (re)subscribe."""
+        self._resync = resync
+
+    def start(self, deliver: Callable[[Event], None]) -> None:
+        """Start the listener greenlet, which hands every published event to ``deliver``.
+
+        Waits up to the connect timeout for the first subscription, so that a request
+        right after start-up already has a live feed; if Redis is down the process starts
+        anyway (unhealthy, publishes answered 503) and the listener keeps trying.
+        """
+        self._deliver = deliver
+        self._listener = gevent.spawn(self._listen)
+        self._subscribed.wait(self._connect_timeout)
+
+    def close(self) -> None:
+        """Stop the listener, give up held locks, close the connections."""
+        self._closed = True
+        for name in list(self._held_locks):
+            try:
+                self.release_lock(name)
+            except Exception:  # best effort: the lock also expires by itself
+                log.debug("could not release lock %s", name, exc_info=True)
+        if self._listener is not None:
+            self._listener.kill(block=True, timeout=2)
+        self._listening = False
+        self._pool.disconnect()
+        self._listen_pool.disconnect()
+
+    @property
+    def healthy(self) -> bool:
+        """True while the live feed is subscribed and the last command reached Redis."""
+        return self._listening and self._commands_ok
+
+    # -- history ------------------------------------------------------------------------
+
+    def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event:
+        """Store a new event at the end of the topic's stream and publish it, atomically.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached (nothing was stored, or, if the
+                connection broke after the command left, it may have been).
+        """
+        body = json.dumps({"type": type, "sender": sender, "data": data}, ensure_ascii=False, separators=(",", ":"))
+        epoch, event_id = self._run("append", topic, self.history_size, self._ttl_ms, self.channel, topic, body,
+                                    self._stream_ttl_ms)
+        epoch = self._epoch_from(epoch)
+        ms, seq = _id_parts(event_id)
+        return Event(Cursor(epoch, (ms, seq)), topic, type, data, sender, ms / 1000)
+
+    def read_after(self, topic: str, cursor: Cursor, limit: int) -> tuple[list[Event], bool]:
+        """Events after ``cursor`` (at most ``limit``), and whether some were lost before them.
+
+        A cursor from another epoch, from the future, or older than what history keeps is
+        a gap: the answer then starts at the oldest retained event.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        if len(cursor.position) == 2:
+            c_epoch, (c_ms, c_seq) = cursor.epoch, cursor.position
+        else:  # not a stream position (an in-memory hub's cursor): always a gap
+            c_epoch, c_ms, c_seq = "", 0, 0
+        reply = self._run("after", topic, self.history_size, self._ttl_ms, c_epoch, c_ms, c_seq, max(limit, 0))
+        epoch = self._epoch_from(reply[0])
+        return self._events(topic, epoch, reply, 2), bool(reply[1])
+
+    def read_latest(self, topic: str, limit: int) -> list[Event]:
+        """The newest ``limit`` retained events, oldest first.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        if limit <= 0:
+            return []
+        reply = self._run("latest", topic, self.history_size, self._ttl_ms, limit)
+        events = self._events(topic, self._epoch_from(reply[0]), reply, 1)
+        events.reverse()
+        return events
+
+    def last_cursor(self, topic: str) -> Cursor | None:
+        """The cursor of the newest event ever published to the topic (even if expired).
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        epoch, ms, seq, _ = self._run("stat", topic, self.history_size, self._ttl_ms, 0)
+        epoch = self._epoch_from(epoch)
+        return Cursor(epoch, (int(ms), int(seq))) if int(seq) else None
+
+    def retained(self, topic: str) -> int:
+        """How many events the topic's history holds now (by both bounds).
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        epoch, _, _, count = self._run("stat", topic, self.history_size, self._ttl_ms, 1)
+        self._epoch_from(epoch)
+        return int(count)
+
+    # -- locks --------------------------------------------------------------------------
+
+    def acquire_lock(self, name: str, ttl: float) -> bool:
+        """Hold ``name`` for ``ttl`` seconds across every process on this Redis.
+
+        ``SET NX PX`` with this process's owner token; calling it again while holding the
+        lock renews the lease. Returns False when another process holds it, or when
+        Redis cannot be reached (the caller cannot know that it still leads).
+        """
+        try:
+            granted = bool(self._call("acquire", [self._lock_key(name)], [self._token, max(int(ttl * 1000), 1)]))
+        except BackendUnavailable:
+            log.debug("lock %s: Redis unavailable, not leading", name)
+            granted = False
+        if granted:
+            self._held_locks.add(name)
+        else:
+            self._held_locks.discard(name)
+        return granted
+
+    def release_lock(self, name: str) -> None:
+        """Give up ``name`` if this process holds it (someone else's lock is left alone).
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached (the lock then expires by itself).
+        """
+        self._held_locks.discard(name)
+        self._call("release", [self._lock_key(name)], [self._token])
+
+    # -- the listener -------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Keep one Pub/Sub subscription alive and hand every message to the hub."""
+        failures = 0
+        while not self._closed:
+            conn = self._listen_pool.make_connection()
+            try:
+                conn.connect()
+                conn.send_command("SUBSCRIBE", self.channel)
+                self._read_reply(conn, self.ping_interval, expect=b"subscribe")
+                # From here on every publish reaches us. Catch up on what the cut hid,
+                # then move the known-good point up to now.
+                new_floor = self._clock()
+                if self._resync is not None:
+                    floor = self._floor
+                    self._resync(lambda topic: self._start_for(topic, floor))
+                self._floor = new_floor
+                if failures:
+                    log.warning("redis listener: subscribed again after %d failed attempt(s); "
+                                "subscriptions resynced from history", failures)
+                    self.reconnects += 1
+                failures = 0
+                self._listening = True
+                self._subscribed.set()
+                self._pump(conn)
+            except (RedisConnectionError, RedisTimeoutError, BackendUnavailable, OSError) as exc:
+                if failures == 0:
+                    log.warning("redis listener: connection lost (%s); reconnecting", exc,
+                                exc_info=log.isEnabledFor(logging.DEBUG))
+            except Exception:  # a bug: log it, and keep the process's live feed alive
+                log.error("redis listener failed; reconnecting", exc_info=True)
+            finally:
+                self._listening = False
+                conn.disconnect()
+            if self._closed:
+                return
+            failures += 1
+            gevent.sleep(self._backoff(failures))
+
+    def _backoff(self, failures: int) -> float:
+        """Exponential delay capped at ``reconnect_cap``, half of it random ("equal jitter")."""
+        delay = min(self.reconnect_cap, self.reconnect_base * 2 ** min(failures - 1, 16))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    def _pump(self, conn) -> None:
+        """Read messages until the connection breaks (raises)."""
+        ping_floor: tuple[str, int] | None = None  # the clock read just before our PING
+        since_yield = 0
+        while True:
+            reply = self._read_reply(conn, self.ping_interval)
+            if reply is None:
+                if ping_floor is not None:
+                    raise RedisTimeoutError(f"no answer to PING within {self.ping_interval:g}s")
+                ping_floor = self._clock()
+                conn.send_command("PING")
+                continue
+            kind = reply[0]
+            if kind == b"message":
+                self._on_message(reply[2])
+                since_yield += 1
+                if since_yield >= 100:  # a flood must not starve the worker's requests
+                    since_yield = 0
+                    gevent.sleep(0)
+            elif kind == b"pong" and ping_floor is not None:
+                # Everything published before the PING arrived before this answer.
+                self._floor = max(self._floor, ping_floor, key=lambda f: f[1])
+                ping_floor = None
+
+    def _read_reply(self, conn, timeout: float, expect: bytes | None = None):
+        """The next Pub/Sub reply, or None after ``timeout`` seconds of silence.
+
+        Waits with gevent (not in the socket), so it yields to other greenlets whether or
+        not the socket module is monkey-patched.
+        """
+        if not conn.can_read(0):
+            try:
+                gevent.socket.wait_read(conn._sock.fileno(), timeout)
+            except socket.timeout:
+                if expect is not None:
+                    raise RedisTimeoutError(f"no {expect.decode()} confirmation within {timeout:g}s") from None
+                return None
+        reply = conn.read_response()
+        if expect is not None and (not isinstance(reply, list) or reply[0] != expect):
+            raise RedisConnectionError(f"unexpected reply {reply!r} to {expect.decode()}")
+        return reply
+
+    def _on_message(self, payload: bytes) -> None:
+        """Decode one published event (``topic\\ncursor\\nbody``) and hand it to the hub."""
+        try:
+            topic, cursor_text, body = payload.split(b"\n", 2)
+            cursor = Cursor.parse(cursor_text.decode("ascii"))
+            fields = json.loads(body)
+            ms = cursor.position[0]
+            event = Event(cursor, topic.decode("ascii"), fields["type"], fields["data"], fields["sender"], ms / 1000)
+        except (ValueError, KeyError) as exc:
+            log.error("redis listener: dropped a malformed message (%s): %r", exc, payload[:200])
+            return
+        self.epoch = cursor.epoch
+        if ms > self._floor[1]:
+            self._floor = (cursor.epoch, ms)
+        try:
+            self._deliver(event)
+        except Exception:
+            log.error("delivering an event failed", exc_info=True)
+
+    def _clock(self) -> tuple[str, int]:
+        """Redis's epoch and clock (ms) now."""
+        epoch, now = self._call("clock", [self._epoch_key], [secrets.token_hex(6)])
+        return self._epoch_from(epoch), int(now)
+
+    def _start_for(self, topic: str, floor: tuple[str | None, int]) -> Cursor:
+        """Where a live-only subscription of ``topic`` resumes after the cut that
+        followed ``floor``: just before the first event newer than the floor. If the epoch
+        changed meanwhile (Redis flushed or restarted empty), a cursor of the old epoch,
+        which the read answers with a gap and the new epoch's events."""
+        floor_epoch, floor_ms = floor
+        epoch, ms, seq = self._run("position", topic, floor_ms)
+        epoch = self._epoch_from(epoch)
+        if floor_epoch is not None and floor_epoch != epoch:
+            return Cursor(floor_epoch, (0, 0))
+        return Cursor(epoch, (int(ms), int(seq)))
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _run(self, script: str, topic: str, *args):
+        """Run a topic script: KEYS epoch, stream, meta; ARGV a new epoch candidate, then ``args``."""
+        keys = [self._epoch_key, f"{self.prefix}:stream:{topic}", f"{self.prefix}:meta:{topic}"]
+        return self._call(script, keys, [secrets.token_hex(6), *args])
+
+    def _call(self, script: str, keys: list[str], args: list):
+        try:
+            reply = self._scripts[script](keys=keys, args=args)
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
+            self._failed(exc)
+        except ResponseError as exc:
+            if not str(exc).startswith(_UNAVAILABLE_REPLIES):
+                raise
+            self._failed(exc)
+        self._commands_ok = True
+        return reply
+
+    def _failed(self, exc: Exception):
+        if self._commands_ok:
+            log.warning("redis: %s", exc)
+        self._commands_ok = False
+        raise BackendUnavailable("Redis cannot be reached") from exc
+
+    def _epoch_from(self, raw: bytes) -> str:
+        epoch = raw.decode("ascii")
+        self.epoch = epoch
+        return epoch
+
+    @staticmethod
+    def _events(topic: str, epoch: str, reply: list, start: int) -> list[Event]:
+        events = []
+        for i in range(start, len(reply), 2):
+            ms, seq = _id_parts(reply[i])
+            fields = json.loads(reply[i + 1])
+            events.append(Event(Cursor(epoch, (ms, seq)), topic, fields["type"], fields["data"], fields["sender"],
+                                ms / 1000))
+        return events
+
+    def _lock_key(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+
+def _id_parts(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode("ascii") if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq)
