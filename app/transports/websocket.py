@@ -1,5 +1,468 @@
-"""Placeholder: this transport lands in its own issue."""
+"""``/ws``: the hub over one WebSocket, as JSON ops (one JSON object per text message).
+
+Client to server (every op may carry ``ref``, a string of at most 256 characters or a
+number; the reply echoes it, or carries ``"ref": null`` when the client gave none)::
+
+    {"op": "subscribe",   "ref"?, "topic": "chat", "since"?: "<cursor>"}
+    {"op": "unsubscribe", "ref"?, "topic": "chat"}
+    {"op": "publish",     "ref"?, "topic": "chat", "type"?: "message", "data": <any JSON>}
+    {"op": "ping",        "ref"?}
+
+Server to client. Every client op gets exactly one reply, ``ok`` or ``error``::
+
+    {"op": "ok", "ref": r, "topic": "chat", "cursor": "<cursor or ''>"}   # subscribe
+    {"op": "ok", "ref": r, "topic": "chat"}                              # unsubscribe
+    {"op": "ok", "ref": r, "topic": "chat", "id": "<cursor>"}           # publish
+    {"op": "ok", "ref": r, "time": <server unix seconds>}               # ping
+    {"op": "error", "ref": r, "error": "<code>", "message": "<human text>"}
+
+and, for each subscription, in order::
+
+    {"op": "event", "id", "topic", "type", "data", "sender", "time"}    # DESIGN.md §3
+    {"op": "gap", "topic": "chat"}                                       # events were lost here
+
+Subscribing:
+
+* Without ``since`` (or with ``""``), the subscription starts at the topic's newest
+  event; the ``ok`` reply's ``cursor`` names it (``""`` for a topic never published
+  to), and every event after it is delivered. A client that keeps the id of the last
+  event it saw (or that cursor, if it saw none) resumes after a drop by subscribing
+  again with ``since``: the missed events are replayed, then live ones follow, each
+  exactly once and in order (the hub's seam rule). Replies come before the events of
+  the subscription they start: the ``ok`` of a subscribe precedes its first event, and
+  no event of a topic follows the ``ok`` of its unsubscribe.
+* A ``since`` older than history, or from another epoch (the server restarted), gets
+  ``{"op": "gap"}`` first, then the oldest retained events, then live ones.
+* A subscriber that falls behind is caught up from history without noticing. If
+  history no longer has what it missed, it gets ``{"op": "gap", "topic"}`` and then
+  ``{"op": "error", "ref": null, "error": "slow_consumer", "topic", "message"}``: that
+  subscription is dropped (the client may subscribe again with ``since``) and the
+  connection stays open, since its other subscriptions are healthy. Closing the whole
+  connection (1008) would punish them for one topic's backlog.
+
+Error codes: ``bad_json`` (not JSON), ``bad_message`` (not an object, ``op`` missing or
+not a string, a missing or unknown field, ``sender`` in a publish: the server sets it),
+``bad_ref``, ``unknown_op``, ``bad_topic``, ``bad_cursor``, ``bad_type``,
+``already_subscribed``, ``not_subscribed``, ``too_many_subscriptions`` (at most
+:data:`MAX_SUBSCRIPTIONS` per connection), ``unavailable`` (the event store is down),
+``shutting_down``; and, without a ref, ``slow_consumer`` and ``subscription_closed``.
+A bad message never closes the connection.
+
+What does close it: a binary message (1003, "unsupported data", RFC 6455 7.4.1: this
+endpoint speaks JSON text only, and a client sending binary speaks another protocol
+altogether, so every later message would fail too); the limits and frame errors of
+:mod:`app.transports.wsio` (1009 too big, 1002, 1007); keepalive (1011); and the
+server's shutdown (1001, sent by wsio on SIGTERM).
+
+``sender`` is the session of the handshake's cookie (:func:`app.identity.current_sender`),
+fixed for the connection's life; a publish cannot set it. A handshake without the cookie
+gets a fresh guest name for that connection (an upgrade response cannot set a cookie).
+
+Writing: each subscription has one *forwarder* greenlet that drains its bounded queue
+with ``get_many`` (one wake-up, everything queued, without waiting in between) and
+writes each event's ``"ws"`` encoding, built once per event and shared by every
+connection, with ``send_encoded``. wsio's send lock keeps frames whole when a forwarder
+and the reader (sending replies) write at once. A slow socket only stalls its own
+forwarders; the hub only ever offers to queues. When the connection ends, every
+subscription is closed and every forwarder joined before the view returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gevent
+import gevent.pool
+from flask import Blueprint, Flask, request
+
+from .. import state
+from ..errors import ApiError
+from ..events import Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic, check_topic, check_type
+from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed
+from ..identity import current_sender
+from .wsio import CLOSE_INTERNAL_ERROR, CLOSE_UNSUPPORTED_DATA, ENVIRON_WEBSOCKET, WebSocket, WebSocketError
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("websocket", __name__)
+
+MAX_SUBSCRIPTIONS = 100
+"""Topics one connection may follow at once; each costs a queue and a greenlet."""
+
+MAX_REF_LENGTH = 256
+
+FORWARDER_JOIN_TIMEOUT = 5.0
+"""Seconds the view waits, after the socket closed, for its forwarders to stop."""
 
 
-def init_app(app):
-    """Register nothing yet."""
+# ----------------------------------------------------------------------- errors
+
+
+class ClientError(Exception):
+    """A message the server cannot act on; answered with an ``error`` op, never a close.
+
+    Attributes:
+        code: the stable ``error`` code.
+        message: the human text.
+        ref: the client's ``ref`` when it could be read, else ``None``.
+    """
+
+    def __init__(self, code: str, message: str, ref: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+# ---------------------------------------------------------------------- client ops
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    ref: Any
+    topic: str
+    since: str | None
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    ref: Any
+    topic: str
+
+
+@dataclass(frozen=True)
+class Publish:
+    ref: Any
+    topic: str
+    type: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class Ping:
+    ref: Any
+
+
+Command = Subscribe | Unsubscribe | Publish | Ping
+
+
+def _since(value: Any, ref: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    try:
+        Cursor.parse(value)
+    except InvalidCursor as exc:
+        raise ClientError("bad_cursor", f"since: {exc}", ref) from None
+    return value
+
+
+def _type(value: Any, ref: Any) -> str:
+    try:
+        return check_type(value)
+    except InvalidEventType as exc:
+        raise ClientError("bad_type", str(exc), ref) from None
+
+
+# op -> (builder, required fields, optional fields). Every op also accepts "op" and "ref".
+_OPS: dict[str, tuple[Callable[[dict, Any], Command], frozenset, frozenset]] = {
+    "subscribe": (lambda m, ref: Subscribe(ref, m["topic"], _since(m.get("since"), ref)),
+                  frozenset({"topic"}), frozenset({"since"})),
+    "unsubscribe": (lambda m, ref: Unsubscribe(ref, m["topic"]),
+                    frozenset({"topic"}), frozenset()),
+    "publish": (lambda m, ref: Publish(ref, m["topic"], _type(m.get("type", "message"), ref), m["data"]),
+                frozenset({"topic", "data"}), frozenset({"type"})),
+    "ping": (lambda m, ref: Ping(ref), frozenset(), frozenset()),
+}
+_ENVELOPE = frozenset({"op", "ref"})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _read_ref(message: dict) -> Any:
+    ref = message.get("ref")
+    if ref is None:
+        return None
+    if isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH:
+        return ref
+    if isinstance(ref, (int, float)) and not isinstance(ref, bool) and math.isfinite(ref):
+        return ref
+    raise ClientError("bad_ref", f"ref must be a string of at most {MAX_REF_LENGTH} characters or a number")
+
+
+def parse(text: str) -> Command:
+    """Read one client message.
+
+    Args:
+        text: the text of one WebSocket message.
+
+    Returns:
+        The command it asks for, its fields checked (topic, cursor, type).
+
+    Raises:
+        ClientError: the message is not a valid op; ``ref`` is set when it was readable.
+    """
+    try:
+        message = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ClientError("bad_json", f"not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ClientError("bad_message", 'a message is a JSON object like {"op": "subscribe", "topic": "chat"}')
+    ref = _read_ref(message)
+    op = message.get("op")
+    if not isinstance(op, str):
+        raise ClientError("bad_message", 'the message needs an "op" string', ref)
+    try:
+        build, required, optional = _OPS[op]
+    except KeyError:
+        raise ClientError("unknown_op", f"unknown op {op[:40]!r}; known: {', '.join(_OPS)}", ref) from None
+    missing = required - message.keys()
+    if missing:
+        raise ClientError("bad_message", f"{op} needs field(s): {', '.join(sorted(missing))}", ref)
+    unknown = message.keys() - required - optional - _ENVELOPE
+    if unknown:
+        hint = " (the server sets the sender)" if "sender" in unknown else ""
+        raise ClientError("bad_message", f"unknown field(s) for {op}: {', '.join(sorted(unknown))}{hint}", ref)
+    if "topic" in required:
+        try:
+            check_topic(message["topic"])
+        except InvalidTopic as exc:
+            raise ClientError("bad_topic", str(exc), ref) from None
+    return build(message, ref)
+
+
+# ---------------------------------------------------------------------- server ops
+
+
+def _dumps(value: dict) -> str:
+    # ASCII-only: a ref may hold a lone surrogate (JSON allows "\ud800"), which has no
+    # UTF-8 form; escaped, it is still the same JSON string.
+    return json.dumps(value, separators=(",", ":"))
+
+
+def ok(ref: Any, **details: Any) -> str:
+    """The text of an ``ok`` reply."""
+    return _dumps({"op": "ok", "ref": ref, **details})
+
+
+def error(ref: Any, code: str, message: str, **details: Any) -> str:
+    """The text of an ``error`` reply."""
+    return _dumps({"op": "error", "ref": ref, "error": code, "message": message, **details})
+
+
+def _encode_event(event: Event) -> bytes:
+    # event.json() is '{"id":...}' (compact, one line, cached): splice the op in front.
+    try:
+        return ('{"op":"event",' + event.json()[1:]).encode("utf-8")
+    except UnicodeEncodeError:
+        # The data holds a lone surrogate (published as "\ud800"): no UTF-8 form, so
+        # send it escaped, as valid JSON, rather than fail every subscriber.
+        return _dumps({"op": "event", **event.to_dict()}).encode("ascii")
+
+
+def encode_event(event: Event) -> bytes:
+    """The UTF-8 text of an ``event`` op; built once per event, shared by every socket."""
+    return event.encoded("ws", _encode_event)
+
+
+def encode_gap(topic: str) -> bytes:
+    """The UTF-8 text of a ``gap`` op."""
+    return _dumps({"op": "gap", "topic": topic}).encode("utf-8")
+
+
+# ---------------------------------------------------------------------- connection
+
+
+class Connection:
+    """One ``/ws`` connection: reads ops, keeps its subscriptions, forwards their events.
+
+    Args:
+        ws: the accepted WebSocket (``environ["wsgi.websocket"]``).
+        hub: the application's hub.
+        sender: the identity stamped on this connection's publishes.
+    """
+
+    def __init__(self, ws: WebSocket, hub: Hub, sender: str):
+        self.ws = ws
+        self.hub = hub
+        self.sender = sender
+        self.subscriptions: dict[str, Subscription] = {}
+        self._forwarders: dict[Subscription, gevent.Greenlet] = {}
+        self._group = gevent.pool.Group()
+        self._to_start: list[gevent.Greenlet] = []  # forwarders waiting for their "ok" to go out
+        self._handlers: dict[type, Callable[[Any], str]] = {
+            Subscribe: self._subscribe,
+            Unsubscribe: self._unsubscribe,
+            Publish: self._publish,
+            Ping: self._ping,
+        }
+
+    def run(self) -> None:
+        """Serve the connection until it closes; release everything it held."""
+        try:
+            while True:
+                message = self.ws.receive()
+                if message is None:
+                    return
+                if not isinstance(message, str):
+                    # Binary: another protocol altogether (see the module docstring).
+                    self.ws.close(CLOSE_UNSUPPORTED_DATA, "this endpoint takes JSON text messages only")
+                    continue  # receive() now reads the peer's Close and returns None
+                reply = self.handle(message)
+                try:
+                    self.ws.send(reply)
+                except WebSocketError:
+                    return
+                # Only now may a new subscription's events go out: "ok" comes first.
+                while self._to_start:
+                    self._group.start(self._to_start.pop(0))
+        finally:
+            self.release()
+
+    def handle(self, text: str) -> str:
+        """Act on one message; the reply's text (``ok`` or ``error``)."""
+        ref = None
+        try:
+            command = parse(text)
+            ref = command.ref
+            return self._handlers[type(command)](command)
+        except ClientError as exc:
+            return error(exc.ref if exc.ref is not None else ref, exc.code, exc.message)
+        except BackendUnavailable as exc:
+            return error(ref, "unavailable", f"the event store is unavailable: {exc}")
+        except SubscriptionClosed as exc:  # the hub refuses new subscriptions
+            return error(ref, "shutting_down", f"the server is {exc.reason}; reconnect shortly")
+
+    # -- ops ------------------------------------------------------------------------
+
+    def _subscribe(self, cmd: Subscribe) -> str:
+        if cmd.topic in self.subscriptions:
+            raise ClientError("already_subscribed", f"already subscribed to {cmd.topic!r}", cmd.ref)
+        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise ClientError("too_many_subscriptions",
+                              f"a connection follows at most {MAX_SUBSCRIPTIONS} topics", cmd.ref)
+        cursor = cmd.since
+        if cursor is None:
+            # Start at the newest event: replaying "after it" then covers anything
+            # published between this read and the subscription (seam rule), and the
+            # client learns a cursor to resume from even before its first event.
+            cursor = self.hub.history(cmd.topic, limit=1).cursor
+        sub = self.hub.subscribe(cmd.topic, since=cursor or None)
+        self.subscriptions[cmd.topic] = sub
+        greenlet = gevent.Greenlet(self._forward, sub)
+        self._forwarders[sub] = greenlet
+        greenlet.link(lambda _, sub=sub: self._forwarders.pop(sub, None))
+        self._to_start.append(greenlet)  # started by run() once the reply is sent
+        return ok(cmd.ref, topic=cmd.topic, cursor=cursor)
+
+    def _unsubscribe(self, cmd: Unsubscribe) -> str:
+        sub = self.subscriptions.pop(cmd.topic, None)
+        if sub is None:
+            raise ClientError("not_subscribed", f"not subscribed to {cmd.topic!r}", cmd.ref)
+        sub.close()
+        forwarder = self._forwarders.get(sub)
+        if forwarder is not None and forwarder.started:
+            # It stops after the event it is writing, if any: no event after the reply.
+            forwarder.join()
+        return ok(cmd.ref, topic=cmd.topic)
+
+    def _publish(self, cmd: Publish) -> str:
+        event = self.hub.publish(cmd.topic, cmd.data, type=cmd.type, sender=self.sender)
+        return ok(cmd.ref, topic=cmd.topic, id=event.id)
+
+    def _ping(self, cmd: Ping) -> str:
+        return ok(cmd.ref, time=time.time())
+
+    # -- forwarding -----------------------------------------------------------------
+
+    def _forward(self, sub: Subscription) -> None:
+        """Drain one subscription into the socket until it or the socket closes."""
+        topic = sub.topic
+        send = self.ws.send_encoded
+        batch = max(self.hub.queue_size, 1)
+        try:
+            while True:
+                try:
+                    items = sub.get_many(batch)
+                except SubscriptionClosed as exc:
+                    self._ended(sub, exc.reason)
+                    return
+                for item in items:
+                    if self.subscriptions.get(topic) is not sub:
+                        return  # unsubscribed (or the connection ended) meanwhile
+                    if isinstance(item, Gap):
+                        send(encode_gap(topic))
+                        if item.slow:
+                            self._ended(sub, "slow consumer")
+                            return
+                    else:
+                        send(encode_event(item))
+        except WebSocketError:
+            return  # the socket is gone; the reader notices and releases everything
+        except Exception:
+            log.error("WebSocket forwarder for %r failed", topic, exc_info=True)
+            self.ws.close(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _ended(self, sub: Subscription, reason: str) -> None:
+        """The hub ended a subscription: forget it and tell the client, unless it was us."""
+        if self.subscriptions.get(sub.topic) is not sub:
+            return
+        del self.subscriptions[sub.topic]
+        sub.close()
+        if reason == "slow consumer":
+            reply = error(None, "slow_consumer",
+                          "this subscription fell behind further than history reaches and was dropped; "
+                          "subscribe again with since", topic=sub.topic)
+        else:
+            code = "shutting_down" if reason == "shutdown" else "subscription_closed"
+            reply = error(None, code, f"subscription ended: {reason}", topic=sub.topic)
+        self.ws.send(reply)
+
+    def release(self) -> None:
+        """Close every subscription and stop every forwarder (idempotent)."""
+        subs = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        self._to_start.clear()
+        for sub in subs:
+            sub.close()
+        if not self._group.join(timeout=FORWARDER_JOIN_TIMEOUT):
+            # A forwarder is stuck writing to a peer that reads nothing: cut the socket,
+            # which fails its send, rather than kill it halfway through a frame.
+            self.ws.abort()
+            if not self._group.join(timeout=1.0):
+                self._group.kill(block=False)
+
+
+# ---------------------------------------------------------------------------- views
+
+
+def _upgrade_required() -> ApiError:
+    return ApiError(426, "upgrade_required",
+                    "/ws is a WebSocket endpoint: open it with new WebSocket(\"ws://host/ws\") "
+                    "(an HTTP/1.1 GET with Upgrade: websocket)", {"Upgrade": "websocket"})
+
+
+@bp.route("/ws", websocket=True)
+def connect():
+    """Serve one WebSocket connection of JSON ops until it closes."""
+    ws = request.environ.get(ENVIRON_WEBSOCKET)
+    if ws is None:  # a server without our WebSocket handler (e.g. `flask run`)
+        raise _upgrade_required()
+    Connection(ws, state.hub(), current_sender()).run()
+    return "", 204
+
+
+@bp.get("/ws")
+def not_upgraded():
+    """Refuse a plain GET: this URL only speaks WebSocket."""
+    raise _upgrade_required()
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
