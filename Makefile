@@ -9,7 +9,7 @@ SYSTEM_DEPS := nginx:nginx redis-server:redis-server chromium:chromium
 PYTEST_ARGS ?=
 NGINX ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 
-.PHONY: run run-nginx test test-fast system-deps node-deps clean help
+.PHONY: run run-nginx test test-fast system-deps node-deps clean help bench bench-quick
 
 help:
 	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
@@ -68,6 +68,23 @@ test: system-deps $(VENV)/.dev-installed node-deps
 
 test-fast: system-deps $(VENV)/.dev-installed node-deps
 	$(PY) -m pytest -m "not soak" $(PYTEST_ARGS)
+
+# Benchmarks (bench/README.md): Switchboard vs Nchan vs Flask-SocketIO, server on core 0,
+# load on core 1. Installs what it needs: nginx + Debian's nchan module + redis-server
+# (apt-get, when root) and bench/.venv (bench/requirements.txt), never into the app's venv.
+# bench: median of 3 runs (about 15 min); bench-quick: 1 run, smaller N (under a minute).
+bench bench-quick: $(VENV)/.run-installed
+	@if [ ! -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing nginx libnginx-mod-nchan redis-server"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan redis-server >/dev/null; \
+	  else echo "not root: the Nchan anchor needs 'apt-get install libnginx-mod-nchan' (skipped without it)"; fi; \
+	fi
+	@test -x bench/.venv/bin/python || $(PYTHON) -m venv bench/.venv
+	@cmp -s bench/requirements.txt bench/.venv/.requirements || { \
+	  bench/.venv/bin/python -m pip --disable-pip-version-check -q install -r bench/requirements.txt && \
+	  cp bench/requirements.txt bench/.venv/.requirements; }
+	bench/.venv/bin/python bench/run.py $(if $(filter bench-quick,$@),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .run

@@ -1,0 +1,293 @@
+"""Run every benchmark scenario against Switchboard, Nchan and Flask-SocketIO in one go.
+
+Usage (``make bench`` / ``make bench-quick`` set up bench/.venv and call this)::
+
+    bench/.venv/bin/python bench/run.py [--quick] [--runs N] [--only idle,fanout,...]
+                                        [--profile] [--out bench/results]
+
+The servers run on core 0 (``taskset``), this process (every client and the publisher) on
+core 1. Each measurement starts a fresh server, so no run inherits another's connections.
+Within a run the servers are measured back to back for each scenario, and every ratio is
+computed from figures of the same run; the report gives the median over the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import uvloop  # noqa: E402
+
+import report  # noqa: E402
+import scenarios  # noqa: E402
+from servers import APP_PYTHON, ROOT, Nchan, Redis, SocketIO, Switchboard  # noqa: E402
+
+SERVER_CORE, CLIENT_CORE = 0, 1
+
+FULL = {
+    "runs": 3,
+    "idle_levels": [1000, 5000, 10000],
+    "fanout_subscribers": [100, 1000],
+    "burst_events": {100: 1000, 1000: 300},
+    "paced_rate": 50.0,
+    "paced_seconds": 6,
+    "overhead": {"subscribers": 100, "rate": 2.0, "duration": 6, "interval": 1.0},
+    "inbound": {"small": (100, 20000), "64KiB": (64 * 1024, 1500)},
+    "redis_subscribers": 1000,
+}
+QUICK = {
+    "runs": 1,
+    "idle_levels": [1000],
+    "fanout_subscribers": [100, 1000],
+    "burst_events": {100: 300, 1000: 100},
+    "paced_rate": 50.0,
+    "paced_seconds": 1,
+    "overhead": {"subscribers": 50, "rate": 2.0, "duration": 2, "interval": 1.0},
+    "inbound": {"small": (100, 3000), "64KiB": (64 * 1024, 200)},
+    "redis_subscribers": 1000,
+}
+
+# (server class, transports) per scenario: the anchors only where they have the transport.
+FANOUT_TRANSPORTS = ["websocket", "sse", "stomp", "long-polling"]
+IDLE_TRANSPORTS = ["sse", "websocket", "stomp", "long-polling"]
+OVERHEAD_TRANSPORTS = ["polling", "long-polling"]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def server_classes(include_nchan: bool) -> list:
+    classes = [Switchboard]
+    if include_nchan:
+        classes.append(Nchan)
+    classes.append(SocketIO)
+    return classes
+
+
+def redis_backend_available() -> bool:
+    return (ROOT / "app" / "hub" / "redis.py").exists() and Redis.available()
+
+
+async def with_server(cls, body, **kwargs):
+    server = cls(core=SERVER_CORE, **kwargs)
+    await asyncio.to_thread(server.start)
+    try:
+        return await body(server)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def one_run(cfg: dict, only: set[str], include_nchan: bool, run_index: int) -> list[dict]:
+    results: list[dict] = []
+    classes = server_classes(include_nchan)
+
+    def keep(result):
+        result["run"] = run_index
+        results.append(result)
+        brief = {k: result.get(k) for k in ("scenario", "server", "transport", "subscribers", "connections", "size")}
+        log(f"  {json.dumps({k: v for k, v in brief.items() if v is not None})}")
+
+    if "idle" in only:
+        log("idle capacity")
+        for transport in IDLE_TRANSPORTS:
+            for cls in classes:
+                if transport not in cls.transports:
+                    continue
+                try:
+                    rows = await with_server(cls, lambda s, t=transport: scenarios.idle(s, t, cfg["idle_levels"]))
+                    for row in rows:
+                        keep(row)
+                except Exception as exc:  # one broken transport must not sink the run
+                    keep({"scenario": "idle", "server": cls.name, "transport": transport, "error": repr(exc)})
+
+    if "fanout" in only:
+        log("fan-out")
+        paced = int(cfg["paced_rate"] * cfg["paced_seconds"])
+
+        async def fan(server, transport):
+            # One server per transport for both sizes: each size has its own topic.
+            rows = []
+            for subs in cfg["fanout_subscribers"]:
+                try:
+                    rows.append(await scenarios.fanout(server, transport, subs, cfg["burst_events"][subs], paced,
+                                                       cfg["paced_rate"]))
+                except Exception as exc:
+                    rows.append({"scenario": "fanout", "server": server.name, "transport": transport,
+                                 "subscribers": subs, "error": repr(exc)})
+            return rows
+
+        for transport in FANOUT_TRANSPORTS:
+            for cls in classes:
+                if transport in cls.transports:
+                    for row in await with_server(cls, lambda s, t=transport: fan(s, t)):
+                        keep(row)
+
+    if "redis" in only and redis_backend_available():
+        log("fan-out over Redis")
+        subs = cfg["redis_subscribers"]
+        paced = int(cfg["paced_rate"] * cfg["paced_seconds"])
+        redis = Redis(core=SERVER_CORE)
+        await asyncio.to_thread(redis.start)
+        try:
+            for workers in (1, 4):
+                async def over_redis(server):
+                    rows = []
+                    for transport in ("websocket", "sse"):
+                        try:
+                            rows.append(await scenarios.fanout(server, transport, subs, cfg["burst_events"][subs],
+                                                               paced, cfg["paced_rate"]))
+                        except Exception as exc:
+                            rows.append({"scenario": "fanout", "server": server.name, "transport": transport,
+                                         "subscribers": subs, "error": repr(exc)})
+                    return rows
+                try:
+                    for row in await with_server(Switchboard, over_redis, workers=workers, redis_url=redis.url):
+                        keep(row)
+                except Exception as exc:
+                    keep({"scenario": "fanout", "server": f"switchboard-redis-{workers}w", "transport": "*",
+                          "subscribers": subs, "error": repr(exc)})
+        finally:
+            await asyncio.to_thread(redis.stop)
+
+    if "overhead" in only:
+        log("polling overhead")
+        o = cfg["overhead"]
+        for transport in OVERHEAD_TRANSPORTS:
+            for cls in classes:
+                if transport not in cls.transports:
+                    continue
+                try:
+                    keep(await with_server(cls, lambda s, t=transport: scenarios.overhead(
+                        s, t, o["subscribers"], o["rate"], o["duration"], o["interval"])))
+                except Exception as exc:
+                    keep({"scenario": "overhead", "server": cls.name, "transport": transport, "error": repr(exc)})
+
+    if "inbound" in only:
+        log("inbound")
+        for transport in ("websocket", "stomp"):
+            for label, (size, count) in cfg["inbound"].items():
+                try:
+                    keep(await with_server(Switchboard, lambda s, t=transport: scenarios.inbound(s, t, size, count)))
+                except Exception as exc:
+                    keep({"scenario": "inbound", "server": "switchboard", "transport": transport, "size": size,
+                          "error": repr(exc)})
+        keep(await asyncio.to_thread(ws_inbound_run, cfg["quick"]))
+    return results
+
+
+def ws_inbound_run(quick: bool) -> dict:
+    """bench/ws_inbound.py (stock gevent-websocket vs wsio receive path), pinned the same way."""
+    out = ROOT / ".run" / "bench" / "ws_inbound.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [str(APP_PYTHON), str(HERE / "ws_inbound.py"), "--json", str(out), "--variants", "stock,wsio",
+               "--server-cpu", str(SERVER_CORE), "--client-cpu", str(CLIENT_CORE)] + (["--quick"] if quick else [])
+    try:
+        subprocess.run(command, cwd=ROOT, check=True, timeout=300, capture_output=True)
+        data = json.loads(out.read_text())
+        return {"scenario": "ws_inbound", "server": "raw-handler", "transport": "websocket", **data}
+    except (subprocess.SubprocessError, OSError, ValueError) as exc:
+        return {"scenario": "ws_inbound", "server": "raw-handler", "transport": "websocket", "error": repr(exc)}
+
+
+async def profile(cfg: dict, out_dir: Path) -> dict:
+    """py-spy samples of Switchboard's worker during a saturation burst to 1,000 subscribers."""
+    found = {}
+    py_spy = Path(sys.executable).parent / "py-spy"
+    for transport in ("websocket", "sse"):
+        async def body(server, transport=transport):
+            worker = server.worker_pids()[0]
+            raw = out_dir / f"profile-{transport}.collapsed"
+            proc = await asyncio.create_subprocess_exec(
+                str(py_spy), "record", "--pid", str(worker), "--duration", "6", "--rate", "200", "--nonblocking",
+                "--format", "raw", "--output", str(raw), stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.sleep(0.5)
+            result = await scenarios.fanout(server, transport, 1000, 1000, 0)
+            await asyncio.wait_for(proc.wait(), 30)
+            dump = await asyncio.create_subprocess_exec(str(py_spy), "dump", "--pid", str(worker),
+                                                        stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.DEVNULL)
+            dump_text = (await dump.communicate())[0].decode(errors="replace")
+            summary = report.summarize_profile(raw) if raw.exists() else "py-spy wrote nothing"
+            (out_dir / f"profile-{transport}.txt").write_text(
+                f"Switchboard worker, fan-out burst to 1,000 {transport} subscribers\n"
+                f"{json.dumps(result.get('saturation', {}))}\n\n{summary}\n\npy-spy dump after the burst:\n{dump_text}")
+            return {"transport": transport, "saturation": result.get("saturation"), "summary": summary}
+        found[transport] = await with_server(Switchboard, body)
+    return found
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+            "server_core": SERVER_CORE, "client_core": CLIENT_CORE,
+            "pinned": len(os.sched_getaffinity(0)) == 1}
+
+
+async def main_async(args) -> int:
+    cfg = dict(QUICK if args.quick else FULL, quick=args.quick)
+    runs = args.runs or cfg["runs"]
+    only = set(args.only.split(",")) if args.only else {"idle", "fanout", "redis", "overhead", "inbound"}
+    include_nchan = Nchan.available()
+    if not include_nchan:
+        log("Nchan is not installed (Debian: libnginx-mod-nchan): its anchor is skipped")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    all_runs = []
+    for index in range(runs):
+        log(f"run {index + 1} of {runs}")
+        all_runs.append(await one_run(cfg, only, include_nchan, index))
+    doc = report.build(all_runs, {
+        "date": args.date or datetime.date.today().isoformat(), "mode": "quick" if args.quick else "full",
+        "runs": runs, "machine": machine(), "config": {k: (str(v) if isinstance(v, dict) else v) for k, v in cfg.items()},
+        "nchan": include_nchan, "redis_backend": redis_backend_available(),
+        "wall_seconds": None,
+    })
+    if args.profile:
+        log("profiling Switchboard under a saturation burst (py-spy)")
+        doc["profiles"] = await profile(cfg, out_dir)
+    doc["meta"]["wall_seconds"] = round(time.time() - started, 1)
+    name = args.name or "latest"
+    table = report.table(doc)
+    (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / f"{name}.txt").write_text(table + "\n")
+    try:
+        report.chart(doc, out_dir / f"{name}.png")
+    except Exception as exc:  # the figures matter more than the picture
+        log(f"chart failed: {exc!r}")
+    print(table)
+    log(f"wrote {out_dir / name}.json, .txt, .png in {doc['meta']['wall_seconds']} s")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 run, smaller N (under a minute)")
+    parser.add_argument("--runs", type=int, help="runs to take the median of (default 3, quick 1)")
+    parser.add_argument("--only", help="comma-separated: idle,fanout,redis,overhead,inbound")
+    parser.add_argument("--profile", action="store_true", help="also py-spy Switchboard under load")
+    parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
+    parser.add_argument("--name", help="output file stem (default latest)")
+    parser.add_argument("--date", help="date written into the report (default today)")
+    args = parser.parse_args()
+    try:
+        os.sched_setaffinity(0, {CLIENT_CORE})
+    except (OSError, AttributeError):
+        log("cannot pin the client to a core here: figures are not isolated")
+    return uvloop.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
