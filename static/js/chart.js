@@ -64,12 +64,17 @@
                                   padding: "0", margin: ".5rem 0 0" });
       for (const s of this.series) {
         const item = document.createElement("li");
-        const swatch = el("svg", { width: 12, height: 12, "aria-hidden": "true" });
-        swatch.append(el("circle", { cx: 6, cy: 6, r: 5, fill: s.color }));
-        item.append(swatch, document.createTextNode(` ${s.label}`));
+        item.append(LatencyChart.swatch(s.color), document.createTextNode(` ${s.label}`));
         list.append(item);
       }
       return list;
+    }
+
+    /** A small coloured dot (decorative) that ties a label to its series. */
+    static swatch(color) {
+      const dot = el("svg", { width: 12, height: 12, "aria-hidden": "true", focusable: "false" });
+      dot.append(el("circle", { cx: 6, cy: 6, r: 5, fill: color }));
+      return dot;
     }
 
     /** Record one delivery: `ms` of latency, arriving now. */

@@ -801,7 +801,8 @@
   const chartHost = document.querySelector("[data-chart]");
   const panes = [new PollingPane(), new LongPollPane(), new SSEPane(), new WebSocketPane(), new StompPane()];
   const chart = new S.LatencyChart(chartHost, panes.map((p) => ({ key: p.key, label: p.label, color: COLORS[p.key] })),
-                                   { describedBy: "chart-help" });
+                                   { windowSec: 30, describedBy: "chart-help" });
+  for (const pane of panes) pane.root.querySelector("h3").prepend(S.LatencyChart.swatch(COLORS[pane.key]), " ");
   renderers.push(() => chart.render());
   setInterval(() => chart.render(), 1000); // dots slide left even when nothing arrives
 
