@@ -156,22 +156,58 @@ class TestStreamingThroughNginx:
         finally:
             sock.close()
 
-    def test_buffering_proxy_holds_the_same_event_back(self, app_server):
-        """Counter-test: the same config with buffering on (and X-Accel-Buffering ignored)."""
-        def buffered(config: str) -> str:
-            return config.replace("proxy_buffering off;",
-                                  "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;")
+    @staticmethod
+    def site_gzip(config: str) -> str:
+        """A common site-wide setting: gzip for every text type, SSE included."""
+        config = config.replace("            gzip off;\n", "")
+        return config.replace("    sendfile on;", "    sendfile on;\n    gzip on; gzip_min_length 0; gzip_types text/event-stream;")
 
-        nginx = Nginx(app_server.port, edit=buffered).start()
-        sock = open_sse(nginx.url, "/api/topics/nginx-buffered/stream")
-        buffer = bytearray()
+    def first_bytes_after_publish(self, nginx: Nginx, topic: str, within: float) -> bytes:
+        """Open a gzip-accepting SSE stream, publish, and return what arrives within ``within`` s."""
+        host = f"127.0.0.1:{nginx.port}"
+        sock = socket.create_connection(("127.0.0.1", nginx.port), timeout=scaled(5))
         try:
-            event = publish(nginx.url, "nginx-buffered", {"n": 1})
-            with pytest.raises(TimeoutError):
-                read_until(sock, event["id"].encode(), 2.0, buffer)
+            sock.sendall(f"GET /api/topics/{topic}/stream HTTP/1.1\r\nHost: {host}\r\n"
+                         "Accept-Encoding: gzip\r\n\r\n".encode())
+            publish(nginx.url, topic, {"n": 1})
+            received = bytearray()
+            deadline = time.monotonic() + within
+            while (remaining := deadline - time.monotonic()) > 0:
+                sock.settimeout(remaining)
+                try:
+                    chunk = sock.recv(65536)
+                except socket.timeout:
+                    break
+                if not chunk:
+                    break
+                received += chunk
+                if b"\r\n\r\n" in received and len(received.split(b"\r\n\r\n", 1)[1]) > 0:
+                    break
+            return bytes(received)
         finally:
             sock.close()
-            nginx.stop()
+
+    def test_buffering_proxy_holds_the_same_event_back(self, app_server):
+        """Counter-test. With gzip on site-wide (common), `proxy_buffering off` still streams each
+        event at once; the same config with buffering on (X-Accel-Buffering ignored) holds the
+        stream back until its buffer fills, so nothing arrives at all."""
+        shipped = Nginx(app_server.port, edit=self.site_gzip).start()
+        try:
+            streamed = self.first_bytes_after_publish(shipped, "nginx-unbuffered", scaled(2.0))
+        finally:
+            shipped.stop()
+        assert b"200 OK" in streamed and streamed.split(b"\r\n\r\n", 1)[1], "unbuffered: event bytes arrive at once"
+
+        def buffered(config: str) -> str:
+            return self.site_gzip(config).replace(
+                "proxy_buffering off;", "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;")
+
+        held = Nginx(app_server.port, edit=buffered).start()
+        try:
+            assert self.first_bytes_after_publish(held, "nginx-buffered", 2.0) == b"", \
+                "buffered: the same event is held back"
+        finally:
+            held.stop()
 
     def test_long_poll_returns_200_and_204_uncut(self, proxy):
         start = publish(proxy.url, "nginx-lp", 0)["id"]
