@@ -16,19 +16,29 @@ from tests.support.timing import scaled, wait_until
 JSON = {"Content-Type": "application/json"}
 
 
+# One-shot requests ask the server to close the connection: a keep-alive socket left
+# open by a lingering Response object would make the server's graceful stop wait for it.
+ONE_SHOT = {"Connection": "close"}
+
+
+def get(url: str, **kwargs) -> requests.Response:
+    return requests.get(url, headers={**ONE_SHOT, **kwargs.pop("headers", {})}, **kwargs)
+
+
 def publish(base: str, topic: str, data, session=None) -> dict:
     res = (session or requests).post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}),
-                                     headers=JSON, timeout=scaled(10))
+                                     headers=JSON if session else {**JSON, **ONE_SHOT}, timeout=scaled(10))
     assert res.status_code == 201, res.text
     return res.json()
 
 
 def long_poll(base: str, topic: str, session=None, **params) -> requests.Response:
-    return (session or requests).get(f"{base}/api/topics/{topic}/long-poll", params=params, timeout=scaled(40))
+    return (session or requests).get(f"{base}/api/topics/{topic}/long-poll", params=params, timeout=scaled(40),
+                                     headers=None if session else ONE_SHOT)
 
 
 def subscribers(base: str) -> int:
-    return requests.get(base + "/healthz", timeout=scaled(5)).json()["subscribers"]
+    return get(base + "/healthz", timeout=scaled(5)).json()["subscribers"]
 
 
 class Background:
@@ -79,7 +89,7 @@ class TestAnswers:
         page = long_poll(server.url, "lp-limit", since=ids[0], limit=2).json()
         assert list(page) == ["events", "cursor", "gap"]
         assert [e["id"] for e in page["events"]] == ids[1:3] and page["cursor"] == ids[2]
-        polled = requests.get(f"{server.url}/api/topics/lp-limit/events", params={"since": ids[0], "limit": 2},
+        polled = get(f"{server.url}/api/topics/lp-limit/events", params={"since": ids[0], "limit": 2},
                               timeout=5).json()
         assert page == polled, "the same body as interval polling"
 
@@ -145,7 +155,7 @@ class TestAnswers:
         assert time.monotonic() - started < scaled(1.0), "refused before parking"
 
     def test_bad_topic_is_400_json(self, server):
-        res = requests.get(f"{server.url}/api/topics/-nope/long-poll", timeout=5)
+        res = get(f"{server.url}/api/topics/-nope/long-poll", timeout=5)
         assert res.status_code == 400 and res.json()["error"] == "bad_topic"
 
 

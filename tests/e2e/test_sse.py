@@ -27,6 +27,19 @@ from tests.support.servers import ROOT, Gunicorn
 from tests.support.timing import scaled, wait_until
 
 JSON = {"Content-Type": "application/json"}
+
+
+# One-shot requests ask the server to close the connection: a keep-alive socket left
+# open by a lingering Response object would make the server's graceful stop wait for it.
+ONE_SHOT = {"Connection": "close"}
+
+
+def get(url: str, **kwargs) -> requests.Response:
+    return requests.get(url, headers={**ONE_SHOT, **kwargs.pop("headers", {})}, **kwargs)
+
+
+def head(url: str, **kwargs) -> requests.Response:
+    return requests.head(url, headers={**ONE_SHOT, **kwargs.pop("headers", {})}, **kwargs)
 NODE = shutil.which("node")
 JS_DIR = ROOT / "tests" / "js"
 
@@ -37,13 +50,13 @@ JS_DIR = ROOT / "tests" / "js"
 def publish(base: str, topic: str, data, *, type: str | None = None, session=None) -> dict:
     body = {"data": data} if type is None else {"data": data, "type": type}
     res = (session or requests).post(f"{base}/api/topics/{topic}/events", data=json.dumps(body),
-                                     headers=JSON, timeout=scaled(10))
+                                     headers=JSON if session else {**JSON, **ONE_SHOT}, timeout=scaled(10))
     assert res.status_code == 201, res.text
     return res.json()
 
 
 def subscribers(base: str) -> int:
-    return requests.get(base + "/healthz", timeout=scaled(5)).json()["subscribers"]
+    return get(base + "/healthz", timeout=scaled(5)).json()["subscribers"]
 
 
 def parse_sse(body: bytes) -> tuple[list[dict], list[str], int | None]:
@@ -242,16 +255,16 @@ class TestOpening:
             assert "not a Bearer token" in comments[0]
 
     def test_bad_cursor_and_bad_topic_are_json_errors(self, server):
-        res = requests.get(f"{server.url}/api/topics/sse-bad/stream", headers={"Last-Event-ID": "nope"}, timeout=5)
+        res = get(f"{server.url}/api/topics/sse-bad/stream", headers={"Last-Event-ID": "nope"}, timeout=5)
         assert res.status_code == 400 and res.json()["error"] == "bad_cursor"
-        res = requests.get(f"{server.url}/api/topics/sse-bad/stream?last_event_id=1-2-3-4", timeout=5)
+        res = get(f"{server.url}/api/topics/sse-bad/stream?last_event_id=1-2-3-4", timeout=5)
         assert res.status_code == 400 and res.json()["error"] == "bad_cursor"
-        res = requests.get(f"{server.url}/api/topics/-bad/stream", timeout=5)
+        res = get(f"{server.url}/api/topics/-bad/stream", timeout=5)
         assert res.status_code == 400 and res.json()["error"] == "bad_topic"
 
     def test_head_request_leaks_no_subscription(self, sse_server):
         alone = sse_server()
-        res = requests.head(f"{alone.url}/api/topics/sse-head/stream", timeout=5)
+        res = head(f"{alone.url}/api/topics/sse-head/stream", timeout=5)
         assert res.status_code == 200 and res.headers["Content-Type"] == "text/event-stream"
         assert subscribers(alone.url) == 0
 
