@@ -18,7 +18,12 @@
     polling: "#c45200", longpoll: "#8a6d00", sse: "#00845f", websocket: "#0061a3", stomp: "#9c3f8a",
   };
 
-  const wsBase = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}`;
+  /** A WebSocket URL from a path or a ws: URL (url_for builds those), on this page's scheme. */
+  function webSocketUrl(pathOrUrl) {
+    const url = new URL(pathOrUrl, location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    return url.href;
+  }
 
   // ---- rendering is batched: many events a second must not mean many layouts --------
 
@@ -503,7 +508,7 @@
   class WebSocketPane extends Pane {
     constructor() {
       super("websocket", "WebSocket");
-      this.url = wsBase + D.wsPath;
+      this.url = webSocketUrl(D.wsUrl);
       this.ws = null;
       this.ref = 0;
       this.retryTimer = null;
@@ -568,7 +573,7 @@
   class StompPane extends Pane {
     constructor() {
       super("stomp", "STOMP");
-      this.url = wsBase + D.stompPath;
+      this.url = webSocketUrl(D.stompUrl);
       this.destination = D.stompDestination;
       this.client = null;
       this.retryTimer = null;
