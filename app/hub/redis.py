@@ -82,6 +82,10 @@ from . import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
+# Topics whose last heard event the listener remembers between two subscribes (beyond
+# that, a live-only subscription resumes from the coarser known-good point).
+_MAX_HEARD = 100_000
+
 # Replies that mean "Redis cannot serve now" rather than "this code is wrong".
 _UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "BUSY", "MASTERDOWN", "LOADING", "TRYAGAIN", "NOREPLICAS")
 
@@ -314,6 +318,7 @@ class RedisBackend:
         self.reconnect_base = reconnect_base
         self.reconnect_cap = reconnect_cap
         self.reconnects = 0  # times the listener had to reconnect (a test and metrics hook)
+        self.received = 0  # messages the listener has read
         self._epoch_key = f"{prefix}:epoch"
         self._ttl_ms = max(int(history_ttl * 1000), 1)
         # An idle stream expires once all its events have. The meta (newest id, a few
@@ -343,9 +348,13 @@ class RedisBackend:
         self._listening = False
         self._commands_ok = True
         self._closed = False
-        # The listener's "known good" point: Redis's clock (and epoch) at a moment when
-        # every event published before it had reached us. Anything missed after a cut is
-        # newer; a live-only subscription resumes from there (see _start_for).
+        # Where the live feed stood, for resuming live-only subscriptions after a cut
+        # (see _start_for): the last event heard per topic since the last subscribe, and
+        # a "known good" point, Redis's epoch and clock (ms) at a moment when every event
+        # published before it had reached us.
+        self._heard: dict[str, Cursor] = {}
+        self._live_epoch: str | None = None  # the epoch of the events the listener delivers
+        self._dead_epochs: set[str] = set()  # epochs that ended (Redis was flushed)
         self._floor: tuple[str | None, int] = (None, int(time.time() * 1000))
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -490,13 +499,8 @@ class RedisBackend:
                 conn.connect()
                 conn.send_command("SUBSCRIBE", self.channel)
                 self._read_reply(conn, self.ping_interval, expect=b"subscribe")
-                # From here on every publish reaches us. Catch up on what the cut hid,
-                # then move the known-good point up to now.
-                new_floor = self._clock()
-                if self._resync is not None:
-                    floor = self._floor
-                    self._resync(lambda topic: self._start_for(topic, floor))
-                self._floor = new_floor
+                # From here on every publish reaches us: catch up on what the cut hid.
+                self._catch_up()
                 if failures:
                     log.warning("redis listener: subscribed again after %d failed attempt(s); "
                                 "subscriptions resynced from history", failures)
@@ -518,6 +522,16 @@ class RedisBackend:
                 return
             failures += 1
             gevent.sleep(self._backoff(failures))
+
+    def _catch_up(self) -> None:
+        """Resync every local subscription from history, then take "now" as the new
+        known-good point. Runs once subscribed after a (re)connect, and when the live
+        feed shows that the epoch changed."""
+        now = self._clock()
+        floor, heard = self._floor, self._heard
+        if self._resync is not None:
+            self._resync(lambda topic: self._start_for(topic, floor, heard))
+        self._floor, self._heard, self._live_epoch = now, {}, now[0]
 
     def _backoff(self, failures: int) -> float:
         """Exponential delay capped at ``reconnect_cap``, half of it random ("equal jitter")."""
@@ -568,6 +582,7 @@ class RedisBackend:
 
     def _on_message(self, payload: bytes) -> None:
         """Decode one published event (``topic\\ncursor\\nbody``) and hand it to the hub."""
+        self.received += 1
         try:
             topic, cursor_text, body = payload.split(b"\n", 2)
             cursor = Cursor.parse(cursor_text.decode("ascii"))
@@ -577,29 +592,62 @@ class RedisBackend:
         except (ValueError, KeyError) as exc:
             log.error("redis listener: dropped a malformed message (%s): %r", exc, payload[:200])
             return
-        self.epoch = cursor.epoch
+        if cursor.epoch in self._dead_epochs:
+            return
+        if cursor.epoch != self._live_epoch and not self._epoch_is_live(cursor.epoch):
+            return
         if ms > self._floor[1]:
             self._floor = (cursor.epoch, ms)
+        if len(self._heard) < _MAX_HEARD or event.topic in self._heard:
+            self._heard[event.topic] = cursor
         try:
             self._deliver(event)
         except Exception:
             log.error("delivering an event failed", exc_info=True)
+
+    def _epoch_is_live(self, epoch: str) -> bool:
+        """Whether an event of ``epoch`` heard live belongs to the current history.
+
+        One channel carries the epochs in order, but this process may learn of a new one
+        earlier from a script's reply (another worker flushed Redis, or this one read
+        history). Events of an epoch that has ended were published before the flush and
+        are gone from history; delivering them after a subscription moved to the new
+        epoch would break its order, so they are dropped (the subscriptions that still
+        stood in that epoch get a gap from the catch-up). The first event of a new epoch
+        triggers that catch-up.
+        """
+        current, _ = self._clock()
+        if epoch != current:
+            self._dead_epochs.add(epoch)
+            return False
+        log.warning("redis listener: the history's epoch changed (Redis flushed or restarted empty); "
+                    "resyncing subscriptions")
+        self._catch_up()
+        return True
 
     def _clock(self) -> tuple[str, int]:
         """Redis's epoch and clock (ms) now."""
         epoch, now = self._call("clock", [self._epoch_key], [secrets.token_hex(6)])
         return self._epoch_from(epoch), int(now)
 
-    def _start_for(self, topic: str, floor: tuple[str | None, int]) -> Cursor:
-        """Where a live-only subscription of ``topic`` resumes after the cut that
-        followed ``floor``: just before the first event newer than the floor. If the epoch
-        changed meanwhile (Redis flushed or restarted empty), a cursor of the old epoch,
-        which the read answers with a gap and the new epoch's events."""
+    def _start_for(self, topic: str, floor: tuple[str | None, int], heard: dict[str, Cursor]) -> Cursor:
+        """Where a live-only subscription of ``topic`` that has received nothing resumes
+        after a cut of the live feed.
+
+        After the last event of the topic heard before the cut, if there was one (exact).
+        Otherwise just before the first event at or after the known-good point ``floor``
+        (events of the same millisecond as that point may come as extras: better than
+        lost). If the epoch changed meanwhile (Redis flushed, or restarted empty): a cursor
+        of the old epoch, which the read answers with a gap and the new epoch's events.
+        """
         floor_epoch, floor_ms = floor
         epoch, ms, seq = self._run("position", topic, floor_ms)
         epoch = self._epoch_from(epoch)
         if floor_epoch is not None and floor_epoch != epoch:
             return Cursor(floor_epoch, (0, 0))
+        last_heard = heard.get(topic)
+        if last_heard is not None and last_heard.epoch == epoch:
+            return last_heard
         return Cursor(epoch, (int(ms), int(seq)))
 
     # -- plumbing -----------------------------------------------------------------------
@@ -628,8 +676,12 @@ class RedisBackend:
         raise BackendUnavailable("Redis cannot be reached") from exc
 
     def _epoch_from(self, raw: bytes) -> str:
+        """Record the epoch a script saw; the one it replaces has ended."""
         epoch = raw.decode("ascii")
-        self.epoch = epoch
+        if epoch != self.epoch:
+            if self.epoch:
+                self._dead_epochs.add(self.epoch)
+            self.epoch = epoch
         return epoch
 
     @staticmethod

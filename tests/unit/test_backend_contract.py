@@ -1,0 +1,585 @@
+"""One contract, two backends: the hub behaves the same over memory and over a real Redis.
+
+Every test in the first part runs twice, through the ``make_hub`` fixture: with
+:class:`MemoryBackend` and with :class:`RedisBackend` on a real ``redis-server`` (marked
+``redis``). The second part covers what only Redis has: several workers on one history,
+the leadership lock, and outages.
+
+These tests run in the pytest process without gevent's monkey-patching (patching here
+would change every other test in the session). The Redis backend does not need it: its
+listener waits on its socket with gevent (``gevent.socket.wait_read``), so it runs
+whenever a test waits on a subscription; commands block the process for their
+round-trip, which only removes interleavings that the tests create on purpose with
+``gevent.sleep(0)``. The monkey-patched path runs under real gunicorn workers in
+tests/e2e/test_redis_scaleout.py.
+
+Live delivery over Redis is asynchronous, so nothing here asserts "nothing more came"
+after a fixed wait: :func:`assert_next_is` publishes a marker and checks that it is the
+very next item, which holds only if nothing else was queued before it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import gevent
+import pytest
+
+from app.events import Cursor, Event, Gap
+from app.hub import BackendUnavailable, Hub, SubscriptionClosed
+from app.hub.memory import MemoryBackend
+from app.hub.redis import RedisBackend
+from tests.support.redis_server import RedisServer
+from tests.support.timing import scaled
+
+KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+class Hubs:
+    """Builds hubs of one kind and closes them after the test.
+
+    ``make(...)`` gives a hub with a fresh history; ``peer(hub)`` another hub on the same
+    history, as a second gunicorn worker would have (Redis only).
+    """
+
+    def __init__(self, kind: str, request):
+        self.kind = kind
+        self.request = request
+        self.hubs: list[Hub] = []
+        self.prefix = f"t{uuid.uuid4().hex[:10]}"
+        self._settings: dict = {}
+
+    @property
+    def server(self) -> RedisServer:
+        return self.request.getfixturevalue("redis_server")
+
+    def make(self, history_size=1000, history_ttl=3600.0, queue_size=256, **redis_options) -> Hub:
+        if self.kind == "memory":
+            backend = MemoryBackend(history_size, history_ttl)
+        else:
+            self.prefix = f"t{uuid.uuid4().hex[:10]}"
+            self._settings = dict(history_size=history_size, history_ttl=history_ttl, **redis_options)
+            backend = self._redis_backend()
+        return self._hub(backend, queue_size)
+
+    def peer(self, hub: Hub, queue_size=256) -> Hub:
+        assert self.kind == "redis", "only Redis shares one history between processes"
+        return self._hub(self._redis_backend(), queue_size)
+
+    def _redis_backend(self) -> RedisBackend:
+        settings = dict(self._settings)
+        return RedisBackend(self.server.url, settings.pop("history_size"), settings.pop("history_ttl"),
+                            prefix=self.prefix, connect_timeout=scaled(1), reconnect_cap=0.3, **settings)
+
+    def _hub(self, backend, queue_size) -> Hub:
+        hub = Hub(backend, queue_size=queue_size)
+        self.hubs.append(hub)
+        return hub
+
+    def close(self) -> None:
+        for hub in self.hubs:
+            hub.close()
+
+
+@pytest.fixture(params=KINDS)
+def hubs(request):
+    made = Hubs(request.param, request)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def redis_hubs(request):
+    made = Hubs("redis", request)
+    yield made
+    made.close()
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def wait_for(predicate, timeout: float = 5.0, message: str = "condition"):
+    """Yield to other greenlets (the Redis listener) until ``predicate()`` is true."""
+    deadline = time.monotonic() + scaled(timeout)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        gevent.sleep(0.002)
+
+
+def take(sub, count: int, timeout: float = 5.0) -> list:
+    """The next ``count`` items, each awaited (fails if one does not come in time)."""
+    items = []
+    for _ in range(count):
+        item = sub.get(timeout=scaled(timeout))
+        assert item is not None, f"only {len(items)} of {count} items arrived: {items!r}"
+        items.append(item)
+    return items
+
+
+def assert_next_is(hub: Hub, *subs):
+    """Publish a marker; it must be each subscription's very next item (nothing else queued)."""
+    marker = hub.publish(subs[0].topic, "marker")
+    for sub in subs:
+        item = sub.get(timeout=scaled(5))
+        assert isinstance(item, Event) and item.id == marker.id, f"expected only the marker, got {item!r}"
+
+
+def data(items) -> list:
+    return [item.data if isinstance(item, Event) else ("gap", item.slow) for item in items]
+
+
+def future_of(cursor: Cursor) -> str:
+    """A cursor of the right epoch and shape, past anything published."""
+    return str(Cursor(cursor.epoch, cursor.position[:-1] + (cursor.position[-1] + 1000,)))
+
+
+def lose_history(hubs: Hubs, hub: Hub) -> Hub:
+    """What loses a backend's history: a restarted process (memory), a FLUSHALL (Redis).
+
+    Returns the hub that serves afterwards (a new one in memory, the same one with Redis).
+    """
+    if hubs.kind == "memory":
+        return hubs.make()
+    with hubs.server.client() as client:
+        client.flushall()
+    return hub
+
+
+# -- the contract -----------------------------------------------------------------------
+
+
+class TestOrdering:
+    def test_cursors_increase_in_publish_order_and_name_the_epoch(self, hubs):
+        hub = hubs.make()
+        published = [hub.publish("chat", n) for n in range(30)]
+        cursors = [e.cursor for e in published]
+        assert cursors == sorted(cursors) and len(set(cursors)) == 30
+        assert {c.epoch for c in cursors} == {hub.backend.epoch}
+        assert [Cursor.parse(e.id) for e in published] == cursors
+        assert data(hub.history("chat", limit=100).events) == list(range(30))
+
+    @pytest.mark.parametrize("value", [
+        {"text": "héllo\n\u2028\"<>"}, [1, 2.5, None, True, "x"], 2 ** 63 + 1, 0.1, -0.0, "", None,
+        {"nested": {"deep": [[], {}]}}, "\U0001F600" * 3,
+    ])
+    def test_event_round_trips_through_history_and_live(self, hubs, value):
+        hub = hubs.make()
+        with hub.subscribe("chat") as sub:
+            before = time.time()
+            event = hub.publish("chat", value, type="note", sender="guest-1")
+            live = take(sub, 1)[0]
+        stored = hub.history("chat").events[0]
+        for copy in (live, stored):
+            assert copy.to_dict() == event.to_dict()
+            assert copy.json() == event.json()
+        assert event.topic == "chat" and event.type == "note" and event.sender == "guest-1"
+        assert before - 1 <= event.time <= time.time() + 1
+
+    def test_no_sender(self, hubs):
+        hub = hubs.make()
+        hub.publish("chat", 1)
+        assert hub.history("chat").events[0].sender is None
+
+    def test_live_subscribers_get_their_topics_in_order(self, hubs):
+        hub = hubs.make()
+        subs = {topic: [hub.subscribe(topic), hub.subscribe(topic)] for topic in ("a", "b", "c")}
+        for n in range(150):
+            hub.publish("abc"[n % 3], n)
+        for i, topic in enumerate("abc"):
+            for sub in subs[topic]:
+                assert data(take(sub, 50)) == list(range(i, 150, 3))
+            assert_next_is(hub, *subs[topic])
+
+    def test_topics_are_independent(self, hubs):
+        hub = hubs.make()
+        hub.publish("a", 1)
+        hub.publish("b", 2)
+        assert data(hub.history("a").events) == [1] and data(hub.history("b").events) == [2]
+        assert hub.backend.retained("a") == 1
+
+
+class TestHistory:
+    def test_without_since_the_newest_limit(self, hubs):
+        hub = hubs.make()
+        for n in range(20):
+            hub.publish("chat", n)
+        page = hub.history("chat", limit=5)
+        assert data(page.events) == [15, 16, 17, 18, 19]
+        assert page.cursor == page.events[-1].id and not page.gap
+
+    def test_since_pages_through_what_follows(self, hubs):
+        hub = hubs.make()
+        events = [hub.publish("chat", n) for n in range(10)]
+        page = hub.history("chat", since=events[3].id, limit=3)
+        assert data(page.events) == [4, 5, 6] and page.cursor == events[6].id and not page.gap
+        page = hub.history("chat", since=page.cursor, limit=3)
+        assert data(page.events) == [7, 8, 9]
+        end = hub.history("chat", since=events[-1].id)
+        assert end.events == [] and end.cursor == events[-1].id and not end.gap
+
+    def test_empty_topic(self, hubs):
+        hub = hubs.make()
+        page = hub.history("nothing-here")
+        assert page.events == [] and page.cursor == "" and not page.gap
+        assert hub.backend.last_cursor("nothing-here") is None
+        assert hub.backend.retained("nothing-here") == 0
+
+    def test_count_bound_keeps_the_newest(self, hubs):
+        hub = hubs.make(history_size=5)
+        for n in range(300):
+            hub.publish("chat", n)
+        assert hub.backend.retained("chat") == 5
+        assert data(hub.history("chat", limit=100).events) == [295, 296, 297, 298, 299]
+        assert data(hub.backend.read_latest("chat", 3)) == [297, 298, 299]
+
+    def test_age_bound(self, hubs):
+        ttl = scaled(0.5)
+        hub = hubs.make(history_ttl=ttl)
+        old = hub.publish("chat", "old")
+        time.sleep(ttl + 0.05)  # time passing is the point here, not synchronisation
+        new = hub.publish("chat", "new")
+        assert data(hub.history("chat").events) == ["new"]
+        assert hub.backend.retained("chat") == 1
+        after_old = hub.history("chat", since=old.id)
+        assert data(after_old.events) == ["new"] and not after_old.gap, "nothing was lost after 'old'"
+        time.sleep(ttl + 0.05)
+        page = hub.history("chat")
+        assert page.events == [] and page.cursor == new.id, "the cursor stays at the topic's newest"
+        assert hub.backend.retained("chat") == 0
+        assert hub.history("chat", since=old.id).gap, "'new' expired unseen"
+        caught_up = hub.history("chat", since=new.id)
+        assert caught_up.events == [] and not caught_up.gap
+        assert hub.backend.last_cursor("chat") == new.cursor
+        again = hub.publish("chat", "again")
+        assert again.cursor > new.cursor
+        assert data(hub.history("chat", since=new.id).events) == ["again"]
+
+
+class TestGaps:
+    def test_cursor_older_than_history(self, hubs):
+        hub = hubs.make(history_size=3)
+        events = [hub.publish("chat", n) for n in range(10)]
+        page = hub.history("chat", since=events[2].id)
+        assert page.gap and data(page.events) == [7, 8, 9]
+
+    def test_cursor_at_the_edge_of_history_is_not_a_gap(self, hubs):
+        hub = hubs.make(history_size=3)
+        events = [hub.publish("chat", n) for n in range(10)]
+        page = hub.history("chat", since=events[6].id)
+        assert not page.gap and data(page.events) == [7, 8, 9]
+
+    def test_cursor_from_another_epoch(self, hubs):
+        hub = hubs.make()
+        events = [hub.publish("chat", n) for n in range(5)]
+        foreign = str(Cursor("other", events[1].cursor.position))  # same numbers, other epoch
+        page = hub.history("chat", since=foreign)
+        assert page.gap and data(page.events) == [0, 1, 2, 3, 4]
+
+    def test_cursor_from_the_future(self, hubs):
+        hub = hubs.make()
+        last = [hub.publish("chat", n) for n in range(3)][-1]
+        page = hub.history("chat", since=future_of(last.cursor))
+        assert page.gap and data(page.events) == [0, 1, 2]
+
+    @pytest.mark.parametrize("shape", [(3,), (1, 1)])
+    def test_cursor_of_the_other_backend_kind(self, hubs, shape):
+        hub = hubs.make()
+        hub.publish("chat", 0)
+        mine = len(hub.history("chat").events[0].cursor.position)
+        page = hub.history("chat", since=str(Cursor(hub.backend.epoch, shape)))
+        if len(shape) != mine:
+            assert page.gap and data(page.events) == [0]
+
+    def test_gap_page_cursor_is_its_last_event(self, hubs):
+        hub = hubs.make(history_size=2)
+        events = [hub.publish("chat", n) for n in range(4)]
+        page = hub.history("chat", since="zzz-1")
+        assert page.gap and data(page.events) == [2, 3] and page.cursor == events[-1].id
+
+    def test_subscription_with_stale_cursor_gets_gap_then_history_then_live(self, hubs):
+        hub = hubs.make(history_size=3)
+        events = [hub.publish("chat", n) for n in range(10)]
+        with hub.subscribe("chat", since=events[0].id) as sub:
+            first = take(sub, 4)
+            hub.publish("chat", 10)
+            items = first + take(sub, 1)
+            assert_next_is(hub, sub)
+        assert data(items) == [("gap", False), 7, 8, 9, 10]
+
+
+class TestEpochs:
+    def test_lost_history_starts_a_new_epoch(self, hubs):
+        hub = hubs.make()
+        old = [hub.publish("chat", n) for n in range(5)]
+        old_epoch = hub.backend.epoch
+        hub = lose_history(hubs, hub)
+        fresh = [hub.publish("chat", f"new{n}") for n in range(2)]
+        assert fresh[0].cursor.epoch == hub.backend.epoch != old_epoch
+        page = hub.history("chat", since=old[2].id)  # its numbers may exist again: no match
+        assert page.gap and data(page.events) == ["new0", "new1"]
+        assert not hub.history("chat", since=fresh[0].id).gap
+
+    def test_resuming_subscription_after_lost_history(self, hubs):
+        hub = hubs.make()
+        old = [hub.publish("chat", n) for n in range(5)]
+        hub = lose_history(hubs, hub)
+        hub.publish("chat", "new")
+        with hub.subscribe("chat", since=old[-1].id) as sub:
+            assert data(take(sub, 2)) == [("gap", False), "new"]
+            assert_next_is(hub, sub)
+
+
+class TestSubscriptions:
+    def test_live_only_gets_only_new_events(self, hubs):
+        hub = hubs.make()
+        with hub.subscribe("chat") as witness:
+            hub.publish("chat", "before")
+            take(witness, 1)  # heard: with Redis, "now" is where this process's live feed is
+        with hub.subscribe("chat") as sub:
+            hub.publish("chat", "after")
+            assert data(take(sub, 1)) == ["after"]
+            assert_next_is(hub, sub)
+
+    def test_get_wakes_on_publish_from_another_greenlet(self, hubs):
+        hub = hubs.make()
+        with hub.subscribe("chat") as sub:
+            assert sub.get(timeout=0.01) is None
+            gevent.spawn_later(0.01, hub.publish, "chat", "wake")
+            assert data([sub.get(timeout=scaled(5))]) == ["wake"]
+
+    def test_get_many_drains_what_is_queued(self, hubs):
+        hub = hubs.make()
+        with hub.subscribe("chat") as sub:
+            for n in range(5):
+                hub.publish("chat", n)
+            wait_for(lambda: sub.depth == 5, message="5 events queued")
+            assert data(sub.get_many(3, timeout=1)) == [0, 1, 2]
+            assert data(sub.get_many(10, timeout=1)) == [3, 4]
+
+    def test_hub_close_ends_subscriptions_and_refuses_new(self, hubs):
+        hub = hubs.make()
+        sub = hub.subscribe("chat")
+        hub.close()
+        with pytest.raises(SubscriptionClosed) as info:
+            sub.get(timeout=1)
+        assert info.value.reason == "shutdown"
+        with pytest.raises(SubscriptionClosed):
+            hub.subscribe("chat")
+
+
+class TestSeam:
+    def test_publishes_during_replay_arrive_once_in_order(self, hubs):
+        """Events published while a replay is read arrive exactly once, in order; with
+        Redis half of them come from another worker, so only through Pub/Sub."""
+        hub = hubs.make(queue_size=10_000)
+        publishers = [hub] + ([hubs.peer(hub)] if hubs.kind == "redis" else [])
+        backend = hub.backend
+        real_read = backend.read_after
+
+        def slow_read(topic, cursor, limit):  # yield mid-replay so publishes interleave
+            gevent.sleep(0)
+            events, gap = real_read(topic, cursor, limit)
+            gevent.sleep(0)
+            return events, gap
+
+        backend.read_after = slow_read
+        first = hub.publish("chat", 0)
+        for n in range(1, 200):
+            hub.publish("chat", n)
+
+        def publisher():
+            for n in range(200, 1200):
+                publishers[n % len(publishers)].publish("chat", n)
+                if n % 3 == 0:
+                    gevent.sleep(0)
+
+        sub = hub.subscribe("chat", since=first.id)
+        sub.maxsize = 100  # small pages, and overflows during the replay
+        task = gevent.spawn(publisher)
+        got = take(sub, 1199)
+        task.get(timeout=scaled(10))
+        assert data(got) == list(range(1, 1200))
+        assert_next_is(hub, sub)
+
+
+class TestSlowConsumers:
+    def test_slow_subscriber_is_bounded_and_caught_up_from_history(self, hubs):
+        hub = hubs.make(history_size=1000, queue_size=10)
+        slow = hub.subscribe("chat")
+        fast = hub.subscribe("chat")
+        fast_got: list = []
+        depths: list[int] = []
+
+        def consume():
+            while len(fast_got) < 500:
+                items = fast.get_many(100, timeout=scaled(5))
+                assert items, f"the fast subscriber stalled after {len(fast_got)} events"
+                fast_got.extend(items)
+                depths.append(slow.depth)
+
+        consumer = gevent.spawn(consume)
+        for n in range(500):
+            hub.publish("chat", n)  # never waits for the slow one
+            depths.append(slow.depth)
+            if n % 10 == 0:
+                gevent.sleep(0)
+        consumer.get(timeout=scaled(10))
+        assert data(fast_got) == list(range(500))
+        assert max(depths) <= 10 and slow.overflows >= 1
+        assert data(take(slow, 500)) == list(range(500)), "caught up transparently"
+        assert_next_is(hub, slow)
+
+    def test_subscriber_behind_history_gets_slow_gap_and_is_dropped(self, hubs):
+        hub = hubs.make(history_size=50, queue_size=10)
+        slow = hub.subscribe("chat")
+        witness = hub.subscribe("chat", since=None)
+        witness.maxsize = 1000
+        for n in range(200):
+            hub.publish("chat", n)
+        assert data(take(witness, 200))[-1] == 199  # so every event was offered to `slow` too
+        items = []
+        with pytest.raises(SubscriptionClosed) as info:
+            for _ in range(100):
+                items.append(slow.get(timeout=0))
+        assert info.value.reason == "slow consumer"
+        assert data(items) == list(range(10)) + [("gap", True)]
+        assert hub.subscriber_count("chat") == 1
+
+
+# -- Redis only -------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+class TestWorkersShareOneHistory:
+    def test_history_and_live_events_reach_every_worker(self, redis_hubs):
+        a = redis_hubs.make()
+        b = redis_hubs.peer(a)
+        with a.subscribe("chat") as on_a, b.subscribe("chat") as on_b:
+            published = [(a if n % 2 else b).publish("chat", n) for n in range(20)]
+            assert data(take(on_a, 20)) == data(take(on_b, 20)) == list(range(20))
+        assert a.backend.epoch == b.backend.epoch == published[0].cursor.epoch
+        for hub in (a, b):
+            assert [e.id for e in hub.history("chat", limit=100).events] == [e.id for e in published]
+            assert hub.history("chat", since=published[9].id).events[0].id == published[10].id
+
+    def test_the_lock_has_one_owner_at_a_time(self, redis_hubs):
+        a = redis_hubs.make().backend
+        b = redis_hubs.peer(redis_hubs.hubs[0]).backend
+        assert a.acquire_lock("ticks", 10)
+        assert not b.acquire_lock("ticks", 10)
+        assert a.acquire_lock("ticks", 10), "the owner renews"
+        b.release_lock("ticks")  # not the owner: no effect
+        assert not b.acquire_lock("ticks", 10)
+        a.release_lock("ticks")
+        assert b.acquire_lock("ticks", scaled(0.2))
+        assert not a.acquire_lock("ticks", 10)
+        wait_for(lambda: a.acquire_lock("ticks", 10), timeout=2, message="the lease to expire")
+        assert not b.acquire_lock("ticks", 10)
+
+    def test_two_deployments_on_one_redis_are_apart(self, redis_hubs):
+        one = redis_hubs.make()
+        other = redis_hubs.make()  # another prefix
+        with other.subscribe("chat") as sub:
+            one.publish("chat", "one")
+            other.publish("chat", "other")
+            assert data(take(sub, 1)) == ["other"]
+        assert data(other.history("chat").events) == ["other"]
+
+
+@pytest.mark.redis
+class TestOutages:
+    def test_listener_cut_is_resynced_from_history(self, redis_hubs):
+        """Events that reach Redis while the listener is cut are replayed, once, in order."""
+        hub = redis_hubs.make()
+        peer = redis_hubs.peer(hub)
+        positioned = hub.subscribe("cut")
+        hub.publish("cut", "seen")
+        assert data(take(positioned, 1)) == ["seen"]
+        queued = hub.subscribe("cut")
+        hub.publish("cut", "queued")
+        wait_for(lambda: queued.depth == 1 and positioned.depth == 1, message="'queued' delivered")
+        live_only = hub.subscribe("cut")  # has received nothing: resumes from the cut
+        with redis_hubs.server.client() as client:
+            assert client.client_kill_filter(_type="pubsub") == 2  # both workers' listeners
+        # The listeners only run when this greenlet waits, so these land in the gap.
+        for n in range(5):
+            (hub if n % 2 else peer).publish("cut", n)
+        assert data(take(positioned, 6)) == ["queued", 0, 1, 2, 3, 4]
+        assert data(take(queued, 6)) == ["queued", 0, 1, 2, 3, 4]
+        assert data(take(live_only, 5)) == [0, 1, 2, 3, 4]
+        assert_next_is(peer, positioned, queued, live_only)
+        assert hub.backend.reconnects == 1 and hub.backend.healthy
+
+    def test_events_of_a_flushed_epoch_never_follow_the_new_one(self, redis_hubs):
+        hub = redis_hubs.make()
+        heard = hub.backend.received
+        first = hub.publish("chat", "first")
+        stale = [hub.publish("chat", n) for n in range(5)]  # not yet heard by the listener
+        with redis_hubs.server.client() as client:
+            client.flushall()
+        sub = hub.subscribe("chat", since=first.id)
+        assert data(take(sub, 1)) == [("gap", False)], "the read sees the new, empty epoch"
+        wait_for(lambda: hub.backend.received == heard + 6, message="the stale events heard")
+        assert sub.get(timeout=0) is None, "an event of the flushed epoch followed the new one"
+        marker = hub.publish("chat", "marker")
+        items = []
+        while not items or items[-1] != "marker":
+            items += data(take(sub, 1))
+        assert set(items) <= {("gap", False), "marker"}, f"events of the flushed epoch came after its gap: {items}"
+        assert marker.cursor.epoch != stale[0].cursor.epoch
+
+    def test_redis_restart_without_data_is_a_gap_and_nothing_accepted_is_lost(self, redis_hubs, tmp_path):
+        with RedisServer(tmp_path / "redis") as server:
+            hub = Hub(RedisBackend(server.url, 1000, 3600, connect_timeout=scaled(1), reconnect_cap=0.3))
+            redis_hubs.hubs.append(hub)
+            positioned = hub.subscribe("chat")
+            old = [hub.publish("chat", n) for n in range(4)]
+            assert data(take(positioned, 4)) == [0, 1, 2, 3]
+            idle = hub.subscribe("chat")  # nothing received when Redis goes away
+            old_epoch = hub.backend.epoch
+
+            server.kill()
+            with pytest.raises(BackendUnavailable):
+                hub.publish("chat", "lost")
+            with pytest.raises(BackendUnavailable):
+                hub.history("chat", since=old[0].id)
+            catching_up = hub.subscribe("chat", since=old[0].id)
+            with pytest.raises(BackendUnavailable):
+                catching_up.get(timeout=0)
+            wait_for(lambda: not hub.backend.healthy, message="unhealthy")
+
+            server.restart()
+            # Accepted before the listener is back: resync must bring them.
+            accepted = [hub.publish("chat", f"after{n}") for n in range(3)]
+            assert accepted[0].cursor.epoch == hub.backend.epoch != old_epoch
+            expected = [("gap", False), "after0", "after1", "after2"]
+            for sub in (positioned, idle, catching_up):
+                assert data(take(sub, 4)) == expected
+            wait_for(lambda: hub.backend.healthy, message="healthy again")
+            assert_next_is(hub, positioned, idle, catching_up)
+
+    def test_start_without_redis_then_it_comes(self, tmp_path):
+        server = RedisServer(tmp_path / "redis")
+        hub = Hub(RedisBackend(server.url, 1000, 3600, connect_timeout=0.2, reconnect_cap=0.3))
+        try:
+            assert not hub.backend.healthy and hub.backend.epoch == ""
+            with pytest.raises(BackendUnavailable):
+                hub.publish("chat", 0)
+            assert not hub.backend.acquire_lock("ticks", 5)
+            sub = hub.subscribe("chat")
+            with server:
+                first = hub.publish("chat", "first")  # may beat the listener: resync brings it
+                assert data(take(sub, 1)) == ["first"]
+                wait_for(lambda: hub.backend.healthy, message="healthy")
+                assert hub.backend.epoch == first.cursor.epoch
+                assert_next_is(hub, sub)
+        finally:
+            hub.close()
