@@ -670,5 +670,12 @@ def init_app(app: Flask) -> None:
     hub = app.extensions["switchboard.hub"]
     settings = app.extensions["switchboard.settings"]
     metrics = app.extensions.get("switchboard.metrics")
-    app.extensions[EXTENSION] = Broker.from_settings(hub, settings, metrics=metrics)
+    broker = app.extensions[EXTENSION] = Broker.from_settings(hub, settings, metrics=metrics)
     app.register_blueprint(bp)
+
+    @app.context_processor
+    def stomp_chat_destinations() -> dict:
+        # For the STOMP page: where the demo chat listens and sends, with this app's prefixes.
+        destinations = broker.destinations
+        return {"stomp_chat": {"subscribe": f"{destinations.topic_prefix}/chat",
+                               "send": f"{destinations.app_prefix}/chat"}}
