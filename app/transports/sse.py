@@ -9,7 +9,7 @@ What goes on the wire (WHATWG HTML, "Server-sent events"), in order:
    ``last_event_id`` query on a first connection, since EventSource cannot set headers):
    the events it missed, replayed from history, then live ones, each exactly once and
    in order. A cursor older than history, or from another epoch, gets ``event: gap``
-   first, then what history still holds.
+   first (its ``id`` is the client's own cursor, unchanged), then what history still holds.
 3. Each event as ``id: <cursor>``, ``event: <type>`` (so ``addEventListener(type)``
    works; ``onmessage`` only sees type ``message``) and ``data: <the event as one-line
    JSON>``. JSON escapes CR, LF and NUL inside strings, and cursors and types never
@@ -64,16 +64,14 @@ def encode_event(event: Event) -> bytes:
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode("ascii"), event.type.encode("ascii"), payload)
 
 
-def encode_gap(gap: Gap) -> bytes:
-    """The gap signal: no ``id`` (the client's last id stays the last event it got)."""
-    body = json.dumps({"topic": gap.topic, "slow": gap.slow}, separators=(",", ":"))
-    return b"event: gap\ndata: %s\n\n" % body.encode("ascii")
-
-
-def _encode(item: Event | Gap) -> bytes:
-    if isinstance(item, Gap):
-        return encode_gap(item)
-    return item.encoded("sse", encode_event)
+def encode_gap(gap: Gap, position: str | None) -> bytes:
+    """The gap signal. Its ``id`` repeats the position the client had (where the gap
+    starts), so a client's last event id stays put even in a reading of the spec where
+    each new connection starts with an empty id buffer (browsers keep the old one)."""
+    body = json.dumps({"topic": gap.topic, "slow": gap.slow}, separators=(",", ":")).encode("ascii")
+    if position is None:
+        return b"event: gap\ndata: %s\n\n" % body
+    return b"id: %s\nevent: gap\ndata: %s\n\n" % (position.encode("ascii"), body)
 
 
 def _identity(req: Request) -> str:
@@ -95,8 +93,10 @@ def _identity(req: Request) -> str:
                   f"starting {token[:6]!r} (not verified: demo only)")
 
 
-def _stream(sub: Subscription, opening: bytes, heartbeat: float, metrics: Metrics) -> Iterator[bytes]:
+def _stream(sub: Subscription, since: str | None, opening: bytes, heartbeat: float,
+            metrics: Metrics) -> Iterator[bytes]:
     delivered = metrics.delivered.labels("sse")
+    position = since  # the id of the last event written (or the client's own)
     try:
         with metrics.connection("sse"):
             yield opening
@@ -112,8 +112,16 @@ def _stream(sub: Subscription, opening: bytes, heartbeat: float, metrics: Metric
                 if not items:
                     yield HEARTBEAT
                     continue
-                yield b"".join(map(_encode, items))
-                delivered.inc(sum(1 for item in items if isinstance(item, Event)))
+                blocks, events = [], 0
+                for item in items:
+                    if isinstance(item, Gap):
+                        blocks.append(encode_gap(item, position))
+                    else:
+                        blocks.append(item.encoded("sse", encode_event))  # built once, shared by all
+                        position = item.id
+                        events += 1
+                yield b"".join(blocks)
+                delivered.inc(events)
     finally:
         sub.close()
 
@@ -132,7 +140,7 @@ def stream(topic: str) -> Response:
     except SubscriptionClosed:
         raise ApiError(503, "shutting_down", "the server is shutting down; reconnect shortly",
                        {"Retry-After": "1"}) from None
-    stream_body = _stream(sub, opening, settings.sse_heartbeat, state.metrics())
+    stream_body = _stream(sub, since, opening, settings.sse_heartbeat, state.metrics())
     response = Response(stream_body, status=200, content_type=CONTENT_TYPE)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each write on at once

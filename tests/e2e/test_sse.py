@@ -423,9 +423,10 @@ class TestResume:
         with stream(small.url, "sse-old", headers={"Last-Event-ID": ids[0]}) as raw:
             events = raw.read_events(5)
             assert events[0]["type"] == "gap" and json.loads(events[0]["data"]) == {"topic": "sse-old", "slow": False}
-            assert events[0]["id"] == "", "a gap carries no id: the client's last id stays put"
+            assert events[0]["id"] == ids[0], "a gap repeats the client's position: its last id stays put"
             assert [e["id"] for e in events[1:]] == ids[7:]
-            assert re.search(rb"^event: gap\ndata: \{[^\n]*\}\n\n", raw.body, re.MULTILINE), raw.body[:200]
+            gap_block = f"id: {ids[0]}\nevent: gap\ndata: ".encode()
+            assert re.search(rb"^" + re.escape(gap_block) + rb"\{[^\n]*\}\n\n", raw.body, re.MULTILINE), raw.body[:300]
 
     def test_cursor_from_another_epoch_gets_a_gap(self, server):
         ids = [publish(server.url, "sse-epoch", n)["id"] for n in range(3)]
@@ -449,6 +450,7 @@ class TestResume:
             assert kinds[-1] == "gap" and json.loads(events[-1]["data"])["slow"] is True, kinds
             got = [e["id"] for e in events if e["type"] == "message"]
             assert got == sent[:len(got)] and len(got) < len(sent), "in order, then the gap"
+            assert events[-1]["id"] == got[-1], "resume from the last event delivered"
         wait_until(lambda: subscribers(tiny.url) == 0, timeout=5, message="the dropped subscription")
 
 
