@@ -514,6 +514,16 @@ class Connection:
                 self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY)
                 self._drain()
             # "closed": UNSUBSCRIBE or the end of the session; "slow consumer": handled at its Gap.
+        except BackendUnavailable as exc:  # a history read (replay or catch-up) failed
+            log.warning("STOMP subscription to %s failed: backend unavailable: %s", subscription.topic, exc)
+            self._fail("backend unavailable", f"The event store is unavailable: {exc}. " + _RECONNECT_HINT,
+                       CLOSE_INTERNAL_ERROR)
+            self._drain()
+        except Exception:  # never leave a subscription silently dead: end the session instead
+            log.error("STOMP subscription to %s failed", subscription.topic, exc_info=True)
+            self._fail("internal error", "Delivering this subscription failed. " + _RECONNECT_HINT,
+                       CLOSE_INTERNAL_ERROR)
+            self._drain()
 
     # -- requests and writes, one greenlet at a time ------------------------------
 
@@ -617,8 +627,8 @@ class Connection:
                 headers = {}
                 for key, value in request_.headers:
                     headers.setdefault(key, value)
-                handler = self.broker.destinations.handlers.get(name)
-                handler(self.hub, AppMessage(request_.destination, name, data, headers, self.sender))
+                self._call_handler(name, AppMessage(request_.destination, name, data, headers, self.sender),
+                                   receipt)
             else:
                 type_ = forced_type or _first(request_.headers, "event-type") or "message"
                 self.hub.publish(name, data, type=type_, sender=self.sender)
@@ -630,6 +640,17 @@ class Connection:
             log.warning("STOMP SEND to %s failed: backend unavailable: %s", request_.destination, exc)
             self._fail("backend unavailable", f"The event store is unavailable: {exc}. " + _RECONNECT_HINT,
                        CLOSE_INTERNAL_ERROR, receipt)
+
+    def _call_handler(self, name: str, message: AppMessage, receipt: str | None) -> None:
+        handler = self.broker.destinations.handlers.get(name)
+        try:
+            handler(self.hub, message)
+        except (HandlerError, BackendUnavailable, InvalidEventType):
+            raise  # answered by _on_send
+        except Exception:  # a bug in application code: end this session, not the worker's others
+            log.error("STOMP handler %r failed on %s", name, message.destination, exc_info=True)
+            self._fail("internal error", f"The handler for {message.destination} failed.", CLOSE_INTERNAL_ERROR,
+                       receipt)
 
     def _on_ack(self, request_: Ack) -> None:
         pump = self._pumps.get(request_.sub_id)

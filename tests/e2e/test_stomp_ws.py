@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -875,3 +876,20 @@ class TestCleanup:
         wait_until(lambda: subscribers(server.url) == before, timeout=10, message="subscriptions released")
         for wire in wires:
             wire.close()
+
+    def test_sigterm_closes_sessions_with_1001_and_the_worker_exits(self, start_server):
+        # wsio closes every WebSocket with 1001 on SIGTERM. It has no hook to let the
+        # STOMP session write an ERROR with a reconnect hint first (DESIGN.md §8 asks for
+        # one); clients resume with last-event-id either way.
+        server = start_server()
+        client = Wire(server)
+        try:
+            client.connect(heart_beat="1000,1000")
+            client.subscribe("/topic/sigterm")
+            started = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            assert client.expect_close() == 1001
+            server.proc.wait(scaled(10))
+            assert time.monotonic() - started < scaled(8), "the worker did not wait for the STOMP session"
+        finally:
+            client.close()
