@@ -85,6 +85,7 @@ from ..errors import ApiError
 from ..events import Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic, check_topic, check_type
 from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed
 from ..identity import current_sender
+from ..metrics import Metrics
 from .wsio import CLOSE_INTERNAL_ERROR, CLOSE_UNSUPPORTED_DATA, ENVIRON_WEBSOCKET, WebSocket, WebSocketError
 
 log = logging.getLogger(__name__)
@@ -286,12 +287,14 @@ class Connection:
         ws: the accepted WebSocket (``environ["wsgi.websocket"]``).
         hub: the application's hub.
         sender: the identity stamped on this connection's publishes.
+        metrics: where open connections and delivered events are counted, if anywhere.
     """
 
-    def __init__(self, ws: WebSocket, hub: Hub, sender: str):
+    def __init__(self, ws: WebSocket, hub: Hub, sender: str, metrics: Metrics | None = None):
         self.ws = ws
         self.hub = hub
         self.sender = sender
+        self._delivered = metrics.delivered.labels("websocket") if metrics is not None else None
         self.subscriptions: dict[str, Subscription] = {}
         self._forwarders: dict[Subscription, gevent.Greenlet] = {}
         self._group = gevent.pool.Group()
@@ -386,8 +389,12 @@ class Connection:
         topic = sub.topic
         send = self.ws.send_encoded
         batch = max(self.hub.queue_size, 1)
+        sent = 0
         try:
             while True:
+                if sent and self._delivered is not None:
+                    self._delivered.inc(sent)
+                sent = 0
                 try:
                     items = sub.get_many(batch)
                 except SubscriptionClosed as exc:
@@ -403,11 +410,15 @@ class Connection:
                             return
                     else:
                         send(encode_event(item))
+                        sent += 1
         except WebSocketError:
             return  # the socket is gone; the reader notices and releases everything
         except Exception:
             log.error("WebSocket forwarder for %r failed", topic, exc_info=True)
             self.ws.close(CLOSE_INTERNAL_ERROR, "internal error")
+        finally:
+            if sent and self._delivered is not None:
+                self._delivered.inc(sent)
 
     def _ended(self, sub: Subscription, reason: str) -> None:
         """The hub ended a subscription: forget it and tell the client, unless it was us."""
@@ -454,7 +465,9 @@ def connect():
     ws = request.environ.get(ENVIRON_WEBSOCKET)
     if ws is None:  # a server without our WebSocket handler (e.g. `flask run`)
         raise _upgrade_required()
-    Connection(ws, state.hub(), current_sender()).run()
+    metrics = state.metrics()
+    with metrics.connection("websocket"):
+        Connection(ws, state.hub(), current_sender(), metrics).run()
     return "", 204
 
 

@@ -343,18 +343,18 @@ class TestResume:
 
     def test_a_cursor_older_than_history_gets_a_gap(self, start_server):
         small = start_server({"SWITCHBOARD_HISTORY_SIZE": "10"})
-        http = requests.Session()
-        http.headers["Connection"] = "close"  # no idle keep-alive to hold up the server's stop
-        ids = [publish_http(http, small.url, "gap", n)["id"] for n in range(30)]
-        with JsonClient(ws_url(small.url)) as client:
-            assert subscribed(client, "gap", since=ids[0])["cursor"] == ids[0]
-            assert client.next_event() == {"op": "gap", "topic": "gap"}
-            assert [e["data"] for e in client.events(10)] == list(range(20, 30))
-            publish_http(http, small.url, "gap", "live")
-            assert client.next_event()["data"] == "live"
-        with JsonClient(ws_url(small.url)) as client:
-            subscribed(client, "gap", since=ids[25])
-            assert [e["data"] for e in client.events(5)] == [26, 27, 28, 29, "live"]
+        # closed before the server stops: an idle keep-alive connection would hold up its exit
+        with requests.Session() as http:
+            ids = [publish_http(http, small.url, "gap", n)["id"] for n in range(30)]
+            with JsonClient(ws_url(small.url)) as client:
+                assert subscribed(client, "gap", since=ids[0])["cursor"] == ids[0]
+                assert client.next_event() == {"op": "gap", "topic": "gap"}
+                assert [e["data"] for e in client.events(10)] == list(range(20, 30))
+                publish_http(http, small.url, "gap", "live")
+                assert client.next_event()["data"] == "live"
+            with JsonClient(ws_url(small.url)) as client:  # a cursor still in history: no gap
+                subscribed(client, "gap", since=ids[25])
+                assert [e["data"] for e in client.events(5)] == [26, 27, 28, 29, "live"]
 
     def test_a_cursor_from_another_epoch_gets_a_gap(self, connect, http, server):
         mine = publish_http(http, server.url, "ws-epoch", "x")["id"]
@@ -402,6 +402,23 @@ class TestLifecycle:
         dropped.drop()
         busy.drop()
         wait_until(lambda: subscribers(server.url) == 0, timeout=10, message="subscribers back to 0")
+
+    def test_metrics_count_open_sockets_and_deliveries(self, server, connect):
+        def metric(name: str) -> float:
+            text = requests.get(f"{server.url}/metrics", timeout=scaled(5)).text
+            lines = [line for line in text.splitlines() if line.startswith(f'{name}{{transport="websocket"}} ')]
+            return float(lines[0].split()[-1]) if lines else 0.0
+
+        before = metric("switchboard_events_delivered_total")
+        client = connect()
+        subscribed(client, "ws-metrics")
+        for n in range(3):
+            client.request("publish", topic="ws-metrics", data=n)
+        client.events(3)
+        assert metric("switchboard_open_connections") >= 1
+        assert metric("switchboard_events_delivered_total") >= before + 3
+        client.close()
+        wait_until(lambda: metric("switchboard_open_connections") == 0, timeout=5, message="socket uncounted")
 
     def test_sigterm_closes_websockets_with_1001(self, start_server):
         own = start_server()
@@ -460,3 +477,37 @@ class TestLifecycle:
             wait_until(lambda: subscribers(own.url) == 4, timeout=5, message="4 subscriptions")
         fast.close()
         slow.close()
+
+
+# ---------------------------------------------------------------------------- redis
+
+
+@pytest.mark.redis
+def test_two_workers_share_one_audience_through_redis(start_server, tmp_path):
+    """With Redis, sockets on either worker get every publish, and resume works the same."""
+    from tests.support.redis_server import RedisServer
+
+    with RedisServer(tmp_path / "redis") as redis_server:
+        own = start_server({"SWITCHBOARD_REDIS_URL": redis_server.url, "WEB_CONCURRENCY": "2"})
+        wait_until(lambda: len(own.worker_pids()) == 2, timeout=15, message="two workers")
+        clients = [JsonClient(ws_url(own.url), session=requests.Session()) for _ in range(8)]
+        try:
+            for client in clients:
+                subscribed(client, "ws-redis")
+            ids = [client.request("publish", topic="ws-redis", data=n)["id"] for n, client in enumerate(clients)]
+            for client in clients:
+                got = [e["id"] for e in client.events(8, timeout=10)]
+                assert sorted(got) == sorted(ids) and len(set(got)) == 8
+
+            last = ids[-1]
+            clients[0].drop()
+            with requests.Session() as http:
+                missed = [publish_http(http, own.url, "ws-redis", f"missed {n}")["id"] for n in range(3)]
+            with JsonClient(ws_url(own.url)) as again:
+                subscribed(again, "ws-redis", since=last)
+                assert [e["id"] for e in again.events(3, timeout=10)] == missed
+                assert again.request("publish", topic="ws-redis", data="live")["op"] == "ok"
+                assert again.next_event(timeout=10)["data"] == "live"
+        finally:
+            for client in clients[1:]:
+                client.close()
