@@ -31,6 +31,8 @@ Subscribing:
   exactly once and in order (the hub's seam rule). Replies come before the events of
   the subscription they start: the ``ok`` of a subscribe precedes its first event, and
   no event of a topic follows the ``ok`` of its unsubscribe.
+* A publisher subscribed to the topic gets its own event too; its ``ok`` and that
+  event may arrive in either order.
 * A ``since`` older than history, or from another epoch (the server restarted), gets
   ``{"op": "gap"}`` first, then the oldest retained events, then live ones.
 * A subscriber that falls behind is caught up from history without noticing. If

@@ -415,7 +415,6 @@ class _ClientState:
     next_seq: int = 0
     disorder: int = 0
     errors: list[str] = field(default_factory=list)
-    last_latency: float = 0.0
 
 
 def _fanout_main(argv: list[str]) -> int:
@@ -568,10 +567,12 @@ class Fanout:
 
 
 def start_fanout(base: str, clients: int, topic: str, count: int, protocol: str = "ws-json",
-                 timeout: float = 60.0) -> Fanout:
+                 timeout: float = 60.0, connect_concurrency: int = 100) -> Fanout:
     """Start ``clients`` raw WebSocket clients in a gevent subprocess.
 
-    Use::
+    Each client must receive exactly ``count`` events, with sequence numbers 0, 1, ...
+    (for ``ws-json``: ``data = {"n": i}``); ``connect_concurrency`` bounds the
+    handshakes in flight. Use::
 
         fanout = start_fanout(server.url, 1000, "t", 100)
         try:
@@ -582,7 +583,8 @@ def start_fanout(base: str, clients: int, topic: str, count: int, protocol: str 
             fanout.stop()
     """
     cmd = [sys.executable, "-m", "tests.support.wsclients", "fanout", "--base", base, "--protocol", protocol,
-           "--clients", str(clients), "--topic", topic, "--count", str(count), "--timeout", str(scaled(timeout))]
+           "--clients", str(clients), "--topic", topic, "--count", str(count), "--timeout", str(scaled(timeout)),
+           "--connect-concurrency", str(connect_concurrency)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return Fanout(proc)
 
