@@ -198,6 +198,7 @@ class Wire:
             self.ws.close(timeout=1)
         except Exception:  # noqa: BLE001 - already gone is fine
             pass
+        self.ws.shutdown()  # after a Close frame from the server, close() leaves the TCP socket open
 
 
 @pytest.fixture
@@ -728,10 +729,21 @@ class TestBrokenFrames:
         assert bystander.messages(1)[0].body == b"still here"
 
     def test_a_frame_over_the_size_limit_closes_with_1009(self, server, clients):
+        # One WebSocket message over SWITCHBOARD_MAX_MESSAGE_BYTES: wsio refuses it (1009)
+        # from its header, before the STOMP parser sees a byte.
         client = clients()
         client.connect()
         client.send_frame("SEND", {"destination": "/topic/huge"}, b"x" * (1024 * 1024 + 1))
         assert client.expect_close() == 1009
+
+    def test_a_frame_over_the_limit_in_several_messages_gets_an_error(self, server, clients):
+        # The same limit holds for a frame spread over several messages: the parser's.
+        client = clients()
+        client.connect()
+        client.send(b"SEND\ndestination:/topic/huge\n\n" + b"x" * 600_000)
+        client.send(b"x" * 600_000)
+        assert b"1048576 octets" in client.expect_error("frame too large").body
+        assert client.expect_close() == 1008
 
 
 @pytest.fixture(scope="class")
@@ -893,3 +905,31 @@ class TestCleanup:
             assert time.monotonic() - started < scaled(8), "the worker did not wait for the STOMP session"
         finally:
             client.close()
+
+
+@pytest.mark.redis
+class TestRedisBackend:
+    def test_two_workers_share_topics_and_cursors(self, start_server, tmp_path):
+        from tests.support.redis_server import RedisServer
+
+        with RedisServer(tmp_path / "redis") as redis_server:
+            server = start_server({"SWITCHBOARD_REDIS_URL": redis_server.url, "WEB_CONCURRENCY": "2"})
+            wires = [Wire(server) for _ in range(4)]  # spread over both workers by the kernel
+            try:
+                for wire in wires:
+                    wire.connect()
+                    wire.subscribe("/topic/redis-stomp")
+                for n, wire in enumerate(wires):
+                    wire.send_frame("SEND", {"destination": "/topic/redis-stomp"}, f"from {n}")
+                for wire in wires:
+                    bodies = sorted(m.body for m in wire.messages(4, timeout=10))
+                    assert bodies == [f"from {n}".encode() for n in range(4)]
+                ids = [e["id"] for e in history(server.url, "redis-stomp")["events"]]
+                late = Wire(server)
+                wires.append(late)
+                late.connect()
+                late.subscribe("/topic/redis-stomp", last_event_id=ids[1])
+                assert [m.get("event-id") for m in late.messages(2)] == ids[2:]
+            finally:
+                for wire in wires:
+                    wire.close()
