@@ -1,9 +1,10 @@
 """The ``ticks`` demo producer: an event a second while someone listens, one producer per deployment.
 
-The end-to-end part runs a real gunicorn and listens over SSE. The leadership part
-drives :class:`app.producers.TicksProducer` in-process with a fake clock and a shared
-lock store, as several workers would see it through a Redis backend, because a real
-multi-worker deployment needs the Redis backend, which lands separately.
+The end-to-end part runs a real gunicorn and listens over SSE, then two gunicorn "hosts"
+on one real redis-server, each with a listener: they must tick once per second between
+them, and hand over when the leader's listener leaves. The leadership logic is also
+driven in-process with a fake clock and a shared lock store, to check every beat of
+minute-long runs (renewable and non-renewable locks, hand-over, a dead leader).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import requests
 from gevent import monkey
 
 from app.producers import LOCK_NAME, TICKS_TOPIC, TicksProducer
-from tests.e2e.test_sse import stream
+from tests.e2e.test_sse import parse_sse, stream
+from tests.support.redis_server import RedisServer
 from tests.support.servers import Gunicorn
 from tests.support.timing import scaled, wait_until
 
@@ -78,6 +80,49 @@ class TestTicksOverSSE:
 
         app = create_app()
         assert app.extensions["switchboard.producers"] == [], "unit tests get no background greenlet"
+
+
+def tick_times(raw) -> list[tuple[float, dict]]:
+    """(publish time on the server, event dict) of every tick a RawStream has read."""
+    ticks = [json.loads(e["data"]) for e in parse_sse(raw.body)[0] if e["type"] == "tick"]
+    return [(tick["time"], tick) for tick in ticks]
+
+
+@pytest.mark.redis
+class TestOneProducerPerDeployment:
+    def test_two_hosts_on_one_redis_tick_once_between_them_and_hand_over(self, tmp_path, start_server):
+        with RedisServer(tmp_path / "redis") as redis_server:
+            env = {"SWITCHBOARD_REDIS_URL": redis_server.url, "SWITCHBOARD_SSE_HEARTBEAT": "0.5"}
+            hosts = [start_server(env), start_server(env)]
+            raws = [stream(host.url, TICKS_TOPIC) for host in hosts]
+            try:
+                raws[0].read_events(4, timeout=10)
+                first = tick_times(raws[0])
+                ids = [event["id"] for _, event in first]
+                raws[1].read_until(lambda events: ids[-1] in {json.loads(e["data"])["id"] for e in events}, timeout=5)
+                leaders = {event["data"]["worker"] for _, event in first}
+                assert len(leaders) == 1, f"one producer for both hosts, got ticks from {leaders}"
+                gaps = [b - a for (a, _), (b, _) in zip(first, first[1:])]
+                assert all(0.7 <= gap <= 1.0 + scaled(0.5) for gap in gaps), gaps
+
+                (leader,) = leaders
+                lead = next(i for i, host in enumerate(hosts) if leader in host.worker_pids())
+                other = 1 - lead
+                raws[lead].close()  # the leader's last listener leaves: it must hand over
+                left = time.monotonic()
+                raws[other].read_until(
+                    lambda events: any(json.loads(e["data"])["data"]["worker"] != leader
+                                       for e in events if e["type"] == "tick"), timeout=10)
+                taken_over = time.monotonic() - left
+                assert taken_over < 2 * 0.5 + 2 + scaled(1.0), "released within two heartbeats and a beat"
+                raws[other].read_events(len([e for e in raws[other].events() if e["type"] == "tick"]) + 2, timeout=5)
+                ticks = tick_times(raws[other])
+                gaps = [b - a for (a, _), (b, _) in zip(ticks, ticks[1:])]
+                assert min(gaps) >= 0.5, f"never two producers at once: {gaps}"
+                assert len({event["id"] for _, event in ticks}) == len(ticks)
+            finally:
+                for raw in raws:
+                    raw.close()
 
 
 # -------------------------------------------------------------------- leadership logic
