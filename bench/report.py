@@ -265,7 +265,7 @@ def table(doc: dict) -> str:
            f"median of {m['runs']} run(s)", ""]
     out.append("Fan-out: deliveries/s at saturation; latency publish->arrival at 50 events/s; "
                "lost/dup/ooo over all runs")
-    out.append(f"{'server/transport':<27}{'S=100':>10}{'S=1000':>10}{'/srv-CPU-s':>11}"
+    out.append(f"{'server/transport':<31}{'S=100':>10}{'S=1000':>10}{'/srv-CPU-s':>11}"
                f"{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'lost/dup/ooo':>14}{'B/event':>9}")
     for key, by_s in doc["fanout"].items():
         a, b = by_s.get("100", {}), by_s.get("1000", {})
@@ -273,7 +273,7 @@ def table(doc: dict) -> str:
         lat = b or a
         bad = sum(e.get(f, 0) for e in (a, b) for f in ("lost",)), sum(
             e.get(f, 0) for e in (a, b) for f in ("duplicated",)), sum(e.get(f, 0) for e in (a, b) for f in ("out_of_order",))
-        out.append(f"{key:<27}{_n(a.get('deliveries_per_s')):>9}{star(a)}{_n(b.get('deliveries_per_s')):>9}{star(b)}"
+        out.append(f"{key:<31}{_n(a.get('deliveries_per_s')):>9}{star(a)}{_n(b.get('deliveries_per_s')):>9}{star(b)}"
                    f"{_n(b.get('deliveries_per_server_cpu_s')):>11}{_n(lat.get('p50_ms'), 1):>8}"
                    f"{_n(lat.get('p99_ms'), 1):>8}{_n(lat.get('max_ms'), 1):>8}{'/'.join(map(str, bad)):>14}"
                    f"{_n(lat.get('bytes_per_event')):>9}")
@@ -282,18 +282,18 @@ def table(doc: dict) -> str:
     out.append("")
     levels = sorted({int(lvl) for v in doc["idle"].values() for lvl in v})
     out.append("Idle memory: KB per open connection (RSS of all server processes minus the baseline)")
-    out.append(f"{'server/transport':<27}" + "".join(f"{f'N={lvl:,}':>10}" for lvl in levels))
+    out.append(f"{'server/transport':<31}" + "".join(f"{f'N={lvl:,}':>10}" for lvl in levels))
     for key, by_level in doc["idle"].items():
-        out.append(f"{key:<27}" + "".join(f"{_n(by_level.get(str(lvl)), 1):>10}" for lvl in levels))
+        out.append(f"{key:<31}" + "".join(f"{_n(by_level.get(str(lvl)), 1):>10}" for lvl in levels))
     out.append("")
     if doc["overhead"]:
         first = next(iter(doc["overhead"].values()))
         out.append(f"Polling overhead: {first['subscribers']} subscribers, {first['rate']:g} events/s, "
                    f"interval {first['interval_s']:g} s")
-        out.append(f"{'server/transport':<27}{'req/event':>10}{'B/event':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        out.append(f"{'server/transport':<31}{'req/event':>10}{'B/event':>10}{'p50 ms':>9}{'p99 ms':>9}"
                    f"{'lost/dup/ooo':>14}")
         for key, e in doc["overhead"].items():
-            out.append(f"{key:<27}{_n(e['requests_per_event'], 2):>10}{_n(e['bytes_per_event']):>10}"
+            out.append(f"{key:<31}{_n(e['requests_per_event'], 2):>10}{_n(e['bytes_per_event']):>10}"
                        f"{_n(e['p50_ms'], 1):>9}{_n(e['p99_ms'], 1):>9}"
                        f"{str(e['lost']) + '/' + str(e['duplicated']) + '/' + str(e['out_of_order']):>14}")
         out.append("")

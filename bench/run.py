@@ -45,22 +45,25 @@ FULL = {
     "overhead": {"subscribers": 100, "rate": 2.0, "duration": 6, "interval": 1.0},
     "inbound": {"small": (100, 20000), "64KiB": (64 * 1024, 1500)},
     "redis_subscribers": 1000,
+    "redis_transports": ["websocket", "sse"],
+    "idle_transports": ["sse", "websocket", "stomp", "long-polling"],
 }
 QUICK = {
     "runs": 1,
     "idle_levels": [1000],
-    "fanout_subscribers": [100, 1000],
-    "burst_events": {100: 300, 1000: 100},
+    "fanout_subscribers": [1000],
+    "burst_events": {100: 300, 1000: 60},
     "paced_rate": 50.0,
     "paced_seconds": 1,
-    "overhead": {"subscribers": 50, "rate": 2.0, "duration": 2, "interval": 1.0},
+    "overhead": {"subscribers": 50, "rate": 4.0, "duration": 1.5, "interval": 0.5},
     "inbound": {"small": (100, 3000), "64KiB": (64 * 1024, 200)},
     "redis_subscribers": 1000,
+    "redis_transports": ["websocket"],
+    "idle_transports": ["sse", "websocket"],
 }
 
 # (server class, transports) per scenario: the anchors only where they have the transport.
 FANOUT_TRANSPORTS = ["websocket", "sse", "stomp", "long-polling"]
-IDLE_TRANSPORTS = ["sse", "websocket", "stomp", "long-polling"]
 OVERHEAD_TRANSPORTS = ["polling", "long-polling"]
 
 
@@ -101,7 +104,7 @@ async def one_run(cfg: dict, only: set[str], include_nchan: bool, run_index: int
 
     if "idle" in only:
         log("idle capacity")
-        for transport in IDLE_TRANSPORTS:
+        for transport in cfg["idle_transports"]:
             for cls in classes:
                 if transport not in cls.transports:
                     continue
@@ -144,7 +147,7 @@ async def one_run(cfg: dict, only: set[str], include_nchan: bool, run_index: int
             for workers in (1, 4):
                 async def over_redis(server):
                     rows = []
-                    for transport in ("websocket", "sse"):
+                    for transport in cfg["redis_transports"]:
                         try:
                             rows.append(await scenarios.fanout(server, transport, subs, cfg["burst_events"][subs],
                                                                paced, cfg["paced_rate"]))
@@ -237,6 +240,7 @@ def machine() -> dict:
 
 async def main_async(args) -> int:
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick)
+    scenarios.SETTLE = 0.1 if args.quick else 0.3
     runs = args.runs or cfg["runs"]
     only = set(args.only.split(",")) if args.only else {"idle", "fanout", "redis", "overhead", "inbound"}
     include_nchan = Nchan.available()

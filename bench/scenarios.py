@@ -34,6 +34,8 @@ import ws_inbound  # noqa: E402  (its frame helpers: one WebSocket codec for eve
 
 _topics = itertools.count(1)
 SATURATED = 0.85
+# Pause between setting up and measuring (bench/run.py shortens it in quick mode).
+SETTLE = 0.3
 
 
 def new_topic(prefix: str) -> str:
@@ -141,7 +143,7 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
         cookie = "/api/whoami" if spec["format"] == "switchboard" and server.name.startswith("switchboard") else None
         publisher = await open_publisher(server.host, server.port, server.publish_path.format(topic=topic),
                                          "raw" if spec["format"] == "raw" else "switchboard", cookie)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(SETTLE)
 
         # Saturation: publish as fast as the server answers; time to the last delivery.
         phase = group.new_phase(0, burst, latency=False)
@@ -162,7 +164,7 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
         }
 
         # Fixed rate: latency from the event's publish time to its arrival.
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(SETTLE)
         phase = group.new_phase(burst, paced, latency=True)
         group.wire.reset()
         meter = Meter(server)

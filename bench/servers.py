@@ -158,14 +158,10 @@ class Server:
     def stop(self, timeout: float = 15) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        # SIGINT: the fast stop for gunicorn (no graceful drain of thousands of streams)
-        # and for nginx (SIGINT = fast shutdown too).
+        # Nothing to save and no client left: kill the whole process group at once.
         try:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+            self.proc.wait(timeout)
         finally:
             if self._log:
                 self._log.close()
