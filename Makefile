@@ -9,7 +9,7 @@ SYSTEM_DEPS := nginx:nginx redis-server:redis-server chromium:chromium
 PYTEST_ARGS ?=
 NGINX ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 
-.PHONY: run run-nginx test test-fast system-deps node-deps clean help bench bench-quick
+.PHONY: run run-nginx run-redis test test-fast system-deps node-deps clean help bench bench-quick
 
 help:
 	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
@@ -39,6 +39,24 @@ run-nginx: $(VENV)/.run-installed
 	  "$(NGINX)" -p "$(CURDIR)" -c nginx.conf -g 'daemon off;' & \
 	  echo "Switchboard behind nginx: http://127.0.0.1:8080/ (Ctrl-C stops gunicorn and nginx)"; \
 	  wait
+
+# gunicorn with 4 workers sharing one hub through Redis: a redis-server started here (data
+# and Unix socket under .run/redis, nothing kept), or the one SWITCHBOARD_REDIS_URL names.
+# Ctrl-C stops both.
+run-redis: $(VENV)/.run-installed
+	@if [ -n "$$SWITCHBOARD_REDIS_URL" ]; then \
+	  echo "Switchboard on http://127.0.0.1:8000/ with 4 workers on $$SWITCHBOARD_REDIS_URL (Ctrl-C stops)"; \
+	  exec env WEB_CONCURRENCY=4 $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app; \
+	fi; \
+	command -v redis-server >/dev/null 2>&1 || { echo "run-redis needs redis-server (Debian: apt-get install redis-server) or SWITCHBOARD_REDIS_URL"; exit 1; }; \
+	mkdir -p .run/redis; sock="$(CURDIR)/.run/redis/redis.sock"; rm -f "$$sock"; \
+	redis-server --port 0 --unixsocket "$$sock" --unixsocketperm 700 --dir "$(CURDIR)/.run/redis" \
+	  --save '' --appendonly no --logfile redis.log --daemonize no & \
+	redis=$$!; trap 'kill $$redis 2>/dev/null; wait $$redis 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	for i in $$(seq 50); do [ -S "$$sock" ] && break; sleep 0.1; done; \
+	[ -S "$$sock" ] || { echo "redis-server did not start; see .run/redis/redis.log"; exit 1; }; \
+	echo "Switchboard on http://127.0.0.1:8000/ with 4 workers on Redis at unix://$$sock (Ctrl-C stops both)"; \
+	SWITCHBOARD_REDIS_URL="unix://$$sock" WEB_CONCURRENCY=4 $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
 # Installs the missing programs with apt-get when root; otherwise names them and stops.
 system-deps:

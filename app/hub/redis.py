@@ -329,7 +329,9 @@ class RedisBackend:
         self._token = secrets.token_hex(16)  # this process's identity as a lock owner
         self._held_locks: set[str] = set()
         options = dict(protocol=2, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
-                       socket_keepalive=True, retry=Retry(NoBackoff(), 0), health_check_interval=0)
+                       retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        if not url.startswith("unix:"):
+            options["socket_keepalive"] = True  # TCP only: a vanished peer is noticed
         # Commands: a bounded pool shared by the process's greenlets. No retries: an
         # append that failed after reaching Redis must not be stored twice; the client
         # (HTTP 503, or the transport) decides whether to try again.
@@ -494,8 +496,9 @@ class RedisBackend:
         """Keep one Pub/Sub subscription alive and hand every message to the hub."""
         failures = 0
         while not self._closed:
-            conn = self._listen_pool.make_connection()
+            conn = None
             try:
+                conn = self._listen_pool.make_connection()
                 conn.connect()
                 conn.send_command("SUBSCRIBE", self.channel)
                 self._read_reply(conn, self.ping_interval, expect=b"subscribe")
@@ -517,7 +520,8 @@ class RedisBackend:
                 log.error("redis listener failed; reconnecting", exc_info=True)
             finally:
                 self._listening = False
-                conn.disconnect()
+                if conn is not None:
+                    conn.disconnect()
             if self._closed:
                 return
             failures += 1
