@@ -45,7 +45,7 @@ run-nginx: $(VENV)/.run-installed
 # Ctrl-C stops both.
 run-redis: $(VENV)/.run-installed
 	@if [ -n "$$SWITCHBOARD_REDIS_URL" ]; then \
-	  echo "Switchboard on http://127.0.0.1:8000/ with 4 workers on $$SWITCHBOARD_REDIS_URL (Ctrl-C stops)"; \
+	  echo "Switchboard on http://127.0.0.1:$${PORT:-8000}/ with 4 workers on $$SWITCHBOARD_REDIS_URL (Ctrl-C stops)"; \
 	  exec env WEB_CONCURRENCY=4 $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app; \
 	fi; \
 	command -v redis-server >/dev/null 2>&1 || { echo "run-redis needs redis-server (Debian: apt-get install redis-server) or SWITCHBOARD_REDIS_URL"; exit 1; }; \
@@ -55,7 +55,7 @@ run-redis: $(VENV)/.run-installed
 	redis=$$!; trap 'kill $$redis 2>/dev/null; wait $$redis 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
 	for i in $$(seq 50); do [ -S "$$sock" ] && break; sleep 0.1; done; \
 	[ -S "$$sock" ] || { echo "redis-server did not start; see .run/redis/redis.log"; exit 1; }; \
-	echo "Switchboard on http://127.0.0.1:8000/ with 4 workers on Redis at unix://$$sock (Ctrl-C stops both)"; \
+	echo "Switchboard on http://127.0.0.1:$${PORT:-8000}/ with 4 workers on Redis at unix://$$sock (Ctrl-C stops both)"; \
 	SWITCHBOARD_REDIS_URL="unix://$$sock" WEB_CONCURRENCY=4 $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
 # Installs the missing programs with apt-get when root; otherwise names them and stops.

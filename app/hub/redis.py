@@ -44,7 +44,9 @@ and each worker decodes every event, which is cheap next to writing it to its cl
 SUBSCRIBE per topic; that needs the hub to report local interest before reading history.)
 Events reach even the publishing worker's own subscribers through the channel, not
 directly: a local shortcut could overtake another worker's earlier event still in flight,
-and the seam rule would then drop that one as old.
+and the seam rule would then drop that one as old. For the same reason "live only, from
+now on" means from where this process's feed is: an event published a moment before a
+live-only subscribe may still be on its way, and is then delivered.
 
 Failures. A command that cannot reach Redis raises :class:`~app.hub.BackendUnavailable`
 (HTTP 503). The listener notices a broken connection at once (EOF) or through a PING it
@@ -404,7 +406,7 @@ class RedisBackend:
             BackendUnavailable: Redis cannot be reached (nothing was stored, or, if the
                 connection broke after the command left, it may have been).
         """
-        body = json.dumps({"type": type, "sender": sender, "data": data}, ensure_ascii=False, separators=(",", ":"))
+        body = _encode_body({"type": type, "sender": sender, "data": data})
         epoch, event_id = self._run("append", topic, self.history_size, self._ttl_ms, self.channel, topic, body,
                                     self._stream_ttl_ms)
         epoch = self._epoch_from(epoch)
@@ -700,6 +702,16 @@ class RedisBackend:
 
     def _lock_key(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"
+
+
+def _encode_body(fields: dict) -> bytes:
+    """The stored and published JSON: UTF-8, or ASCII escapes when the data holds a lone
+    surrogate (a ``"\\ud800"`` escape in the published JSON has no UTF-8 form)."""
+    text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(fields, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def _id_parts(raw: bytes | str) -> tuple[int, int]:

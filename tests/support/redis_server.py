@@ -24,7 +24,7 @@ from .timing import scaled, wait_until
 
 
 class RedisServer:
-    """One ``redis-server`` process bound to 127.0.0.1.
+    """One ``redis-server`` process on 127.0.0.1 (``url``) and a Unix socket (``unix_url``).
 
     Args:
         directory: its working directory (log, AOF files).
@@ -41,12 +41,18 @@ class RedisServer:
         self.port = port or free_port()
         self.appendonly = appendonly
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        socket_path = self.dir / "redis.sock"
+        # AF_UNIX paths are limited to 107 bytes; a deep temporary directory goes without.
+        self.socket_path = socket_path if len(str(socket_path)) < 100 else None
+        self.unix_url = f"unix://{socket_path}" if self.socket_path else None
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "RedisServer":
         """Start the server and wait until it answers PING."""
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--daemonize", "no", "--logfile", "redis.log", "--protected-mode", "no"]
+        if self.socket_path:
+            args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)

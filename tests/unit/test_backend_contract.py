@@ -168,7 +168,7 @@ class TestOrdering:
 
     @pytest.mark.parametrize("value", [
         {"text": "héllo\n\u2028\"<>"}, [1, 2.5, None, True, "x"], 2 ** 63 + 1, 0.1, -0.0, "", None,
-        {"nested": {"deep": [[], {}]}}, "\U0001F600" * 3,
+        {"nested": {"deep": [[], {}]}}, "\U0001F600" * 3, "lone \ud800 surrogate",
     ])
     def test_event_round_trips_through_history_and_live(self, hubs, value):
         hub = hubs.make()
@@ -483,6 +483,16 @@ class TestWorkersShareOneHistory:
         assert not a.acquire_lock("ticks", 10)
         wait_for(lambda: a.acquire_lock("ticks", 10), timeout=2, message="the lease to expire")
         assert not b.acquire_lock("ticks", 10)
+
+    def test_unix_socket(self, redis_hubs):
+        if redis_hubs.server.unix_url is None:
+            pytest.skip("the temporary directory is too deep for a Unix socket path")
+        hub = Hub(RedisBackend(redis_hubs.server.unix_url, 1000, 3600, prefix=redis_hubs.prefix))
+        redis_hubs.hubs.append(hub)
+        with hub.subscribe("chat") as sub:
+            event = hub.publish("chat", "over unix")
+            assert data(take(sub, 1)) == ["over unix"]
+        assert hub.backend.healthy and hub.history("chat").events[0].id == event.id
 
     def test_two_deployments_on_one_redis_are_apart(self, redis_hubs):
         one = redis_hubs.make()
