@@ -197,8 +197,10 @@ class Hub:
 
         For a backend whose live feed can miss events: Redis Pub/Sub calls this (through
         ``set_resync``, see :class:`Backend`) once it is subscribed again after a broken
-        connection. Each subscription then reads history after the last event it took
-        (:meth:`Subscription.resync`), so no event that reached the backend is lost.
+        connection, and when it finds that history was lost (a new epoch). Each
+        subscription then reads history after the last event it took
+        (:meth:`Subscription.resync`), so no event that reached the backend is lost, and
+        a loss of history shows up as a gap.
 
         Args:
             start_for: ``start_for(topic)`` is the cursor to read after for subscriptions

@@ -86,7 +86,7 @@ log = logging.getLogger(__name__)
 
 # Topics whose last heard event the listener remembers between two subscribes (beyond
 # that, a live-only subscription resumes from the coarser known-good point).
-_MAX_HEARD = 100_000
+_MAX_HEARD = 10_000
 
 # Replies that mean "Redis cannot serve now" rather than "this code is wrong".
 _UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "BUSY", "MASTERDOWN", "LOADING", "TRYAGAIN", "NOREPLICAS")
