@@ -32,6 +32,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import socket
 import struct
 import subprocess
@@ -364,6 +365,121 @@ class RawWebSocket:
         return messages
 
 
+# ---------------------------------------------------------------------- STOMP codec
+#
+# Written from the STOMP 1.2 spec, independent of app.stomp: a bug shared by the
+# server's codec and the tests' would otherwise pass both sides.
+
+_STOMP_ESCAPE = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", ":": "\\c"}
+_STOMP_UNESCAPE = {"\\": "\\", "n": "\n", "r": "\r", "c": ":"}
+STOMP_SERVER_COMMANDS = frozenset({"CONNECTED", "MESSAGE", "RECEIPT", "ERROR"})
+
+
+class StompWireError(ValueError):
+    """A server WebSocket message that is not exactly one well-formed STOMP frame."""
+
+
+@dataclass
+class StompFrame:
+    command: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        for key, value in self.headers:  # STOMP 1.2: a repeated header, the first one wins
+            if key == name:
+                return value
+        return default
+
+
+def stomp_escape(text: str) -> str:
+    """A header name or value escaped as STOMP 1.1/1.2 require (backslash, LF, CR, colon)."""
+    return "".join(_STOMP_ESCAPE.get(char, char) for char in text)
+
+
+def stomp_frame(command: str, headers=(), body: bytes | str = b"", *, escape: bool = True,
+                content_length: bool = False) -> bytes:
+    """The octets of one STOMP frame (command, headers, blank line, body, NUL).
+
+    Args:
+        headers: ``(name, value)`` pairs or a mapping, written in order.
+        escape: escape names and values (STOMP 1.1+, except in CONNECT/CONNECTED).
+        content_length: add a ``content-length`` header for the body.
+    """
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    items = list(headers.items() if isinstance(headers, dict) else headers)
+    if content_length:
+        items.append(("content-length", str(len(body))))
+    encode = stomp_escape if escape and command not in ("CONNECT", "STOMP") else (lambda text: text)
+    lines = [command] + [f"{encode(name)}:{encode(value)}" for name, value in items]
+    return "\n".join(lines).encode("utf-8") + b"\n\n" + body + b"\x00"
+
+
+def _stomp_unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            if i + 1 >= len(text) or text[i + 1] not in _STOMP_UNESCAPE:
+                raise StompWireError(f"undefined escape in {text[:100]!r}")
+            out.append(_STOMP_UNESCAPE[text[i + 1]])
+            i += 2
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def parse_stomp(payload: bytes, escaped: bool = True) -> StompFrame | None:
+    """One server WebSocket message as a frame; ``None`` for a heart-beat (EOLs only).
+
+    Args:
+        escaped: the session's version unescapes headers (1.1 and 1.2); CONNECTED is
+            never escaped.
+
+    Raises:
+        StompWireError: not exactly one well-formed frame (the server sends one per
+            message), an unknown server command, or an undefined escape.
+    """
+    if payload.strip(b"\r\n") == b"":
+        if not payload:
+            raise StompWireError("empty message")
+        return None
+    head, sep, rest = payload.partition(b"\n\n")
+    if not sep:
+        head, sep, rest = payload.partition(b"\r\n\r\n")
+    if not sep:
+        raise StompWireError(f"no blank line after the headers: {payload[:200]!r}")
+    try:
+        command, *lines = head.decode("utf-8").replace("\r\n", "\n").split("\n")
+    except UnicodeDecodeError as exc:
+        raise StompWireError(f"headers are not UTF-8: {exc}") from None
+    if command not in STOMP_SERVER_COMMANDS:
+        raise StompWireError(f"not a server command: {command[:40]!r}")
+    frame = StompFrame(command)
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise StompWireError(f"header line without a colon: {line[:100]!r}")
+        if escaped and command != "CONNECTED":
+            name, value = _stomp_unescape(name), _stomp_unescape(value)
+        frame.headers.append((name, value))
+    length = frame.get("content-length")
+    if length is not None:
+        if not length.isdigit() or len(rest) < int(length) + 1 or rest[int(length)] != 0:
+            raise StompWireError(f"content-length {length} does not end at the NUL")
+        body, trailing = rest[:int(length)], rest[int(length) + 1:]
+    else:
+        body, nul, trailing = rest.partition(b"\x00")
+        if not nul:
+            raise StompWireError("no NUL at the end of the frame")
+    if trailing.strip(b"\r\n"):
+        raise StompWireError(f"more than one frame in a message: {trailing[:100]!r}")
+    frame.body = body
+    return frame
+
+
 # ------------------------------------------------------------------------- fan-out
 
 
@@ -405,7 +521,37 @@ class JsonWsProtocol(FanoutProtocol):
         return "other", None
 
 
-PROTOCOLS: dict[str, Callable[[], FanoutProtocol]] = {"ws-json": JsonWsProtocol}
+class StompProtocol(FanoutProtocol):
+    """STOMP over ``/stomp``: CONNECT, SUBSCRIBE with a receipt (ready when it comes back).
+
+    Events must carry ``data = {"n": <seq>}``; they arrive as MESSAGE frames whose JSON
+    body is the data and whose ``time`` header is the server's publish time.
+    """
+
+    path = "/stomp"
+    subprotocols = ("v12.stomp", "v11.stomp", "v10.stomp")
+
+    def opening(self, topic: str) -> list[str]:
+        connect = stomp_frame("CONNECT", [("accept-version", "1.2"), ("host", "localhost"), ("heart-beat", "0,0")])
+        subscribe = stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{topic}"), ("receipt", "fanout")])
+        return [connect.decode("utf-8"), subscribe.decode("utf-8")]
+
+    def classify(self, payload: bytes) -> tuple[str, Any]:
+        frame = parse_stomp(payload)
+        if frame is None or frame.command == "CONNECTED":
+            return "other", None
+        if frame.command == "MESSAGE":
+            if frame.get("gap") == "true":
+                return "error", "gap"
+            return "event", (json.loads(frame.body)["n"], float(frame.get("time")))
+        if frame.command == "RECEIPT" and frame.get("receipt-id") == "fanout":
+            return "ready", None
+        if frame.command == "ERROR":
+            return "error", f"ERROR {frame.get('message')}: {frame.body[:200]!r}"
+        return "other", None
+
+
+PROTOCOLS: dict[str, Callable[[], FanoutProtocol]] = {"ws-json": JsonWsProtocol, "stomp": StompProtocol}
 
 
 @dataclass
@@ -589,7 +735,515 @@ def start_fanout(base: str, clients: int, topic: str, count: int, protocol: str 
     return Fanout(proc)
 
 
+# --------------------------------------------------------------------------- churn
+
+CHURN_TRANSPORTS = ("polling", "long-polling", "sse", "ws", "stomp")
+_STOMP_OFFERS = {"1.0": ("v10.stomp",), "1.1": ("v11.stomp", "v10.stomp"),
+                 "1.2": ("v12.stomp", "v11.stomp", "v10.stomp")}
+
+
+class ChurnFailure(Exception):
+    """Something a correct server never does (a bad status, an ERROR, a stray message)."""
+
+
+@dataclass
+class ChurnClient:
+    """One churning client's position and what it has seen.
+
+    ``expected`` is the next sequence number it must receive; anything below it is a
+    duplicate, anything above it means events were skipped (lost or out of order).
+    """
+
+    transport: str
+    index: int
+    cursor: str
+    rng: Any
+    expected: int = 0
+    received: int = 0
+    duplicated: int = 0
+    lost: int = 0
+    gaps: int = 0
+    sessions: int = 0
+    abrupt: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def accept(self, n: int, cursor: str) -> None:
+        self.received += 1
+        if n < self.expected:
+            self.duplicated += 1
+            return
+        if n > self.expected:
+            self.lost += n - self.expected
+        self.expected = n + 1
+        self.cursor = cursor
+
+
+class _Churn:
+    """The churn subprocess: one publisher and N clients per transport, all greenlets.
+
+    Clients connect, read for a random lifetime, leave (gracefully or abruptly), stay
+    away for a random pause and come back with their cursor, until the publisher is
+    done; then each stays connected until it has every event, or the deadline passes.
+    """
+
+    def __init__(self, args):
+        import gevent.event
+
+        self.args = args
+        parts = urlsplit(args.base)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.topic = args.topic
+        self.count = args.count
+        self.rng = random.Random(args.seed)
+        self.published_all = gevent.event.Event()
+        self.publish_errors: list[str] = []
+        self.published = 0
+        self.deadline = 0.0
+        self.sessions = {
+            "polling": self._polling, "long-polling": self._long_polling, "sse": self._sse,
+            "ws": self._ws, "stomp": self._stomp,
+        }
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _http(self, timeout: float = 10.0):
+        import http.client
+
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def _done(self, c: ChurnClient) -> bool:
+        return c.expected >= self.count
+
+    def _until(self, c: ChurnClient) -> float:
+        """When the current session should end: its lifetime while churning, else the deadline."""
+        if self.published_all.is_set():
+            return self.deadline
+        return time.monotonic() + c.rng.uniform(0.05, 2.0)
+
+    @staticmethod
+    def _abort(sock, reset: bool = True) -> None:
+        """Drop the TCP connection without any goodbye: a reset (a lost network, a killed
+        process) or a bare FIN (a tab closed mid-stream)."""
+        if reset:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        sock.close()
+
+    def _event_data(self, c: ChurnClient, event: dict) -> None:
+        data = event.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("n"), int):
+            raise ChurnFailure(f"unexpected event data {str(data)[:200]}")
+        c.accept(data["n"], event["id"])
+
+    # -- publisher ----------------------------------------------------------------
+
+    def publish(self, n: int, conn_box: list) -> dict:
+        body = json.dumps({"data": {"n": n}})
+        for attempt in range(3):
+            if conn_box[0] is None:
+                conn_box[0] = self._http()
+            try:
+                conn_box[0].request("POST", f"/api/topics/{self.topic}/events", body=body,
+                                    headers={"Content-Type": "application/json"})
+                response = conn_box[0].getresponse()
+                text = response.read()
+            except OSError as exc:  # a keep-alive connection the server timed out: once more
+                conn_box[0].close()
+                conn_box[0] = None
+                if attempt == 2:
+                    raise ChurnFailure(f"publish {n}: {exc}") from None
+                continue
+            if response.status != 201:
+                raise ChurnFailure(f"publish {n}: {response.status} {text[:200]!r}")
+            return json.loads(text)
+        raise AssertionError("unreachable")
+
+    def _publisher(self, started: float) -> None:
+        import gevent
+
+        conn_box = [None]
+        try:
+            for n in range(self.count):
+                gevent.sleep(max(0.0, started + n / self.args.rate - time.monotonic()))
+                self.publish(n, conn_box)
+                self.published += 1
+        except ChurnFailure as exc:
+            self.publish_errors.append(str(exc))
+        finally:
+            if conn_box[0] is not None:
+                conn_box[0].close()
+            self.published_all.set()
+
+    # -- clients ------------------------------------------------------------------
+
+    def _client(self, c: ChurnClient) -> None:
+        import gevent
+
+        gevent.sleep(c.rng.uniform(0, 0.5))
+        while not self._done(c):
+            if time.monotonic() >= self.deadline:
+                c.errors.append(f"incomplete at the deadline: next {c.expected} of {self.count}")
+                return
+            c.sessions += 1
+            try:
+                self.sessions[c.transport](c, self._until(c))
+            except (ChurnFailure, HandshakeFailed, OSError, ValueError, KeyError) as exc:
+                c.errors.append(f"session {c.sessions}: {type(exc).__name__}: {exc}"[:300])
+                if len(c.errors) > 20:
+                    return
+            if not self.published_all.is_set():
+                gevent.sleep(c.rng.uniform(0.0, 0.3))  # away for a while
+
+    def _polling(self, c: ChurnClient, until: float) -> None:
+        import gevent
+
+        conn = self._http()
+        etag = None
+        try:
+            while not self._done(c) and time.monotonic() < until:
+                headers = {"If-None-Match": etag} if etag and c.rng.random() < 0.5 else {}
+                conn.request("GET", f"/api/topics/{self.topic}/events?since={c.cursor}&limit=1000", headers=headers)
+                if not self.published_all.is_set() and c.rng.random() < 0.05:
+                    c.abrupt += 1  # asked, then gone before the answer
+                    self._abort(conn.sock, c.rng.random() < 0.5)
+                    return
+                response = conn.getresponse()
+                body = response.read()
+                if response.status == 200:
+                    page = json.loads(body)
+                    if page["gap"]:
+                        c.gaps += 1
+                    for event in page["events"]:
+                        self._event_data(c, event)
+                    if page["events"] and page["cursor"] != page["events"][-1]["id"]:
+                        raise ChurnFailure(f"cursor {page['cursor']} is not the last event's id")
+                    c.cursor = page["cursor"]
+                    etag = response.getheader("ETag")
+                elif response.status != 304:
+                    raise ChurnFailure(f"poll answered {response.status}: {body[:200]!r}")
+                gevent.sleep(c.rng.uniform(0.02, 0.3))
+        finally:
+            conn.close()
+
+    def _long_polling(self, c: ChurnClient, until: float) -> None:
+        import http.client
+
+        conn = self._http()
+        try:
+            while not self._done(c) and time.monotonic() < until:
+                timeout = c.rng.uniform(0.2, 3.0)
+                conn.request("GET", f"/api/topics/{self.topic}/long-poll?since={c.cursor}&timeout={timeout:.2f}")
+                # Churning: give up when the lifetime ends, even while parked (abrupt).
+                conn.sock.settimeout(max(0.01, min(until - time.monotonic(), timeout + 10.0)))
+                try:
+                    response = conn.getresponse()
+                    body = response.read()
+                except (TimeoutError, http.client.HTTPException):
+                    if time.monotonic() < until - 0.1:
+                        raise
+                    c.abrupt += 1
+                    self._abort(conn.sock, c.rng.random() < 0.5)
+                    return
+                if conn.sock is not None:  # None when the server said Connection: close
+                    conn.sock.settimeout(10.0)
+                if response.status == 200:
+                    page = json.loads(body)
+                    if page["gap"]:
+                        c.gaps += 1
+                    for event in page["events"]:
+                        self._event_data(c, event)
+                    c.cursor = page["cursor"]
+                elif response.status != 204:
+                    raise ChurnFailure(f"long poll answered {response.status}: {body[:200]!r}")
+        finally:
+            conn.close()
+
+    def _sse(self, c: ChurnClient, until: float) -> None:
+        import gevent
+
+        how = c.rng.choice(("header", "last_event_id", "since"))
+        path = f"/api/topics/{self.topic}/stream"
+        head = [f"Host: {self.host}:{self.port}", "Accept: text/event-stream"]
+        if how == "header":
+            head.append(f"Last-Event-ID: {c.cursor}")
+        else:
+            path += f"?{how}={c.cursor}"
+        sock = socket.create_connection((self.host, self.port), timeout=10)
+        try:
+            sock.sendall((f"GET {path} HTTP/1.1\r\n" + "\r\n".join(head) + "\r\n\r\n").encode("ascii"))
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ChurnFailure("SSE: closed before the response head")
+                raw += chunk
+            status_head, _, raw = raw.partition(b"\r\n\r\n")
+            status = int(status_head.split(b" ", 2)[1])
+            if status != 200 or b"text/event-stream" not in status_head.lower():
+                raise ChurnFailure(f"SSE answered {status_head[:300]!r}")
+            if b"transfer-encoding: chunked" not in status_head.lower():
+                raise ChurnFailure("SSE: expected a chunked stream")
+            chunked, text, fields = bytearray(raw), bytearray(), {}
+            while not self._done(c):
+                # De-chunk what is buffered, then split complete lines off the text.
+                while True:
+                    line_end = chunked.find(b"\r\n")
+                    if line_end < 0:
+                        break
+                    size = int(bytes(chunked[:line_end]).split(b";")[0], 16)
+                    if size == 0:
+                        raise ChurnFailure("SSE: the server ended the stream")
+                    if len(chunked) < line_end + 2 + size + 2:
+                        break
+                    text += chunked[line_end + 2:line_end + 2 + size]
+                    del chunked[:line_end + 2 + size + 2]
+                while (nl := text.find(b"\n")) >= 0:
+                    line = bytes(text[:nl]).decode("utf-8")
+                    del text[:nl + 1]
+                    if line == "":
+                        if "data" in fields:
+                            if fields.get("event") == "gap":
+                                c.gaps += 1
+                            else:
+                                event = json.loads(fields["data"])
+                                if event["id"] != fields.get("id"):
+                                    raise ChurnFailure(f"SSE id {fields.get('id')} is not the event's {event['id']}")
+                                self._event_data(c, event)
+                        fields = {}
+                    elif not line.startswith(":"):
+                        name, _, value = line.partition(":")
+                        fields[name] = value[1:] if value.startswith(" ") else value
+                    if self._done(c):
+                        break
+                left = until - time.monotonic()
+                if left <= 0 or self._done(c):
+                    break
+                chunk = None
+                with gevent.Timeout(left, False):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ChurnFailure("SSE: connection closed by the server")
+                if chunk is None:
+                    break
+                chunked += chunk
+            c.abrupt += 1  # an EventSource leaves by dropping the connection
+        finally:
+            self._abort(sock, c.rng.random() < 0.5)
+
+    def _ws_url(self, path: str) -> str:
+        return f"ws://{self.host}:{self.port}{path}"
+
+    def _read(self, ws: RawWebSocket, until: float):
+        """Messages read before ``until``; ``[]`` at the deadline; raises if the server closed."""
+        import gevent
+
+        messages = []
+        with gevent.Timeout(max(0.001, until - time.monotonic()), False):
+            messages = ws.read_messages()
+            if messages is None:
+                raise ChurnFailure(f"the server closed the connection ({ws.close_code})")
+        return messages
+
+    def _leave(self, c: ChurnClient, ws: RawWebSocket, goodbye: Callable[[], None] | None = None) -> None:
+        """End a WebSocket session: abruptly, with a closing handshake, or after ``goodbye``."""
+        import gevent
+
+        mode = c.rng.random() if not self._done(c) else 1.0
+        if mode < 0.4:
+            c.abrupt += 1
+            self._abort(ws.sock, mode < 0.2)
+            return
+        if goodbye is not None and mode < 0.7:
+            goodbye()
+        ws.close(1000)  # sends Close and closes the socket: the server sees EOF after it
+        gevent.sleep(0)
+
+    def _ws(self, c: ChurnClient, until: float) -> None:
+        ws = RawWebSocket.connect(self._ws_url("/ws"), timeout=10)
+        refs = itertools.count(1)
+        try:
+            subscribing = f"s{next(refs)}"
+            ws.send_text(json.dumps({"op": "subscribe", "topic": self.topic, "since": c.cursor, "ref": subscribing}))
+            subscribed = False
+            unsubscribing = None
+            while not self._done(c) and time.monotonic() < until:
+                for _opcode, payload in self._read(ws, until):
+                    message = json.loads(payload)
+                    op = message.get("op")
+                    if op == "event":
+                        if not subscribed:
+                            raise ChurnFailure(f"an event outside a subscription: {payload[:200]!r}")
+                        self._event_data(c, message)
+                    elif op == "gap":
+                        c.gaps += 1
+                    elif op == "ok" and message.get("ref") == subscribing:
+                        subscribed, subscribing = True, None
+                    elif op == "ok" and message.get("ref") == unsubscribing:
+                        # Now, and not before, no event of the topic may come.
+                        subscribed, unsubscribing = False, None
+                        subscribing = f"s{next(refs)}"  # back, from where it stopped
+                        ws.send_text(json.dumps({"op": "subscribe", "topic": self.topic, "since": c.cursor,
+                                                 "ref": subscribing}))
+                    else:
+                        raise ChurnFailure(f"unexpected message {payload[:300]!r}")
+                if (subscribed and unsubscribing is None and not self.published_all.is_set()
+                        and c.rng.random() < 0.05):
+                    unsubscribing = f"u{next(refs)}"
+                    ws.send_text(json.dumps({"op": "unsubscribe", "topic": self.topic, "ref": unsubscribing}))
+        finally:
+            self._leave(c, ws)
+
+    def _stomp(self, c: ChurnClient, until: float) -> None:
+        version = c.rng.choice(("1.0", "1.1", "1.2"))
+        ws = RawWebSocket.connect(self._ws_url("/stomp"), protocols=_STOMP_OFFERS[version], timeout=10)
+        escaped = version != "1.0"
+        numbers = itertools.count(1)
+
+        def send(command, headers):
+            ws.send_text(stomp_frame(command, headers, escape=escaped).decode("utf-8"))
+
+        def subscribe() -> str:
+            sub_id = f"sub-{next(numbers)}"
+            send("SUBSCRIBE", [("id", sub_id), ("destination", f"/topic/{self.topic}"),
+                               ("last-event-id", c.cursor), ("receipt", f"r-{sub_id}")])
+            return sub_id
+
+        def disconnect():
+            send("DISCONNECT", [("receipt", "bye")])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                for _opcode, payload in self._read(ws, deadline):
+                    frame = parse_stomp(payload, escaped)
+                    if frame is not None and frame.command == "RECEIPT" and frame.get("receipt-id") == "bye":
+                        return
+            raise ChurnFailure("no RECEIPT for DISCONNECT")
+
+        try:
+            connect = [("host", "localhost"), ("heart-beat", "0,0")]
+            if version != "1.0":
+                connect.insert(0, ("accept-version", version))
+            send("CONNECT", connect)
+            current = subscribe()
+            leaving = None  # the subscription being unsubscribed
+            while not self._done(c) and time.monotonic() < until:
+                for _opcode, payload in self._read(ws, until):
+                    frame = parse_stomp(payload, escaped)
+                    if frame is None:
+                        continue
+                    if frame.command == "MESSAGE":
+                        if frame.get("subscription") not in (current, leaving):
+                            raise ChurnFailure(f"MESSAGE for subscription {frame.get('subscription')}, "
+                                               f"current {current}")
+                        if frame.get("gap") == "true":
+                            c.gaps += 1
+                            continue
+                        data = json.loads(frame.body)
+                        self._event_data(c, {"data": data, "id": frame.get("event-id")})
+                    elif frame.command == "CONNECTED":
+                        if frame.get("version", "1.0") != version:
+                            raise ChurnFailure(f"asked for {version}, CONNECTED {frame.get('version')}")
+                    elif frame.command == "RECEIPT":
+                        if leaving is not None and frame.get("receipt-id") == f"u-{leaving}":
+                            leaving = None
+                            current = subscribe()
+                    else:
+                        raise ChurnFailure(f"{frame.command} {frame.get('message')}: {frame.body[:200]!r}")
+                if leaving is None and not self.published_all.is_set() and c.rng.random() < 0.05:
+                    leaving, current = current, None
+                    send("UNSUBSCRIBE", [("id", leaving), ("receipt", f"u-{leaving}")])
+        finally:
+            self._leave(c, ws, disconnect)
+
+    # -- the run ------------------------------------------------------------------
+
+    def run(self) -> dict:
+        import gevent
+
+        started = time.monotonic()
+        self.deadline = started + self.count / self.args.rate + self.args.timeout
+        baseline = self.publish(-1, [None])  # every client starts from a real cursor
+        clients = [
+            ChurnClient(transport, i, baseline["id"], random.Random(self.rng.random()))
+            for transport, n in self.args.clients.items() for i in range(n)
+        ]
+        greenlets = [gevent.spawn(self._client, c) for c in clients]
+        publisher = gevent.spawn(self._publisher, time.monotonic())
+        gevent.joinall([publisher, *greenlets], timeout=max(1.0, self.deadline - time.monotonic() + 15))
+        gevent.killall(greenlets, block=True, timeout=5)
+        report = {}
+        for transport in self.args.clients:
+            group = [c for c in clients if c.transport == transport]
+            report[transport] = {
+                "clients": len(group),
+                "complete": sum(1 for c in group if c.expected == self.count and not c.lost and not c.duplicated),
+                "received": sum(c.received for c in group),
+                "lost": sum(c.lost for c in group),
+                "duplicated": sum(c.duplicated for c in group),
+                "gaps": sum(c.gaps for c in group),
+                "sessions": sum(c.sessions for c in group),
+                "min_sessions": min((c.sessions for c in group), default=0),
+                "abrupt": sum(c.abrupt for c in group),
+                "errors": [f"{c.transport}[{c.index}] {e}" for c in group for e in c.errors][:10],
+            }
+        return {"done": True, "count": self.count, "published": self.published,
+                "publish_errors": self.publish_errors, "seconds": round(time.monotonic() - started, 2),
+                "transports": report}
+
+
+def _churn_main(argv: list[str]) -> int:
+    """The churn subprocess: run, then print one JSON line ``{"done": true, ...}``."""
+    parser = argparse.ArgumentParser(prog="wsclients churn")
+    parser.add_argument("--base", required=True, help="http://host:port of the server")
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--clients", required=True,
+                        help="transport=count,... over " + ", ".join(CHURN_TRANSPORTS))
+    parser.add_argument("--count", type=int, required=True, help="events to publish (data {'n': 0..count-1})")
+    parser.add_argument("--rate", type=float, required=True, help="events per second")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to catch up after the last publish")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    clients = {}
+    for item in args.clients.split(","):
+        name, _, number = item.partition("=")
+        if name not in CHURN_TRANSPORTS:
+            parser.error(f"unknown transport {name!r}")
+        clients[name] = int(number)
+    args.clients = clients
+    report = _Churn(args).run()
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def start_churn(base: str, topic: str, clients: dict[str, int], count: int, rate: float,
+                timeout: float = 30.0, seed: int = 0) -> Fanout:
+    """Start churning clients in a gevent subprocess; ``wait_done`` returns its report.
+
+    ``clients`` maps each transport of :data:`CHURN_TRANSPORTS` to a number of clients.
+    The subprocess publishes a baseline event (every client starts from its cursor),
+    then ``count`` events with ``data = {"n": 0..count-1}`` at ``rate`` per second over
+    HTTP, while every client disconnects and reconnects at random (random lifetimes
+    and pauses; abrupt closes, closing handshakes, DISCONNECT, unsubscribe/resubscribe
+    on one socket), resuming each time with its cursor (``since``, ``Last-Event-ID``,
+    ``last_event_id``, ``since`` on ``/ws`` subscribe, ``last-event-id`` on STOMP
+    SUBSCRIBE). After the last publish each client stays until it has every event or
+    ``timeout`` (scaled) passes. The report, per transport: ``clients``, ``complete``
+    (every event once, in order), ``received``, ``lost``, ``duplicated``, ``gaps``,
+    ``sessions``, ``min_sessions``, ``abrupt``, ``errors``.
+    """
+    spec = ",".join(f"{name}={n}" for name, n in clients.items())
+    cmd = [sys.executable, "-m", "tests.support.wsclients", "churn", "--base", base, "--topic", topic,
+           "--clients", spec, "--count", str(count), "--rate", str(rate), "--timeout", str(scaled(timeout)),
+           "--seed", str(seed)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return Fanout(proc)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "churn":
+        sys.exit(_churn_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "fanout":
         sys.exit(_fanout_main(sys.argv[2:]))
     sys.exit("usage: python -m tests.support.wsclients fanout --base URL --clients N --topic T --count M")
