@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,11 @@ def pytest_runtest_call(item):
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory):
     """One gunicorn (default settings, in-memory hub) for every browser test."""
-    with Gunicorn(tmp_path_factory.mktemp("browser-server")) as running:
-        yield running
+    server = Gunicorn(tmp_path_factory.mktemp("browser-server")).start()
+    yield server
+    # Fast stop: streams and long polls whose browser is gone stay parked until their next
+    # write or timeout, and a graceful stop (SIGTERM) would wait the full graceful_timeout.
+    server.stop(signal.SIGQUIT)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +99,9 @@ def proxy(_proxy):
 
 
 @pytest.fixture(scope="session")
-def browser():
+def browser(live_server):
+    # Depends on live_server so that the browser closes its connections before gunicorn
+    # stops (a graceful stop waits for open connections).
     from playwright.sync_api import sync_playwright
 
     # Fail, not skip, without a browser: a skipped browser suite would pass CI unseen.

@@ -21,9 +21,11 @@ def ms(seconds: float) -> float:
 
 def publish(base_url: str, topic: str, data, session: requests.Session | None = None) -> dict:
     """POST one event straight to the server; returns the stored event."""
-    http = session or requests.Session()
-    res = http.post(f"{base_url}/api/topics/{topic}/events", data=json.dumps({"data": data}),
-                    headers={"Content-Type": "application/json"}, timeout=scaled(10))
+    if session is None:
+        with requests.Session() as own:  # closed at once: an idle keep-alive would slow the server's stop
+            return publish(base_url, topic, data, own)
+    res = session.post(f"{base_url}/api/topics/{topic}/events", data=json.dumps({"data": data}),
+                       headers={"Content-Type": "application/json"}, timeout=scaled(10))
     assert res.status_code == 201, res.text
     return res.json()
 
