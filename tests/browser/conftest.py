@@ -8,28 +8,20 @@ never run (``make test`` installs the ``chromium`` package).
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 from pathlib import Path
 
 import pytest
 
-from tests.support.servers import Gunicorn
-
+from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS, DESKTOP
 from tests.browser.netproxy import TcpProxy
-
-CHROMIUM = os.environ.get("SWITCHBOARD_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 375, "height": 740}
+from tests.support.servers import Gunicorn
 
 # What Chromium itself logs as a console error when a connection is cut: a test that cuts
 # connections on purpose allows these (and only these) with console_errors.allow_network().
 NETWORK_ERRORS = (
-    r"net::ERR_",
-    r"Failed to load resource",
+    r"net::ERR_",  # "GET <url> net::ERR_CONNECTION_RESET", "Failed to load resource: net::ERR_..."
     r"WebSocket connection to '.*' failed",
 )
 

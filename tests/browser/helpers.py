@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 
 import requests
 
 from tests.support.timing import scaled
 
+CHROMIUM = os.environ.get("SWITCHBOARD_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 375, "height": 740}
 CHAT_PAGES = ("polling", "long-polling", "sse", "websocket", "stomp")
 # Controls that must have an accessible name, by their computed ARIA role.
 CONTROL_ROLES = {"textbox", "searchbox", "button", "slider", "checkbox", "radio", "spinbutton",

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.support.servers import Gunicorn  # noqa: E402
 
 STEADY_SECONDS = 12

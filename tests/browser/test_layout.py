@@ -11,8 +11,9 @@ import uuid
 
 import pytest
 
-from tests.browser.conftest import DESKTOP, PHONE
 from tests.browser.helpers import (
+    DESKTOP,
+    PHONE,
     CHAT_PAGES,
     assert_no_horizontal_scroll,
     focus_is_visible,
