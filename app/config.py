@@ -95,6 +95,18 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _heart_beat(text: str) -> tuple[int, int]:
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise ValueError("must be milliseconds, one number or two (send,receive) like 10000,10000")
+    send, receive = (int(part) for part in parts)
+    if send > 3_600_000 or receive > 3_600_000:
+        raise ValueError("must be at most 3600000 ms")
+    return send, receive
+
+
 def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -133,6 +145,28 @@ class Settings:
     ws_ping_interval: float = _setting(
         "SWITCHBOARD_WS_PING_INTERVAL", 20.0, _seconds(0, 3600),
         "Seconds between server WebSocket pings (0 = off); a peer that stops answering is closed.")
+    max_connections: int = _setting(
+        "SWITCHBOARD_MAX_CONNECTIONS", 10_000, _int(0, 1_000_000),
+        "Streams one worker holds at once (SSE, parked long polls, WebSockets; 0 = no limit); "
+        "beyond it: 503 with Retry-After. Keep it below gunicorn's worker_connections (20000).")
+    max_connections_per_client: int = _setting(
+        "SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT", 5_000, _int(0, 1_000_000),
+        "Streams one client address holds in one worker (0 = no limit); beyond it: 429. Behind "
+        "nginx set SWITCHBOARD_BEHIND_PROXY, or every client shares nginx's address.")
+    max_subscriptions: int = _setting(
+        "SWITCHBOARD_MAX_SUBSCRIPTIONS", 100, _int(1, 100_000),
+        "Topics one /ws or STOMP connection may follow at once (each costs a queue and a greenlet).")
+    publish_rate: float = _setting(
+        "SWITCHBOARD_PUBLISH_RATE", 200.0, _seconds(0, 1_000_000),
+        "Publishes per second allowed per /ws or STOMP connection and per client address over "
+        "HTTP (a token bucket; 0 = no limit).")
+    publish_burst: int = _setting(
+        "SWITCHBOARD_PUBLISH_BURST", 2000, _int(1, 10_000_000),
+        "Publishes allowed at once before SWITCHBOARD_PUBLISH_RATE applies (the bucket's size).")
+    stomp_heartbeat_ms: tuple[int, int] = _setting(
+        "SWITCHBOARD_STOMP_HEARTBEAT_MS", (1000, 1000), _heart_beat,
+        "The server's STOMP heart-beat floors (send,receive) in ms: it never sends heart-beats "
+        "more often, nor asks the client for them more often; the client's offer decides above.")
     behind_proxy: bool = _setting(
         "SWITCHBOARD_BEHIND_PROXY", False, _bool,
         "Trust one proxy's X-Forwarded-For/-Proto/-Host (set when nginx is in front).")
@@ -215,6 +249,7 @@ def describe() -> list[tuple[str, str, str]]:
     rows = []
     for f in dataclasses.fields(Settings):
         default = f.default
-        shown = "unset" if default is None else (",".join(default) or "none") if isinstance(default, tuple) else str(default)
+        shown = ("unset" if default is None
+                 else (",".join(map(str, default)) or "none") if isinstance(default, tuple) else str(default))
         rows.append((f.metadata["env"], shown, f.metadata["doc"]))
     return rows

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from typing import Callable
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, errors, pages, security
+from . import api, errors, limits as limits_module, pages, security
 from .config import ConfigError, Settings
 from .hub import Hub
 from .hub.memory import MemoryBackend
 from .producers import start_producers
 from .metrics import HubObserver, Metrics
 from .transports import TRANSPORTS
-from .transports.wsio import WebSocketPolicy
+from .limits import LimitExceeded, Limits
+from .transports.wsio import Refusal, WebSocketPolicy
+
+log = logging.getLogger(__name__)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,6 +34,50 @@ def make_backend(settings: Settings):
             raise ConfigError(f"SWITCHBOARD_REDIS_URL is set but the Redis backend is unavailable: {exc}") from None
         return RedisBackend(settings.redis_url, settings.history_size, settings.history_ttl)
     return MemoryBackend(settings.history_size, settings.history_ttl)
+
+
+class Shutdown:
+    """What the application does when its server process begins a graceful stop.
+
+    ``create_app`` sets ``app.switchboard_shutdown`` to one of these; the gunicorn
+    worker class (app/transports/wsio.py) calls it on SIGTERM, before it sends 1001 to
+    the WebSockets still open. Callbacks run in the order they were added, each given
+    the seconds left; one that fails is logged and the next still runs. Transports add
+    theirs in ``init_app``; the hub's closing comes last (see :func:`build_app`).
+    """
+
+    def __init__(self) -> None:
+        self._callbacks: list[tuple[str, Callable[[float], None]]] = []
+        self.started = False
+
+    def add(self, name: str, callback: Callable[[float], None]) -> None:
+        """Run ``callback(seconds_left)`` on shutdown; it should return within that time."""
+        self._callbacks.append((name, callback))
+
+    def __call__(self, timeout: float) -> None:
+        """Run every callback once (later calls do nothing), within about ``timeout`` seconds."""
+        if self.started:
+            return
+        self.started = True
+        deadline = time.monotonic() + timeout
+        for name, callback in self._callbacks:
+            try:
+                callback(max(0.0, deadline - time.monotonic()))
+            except Exception:
+                log.error("shutdown step %r failed", name, exc_info=True)
+
+
+def _websocket_admission(limits: Limits):
+    """The WebSocket policy's ``admit`` hook: the stream limits, before the 101."""
+
+    def admit(environ):
+        try:
+            slot = limits.open_stream(environ, "websocket")
+        except LimitExceeded as exc:
+            return Refusal(exc.status, exc.code, exc.message, tuple(exc.headers.items()))
+        return slot.release
+
+    return admit
 
 
 def build_app(test_config=None) -> Flask:
@@ -50,12 +99,16 @@ def build_app(test_config=None) -> Flask:
 
     metrics = Metrics()
     hub = Hub(make_backend(settings), queue_size=settings.queue_size, observer=HubObserver(metrics))
+    limits = Limits(settings, metrics)
+    shutdown = Shutdown()
     app.extensions["switchboard.settings"] = settings
     app.extensions["switchboard.hub"] = hub
     app.extensions["switchboard.metrics"] = metrics
+    app.extensions["switchboard.shutdown"] = shutdown
 
     errors.init_app(app)
     security.init_app(app)
+    limits_module.init_app(app, limits)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     for transport in TRANSPORTS:
@@ -69,9 +122,19 @@ def build_app(test_config=None) -> Flask:
         ping_interval=settings.ws_ping_interval,
         ping_timeout=max(settings.ws_ping_interval, 1.0),
         trust_forwarded=settings.behind_proxy,
+        admit=_websocket_admission(limits),
     )
 
-    start_producers(app)  # the ticks demo producer; only under gevent (see app/producers.py)
+    producers = start_producers(app)  # the ticks demo producer; only under gevent (see app/producers.py)
+
+    # Graceful stop (DESIGN.md §8). The transports added their steps in init_app (STOMP:
+    # an ERROR frame to every session). Then the producers give up their lock, so a
+    # worker that stays takes over at once, and the hub closes every subscription with
+    # reason "shutdown": SSE streams end with a last jittered retry:, parked long polls
+    # answer 204, /ws subscriptions end; wsio then sends 1001 to the WebSockets left.
+    shutdown.add("producers", lambda timeout: [producer.stop() for producer in producers])
+    shutdown.add("hub", lambda timeout: hub.close("shutdown"))
+    app.switchboard_shutdown = shutdown
 
     if settings.behind_proxy:
         # One trusted hop (nginx): X-Forwarded-For/-Proto/-Host become the request's own.

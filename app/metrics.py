@@ -47,6 +47,10 @@ class Metrics:
             ["backend"], multiprocess_mode="livemin", registry=r)
         self.published = Counter(
             "switchboard_events_published", "Events published (any transport)", registry=r)
+        self.publishes = Counter(
+            "switchboard_publishes", "Events published by clients, by the transport they came in on "
+            "(http, websocket, stomp); server producers are only in switchboard_events_published_total",
+            ["transport"], registry=r)
         self.delivered = Counter(
             "switchboard_events_delivered", "Events written to clients", ["transport"], registry=r)
         self.replayed = Counter(

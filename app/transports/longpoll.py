@@ -14,19 +14,25 @@ The client loops ``GET /api/topics/<topic>/long-poll?since=<cursor>``:
 A 200 has the polling body ``{"events", "cursor", "gap"}``. A parked request costs one
 greenlet and one subscription; both end at the timeout at the latest, whether or not
 the client is still there (a WSGI server notices a gone client only when it writes).
+A parked request counts against the connection limits (``app/limits.py``): beyond them
+it is answered 503 or 429 with ``Retry-After`` instead of parking. On shutdown every
+parked request is answered 204 at once (DESIGN.md §8); the client polls again.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 from flask import Blueprint, Flask, Request, Response, jsonify, request
 
-from .. import state
+from .. import limits, state
 from ..errors import ApiError
 from ..events import Event, Gap, Page, check_topic
 from ..hub import SubscriptionClosed
 from .cursor import read_limit, resume_cursor
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("longpoll", __name__)
 
@@ -75,17 +81,24 @@ def long_poll(topic: str) -> Response:
         page = hub.history(topic, since=since, limit=limit)
         if page.events or page.gap:
             state.metrics().delivered.labels("long-polling").inc(len(page.events))
+            if page.gap:
+                state.metrics().gaps.labels("resume").inc()
             return _answer(page)
 
+    slot = limits.current().open_stream(request.environ, "long-polling")  # or 503/429
     try:
         # Starts at ``since``: whatever is published from here on (or was, since the
         # history read above) is replayed or queued live, exactly once (seam rule).
         sub = hub.subscribe(topic, since=since)
     except SubscriptionClosed:
+        slot.release()
         raise ApiError(503, "shutting_down", "the server is shutting down; poll again shortly",
                        {"Retry-After": "1"}) from None
+    except BaseException:
+        slot.release()
+        raise
     metrics = state.metrics()
-    with sub, metrics.connection("long-polling"):
+    with slot, sub, metrics.connection("long-polling"):
         metrics.long_polls_parked.inc()
         try:
             items = sub.get_many(limit, timeout)
@@ -96,6 +109,9 @@ def long_poll(topic: str) -> Response:
 
     events = [item for item in items if isinstance(item, Event)]
     gap = any(isinstance(item, Gap) for item in items)
+    if any(isinstance(item, Gap) and item.slow for item in items):
+        log.info("slow consumer: client %s, transport long-polling, topic %s: its queue and history "
+                 "overflowed while parked; answered gap:true", slot.client, topic)
     if not events and not gap:
         return _no_content()
     metrics.delivered.labels("long-polling").inc(len(events))

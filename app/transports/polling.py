@@ -23,6 +23,10 @@ def poll(topic: str) -> Response:
         response = Response(status=304)
     else:
         response = jsonify(page.to_dict())
+        metrics = state.metrics()
+        metrics.delivered.labels("polling").inc(len(page.events))
+        if page.gap:
+            metrics.gaps.labels("resume").inc()
     if page.cursor:
         response.set_etag(page.cursor)
     response.headers["Cache-Control"] = "no-store"

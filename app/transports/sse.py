@@ -23,18 +23,26 @@ What goes on the wire (WHATWG HTML, "Server-sent events"), in order:
    subscription.
 5. A subscriber too slow for its queue and for history gets ``event: gap`` and the
    stream ends; EventSource reconnects with ``Last-Event-ID`` and resumes from there.
-   On shutdown the stream ends the same way (DESIGN.md §8).
+6. On shutdown (DESIGN.md §8) the stream ends after a last ``retry:`` between
+   ``SWITCHBOARD_SSE_RETRY_MS`` and that plus :data:`SHUTDOWN_JITTER_MS` (at least
+   1 s), chosen at random per stream, so that the clients of a stopping worker come
+   back spread out instead of all at once.
+
+A stream counts against the connection limits (``app/limits.py``): beyond them the
+request is answered 503 or 429 with ``Retry-After`` instead of a stream.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import random
 import re
 from typing import Iterator
 
 from flask import Blueprint, Flask, Request, Response, request
 
-from .. import state
+from .. import limits, state
 from ..errors import ApiError
 from ..events import Event, Gap, check_topic
 from ..hub import Subscription, SubscriptionClosed
@@ -42,12 +50,16 @@ from ..identity import current_sender
 from ..metrics import Metrics
 from .cursor import resume_cursor
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("sse", __name__)
 
 CONTENT_TYPE = "text/event-stream"
 HEARTBEAT = b": ping\n\n"
 # Most events one write carries; a backlog larger than this leaves in several writes.
 BATCH = 100
+# The spread of the last retry: on shutdown, in ms (see the module docstring, 6).
+SHUTDOWN_JITTER_MS = 2000
 # RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token.
 _BEARER_RE = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]+=*)\Z", re.IGNORECASE)
 
@@ -93,8 +105,14 @@ def _identity(req: Request) -> str:
                   f"starting {token[:6]!r} (not verified: demo only)")
 
 
+def shutdown_retry(retry_ms: int) -> bytes:
+    """The last bytes of a stream ended by shutdown: a jittered ``retry:`` and a comment."""
+    delay = retry_ms + random.randint(0, max(SHUTDOWN_JITTER_MS, retry_ms))
+    return b"retry: %d\n: server shutting down, reconnect with Last-Event-ID\n\n" % delay
+
+
 def _stream(sub: Subscription, since: str | None, opening: bytes, heartbeat: float,
-            metrics: Metrics) -> Iterator[bytes]:
+            metrics: Metrics, retry_ms: int = 2000, client: str = "?") -> Iterator[bytes]:
     delivered = metrics.delivered.labels("sse")
     position = since  # the id of the last event written (or the client's own)
     try:
@@ -107,7 +125,7 @@ def _stream(sub: Subscription, since: str | None, opening: bytes, heartbeat: flo
                     # After a slow-consumer gap (already written) or on shutdown: end the
                     # stream; EventSource reconnects with Last-Event-ID.
                     if exc.reason == "shutdown":
-                        yield b": server shutting down, reconnect\n\n"
+                        yield shutdown_retry(retry_ms)
                     return
                 if not items:
                     yield HEARTBEAT
@@ -116,6 +134,9 @@ def _stream(sub: Subscription, since: str | None, opening: bytes, heartbeat: flo
                 for item in items:
                     if isinstance(item, Gap):
                         blocks.append(encode_gap(item, position))
+                        if item.slow:
+                            log.info("slow consumer dropped: client %s, transport sse, topic %s: fell behind "
+                                     "its queue and history; sent event: gap, ending the stream", client, sub.topic)
                     else:
                         blocks.append(item.encoded("sse", encode_event))  # built once, shared by all
                         position = item.id
@@ -135,17 +156,24 @@ def stream(topic: str) -> Response:
     opening = (f"retry: {settings.sse_retry_ms}\n"
                f": switchboard stream of topic {topic}, heartbeat every {settings.sse_heartbeat:g} s; "
                f"{_identity(request)}\n\n").encode("ascii", "replace")
+    slot = limits.current().open_stream(request.environ, "sse")  # or 503/429
     try:
         sub = state.hub().subscribe(topic, since=since)
     except SubscriptionClosed:
+        slot.release()
         raise ApiError(503, "shutting_down", "the server is shutting down; reconnect shortly",
                        {"Retry-After": "1"}) from None
-    stream_body = _stream(sub, since, opening, settings.sse_heartbeat, state.metrics())
+    except BaseException:
+        slot.release()
+        raise
+    stream_body = _stream(sub, since, opening, settings.sse_heartbeat, state.metrics(),
+                          settings.sse_retry_ms, slot.client)
     response = Response(stream_body, status=200, content_type=CONTENT_TYPE)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each write on at once
     # Runs even if the generator never starts (HEAD, or a failure before the first write).
     response.call_on_close(sub.close)
+    response.call_on_close(slot.release)
     return response
 
 

@@ -53,6 +53,12 @@ Closing: every ERROR is written, then the WebSocket closes with a code chosen by
 error's kind (:data:`CLOSE_CODES`): 1002 for broken frames and protocol violations,
 1008 for refused credentials, destinations, bodies and limits, 1011 (as wsio's
 keepalive) when a client stops sending heart-beats, 1000 after DISCONNECT.
+
+Limits (``app/limits.py``): at most ``SWITCHBOARD_MAX_SUBSCRIPTIONS`` subscriptions
+per session; SENDs beyond ``SWITCHBOARD_PUBLISH_RATE``/``_BURST`` for the connection
+get ERROR "publish rate exceeded" (nothing published) and 1008. Shutdown (DESIGN.md
+§8): every session gets ERROR "server shutting down" with a reconnect hint, then 1001
+(:meth:`Broker.shutdown`, run by the app's shutdown hook before wsio's own 1001).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ import binascii
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -70,6 +77,7 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.lock
+import gevent.pool
 from flask import Blueprint, Flask, current_app, request
 
 from ..config import Settings
@@ -77,6 +85,8 @@ from ..errors import ApiError
 from ..events import TOPIC_RE, Cursor, Event, Gap, InvalidCursor, InvalidEventType
 from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed
 from ..identity import current_sender
+from .. import limits as limits_module
+from ..limits import Limits
 from ..metrics import Metrics
 from ..stomp import (
     Ack,
@@ -99,6 +109,7 @@ from .wsio import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_KEEPALIVE_TIMEOUT,
+    CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     CLOSE_PROTOCOL_ERROR,
@@ -125,10 +136,11 @@ bp = Blueprint("stomp_ws", __name__)
 
 EXTENSION = "switchboard.stomp"
 
-#: The CONNECTED ``heart-beat`` (sx, sy), in ms. Both are floors, as the negotiation
-#: takes the larger of each pair (STOMP 1.2, "Heart-beating"): the server never sends
-#: heart-beats more often than once a second, and never asks a client for more than one
-#: a second; beyond that the client's offer decides (stompjs asks 10000,10000).
+#: The default CONNECTED ``heart-beat`` (sx, sy), in ms (``SWITCHBOARD_STOMP_HEARTBEAT_MS``
+#: sets it). Both are floors, as the negotiation takes the larger of each pair (STOMP 1.2,
+#: "Heart-beating"): the server never sends heart-beats more often than once a second,
+#: and never asks a client for more than one a second; beyond that the client's offer
+#: decides (stompjs asks 10000,10000).
 SERVER_HEART_BEAT = (1000, 1000)
 
 #: The event type of a SEND whose body is not text or JSON (see the module docstring).
@@ -176,6 +188,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON syntax but overflows to inf, which json.dumps writes as
+    # Infinity: not JSON, so every subscriber's parser would fail on the event.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def _split_content_type(content_type: str | None) -> tuple[str | None, dict[str, str]]:
     if content_type is None:
         return None, {}
@@ -205,7 +226,8 @@ def decode_send_body(body: bytes, content_type: str | None) -> tuple[str | None,
     charset = params.get("charset", "utf-8")
     if mime is not None and (mime == "application/json" or mime.endswith("+json")):
         try:
-            return None, json.loads(body.decode(charset), parse_constant=_reject_constant)
+            return None, json.loads(body.decode(charset), parse_constant=_reject_constant,
+                                    parse_float=_finite_float)
         except (LookupError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise BodyError("invalid JSON body", f"content-type is {content_type} but the body is not JSON: {exc}") from None
     if mime is None or mime.startswith("text/"):
@@ -355,18 +377,21 @@ class Broker:
         destinations: the destination rules.
         config: the session settings (limits, heart-beats, login hook, destination hook).
         metrics: where to count connections, deliveries and ERROR frames, if anywhere.
+        limits: the publish-rate limit per connection, and where refusals are counted.
     """
 
     def __init__(self, hub: Hub, destinations: Destinations, config: StompConfig,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, limits: Limits | None = None) -> None:
         self.hub = hub
         self.destinations = destinations
         self.config = config
         self.metrics = metrics
+        self.limits = limits
+        self.connections: set[Connection] = set()
 
     @classmethod
     def from_settings(cls, hub: Hub, settings: Settings, handlers: Handlers | None = None,
-                      metrics: Metrics | None = None) -> "Broker":
+                      metrics: Metrics | None = None, limits: Limits | None = None) -> "Broker":
         """Build the broker the settings describe (prefixes, credentials, size limit)."""
         destinations = Destinations(settings.stomp_topic_prefix, settings.stomp_app_prefix,
                                     handlers if handlers is not None else default_handlers())
@@ -374,22 +399,53 @@ class Broker:
             # One limit for a WebSocket message and a STOMP frame: a frame that fits in one
             # message fits the parser too; one spread over several messages is cut at the same size.
             limits=Limits(max_frame_bytes=settings.max_message_bytes),
-            heart_beat=SERVER_HEART_BEAT,
+            heart_beat=settings.stomp_heartbeat_ms,
             authenticate=_credentials(settings.stomp_login, settings.stomp_passcode),
             validate_destination=destinations.problem,
+            max_subscriptions=settings.max_subscriptions,
         )
-        return cls(hub, destinations, config, metrics)
+        return cls(hub, destinations, config, metrics, limits)
 
-    def serve(self, ws, sender: str) -> None:
+    def serve(self, ws, sender: str, client: str = "?") -> None:
         """Run one STOMP session on an open WebSocket until it ends; release everything."""
-        connection = Connection(self, ws, sender)
-        if self.metrics is None:
-            connection.run()
+        connection = Connection(self, ws, sender, client=client)
+        self.connections.add(connection)
+        try:
+            if self.metrics is None:
+                connection.run()
+            else:
+                with self.metrics.connection("stomp"):
+                    connection.run()
+        finally:
+            self.connections.discard(connection)
+        self._count_end(connection)
+
+    def _count_end(self, connection: "Connection") -> None:
+        error = connection.session.error
+        if self.metrics is not None and error is not None:
+            self.metrics.stomp_errors.labels(connection.error_kind or error.kind).inc()
+        if self.limits is not None:
+            if error is not None and error.message == "too many subscriptions":
+                self.limits.rejected("subscriptions")
+            elif (error is not None and error.message == "frame too large") or \
+                    connection.ws.close_code == CLOSE_MESSAGE_TOO_BIG:
+                self.limits.rejected("message_size")
+
+    def shutdown(self, timeout: float) -> None:
+        """End every session with ERROR "server shutting down" (and a reconnect hint), then 1001.
+
+        Waits at most ``timeout`` seconds for the frames to be written; a session whose
+        peer reads nothing is left to wsio, which cuts it.
+        """
+        connections = list(self.connections)
+        if not connections:
             return
-        with self.metrics.connection("stomp"):
-            connection.run()
-        if connection.session.error is not None:
-            self.metrics.stomp_errors.labels(connection.session.error.kind).inc()
+        log.info("STOMP: ending %d session(s) for shutdown", len(connections))
+        group = gevent.pool.Group()
+        for connection in connections:
+            group.spawn(connection.shutdown)
+        group.join(timeout=timeout)
+        group.kill(block=False)
 
 
 class _Pump:
@@ -419,11 +475,16 @@ class Connection:
         clock: a monotonic clock in seconds.
     """
 
-    def __init__(self, broker: Broker, ws, sender: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, broker: Broker, ws, sender: str, clock: Callable[[], float] = time.monotonic,
+                 client: str = "?") -> None:
         self.broker = broker
         self.hub = broker.hub
         self.ws = ws
         self.sender = sender
+        self.client = client
+        self.error_kind: str | None = None  # a finer kind than "broker" for the ERRORs we raise, for metrics
+        self._bucket = broker.limits.publish_bucket() if broker.limits is not None else None
+        self._published = broker.metrics.publishes.labels("stomp") if broker.metrics is not None else None
         self._clock = clock
         self.session = StompSession(broker.config, now=clock())
         self._lock = gevent.lock.Semaphore()
@@ -501,9 +562,12 @@ class Connection:
                 if isinstance(item, Gap):
                     session.deliver(sub_id, b"", _GAP_HEADERS, now=self._clock())
                     if item.slow:
+                        log.info("slow consumer dropped: client %s, transport stomp, topic %s: fell behind its "
+                                 "queue and history; sent MESSAGE gap:true, then ERROR and 1008",
+                                 self.client, item.topic)
                         self._fail("slow consumer",
                                    f"This connection fell too far behind topic {item.topic!r}; events were lost. "
-                                   + _RECONNECT_HINT, CLOSE_POLICY_VIOLATION)
+                                   + _RECONNECT_HINT, CLOSE_POLICY_VIOLATION, kind="slow-consumer")
                 else:
                     body, headers = encode_message(item)
                     if session.deliver(sub_id, body, headers, now=self._clock()) and self._delivered:
@@ -511,7 +575,7 @@ class Connection:
                 self._drain()
         except SubscriptionClosed as exc:
             if exc.reason == "shutdown":
-                self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY)
+                self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, kind="shutdown")
                 self._drain()
             # "closed": UNSUBSCRIBE or the end of the session; "slow consumer": handled at its Gap.
         except BackendUnavailable as exc:  # a history read (replay or catch-up) failed
@@ -573,9 +637,19 @@ class Connection:
         self._socket_dead = True
         self.ws.close(code, reason)
 
-    def _fail(self, message: str, detail: str, code: int, receipt_id: str | None = None) -> None:
-        """End the session from the broker's side with an ERROR; the socket closes with ``code``."""
+    def shutdown(self) -> None:
+        """End the session for a server shutdown: ERROR with a reconnect hint, then 1001."""
+        self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, kind="shutdown")
+        self._drain()
+
+    def _fail(self, message: str, detail: str, code: int, receipt_id: str | None = None,
+              kind: str | None = None) -> None:
+        """End the session from the broker's side with an ERROR; the socket closes with ``code``.
+
+        ``kind`` names the error in ``switchboard_stomp_errors_total`` (else "broker").
+        """
         if not self.session.closed:
+            self.error_kind = kind
             self._close_code = code
             if receipt_id is not None:
                 self._withdrawn.append(receipt_id)
@@ -621,6 +695,14 @@ class Connection:
     def _on_send(self, request_: Send) -> None:
         receipt = _first(request_.headers, "receipt")
         kind, name = self.broker.destinations.resolve(request_.destination)  # the session validated it
+        wait = self._bucket.take() if self._bucket is not None else 0.0
+        if wait:
+            self.broker.limits.rejected("publish_rate")
+            self._fail("publish rate exceeded",
+                       f"At most {self._bucket.rate:g} SEND frames a second (bursts of {self._bucket.burst}) per "
+                       f"connection; this one was not published. Reconnect after {wait:.1f} s or more.",
+                       CLOSE_POLICY_VIOLATION, receipt, kind="rate-limit")
+            return
         try:
             forced_type, data = decode_send_body(request_.body, request_.content_type)
             if kind == "app":
@@ -632,6 +714,8 @@ class Connection:
             else:
                 type_ = forced_type or _first(request_.headers, "event-type") or "message"
                 self.hub.publish(name, data, type=type_, sender=self.sender)
+                if self._published is not None:
+                    self._published.inc()
         except (BodyError, HandlerError) as exc:
             self._fail(exc.message, exc.detail, CLOSE_POLICY_VIOLATION, receipt)
         except InvalidEventType as exc:
@@ -682,7 +766,7 @@ def stomp_socket():
     if ws is None:  # only the wsio handler routes upgrades here
         raise ApiError(426, "upgrade_required", "GET /stomp with Upgrade: websocket")
     broker: Broker = current_app.extensions[EXTENSION]
-    broker.serve(ws, current_sender())
+    broker.serve(ws, current_sender(), limits_module.current().client(request.environ))
     return "", 204
 
 
@@ -691,8 +775,12 @@ def init_app(app: Flask) -> None:
     hub = app.extensions["switchboard.hub"]
     settings = app.extensions["switchboard.settings"]
     metrics = app.extensions.get("switchboard.metrics")
-    broker = app.extensions[EXTENSION] = Broker.from_settings(hub, settings, metrics=metrics)
+    limits = app.extensions.get(limits_module.EXTENSION)
+    broker = app.extensions[EXTENSION] = Broker.from_settings(hub, settings, metrics=metrics, limits=limits)
     app.register_blueprint(bp)
+    shutdown = app.extensions.get("switchboard.shutdown")
+    if shutdown is not None:
+        shutdown.add("stomp", broker.shutdown)  # before the hub closes: ERROR frames, then 1001
 
     @app.context_processor
     def stomp_chat_destinations() -> dict:

@@ -46,9 +46,11 @@ Error codes: ``bad_json`` (not JSON), ``bad_message`` (not an object, ``op`` mis
 not a string, a missing or unknown field, ``sender`` in a publish: the server sets it),
 ``bad_ref``, ``unknown_op``, ``bad_topic``, ``bad_cursor``, ``bad_type``,
 ``already_subscribed``, ``not_subscribed``, ``too_many_subscriptions`` (at most
-:data:`MAX_SUBSCRIPTIONS` per connection), ``unavailable`` (the event store is down),
-``shutting_down``; and, without a ref, ``slow_consumer`` and ``subscription_closed``.
-A bad message never closes the connection.
+``SWITCHBOARD_MAX_SUBSCRIPTIONS`` per connection, default :data:`MAX_SUBSCRIPTIONS`),
+``rate_limited`` (a publish beyond ``SWITCHBOARD_PUBLISH_RATE``/``_BURST`` for this
+connection; the error carries ``retry_after`` in seconds and nothing is published),
+``unavailable`` (the event store is down), ``shutting_down``; and, without a ref,
+``slow_consumer`` and ``subscription_closed``. A bad message never closes the connection.
 
 What does close it: a binary message (1003, "unsupported data", RFC 6455 7.4.1: this
 endpoint speaks JSON text only, and a client sending binary speaks another protocol
@@ -63,8 +65,9 @@ gets a fresh guest name for that connection (an upgrade response cannot set a co
 Writing: each subscription has one *forwarder* greenlet that drains its bounded queue
 with ``get_many`` (one wake-up, everything queued, without waiting in between) and
 writes each event's ``"ws"`` encoding, built once per event and shared by every
-connection, with ``send_encoded``. wsio's send lock keeps frames whole when a forwarder
-and the reader (sending replies) write at once. A slow socket only stalls its own
+connection, all of one wake-up's events with one ``send_many`` (one lock, one write).
+wsio's send lock keeps frames whole when a forwarder and the reader (sending replies)
+write at once. A slow socket only stalls its own
 forwarders; the hub only ever offers to queues. When the connection ends, every
 subscription is closed and every forwarder joined before the view returns.
 """
@@ -82,20 +85,23 @@ import gevent
 import gevent.pool
 from flask import Blueprint, Flask, request
 
-from .. import state
+from .. import limits as limits_module, state
 from ..errors import ApiError
 from ..events import Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic, check_topic, check_type
 from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed
 from ..identity import current_sender
+from ..limits import Limits, TokenBucket
 from ..metrics import Metrics
-from .wsio import CLOSE_INTERNAL_ERROR, CLOSE_UNSUPPORTED_DATA, ENVIRON_WEBSOCKET, WebSocket, WebSocketError
+from .wsio import (CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ENVIRON_WEBSOCKET,
+                   WebSocket, WebSocketError)
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("websocket", __name__)
 
 MAX_SUBSCRIPTIONS = 100
-"""Topics one connection may follow at once; each costs a queue and a greenlet."""
+"""Topics one connection may follow at once, unless ``SWITCHBOARD_MAX_SUBSCRIPTIONS``
+says otherwise; each costs a queue and a greenlet."""
 
 MAX_REF_LENGTH = 256
 
@@ -115,11 +121,12 @@ class ClientError(Exception):
         ref: the client's ``ref`` when it could be read, else ``None``.
     """
 
-    def __init__(self, code: str, message: str, ref: Any = None):
+    def __init__(self, code: str, message: str, ref: Any = None, **details: Any):
         super().__init__(message)
         self.code = code
         self.message = message
         self.ref = ref
+        self.details = details
 
 
 # ---------------------------------------------------------------------- client ops
@@ -188,13 +195,23 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON syntax but overflows to inf, which json.dumps writes as
+    # Infinity: not JSON, so every subscriber's parser would fail on the event.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def _read_ref(message: dict) -> Any:
     ref = message.get("ref")
     if ref is None:
         return None
     if isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH:
         return ref
-    if isinstance(ref, (int, float)) and not isinstance(ref, bool) and math.isfinite(ref):
+    # Any int: math.isfinite() raises OverflowError beyond a double (a 400-digit ref).
+    if (isinstance(ref, int) and not isinstance(ref, bool)) or (isinstance(ref, float) and math.isfinite(ref)):
         return ref
     raise ClientError("bad_ref", f"ref must be a string of at most {MAX_REF_LENGTH} characters or a number")
 
@@ -212,7 +229,7 @@ def parse(text: str) -> Command:
         ClientError: the message is not a valid op; ``ref`` is set when it was readable.
     """
     try:
-        message = json.loads(text, parse_constant=_reject_constant)
+        message = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise ClientError("bad_json", f"not valid JSON: {exc}") from None
     if not isinstance(message, dict):
@@ -290,13 +307,22 @@ class Connection:
         hub: the application's hub.
         sender: the identity stamped on this connection's publishes.
         metrics: where open connections and delivered events are counted, if anywhere.
+        limits: the subscription and publish-rate limits (none without it), and where
+            their refusals are counted.
+        client: the client's address, for log lines.
     """
 
-    def __init__(self, ws: WebSocket, hub: Hub, sender: str, metrics: Metrics | None = None):
+    def __init__(self, ws: WebSocket, hub: Hub, sender: str, metrics: Metrics | None = None,
+                 limits: Limits | None = None, client: str = "?"):
         self.ws = ws
         self.hub = hub
         self.sender = sender
+        self.client = client
+        self.limits = limits
+        self.max_subscriptions = limits.max_subscriptions if limits is not None else MAX_SUBSCRIPTIONS
+        self._bucket: TokenBucket | None = limits.publish_bucket() if limits is not None else None
         self._delivered = metrics.delivered.labels("websocket") if metrics is not None else None
+        self._published = metrics.publishes.labels("websocket") if metrics is not None else None
         self.subscriptions: dict[str, Subscription] = {}
         self._forwarders: dict[Subscription, gevent.Greenlet] = {}
         self._group = gevent.pool.Group()
@@ -338,7 +364,7 @@ class Connection:
             ref = command.ref
             return self._handlers[type(command)](command)
         except ClientError as exc:
-            return error(exc.ref if exc.ref is not None else ref, exc.code, exc.message)
+            return error(exc.ref if exc.ref is not None else ref, exc.code, exc.message, **exc.details)
         except BackendUnavailable as exc:
             return error(ref, "unavailable", f"the event store is unavailable: {exc}")
         except SubscriptionClosed as exc:  # the hub refuses new subscriptions
@@ -349,9 +375,11 @@ class Connection:
     def _subscribe(self, cmd: Subscribe) -> str:
         if cmd.topic in self.subscriptions:
             raise ClientError("already_subscribed", f"already subscribed to {cmd.topic!r}", cmd.ref)
-        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+        if len(self.subscriptions) >= self.max_subscriptions:
+            if self.limits is not None:
+                self.limits.rejected("subscriptions")
             raise ClientError("too_many_subscriptions",
-                              f"a connection follows at most {MAX_SUBSCRIPTIONS} topics", cmd.ref)
+                              f"a connection follows at most {self.max_subscriptions} topics", cmd.ref)
         cursor = cmd.since
         if cursor is None:
             # Start at the newest event: replaying "after it" then covers anything
@@ -378,7 +406,15 @@ class Connection:
         return ok(cmd.ref, topic=cmd.topic)
 
     def _publish(self, cmd: Publish) -> str:
+        wait = self._bucket.take() if self._bucket is not None else 0.0
+        if wait:
+            self.limits.rejected("publish_rate")
+            raise ClientError("rate_limited",
+                              f"at most {self._bucket.rate:g} publishes a second (bursts of {self._bucket.burst}) "
+                              "per connection; this one was not published", cmd.ref, retry_after=round(wait, 3))
         event = self.hub.publish(cmd.topic, cmd.data, type=cmd.type, sender=self.sender)
+        if self._published is not None:
+            self._published.inc()
         return ok(cmd.ref, topic=cmd.topic, id=event.id)
 
     def _ping(self, cmd: Ping) -> str:
@@ -389,7 +425,7 @@ class Connection:
     def _forward(self, sub: Subscription) -> None:
         """Drain one subscription into the socket until it or the socket closes."""
         topic = sub.topic
-        send = self.ws.send_encoded
+        send_many = self.ws.send_many
         batch = max(self.hub.queue_size, 1)
         sent = 0
         try:
@@ -402,17 +438,24 @@ class Connection:
                 except SubscriptionClosed as exc:
                     self._ended(sub, exc.reason)
                     return
+                if self.subscriptions.get(topic) is not sub:
+                    return  # unsubscribed (or the connection ended) meanwhile
+                # Everything this wake-up found goes out in one write (one lock, one sendall).
+                payloads, events, slow = [], 0, False
                 for item in items:
-                    if self.subscriptions.get(topic) is not sub:
-                        return  # unsubscribed (or the connection ended) meanwhile
                     if isinstance(item, Gap):
-                        send(encode_gap(topic))
+                        payloads.append(encode_gap(topic))
                         if item.slow:
-                            self._ended(sub, "slow consumer")
-                            return
+                            slow = True
+                            break
                     else:
-                        send(encode_event(item))
-                        sent += 1
+                        payloads.append(encode_event(item))
+                        events += 1
+                send_many(payloads)
+                sent = events
+                if slow:
+                    self._ended(sub, "slow consumer")
+                    return
         except WebSocketError:
             return  # the socket is gone; the reader notices and releases everything
         except Exception:
@@ -429,6 +472,9 @@ class Connection:
         del self.subscriptions[sub.topic]
         sub.close()
         if reason == "slow consumer":
+            log.info("slow consumer dropped: client %s, transport websocket, topic %s: fell behind its queue "
+                     "and history; sent gap and error slow_consumer, the connection stays open",
+                     self.client, sub.topic)
             reply = error(None, "slow_consumer",
                           "this subscription fell behind further than history reaches and was dropped; "
                           "subscribe again with since", topic=sub.topic)
@@ -468,8 +514,11 @@ def connect():
     if ws is None:  # a server without our WebSocket handler (e.g. `flask run`)
         raise _upgrade_required()
     metrics = state.metrics()
+    limits = limits_module.current()
     with metrics.connection("websocket"):
-        Connection(ws, state.hub(), current_sender(), metrics).run()
+        Connection(ws, state.hub(), current_sender(), metrics, limits, limits.client(request.environ)).run()
+    if ws.close_code == CLOSE_MESSAGE_TOO_BIG:
+        limits.rejected("message_size")
     return "", 204
 
 

@@ -21,9 +21,16 @@ How the application uses it:
   gevent-websocket's ``app_protocol(path)`` hook is not consulted: the policy replaces it.
 * Every request's environ carries ``environ["switchboard.ws_registry"]``, the
   process's :class:`Registry`; ``open_websockets(environ)`` is its count, for metrics.
+* ``policy.admit(environ)``, if set, is asked last before ``101``: it returns a
+  :class:`Refusal` (sent as is, e.g. 503 when the worker is full) or a callable run
+  once the WebSocket has ended (to release what admission took).
 * gunicorn: ``worker_class = "app.transports.wsio.Worker"``. On SIGTERM the worker
-  sends 1001 to every open WebSocket at once and waits (bounded) for the closing
-  handshakes while gunicorn drains its pool.
+  (see :func:`graceful_shutdown`): refuses new upgrades (503) and closes idle
+  keep-alive connections; calls the application's ``switchboard_shutdown(timeout)``
+  if it has one, so each transport ends its streams its own way (SSE, long polls,
+  STOMP ERROR frames); then sends 1001 to every WebSocket still open and waits
+  (bounded) for the closing handshakes while gunicorn drains its pool. Responses
+  written meanwhile carry ``Connection: close``.
 * ``python wsgi.py``: :func:`serve_dev` runs the same handler on gevent's WSGI server.
 """
 
@@ -43,7 +50,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 import gevent
@@ -113,6 +120,7 @@ __all__ = [
     "WebSocketError",
     "WebSocketPolicy",
     "Worker",
+    "graceful_shutdown",
     "is_websocket_request",
     "negotiate",
     "open_websockets",
@@ -166,6 +174,9 @@ class WebSocketPolicy:
         trust_forwarded: use ``X-Forwarded-Host`` / ``X-Forwarded-Proto`` (the value set
             by the nearest proxy) for the same-host check. Set it behind nginx only:
             anyone can send these headers straight to gunicorn.
+        admit: ``admit(environ)``, asked after every other check passed: a
+            :class:`Refusal` to send instead of ``101`` (a connection limit), or a
+            callable to run once the accepted WebSocket has ended. ``None`` admits all.
     """
 
     allowed_origins: tuple[str, ...] = ()
@@ -175,6 +186,7 @@ class WebSocketPolicy:
     ping_timeout: float = 20.0
     close_timeout: float = 5.0
     trust_forwarded: bool = False
+    admit: Callable[[Mapping], "Refusal | Callable[[], None]"] | None = None
 
     def __post_init__(self):
         if isinstance(self.allowed_origins, str):
@@ -516,7 +528,7 @@ class WebSocket(_StockWebSocket):
             self.closed = True
             try:
                 reply = close_payload(None if code == CLOSE_NO_STATUS else code)
-                self._write(encode_frame(OP_CLOSE, reply), self.close_timeout)
+                self._write(encode_frame(OP_CLOSE, reply), self.close_timeout, closing=True)
             except WebSocketError:
                 pass
             self._mark_closed(code, reason)
@@ -529,7 +541,7 @@ class WebSocket(_StockWebSocket):
             self._state = State.CLOSING
             self.closed = True
             try:
-                self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), self.close_timeout)
+                self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), self.close_timeout, closing=True)
             except WebSocketError:
                 pass
         log.info("WebSocket %s failed: %s %s", self.path, code, reason)
@@ -549,18 +561,30 @@ class WebSocket(_StockWebSocket):
 
     # -- writing ------------------------------------------------------------------
 
-    def _write(self, data: bytes, timeout: float | None = None) -> None:
+    def _write(self, data: bytes, timeout: float | None = None, *, closing: bool = False) -> None:
         """Send ``data`` as one unit; ``timeout`` bounds the wait for the lock plus the send.
+
+        Args:
+            data: whole frames.
+            timeout: seconds for the lock plus the send; ``None`` waits as long as it takes.
+            closing: ``data`` is our Close frame (or the answer to the peer's), which is
+                written in the CLOSING state; anything else is written only while OPEN.
 
         Raises:
             WebSocketError: the lock was busy for ``timeout``; nothing was sent.
-            ConnectionClosed: the socket failed, or the send itself ran out of time (part
+            ConnectionClosed: the connection stopped being open while we waited for the
+                lock (nothing was sent: RFC 6455 5.5.1, no data frame after a Close
+                frame), or the socket failed, or the send itself ran out of time (part
                 of a frame may be out, so the connection is cut).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._send_lock.acquire(timeout=timeout):
             raise WebSocketError("timed out waiting to send")
         try:
+            # Re-checked under the lock: close() may have written our Close frame while
+            # this sender waited for its turn.
+            if not closing and self._state is not State.OPEN:
+                raise ConnectionClosed("WebSocket is closed")
             if deadline is None:
                 self._sock.sendall(data)
             else:
@@ -609,6 +633,24 @@ class WebSocket(_StockWebSocket):
         """
         self._send_data(OP_BINARY if binary else OP_TEXT, payload)
 
+    def send_many(self, payloads, binary: bool = False) -> None:
+        """Send several already-encoded messages with one lock and one ``sendall``.
+
+        For a fan-out writer that woke up to a backlog: the frames go out back to back,
+        nothing interleaves with them, and the kernel sees one write instead of one per
+        message. Like :meth:`send_encoded`, text payloads are not checked for UTF-8.
+
+        Raises:
+            ConnectionClosed: as :meth:`send`; then none of them was sent, or the
+                connection is cut.
+        """
+        if self._state is not State.OPEN:
+            raise ConnectionClosed("WebSocket is closed")
+        opcode = OP_BINARY if binary else OP_TEXT
+        data = b"".join([encode_frame(opcode, payload) for payload in payloads])
+        if data:
+            self._write(data)
+
     def send_frame(self, message, opcode):
         """gevent-websocket's low-level send, kept for compatibility."""
         if opcode == OP_CLOSE:
@@ -643,7 +685,7 @@ class WebSocket(_StockWebSocket):
         self.closed = True
         self.close_code, self.close_reason = code, reason
         try:
-            self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), self.close_timeout)
+            self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), self.close_timeout, closing=True)
         except WebSocketError:
             self.abort()
             return
@@ -668,7 +710,8 @@ class WebSocket(_StockWebSocket):
             self.close_code, self.close_reason = code, reason
             try:
                 # Bounded: the peer we give up on may not be reading at all.
-                self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), min(1.0, self.close_timeout))
+                self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), min(1.0, self.close_timeout),
+                            closing=True)
             except WebSocketError:
                 pass
         self._cut()
@@ -711,12 +754,18 @@ class WebSocket(_StockWebSocket):
 
 
 class Registry:
-    """The open WebSockets of one server process: counted for metrics, closed on shutdown."""
+    """The open WebSockets of one server process: counted for metrics, closed on shutdown.
+
+    It also knows which HTTP connections sit idle between two requests (keep-alive), so
+    a graceful stop can close them at once instead of waiting for the graceful timeout.
+    """
 
     def __init__(self):
         self._open: set[WebSocket] = set()
+        self._idle: set[WSGIHandler] = set()
         self.closing = False
-        """Set once shutdown began; new upgrade requests are then answered 503."""
+        """Set once shutdown began: new upgrade requests are answered 503, responses carry
+        ``Connection: close`` and no further request is read on a kept-alive connection."""
 
     def __len__(self) -> int:
         return len(self._open)
@@ -731,6 +780,29 @@ class Registry:
 
     def discard(self, ws: WebSocket) -> None:
         self._open.discard(ws)
+
+    @property
+    def idle(self) -> int:
+        """HTTP connections waiting for their next request now."""
+        return len(self._idle)
+
+    def close_idle(self) -> int:
+        """End every HTTP connection that waits for its next request; how many there were.
+
+        The handler's read of the request line then sees the end of the stream and the
+        connection closes as if the client had left. A client that was sending a request
+        at this very moment sees the connection close: HTTP/1.1 clients retry an
+        idempotent request on a kept-alive connection that closes (RFC 9112 9.3.1).
+        """
+        handlers = list(self._idle)
+        for handler in handlers:
+            sock = getattr(handler, "socket", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        return len(handlers)
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down", timeout: float = 5.0) -> int:
         """Close every open WebSocket with ``code`` and refuse new ones.
@@ -831,10 +903,37 @@ class Handler(WebSocketHandler, PyWSGIHandler):
     a refusal is an HTTP error with a JSON body ``{"error", "message"}``.
     """
 
+    _requests_read = 0  # on this connection (one handler per connection)
+
     def get_environ(self):
         environ = super().get_environ()
         environ[ENVIRON_REGISTRY] = self._registry()
+        self._requests_read += 1
         return environ
+
+    def read_requestline(self):
+        registry = self._registry()
+        if registry.closing:
+            if self._requests_read:
+                return ""  # shutting down: read no further request; the connection closes
+            # A connection accepted just before the listener closed gets its one answer,
+            # if its request comes promptly.
+            with gevent.Timeout(1.0, False):
+                return super().read_requestline()
+            return ""
+        registry._idle.add(self)
+        try:
+            return super().read_requestline()
+        finally:
+            registry._idle.discard(self)
+
+    def start_response(self, status, headers, exc_info=None):
+        if self._registry().closing and not str(status).startswith("101"):
+            # Tell the client this connection ends after this response (RFC 9112 9.6),
+            # so it opens a new one, to a worker that is not stopping, for the next request.
+            headers = [(name, value) for name, value in headers if name.lower() != "connection"]
+            headers.append(("Connection", "close"))
+        return super().start_response(status, headers, exc_info)
 
     def _registry(self) -> Registry:
         registry = getattr(self.server, "ws_registry", None)
@@ -851,12 +950,23 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         registry = self._registry()
         policy = self._policy()
         if registry.closing:
-            decision = Refusal(503, "shutting_down", "the server is shutting down; reconnect shortly")
+            decision = Refusal(503, "shutting_down", "the server is shutting down; reconnect shortly",
+                               (("Retry-After", "1"),))
         else:
             decision = negotiate(self.environ, policy)
         if isinstance(decision, Refusal):
             return self._refuse(decision)
-        return self._accept(decision, policy, registry)
+        release = None
+        if policy.admit is not None:
+            admitted = policy.admit(self.environ)
+            if isinstance(admitted, Refusal):
+                return self._refuse(admitted)
+            release = admitted
+        try:
+            return self._accept(decision, policy, registry)
+        finally:
+            if release is not None:
+                release()
 
     def _refuse(self, refusal: Refusal) -> None:
         log.info("WebSocket refused %s %s: %s", refusal.status, self.environ.get("PATH_INFO"), refusal.message)
@@ -957,14 +1067,40 @@ class Server(WSGIServer):
         self.ws_registry = ws_registry if ws_registry is not None else Registry()
 
 
+def graceful_shutdown(application, registry: Registry, hook_timeout: float, close_timeout: float) -> None:
+    """Stop one server process's connections in order, within about the two timeouts.
+
+    1. Refuse new upgrades (503) and requests on kept-alive connections; close the
+       connections idle between two requests (nothing to wait for on those).
+    2. ``application.switchboard_shutdown(hook_timeout)``, if the application has one:
+       each transport ends its streams its own way (an SSE stream's last ``retry:``, a
+       long poll's 204, a STOMP ``ERROR`` frame before its Close).
+    3. 1001 "server shutting down" to every WebSocket still open, and wait up to
+       ``close_timeout`` for their closing handshakes.
+    """
+    registry.closing = True
+    registry.close_idle()
+    hook = getattr(application, "switchboard_shutdown", None)
+    if hook is not None:
+        try:
+            hook(hook_timeout)
+        except Exception:
+            log.error("the application's shutdown hook failed", exc_info=True)
+    registry.close_all(CLOSE_GOING_AWAY, "server shutting down", close_timeout)
+
+
 class Worker(GeventWebSocketWorker):
     """gunicorn worker class: ``worker_class = "app.transports.wsio.Worker"``.
 
-    On SIGTERM (graceful stop), besides gunicorn's own draining, every open WebSocket
-    gets a 1001 Close frame at once; peers that do not answer within the policy's
-    ``close_timeout`` (at most half of ``graceful_timeout``) are cut, so the worker
-    exits well inside ``graceful_timeout``. On SIGINT/SIGQUIT (fast stop) the Close
-    frames go out and the worker exits after at most one second.
+    On SIGTERM (graceful stop; also what a reload with HUP sends to the old workers)
+    it runs :func:`graceful_shutdown` in a greenlet while gunicorn stops accepting and
+    drains its pool: idle keep-alive connections close at once, the application's
+    shutdown hook ends its streams, and then every WebSocket still open gets 1001.
+    Each step is bounded (the hook by a third of ``graceful_timeout``, the closing
+    handshakes by the policy's ``close_timeout``, at most half of it), so the worker
+    exits well inside ``graceful_timeout``; a stop with nothing open takes about a
+    second (gunicorn's own polling interval). On SIGINT/SIGQUIT (fast stop) the same
+    steps get at most about a second each.
     """
 
     wsgi_handler = Handler
@@ -978,11 +1114,14 @@ class Worker(GeventWebSocketWorker):
         policy = getattr(self.wsgi, "switchboard_ws_policy", DEFAULT_POLICY)
         return max(0.1, min(policy.close_timeout, self.cfg.graceful_timeout / 2))
 
+    def _hook_timeout(self) -> float:
+        return max(0.1, self.cfg.graceful_timeout / 3)
+
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
         self.ws_registry.closing = True
         # A signal handler must not block: the closing runs in its own greenlet.
-        gevent.spawn(self.ws_registry.close_all, CLOSE_GOING_AWAY, "server shutting down", self._ws_close_timeout())
+        gevent.spawn(graceful_shutdown, self.wsgi, self.ws_registry, self._hook_timeout(), self._ws_close_timeout())
 
     def handle_quit(self, sig, frame):
         self.ws_registry.closing = True
@@ -990,7 +1129,8 @@ class Worker(GeventWebSocketWorker):
 
     def _quit(self, sig, frame):
         try:
-            self.ws_registry.close_all(CLOSE_GOING_AWAY, "server shutting down", min(1.0, self._ws_close_timeout()))
+            quick = min(1.0, self._ws_close_timeout())
+            graceful_shutdown(self.wsgi, self.ws_registry, quick, quick)
         finally:
             super().handle_quit(sig, frame)
 
@@ -999,7 +1139,8 @@ def serve_dev(app, host: str = "127.0.0.1", port: int = 5000, **server_kwargs) -
     """Run ``app`` on gevent's WSGI server with :class:`Handler` until SIGINT or SIGTERM.
 
     The caller must have run ``gevent.monkey.patch_all()`` before importing anything
-    else (see ``wsgi.py``). On a signal, open WebSockets get 1001 and the server stops.
+    else (see ``wsgi.py``). On a signal the server stops as a gunicorn worker does
+    (:func:`graceful_shutdown`).
     """
     from gevent import monkey
 
@@ -1009,7 +1150,8 @@ def serve_dev(app, host: str = "127.0.0.1", port: int = 5000, **server_kwargs) -
     policy = getattr(app, "switchboard_ws_policy", DEFAULT_POLICY)
 
     def stop():
-        server.ws_registry.close_all(CLOSE_GOING_AWAY, "server shutting down", policy.close_timeout)
+        server.close()  # accept no more connections
+        graceful_shutdown(app, server.ws_registry, policy.close_timeout, policy.close_timeout)
         server.stop(timeout=policy.close_timeout)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
