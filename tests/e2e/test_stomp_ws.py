@@ -890,9 +890,8 @@ class TestCleanup:
             wire.close()
 
     def test_sigterm_closes_sessions_with_1001_and_the_worker_exits(self, start_server):
-        # wsio closes every WebSocket with 1001 on SIGTERM. It has no hook to let the
-        # STOMP session write an ERROR with a reconnect hint first (DESIGN.md §8 asks for
-        # one); clients resume with last-event-id either way.
+        # DESIGN.md §8: an ERROR frame with a reconnect hint (the app's shutdown hook),
+        # then 1001; clients resume with last-event-id.
         server = start_server()
         client = Wire(server)
         try:
@@ -900,6 +899,8 @@ class TestCleanup:
             client.subscribe("/topic/sigterm")
             started = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
+            error = client.expect_error("server shutting down")
+            assert b"last-event-id" in error.body
             assert client.expect_close() == 1001
             server.proc.wait(scaled(10))
             assert time.monotonic() - started < scaled(8), "the worker did not wait for the STOMP session"
