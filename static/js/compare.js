@@ -14,6 +14,7 @@
   const PAGE_LIMIT = 200; // events per poll / long-poll answer
   const LONGPOLL_TIMEOUT_S = 20;
   const SEEN_MAX = 5000; // ids remembered per pane to count duplicates
+  const START_QUERY = "?limit=1"; // where the topic is now: every pane starts from there
   const COLORS = {
     polling: "#c45200", longpoll: "#8a6d00", sse: "#00845f", websocket: "#0061a3", stomp: "#9c3f8a",
   };
@@ -677,9 +678,11 @@
       } catch (err) {
         return;
       }
-      // Polls always carry a query (limit=...); publishes to the same path never do.
+      // Polls always carry a query (limit=...); publishes to the same path never do, and
+      // the one-off read of the topic's position at start-up is nobody's traffic.
+      if (!url.search || url.search === START_QUERY) return;
       for (const pane of this.panes) {
-        if (pane.bytesMeasured && url.pathname === new URL(pane.url, location.href).pathname && url.search) {
+        if (pane.bytesMeasured && url.pathname === new URL(pane.url, location.href).pathname) {
           pane.addBytes(entry.transferSize || 0);
         }
       }
@@ -860,7 +863,7 @@
 
   async function topicCursor() {
     try {
-      const res = await fetch(`${D.eventsUrl}?limit=1`, { cache: "no-store" });
+      const res = await fetch(`${D.eventsUrl}${START_QUERY}`, { cache: "no-store" });
       if (res.ok) return (await res.json()).cursor || null;
     } catch (err) {
       console.warn("compare: could not read the topic's cursor", err);
