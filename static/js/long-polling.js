@@ -24,14 +24,21 @@
     holdLabel.textContent = String(holdSeconds);
   });
 
-  async function getPage(url) {
+  async function getPage(url, holdMs = 0) {
     controller = new AbortController();
-    const res = await fetch(url, { cache: "no-store", signal: controller.signal });
-    if (res.status === 204) return null;
-    if (!res.ok) throw new Error(`HTTP ${res.status}`);
-    const text = await res.text();
-    counters.add("bytes", S.byteLength(text));
-    return JSON.parse(text);
+    // A connection that died without a word (a network change) would hang forever:
+    // give up a while after the server's longest hold and try again.
+    const watchdog = setTimeout(() => controller.abort(), holdMs + 15000);
+    try {
+      const res = await fetch(url, { cache: "no-store", signal: controller.signal });
+      if (res.status === 204) return null;
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const text = await res.text();
+      counters.add("bytes", S.byteLength(text));
+      return JSON.parse(text);
+    } finally {
+      clearTimeout(watchdog);
+    }
   }
 
   function show(page, { history = false } = {}) {
@@ -56,7 +63,7 @@
     if (cursor) params.set("since", cursor);
     counters.add("requests");
     chat.status(`Waiting for news (held up to ${holdSeconds} s)…`, "ok");
-    const page = await getPage(`${S.data.longPollUrl}?${params}`);
+    const page = await getPage(`${S.data.longPollUrl}?${params}`, holdSeconds * 1000);
     if (page === null) {
       counters.add("timeouts");
       return;

@@ -211,9 +211,12 @@
       this.controller = new AbortController();
       this.onState("connecting", { headers });
       const res = await fetch(this.url, { headers, cache: "no-store", signal: this.controller.signal });
-      if (res.status !== 200) throw new HttpStatusError(res.status);
       const type = res.headers.get("Content-Type") || "";
-      if (!/^text\/event-stream\s*(;|$)/i.test(type)) throw new Error(`not an event stream: ${type}`);
+      if (res.status !== 200 || !/^text\/event-stream\s*(;|$)/i.test(type)) {
+        if (res.body) res.body.cancel().catch(() => {}); // release the connection
+        if (res.status !== 200) throw new HttpStatusError(res.status);
+        throw new Error(`not an event stream: ${type}`);
+      }
       if (this.backoff) this.backoff.reset();
       this.parser.reset();
       this.onOpen(res);
