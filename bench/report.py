@@ -114,6 +114,8 @@ def build(runs: list[list[dict]], meta: dict) -> dict:
             "p99_ms": _median([p["p99_ms"] for p in paced]),
             "max_ms": _median([p["max_ms"] for p in paced]),
             "paced_client_saturated": any(p["client_saturated"] for p in paced),
+            "others_on_server_core": _median([x.get("others_on_server_core") for x in sat + paced]),
+            "others_on_client_core": _median([x.get("others_on_client_core") for x in sat + paced]),
             "bytes_per_event": _median([p["bytes_per_event"] for p in paced]),
             "requests_per_event": _median([p["requests_per_event"] for p in paced]),
             "lost": sum(s["lost"] + p["lost"] for s, p in zip(sat, paced)),
@@ -262,22 +264,30 @@ def table(doc: dict) -> str:
     m = doc["meta"]
     out = [f"Switchboard benchmarks, {m['date']}, {m['machine']['cpus']} cores (server on core "
            f"{m['machine']['server_core']}, load on core {m['machine']['client_core']}), {m['mode']} mode, "
-           f"median of {m['runs']} run(s)", ""]
+           f"median of {m['runs']} run(s)"]
+    others = [e.get("others_on_server_core") for v in doc["fanout"].values() for e in v.values()]
+    others = [o for o in others if o is not None]
+    if others:
+        out.append(f"Other processes' CPU on the server core during fan-out: median {statistics.median(others):.2f}, "
+                   f"max {max(others):.2f} (0 = a quiet machine)")
+    out.append("")
     out.append("Fan-out: deliveries/s at saturation; latency publish->arrival at 50 events/s; "
                "lost/dup/ooo over all runs")
     out.append(f"{'server/transport':<31}{'S=100':>10}{'S=1000':>10}{'/srv-CPU-s':>11}"
-               f"{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'lost/dup/ooo':>14}{'B/event':>9}")
+               f"{'p50 ms':>9}{'p99 ms':>10}{'max ms':>9}{'lost/dup/ooo':>14}{'B/event':>9}")
     for key, by_s in doc["fanout"].items():
         a, b = by_s.get("100", {}), by_s.get("1000", {})
         star = lambda e: "*" if e.get("client_saturated") else " "  # noqa: E731
         lat = b or a
+        lat_star = "*" if lat.get("paced_client_saturated") else " "
         bad = sum(e.get(f, 0) for e in (a, b) for f in ("lost",)), sum(
             e.get(f, 0) for e in (a, b) for f in ("duplicated",)), sum(e.get(f, 0) for e in (a, b) for f in ("out_of_order",))
         out.append(f"{key:<31}{_n(a.get('deliveries_per_s')):>9}{star(a)}{_n(b.get('deliveries_per_s')):>9}{star(b)}"
-                   f"{_n(b.get('deliveries_per_server_cpu_s')):>11}{_n(lat.get('p50_ms'), 1):>8}"
-                   f"{_n(lat.get('p99_ms'), 1):>8}{_n(lat.get('max_ms'), 1):>8}{'/'.join(map(str, bad)):>14}"
+                   f"{_n(b.get('deliveries_per_server_cpu_s')):>11}{_n(lat.get('p50_ms'), 1):>9}"
+                   f"{_n(lat.get('p99_ms'), 1):>9}{lat_star}{_n(lat.get('max_ms'), 1):>9}{'/'.join(map(str, bad)):>14}"
                    f"{_n(lat.get('bytes_per_event')):>9}")
-    out.append("  * the client core was saturated: the figure is a lower bound for that server")
+    out.append("  * the client core was saturated: the figure is a lower bound for that server "
+               "(a starred p99: the latency includes the client's own queueing)")
     out.append("  /srv-CPU-s: deliveries per second of server CPU at S=1000 (fair when the client is the limit)")
     out.append("")
     levels = sorted({int(lvl) for v in doc["idle"].values() for lvl in v})

@@ -27,13 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from clients import Group, close_group, open_group, open_publisher
-from servers import Server
+from servers import Server, core_busy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ws_inbound  # noqa: E402  (its frame helpers: one WebSocket codec for every inbound test)
 
 _topics = itertools.count(1)
 SATURATED = 0.85
+SERVER_CORE, CLIENT_CORE = 0, 1
 # Pause between setting up and measuring (bench/run.py shortens it in quick mode).
 SETTLE = 0.3
 
@@ -56,14 +57,21 @@ class Meter:
 
     def start(self) -> None:
         self.t0, self.c0, self.s0 = time.time(), client_cpu(), self.server.cpu_seconds()
+        self.b0 = core_busy()
 
     def read(self, end: float | None = None) -> dict:
         wall = max(1e-6, (end or time.time()) - self.t0)
         now_wall = max(1e-6, time.time() - self.t0)
         client = (client_cpu() - self.c0) / now_wall
         server = (self.server.cpu_seconds() - self.s0) / now_wall
+        busy = core_busy()
+        share = {cpu: (busy[cpu] - self.b0.get(cpu, busy[cpu])) / now_wall for cpu in busy}
+        # Other processes on our cores (the machines are shared): busy time that is not ours.
+        others_server = max(0.0, share.get(SERVER_CORE, 0.0) - server)
+        others_client = max(0.0, share.get(CLIENT_CORE, 0.0) - client)
         return {"seconds": round(wall, 3), "client_cpu": round(client, 2), "server_cpu": round(server, 2),
-                "client_saturated": client >= SATURATED}
+                "client_saturated": client >= SATURATED,
+                "others_on_server_core": round(others_server, 2), "others_on_client_core": round(others_client, 2)}
 
 
 def latency_ms(samples) -> dict:
@@ -234,6 +242,27 @@ async def overhead(server: Server, transport: str, subscribers: int, rate: float
 # ---------------------------------------------------------------------- 4. inbound
 
 
+def read_message(sock: socket.socket, rfile) -> str:
+    """The next text message from the server; pings are answered, a close raises."""
+    while True:
+        head = rfile.read(2)
+        if len(head) < 2:
+            raise RuntimeError("connection closed")
+        length = head[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(rfile.read(2), "big")
+        elif length == 127:
+            length = int.from_bytes(rfile.read(8), "big")
+        payload = rfile.read(length)
+        opcode = head[0] & 0x0F
+        if opcode == 0x9:
+            sock.sendall(ws_inbound.client_frame(0xA, payload))
+        elif opcode == 0x8:
+            raise RuntimeError(f"server closed: {payload[:2].hex()} {payload[2:200]!r}")
+        elif opcode == 0x1:
+            return payload.decode()
+
+
 def _inbound_blocking(port: int, transport: str, size: int, count: int) -> dict:
     """One client, ``count`` messages of about ``size`` bytes sent back to back, then an
     acknowledged one; the clock stops when its acknowledgement comes back (the server
@@ -249,7 +278,7 @@ def _inbound_blocking(port: int, transport: str, size: int, count: int) -> dict:
     else:
         sock, rfile = ws_inbound.open_socket(port, "/stomp", "v12.stomp")
         sock.sendall(ws_inbound.client_frame(0x1, b"CONNECT\naccept-version:1.2\nhost:127.0.0.1\nheart-beat:0,0\n\n\x00"))
-        reply = ws_inbound.read_text_frame(rfile)
+        reply = read_message(sock, rfile)
         if not reply.startswith("CONNECTED"):
             raise RuntimeError(f"STOMP CONNECT answered {reply[:200]!r}")
         head = f"SEND\ndestination:/topic/{topic}\ncontent-type:text/plain\n"
@@ -264,7 +293,7 @@ def _inbound_blocking(port: int, transport: str, size: int, count: int) -> dict:
     try:
         # Warm-up, acknowledged.
         sock.sendall(frame * 20 + ws_inbound.client_frame(0x1, last))
-        while not done(text := ws_inbound.read_text_frame(rfile)):
+        while not done(text := read_message(sock, rfile)):
             if failed(text):
                 raise RuntimeError(f"{transport} inbound refused: {text[:200]!r}")
         c0 = client_cpu()
@@ -277,7 +306,7 @@ def _inbound_blocking(port: int, transport: str, size: int, count: int) -> dict:
             sock.sendall(frame * (count - sent))
         sock.sendall(ws_inbound.client_frame(0x1, last))
         errors = 0
-        while not done(text := ws_inbound.read_text_frame(rfile)):
+        while not done(text := read_message(sock, rfile)):
             errors += failed(text)
         elapsed = time.perf_counter() - started
         cpu = client_cpu() - c0
