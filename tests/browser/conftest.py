@@ -9,7 +9,6 @@ never run (``make test`` installs the ``chromium`` package).
 from __future__ import annotations
 
 import re
-import signal
 from pathlib import Path
 
 import pytest
@@ -68,11 +67,8 @@ def pytest_runtest_call(item):
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory):
     """One gunicorn (default settings, in-memory hub) for every browser test."""
-    server = Gunicorn(tmp_path_factory.mktemp("browser-server")).start()
-    yield server
-    # Fast stop: streams and long polls whose browser is gone stay parked until their next
-    # write or timeout, and a graceful stop (SIGTERM) would wait the full graceful_timeout.
-    server.stop(signal.SIGQUIT)
+    with Gunicorn(tmp_path_factory.mktemp("browser-server")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
