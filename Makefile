@@ -14,6 +14,8 @@ NGINX ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 help:
 	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
 	@echo "make run-nginx  gunicorn behind nginx (nginx.conf): http://127.0.0.1:8080"
+	@echo "make run-redis  a local redis-server and gunicorn with 4 workers on it"
+	@echo "make bench      benchmarks vs Nchan and Flask-SocketIO (bench-quick: under a minute)"
 	@echo "make test       install everything the tests need, then run them all"
 	@echo "make test-fast  the same, skipping the long soak tests"
 
