@@ -96,6 +96,10 @@ def build_app(test_config=None) -> Flask:
     )
     app.json.sort_keys = False
     app.json.compact = True
+    # Werkzeug would answer /api/topics/a%2F/events (PATH_INFO .../a//events) with a 308
+    # to /api/topics/a/events: a POST re-sent to another topic, and an HTML body. A
+    # path that is not a route is a JSON 404. Set before any rule is added.
+    app.url_map.merge_slashes = False
 
     metrics = Metrics()
     hub = Hub(make_backend(settings), queue_size=settings.queue_size, observer=HubObserver(metrics))
@@ -133,7 +137,10 @@ def build_app(test_config=None) -> Flask:
     # reason "shutdown": SSE streams end with a last jittered retry:, parked long polls
     # answer 204, /ws subscriptions end; wsio then sends 1001 to the WebSockets left.
     shutdown.add("producers", lambda timeout: [producer.stop() for producer in producers])
-    shutdown.add("hub", lambda timeout: hub.close("shutdown"))
+    # The backend stays open: a publish or a poll still in flight may need it until the
+    # process exits (closing Redis's pool under them would fail them, or lose the answer
+    # of a publish that was stored).
+    shutdown.add("hub", lambda timeout: hub.close("shutdown", backend=False))
     app.switchboard_shutdown = shutdown
 
     if settings.behind_proxy:

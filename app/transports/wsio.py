@@ -39,7 +39,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import functools
 import hashlib
 import http
 import itertools
@@ -57,6 +56,7 @@ import gevent
 import gevent.event
 import gevent.lock
 import gevent.pool
+import gevent.select
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
@@ -787,22 +787,29 @@ class Registry:
         return len(self._idle)
 
     def close_idle(self) -> int:
-        """End every HTTP connection that waits for its next request; how many there were.
+        """End every HTTP connection that waits for its next request; how many were ended.
 
         The handler's read of the request line then sees the end of the stream and the
-        connection closes as if the client had left. A client that was sending a request
-        at this very moment sees the connection close: HTTP/1.1 clients retry an
-        idempotent request on a kept-alive connection that closes (RFC 9112 9.3.1).
+        connection closes as if the client had left. A connection whose next request has
+        already arrived (readable, its handler not yet woken) is left alone: it is served,
+        with ``Connection: close``. A request still on its way when the connection closes
+        is lost to the server; HTTP/1.1 clients retry an idempotent request on a
+        kept-alive connection that closes under it (RFC 9112 9.3.1).
         """
-        handlers = list(self._idle)
-        for handler in handlers:
+        ended = 0
+        for handler in list(self._idle):
             sock = getattr(handler, "socket", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        return len(handlers)
+            if sock is None:
+                continue
+            try:
+                readable, _, _ = gevent.select.select([sock], [], [], 0)
+                if readable:
+                    continue
+                sock.shutdown(socket.SHUT_RDWR)
+                ended += 1
+            except (OSError, ValueError):
+                pass
+        return ended
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down", timeout: float = 5.0) -> int:
         """Close every open WebSocket with ``code`` and refuse new ones.
@@ -1067,11 +1074,14 @@ class Server(WSGIServer):
         self.ws_registry = ws_registry if ws_registry is not None else Registry()
 
 
-def graceful_shutdown(application, registry: Registry, hook_timeout: float, close_timeout: float) -> None:
+def graceful_shutdown(application, registry: Registry, hook_timeout: float, close_timeout: float,
+                      servers=()) -> None:
     """Stop one server process's connections in order, within about the two timeouts.
 
-    1. Refuse new upgrades (503) and requests on kept-alive connections; close the
-       connections idle between two requests (nothing to wait for on those).
+    1. Stop accepting (close ``servers``' listeners: with several workers, a client that
+       reconnects at once lands on one that stays); refuse new upgrades (503) and
+       requests on kept-alive connections; close the connections idle between two
+       requests (nothing to wait for on those).
     2. ``application.switchboard_shutdown(hook_timeout)``, if the application has one:
        each transport ends its streams its own way (an SSE stream's last ``retry:``, a
        long poll's 204, a STOMP ``ERROR`` frame before its Close).
@@ -1079,6 +1089,8 @@ def graceful_shutdown(application, registry: Registry, hook_timeout: float, clos
        ``close_timeout`` for their closing handshakes.
     """
     registry.closing = True
+    for server in servers:
+        server.close()
     registry.close_idle()
     hook = getattr(application, "switchboard_shutdown", None)
     if hook is not None:
@@ -1093,8 +1105,8 @@ class Worker(GeventWebSocketWorker):
     """gunicorn worker class: ``worker_class = "app.transports.wsio.Worker"``.
 
     On SIGTERM (graceful stop; also what a reload with HUP sends to the old workers)
-    it runs :func:`graceful_shutdown` in a greenlet while gunicorn stops accepting and
-    drains its pool: idle keep-alive connections close at once, the application's
+    it runs :func:`graceful_shutdown` in a greenlet while gunicorn drains its pool: it
+    stops accepting at once, idle keep-alive connections close, the application's
     shutdown hook ends its streams, and then every WebSocket still open gets 1001.
     Each step is bounded (the hook by a third of ``graceful_timeout``, the closing
     handshakes by the policy's ``close_timeout``, at most half of it), so the worker
@@ -1107,8 +1119,14 @@ class Worker(GeventWebSocketWorker):
 
     def init_process(self):
         self.ws_registry = Registry()
-        self.server_class = functools.partial(Server, ws_registry=self.ws_registry)
+        self._servers: list[Server] = []
+        self.server_class = self._make_server
         super().init_process()
+
+    def _make_server(self, *args, **kwargs) -> Server:
+        server = Server(*args, ws_registry=self.ws_registry, **kwargs)
+        self._servers.append(server)  # so a shutdown can stop accepting at once
+        return server
 
     def _ws_close_timeout(self) -> float:
         policy = getattr(self.wsgi, "switchboard_ws_policy", DEFAULT_POLICY)
@@ -1121,7 +1139,8 @@ class Worker(GeventWebSocketWorker):
         super().handle_exit(sig, frame)
         self.ws_registry.closing = True
         # A signal handler must not block: the closing runs in its own greenlet.
-        gevent.spawn(graceful_shutdown, self.wsgi, self.ws_registry, self._hook_timeout(), self._ws_close_timeout())
+        gevent.spawn(graceful_shutdown, self.wsgi, self.ws_registry, self._hook_timeout(), self._ws_close_timeout(),
+                     self._servers)
 
     def handle_quit(self, sig, frame):
         self.ws_registry.closing = True
@@ -1130,7 +1149,7 @@ class Worker(GeventWebSocketWorker):
     def _quit(self, sig, frame):
         try:
             quick = min(1.0, self._ws_close_timeout())
-            graceful_shutdown(self.wsgi, self.ws_registry, quick, quick)
+            graceful_shutdown(self.wsgi, self.ws_registry, quick, quick, self._servers)
         finally:
             super().handle_quit(sig, frame)
 

@@ -15,6 +15,11 @@ Three tools, from the most convenient to the most efficient:
   events in order. What "subscribe" and "an event" mean is a :class:`FanoutProtocol`
   (``ws-json`` here; a STOMP one can be added to :data:`PROTOCOLS`).
 
+* :func:`start_resume` / ``python -m tests.support.wsclients resume``: clients of every
+  transport that stay connected while the server stops, restarts or loses a worker,
+  and resume with their cursors; it records how each session was ended (the shutdown
+  signals) and what each client received since its last gap.
+
 The fan-out subprocess prints JSON lines on stdout: ``{"ready": ...}`` once every client
 is subscribed, then ``{"done": ...}`` with the figures (see :func:`_fanout_main`).
 """
@@ -1241,7 +1246,482 @@ def start_churn(base: str, topic: str, clients: dict[str, int], count: int, rate
     return Fanout(proc)
 
 
+# ------------------------------------------------------------------------- resume
+
+
+@dataclass
+class ResumeClient(ChurnClient):
+    """A client that stays connected and resumes whenever the server ends its session.
+
+    ``signals`` counts how each session ended (``sse:retry-end``, ``long-poll:204``,
+    ``ws:1001``, ``stomp:ERROR server shutting down``, ``refused``...); ``after_gap`` is
+    every sequence number received since the last gap (all of them if there was none).
+    """
+
+    signals: dict[str, int] = field(default_factory=dict)
+    after_gap: list[int] = field(default_factory=list)
+    ready: bool = False
+
+    def accept(self, n: int, cursor: str) -> None:
+        super().accept(n, cursor)
+        self.after_gap.append(n)
+
+    def gap(self) -> None:
+        self.gaps += 1
+        self.after_gap = []
+
+    def signal(self, name: str) -> None:
+        self.signals[name] = self.signals.get(name, 0) + 1
+
+
+class _SessionEnded(Exception):
+    """The server ended a session the way a stopping or overloaded server does.
+
+    Attributes:
+        signal: how (counted in :attr:`ResumeClient.signals`).
+        wait: seconds the server asked the client to wait (SSE ``retry:``,
+            ``Retry-After``), or ``None`` for the client's own backoff.
+    """
+
+    def __init__(self, signal: str, wait: float | None = None):
+        super().__init__(signal)
+        self.signal = signal
+        self.wait = wait
+
+
+class _Resume(_Churn):
+    """The resume subprocess: clients of every transport stay connected while the server
+    is stopped, restarted or loses a worker, and come back with their cursors.
+
+    Unlike churn, a client never leaves on its own: each session lasts until the server
+    ends it (or the client has every event). How it ended is recorded; then the client
+    waits (what the server asked for, capped, else a jittered backoff of 50 ms doubling
+    to 1 s) and resumes. The publisher survives the server going away too: a publish
+    that failed is looked up in history before it is sent again, so an event that was
+    stored although its answer was lost is not stored twice.
+    """
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.ids: dict[int, str] = {}  # n -> the id it was stored under (the last one, after a restart)
+        self.last_id: str | None = None
+        self.publish_retries = 0
+        self.ready = 0
+        self.out = None
+
+    # -- publisher ----------------------------------------------------------------
+
+    def _stored(self, n: int, conn_box: list) -> dict | None:
+        """The event ``n`` if history has it after the last event we know we stored."""
+        if conn_box[0] is None:
+            conn_box[0] = self._http()
+        query = f"?since={self.last_id}&limit=1000" if self.last_id else "?limit=1000"
+        conn_box[0].request("GET", f"/api/topics/{self.topic}/events{query}")
+        response = conn_box[0].getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise OSError(f"history answered {response.status}")
+        for event in json.loads(body)["events"]:
+            if isinstance(event.get("data"), dict) and event["data"].get("n") == n:
+                return event
+        return None
+
+    def publish(self, n: int, conn_box: list) -> dict:
+        import http.client
+
+        import gevent
+
+        delay, uncertain = 0.05, False
+        while time.monotonic() < self.deadline:
+            try:
+                if uncertain:
+                    event = self._stored(n, conn_box)
+                    if event is not None:
+                        return self._published(n, event)
+                if conn_box[0] is None:
+                    conn_box[0] = self._http()
+                conn_box[0].request("POST", f"/api/topics/{self.topic}/events", body=json.dumps({"data": {"n": n}}),
+                                    headers={"Content-Type": "application/json"})
+                uncertain = True  # from here on the server may have stored it
+                response = conn_box[0].getresponse()
+                text = response.read()
+                if response.status == 201:
+                    if (response.getheader("Connection") or "").lower() == "close":
+                        conn_box[0].close()
+                        conn_box[0] = None
+                    return self._published(n, json.loads(text))
+                if response.status not in (503, 429):
+                    raise ChurnFailure(f"publish {n}: {response.status} {text[:200]!r}")
+            except (OSError, http.client.HTTPException):
+                pass
+            if conn_box[0] is not None:
+                conn_box[0].close()
+                conn_box[0] = None
+            self.publish_retries += 1
+            gevent.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        raise ChurnFailure(f"publish {n}: the server did not come back in time")
+
+    def _published(self, n: int, event: dict) -> dict:
+        self.ids[n] = event["id"]
+        self.last_id = event["id"]
+        return event
+
+    # -- clients ------------------------------------------------------------------
+
+    def _until(self, c: ChurnClient) -> float:
+        return self.deadline
+
+    def _client(self, c: ResumeClient) -> None:
+        import http.client
+
+        import gevent
+
+        backoff = 0.05
+        while not self._done(c):
+            if time.monotonic() >= self.deadline:
+                c.errors.append(f"incomplete at the deadline: next {c.expected} of {self.count}")
+                return
+            c.sessions += 1
+            before, wait = c.received, None
+            try:
+                self.sessions[c.transport](c, self.deadline)
+                continue  # done
+            except _SessionEnded as ended:
+                c.signal(ended.signal)
+                wait = ended.wait
+            except ConnectionRefusedError:
+                c.signal("refused")
+            except HandshakeFailed as exc:
+                c.signal(f"handshake:{exc.status}")
+            except (OSError, http.client.HTTPException) as exc:
+                c.signal(f"lost:{type(exc).__name__}")
+            except (ChurnFailure, ValueError, KeyError) as exc:
+                c.errors.append(f"session {c.sessions}: {type(exc).__name__}: {exc}"[:300])
+                if len(c.errors) > 20:
+                    return
+            if c.received > before:
+                backoff = 0.05
+            pause = min(wait, self.args.retry_cap) if wait is not None else c.rng.uniform(0.5, 1.5) * backoff
+            backoff = min(backoff * 2, 1.0)
+            gevent.sleep(pause)
+
+    def _mark_ready(self, c: ResumeClient) -> None:
+        if not c.ready:
+            c.ready = True
+            self.ready += 1
+            if self.ready == len(self.clients):
+                self.out(ready=self.ready)
+
+    def _page(self, c: ResumeClient, page: dict) -> None:
+        if page["gap"]:
+            c.gap()
+        for event in page["events"]:
+            self._event_data(c, event)
+        # An empty topic after a gap answers cursor "": keep ours, so the next request
+        # is judged against it again rather than "live from now" (which could skip).
+        if page["cursor"]:
+            c.cursor = page["cursor"]
+
+    @staticmethod
+    def _retry_after(response) -> float | None:
+        value = response.getheader("Retry-After")
+        return float(value) if value and value.isdigit() else None
+
+    def _polling(self, c: ResumeClient, until: float) -> None:
+        import gevent
+
+        conn = self._http()
+        try:
+            while not self._done(c) and time.monotonic() < until:
+                conn.request("GET", f"/api/topics/{self.topic}/events?since={c.cursor}&limit=1000")
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    raise _SessionEnded(f"polling:{response.status}", self._retry_after(response))
+                self._mark_ready(c)
+                self._page(c, json.loads(body))
+                if (response.getheader("Connection") or "").lower() == "close":
+                    c.signal("polling:connection-close")  # the next request opens a new connection
+                gevent.sleep(c.rng.uniform(0.05, 0.15))
+        finally:
+            conn.close()
+
+    def _long_polling(self, c: ResumeClient, until: float) -> None:
+        conn = self._http(timeout=30)
+        try:
+            while not self._done(c) and time.monotonic() < until:
+                conn.request("GET", f"/api/topics/{self.topic}/long-poll?since={c.cursor}&timeout=5")
+                self._mark_ready(c)
+                response = conn.getresponse()
+                body = response.read()
+                closing = (response.getheader("Connection") or "").lower() == "close"
+                if response.status == 200:
+                    self._page(c, json.loads(body))
+                elif response.status != 204:
+                    raise _SessionEnded(f"long-poll:{response.status}", self._retry_after(response))
+                if closing:  # a stopping worker's answer (a shutdown's 204): the next poll reconnects
+                    c.signal(f"long-poll:{response.status}-close")
+        finally:
+            conn.close()
+
+    def _sse(self, c: ResumeClient, until: float) -> None:
+        import gevent
+
+        sock = socket.create_connection((self.host, self.port), timeout=10)
+        retry = None
+        try:
+            sock.sendall((f"GET /api/topics/{self.topic}/stream HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                          f"Accept: text/event-stream\r\nLast-Event-ID: {c.cursor}\r\n\r\n").encode("ascii"))
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise _SessionEnded("sse:closed-before-head")
+                raw += chunk
+            status_head, _, raw = raw.partition(b"\r\n\r\n")
+            status = int(status_head.split(b" ", 2)[1])
+            if status != 200:
+                value = next((line.split(b":", 1)[1].strip() for line in status_head.split(b"\r\n")
+                              if line.lower().startswith(b"retry-after:")), b"")
+                raise _SessionEnded(f"sse:{status}", float(value) if value.isdigit() else None)
+            chunked, text, fields, opened, ended = bytearray(raw), bytearray(), {}, False, False
+            while not self._done(c):
+                while not ended:
+                    line_end = chunked.find(b"\r\n")
+                    if line_end < 0:
+                        break
+                    size = int(bytes(chunked[:line_end]).split(b";")[0], 16)
+                    if size == 0:  # the server ended the stream (after the text before it)
+                        ended = True
+                        break
+                    if len(chunked) < line_end + 2 + size + 2:
+                        break
+                    text += chunked[line_end + 2:line_end + 2 + size]
+                    del chunked[:line_end + 2 + size + 2]
+                while (nl := text.find(b"\n")) >= 0:
+                    line = bytes(text[:nl]).decode("utf-8")
+                    del text[:nl + 1]
+                    if line == "":
+                        if "data" in fields:
+                            if fields.get("event") == "gap":
+                                c.gap()
+                            else:
+                                self._event_data(c, json.loads(fields["data"]))
+                        elif "retry" in fields and opened:
+                            retry = int(fields["retry"])  # a retry: after the opening one: the last words
+                        if not opened:
+                            opened = True
+                            self._mark_ready(c)
+                        fields = {}
+                    elif not line.startswith(":"):
+                        name, _, value = line.partition(":")
+                        fields[name] = value[1:] if value.startswith(" ") else value
+                if self._done(c):
+                    break
+                if ended:
+                    raise _SessionEnded("sse:retry-end" if retry is not None else "sse:end",
+                                        None if retry is None else retry / 1000)
+                chunk = None
+                with gevent.Timeout(max(0.001, until - time.monotonic()), False):
+                    chunk = sock.recv(65536)
+                if chunk is None:
+                    break
+                if not chunk:
+                    raise _SessionEnded("sse:cut")
+                chunked += chunk
+        finally:
+            self._abort(sock, reset=False)
+
+    def _ws(self, c: ResumeClient, until: float) -> None:
+        ws = RawWebSocket.connect(self._ws_url("/ws"), timeout=10)
+        try:
+            ws.send_text(json.dumps({"op": "subscribe", "topic": self.topic, "since": c.cursor, "ref": "resume"}))
+            while not self._done(c) and time.monotonic() < until:
+                messages = self._messages(ws, until, "ws")
+                for _opcode, payload in messages:
+                    message = json.loads(payload)
+                    op = message.get("op")
+                    if op == "event":
+                        self._event_data(c, message)
+                    elif op == "gap":
+                        c.gap()
+                    elif op == "ok" and message.get("ref") == "resume":
+                        self._mark_ready(c)
+                    elif op == "error" and message.get("ref") is None:
+                        c.signal(f"ws:error-{message.get('error')}")  # then the close follows
+                    else:
+                        raise ChurnFailure(f"unexpected message {payload[:300]!r}")
+        finally:
+            ws.close(1000)
+
+    def _messages(self, ws: RawWebSocket, until: float, name: str):
+        import gevent
+
+        messages = None
+        with gevent.Timeout(max(0.001, until - time.monotonic()), False):
+            messages = ws.read_messages()
+            if messages is None:
+                raise _SessionEnded(f"{name}:{ws.close_code}")
+        return messages or []
+
+    def _stomp(self, c: ResumeClient, until: float) -> None:
+        ws = RawWebSocket.connect(self._ws_url("/stomp"), protocols=_STOMP_OFFERS["1.2"], timeout=10)
+        error = None
+        try:
+            ws.send_text(stomp_frame("CONNECT", [("accept-version", "1.2"), ("host", "localhost"),
+                                                 ("heart-beat", "0,0")], escape=False).decode("utf-8"))
+            ws.send_text(stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{self.topic}"),
+                                                   ("last-event-id", c.cursor), ("receipt", "resume")]).decode("utf-8"))
+            while not self._done(c) and time.monotonic() < until:
+                try:
+                    messages = self._messages(ws, until, "stomp")
+                except _SessionEnded as ended:
+                    if error is not None:  # ERROR, then the close: one signal for both
+                        raise _SessionEnded(f"stomp:ERROR {error}+{ws.close_code}") from None
+                    raise ended
+                for _opcode, payload in messages:
+                    frame = parse_stomp(payload)
+                    if frame is None or frame.command == "CONNECTED":
+                        continue
+                    if error is not None:
+                        raise ChurnFailure(f"a frame after ERROR: {payload[:200]!r}")
+                    if frame.command == "MESSAGE":
+                        if frame.get("gap") == "true":
+                            c.gap()
+                        else:
+                            self._event_data(c, {"data": json.loads(frame.body), "id": frame.get("event-id")})
+                    elif frame.command == "RECEIPT" and frame.get("receipt-id") == "resume":
+                        self._mark_ready(c)
+                    elif frame.command == "ERROR":
+                        error = frame.get("message")
+                    else:
+                        raise ChurnFailure(f"unexpected {frame.command}: {payload[:200]!r}")
+        finally:
+            ws.close(1000)
+
+    # -- the run ------------------------------------------------------------------
+
+    def run(self) -> dict:
+        import gevent
+
+        def out(**fields):
+            sys.stdout.write(json.dumps(fields) + "\n")
+            sys.stdout.flush()
+
+        self.out = out
+        started = time.monotonic()
+        self.deadline = started + self.args.timeout
+        baseline = self.publish(-1, [None])  # every client starts from a real cursor
+        self.clients = [
+            ResumeClient(transport, i, baseline["id"], random.Random(self.rng.random()))
+            for transport, n in self.args.clients.items() for i in range(n)
+        ]
+        greenlets = [gevent.spawn(self._client, c) for c in self.clients]
+        # The publisher starts on the test's word (a line on stdin), once it saw "ready".
+        gevent.get_hub().threadpool.spawn(sys.stdin.readline).get()
+        publisher = gevent.spawn(self._publisher, time.monotonic())
+        gevent.joinall([publisher, *greenlets], timeout=max(1.0, self.deadline - time.monotonic() + 5))
+        gevent.killall(greenlets, block=True, timeout=5)
+        report = {}
+        for transport in self.args.clients:
+            group = [c for c in self.clients if c.transport == transport]
+            signals: dict[str, int] = {}
+            for c in group:
+                for name, count in c.signals.items():
+                    signals[name] = signals.get(name, 0) + count
+            report[transport] = {
+                "clients": len(group),
+                "complete": sum(1 for c in group if c.expected == self.count and not c.lost and not c.duplicated),
+                "received": sum(c.received for c in group),
+                "lost": sum(c.lost for c in group),
+                "duplicated": sum(c.duplicated for c in group),
+                "gaps": sum(c.gaps for c in group),
+                "gapped": sum(1 for c in group if c.gaps),
+                "sessions": sum(c.sessions for c in group),
+                "resumed": sum(1 for c in group if c.sessions > 1),
+                "signals": signals,
+                "errors": [f"{c.transport}[{c.index}] {e}" for c in group for e in c.errors][:10],
+                "after_gap": [c.after_gap for c in group],
+            }
+        return {"done": True, "count": self.count, "published": self.published, "ids": self.ids,
+                "publish_errors": self.publish_errors, "publish_retries": self.publish_retries,
+                "seconds": round(time.monotonic() - started, 2), "transports": report}
+
+
+def _resume_main(argv: list[str]) -> int:
+    """The resume subprocess: ``{"ready": n}`` once every client is in, then (after a line
+    on stdin starts the publisher) one JSON line ``{"done": true, ...}``."""
+    parser = argparse.ArgumentParser(prog="wsclients resume")
+    parser.add_argument("--base", required=True, help="http://host:port of the server")
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--clients", required=True, help="transport=count,... over " + ", ".join(CHURN_TRANSPORTS))
+    parser.add_argument("--count", type=int, required=True, help="events to publish (data {'n': 0..count-1})")
+    parser.add_argument("--rate", type=float, required=True, help="events per second")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds until every client must be done")
+    parser.add_argument("--retry-cap", type=float, default=3.0, help="longest wait a server may ask for")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    clients = {}
+    for item in args.clients.split(","):
+        name, _, number = item.partition("=")
+        if name not in CHURN_TRANSPORTS:
+            parser.error(f"unknown transport {name!r}")
+        clients[name] = int(number)
+    args.clients = clients
+    report = _Resume(args).run()
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+class Resume(Fanout):
+    """A running resume subprocess (see :func:`start_resume`)."""
+
+    def start_publishing(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        super().stop()
+
+
+def start_resume(base: str, topic: str, clients: dict[str, int], count: int, rate: float,
+                 timeout: float = 60.0, retry_cap: float = 3.0, seed: int = 0) -> Resume:
+    """Start clients that stay connected through server stops, in a gevent subprocess.
+
+    ``clients`` maps transports of :data:`CHURN_TRANSPORTS` to numbers of clients; each
+    starts from the cursor of a baseline event and says "ready" once subscribed (or, for
+    polling styles, once it asked). Use::
+
+        resume = start_resume(server.url, "t", {"sse": 40, ...}, count=300, rate=40)
+        try:
+            resume.wait_ready(30)
+            resume.start_publishing()     # count events, data {"n": 0..count-1}, at rate
+            ... stop a worker, restart the server ...
+            report = resume.wait_done(90)
+        finally:
+            resume.stop()
+
+    The report has, per transport, what :func:`start_churn` reports plus ``gapped``
+    (clients told of a gap), ``resumed`` (clients with more than one session),
+    ``signals`` (how the server ended sessions, summed) and ``after_gap`` (per client,
+    the sequence numbers received since its last gap); and ``ids`` (n -> stored id).
+    """
+    spec = ",".join(f"{name}={n}" for name, n in clients.items())
+    cmd = [sys.executable, "-m", "tests.support.wsclients", "resume", "--base", base, "--topic", topic,
+           "--clients", spec, "--count", str(count), "--rate", str(rate), "--timeout", str(scaled(timeout)),
+           "--retry-cap", str(scaled(retry_cap)), "--seed", str(seed)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    return Resume(proc)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "resume":
+        sys.exit(_resume_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "churn":
         sys.exit(_churn_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "fanout":
