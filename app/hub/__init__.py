@@ -225,13 +225,20 @@ class Hub:
             sub.resync(starts.get(sub.topic))
         return len(subs)
 
-    def close(self, reason: str = "shutdown") -> None:
-        """Close every subscription (waking their readers) and refuse new ones."""
+    def close(self, reason: str = "shutdown", *, backend: bool = True) -> None:
+        """Close every subscription (waking their readers) and refuse new ones.
+
+        Args:
+            reason: the :class:`SubscriptionClosed` reason their readers get.
+            backend: close the backend too. A graceful stop passes False: requests
+                still in flight (a publish, a poll) keep using it until the process exits.
+        """
         self._closed_reason = reason
         for subs in list(self._subs.values()):
             for sub in list(subs):
                 sub.close(reason)
-        self.backend.close()
+        if backend:
+            self.backend.close()
 
     # -- internals ----------------------------------------------------------------------
 
