@@ -68,7 +68,8 @@ class Phase:
         self.seen = bytearray(subscribers * count)
         self.got = [0] * subscribers
         self.last = [-1] * subscribers
-        self.dup = self.ooo = self.stray = self.complete = 0
+        self.dup = self.ooo = self.stray = self.complete = self.late = 0
+        self.prev: Phase | None = None  # the group's previous phase: its stragglers are routed back
         self.latency = array("d") if latency else None
         self.first_arrival = 0.0
         self.last_arrival = 0.0
@@ -84,7 +85,10 @@ class Phase:
         for raw in seqs:
             rel = int(raw) - base
             if rel < 0 or rel >= count:
-                self.stray += 1
+                if rel < 0 and self.prev is not None:
+                    self.prev.straggler(index, int(raw))
+                else:
+                    self.stray += 1
                 continue
             k = off + rel
             if seen[k]:
@@ -108,13 +112,37 @@ class Phase:
             if self.complete == self.subscribers:
                 self.done.set()
 
+    def straggler(self, index: int, seq: int) -> None:
+        """An event of this phase that arrived after the phase was over (a later phase runs)."""
+        rel = seq - self.base
+        if rel < 0 or rel >= self.count:
+            if rel < 0 and self.prev is not None:
+                self.prev.straggler(index, seq)
+            else:
+                self.stray += 1
+            return
+        k = index * self.count + rel
+        if self.seen[k]:
+            self.dup += 1
+            return
+        self.seen[k] = 1
+        self.got[index] += 1
+        self.late += 1
+        if rel < self.last[index]:
+            self.ooo += 1
+        else:
+            self.last[index] = rel
+
     def summary(self) -> dict:
+        """Counts so far. ``lost`` = not (yet) arrived; ``late`` = arrived after the phase's
+        time bound, while a later phase ran (delivered, but not within the measured window)."""
         delivered = sum(self.got)
         return {
             "subscribers": self.subscribers,
             "events": self.count,
             "delivered": delivered,
             "lost": self.subscribers * self.count - delivered,
+            "late": self.late,
             "duplicated": self.dup,
             "out_of_order": self.ooo,
             "stray": self.stray,
@@ -138,8 +166,10 @@ class Group:
         self.stopping = False
 
     def new_phase(self, base: int, count: int, latency: bool) -> Phase:
-        self.phase = Phase(self.size, base, count, latency)
-        return self.phase
+        phase = Phase(self.size, base, count, latency)
+        phase.prev = self.phase
+        self.phase = phase
+        return phase
 
     def time_re(self):
         if self.spec["kind"] == "stomp":

@@ -154,7 +154,7 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
         await asyncio.sleep(SETTLE)
 
         # Saturation: publish as fast as the server answers; time to the last delivery.
-        phase = group.new_phase(0, burst, latency=False)
+        phase = burst_phase = group.new_phase(0, burst, latency=False)
         group.wire.reset()
         meter = Meter(server)
         try:
@@ -165,10 +165,11 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
         end = phase.last_arrival or time.time()
         cpu = meter.read(end)
         summary = phase.summary()
+        in_window = summary["delivered"]
         result["saturation"] = {
-            **summary, **cpu, "publish_statuses": dict(publisher.statuses),
-            "deliveries_per_s": round(summary["delivered"] / cpu["seconds"]),
-            "bytes_per_event": round((group.wire.bytes_in + group.wire.bytes_out) / max(1, summary["delivered"]), 1),
+            **summary, **cpu, "publish_statuses": dict(publisher.statuses), "delivered_in_window": in_window,
+            "deliveries_per_s": round(in_window / cpu["seconds"]),
+            "bytes_per_event": round((group.wire.bytes_in + group.wire.bytes_out) / max(1, in_window), 1),
         }
 
         # Fixed rate: latency from the event's publish time to its arrival.
@@ -183,6 +184,9 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
             result["paced_timeout"] = True
         cpu = meter.read()
         summary = phase.summary()
+        # Stragglers of the burst may have arrived during the paced phase: count them now.
+        result["saturation"].update({k: v for k, v in burst_phase.summary().items()
+                                     if k in ("delivered", "lost", "late", "duplicated", "out_of_order")})
         result["paced"] = {
             **summary, **cpu, "rate": rate, **latency_ms(phase.latency),
             "requests_per_event": round(group.wire.requests / max(1, summary["delivered"]), 3),
