@@ -27,6 +27,8 @@ receive every event (checked after each test).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import io
 import json
@@ -57,6 +59,7 @@ SERVER_ENV = {
     "SWITCHBOARD_MAX_MESSAGE_BYTES": str(LIMIT),
     "SWITCHBOARD_LONGPOLL_TIMEOUT": "0.2",  # every long poll ends quickly, whatever it asks
     "SWITCHBOARD_SSE_HEARTBEAT": "2",  # abandoned streams are released within seconds
+    "SWITCHBOARD_PUBLISH_RATE": "0",  # limits have their own tests; here every input is judged on its content
 }
 CANARY = "canary-q7x"  # the healthy clients' topic; no fuzz input can name it (see topics below)
 FUZZ_TOPICS = ["fz-a", "fz-b", "fz.c", "fz:d", "fz_e"]
@@ -638,6 +641,125 @@ def test_ws_raw_frames_fuzz(fuzz_server, guard):
     guard.check()
 
 
+# -------------------------------------------------------------- WebSocket handshakes
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+@st.composite
+def handshakes(draw, port: int) -> tuple[list[str], int | None, str | None, str]:
+    """A raw upgrade request; the status it must get (``None``: not an upgrade at all);
+    the sub-protocol a 101 must carry; and its path."""
+    path = draw(st.sampled_from(["/ws", "/ws", "/stomp", "/stomp", "/ws?x=1", "/nope", "/ws/", "/WS", "/stomp/x"]))
+    method = draw(st.sampled_from(["GET"] * 8 + ["POST", "PUT"]))
+    version = draw(st.sampled_from(["HTTP/1.1"] * 8 + ["HTTP/1.0"]))
+    upgrade = draw(st.sampled_from(["websocket"] * 6 + ["WebSocket", "h2c, websocket", "", None, "foo"]))
+    connection = draw(st.sampled_from(["Upgrade"] * 6 + ["keep-alive, Upgrade", "close", "", None, "upgrade"]))
+    ws_version = draw(st.sampled_from(["13"] * 6 + ["8", "", None, "13, 8", "abc", " 13"]))
+    host = draw(st.sampled_from([f"127.0.0.1:{port}"] * 6 + [None, "", "evil.example", "[::1"]))
+    key = draw(st.sampled_from([WS_KEY] * 6 + [None, "", "abc", "dGhlIHNhbXBsZSBub25jZQ", "AAAAAAAAAAAAAAAAAAAAAA==",
+                                                "AAAAAAAAAAAAAAAAAAAAAAAAAA==", "AAAAAAAAAAAAAAAAAAAAAA=", "QUJD"])
+               | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30))
+    origin = draw(st.sampled_from([None] * 4 + [f"http://127.0.0.1:{port}", "http://evil.example", "null",
+                                                 "http://127.0.0.1", "ws://127.0.0.1:1", "%%%", ""]))
+    offered = draw(st.none() | st.lists(st.sampled_from(["v10.stomp", "v11.stomp", "v12.stomp", "stomp", "chat",
+                                                         "v12.stomp ", "V12.STOMP", ""]), max_size=4))
+    extra = draw(st.lists(st.tuples(st.sampled_from(["Sec-WebSocket-Extensions", "Cookie", "X-Forwarded-Host",
+                                                     "Authorization"]),
+                                    header_values), max_size=2))
+    lines = [f"{method} {path} {version}"]
+    for name, value in (("Host", host), ("Upgrade", upgrade), ("Connection", connection),
+                        ("Sec-WebSocket-Version", ws_version), ("Sec-WebSocket-Key", key), ("Origin", origin),
+                        ("Sec-WebSocket-Protocol", None if offered is None else ", ".join(offered))):
+        if value is not None:
+            lines.append(f"{name}: {value}")
+    lines += [f"{name}: {value}" for name, value in extra]
+    # What negotiate() must answer (app/transports/wsio.py), check by check, in its order.
+    if upgrade is None or not any(t.strip().lower() == "websocket" for t in upgrade.split(",")):
+        return lines, None, None, path
+    route = path.split("?")[0]
+    tokens = [t.strip() for t in (offered or []) if t.strip()]
+    spoken = {"/ws": [], "/stomp": ["v12.stomp", "v11.stomp", "v10.stomp"]}.get(route)
+    chosen = next((name for name in (spoken or []) if name in tokens), None)
+    if spoken is None:
+        status = 404
+    elif method != "GET":
+        status = 405
+    elif version != "HTTP/1.1" or connection is None or not any(
+            t.strip().lower() == "upgrade" for t in connection.split(",")):
+        status = 400
+    elif ws_version is None or ws_version.strip() != "13":
+        status = 426
+    elif not host or not _valid_key(key):
+        status = 400
+    elif origin is not None and (origin != f"http://127.0.0.1:{port}" or host != f"127.0.0.1:{port}"):
+        status = 403  # only the page's own origin (scheme aside, same host and port)
+    else:
+        status = 101
+    if status == 101 and tokens and chosen is None:
+        status = 400
+    return lines, status, chosen, route
+
+
+def _valid_key(key: str | None) -> bool:
+    try:
+        return key is not None and len(base64.b64decode(key.strip(), validate=True)) == 16
+    except ValueError:
+        return False
+
+
+def _accept(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.strip().encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
+
+
+def test_ws_handshake_fuzz(fuzz_server, guard):
+    host, port = urlsplit(fuzz_server.url).hostname, urlsplit(fuzz_server.url).port
+
+    @FUZZ
+    @given(data=st.data())
+    def one_handshake(data):
+        lines, expected, chosen, route = data.draw(handshakes(port))
+        with socket.create_connection((host, port), timeout=scaled(5)) as sock:
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                chunk = sock.recv(65536)
+                assert chunk, f"closed without an answer: {raw!r}"
+                raw += chunk
+            head, _, rest = raw.partition(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            headers = http.client.parse_headers(io.BytesIO(head.split(b"\r\n", 1)[1] + b"\r\n\r\n"))
+            if status == 101:
+                key = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Sec-WebSocket-Key:"))
+                assert headers.get("Sec-WebSocket-Accept") == _accept(key), head
+                assert headers.get("Sec-WebSocket-Protocol") == chosen, (head, chosen)
+                sock.sendall(b"\x88\x82abcd" + bytes(a ^ b for a, b in zip(b"\x03\xe8", b"ab")))  # Close 1000
+                return
+            while len(rest) < int(headers.get("Content-Length", "0")):
+                chunk = sock.recv(65536)
+                assert chunk, "closed before the end of the body"
+                rest += chunk
+        body = rest[: int(headers.get("Content-Length", "0"))]
+        if expected is None:  # a plain request: the page, the 426 of /ws, a 404 or a 405
+            assert status in (200, 400, 404, 405, 426), (lines, head)
+            if status != 200:
+                check_error_body(status, headers, body)
+            else:
+                assert route == "/stomp" and method_of(lines) == "GET", (lines, head)
+            return
+        assert status == expected, (lines, head, body)
+        check_error_body(status, headers, body)
+        if status == 426:
+            assert headers.get("Sec-WebSocket-Version") == "13", head
+
+    one_handshake()
+    guard.check()
+
+
+def method_of(lines: list[str]) -> str:
+    return lines[0].split(" ", 1)[0]
+
+
 # ---------------------------------------------------------------------- STOMP
 
 STOMP_COMMANDS = ["CONNECT", "STOMP", "SEND", "SUBSCRIBE", "UNSUBSCRIBE", "ACK", "NACK", "BEGIN", "COMMIT",
@@ -906,6 +1028,12 @@ header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, bl
                         max_size=40).map(str.strip)
 # A header value carries no CR/LF and no surrounding whitespace (HTTP strips it).
 header_cursors = cursors.filter(lambda c: c == c.strip() and "\n" not in c and c.isascii())
+# Headers that must not change the answer: a tampered session cookie, any Authorization.
+cookies = st.none() | header_values | st.builds(
+    lambda v: f"switchboard_session={v}", st.sampled_from(["", "x", "eyJzaWQiOiJ4In0.x.y", "a" * 300, "\"", "e30.AAAA.BBBB"])
+    | header_values.filter(lambda v: ";" not in v))
+authorizations = st.none() | header_values | st.builds(lambda v: f"Bearer {v}", header_values) | st.sampled_from(
+    ["Bearer abc.def-ghi_jkl~mno+/==", "Bearer ", "bearer x", "Basic Zm9vOmJhcg=="])
 
 
 def encode_query(params: dict) -> str:
@@ -965,15 +1093,15 @@ def test_http_polling_and_long_polling_params_fuzz(fuzz_server, guard):
 
     @FUZZ
     @given(kind=st.sampled_from(["events", "long-poll"]), topic=topic_segments, params=query_params,
-           header=st.none() | header_values | header_cursors, etag=st.none() | header_values)
+           header=st.none() | header_values | header_cursors, etag=st.none() | header_values, cookie=cookies)
     # Found by this fuzzer: "²".isdigit() is true but int("²") raises (a 500).
-    @example(kind="events", topic=("fz-a", "fz-a"), params={"limit": "\u00b2"}, header=None, etag=None)
+    @example(kind="events", topic=("fz-a", "fz-a"), params={"limit": "\u00b2"}, header=None, etag=None, cookie=None)
     @example(kind="long-poll", topic=("fz-a", "fz-a"), params={"limit": "\uff15", "timeout": "0"}, header=None,
-             etag=None)
-    @example(kind="events", topic=("a/", "a%2F"), params={}, header=None, etag=None)
-    def one_request(kind, topic, params, header, etag):
+             etag=None, cookie=None)
+    @example(kind="events", topic=("a/", "a%2F"), params={}, header=None, etag=None, cookie=None)
+    def one_request(kind, topic, params, header, etag, cookie):
         raw_topic, segment = topic
-        headers = {}
+        headers = {"Cookie": cookie} if cookie is not None else {}
         if header is not None:
             headers["Last-Event-ID"] = header
         if etag is not None:
@@ -1020,13 +1148,14 @@ def test_http_sse_resume_fuzz(fuzz_server, guard):
     @FUZZ
     @given(topic=topic_segments, params=st.dictionaries(st.sampled_from(["since", "last_event_id", "x"]), query_values,
                                                         max_size=3),
-           header=st.none() | header_values | header_cursors)
-    def one_stream(topic, params, header):
+           header=st.none() | header_values | header_cursors, cookie=cookies, authorization=authorizations)
+    def one_stream(topic, params, header, cookie, authorization):
         raw_topic, segment = topic
         lines = [f"GET /api/topics/{segment}/stream?{encode_query(params)} HTTP/1.1", f"Host: {host}:{port}",
                  "Accept: text/event-stream"]
-        if header is not None:
-            lines.append(f"Last-Event-ID: {header}")
+        for name, value in (("Last-Event-ID", header), ("Cookie", cookie), ("Authorization", authorization)):
+            if value is not None:
+                lines.append(f"{name}: {value}")
         with socket.create_connection((host, port), timeout=scaled(5)) as sock:
             sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             data = b""
@@ -1054,7 +1183,9 @@ def test_http_sse_resume_fuzz(fuzz_server, guard):
         assert status == 200, head
         assert headers["Content-Type"].startswith("text/event-stream") and headers["Cache-Control"] == "no-cache"
         size, _, chunk = rest.partition(b"\r\n")
-        assert chunk.startswith(b"retry: "), rest[:200]
+        opening = chunk[: chunk.index(b"\n\n")].decode("ascii")  # one retry: line and comments, ASCII
+        assert opening.startswith("retry: "), rest[:200]
+        assert all(line.startswith((":", "retry: ")) for line in opening.split("\n")), opening
 
     one_stream()
     guard.check()
