@@ -351,6 +351,9 @@ def chart(doc: dict, path: Path) -> None:
     left.barh(labels, values, color=colors)
     left.axvline(1.0, color="black", linewidth=1)
     left.set_xscale("log")
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50) if min(values) / 2 <= t <= max(values) * 2]
+    left.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    left.minorticks_off()
     left.set_xlabel("figure / target (>= 1 means the target is met)")
     left.set_title("Targets (each ratio taken within one run, median of runs)")
     for y, (_, r) in enumerate(ratios):
@@ -409,3 +412,13 @@ def _short(frame: str) -> str:
         if marker in where:
             where = where.split(marker, 1)[1]
     return f"{name} ({where})"
+
+
+if __name__ == "__main__":  # re-render the table and chart of a saved run: report.py results/latest.json
+    import json
+    import sys
+
+    source = Path(sys.argv[1])
+    saved = json.loads(source.read_text())
+    print(table(saved))
+    chart(saved, source.with_suffix(".png"))
