@@ -305,7 +305,7 @@ async def main_async(args) -> int:
         log("profiling Switchboard under load (py-spy)")
         doc["profiles"] = await profile(cfg, out_dir)
     doc["meta"]["wall_seconds"] = round(time.time() - started, 1)
-    name = args.name or "latest"
+    name = args.name or ("latest-quick" if args.quick else "latest")
     table = report.table(doc)
     (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out_dir / f"{name}.txt").write_text(table + "\n")
@@ -325,7 +325,7 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated: idle,fanout,redis,overhead,inbound; or 'profile' alone")
     parser.add_argument("--profile", action="store_true", help="also py-spy Switchboard under load")
     parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
-    parser.add_argument("--name", help="output file stem (default latest)")
+    parser.add_argument("--name", help="output file stem (default latest, quick mode latest-quick)")
     parser.add_argument("--date", help="date written into the report (default today)")
     parser.add_argument("--nice", type=int, default=0,
                         help="niceness for the servers and the load generator (e.g. -5 on a machine "
