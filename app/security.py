@@ -30,8 +30,9 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def security_headers(response: Response) -> Response:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
         if response.mimetype == "text/html":
+            # Only documents send referrers; on API answers it would be bytes on every poll.
+            response.headers.setdefault("Referrer-Policy", "same-origin")
             response.headers.setdefault("Content-Security-Policy", content_security_policy(request.host))
             response.headers.setdefault("X-Frame-Options", "DENY")
         return response
