@@ -167,6 +167,10 @@ class Settings:
         "SWITCHBOARD_STOMP_HEARTBEAT_MS", (1000, 1000), _heart_beat,
         "The server's STOMP heart-beat floors (send,receive) in ms: it never sends heart-beats "
         "more often, nor asks the client for them more often; the client's offer decides above.")
+    write_timeout: float = _setting(
+        "SWITCHBOARD_WRITE_TIMEOUT", 30.0, _seconds(0, 3600),
+        "Seconds one write to an HTTP client (an SSE chunk) may block before the connection is "
+        "cut: a client that reads nothing is dropped (0 = never). WebSockets use their pings.")
     behind_proxy: bool = _setting(
         "SWITCHBOARD_BEHIND_PROXY", False, _bool,
         "Trust one proxy's X-Forwarded-For/-Proto/-Host (set when nginx is in front).")

@@ -127,6 +127,7 @@ def build_app(test_config=None) -> Flask:
         ping_timeout=max(settings.ws_ping_interval, 1.0),
         trust_forwarded=settings.behind_proxy,
         admit=_websocket_admission(limits),
+        write_timeout=settings.write_timeout or None,
     )
 
     producers = start_producers(app)  # the ticks demo producer; only under gevent (see app/producers.py)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import errno
 import hashlib
 import http
 import itertools
@@ -177,6 +178,11 @@ class WebSocketPolicy:
         admit: ``admit(environ)``, asked after every other check passed: a
             :class:`Refusal` to send instead of ``101`` (a connection limit), or a
             callable to run once the accepted WebSocket has ended. ``None`` admits all.
+        write_timeout: seconds one write of a plain HTTP response (an SSE stream's
+            chunk, say) may block before the connection is cut: a client that reads
+            nothing would otherwise hold its greenlet, socket and subscription for
+            ever, and keep a graceful stop waiting. ``None`` = no limit. (WebSockets
+            have keepalive for that: a ping that cannot be written is a cut.)
     """
 
     allowed_origins: tuple[str, ...] = ()
@@ -187,6 +193,7 @@ class WebSocketPolicy:
     close_timeout: float = 5.0
     trust_forwarded: bool = False
     admit: Callable[[Mapping], "Refusal | Callable[[], None]"] | None = None
+    write_timeout: float | None = None
 
     def __post_init__(self):
         if isinstance(self.allowed_origins, str):
@@ -206,6 +213,8 @@ class WebSocketPolicy:
             raise ValueError("max_message_bytes must be positive")
         if self.ping_interval < 0 or self.ping_timeout <= 0 or self.close_timeout <= 0:
             raise ValueError("ping_interval must be >= 0; ping_timeout and close_timeout > 0")
+        if self.write_timeout is not None and self.write_timeout <= 0:
+            raise ValueError("write_timeout must be > 0 or None")
         object.__setattr__(self, "allowed_origins", origins)
         object.__setattr__(self, "protocols", MappingProxyType(protocols))
 
@@ -933,6 +942,24 @@ class Handler(WebSocketHandler, PyWSGIHandler):
             return super().read_requestline()
         finally:
             registry._idle.discard(self)
+
+    def _sendall(self, data):
+        timeout = self._policy().write_timeout
+        if timeout is None or getattr(self, "websocket", None) is not None:
+            return super()._sendall(data)
+        try:
+            with gevent.Timeout(timeout, _SendTimedOut):
+                return super()._sendall(data)
+        except _SendTimedOut:
+            log.info("cut %s %s: a write blocked for %ss (the client reads nothing)",
+                     self.client_address, self.environ.get("PATH_INFO"), timeout)
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)  # part of a chunk may be out: no way back
+            except OSError:
+                pass
+            # EPIPE: pywsgi then closes the connection quietly; a streaming generator's
+            # finally runs (an SSE stream releases its subscription).
+            raise BrokenPipeError(errno.EPIPE, f"write timed out after {timeout}s") from None
 
     def start_response(self, status, headers, exc_info=None):
         if self._registry().closing and not str(status).startswith("101"):
