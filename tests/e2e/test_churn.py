@@ -76,7 +76,8 @@ def assert_server_whole(server, worker_pids: list[int]) -> None:
 def subscriptions(url: str) -> float:
     text = requests.get(f"{url}/metrics", timeout=scaled(5)).text
     match = re.search(r"^switchboard_subscriptions(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    assert match, f"no switchboard_subscriptions in /metrics:\n{text[:2000]}"
+    return float(match.group(1))
 
 
 @pytest.mark.soak

@@ -687,7 +687,7 @@ def handshakes(draw, port: int) -> tuple[list[str], int | None, str | None, str]
     upgrade = draw(st.sampled_from(["websocket"] * 6 + ["WebSocket", "h2c, websocket", "", None, "foo"]))
     connection = draw(st.sampled_from(["Upgrade"] * 6 + ["keep-alive, Upgrade", "close", "", None, "upgrade"]))
     ws_version = draw(st.sampled_from(["13"] * 6 + ["8", "", None, "13, 8", "abc", " 13"]))
-    host = draw(st.sampled_from([f"127.0.0.1:{port}"] * 6 + [None, "", "evil.example", "[::1"]))
+    host = draw(st.sampled_from([f"127.0.0.1:{port}"] * 6 + [None, "", "evil.example", "[::1", "127.0.0.1"]))
     key = draw(st.sampled_from([WS_KEY] * 6 + [None, "", "abc", "dGhlIHNhbXBsZSBub25jZQ", "AAAAAAAAAAAAAAAAAAAAAA==",
                                                 "AAAAAAAAAAAAAAAAAAAAAAAAAA==", "AAAAAAAAAAAAAAAAAAAAAA=", "QUJD"])
                | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30))
@@ -723,8 +723,10 @@ def handshakes(draw, port: int) -> tuple[list[str], int | None, str | None, str]
         status = 426
     elif not host or not _valid_key(key):
         status = 400
-    elif origin is not None and (origin != f"http://127.0.0.1:{port}" or host != f"127.0.0.1:{port}"):
-        status = 403  # only the page's own origin (scheme aside, same host and port)
+    elif origin is not None and (origin, host) not in {(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"),
+                                                       ("http://evil.example", "evil.example"),
+                                                       ("http://127.0.0.1", "127.0.0.1")}:
+        status = 403  # only the origin of the Host asked for (same host and port; scheme aside)
     else:
         status = 101
     if status == 101 and tokens and chosen is None:
