@@ -8,6 +8,7 @@ import time
 from typing import Callable
 
 from flask import Flask
+from gevent import monkey
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, errors, limits as limits_module, pages, security
@@ -131,6 +132,8 @@ def build_app(test_config=None) -> Flask:
     )
 
     producers = start_producers(app)  # the ticks demo producer; only under gevent (see app/producers.py)
+    if monkey.is_module_patched("socket"):  # a gunicorn worker or `python wsgi.py`: greenlets run
+        metrics.watch_backend(hub.backend)
 
     # Graceful stop (DESIGN.md §8). The transports added their steps in init_app (STOMP:
     # an ERROR frame to every session). Then the producers give up their lock, so a

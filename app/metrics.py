@@ -13,6 +13,8 @@ transports call the ``Metrics`` methods directly.
 from __future__ import annotations
 
 import os
+import struct
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -83,12 +85,42 @@ class Metrics:
             self._high_water = depth
             self.queue_high_water.set(depth)
 
+    def watch_backend(self, backend, interval: float = 1.0):
+        """Keep ``switchboard_backend_up{backend}`` current from a greenlet, every ``interval``.
+
+        Under gunicorn each worker reports its own view (the gauge's multiprocess mode is
+        ``livemin``: 0 if any live worker has lost Redis). Setting it only when /metrics
+        is scraped would leave a stale value in every worker that was not scraped.
+        ``backend.healthy`` is a flag the backend keeps, so this costs no I/O.
+
+        Returns:
+            The greenlet (kill it to stop watching).
+        """
+        import gevent
+
+        gauge = self.backend_up.labels(backend.name)
+
+        def watch():
+            while True:
+                gauge.set(1 if backend.healthy else 0)
+                gevent.sleep(interval)
+
+        return gevent.spawn(watch)
+
     def render(self) -> tuple[bytes, str]:
         """The text exposition of every metric (all workers' under gunicorn)."""
         if multiprocess_enabled():
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry), CONTENT_TYPE_LATEST
+            for attempt in range(5):
+                try:
+                    return generate_latest(registry), CONTENT_TYPE_LATEST
+                except struct.error:
+                    # A worker that is starting has created its file but not yet sized it
+                    # (prometheus-client opens, then truncates): read again in a moment.
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.01 * (attempt + 1))
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

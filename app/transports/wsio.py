@@ -1156,7 +1156,8 @@ class Worker(GeventWebSocketWorker):
         return server
 
     def _ws_close_timeout(self) -> float:
-        policy = getattr(self.wsgi, "switchboard_ws_policy", DEFAULT_POLICY)
+        # getattr: a signal can come while the application is still loading (no self.wsgi yet).
+        policy = getattr(getattr(self, "wsgi", None), "switchboard_ws_policy", DEFAULT_POLICY)
         return max(0.1, min(policy.close_timeout, self.cfg.graceful_timeout / 2))
 
     def _hook_timeout(self) -> float:
@@ -1166,8 +1167,8 @@ class Worker(GeventWebSocketWorker):
         super().handle_exit(sig, frame)
         self.ws_registry.closing = True
         # A signal handler must not block: the closing runs in its own greenlet.
-        gevent.spawn(graceful_shutdown, self.wsgi, self.ws_registry, self._hook_timeout(), self._ws_close_timeout(),
-                     self._servers)
+        gevent.spawn(graceful_shutdown, getattr(self, "wsgi", None), self.ws_registry, self._hook_timeout(),
+                     self._ws_close_timeout(), self._servers)
 
     def handle_quit(self, sig, frame):
         self.ws_registry.closing = True
@@ -1176,7 +1177,7 @@ class Worker(GeventWebSocketWorker):
     def _quit(self, sig, frame):
         try:
             quick = min(1.0, self._ws_close_timeout())
-            graceful_shutdown(self.wsgi, self.ws_registry, quick, quick, self._servers)
+            graceful_shutdown(getattr(self, "wsgi", None), self.ws_registry, quick, quick, self._servers)
         finally:
             super().handle_quit(sig, frame)
 
