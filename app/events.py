@@ -6,6 +6,7 @@ Pure standard library: no Flask, gevent or sockets, so any layer may import it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -53,6 +54,35 @@ def check_type(name: object) -> str:
     if name in RESERVED_TYPES:
         raise InvalidEventType(f"type {name!r} is reserved for the server's own signals")
     return name
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON syntax but overflows to inf, which json.dumps writes as
+    # Infinity: not JSON, so every subscriber's parser would fail on the event.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse JSON that every subscriber can read back: strict, finite numbers only.
+
+    Every transport that takes event data from a client reads it here, so an HTTP
+    publish, a ``/ws`` publish and a STOMP SEND accept exactly the same JSON.
+
+    Raises:
+        ValueError: not JSON, ``NaN``/``Infinity``, a number beyond a double, or nested
+            too deeply (Python's recursion limit).
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 @dataclass(frozen=True, order=True)

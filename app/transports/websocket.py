@@ -87,7 +87,8 @@ from flask import Blueprint, Flask, request
 
 from .. import limits as limits_module, state
 from ..errors import ApiError
-from ..events import Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic, check_topic, check_type
+from ..events import (Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic, check_topic, check_type,
+                      parse_json)
 from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed
 from ..identity import current_sender
 from ..limits import Limits, TokenBucket
@@ -191,18 +192,6 @@ _OPS: dict[str, tuple[Callable[[dict, Any], Command], frozenset, frozenset]] = {
 _ENVELOPE = frozenset({"op", "ref"})
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 is valid JSON syntax but overflows to inf, which json.dumps writes as
-    # Infinity: not JSON, so every subscriber's parser would fail on the event.
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return value
-
 
 def _read_ref(message: dict) -> Any:
     ref = message.get("ref")
@@ -229,8 +218,8 @@ def parse(text: str) -> Command:
         ClientError: the message is not a valid op; ``ref`` is set when it was readable.
     """
     try:
-        message = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError) as exc:
+        message = parse_json(text)
+    except ValueError as exc:
         raise ClientError("bad_json", f"not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ClientError("bad_message", 'a message is a JSON object like {"op": "subscribe", "topic": "chat"}')
