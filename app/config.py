@@ -72,6 +72,12 @@ def _redis_url(text: str) -> str | None:
     return text
 
 
+def _key_prefix(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", text):
+        raise ValueError("must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+    return text
+
+
 def _prefix(text: str) -> str:
     if not _PREFIX_RE.match(text):
         raise ValueError("must look like /app (a slash and one path segment)")
@@ -118,6 +124,9 @@ class Settings:
     redis_url: str | None = _setting(
         "SWITCHBOARD_REDIS_URL", None, _redis_url,
         "Redis URL; unset = in-memory hub (one worker only).")
+    redis_prefix: str = _setting(
+        "SWITCHBOARD_REDIS_PREFIX", "switchboard", _key_prefix,
+        "Prefix of every Redis key and channel; give each deployment sharing one Redis its own.")
     allowed_origins: tuple[str, ...] = _setting(
         "SWITCHBOARD_ALLOWED_ORIGINS", (), _origins,
         "Extra origins allowed to open WebSockets (comma-separated); same host is always allowed.")

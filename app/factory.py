@@ -33,7 +33,8 @@ def make_backend(settings: Settings):
             from .hub.redis import RedisBackend
         except ImportError as exc:  # the Redis backend is optional until it lands
             raise ConfigError(f"SWITCHBOARD_REDIS_URL is set but the Redis backend is unavailable: {exc}") from None
-        return RedisBackend(settings.redis_url, settings.history_size, settings.history_ttl)
+        return RedisBackend(settings.redis_url, settings.history_size, settings.history_ttl,
+                            prefix=settings.redis_prefix)
     return MemoryBackend(settings.history_size, settings.history_ttl)
 
 
