@@ -110,7 +110,7 @@ def long_poll(topic: str) -> Response:
     events = [item for item in items if isinstance(item, Event)]
     gap = any(isinstance(item, Gap) for item in items)
     if any(isinstance(item, Gap) and item.slow for item in items):
-        log.info("slow consumer: client %s, transport long-polling, topic %s: its queue and history "
+        log.info("slow consumer dropped: client %s, transport long-polling, topic %s: its queue and history "
                  "overflowed while parked; answered gap:true", slot.client, topic)
     if not events and not gap:
         return _no_content()
