@@ -48,8 +48,11 @@ worker_connections = 20000
 # greenlet, so long-lived streams do not trip it; 30 s catches a truly stuck worker.
 timeout = 30
 
-# Time a worker gets after SIGTERM to close its streams (SSE end, long polls 204,
-# WebSockets 1001) before it is killed. Clients resume with their cursors.
+# Time a worker gets after SIGTERM to close its streams before it is killed. It needs far
+# less: it stops accepting, closes idle keep-alive connections, and the app's shutdown hook
+# ends each stream its own way (SSE: a last jittered retry:, long polls: 204, STOMP: ERROR
+# then 1001, /ws: 1001); see app/transports/wsio.py graceful_shutdown. Clients resume with
+# their cursors. A HUP reload stops the old workers the same way.
 graceful_timeout = 10
 
 # Seconds an idle keep-alive connection (nginx's upstream pool, or a browser in
