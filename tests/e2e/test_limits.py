@@ -350,6 +350,7 @@ def test_message_size_limit_on_every_way_in(server):
         with pytest.raises(ConnectionEnded) as ended:
             client.recv()
         assert ended.value.code == 1009
+        client.drop()  # the server, which failed the connection, waits for our FIN (RFC 6455 7.1.1)
     ws, _ = stomp(server, address())
     try:
         ws.send_text(stomp_frame("SEND", [("destination", "/topic/lim-size")], big).decode())
