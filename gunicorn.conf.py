@@ -55,9 +55,9 @@ timeout = 30
 # their cursors. A HUP reload stops the old workers the same way.
 graceful_timeout = 10
 
-# Seconds an idle keep-alive connection (nginx's upstream pool, or a browser in
-# development) stays open waiting for its next request.
-keepalive = 5
+# No `keepalive` here: gunicorn's setting does not reach gevent's pywsgi server, which
+# keeps an idle connection (nginx's upstream pool, a browser) open until the client
+# closes it. On shutdown the worker closes idle connections at once (app/transports/wsio.py).
 
 # Logs to stderr; the access log is off by default because polling makes it noisy.
 accesslog = os.environ.get("SWITCHBOARD_ACCESS_LOG") or None
