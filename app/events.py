@@ -136,7 +136,12 @@ class Event:
     @property
     def id(self) -> str:
         """The cursor as text: what a client hands back to resume after this event."""
-        return str(self.cursor)
+        # Cached: fan-out asks for it once per subscriber.
+        try:
+            return self._cache["id"]
+        except KeyError:
+            text = self._cache["id"] = str(self.cursor)
+            return text
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of DESIGN.md §3."""
