@@ -131,6 +131,21 @@
       return true;
     }
 
+    /** Show the topic's recent messages (GET the polling URL without since).
+     *  Returns the cursor to resume after, or null if there is none or the read failed. */
+    async loadHistory(url) {
+      try {
+        const res = await fetch(url, { cache: "no-store" });
+        if (!res.ok) throw new Error(`HTTP ${res.status}`);
+        const page = await res.json();
+        for (const event of page.events) this.add(event, { history: true });
+        return page.cursor || null;
+      } catch (err) {
+        this.notice(`History could not be loaded (${err.message}); showing new messages only.`);
+        return null;
+      }
+    }
+
     notice(text) {
       const li = document.createElement("li");
       li.className = "notice";

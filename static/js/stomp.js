@@ -176,15 +176,7 @@
   }
 
   async function loadHistory() {
-    try {
-      const res = await fetch(S.data.eventsUrl, { cache: "no-store" });
-      if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      const page = await res.json();
-      for (const event of page.events) chat.add(event, { history: true });
-      lastEventId = page.cursor || null;
-    } catch (err) {
-      chat.notice(`History could not be loaded (${err.message}); showing new messages only.`);
-    }
+    lastEventId = await chat.loadHistory(S.data.eventsUrl);
   }
 
   dropButton.addEventListener("click", () => {
