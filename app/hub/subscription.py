@@ -59,6 +59,7 @@ class Subscription:
         self._on_close = on_close
         self._observer = observer
         self._high_water = 0
+        self._replayed = 0  # history events taken but not yet reported (one metrics write per take)
         self._last = since
         self._syncing = since is not None
         self._first_sync = since is not None  # only a resume's first read may find an old gap
@@ -156,6 +157,13 @@ class Subscription:
             SubscriptionClosed: the subscription was closed (by :meth:`close`, by the
                 hub's shutdown, or after a slow-consumer gap was taken).
         """
+        item = self._wait(timeout)
+        if self._replayed:
+            self._report_replayed()
+        return item
+
+    def _wait(self, timeout: float | None) -> Item | None:
+        # get() without reporting replayed events, so get_many() reports its batch once.
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self.close_reason is not None:
@@ -184,7 +192,7 @@ class Subscription:
         Raises:
             SubscriptionClosed: as :meth:`get`, when nothing was taken first.
         """
-        first = self.get(timeout)
+        first = self._wait(timeout)
         if first is None:
             return []
         items: list[Item] = [first]
@@ -193,6 +201,8 @@ class Subscription:
             if item is None:
                 break
             items.append(item)
+        if self._replayed:
+            self._report_replayed()
         return items
 
     def close(self, reason: str = "closed") -> None:
@@ -213,6 +223,11 @@ class Subscription:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _report_replayed(self) -> None:
+        count, self._replayed = self._replayed, 0
+        if self._observer is not None:
+            self._observer.replayed(count)
+
     def _is_new(self, event: Event) -> bool:
         last = self._last
         return last is None or event.cursor.epoch != last.epoch or event.cursor.position > last.position
@@ -228,8 +243,7 @@ class Subscription:
             if self._pending:
                 event = self._pending.popleft()
                 self._last = event.cursor
-                if self._observer is not None:
-                    self._observer.replayed(1)
+                self._replayed += 1  # reported by get()/get_many(), once per call
                 return event
             if self._syncing:
                 self._sync()

@@ -535,9 +535,13 @@ class Connection:
 
     def _pump(self, pump: _Pump) -> None:
         session, sub_id, subscription = self.session, pump.sub_id, pump.subscription
+        delivered = 0  # counted once per drained batch, not per event (a metrics write each)
         try:
             while True:
                 while not session.can_deliver(sub_id):
+                    if delivered:
+                        self._count_delivered(delivered)
+                        delivered = 0
                     if session.closed or subscription.closed:
                         return
                     # Window full (client ack modes): take nothing more from the hub;
@@ -556,8 +560,11 @@ class Connection:
                                    + _RECONNECT_HINT, CLOSE_POLICY_VIOLATION, kind="slow-consumer")
                 else:
                     body, headers = encode_message(item)
-                    if session.deliver(sub_id, body, headers, now=self._clock()) and self._delivered:
-                        self._delivered.inc()
+                    if session.deliver(sub_id, body, headers, now=self._clock()):
+                        delivered += 1
+                if delivered and not subscription.depth:  # the batch is written: count it first
+                    self._count_delivered(delivered)
+                    delivered = 0
                 self._drain()
         except SubscriptionClosed as exc:
             if exc.reason == "shutdown":
@@ -574,6 +581,13 @@ class Connection:
             self._fail("internal error", "Delivering this subscription failed. " + _RECONNECT_HINT,
                        CLOSE_INTERNAL_ERROR)
             self._drain()
+        finally:
+            if delivered:
+                self._count_delivered(delivered)
+
+    def _count_delivered(self, count: int) -> None:
+        if self._delivered is not None:
+            self._delivered.inc(count)
 
     # -- requests and writes, one greenlet at a time ------------------------------
 
