@@ -56,6 +56,7 @@ from .frames import (
     SERVER_COMMANDS,
     SUPPORTED_VERSIONS,
     Frame,
+    escape_header,
     escapes_headers,
     header_representable,
     serialize,
@@ -77,6 +78,7 @@ __all__ = [
     "Subscribe",
     "Unsubscribe",
     "accept_all",
+    "encode_message_tail",
 ]
 
 #: STOMP 1.2, "SUBSCRIBE ack Header": the valid values; ``auto`` when absent.
@@ -298,9 +300,46 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
+def encode_message_tail(
+    body: bytes,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    escaped: bool,
+) -> bytes:
+    """The part of a MESSAGE frame that depends only on the event, for :meth:`StompSession.deliver`.
+
+    The header lines :meth:`StompSession.deliver` would write for ``headers`` (the
+    reserved names and, unescaped, the unrepresentable headers dropped; a
+    ``content-type`` added for a non-empty body without one), ``content-length``,
+    the blank line, the body and the NUL. Build it once per event and escaping mode
+    and pass it to every session's ``deliver(..., tail=...)``.
+
+    Args:
+        body: the message body octets.
+        headers: the event's MESSAGE headers, as a mapping or ``(name, value)`` pairs.
+        escaped: :attr:`StompSession.escapes_messages` of the sessions it is for.
+
+    Returns:
+        The frame's bytes from the first event header to the NUL.
+    """
+    lines = []
+    has_type = False
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in items:
+        name, value = str(name), str(value)
+        if name in _RESERVED_MESSAGE_HEADERS or not header_representable(name, value, escaped):
+            continue
+        if name == "content-type":
+            has_type = True
+        lines.append(f"{escape_header(name)}:{escape_header(value)}\n" if escaped else f"{name}:{value}\n")
+    if body and not has_type:
+        lines.append("content-type:application/octet-stream\n")
+    lines.append(f"content-length:{len(body)}\n\n")
+    return b"".join(("".join(lines).encode("utf-8"), bytes(body), b"\x00"))
+
+
 class _Subscription:
     # Mutable bookkeeping for one subscription; never handed out.
-    __slots__ = ("sub_id", "destination", "ack_mode", "window", "pending")
+    __slots__ = ("sub_id", "destination", "ack_mode", "window", "pending", "message_head")
 
     def __init__(self, sub_id: str, destination: str, ack_mode: str, window: int) -> None:
         self.sub_id = sub_id
@@ -309,6 +348,8 @@ class _Subscription:
         self.window = window
         # message-id -> MESSAGE frame awaiting ACK/NACK, in the order sent.
         self.pending: OrderedDict[str, Frame] = OrderedDict()
+        # The MESSAGE lines before and after the message-id number, once built (deliver's tail path).
+        self.message_head: tuple[bytes, bytes] | None = None
 
 
 class StompSession:
@@ -390,6 +431,12 @@ class StompSession:
     def version(self) -> str | None:
         """The negotiated STOMP version, or ``None`` before CONNECT."""
         return self._version
+
+    @property
+    def escapes_messages(self) -> bool:
+        """Whether this session's MESSAGE headers are escaped (1.1, 1.2; not 1.0): the
+        ``escaped`` argument of :func:`encode_message_tail` for its deliveries."""
+        return escapes_headers("MESSAGE", self._version)
 
     @property
     def heart_beat(self) -> tuple[int, int]:
@@ -542,6 +589,7 @@ class StompSession:
         headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
         *,
         now: float | None = None,
+        tail: bytes | None = None,
     ) -> str | None:
         """Queue a MESSAGE frame for subscription ``sub_id``.
 
@@ -561,6 +609,11 @@ class StompSession:
             headers: extra MESSAGE headers, as a mapping or ``(name, value)`` pairs.
             now: the current time in seconds; when given, the server heart-beat
                 timer restarts from it (the frame is a sign of life).
+            tail: ``encode_message_tail(body, headers, session.escapes_messages)``
+                of the same ``body`` and ``headers``, for a caller that delivers one
+                event to many sessions and builds it once. An ``auto`` subscription's
+                frame is then the per-subscription headers plus ``tail`` (the same
+                bytes); client ack modes ignore it (they keep the frame for NACK).
 
         Returns:
             The new ``message-id``; or ``None`` when nothing was queued because
@@ -573,6 +626,13 @@ class StompSession:
         sub = self._subscriptions.get(sub_id)
         if self._state is not SessionState.CONNECTED or sub is None or not self._window_open(sub):
             return None
+        if tail is not None and sub.ack_mode == "auto":
+            # Nothing is kept for a redelivery: write the per-subscription lines and the
+            # shared tail; the same bytes serialize() writes for the frame built below.
+            number = next(self._message_numbers)
+            head = sub.message_head or self._message_head(sub)
+            self._send_bytes(b"%s%d%s%s" % (head[0], number, head[1], tail))
+            return f"{self.session_id}-{number}"
         message_id = f"{self.session_id}-{next(self._message_numbers)}"
         frame_headers = [
             ("subscription", sub.sub_id),
@@ -934,8 +994,25 @@ class StompSession:
         self._ack_index.clear()
         self._requests.append(Closed(reason, error_kind))
 
+    def _message_head(self, sub: _Subscription) -> tuple[bytes, bytes]:
+        # deliver()'s tail path: "MESSAGE", subscription and message-id up to the
+        # number, then the destination line; the same lines serialize() writes.
+        escaped = escapes_headers("MESSAGE", self._version)
+        lines = []
+        for name, value in (("subscription", sub.sub_id), ("message-id", f"{self.session_id}-1"),
+                            ("destination", sub.destination)):
+            if not header_representable(name, value, escaped):
+                raise ValueError(f"header {name!r}: {value!r} cannot be written in this frame")
+            lines.append(f"{escape_header(name)}:{escape_header(value)}" if escaped else f"{name}:{value}")
+        before = "MESSAGE\n" + lines[0] + "\n" + lines[1][:-1]  # up to the message number
+        head = sub.message_head = (before.encode("utf-8"), ("\n" + lines[2] + "\n").encode("utf-8"))
+        return head
+
     def _send_frame(self, frame: Frame) -> None:
-        self._outgoing.append(serialize(frame, self._version))
+        self._send_bytes(serialize(frame, self._version))
+
+    def _send_bytes(self, data: bytes) -> None:
+        self._outgoing.append(data)
         if self._heartbeat_every and self._clock is not None:
             # Any data is a sign of life, so the next heart-beat can wait.
             self._next_heartbeat_at = self._clock + self._heartbeat_every

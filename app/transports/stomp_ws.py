@@ -103,6 +103,7 @@ from ..stomp import (
     serialize,
 )
 from ..stomp import Limits as FrameLimits
+from ..stomp.session import encode_message_tail
 from ..stomp_handlers import AppMessage, HandlerError, Handlers, default_handlers
 from .wsio import (
     CLOSE_GOING_AWAY,
@@ -274,6 +275,23 @@ def encode_message(event: Event) -> tuple[bytes, tuple[tuple[str, str], ...]]:
         ``subscription``, ``message-id``, ``destination``, ``ack`` and ``content-length``.
     """
     return event.encoded("stomp-message", _encode_event)
+
+
+def _tail_escaped(event: Event) -> bytes:
+    return encode_message_tail(*encode_message(event), True)
+
+
+def _tail_unescaped(event: Event) -> bytes:
+    return encode_message_tail(*encode_message(event), False)
+
+
+def message_tail(event: Event, escaped: bool) -> bytes:
+    """The event's part of every MESSAGE frame (headers, content-length, body, NUL), built once
+    per event and escaping mode (1.1/1.2 escape header values, 1.0 does not); see
+    :func:`app.stomp.session.encode_message_tail`."""
+    if escaped:
+        return event.encoded("stomp-tail-escaped", _tail_escaped)
+    return event.encoded("stomp-tail-unescaped", _tail_unescaped)
 
 
 _GAP_HEADERS = (("gap", "true"),)
@@ -560,7 +578,8 @@ class Connection:
                                    + _RECONNECT_HINT, CLOSE_POLICY_VIOLATION, kind="slow-consumer")
                 else:
                     body, headers = encode_message(item)
-                    if session.deliver(sub_id, body, headers, now=self._clock()):
+                    tail = message_tail(item, session.escapes_messages)
+                    if session.deliver(sub_id, body, headers, now=self._clock(), tail=tail):
                         delivered += 1
                 if delivered and not subscription.depth:  # the batch is written: count it first
                     self._count_delivered(delivered)

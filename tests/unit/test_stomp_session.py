@@ -29,6 +29,7 @@ from app.stomp import (
     Unsubscribe,
     serialize,
 )
+from app.stomp.session import encode_message_tail
 
 
 class Client:
@@ -482,6 +483,31 @@ class TestMessage:
         client.session.deliver("0", b"x", {"sender": "a\nb", "event-id": "e:1"})
         (frame,) = client.frames()
         assert "sender" not in frame and frame.get("event-id") == "e:1"
+
+    @pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
+    @pytest.mark.parametrize("ack", ["auto", "client", "client-individual"])
+    def test_a_shared_tail_gives_the_same_bytes(self, version, ack):
+        # deliver(..., tail=encode_message_tail(...)): one encoding per event for every
+        # subscriber, byte for byte the frame deliver() builds from body and headers.
+        cases = [
+            (b'{"text":"hi"}', {"event-id": "e1-5", "sender": "a:b\nc\\d", "content-type": "application/json"}),
+            (b"\x00\xff", [("subscription", "evil"), ("gap", "true"), ("x\r", "y\r")]),
+            (b"", {"event-id": "e:1"}),
+        ]
+        plain, shared = connected(version), connected(version)
+        for client in (plain, shared):
+            client.send("SUBSCRIBE", {"id": "s:1\\", "destination": "/topic/a:b", "ack": ack})
+            client.requests()
+        assert shared.session.escapes_messages is (version != "1.0")
+        for body, headers in cases:
+            tail = encode_message_tail(body, headers, shared.session.escapes_messages)
+            assert plain.session.deliver("s:1\\", body, headers) == \
+                shared.session.deliver("s:1\\", body, headers, tail=tail)
+        assert plain.session.data_to_send() == shared.session.data_to_send()
+        if ack != "auto" and version != "1.0":  # kept for NACK as before: redelivered:true
+            shared.send("NACK", {"id" if version == "1.2" else "message-id": "s1-1", "subscription": "s:1\\"})
+            (again,) = shared.frames()
+            assert again.get("redelivered") == "true" and again.body == b'{"text":"hi"}'
 
     def test_not_delivered_when_unknown_or_not_connected(self):
         assert StompSession().deliver("0", b"x") is None
