@@ -27,6 +27,10 @@ from ..events import Cursor, Event, Gap
 Item = Union[Event, Gap]
 ReadAfter = Callable[[Cursor, int], "tuple[list[Event], bool]"]
 
+# What _queue and _pending hold until their first event: an empty deque costs 760 bytes
+# (its first block), and most subscriptions sit idle; the deque is made on first use.
+_EMPTY: tuple = ()
+
 
 class SubscriptionClosed(Exception):
     """The subscription ended; ``reason`` says why ("closed", "slow consumer", "shutdown")."""
@@ -63,8 +67,8 @@ class Subscription:
         self._last = since
         self._syncing = since is not None
         self._first_sync = since is not None  # only a resume's first read may find an old gap
-        self._pending: deque[Event] = deque()  # events read from history, not yet taken
-        self._queue: deque[Event] = deque()  # live events offered by the hub
+        self._pending: deque[Event] | tuple = _EMPTY  # events read from history, not yet taken
+        self._queue: deque[Event] | tuple = _EMPTY  # live events offered by the hub
         self._overflow = False
         self._gap: Gap | None = None
         self._close_after_gap = False
@@ -84,6 +88,8 @@ class Subscription:
             self._overflow = True
             self.overflows += 1
         else:
+            if self._queue is _EMPTY:
+                self._queue = deque()
             self._queue.append(event)
             if len(self._queue) > self._high_water:
                 self._high_water = len(self._queue)
@@ -119,12 +125,12 @@ class Subscription:
             if self._queue:
                 # Nothing taken yet: the first queued event is delivered first, and the
                 # read resumes after it (_take sets _last when it hands the event out).
-                self._pending.append(self._queue.popleft())
+                self._pending = deque((*self._pending, self._queue.popleft()))
             elif start is not None:
                 self._last = start
             else:
                 return
-        self._queue.clear()
+        self._queue = _EMPTY
         self._overflow = False
         self._syncing = True
         self._first_sync = True
@@ -210,8 +216,7 @@ class Subscription:
         if self.close_reason is not None:
             return
         self.close_reason = reason
-        self._queue.clear()
-        self._pending.clear()
+        self._queue = self._pending = _EMPTY
         self._wakeup.set()
         self._on_close(self)
 
@@ -275,4 +280,8 @@ class Subscription:
             self._syncing = False
         if self._close_after_gap:
             return
-        self._pending.extend(events)
+        if events:
+            if self._pending is _EMPTY:
+                self._pending = deque(events)
+            else:
+                self._pending.extend(events)
