@@ -911,6 +911,12 @@ def _keepalive(ws: WebSocket, interval: float, timeout: float) -> None:
         next_ping = sent_at + interval
 
 
+#: Read buffer of each connection's request stream, in bytes (gevent's default is 8 KiB):
+#: an idle keep-alive, SSE or WebSocket connection holds it the whole time it waits.
+#: Reads larger than the buffer (big bodies, big WebSocket frames) bypass it.
+READ_BUFFER = 1024
+
+
 class Handler(WebSocketHandler, PyWSGIHandler):
     """gevent-websocket's handler with every decision taken before ``101``.
 
@@ -920,6 +926,13 @@ class Handler(WebSocketHandler, PyWSGIHandler):
     """
 
     _requests_read = 0  # on this connection (one handler per connection)
+
+    def __init__(self, sock, address, server, rfile=None):
+        super().__init__(sock, address, server, rfile)
+        if rfile is None:
+            # The request stream with a READ_BUFFER buffer instead of the default one.
+            self.rfile.close()  # releases its buffer; the socket stays open
+            self.rfile = sock.makefile("rb", READ_BUFFER)
 
     def get_environ(self):
         environ = super().get_environ()
