@@ -40,7 +40,7 @@ TECHNIQUES = (
          "Far fewer empty requests than short-interval polling."),
         ("Each waiting client holds a connection; on a thread-per-request server it holds a "
          "thread (Spring offloads with DeferredResult). Here a parked request is a greenlet: about 20 KB "
-         "measured with 2,000 parked at once, not a thread.",
+         "measured with 10,000 parked at once, not a thread.",
          "One request per delivery burst; events published between requests must be "
          "caught with a cursor, or they are lost."),
         "Instant updates where only HTTP gets through, or as a fallback for streaming."),
