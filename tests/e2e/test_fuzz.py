@@ -468,7 +468,7 @@ class WsOps:
             return codes | {"bad_type"}, ref, None
         return codes | {"ok"}, ref, topic if op in ("subscribe", "unsubscribe") else None
 
-    def exchange(self, text: str) -> None:
+    def exchange(self, text: str) -> dict:
         codes, ref, topic = self.expected(text)
         self.ws.send(text)
         reply = self._reply()
@@ -481,6 +481,7 @@ class WsOps:
         if outcome == "ok" and topic is not None:
             op = oracle_loads(text)["op"]
             (self.subscribed.add if op == "subscribe" else self.subscribed.discard)(topic)
+        return reply
 
     def _reply(self) -> dict:
         deadline = time.monotonic() + scaled(10)
@@ -530,8 +531,8 @@ def test_ws_json_ops_fuzz(fuzz_server, guard):
 
     one_message()
     # The connection survived every message, and it still works.
-    ping = json.dumps({"op": "ping", "ref": "last"})
-    client.exchange(ping)
+    reply = client.exchange(json.dumps({"op": "ping", "ref": "last"}))
+    assert reply["op"] == "ok" and reply["ref"] == "last"
     client.close()
     guard.check()
 

@@ -142,8 +142,10 @@ def test_backend_up_follows_redis(start_server, tmp_path):
         wait_until(lambda: samples(srv.url).get(key) == 1, timeout=10, message="backend_up 1")
         redis_server.kill()
         wait_until(lambda: samples(srv.url).get(key) == 0, timeout=30, message="backend_up 0 with Redis down")
+        assert samples(srv.url)[key] == 0
         redis_server.start()
         wait_until(lambda: samples(srv.url).get(key) == 1, timeout=30, message="backend_up 1 again")
+        assert samples(srv.url)[key] == 1
 
 
 # ------------------------------------------------------------ pages: headers and text only

@@ -758,7 +758,9 @@ class TestCredentials:
     def test_right_credentials(self, guarded):
         client = Wire(guarded)
         try:
-            client.connect(login="guest", passcode="s3cret:pass")
+            connected = client.connect(login="guest", passcode="s3cret:pass")
+            assert connected.get("version") == "1.2"
+            client.subscribe("/topic/guarded")  # the session works after the login
         finally:
             client.close()
 

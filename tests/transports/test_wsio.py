@@ -646,6 +646,7 @@ def test_keepalive_cuts_a_peer_that_reads_nothing(fresh_server):
         # so would the pings; the peer is cut instead of holding greenlets forever.
         client.send_frame(OP_TEXT, b"!burst 2 400 65536")
         wait_until(lambda: server.stats()["open_websockets"] == 0, timeout=10, message="stuck peer released")
+        assert server.stats()["open_websockets"] == 0
     finally:
         client.close()
 

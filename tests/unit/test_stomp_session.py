@@ -76,17 +76,28 @@ class Client:
         (request,) = self.requests()
         assert isinstance(request, Subscribe)
 
-    def expect_error(self, message: str, kind: str) -> Frame:
-        """Assert the session answered with one ERROR and closed."""
+    def error_frame(self) -> Frame:
+        """The ERROR the session answered with, after checking it is well formed and final."""
         *_, error = self.frames()
         assert error.command == "ERROR"
-        assert error.get("message") == message
         assert error.body, "the ERROR body explains the failure"
         assert error.get("content-type", "").startswith("text/plain")
         assert self.session.closed
         closed = self.requests()[-1]
-        assert closed == Closed(message, kind)
+        assert closed == Closed(error.get("message"), closed.error_kind)
+        self.last_error_kind = closed.error_kind
         return error
+
+    def error(self) -> tuple[str, str]:
+        """``(message header, error kind)`` of the ERROR that closed the session."""
+        frame = self.error_frame()
+        return frame.get("message"), self.last_error_kind
+
+    def expect_error(self, message: str, kind: str) -> Frame:
+        """The ERROR frame, asserting its message and kind (for tests that read its body)."""
+        frame = self.error_frame()
+        assert (frame.get("message"), self.last_error_kind) == (message, kind)
+        return frame
 
 
 def connected(version: str = "1.2", config: StompConfig | None = None, **headers: str) -> Client:
@@ -159,7 +170,7 @@ class TestConnecting:
     def test_rejected_login(self):
         client = Client(StompConfig(authenticate=lambda login, passcode: False))
         client.send("CONNECT", {"accept-version": "1.2", "login": "eve", "passcode": "x"})
-        client.expect_error("authentication failed", "auth")
+        assert client.error() == ("authentication failed", "auth")
         assert client.session.version is None
 
     def test_login_hook_may_choose_the_message(self):
@@ -172,12 +183,14 @@ class TestConnecting:
 
     def test_default_hook_accepts_anyone(self):
         client = Client()
-        client.connect(login="whoever", passcode="whatever")
+        assert client.connect(login="whoever", passcode="whatever").command == "CONNECTED"
+        assert not client.session.closed
 
     def test_heart_beats_before_connect_are_fine(self):
         client = Client()
         client.raw(b"\n\r\n")
-        client.connect()
+        assert client.frames() == [] and not client.session.closed
+        assert client.connect().get("version") == "1.2"
 
     def test_frames_after_connect_in_the_same_message_use_the_new_escaping(self):
         client = Client()
@@ -201,7 +214,7 @@ class TestConnecting:
         client.session.tick(104.9)
         assert not client.session.closed
         client.session.tick(105.0)
-        client.expect_error("no CONNECT frame received", "connect-timeout")
+        assert client.error() == ("no CONNECT frame received", "connect-timeout")
 
     def test_connect_timer_starts_with_the_first_call_when_no_time_given(self):
         session = StompSession(StompConfig(connect_timeout=5.0))
@@ -259,7 +272,7 @@ class TestHeartBeating:
         client.session.tick(2.9)
         assert not client.session.closed
         client.session.tick(3.0)
-        client.expect_error("heart-beat timeout", "heartbeat-timeout")
+        assert client.error() == ("heart-beat timeout", "heartbeat-timeout")
         assert client.session.next_deadline() is None
 
     @pytest.mark.parametrize("data", [b"\n", b"\r\n", b"SEND\ndest"])
@@ -274,7 +287,7 @@ class TestHeartBeating:
     def test_invalid_header(self, value):
         client = Client()
         client.send("CONNECT", {"accept-version": "1.2", "heart-beat": value})
-        client.expect_error("invalid heart-beat header", "protocol-violation")
+        assert client.error() == ("invalid heart-beat header", "protocol-violation")
 
     def test_none_in_1_0(self):
         client = Client()
@@ -376,13 +389,13 @@ class TestSubscribe:
     def test_invalid(self, headers, message, kind):
         client = connected()
         client.send("SUBSCRIBE", headers)
-        client.expect_error(message, kind)
+        assert client.error() == (message, kind)
 
     def test_duplicate_id(self):
         client = connected()
         client.subscribe("0")
         client.send("SUBSCRIBE", {"id": "0", "destination": "/topic/other"})
-        client.expect_error("duplicate subscription id", "protocol-violation")
+        assert client.error() == ("duplicate subscription id", "protocol-violation")
 
     def test_unsubscribe(self):
         client = connected()
@@ -396,12 +409,12 @@ class TestSubscribe:
     def test_unsubscribe_unknown(self):
         client = connected()
         client.send("UNSUBSCRIBE", {"id": "nope"})
-        client.expect_error("unknown subscription", "protocol-violation")
+        assert client.error() == ("unknown subscription", "protocol-violation")
 
     def test_unsubscribe_needs_id(self):
         client = connected()
         client.send("UNSUBSCRIBE", {"destination": "/topic/chat"})
-        client.expect_error("missing header 'id'", "missing-header")
+        assert client.error() == ("missing header 'id'", "missing-header")
 
     def test_1_0_subscription_without_id(self):
         client = connected("1.0")
@@ -415,7 +428,7 @@ class TestSubscribe:
         client.subscribe("a")
         client.subscribe("b")
         client.send("SUBSCRIBE", {"id": "c", "destination": "/topic/t"})
-        client.expect_error("too many subscriptions", "limit-exceeded")
+        assert client.error() == ("too many subscriptions", "limit-exceeded")
 
 
 class TestMessage:
@@ -542,7 +555,7 @@ class TestAckNack:
         client.send("ACK", {"id": m1})
         client.requests()
         client.send("ACK", {"id": m0})
-        client.expect_error("bad ack id", "protocol-violation")
+        assert client.error() == ("bad ack id", "protocol-violation")
 
     def test_client_individual_ack_is_not_cumulative(self):
         client, (m0, m1, m2) = self._client("client-individual")
@@ -588,12 +601,12 @@ class TestAckNack:
     def test_auto_mode_messages_cannot_be_acked(self):
         client, (m0, _, _) = self._client("auto")
         client.send("ACK", {"id": m0})
-        client.expect_error("bad ack id", "protocol-violation")
+        assert client.error() == ("bad ack id", "protocol-violation")
 
     def test_ack_needs_id_in_1_2(self):
         client, (m0, _, _) = self._client("client")
         client.send("ACK", {"message-id": m0, "subscription": "0"})
-        client.expect_error("missing header 'id'", "missing-header")
+        assert client.error() == ("missing header 'id'", "missing-header")
 
     def test_1_1_ack_uses_message_id_and_subscription(self):
         client, (m0, m1, _) = self._client("client-individual", "1.1")
@@ -605,12 +618,12 @@ class TestAckNack:
     def test_1_1_ack_needs_subscription(self):
         client, (m0, _, _) = self._client("client", "1.1")
         client.send("ACK", {"message-id": m0})
-        client.expect_error("missing header 'subscription'", "missing-header")
+        assert client.error() == ("missing header 'subscription'", "missing-header")
 
     def test_1_1_ack_unknown_subscription(self):
         client, (m0, _, _) = self._client("client", "1.1")
         client.send("ACK", {"message-id": m0, "subscription": "9"})
-        client.expect_error("unknown subscription", "protocol-violation")
+        assert client.error() == ("unknown subscription", "protocol-violation")
 
     def test_1_0_ack_uses_message_id(self):
         client, (m0, _, _) = self._client("client", "1.0")
@@ -620,14 +633,14 @@ class TestAckNack:
     def test_1_0_has_no_nack(self):
         client, (m0, _, _) = self._client("client", "1.0")
         client.send("NACK", {"message-id": m0})
-        client.expect_error("command not in this version", "protocol-violation")
+        assert client.error() == ("command not in this version", "protocol-violation")
 
     def test_unsubscribe_forgets_pending_messages(self):
         client, (m0, _, _) = self._client("client")
         client.send("UNSUBSCRIBE", {"id": "0"})
         client.requests()
         client.send("ACK", {"id": m0})
-        client.expect_error("bad ack id", "protocol-violation")
+        assert client.error() == ("bad ack id", "protocol-violation")
 
 
 class TestPrefetch:
@@ -696,7 +709,7 @@ class TestTransactions:
         client.send("ABORT", {"transaction": "tx1"})
         assert client.requests() == []
         client.send("COMMIT", {"transaction": "tx1"})
-        client.expect_error("unknown transaction", "protocol-violation")
+        assert client.error() == ("unknown transaction", "protocol-violation")
 
     def test_receipt_is_sent_on_receipt_not_on_commit(self):
         client = connected()
@@ -743,7 +756,7 @@ class TestTransactions:
         client = connected()
         client.send("BEGIN", {"transaction": "t"})
         client.send("ACK", {"id": "nope", "transaction": "t"})
-        client.expect_error("bad ack id", "protocol-violation")
+        assert client.error() == ("bad ack id", "protocol-violation")
 
     def test_disconnect_aborts_open_transactions(self):
         client = connected()
@@ -773,13 +786,13 @@ class TestTransactions:
         client = connected()
         for command, headers in frames:
             client.send(command, headers)
-        client.expect_error(message, "protocol-violation")
+        assert client.error() == (message, "protocol-violation")
 
     @pytest.mark.parametrize("command", ["BEGIN", "COMMIT", "ABORT"])
     def test_transaction_header_is_required(self, command):
         client = connected()
         client.send(command)
-        client.expect_error("missing header 'transaction'", "missing-header")
+        assert client.error() == ("missing header 'transaction'", "missing-header")
 
     def test_id_may_be_reused_once_finished(self):
         client = connected()
@@ -792,12 +805,12 @@ class TestTransactions:
         client = connected(config=StompConfig(max_transactions=1, max_transaction_frames=2))
         client.send("BEGIN", {"transaction": "a"})
         client.send("BEGIN", {"transaction": "b"})
-        client.expect_error("too many transactions", "limit-exceeded")
+        assert client.error() == ("too many transactions", "limit-exceeded")
         client = connected(config=StompConfig(max_transaction_frames=2))
         client.send("BEGIN", {"transaction": "a"})
         for _ in range(3):
             client.send("SEND", {"destination": "/a", "transaction": "a"})
-        client.expect_error("transaction too large", "limit-exceeded")
+        assert client.error() == ("transaction too large", "limit-exceeded")
 
 
 class TestReceipt:
@@ -887,7 +900,7 @@ class TestErrors:
     def test_error_then_close(self, data, message, kind):
         client = connected()
         client.raw(data + b"SEND\ndestination:/after\n\n\x00")
-        client.expect_error(message, kind)
+        assert client.error() == (message, kind)
         assert client.session.error.kind == kind
 
     @pytest.mark.parametrize(
@@ -897,7 +910,7 @@ class TestErrors:
     def test_frame_before_connect(self, data):
         client = Client()
         client.raw(data)
-        client.expect_error("frame before CONNECT", "protocol-violation")
+        assert client.error() == ("frame before CONNECT", "protocol-violation")
 
     def test_error_carries_the_receipt_id_and_a_length(self):
         client = connected()
@@ -923,7 +936,7 @@ class TestErrors:
     def test_closed_session_ignores_everything(self):
         client = connected()
         client.raw(b"FOO\n\n\x00")
-        client.expect_error("unknown command", "protocol-violation")
+        assert client.error() == ("unknown command", "protocol-violation")
         client.raw(b"SEND\ndestination:/a\n\n\x00")
         client.session.tick(1e9)
         assert client.session.data_to_send() == [] and client.requests() == []
@@ -949,7 +962,7 @@ class TestErrors:
     def test_limits_come_from_the_config(self):
         client = connected(config=StompConfig(limits=Limits(max_headers=2)))
         client.raw(b"SEND\ndestination:/a\nx:y\nz:w\n\n\x00")
-        client.expect_error("too many headers", "limit-exceeded")
+        assert client.error() == ("too many headers", "limit-exceeded")
 
 
 class TestConfig:
