@@ -61,12 +61,12 @@ def whoami() -> Response:
 def healthz() -> tuple[Response, int]:
     """Liveness, the backend's state, and the server clock (pages measure their offset to it)."""
     hub = state.hub()
-    healthy = hub.backend.healthy
+    status = hub.status()
     body = {
-        "status": "ok" if healthy else "degraded",
-        "backend": hub.backend.name,
-        "backend_healthy": healthy,
-        "epoch": hub.backend.epoch,
+        "status": "ok" if status["healthy"] else "degraded",
+        "backend": status["backend"],
+        "backend_healthy": status["healthy"],
+        "epoch": status["epoch"],
         "subscribers": hub.subscriber_count(),
         "time": time.time(),
     }
@@ -80,6 +80,7 @@ def metrics() -> Response:
     """Prometheus text metrics (every worker's, under gunicorn)."""
     hub = state.hub()
     registry = state.metrics()
-    registry.backend_up.labels(hub.backend.name).set(1 if hub.backend.healthy else 0)
+    status = hub.status()
+    registry.backend_up.labels(status["backend"]).set(1 if status["healthy"] else 0)
     body, content_type = registry.render()
     return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})

@@ -6,7 +6,7 @@ publishes to the hub like any client, so ticks reach every transport alike (an S
 
 Exactly one producer per deployment, however many workers and hosts: each worker runs
 the loop, and on each beat a worker publishes only if it has *local* subscribers to
-``ticks`` and holds the backend's leadership lock (``hub.backend.acquire_lock``). A
+``ticks`` and holds the backend's leadership lock (``hub.acquire_lock``). A
 worker whose listeners have all gone releases the lock so that another worker with
 listeners can lead. With the in-memory backend (one worker) the lock is always granted.
 
@@ -47,7 +47,7 @@ class TicksProducer:
     while this process has subscribers to ``ticks`` and leads.
 
     Args:
-        hub: the application's hub (``hub.backend`` provides the lock).
+        hub: the application's hub (its ``acquire_lock`` is the backend's lock).
         interval: seconds between ticks.
         ttl: the leadership lease in seconds (default five beats).
         clock: monotonic time source; tests pass a fake one to drive :meth:`step`.
@@ -87,7 +87,7 @@ class TicksProducer:
         if self._lease_until is not None and now < self._lease_until - self.interval:
             return True
         # Renew one beat early, so a renewable lock never lapses between two ticks.
-        if self.hub.backend.acquire_lock(LOCK_NAME, self.ttl):
+        if self.hub.acquire_lock(LOCK_NAME, self.ttl):
             self._lease_until = now + self.ttl  # ``now`` was read before the backend set its expiry
             return True
         self._lease_until = None
@@ -97,7 +97,7 @@ class TicksProducer:
         if self._lease_until is None:
             return
         self._lease_until = None
-        self.hub.backend.release_lock(LOCK_NAME)
+        self.hub.release_lock(LOCK_NAME)
 
     def start(self) -> None:
         """Run :meth:`step` every ``interval`` in a greenlet. Idempotent."""

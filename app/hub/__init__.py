@@ -182,6 +182,19 @@ class Hub:
         self.observer.subscribed(topic)
         return sub
 
+    def status(self) -> dict:
+        """The backend's name, whether it can serve now, and its epoch (for health checks)."""
+        backend = self.backend
+        return {"backend": backend.name, "healthy": backend.healthy, "epoch": backend.epoch}
+
+    def acquire_lock(self, name: str, ttl: float) -> bool:
+        """Lead a deployment-wide singleton job for ``ttl`` seconds (the holder renews)."""
+        return self.backend.acquire_lock(name, ttl)
+
+    def release_lock(self, name: str) -> None:
+        """Give up a lock taken with :meth:`acquire_lock`."""
+        self.backend.release_lock(name)
+
     def subscriber_count(self, topic: str | None = None) -> int:
         """Live subscriptions in this process, for one topic or all."""
         if topic is not None:

@@ -172,6 +172,12 @@ class FakeHub:
     def subscriber_count(self, topic=None) -> int:
         return self.listeners
 
+    def acquire_lock(self, name: str, ttl: float) -> bool:
+        return self.backend.acquire_lock(name, ttl)
+
+    def release_lock(self, name: str) -> None:
+        self.backend.release_lock(name)
+
     def publish(self, topic, data, *, type="message", sender=None):
         self.log.append((self.backend.store.clock(), self.backend.owner, topic, type))
         return object()
