@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -9,8 +10,9 @@ from flask import Blueprint, Response, jsonify, request
 
 from . import state
 from .errors import ApiError
+from .auth.web import authorize, request_identity
+from .errors import error_response
 from .events import check_topic, parse_json
-from .identity import current_sender
 
 bp = Blueprint("api", __name__)
 
@@ -42,8 +44,9 @@ def read_publish_body() -> tuple[str, Any]:
 def publish(topic: str) -> tuple[Response, int]:
     """Publish one event; the sender is the caller's session, never the body."""
     check_topic(topic)
+    identity = authorize("publish", topic, "http")
     type_, data = read_publish_body()
-    event = state.hub().publish(topic, data, type=type_, sender=current_sender())
+    event = state.hub().publish(topic, data, type=type_, sender=identity.sender)
     response = jsonify(event.to_dict())
     response.headers["Cache-Control"] = "no-store"
     return response, 201
@@ -51,8 +54,12 @@ def publish(topic: str) -> tuple[Response, int]:
 
 @bp.get("/api/whoami")
 def whoami() -> Response:
-    """Tell the page its own sender name (set in the session cookie on first call)."""
-    response = jsonify(sender=current_sender())
+    """Tell the page who it is: its sender name and, with a token, its subject and permissions."""
+    identity = request_identity()
+    left = identity.seconds_left()
+    response = jsonify(sender=identity.sender, sub=identity.sub, via=identity.via,
+                       expires_in=None if left is None else max(0, int(left)),
+                       subscribe=list(identity.subscribe.patterns), publish=list(identity.publish.patterns))
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -78,6 +85,12 @@ def healthz() -> tuple[Response, int]:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text metrics (every worker's, under gunicorn)."""
+    expected = state.settings().metrics_token
+    if expected is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            return error_response(401, "unauthorized", "/metrics needs SWITCHBOARD_METRICS_TOKEN as a Bearer token",
+                                  {"WWW-Authenticate": 'Bearer realm="metrics"'})
     hub = state.hub()
     registry = state.metrics()
     status = hub.status()

@@ -94,6 +94,53 @@ def _secret(text: str) -> str:
     return text
 
 
+def _auth_secret(text: str) -> str:
+    # RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits).
+    if len(text.encode("utf-8")) < 32:
+        raise ValueError("must be at least 32 bytes (RFC 7518: an HS256 key is at least 256 bits)")
+    return text
+
+
+def _pem_file(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        with open(text, "rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        raise ValueError(f"cannot read the key file: {exc.strerror}") from None
+    if not head.startswith(b"-----BEGIN "):
+        raise ValueError("is not a PEM file (it must start with -----BEGIN PUBLIC KEY-----)")
+    return text
+
+
+def _http_url(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not re.match(r"^https?://[^\s/]+(/\S*)?$", text):
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
+def _topic_patterns(text: str) -> tuple[str, ...]:
+    from .auth.patterns import check_pattern  # the one definition of the pattern syntax
+
+    patterns = tuple(part.strip() for part in text.split(",") if part.strip())
+    for pattern in patterns:
+        check_pattern(pattern)
+    return patterns
+
+
+def _demo_users(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    for name in names:
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):
+            raise ValueError(f"{name!r} is not a demo user name (a-z, 0-9, _ and -, up to 32)")
+    return names
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -195,6 +242,54 @@ class Settings:
     stomp_passcode: str | None = _setting(
         "SWITCHBOARD_STOMP_PASSCODE", None, _optional_text,
         "When set (with the login), STOMP CONNECT must carry this passcode.")
+    auth_secret: str | None = _setting(
+        "SWITCHBOARD_AUTH_SECRET", None, _auth_secret,
+        "HS256 key that verifies clients' JWTs (at least 32 characters). Setting any auth key "
+        "turns access control on: anonymous clients then get only the ANONYMOUS_* topics.")
+    auth_public_key: str | None = _setting(
+        "SWITCHBOARD_AUTH_PUBLIC_KEY", None, _pem_file,
+        "Path of a PEM public key (RSA: RS256, EC P-256: ES256) that verifies clients' JWTs.")
+    auth_jwks_url: str | None = _setting(
+        "SWITCHBOARD_AUTH_JWKS_URL", None, _http_url,
+        "URL of a JWKS document whose keys verify clients' JWTs (fetched on demand, cached).")
+    auth_audience: str | None = _setting(
+        "SWITCHBOARD_AUTH_AUDIENCE", None, _optional_text,
+        "When set, a token's aud claim must name it.")
+    auth_issuer: str | None = _setting(
+        "SWITCHBOARD_AUTH_ISSUER", None, _optional_text,
+        "When set, a token's iss claim must equal it.")
+    anonymous_subscribe: tuple[str, ...] | None = _setting(
+        "SWITCHBOARD_ANONYMOUS_SUBSCRIBE", None, _topic_patterns,
+        "Topic patterns anonymous clients may follow (comma-separated, e.g. chat,ticks,room.*). "
+        "Unset: every topic without an auth key, none with one.")
+    anonymous_publish: tuple[str, ...] | None = _setting(
+        "SWITCHBOARD_ANONYMOUS_PUBLISH", None, _topic_patterns,
+        "Topic patterns anonymous clients may publish to. Unset: every topic without an auth "
+        "key, none with one.")
+    auth_hook_url: str | None = _setting(
+        "SWITCHBOARD_AUTH_HOOK_URL", None, _http_url,
+        "The application's decision endpoint, asked (POST) about a subscribe or publish that a "
+        "token's claims do not allow; 2xx allows, anything else refuses, down or slow = 503.")
+    auth_hook_timeout: float = _setting(
+        "SWITCHBOARD_AUTH_HOOK_TIMEOUT", 2.0, _seconds(0.01, 60),
+        "Seconds the decision hook may take before the request fails closed (503).")
+    auth_hook_ttl: float = _setting(
+        "SWITCHBOARD_AUTH_HOOK_TTL", 30.0, _seconds(0, 86400),
+        "Seconds a hook's answer is cached per (sub, action, topic); 0 = ask every time.")
+    auth_ticket_ttl: float = _setting(
+        "SWITCHBOARD_AUTH_TICKET_TTL", 30.0, _seconds(1, 300),
+        "Lifetime of a single-use ?ticket= from POST /api/tickets (seconds).")
+    auth_refresh_grace: float = _setting(
+        "SWITCHBOARD_AUTH_REFRESH_GRACE", 10.0, _seconds(0, 3600),
+        "Seconds a /ws connection whose token expired has to send a new one (op auth) "
+        "before it is closed with 4001.")
+    metrics_token: str | None = _setting(
+        "SWITCHBOARD_METRICS_TOKEN", None, _secret,
+        "When set, GET /metrics needs it as a Bearer token (401 otherwise).")
+    demo_users: tuple[str, ...] = _setting(
+        "SWITCHBOARD_DEMO_USERS", (), _demo_users,
+        "Names the index page's demo sign-in may mint short-lived tokens for (e.g. alice,bob); "
+        "needs SWITCHBOARD_AUTH_SECRET. Never set it in production.")
     ticks: bool = _setting(
         "SWITCHBOARD_TICKS", True, _bool,
         "Run the demo producer that publishes to topic 'ticks' every second while someone listens.")
@@ -216,6 +311,14 @@ class Settings:
                 "only the clients of the worker that took it. Set SWITCHBOARD_REDIS_URL or use one worker.")
         if self.stomp_app_prefix == self.stomp_topic_prefix:
             raise ConfigError("SWITCHBOARD_STOMP_APP_PREFIX and SWITCHBOARD_STOMP_TOPIC_PREFIX must differ")
+        keys = [name for name, value in (("SWITCHBOARD_AUTH_SECRET", self.auth_secret),
+                                         ("SWITCHBOARD_AUTH_PUBLIC_KEY", self.auth_public_key),
+                                         ("SWITCHBOARD_AUTH_JWKS_URL", self.auth_jwks_url)) if value]
+        if len(keys) > 1:
+            raise ConfigError(f"set only one of {' and '.join(keys)}: tokens are verified with one key source")
+        if self.demo_users and not self.auth_secret:
+            raise ConfigError("SWITCHBOARD_DEMO_USERS needs SWITCHBOARD_AUTH_SECRET: the demo sign-in "
+                              "mints HS256 tokens with it")
         if bool(self.stomp_login) != bool(self.stomp_passcode):
             raise ConfigError("set both SWITCHBOARD_STOMP_LOGIN and SWITCHBOARD_STOMP_PASSCODE, or neither")
 
@@ -251,6 +354,11 @@ class Settings:
             raise ConfigError(f"unknown setting(s) in test_config: {', '.join(sorted(unknown))}")
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """True when a key to verify tokens is configured (access control is on)."""
+        return bool(self.auth_secret or self.auth_public_key or self.auth_jwks_url)
 
     def signing_key(self) -> str:
         """The session-cookie key: the configured one, or a fresh random one."""

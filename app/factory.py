@@ -12,6 +12,7 @@ from gevent import monkey
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, errors, limits as limits_module, pages, security
+from .auth import Access, web as auth_web
 from .config import ConfigError, Settings
 from .hub import Hub
 from .hub.memory import MemoryBackend
@@ -112,8 +113,12 @@ def build_app(test_config=None) -> Flask:
     app.extensions["switchboard.metrics"] = metrics
     app.extensions["switchboard.shutdown"] = shutdown
 
+    access = Access(settings, app.secret_key, hub.claim_once,
+                    count_hook=lambda result: metrics.auth_hook.labels(result).inc())
+
     errors.init_app(app)
     security.init_app(app)
+    auth_web.init_app(app, access, metrics)
     limits_module.init_app(app, limits)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)

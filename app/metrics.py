@@ -65,6 +65,12 @@ class Metrics:
             "switchboard_stomp_errors", "STOMP ERROR frames sent, by kind", ["kind"], registry=r)
         self.limit_rejections = Counter(
             "switchboard_limit_rejections", "Requests or messages refused by a limit", ["limit"], registry=r)
+        self.auth_refusals = Counter(
+            "switchboard_auth_refusals", "Requests, ops and frames refused by access control, by error code "
+            "and transport", ["code", "transport"], registry=r)
+        self.auth_hook = Counter(
+            "switchboard_auth_hook_decisions", "Decision-hook answers: allow, deny, error (failed closed), "
+            "cached (answered from the cache)", ["result"], registry=r)
         self._high_water = 0
 
     # -- called by transports -----------------------------------------------------------

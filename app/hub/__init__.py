@@ -44,6 +44,7 @@ class Backend(Protocol):
     def retained(self, topic: str) -> int: ...
     def acquire_lock(self, name: str, ttl: float) -> bool: ...
     def release_lock(self, name: str) -> None: ...
+    def claim_once(self, name: str, ttl: float) -> bool: ...
 
     # Optional: ``set_resync(callback)``. A backend whose live feed can miss events (Redis
     # Pub/Sub while it reconnects) gets :meth:`Hub.resync_all` through it, before
@@ -194,6 +195,15 @@ class Hub:
     def release_lock(self, name: str) -> None:
         """Give up a lock taken with :meth:`acquire_lock`."""
         self.backend.release_lock(name)
+
+    def claim_once(self, name: str, ttl: float) -> bool:
+        """True the first time ``name`` is claimed in the deployment within ``ttl`` seconds
+        (single-use tickets).
+
+        Raises:
+            BackendUnavailable: the backend cannot tell; treat it as a refusal.
+        """
+        return self.backend.claim_once(name, ttl)
 
     def subscriber_count(self, topic: str | None = None) -> int:
         """Live subscriptions in this process, for one topic or all."""

@@ -45,6 +45,7 @@ class MemoryBackend:
         self.epoch = epoch or secrets.token_hex(6)
         self._clock = clock
         self._topics: dict[str, _Topic] = {}
+        self._claims: dict[str, float] = {}  # claim_once: name -> until
         self._deliver: Callable[[Event], None] = lambda event: None
 
     def start(self, deliver: Callable[[Event], None]) -> None:
@@ -64,6 +65,16 @@ class MemoryBackend:
 
     def release_lock(self, name: str) -> None:
         """Nothing to release in one process."""
+
+    def claim_once(self, name: str, ttl: float) -> bool:
+        """True for the first claim of ``name`` in this process within ``ttl`` seconds."""
+        now = self._clock()
+        if len(self._claims) > 1024:  # forget expired claims now and then, so they stay few
+            self._claims = {key: until for key, until in self._claims.items() if until > now}
+        if self._claims.get(name, 0.0) > now:
+            return False
+        self._claims[name] = now + ttl
+        return True
 
     def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event:
         """Store a new event at the end of the topic's history, then deliver it live."""

@@ -492,6 +492,22 @@ class RedisBackend:
         self._held_locks.discard(name)
         self._call("release", [self._lock_key(name)], [self._token])
 
+    def claim_once(self, name: str, ttl: float) -> bool:
+        """True for the first claim of ``name`` on this Redis within ``ttl`` seconds.
+
+        ``SET NX PX``: atomic across every worker and host, so a single-use ticket is
+        used once in the whole deployment.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached (the caller must refuse, not allow).
+        """
+        try:
+            granted = self._redis.set(f"{self.prefix}:once:{name}", b"1", nx=True,
+                                      px=max(int(ttl * 1000), 1))
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
+            self._failed(exc)
+        return bool(granted)
+
     # -- the listener -------------------------------------------------------------------
 
     def _listen(self) -> None:

@@ -27,6 +27,8 @@ import math
 from flask import Blueprint, Flask, Request, Response, jsonify, request
 
 from .. import limits, state
+from ..auth import Unauthorized
+from ..auth.web import authorize
 from ..errors import ApiError
 from ..events import Event, Gap, Page, check_topic
 from ..hub import SubscriptionClosed
@@ -72,9 +74,11 @@ def _no_content() -> Response:
 def long_poll(topic: str) -> Response:
     """Answer with the events after ``since`` now, or park until one arrives (200) or the timeout (204)."""
     check_topic(topic)
+    identity = authorize("subscribe", topic, "long-polling")
     since = resume_cursor(request)
     limit = read_limit(request)
     timeout = read_timeout(request, state.settings().longpoll_timeout)
+    token_left = identity.seconds_left()
     hub = state.hub()
 
     if since:
@@ -101,7 +105,8 @@ def long_poll(topic: str) -> Response:
     with slot, sub, metrics.connection("long-polling"):
         metrics.long_polls_parked.inc()
         try:
-            items = sub.get_many(limit, timeout)
+            # A parked poll never outlives its token: it wakes at exp and answers 401.
+            items = sub.get_many(limit, timeout if token_left is None else max(0.0, min(timeout, token_left)))
         except SubscriptionClosed:  # hub shutdown (DESIGN.md §8): the client polls again
             items = []
         finally:
@@ -113,6 +118,8 @@ def long_poll(topic: str) -> Response:
         log.info("slow consumer dropped: client %s, transport long-polling, topic %s: its queue and history "
                  "overflowed while parked; answered gap:true", slot.client, topic)
     if not events and not gap:
+        if token_left is not None and identity.seconds_left() <= 0:
+            raise Unauthorized("the token expired while the poll was parked", invalid_token=True, expired=True)
         return _no_content()
     metrics.delivered.labels("long-polling").inc(len(events))
     return _answer(Page(events, events[-1].id if events else (since or ""), gap))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, jsonify, request
 
 from .. import state
+from ..auth.web import authorize
 from .cursor import read_limit, resume_cursor
 
 bp = Blueprint("polling", __name__)
@@ -18,6 +19,7 @@ bp = Blueprint("polling", __name__)
 @bp.get("/api/topics/<topic>/events")
 def poll(topic: str) -> Response:
     """Return the events after ``since`` (or the newest ones), or 304 if nothing changed."""
+    authorize("subscribe", topic, "polling")
     page = state.hub().history(topic, since=resume_cursor(request), limit=read_limit(request))
     if page.cursor and not page.gap and page.cursor in request.if_none_match:
         response = Response(status=304)

@@ -43,10 +43,11 @@ from typing import Iterator
 from flask import Blueprint, Flask, Request, Response, request
 
 from .. import limits, state
+from ..auth import Identity
+from ..auth.web import authorize
 from ..errors import ApiError
 from ..events import Event, Gap, check_topic
 from ..hub import Subscription, SubscriptionClosed
-from ..identity import current_sender
 from ..metrics import Metrics
 from .cursor import resume_cursor
 
@@ -56,6 +57,9 @@ bp = Blueprint("sse", __name__)
 
 CONTENT_TYPE = "text/event-stream"
 HEARTBEAT = b": ping\n\n"
+# The last block of a stream whose token expired. EventSource then reconnects without a
+# valid token (the cookie's Max-Age ended with it) and gets 401, which stops it.
+EXPIRED = b'event: expired\ndata: {"error":"unauthorized","message":"the token has expired"}\n\n'
 # Most events one write carries; a backlog larger than this leaves in several writes.
 BATCH = 100
 # The spread of the last retry: on shutdown, in ms (see the module docstring, 6).
@@ -86,14 +90,19 @@ def encode_gap(gap: Gap, position: str | None) -> bytes:
     return b"id: %s\nevent: gap\ndata: %s\n\n" % (position.encode("ascii"), body)
 
 
-def _identity(req: Request) -> str:
+def _identity(req: Request, identity: Identity) -> str:
     """Who the server thinks the client is, for the opening comment (one line, ASCII).
 
-    ``Authorization: Bearer <token>`` is accepted to show that a header set by a
-    fetch-based reader reaches the server (EventSource cannot set one). The token is
-    not verified: this is a demo, and the comment says so.
+    With access control on, the token was verified: the comment names its subject and
+    how it came. With it off, ``Authorization: Bearer <token>`` is still acknowledged, to
+    show that a header set by a fetch-based reader reaches the server (EventSource cannot
+    set one); nothing can verify it then, and the comment says so.
     """
-    who = f"you are {current_sender()} (session cookie)"
+    if identity.via != "open":
+        left = identity.seconds_left()
+        return (f"you are {identity.sender} ({identity.via}" +
+                (f", token expires in {int(left)} s)" if left is not None else ")"))
+    who = f"you are {identity.sender} (session cookie)"
     header = req.headers.get("Authorization")
     if header is None:
         return who
@@ -112,15 +121,23 @@ def shutdown_retry(retry_ms: int) -> bytes:
 
 
 def _stream(sub: Subscription, since: str | None, opening: bytes, heartbeat: float,
-            metrics: Metrics, retry_ms: int = 2000, client: str = "?") -> Iterator[bytes]:
+            metrics: Metrics, retry_ms: int = 2000, client: str = "?",
+            identity: Identity | None = None) -> Iterator[bytes]:
     delivered = metrics.delivered.labels("sse")
     position = since  # the id of the last event written (or the client's own)
     try:
         with metrics.connection("sse"):
             yield opening
             while True:
+                wait = heartbeat
+                left = identity.seconds_left() if identity is not None else None
+                if left is not None:
+                    if left <= 0:  # a stream never outlives its token
+                        yield EXPIRED
+                        return
+                    wait = min(heartbeat, left)
                 try:
-                    items = sub.get_many(BATCH, heartbeat)
+                    items = sub.get_many(BATCH, wait)
                 except SubscriptionClosed as exc:
                     # After a slow-consumer gap (already written) or on shutdown: end the
                     # stream; EventSource reconnects with Last-Event-ID.
@@ -128,7 +145,8 @@ def _stream(sub: Subscription, since: str | None, opening: bytes, heartbeat: flo
                         yield shutdown_retry(retry_ms)
                     return
                 if not items:
-                    yield HEARTBEAT
+                    if left is None or left > heartbeat:
+                        yield HEARTBEAT
                     continue
                 blocks, events = [], 0
                 for item in items:
@@ -151,11 +169,12 @@ def _stream(sub: Subscription, since: str | None, opening: bytes, heartbeat: flo
 def stream(topic: str) -> Response:
     """Stream the topic's events as text/event-stream, resuming after Last-Event-ID."""
     check_topic(topic)
+    identity = authorize("subscribe", topic, "sse")
     since = resume_cursor(request)
     settings = state.settings()
     opening = (f"retry: {settings.sse_retry_ms}\n"
                f": switchboard stream of topic {topic}, heartbeat every {settings.sse_heartbeat:g} s; "
-               f"{_identity(request)}\n\n").encode("ascii", "replace")
+               f"{_identity(request, identity)}\n\n").encode("ascii", "replace")
     slot = limits.current().open_stream(request.environ, "sse")  # or 503/429
     try:
         sub = state.hub().subscribe(topic, since=since)
@@ -167,7 +186,7 @@ def stream(topic: str) -> Response:
         slot.release()
         raise
     stream_body = _stream(sub, since, opening, settings.sse_heartbeat, state.metrics(),
-                          settings.sse_retry_ms, slot.client)
+                          settings.sse_retry_ms, slot.client, identity)
     response = Response(stream_body, status=200, content_type=CONTENT_TYPE)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each write on at once

@@ -1,0 +1,89 @@
+"""The decision hook: ask the application about what a token's claims do not settle.
+
+``SWITCHBOARD_AUTH_HOOK_URL`` receives ``POST {"action", "topic", "sub", "transport"}``
+(JSON). A 2xx answer allows, a 4xx refuses (403 is the documented one), and anything
+else (5xx, a refused connection, no answer within the timeout) fails closed: the client
+gets 503 ``auth_unavailable`` and nothing is subscribed or published. Allow and deny
+answers are cached per (sub, action, topic) for the TTL, so a chat asks once per
+user and topic, not once per message; failures are not cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from typing import Callable
+
+from .errors import AuthUnavailable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DecisionHook"]
+
+MAX_CACHED = 10_000
+
+
+class DecisionHook:
+    """Asks ``url`` and caches its answers.
+
+    Args:
+        url: the application's decision endpoint.
+        timeout: seconds an answer may take.
+        ttl: seconds an answer is reused (0 = never cached).
+        count: ``count(result)`` with ``allow``, ``deny``, ``error`` or ``cached``, per decision.
+        clock: time source (seconds).
+    """
+
+    def __init__(self, url: str, timeout: float, ttl: float,
+                 count: Callable[[str], None] = lambda result: None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.url = url
+        self.timeout = timeout
+        self.ttl = ttl
+        self._count = count
+        self._clock = clock
+        self._cache: dict[tuple[str, str, str], tuple[bool, float]] = {}
+
+    def allows(self, sub: str, action: str, topic: str, transport: str) -> bool:
+        """The application's answer for ``sub`` doing ``action`` on ``topic``.
+
+        Raises:
+            AuthUnavailable: the hook is down, slow or answered 5xx.
+        """
+        key = (sub, action, topic)
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] > now:
+            self._count("cached")
+            return cached[0]
+        allowed = self._ask(sub, action, topic, transport)
+        self._count("allow" if allowed else "deny")
+        if self.ttl > 0:
+            if len(self._cache) >= MAX_CACHED:
+                self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+                while len(self._cache) >= MAX_CACHED:  # still full of live answers: drop the oldest
+                    del self._cache[next(iter(self._cache))]
+            self._cache[key] = (allowed, now + self.ttl)
+        return allowed
+
+    def _ask(self, sub: str, action: str, topic: str, transport: str) -> bool:
+        body = json.dumps({"action": action, "topic": topic, "sub": sub, "transport": transport}).encode()
+        request = urllib.request.Request(self.url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                response.read(65536)
+                return 200 <= response.status < 300
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if 400 <= exc.code < 500:
+                return False
+            reason = f"answered {exc.code}"
+        except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections
+            reason = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        self._count("error")
+        log.warning("auth hook %s failed (%s); refusing %s of %s for %s", self.url, reason, action, topic, sub)
+        raise AuthUnavailable("the authorization service did not answer; try again shortly")
