@@ -188,7 +188,9 @@
           try {
             await onSend(text);
           } catch (err) {
-            if (!this.refused(err)) this.status(`Send failed: ${err.message}`, "error");
+            // A refusal also stays in the list: a polling page rewrites its status each poll.
+            if (this.refused(err)) this.notice(`Not sent: ${err.describe()}`);
+            else this.status(`Send failed: ${err.message}`, "error");
             this.input.value = text;
           }
         });
