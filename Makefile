@@ -9,10 +9,11 @@ SYSTEM_DEPS := nginx:nginx redis-server:redis-server chromium:chromium
 PYTEST_ARGS ?=
 NGINX ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 
-.PHONY: run run-nginx run-redis test test-fast system-deps node-deps clean help bench bench-quick
+.PHONY: run run-auth run-nginx run-redis test test-fast system-deps node-deps clean help bench bench-quick
 
 help:
 	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
+	@echo "make run-auth   the same with access control on: sign in as alice or bob on the index page"
 	@echo "make run-nginx  gunicorn behind nginx (nginx.conf): http://127.0.0.1:8080"
 	@echo "make run-redis  a local redis-server and gunicorn with 4 workers on it"
 	@echo "make bench      benchmarks vs Nchan and Flask-SocketIO (bench-quick: under a minute)"
@@ -31,6 +32,20 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt
 
 run: $(VENV)/.run-installed
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+
+# The demo with access control on (README "Try access control"): a new random HS256 key per
+# start (so tokens and cookies of an earlier start stop working), the index page's demo
+# sign-in for alice and bob, and anonymous visitors who may read chat and ticks but must
+# sign in to post. Each variable can be set beforehand to override it (a fixed
+# SWITCHBOARD_AUTH_SECRET keeps the cookies across restarts).
+run-auth: $(VENV)/.run-installed
+	@secret="$${SWITCHBOARD_AUTH_SECRET:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(48))')}"; \
+	  echo "Switchboard with access control on http://127.0.0.1:$${PORT:-8000}/: sign in on the index page (Ctrl-C stops)"; \
+	  SWITCHBOARD_AUTH_SECRET="$$secret" \
+	  SWITCHBOARD_DEMO_USERS="$${SWITCHBOARD_DEMO_USERS-alice,bob}" \
+	  SWITCHBOARD_ANONYMOUS_SUBSCRIBE="$${SWITCHBOARD_ANONYMOUS_SUBSCRIBE-chat,ticks}" \
+	  SWITCHBOARD_ANONYMOUS_PUBLISH="$${SWITCHBOARD_ANONYMOUS_PUBLISH-}" \
+	  exec $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
 # gunicorn on :8000 behind nginx on :8080, with the repo's nginx.conf; Ctrl-C stops both.
 run-nginx: $(VENV)/.run-installed

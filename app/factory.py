@@ -12,7 +12,7 @@ from gevent import monkey
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, errors, limits as limits_module, pages, security
-from .auth import Access, web as auth_web
+from .auth import Access, demo as auth_demo, web as auth_web
 from .config import ConfigError, Settings
 from .hub import Hub
 from .hub.memory import MemoryBackend
@@ -119,6 +119,7 @@ def build_app(test_config=None) -> Flask:
     errors.init_app(app)
     security.init_app(app)
     auth_web.init_app(app, access, metrics)
+    auth_demo.init_app(app, settings)  # POST /api/demo/session, only with SWITCHBOARD_DEMO_USERS
     limits_module.init_app(app, limits)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from flask import Blueprint, abort, render_template
 
+from . import state
+from .auth import AccessError
+from .auth.demo import demo_topics
+from .auth.web import request_identity
 from .identity import current_sender
 
 bp = Blueprint("pages", __name__)
@@ -79,16 +83,31 @@ TECHNIQUES = (
 _BY_SLUG = {t.slug: t for t in TECHNIQUES}
 
 
+def page_sender() -> str:
+    """The name a page shows: the signed-in identity's, else the session's guest name.
+
+    A cookie whose token fails (expired, or signed by the key of an earlier ``make
+    run-auth``) must not break the page: it shows the guest name, and the page's own
+    requests are refused with the reason.
+    """
+    try:
+        return request_identity().sender
+    except AccessError:
+        return current_sender()
+
+
 @bp.get("/")
 def index():
-    """Show one card per technique."""
-    return render_template("index.html", techniques=TECHNIQUES, sender=current_sender())
+    """Show one card per technique, and the demo sign-in when demo users are configured."""
+    users = state.settings().demo_users
+    return render_template("index.html", techniques=TECHNIQUES, sender=page_sender(),
+                           demo_users=users, demo_topics=demo_topics(users) if users else ())
 
 
 @bp.get("/compare")
 def compare():
     """Show the five transports side by side."""
-    return render_template("compare.html", techniques=TECHNIQUES, sender=current_sender())
+    return render_template("compare.html", techniques=TECHNIQUES, sender=page_sender())
 
 
 @bp.get("/<slug>")
@@ -97,4 +116,4 @@ def technique(slug: str):
     found = _BY_SLUG.get(slug)
     if found is None:
         abort(404)
-    return render_template(f"{slug}.html", technique=found, techniques=TECHNIQUES, sender=current_sender())
+    return render_template(f"{slug}.html", technique=found, techniques=TECHNIQUES, sender=page_sender())

@@ -1,5 +1,5 @@
 """Access control: signed tokens (PyJWT), topic patterns, single-use tickets, the
-decision hook. Sans-Flask except ``web.py``, the HTTP glue."""
+decision hook. Sans-Flask except ``web.py``, the HTTP glue, and ``demo.py``, the demo sign-in."""
 
 from .access import COOKIE_NAME, Access
 from .errors import AccessError, AuthUnavailable, CrossOrigin, Forbidden, TokenInUrl, Unauthorized

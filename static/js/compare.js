@@ -365,7 +365,7 @@
       try {
         const res = await fetch(`${this.url}?${params}`, { headers, cache: "no-store", signal: controller.signal });
         if (res.status !== 304) {
-          if (!res.ok) throw new Error(`HTTP ${res.status}`);
+          if (!res.ok) throw await S.responseError(res);
           const text = await res.text();
           if (gen !== this.gen) return;
           if (!this.bytesMeasured) this.addBytes(S.byteLength(text));
@@ -380,7 +380,7 @@
       } catch (err) {
         if (gen !== this.gen) return; // dropped on purpose
         wait = this.backoff.next();
-        this.failed(`Poll failed (${err.message})`, wait);
+        this.failed(`Poll failed (${S.explain(err)})`, wait);
       } finally {
         this.track(-1);
       }
@@ -426,14 +426,14 @@
             for (const event of page.events) this.deliver(event);
             if (page.cursor) this.cursor = page.cursor;
           } else if (res.status !== 204) {
-            throw new Error(`HTTP ${res.status}`);
+            throw await S.responseError(res);
           }
           if (gen !== this.gen) return;
           this.connected("Answered; asking again at once");
         } catch (err) {
           if (gen !== this.gen) return;
           const wait = this.backoff.next();
-          this.failed(`Long poll failed (${err.message})`, wait);
+          this.failed(`Long poll failed (${S.explain(err)})`, wait);
           await S.sleep(wait);
         } finally {
           clearTimeout(parked);
@@ -723,7 +723,7 @@
           item.resolve(event);
         } catch (err) {
           this.failed += 1;
-          this.status(`Publish failed: ${err.message}`, "error");
+          this.status(`Publish failed: ${S.explain(err)}`, "error");
           item.reject(err);
         } finally {
           connections.set("publish", 0);

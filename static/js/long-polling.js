@@ -32,7 +32,7 @@
     try {
       const res = await fetch(url, { cache: "no-store", signal: controller.signal });
       if (res.status === 204) return null;
-      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      if (!res.ok) throw await S.responseError(res);
       const text = await res.text();
       counters.add("bytes", S.byteLength(text));
       return JSON.parse(text);
@@ -89,7 +89,8 @@
         if (stopped) return;
         counters.add("errors");
         const wait = backoff.next();
-        chat.status(`Request failed (${err.message}); retrying in ${(wait / 1000).toFixed(1)} s`, "error");
+        const then = `; retrying in ${(wait / 1000).toFixed(1)} s`;
+        if (!chat.refused(err, then)) chat.status(`Request failed (${err.message})${then}`, "error");
         await S.sleep(wait);
       }
     }

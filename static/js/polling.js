@@ -45,14 +45,15 @@
         }
         cursor = page.cursor;
       } else {
-        throw new Error(`HTTP ${res.status}`);
+        throw await S.responseError(res);
       }
       backoff.reset();
       chat.status(`Polling every ${intervalMs} ms`);
     } catch (err) {
       counters.add("errors");
       wait = backoff.next();
-      chat.status(`Request failed (${err.message}); retrying in ${Math.round(wait / 1000)} s`, "error");
+      const then = `; retrying in ${Math.round(wait / 1000)} s`;
+      if (!chat.refused(err, then)) chat.status(`Request failed (${err.message})${then}`, "error");
     }
     timer = setTimeout(poll, wait);
   }

@@ -11,7 +11,8 @@
  *
  * FetchEventSource reconnects as EventSource does (after the server's `retry`, sending
  * Last-Event-ID), backs off with capped jittered delays on errors, and gives up on a
- * 4xx (asking again will not help).
+ * 4xx (asking again will not help), keeping the server's message (401: who are you?
+ * 403: not for you).
  *
  * The page wiring at the end only runs in a browser page with the fetch pane; the two
  * classes are also exported for Node (tests). */
@@ -129,9 +130,10 @@
   }
 
   class HttpStatusError extends Error {
-    constructor(status) {
-      super(`HTTP ${status}`);
+    constructor(status, serverMessage = "") {
+      super(`HTTP ${status}${serverMessage ? `: ${serverMessage}` : ""}`);
       this.status = status;
+      this.serverMessage = serverMessage; // the JSON error's "message", when there is one
     }
   }
 
@@ -212,9 +214,15 @@
       this.onState("connecting", { headers });
       const res = await fetch(this.url, { headers, cache: "no-store", signal: this.controller.signal });
       const type = res.headers.get("Content-Type") || "";
-      if (res.status !== 200 || !/^text\/event-stream\s*(;|$)/i.test(type)) {
+      if (res.status !== 200) {
+        let message = "";
+        try {
+          message = String((await res.json()).message || "");
+        } catch (err) { /* not a JSON error: the status says enough */ }
+        throw new HttpStatusError(res.status, message);
+      }
+      if (!/^text\/event-stream\s*(;|$)/i.test(type)) {
         if (res.body) res.body.cancel().catch(() => {}); // release the connection
-        if (res.status !== 200) throw new HttpStatusError(res.status);
         throw new Error(`not an event stream: ${type}`);
       }
       if (this.backoff) this.backoff.reset();
@@ -247,8 +255,32 @@
   const tokenInput = form.querySelector("input[name=token]");
   const connectButton = form.querySelector("[data-fetch-connect]");
   const disconnectButton = form.querySelector("[data-fetch-disconnect]");
+  const tokenNote = document.querySelector("[data-fetch-token-note]");
   const MAX_LINES = 200;
   let client = null;
+
+  // Signed in with the index page's demo sign-in (this tab): start with that token.
+  const kept = S.demoToken.load();
+  if (kept) {
+    tokenInput.value = kept.token;
+    if (tokenNote) {
+      tokenNote.textContent = `Filled in with ${kept.sub}'s demo token from the index page's sign-in ` +
+        "(kept in this tab's sessionStorage: a demo shortcut; a real page keeps tokens out of scripts' reach).";
+    }
+  }
+
+  /** A token in the log: enough to recognise it, not the whole credential. */
+  function abbreviated(token) {
+    return token.length > 24 ? `${token.slice(0, 12)}…${token.slice(-6)} (${token.length} chars)` : token;
+  }
+
+  /** Why the stream failed for good: a refusal's reason (401: sign in, 403: not allowed). */
+  function failure(error) {
+    if (error.status === 401 || error.status === 403) {
+      return new S.Refusal(error.status, null, error.serverMessage).describe();
+    }
+    return error.message;
+  }
 
   function write(text, kind = "") {
     const line = document.createElement("div");
@@ -289,7 +321,7 @@
       onState: (state, info) => {
         if (state === "connecting") {
           const resume = info.headers.get("Last-Event-ID");
-          write(`→ GET ${S.data.streamUrl} with Authorization: Bearer ${token}` +
+          write(`→ GET ${S.data.streamUrl} with Authorization: Bearer ${abbreviated(token)}` +
             (resume ? ` and Last-Event-ID: ${resume}` : ""));
         } else if (state === "ended") {
           write("stream ended by the server");
@@ -298,7 +330,7 @@
         } else if (state === "waiting") {
           write(`reconnecting in ${(info.wait / 1000).toFixed(1)} s`);
         } else if (state === "failed") {
-          write(`gave up: ${info.error.message}`, "error");
+          write(`gave up: ${failure(info.error)}`, "error");
           client = null;
           setConnected(false);
         }

@@ -81,7 +81,15 @@
     });
     es.addEventListener("message", (ev) => { if (es === source) onMessage(ev); });
     es.addEventListener("gap", (ev) => { if (es === source) onGap(ev); });
-    es.addEventListener("error", () => {
+    es.addEventListener("expired", (ev) => {
+      // The token behind the cookie expired: the server ends the stream, and the browser
+      // reconnects with whatever credentials it still has (none: its cookie expired too).
+      if (es !== source) return;
+      const refusal = new S.Refusal(401, "unauthorized", JSON.parse(ev.data).message);
+      chat.notice(refusal.describe());
+      chat.refused(refusal);
+    });
+    es.addEventListener("error", async () => {
       if (es !== source) return;
       if (es.readyState === EventSource.CONNECTING) {
         // The browser retries by itself after the server's `retry:` delay, sending
@@ -92,9 +100,14 @@
       // CLOSED: the browser gave up (an HTTP error or a wrong content type). Reopen
       // ourselves, with capped, jittered backoff.
       const wait = backoff.next();
-      chat.status(`Stream failed; reopening in ${(wait / 1000).toFixed(1)} s`, "error");
+      const then = `; reopening in ${(wait / 1000).toFixed(1)} s`;
+      chat.status(`Stream failed${then}`, "error");
       clearTimeout(reopenTimer);
       reopenTimer = setTimeout(() => open(lastId), wait);
+      // EventSource shows no status: ask once with fetch() why (401 sign in, 403 not allowed).
+      const why = await S.streamError(es.url);
+      if (es !== source || !why) return;
+      if (!chat.refused(why, then)) chat.status(`Stream failed (${why.message})${then}`, "error");
     });
   }
 
@@ -102,14 +115,14 @@
   async function loadHistory(history = true) {
     try {
       const res = await fetch(S.data.eventsUrl, { cache: "no-store" });
-      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      if (!res.ok) throw await S.responseError(res);
       const page = await res.json();
       for (const event of page.events) {
         if (chat.add(event, { history })) counters.add("messages");
       }
       return page.cursor;
     } catch (err) {
-      chat.notice(`Could not load recent messages (${err.message}); showing new ones.`);
+      chat.notice(`Could not load recent messages (${S.explain(err)}); showing new ones.`);
       return "";
     }
   }
@@ -150,15 +163,22 @@
   let ticks = null;
 
   function listenToTicks() {
-    ticks = new EventSource(S.data.ticksUrl);
+    const es = new EventSource(S.data.ticksUrl);
+    ticks = es;
     ticks.addEventListener("tick", (ev) => {
       const event = JSON.parse(ev.data);
       counters.add("ticks");
       tickEl.textContent = `tick ${event.data.n} · id ${ev.lastEventId} · worker ${event.data.worker} · ` +
         `${S.clock.delayMs(event)} ms after publish`;
     });
-    ticks.addEventListener("error", () => {
-      if (ticks && ticks.readyState === EventSource.CONNECTING) tickEl.textContent = "Ticks: reconnecting…";
+    ticks.addEventListener("error", async () => {
+      if (es !== ticks) return;
+      if (es.readyState === EventSource.CONNECTING) {
+        tickEl.textContent = "Ticks: reconnecting…";
+        return;
+      }
+      const why = await S.streamError(es.url); // closed for good: say why (a refusal, most likely)
+      if (es === ticks) tickEl.textContent = `Ticks: ${why ? S.explain(why) : "the stream failed"}`;
     });
     ticksToggle.textContent = "Stop listening to ticks";
     ticksToggle.setAttribute("aria-pressed", "true");

@@ -29,6 +29,8 @@
   let connections = 0; // CONNECTED frames received
   let offlineUntil = 0;
   let nextReceipt = 0;
+  const pendingSends = new Map(); // receipt -> reject: a SEND the server may refuse with an ERROR
+  let refusal = null; // the last ERROR that refused a destination, shown until the next CONNECTED
 
   // -- the frame log ---------------------------------------------------------------------
 
@@ -139,6 +141,7 @@
     },
     onConnect: (frame) => {
       connections += 1;
+      refusal = null;
       const headers = { id: "sub-0" };
       if (lastEventId) headers["last-event-id"] = lastEventId;
       resumedAt = lastEventId && connections > 1 ? S.clock.now() : null;
@@ -147,13 +150,21 @@
       chat.status(`Connected: subscribed to ${subscribeTo}${lastEventId ? " (resuming)" : ""}`, "ok");
     },
     onStompError: (frame) => {
-      chat.status(`ERROR from the server: ${frame.headers.message || "?"}; it closes the connection`, "error");
+      // A refused SUBSCRIBE or SEND (401: sign in, 403: not allowed) or a protocol error; the
+      // server closes the connection after it, so no RECEIPT will come for a pending SEND.
+      refusal = S.Refusal.fromStompError(frame);
+      const error = refusal || new Error(`ERROR from the server: ${frame.headers.message || "?"}`);
+      for (const reject of pendingSends.values()) reject(error);
+      pendingSends.clear();
+      if (!chat.refused(refusal, "; the server closes the connection")) {
+        chat.status(`ERROR from the server: ${frame.headers.message || "?"}; it closes the connection`, "error");
+      }
     },
     onWebSocketClose: (event) => {
       stateEl.textContent = "closed";
       if (!client.active) return;
       const why = event.code === 1001 ? "Server going away (1001)" : `Disconnected (${event.code}${event.reason ? ` ${event.reason}` : ""})`;
-      chat.status(`${why}; reconnecting`, "error");
+      if (!chat.refused(refusal, "; reconnecting")) chat.status(`${why}; reconnecting`, "error");
     },
   });
 
@@ -162,9 +173,17 @@
     if (!client.connected) return Promise.reject(new Error("not connected; the page is reconnecting"));
     const receipt = `send-${++nextReceipt}`;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no RECEIPT within ${RECEIPT_TIMEOUT_MS / 1000} s`)), RECEIPT_TIMEOUT_MS);
+      const timer = setTimeout(() => {
+        pendingSends.delete(receipt);
+        reject(new Error(`no RECEIPT within ${RECEIPT_TIMEOUT_MS / 1000} s`));
+      }, RECEIPT_TIMEOUT_MS);
+      pendingSends.set(receipt, (error) => {
+        clearTimeout(timer);
+        reject(error);
+      });
       client.watchForReceipt(receipt, () => {
         clearTimeout(timer);
+        pendingSends.delete(receipt);
         resolve();
       });
       client.publish({

@@ -73,7 +73,7 @@
     waiting.delete(reply.ref);
     clearTimeout(entry.timer);
     if (reply.op === "ok") entry.resolve(reply);
-    else entry.reject(new Error(`${reply.error}: ${reply.message}`));
+    else entry.reject(S.Refusal.fromWsError(reply) || new Error(`${reply.error}: ${reply.message}`));
     return true;
   }
 
@@ -113,7 +113,10 @@
   }
 
   function onServerError(message) {
-    if (message.error === "slow_consumer" && message.topic === topic) {
+    const refusal = S.Refusal.fromWsError(message); // e.g. the token expired on an open socket
+    if (refusal) {
+      chat.refused(refusal);
+    } else if (message.error === "slow_consumer" && message.topic === topic) {
       // The server dropped this subscription after a gap: take it up again from here.
       subscribed = false;
       chat.notice("This page fell too far behind; subscribing again from the last message seen.");
@@ -147,13 +150,15 @@
     showState("connecting");
     const socket = new WebSocket(wsUrl);
     ws = socket;
+    let refusal = null; // why the server refused this socket's subscribe, shown until the next try
     socket.addEventListener("open", () => {
       if (socket !== ws) return;
       showState("open, subscribing");
       subscribe().catch((err) => {
         if (socket !== ws) return;
-        chat.status(`Subscribe failed: ${err.message}`, "error");
-        socket.close(4001, "subscribe failed");
+        if (err instanceof S.Refusal) refusal = err;
+        else chat.status(`Subscribe failed: ${err.message}`, "error");
+        socket.close(4000, "subscribe failed");
       });
     });
     socket.addEventListener("message", (ev) => {
@@ -166,13 +171,16 @@
       failWaiting("the connection closed");
       if (leaving) return;
       const why = ev.code === 1001 ? "Server going away (1001)" : `Disconnected (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`;
-      reconnectLater(why, backoff.next());
+      // 4001: the server closed a socket whose token expired and was not renewed in time.
+      if (ev.code === 4001 && !refusal) refusal = new S.Refusal(401, "unauthorized", ev.reason || "the token has expired");
+      reconnectLater(why, backoff.next(), refusal);
     });
   }
 
-  function reconnectLater(why, waitMs) {
+  function reconnectLater(why, waitMs, refusal = null) {
     showState("closed");
-    chat.status(`${why}; reconnecting in ${(waitMs / 1000).toFixed(1)} s`, "error");
+    const then = `; reconnecting in ${(waitMs / 1000).toFixed(1)} s`;
+    if (!chat.refused(refusal, then)) chat.status(`${why}${then}`, "error");
     clearTimeout(retryTimer);
     retryTimer = setTimeout(() => {
       counters.add("reconnects");

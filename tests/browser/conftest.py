@@ -47,7 +47,11 @@ class ConsoleErrors:
 
     def allow_network(self) -> None:
         """From now on, ignore the errors Chromium logs for cut or refused connections."""
-        self._allowed.extend(re.compile(p) for p in NETWORK_ERRORS)
+        self.allow(*NETWORK_ERRORS)
+
+    def allow(self, *patterns: str) -> None:
+        """From now on, ignore console errors matching these patterns (e.g. a 401 a test expects)."""
+        self._allowed.extend(re.compile(p) for p in patterns)
 
     def check(self) -> None:
         errors, self.errors = self.errors, []
