@@ -12,7 +12,7 @@ from gevent import monkey
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, errors, limits as limits_module, pages, security
-from .auth import Access, demo as auth_demo, web as auth_web
+from .auth import Access, AccessError, Unauthorized, demo as auth_demo, web as auth_web
 from .config import ConfigError, Settings
 from .hub import Hub
 from .hub.memory import MemoryBackend
@@ -70,17 +70,37 @@ class Shutdown:
                 log.error("shutdown step %r failed", name, exc_info=True)
 
 
-def _websocket_admission(limits: Limits):
-    """The WebSocket policy's ``admit`` hook: the stream limits, before the 101."""
+def _websocket_admission(limits: Limits, access: Access, metrics: Metrics):
+    """The WebSocket policy's ``admit`` hook, before the 101: the stream limits, then the
+    handshake's credentials (cookie, ``?ticket=``, ``Authorization``; a token in the URL
+    is 400). The identity is kept in the environ, so the view after the 101 reads the same
+    one: a ticket is spent here, once. A handshake without credentials is admitted (an
+    anonymous ``/ws`` client may still send op ``auth``; STOMP CONNECT may carry a token)."""
 
     def admit(environ):
         try:
             slot = limits.open_stream(environ, "websocket")
         except LimitExceeded as exc:
             return Refusal(exc.status, exc.code, exc.message, tuple(exc.headers.items()))
+        try:
+            access.credentials(environ)
+        except AccessError as exc:
+            slot.release()
+            transport = "stomp" if environ.get("PATH_INFO") == "/stomp" else "websocket"
+            metrics.auth_refusals.labels(exc.code, transport).inc()
+            return Refusal(exc.status, exc.code, exc.message, _refusal_headers(exc))
         return slot.release
 
     return admit
+
+
+def _refusal_headers(exc: AccessError) -> tuple[tuple[str, str], ...]:
+    # As the HTTP error handler (app/auth/web.py) answers the same errors.
+    if isinstance(exc, Unauthorized):
+        return (("WWW-Authenticate", exc.www_authenticate()),)
+    if exc.status == 503:
+        return (("Retry-After", "1"),)
+    return ()
 
 
 def build_app(test_config=None) -> Flask:
@@ -134,7 +154,7 @@ def build_app(test_config=None) -> Flask:
         ping_interval=settings.ws_ping_interval,
         ping_timeout=max(settings.ws_ping_interval, 1.0),
         trust_forwarded=settings.behind_proxy,
-        admit=_websocket_admission(limits),
+        admit=_websocket_admission(limits, access, metrics),
         write_timeout=settings.write_timeout or None,
     )
 

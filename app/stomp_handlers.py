@@ -8,14 +8,18 @@ broker (``app/transports/stomp_ws.py``) builds the registry with
 handler is refused with an ERROR naming it, before anything is published.
 
 A handler refuses a message by raising :class:`HandlerError`; the STOMP session
-then ends with an ERROR frame carrying its message and detail.
+then ends with an ERROR frame carrying its message and detail. Under access control a
+handler sees who sent the message (``message.identity``) and checks
+``message.may(action, topic)`` before it acts on a topic: a refusal raises the access
+error (``app.auth``), which the broker answers with ERROR "forbidden: <destination>" or
+"unauthorized: <destination>".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from .hub import Hub
 
@@ -37,6 +41,11 @@ class AppMessage:
             ``{"base64": ..., "content-type": ...}``).
         headers: the SEND frame's headers, first value of each name.
         sender: who sent it, as the connection established it (never from the body).
+        identity: the sender's ``app.auth.Identity`` (its ``sub`` and permissions), or
+            ``None`` without access control.
+        authorize: ``authorize(action, topic)``: returns if the sender may ``publish`` (or
+            ``subscribe``) on ``topic``, raises ``app.auth.AccessError`` if not; ``None``
+            without access control (everything is allowed).
     """
 
     destination: str
@@ -44,6 +53,13 @@ class AppMessage:
     data: Any
     headers: Mapping[str, str]
     sender: str
+    identity: Any = None
+    authorize: Optional[Callable[[str, str], None]] = None
+
+    def may(self, action: str, topic: str) -> None:
+        """Check ``action`` on ``topic`` for the sender (see ``authorize``); a refusal raises."""
+        if self.authorize is not None:
+            self.authorize(action, topic)
 
 
 class HandlerError(Exception):
@@ -107,8 +123,9 @@ def chat(hub: Hub, message: AppMessage) -> None:
     Accepts ``{"text": "..."}`` (``application/json``) or the text itself
     (``text/plain``); other keys of a JSON object are dropped, so a body cannot
     choose the sender or add fields. The event looks exactly like an HTTP publish
-    of ``{"data": {"text": "..."}}``.
+    of ``{"data": {"text": "..."}}``. The sender must be allowed to publish to ``chat``.
     """
+    message.may("publish", CHAT_TOPIC)
     data = message.data
     text = data.get("text") if isinstance(data, dict) else data
     if not isinstance(text, str) or not text.strip():

@@ -8,9 +8,13 @@ and nothing from the rest of ``app``; ``tests/unit/test_stomp_sans_io.py`` prove
 * :mod:`.errors`: the :class:`StompError` family, each with a ``kind`` and an ERROR frame.
 * :mod:`.session`: :class:`StompSession`, one connection's state machine, its
   :class:`StompConfig`, and the requests it makes of the broker.
+* :mod:`.access`: the session's access hooks: who the CONNECT says the client is
+  (:class:`Credentials` in, :class:`Login` out) and whether it may use a destination.
 """
 
+from .access import TOKEN_EXPIRED, Authenticator, Authorizer, Credentials, Login
 from .errors import (
+    AccessDenied,
     AuthError,
     BadContentLength,
     BadDestination,
@@ -58,8 +62,11 @@ __all__ = [
     "ACK_MODES",
     "HEARTBEAT",
     "SUPPORTED_VERSIONS",
+    "AccessDenied",
     "Ack",
     "AuthError",
+    "Authenticator",
+    "Authorizer",
     "BadContentLength",
     "BadDestination",
     "BadEscape",
@@ -67,6 +74,7 @@ __all__ = [
     "Closed",
     "Connect",
     "ConnectTimeout",
+    "Credentials",
     "Frame",
     "FrameError",
     "FrameParser",
@@ -74,6 +82,7 @@ __all__ = [
     "HeartbeatTimeout",
     "LimitExceeded",
     "Limits",
+    "Login",
     "LoginHook",
     "MissingHeader",
     "Nack",
@@ -85,6 +94,7 @@ __all__ = [
     "StompError",
     "StompSession",
     "Subscribe",
+    "TOKEN_EXPIRED",
     "Unsubscribe",
     "UnsupportedVersion",
     "accept_all",

@@ -14,7 +14,7 @@ Who broke the protocol is in the class, as in h11:
 * the client's frames are valid but not allowed: :class:`ProtocolViolation`
   (and its :class:`MissingHeader`, :class:`BadDestination`,
   :class:`UnsupportedVersion`),
-  :class:`AuthError`;
+  :class:`AuthError` (refused credentials, or "token expired"), :class:`AccessDenied`;
 * the client went silent: :class:`HeartbeatTimeout`, :class:`ConnectTimeout`;
 * the server gave up on the client: :class:`BrokerError`.
 """
@@ -27,6 +27,7 @@ from typing import ClassVar
 from .frames import Frame
 
 __all__ = [
+    "AccessDenied",
     "AuthError",
     "BadContentLength",
     "BadDestination",
@@ -158,6 +159,12 @@ class AuthError(StompError):
     """The login hook rejected the CONNECT frame's ``login``/``passcode``."""
 
     kind = "auth"
+
+
+class AccessDenied(StompError):
+    """The authorizer refused a SUBSCRIBE or SEND destination to this client."""
+
+    kind = "forbidden"
 
 
 class HeartbeatTimeout(StompError):

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Union
 
+from .access import TOKEN_EXPIRED, Authenticator, Authorizer, Credentials, from_login_hook, login_result
 from .errors import (
     AuthError,
     BadDestination,
@@ -108,6 +109,7 @@ class Connect:
         session_id: the ``session`` header sent in CONNECTED.
         heart_beat: negotiated ``(client_to_server_ms, server_to_client_ms)``;
             0 means none in that direction.
+        principal: who the authenticator said the client is (:mod:`.access`), or ``None``.
     """
 
     version: str
@@ -115,6 +117,7 @@ class Connect:
     host: str | None
     session_id: str
     heart_beat: tuple[int, int]
+    principal: object = None
 
 
 @dataclass(frozen=True)
@@ -383,6 +386,8 @@ class StompSession:
         *,
         now: float | None = None,
         session_id: str | None = None,
+        authenticate: Authenticator | None = None,
+        authorize: Authorizer | None = None,
     ) -> None:
         """Create a session waiting for CONNECT.
 
@@ -392,8 +397,15 @@ class StompSession:
                 ``connect_timeout``; when omitted, the first :meth:`receive_data`
                 or :meth:`tick` starts it.
             session_id: the session id; a random one when omitted.
+            authenticate: this connection's CONNECT check (:mod:`.access`), in place of
+                ``config.authenticate``; it may name a principal and an expiry.
+            authorize: this connection's check of each SUBSCRIBE and SEND destination.
         """
         self.config = config if config is not None else StompConfig()
+        self._authenticate = authenticate or from_login_hook(self.config.authenticate)
+        self._authorize = authorize
+        self.principal: object = None  # the authenticator's Login.principal, once connected
+        self._expires_at: float | None = None
         self.session_id = session_id if session_id is not None else secrets.token_hex(8)
         self.error: StompError | None = None
         self.close_reason: str | None = None
@@ -519,6 +531,10 @@ class StompSession:
         if self.closed:
             return
         self._advance(now)
+        if self._expires_at is not None and now >= self._expires_at:
+            self._fail(AuthError(TOKEN_EXPIRED, "The credentials this session was opened with have "
+                                    "expired. Reconnect with a new token."))
+            return
         if self._state is SessionState.AWAITING_CONNECT:
             deadline = self.next_deadline()
             if deadline is not None and now >= deadline:
@@ -559,7 +575,7 @@ class StompSession:
             if self._started_at is None or self.config.connect_timeout is None:
                 return None
             return self._started_at + self.config.connect_timeout
-        deadlines = []
+        deadlines = [] if self._expires_at is None else [self._expires_at]
         if self._silence_limit and self._last_received is not None:
             deadlines.append(self._last_received + self._silence_limit)
         if self._heartbeat_every:
@@ -731,13 +747,20 @@ class StompSession:
         if problem is not None:
             raise BadDestination("invalid destination", f"{destination[:200]!r}: {problem}")
 
+    def _check_access(self, action: str, destination: str) -> None:
+        # Raises AccessDenied or AuthError: ERROR naming the destination, then close.
+        if self._authorize is not None:
+            self._authorize(self.principal, action, destination)
+
     def _on_connect(self, frame: Frame) -> None:
         version = self._negotiate(frame.get("accept-version"))
         # STOMP 1.0 has no heart-beating; 1.1 introduced the header.
         cx, cy = (0, 0) if version == "1.0" else self._parse_heart_beat(frame.get("heart-beat"))
         login = frame.get("login")
-        if not self.config.authenticate(login, frame.get("passcode")):
-            raise AuthError("authentication failed", "The login and passcode were not accepted.")
+        accepted = login_result(self._authenticate(Credentials(login, frame.get("passcode"), frame.headers)))
+        self.principal = accepted.principal
+        if accepted.expires_in is not None:
+            self._expires_at = self._clock + accepted.expires_in
         sx, sy = (0, 0) if version == "1.0" else self.config.heart_beat
         # STOMP 1.2, "Heart-beating": client to server there are none if cx or sy
         # is 0, else one every MAX(cx, sy) ms; the other way, the same with sx, cy.
@@ -755,7 +778,7 @@ class StompSession:
         headers += [("session", self.session_id), ("server", self.config.server_name)]
         self._send_frame(Frame("CONNECTED", tuple(headers)))
         self._requests.append(
-            Connect(version, login, frame.get("host"), self.session_id, self._heart_beat)
+            Connect(version, login, frame.get("host"), self.session_id, self._heart_beat, self.principal)
         )
 
     def _negotiate(self, accept_version: str | None) -> str:
@@ -786,6 +809,7 @@ class StompSession:
     def _on_send(self, frame: Frame) -> None:
         destination = self._require(frame, "destination")
         self._check_destination(destination)
+        self._check_access("publish", destination)
         transaction = frame.get("transaction")
         if transaction is not None:
             self._hold(transaction, frame)
@@ -826,6 +850,7 @@ class StompSession:
                 "too many subscriptions", f"At most {self.config.max_subscriptions} per connection."
             )
         self._check_destination(destination)
+        self._check_access("subscribe", destination)
         window = min(prefetch or self.config.max_unacked, self.config.max_unacked)
         self._subscriptions[sub_id] = _Subscription(sub_id, destination, ack_mode, window)
         self._requests.append(

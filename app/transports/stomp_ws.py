@@ -54,6 +54,11 @@ error's kind (:data:`CLOSE_CODES`): 1002 for broken frames and protocol violatio
 1008 for refused credentials, destinations, bodies and limits, 1011 (as wsio's
 keepalive) when a client stops sending heart-beats, 1000 after DISCONNECT.
 
+Access control (:mod:`app.transports.stomp_auth`): CONNECT proves who the client is
+(a token as ``passcode`` or ``Authorization: Bearer``, the handshake's cookie or ticket,
+or the shared login), each SUBSCRIBE and SEND destination is authorized, and the token's
+expiry ends the session (ERROR "token expired"). Refusals are ERROR frames, then 1008.
+
 Limits (``app/limits.py``): at most ``SWITCHBOARD_MAX_SUBSCRIPTIONS`` subscriptions
 per session; SENDs beyond ``SWITCHBOARD_PUBLISH_RATE``/``_BURST`` for the connection
 get ERROR "publish rate exceeded" (nothing published) and 1008. Shutdown (DESIGN.md
@@ -65,7 +70,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import logging
 import time
@@ -79,6 +83,8 @@ import gevent.lock
 import gevent.pool
 from flask import Blueprint, Flask, current_app, request
 
+from ..auth import Access, AccessError, Identity
+from ..auth.web import access as app_access
 from ..config import Settings
 from ..errors import ApiError
 from ..events import TOPIC_RE, Cursor, Event, Gap, InvalidCursor, InvalidEventType, parse_json
@@ -89,22 +95,22 @@ from ..limits import Limits
 from ..metrics import Metrics
 from ..stomp import (
     Ack,
+    TOKEN_EXPIRED,
     Closed,
     Connect,
     Frame,
-    LoginHook,
     Nack,
     Send,
     StompConfig,
     StompSession,
     Subscribe,
     Unsubscribe,
-    accept_all,
     serialize,
 )
 from ..stomp import Limits as FrameLimits
 from ..stomp.session import encode_message_tail
 from ..stomp_handlers import AppMessage, HandlerError, Handlers, default_handlers
+from .stomp_auth import StompGate, shared_login
 from .wsio import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -160,6 +166,7 @@ CLOSE_CODES: dict[str | None, int] = {
     # Valid frames the server's policy refuses.
     "bad-destination": CLOSE_POLICY_VIOLATION,
     "auth": CLOSE_POLICY_VIOLATION,
+    "forbidden": CLOSE_POLICY_VIOLATION,
     "limit-exceeded": CLOSE_POLICY_VIOLATION,
     "connect-timeout": CLOSE_POLICY_VIOLATION,
     # A silent peer is usually a dead network path, not a broken client: the same
@@ -354,22 +361,6 @@ class Destinations:
         return None
 
 
-def _credentials(login: str | None, passcode: str | None) -> LoginHook:
-    if not login or not passcode:
-        return accept_all
-    expected = (login.encode("utf-8"), passcode.encode("utf-8"))
-
-    def check(given_login: str | None, given_passcode: str | None) -> bool:
-        if given_login is None or given_passcode is None:
-            return False
-        # Both compared, in constant time, so timing tells nothing about which was wrong.
-        login_ok = hmac.compare_digest(given_login.encode("utf-8"), expected[0])
-        passcode_ok = hmac.compare_digest(given_passcode.encode("utf-8"), expected[1])
-        return login_ok and passcode_ok
-
-    return check
-
-
 # --------------------------------------------------------------------- the broker
 
 
@@ -382,20 +373,26 @@ class Broker:
         config: the session settings (limits, heart-beats, login hook, destination hook).
         metrics: where to count connections, deliveries and ERROR frames, if anywhere.
         limits: the publish-rate limit per connection, and where refusals are counted.
+        access: access control; without it the config's login hook alone decides.
+        shared_login: the shared ``(login, passcode)`` (SWITCHBOARD_STOMP_LOGIN/_PASSCODE).
     """
 
     def __init__(self, hub: Hub, destinations: Destinations, config: StompConfig,
-                 metrics: Metrics | None = None, limits: Limits | None = None) -> None:
+                 metrics: Metrics | None = None, limits: Limits | None = None, access: Access | None = None,
+                 shared_login: tuple[str | None, str | None] = (None, None)) -> None:
         self.hub = hub
         self.destinations = destinations
         self.config = config
         self.metrics = metrics
         self.limits = limits
+        self.access = access
+        self.shared_login = shared_login
         self.connections: set[Connection] = set()
 
     @classmethod
     def from_settings(cls, hub: Hub, settings: Settings, handlers: Handlers | None = None,
-                      metrics: Metrics | None = None, limits: Limits | None = None) -> "Broker":
+                      metrics: Metrics | None = None, limits: Limits | None = None,
+                      access: Access | None = None) -> "Broker":
         """Build the broker the settings describe (prefixes, credentials, size limit)."""
         destinations = Destinations(settings.stomp_topic_prefix, settings.stomp_app_prefix,
                                     handlers if handlers is not None else default_handlers())
@@ -404,15 +401,20 @@ class Broker:
             # message fits the parser too; one spread over several messages is cut at the same size.
             limits=FrameLimits(max_frame_bytes=settings.max_message_bytes),
             heart_beat=settings.stomp_heartbeat_ms,
-            authenticate=_credentials(settings.stomp_login, settings.stomp_passcode),
+            authenticate=shared_login(settings.stomp_login, settings.stomp_passcode),
             validate_destination=destinations.problem,
             max_subscriptions=settings.max_subscriptions,
         )
-        return cls(hub, destinations, config, metrics, limits)
+        return cls(hub, destinations, config, metrics, limits, access,
+                   (settings.stomp_login, settings.stomp_passcode))
 
-    def serve(self, ws, sender: str, client: str = "?") -> None:
-        """Run one STOMP session on an open WebSocket until it ends; release everything."""
-        connection = Connection(self, ws, sender, client=client)
+    def serve(self, ws, sender: str, client: str = "?", identity: Identity | None = None) -> None:
+        """Run one STOMP session on an open WebSocket until it ends; release everything.
+
+        ``sender`` is the handshake session's guest name; ``identity`` what its cookie or
+        ticket proved, if anything (CONNECT may prove more: see stomp_auth.py).
+        """
+        connection = Connection(self, ws, sender, client=client, identity=identity)
         self.connections.add(connection)
         try:
             if self.metrics is None:
@@ -428,6 +430,9 @@ class Broker:
         error = connection.session.error
         if self.metrics is not None and error is not None:
             self.metrics.stomp_errors.labels(connection.error_kind or error.kind).inc()
+            if error.message == TOKEN_EXPIRED and connection.session.principal is not None:
+                # Ended by expiry mid-stream (the gate counted refusals at CONNECT itself).
+                self.metrics.auth_refusals.labels("unauthorized", "stomp").inc()
         if self.limits is not None:
             if error is not None and error.message == "too many subscriptions":
                 self.limits.rejected("subscriptions")
@@ -480,17 +485,24 @@ class Connection:
     """
 
     def __init__(self, broker: Broker, ws, sender: str, clock: Callable[[], float] = time.monotonic,
-                 client: str = "?") -> None:
+                 client: str = "?", identity: Identity | None = None) -> None:
         self.broker = broker
         self.hub = broker.hub
         self.ws = ws
-        self.sender = sender
+        self._guest = sender
         self.client = client
         self.error_kind: str | None = None  # a finer kind than "broker" for the ERRORs we raise, for metrics
         self._bucket = broker.limits.publish_bucket() if broker.limits is not None else None
         self._published = broker.metrics.publishes.labels("stomp") if broker.metrics is not None else None
         self._clock = clock
-        self.session = StompSession(broker.config, now=clock())
+        self.gate: StompGate | None = None
+        if broker.access is not None:
+            self.gate = StompGate(broker.access, broker.destinations.resolve, identity, sender, *broker.shared_login,
+                                  metrics=broker.metrics)
+            self.session = StompSession(broker.config, now=clock(), authenticate=self.gate.authenticate,
+                                        authorize=self.gate.authorize)
+        else:
+            self.session = StompSession(broker.config, now=clock())
         self._lock = gevent.lock.Semaphore()
         self._pumps: dict[str, _Pump] = {}
         self._wake_timer = gevent.event.Event()
@@ -507,6 +519,12 @@ class Connection:
             Nack: self._on_nack,
             Closed: self._on_closed,
         }
+
+    @property
+    def sender(self) -> str:
+        """The name stamped on what this connection publishes: its identity's, once connected."""
+        principal = self.session.principal
+        return principal.sender if isinstance(principal, Identity) else self._guest
 
     # -- the three drivers ---------------------------------------------------------
 
@@ -728,8 +746,10 @@ class Connection:
                 headers = {}
                 for key, value in request_.headers:
                     headers.setdefault(key, value)
-                self._call_handler(name, AppMessage(request_.destination, name, data, headers, self.sender),
-                                   receipt)
+                identity = self.session.principal if isinstance(self.session.principal, Identity) else None
+                check = self.gate.checker(identity) if self.gate is not None and identity is not None else None
+                self._call_handler(name, AppMessage(request_.destination, name, data, headers, self.sender,
+                                                    identity, check), receipt)
             else:
                 type_ = forced_type or _first(request_.headers, "event-type") or "message"
                 self.hub.publish(name, data, type=type_, sender=self.sender)
@@ -737,6 +757,9 @@ class Connection:
                     self._published.inc()
         except (BodyError, HandlerError) as exc:
             self._fail(exc.message, exc.detail, CLOSE_POLICY_VIOLATION, receipt)
+        except AccessError as exc:  # an application handler refused this identity
+            refusal = StompGate.refusal(exc, request_.destination)
+            self._fail(refusal.message, refusal.detail, CLOSE_POLICY_VIOLATION, receipt, kind=refusal.kind)
         except InvalidEventType as exc:
             self._fail("invalid event-type", str(exc), CLOSE_POLICY_VIOLATION, receipt)
         except BackendUnavailable as exc:
@@ -748,7 +771,7 @@ class Connection:
         handler = self.broker.destinations.handlers.get(name)
         try:
             handler(self.hub, message)
-        except (HandlerError, BackendUnavailable, InvalidEventType):
+        except (HandlerError, BackendUnavailable, InvalidEventType, AccessError):
             raise  # answered by _on_send
         except Exception:  # a bug in application code: end this session, not the worker's others
             log.error("STOMP handler %r failed on %s", name, message.destination, exc_info=True)
@@ -785,7 +808,13 @@ def stomp_socket():
     if ws is None:  # only the wsio handler routes upgrades here
         raise ApiError(426, "upgrade_required", "GET /stomp with Upgrade: websocket")
     broker: Broker = current_app.extensions[EXTENSION]
-    broker.serve(ws, current_sender(), limits_module.current().client(request.environ))
+    try:
+        # Checked before the 101 (app/factory.py) and kept in the environ: this reads it back.
+        identity = app_access().credentials(request.environ)
+    except AccessError as exc:  # only if no admission hook ran (a server without our policy)
+        ws.close(CLOSE_POLICY_VIOLATION, exc.message[:120])
+        return "", 204
+    broker.serve(ws, current_sender(), limits_module.current().client(request.environ), identity)
     return "", 204
 
 
@@ -795,7 +824,9 @@ def init_app(app: Flask) -> None:
     settings = app.extensions["switchboard.settings"]
     metrics = app.extensions.get("switchboard.metrics")
     limits = app.extensions.get(limits_module.EXTENSION)
-    broker = app.extensions[EXTENSION] = Broker.from_settings(hub, settings, metrics=metrics, limits=limits)
+    access = app.extensions.get("switchboard.access")
+    broker = app.extensions[EXTENSION] = Broker.from_settings(hub, settings, metrics=metrics, limits=limits,
+                                                              access=access)
     app.register_blueprint(bp)
     shutdown = app.extensions.get("switchboard.shutdown")
     if shutdown is not None:

@@ -7,6 +7,7 @@ number; the reply echoes it, or carries ``"ref": null`` when the client gave non
     {"op": "unsubscribe", "ref"?, "topic": "chat"}
     {"op": "publish",     "ref"?, "topic": "chat", "type"?: "message", "data": <any JSON>}
     {"op": "ping",        "ref"?}
+    {"op": "auth",        "ref"?, "token": "<JWT>"}   # sign in or refresh (see ws_auth.py)
 
 Server to client. Every client op gets exactly one reply, ``ok`` or ``error``::
 
@@ -14,12 +15,16 @@ Server to client. Every client op gets exactly one reply, ``ok`` or ``error``::
     {"op": "ok", "ref": r, "topic": "chat"}                              # unsubscribe
     {"op": "ok", "ref": r, "topic": "chat", "id": "<cursor>"}           # publish
     {"op": "ok", "ref": r, "time": <server unix seconds>}               # ping
+    {"op": "ok", "ref": r, "sub": "...", "sender": "...", "expires_in": <s>}   # auth
     {"op": "error", "ref": r, "error": "<code>", "message": "<human text>"}
 
 and, for each subscription, in order::
 
     {"op": "event", "id", "topic", "type", "data", "sender", "time"}    # DESIGN.md §3
     {"op": "gap", "topic": "chat"}                                       # events were lost here
+
+and, when the connection's token runs out, ``{"op": "expired", "grace": <s>, "message"}``
+(:mod:`app.transports.ws_auth`: send op ``auth`` within the grace, or 4001 closes it).
 
 Subscribing:
 
@@ -49,8 +54,13 @@ not a string, a missing or unknown field, ``sender`` in a publish: the server se
 ``SWITCHBOARD_MAX_SUBSCRIPTIONS`` per connection, default :data:`MAX_SUBSCRIPTIONS`),
 ``rate_limited`` (a publish beyond ``SWITCHBOARD_PUBLISH_RATE``/``_BURST`` for this
 connection; the error carries ``retry_after`` in seconds and nothing is published),
-``unavailable`` (the event store is down), ``shutting_down``; and, without a ref,
-``slow_consumer`` and ``subscription_closed``. A bad message never closes the connection.
+``unavailable`` (the event store is down), ``shutting_down``; access control's
+``unauthorized`` (anonymous, or a token that fails or expired), ``forbidden`` (this
+identity may not use the topic; the error carries ``topic``), ``auth_unavailable`` (the
+decision hook is down: fail closed) and ``auth_refused`` (an auth op out of turn); and,
+without a ref, ``slow_consumer`` and ``subscription_closed`` (and ``forbidden`` for a
+subscription a refreshed token no longer covers: it is dropped). A bad message never
+closes the connection.
 
 What does close it: a binary message (1003, "unsupported data", RFC 6455 7.4.1: this
 endpoint speaks JSON text only, and a client sending binary speaks another protocol
@@ -58,9 +68,10 @@ altogether, so every later message would fail too); the limits and frame errors 
 :mod:`app.transports.wsio` (1009 too big, 1002, 1007); keepalive (1011); and the
 server's shutdown (1001, sent by wsio on SIGTERM).
 
-``sender`` is the session of the handshake's cookie (:func:`app.identity.current_sender`),
-fixed for the connection's life; a publish cannot set it. A handshake without the cookie
-gets a fresh guest name for that connection (an upgrade response cannot set a cookie).
+``sender`` is the connection's identity (:mod:`app.transports.ws_auth`): its token's
+name, else the session of the handshake's cookie (:func:`app.identity.current_sender`);
+a publish cannot set it. A handshake without the cookie gets a fresh guest name for
+that connection (an upgrade response cannot set a cookie).
 
 Writing: each subscription has one *forwarder* greenlet that drains its bounded queue
 with ``get_many`` (one wake-up, everything queued, without waiting in between) and
@@ -86,6 +97,9 @@ import gevent.pool
 from flask import Blueprint, Flask, request
 
 from .. import limits as limits_module, state
+from ..auth import AccessError
+from ..auth.tokens import MAX_TOKEN_BYTES
+from ..auth.web import access as app_access
 from ..errors import ApiError
 from ..events import (Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic, check_topic, check_type,
                       parse_json)
@@ -93,8 +107,9 @@ from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed
 from ..identity import current_sender
 from ..limits import Limits, TokenBucket
 from ..metrics import Metrics
-from .wsio import (CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ENVIRON_WEBSOCKET,
-                   WebSocket, WebSocketError)
+from .ws_auth import WsAuth
+from .wsio import (CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA,
+                   ENVIRON_WEBSOCKET, WebSocket, WebSocketError)
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +174,13 @@ class Ping:
     ref: Any
 
 
-Command = Subscribe | Unsubscribe | Publish | Ping
+@dataclass(frozen=True)
+class Auth:
+    ref: Any
+    token: str
+
+
+Command = Subscribe | Unsubscribe | Publish | Ping | Auth
 
 
 def _since(value: Any, ref: Any) -> str | None:
@@ -169,6 +190,13 @@ def _since(value: Any, ref: Any) -> str | None:
         Cursor.parse(value)
     except InvalidCursor as exc:
         raise ClientError("bad_cursor", f"since: {exc}", ref) from None
+    return value
+
+
+def _token(value: Any, ref: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_TOKEN_BYTES:
+        raise ClientError("bad_message", f"token must be a non-empty string of at most {MAX_TOKEN_BYTES} characters",
+                          ref)
     return value
 
 
@@ -188,6 +216,7 @@ _OPS: dict[str, tuple[Callable[[dict, Any], Command], frozenset, frozenset]] = {
     "publish": (lambda m, ref: Publish(ref, m["topic"], _type(m.get("type", "message"), ref), m["data"]),
                 frozenset({"topic", "data"}), frozenset({"type"})),
     "ping": (lambda m, ref: Ping(ref), frozenset(), frozenset()),
+    "auth": (lambda m, ref: Auth(ref, _token(m["token"], ref)), frozenset({"token"}), frozenset()),
 }
 _ENVELOPE = frozenset({"op", "ref"})
 
@@ -299,21 +328,27 @@ class Connection:
         limits: the subscription and publish-rate limits (none without it), and where
             their refusals are counted.
         client: the client's address, for log lines.
+
+    Call :meth:`with_access` before :meth:`run` to put it under access control; without
+    it every op is allowed and ``sender`` never changes.
     """
 
     def __init__(self, ws: WebSocket, hub: Hub, sender: str, metrics: Metrics | None = None,
                  limits: Limits | None = None, client: str = "?"):
         self.ws = ws
         self.hub = hub
-        self.sender = sender
+        self._sender = sender
+        self.auth: WsAuth | None = None
         self.client = client
         self.limits = limits
         self.max_subscriptions = limits.max_subscriptions if limits is not None else MAX_SUBSCRIPTIONS
         self._bucket: TokenBucket | None = limits.publish_bucket() if limits is not None else None
         self._delivered = metrics.delivered.labels("websocket") if metrics is not None else None
         self._published = metrics.publishes.labels("websocket") if metrics is not None else None
+        self._refusals = metrics.auth_refusals if metrics is not None else None
         self.subscriptions: dict[str, Subscription] = {}
         self._forwarders: dict[Subscription, gevent.Greenlet] = {}
+        self._paused: set[Subscription] = set()  # forwarders waiting for a token refresh
         self._group = gevent.pool.Group()
         self._to_start: list[gevent.Greenlet] = []  # forwarders waiting for their "ok" to go out
         self._handlers: dict[type, Callable[[Any], str]] = {
@@ -321,7 +356,22 @@ class Connection:
             Unsubscribe: self._unsubscribe,
             Publish: self._publish,
             Ping: self._ping,
+            Auth: self._auth,
         }
+
+    def with_access(self, access, identity, grace: float) -> "Connection":
+        """Put this connection under access control, as ``identity`` (see ws_auth.py)."""
+        self.auth = WsAuth(access, identity, grace, self.ws, self._refused)
+        return self
+
+    def _refused(self, code: str) -> None:
+        if self._refusals is not None:
+            self._refusals.labels(code, "websocket").inc()
+
+    @property
+    def sender(self) -> str:
+        """The name stamped on this connection's publishes."""
+        return self.auth.identity.sender if self.auth is not None else self._sender
 
     def run(self) -> None:
         """Serve the connection until it closes; release everything it held."""
@@ -347,11 +397,17 @@ class Connection:
 
     def handle(self, text: str) -> str:
         """Act on one message; the reply's text (``ok`` or ``error``)."""
-        ref = None
+        ref = command = None
         try:
             command = parse(text)
             ref = command.ref
+            if self.auth is not None and not isinstance(command, Auth):
+                self.auth.note_op()
             return self._handlers[type(command)](command)
+        except AccessError as exc:
+            self._refused(exc.code)
+            topic = getattr(command, "topic", None)
+            return error(ref, exc.code, exc.message, **({"topic": topic} if topic is not None else {}))
         except ClientError as exc:
             return error(exc.ref if exc.ref is not None else ref, exc.code, exc.message, **exc.details)
         except BackendUnavailable as exc:
@@ -369,6 +425,8 @@ class Connection:
                 self.limits.rejected("subscriptions")
             raise ClientError("too_many_subscriptions",
                               f"a connection follows at most {self.max_subscriptions} topics", cmd.ref)
+        if self.auth is not None:
+            self.auth.authorize("subscribe", cmd.topic)
         cursor = cmd.since
         if cursor is None:
             # Start at the newest event: replaying "after it" then covers anything
@@ -390,11 +448,16 @@ class Connection:
         sub.close()
         forwarder = self._forwarders.get(sub)
         if forwarder is not None and forwarder.started:
-            # It stops after the event it is writing, if any: no event after the reply.
-            forwarder.join()
+            if sub in self._paused:
+                forwarder.kill()  # waiting for a token refresh, between two writes: nothing half-sent
+            else:
+                # It stops after the event it is writing, if any: no event after the reply.
+                forwarder.join()
         return ok(cmd.ref, topic=cmd.topic)
 
     def _publish(self, cmd: Publish) -> str:
+        if self.auth is not None:
+            self.auth.authorize("publish", cmd.topic)  # before the rate limit: a refusal costs no token
         wait = self._bucket.take() if self._bucket is not None else 0.0
         if wait:
             self.limits.rejected("publish_rate")
@@ -408,6 +471,36 @@ class Connection:
 
     def _ping(self, cmd: Ping) -> str:
         return ok(cmd.ref, time=time.time())
+
+    def _auth(self, cmd: Auth) -> str:
+        if self.auth is None:
+            raise ClientError("unknown_op", "access control is not set up on this connection", cmd.ref)
+        identity = self.auth.sign_in(cmd.token)  # a refusal raises and changes nothing
+        try:
+            for topic, sub in list(self.subscriptions.items()):
+                self._recheck(topic, sub)
+        finally:
+            self.auth.resume()  # after a refresh the paused forwarders carry on where they stopped
+        left = identity.seconds_left()
+        return ok(cmd.ref, sub=identity.sub, sender=identity.sender,
+                  expires_in=None if left is None else max(0, int(left)))
+
+    def _recheck(self, topic: str, sub: Subscription) -> None:
+        """End a subscription that the connection's new token does not cover."""
+        try:
+            self.auth.authorize("subscribe", topic)
+            return
+        except AccessError as exc:
+            refusal = exc
+        if self.subscriptions.get(topic) is not sub:
+            return
+        del self.subscriptions[topic]
+        sub.close()
+        self._refused(refusal.code)
+        try:
+            self.ws.send(error(None, refusal.code, f"subscription ended: {refusal.message}", topic=topic))
+        except WebSocketError:
+            pass  # gone: the reader notices
 
     # -- forwarding -----------------------------------------------------------------
 
@@ -427,6 +520,12 @@ class Connection:
                 except SubscriptionClosed as exc:
                     self._ended(sub, exc.reason)
                     return
+                if self.auth is not None and not self.auth.live.is_set():
+                    self._paused.add(sub)  # the token expired: wait for a refresh (or the end)
+                    try:
+                        self.auth.live.wait()
+                    finally:
+                        self._paused.discard(sub)
                 if self.subscriptions.get(topic) is not sub:
                     return  # unsubscribed (or the connection ended) meanwhile
                 # Everything this wake-up found goes out in one write (one lock, one sendall).
@@ -477,6 +576,8 @@ class Connection:
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
         self._to_start.clear()
+        if self.auth is not None:
+            self.auth.close()  # stops its timers; paused forwarders wake and see they are done
         for sub in subs:
             sub.close()
         if not self._group.join(timeout=FORWARDER_JOIN_TIMEOUT):
@@ -504,8 +605,17 @@ def connect():
         raise _upgrade_required()
     metrics = state.metrics()
     limits = limits_module.current()
+    access = app_access()
+    try:
+        # Checked before the 101 (app/factory.py) and kept in the environ: this reads it back.
+        identity = access.credentials(request.environ) or access.anonymous(current_sender())
+    except AccessError as exc:  # only if no admission hook ran (a server without our policy)
+        ws.close(CLOSE_POLICY_VIOLATION, exc.message[:120])
+        return "", 204
+    connection = Connection(ws, state.hub(), identity.sender, metrics, limits, limits.client(request.environ))
+    connection.with_access(access, identity, state.settings().auth_refresh_grace)
     with metrics.connection("websocket"):
-        Connection(ws, state.hub(), current_sender(), metrics, limits, limits.client(request.environ)).run()
+        connection.run()
     if ws.close_code == CLOSE_MESSAGE_TOO_BIG:
         limits.rejected("message_size")
     return "", 204

@@ -47,7 +47,6 @@ AUTH_ENV = {
 }
 # What Chromium logs for a 401 or 403 the test provokes on purpose (fetch, EventSource).
 REFUSALS_IN_CONSOLE = (r"status of 40[13]", r"EventSource's response has")
-NEEDS_WS_AUTH = "needs /ws handshake auth (issue14-ws-stomp)"
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +168,6 @@ def test_sign_in_sets_an_httponly_cookie_that_eventsource_carries(auth_server, n
     assert page.evaluate("sessionStorage.length") == 0, "the demo token is forgotten on sign-out"
 
 
-@pytest.mark.xfail(reason=NEEDS_WS_AUTH, strict=False)
 def test_websocket_carries_the_cookie(auth_server, new_user, console_errors):
     console_errors.allow(*REFUSALS_IN_CONSOLE)
     alice = open_index(new_user(), auth_server)
@@ -225,8 +223,8 @@ def test_the_panel_tells_401_from_403(auth_server, new_user, console_errors, scr
 
 @pytest.mark.parametrize("slug", [
     *(slug for slug in CHAT_PAGES if slug not in ("websocket", "stomp")),
-    pytest.param("websocket", marks=pytest.mark.xfail(reason=NEEDS_WS_AUTH, strict=False)),
-    pytest.param("stomp", marks=pytest.mark.xfail(reason=NEEDS_WS_AUTH, strict=False)),
+    "websocket",
+    "stomp",
 ])
 def test_chat_pages_say_why_a_post_is_refused(slug, auth_server, new_user, console_errors):
     console_errors.allow(*REFUSALS_IN_CONSOLE)

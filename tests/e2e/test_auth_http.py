@@ -47,7 +47,7 @@ BAD = {
     "no token": ({}, 401, "unauthorized", False),
     "bad signature": (bearer(mint("alice", **ALICE, secret="another-secret-of-at-least-32-bytes!!")), 401,
                       "unauthorized", True),
-    "expired": (bearer(mint("alice", **ALICE, ttl=-5)), 401, "unauthorized", True),
+    "expired": (bearer(mint("alice", **ALICE, lifetime=-5)), 401, "unauthorized", True),
     "wrong audience": (bearer(mint("alice", **ALICE, audience="someone-else")), 401, "unauthorized", True),
     "not a bearer": ({"Authorization": "Basic YWxpY2U6cHc="}, 401, "unauthorized", True),
     "forbidden topic": (bearer(mint("bob", **ALICE)), 403, "forbidden", None),
@@ -136,7 +136,7 @@ class TestAllowed:
         check_refusal(publish(server.url, "open.news", "anonymous"), 401, "unauthorized", False)
 
     def test_whoami_describes_the_identity(self, server):
-        res = requests.get(f"{server.url}/api/whoami", headers=bearer(mint("alice", **ALICE, ttl=120)),
+        res = requests.get(f"{server.url}/api/whoami", headers=bearer(mint("alice", **ALICE, lifetime=120)),
                            timeout=scaled(10))
         body = res.json()
         assert body["sub"] == "alice" and body["via"] == "bearer" and 100 < body["expires_in"] <= 120
@@ -148,7 +148,7 @@ class TestAllowed:
 
 class TestSessionCookie:
     def test_post_session_sets_an_httponly_strict_cookie_no_longer_than_the_token(self, server):
-        token = mint("alice", **ALICE, ttl=90)
+        token = mint("alice", **ALICE, lifetime=90)
         with requests.Session() as browser:
             res = browser.post(f"{server.url}/api/session", headers=bearer(token), timeout=scaled(10))
             assert res.status_code == 204
@@ -172,7 +172,7 @@ class TestSessionCookie:
     def test_post_session_takes_a_json_body_and_refuses_a_bad_token(self, server):
         res = requests.post(f"{server.url}/api/session", json={"token": mint("alice", **ALICE)}, timeout=scaled(10))
         assert res.status_code == 204 and "switchboard_token=" in res.headers["Set-Cookie"]
-        res = requests.post(f"{server.url}/api/session", json={"token": mint("alice", **ALICE, ttl=-1)},
+        res = requests.post(f"{server.url}/api/session", json={"token": mint("alice", **ALICE, lifetime=-1)},
                             timeout=scaled(10))
         check_refusal(res, 401, "unauthorized", True)
         assert "Set-Cookie" not in res.headers
@@ -200,7 +200,7 @@ class TestSessionCookie:
 class TestExpiry:
     def test_an_sse_stream_ends_with_event_expired_and_the_reconnect_gets_401(self, start_server):
         server = start_server(auth_env(SWITCHBOARD_SSE_HEARTBEAT="0.5"))
-        token = mint("alice", **ALICE, ttl=2)
+        token = mint("alice", **ALICE, lifetime=2)
         headers = bearer(token)
         with RawStream(server.url, "/api/topics/room.exp/stream", headers) as raw:
             assert raw.read_head().status == 200
@@ -215,7 +215,7 @@ class TestExpiry:
 
     def test_a_parked_long_poll_answers_401_at_exp(self, start_server):
         server = start_server(auth_env(SWITCHBOARD_LONGPOLL_TIMEOUT="30"))
-        token = mint("alice", **ALICE, ttl=2)
+        token = mint("alice", **ALICE, lifetime=2)
         exp = jwt.decode(token, options={"verify_signature": False})["exp"]
         res = requests.get(f"{server.url}/api/topics/room.lp/long-poll?timeout=30", headers=bearer(token),
                            timeout=scaled(20))

@@ -34,7 +34,7 @@ class TestTokenVerifier:
         assert 290 < identity.seconds_left() <= 300
 
     @pytest.mark.parametrize("token, expired", [
-        (mint("alice", ttl=-1), True),
+        (mint("alice", lifetime=-1), True),
         (mint("alice", secret="x" * 40), False),
         (mint("alice", audience="other"), False),
         (mint("alice", audience=None), False),
@@ -63,7 +63,7 @@ class TestTickets:
 
     def test_a_ticket_works_once_and_carries_the_permissions_and_expiry(self):
         identity = TokenVerifier(secret=SECRET, audience=AUDIENCE).verify(
-            mint("alice", subscribe=["user.{sub}"], ttl=100), "bearer")
+            mint("alice", subscribe=["user.{sub}"], lifetime=100), "bearer")
         book = self.book()
         ticket, expires_in = book.issue(identity)
         assert expires_in == 30
@@ -74,7 +74,7 @@ class TestTickets:
             book.redeem(ticket)
 
     def test_a_ticket_never_outlives_its_token(self):
-        identity = TokenVerifier(secret=SECRET, audience=AUDIENCE).verify(mint("alice", ttl=5), "bearer")
+        identity = TokenVerifier(secret=SECRET, audience=AUDIENCE).verify(mint("alice", lifetime=5), "bearer")
         assert self.book().issue(identity)[1] <= 5
 
     def test_forged_and_foreign_tickets_are_refused(self):
@@ -108,7 +108,7 @@ class TestDecisions:
 
     def test_an_identity_whose_token_expired_is_refused(self):
         control = access()
-        alice = control.credentials({"HTTP_AUTHORIZATION": f"Bearer {mint('alice', subscribe=['chat'], ttl=1)}"})
+        alice = control.credentials({"HTTP_AUTHORIZATION": f"Bearer {mint('alice', subscribe=['chat'], lifetime=1)}"})
         later = type(alice)(alice.sender, alice.sub, alice.subscribe, alice.publish, time.time() - 1, alice.via)
         with pytest.raises(Unauthorized) as caught:
             control.authorize(later, "subscribe", "chat", "sse")
