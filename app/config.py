@@ -212,6 +212,10 @@ class Settings:
     max_subscriptions: int = _setting(
         "SWITCHBOARD_MAX_SUBSCRIPTIONS", 100, _int(1, 100_000),
         "Topics one /ws or STOMP connection may follow at once (each costs a queue and a greenlet).")
+    max_stream_topics: int = _setting(
+        "SWITCHBOARD_MAX_STREAM_TOPICS", 16, _int(1, 32),
+        "Topics one multi-topic SSE stream or long poll may follow (?topic=a&topic=b; each costs "
+        "a queue); beyond it: 400. At most 32, so a compound cursor fits gunicorn's 8190-byte header.")
     publish_rate: float = _setting(
         "SWITCHBOARD_PUBLISH_RATE", 200.0, _seconds(0, 1_000_000),
         "Publishes per second allowed per /ws or STOMP connection and per client address over "

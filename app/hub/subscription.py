@@ -138,6 +138,21 @@ class Subscription:
 
     # -- the subscriber's side ----------------------------------------------------------
 
+    def wake_with(self, signal: Signal) -> None:
+        """Set ``signal``, instead of a signal of its own, whenever an item may be ready.
+
+        For one reader of several subscriptions (a multi-topic stream): given the same
+        signal, they all wake it, and the reader waits on that signal, then takes from each
+        with ``timeout=0``. No greenlet per subscription is needed. Do not mix this with a
+        :meth:`get` that waits: it clears the signal it waits on. Call it before the first
+        take; it sets ``signal``, so whatever is queued already is taken at once.
+
+        Args:
+            signal: a ``gevent.event.Event`` shared by the subscriptions of one reader.
+        """
+        self._wakeup = signal
+        signal.set()
+
     @property
     def closed(self) -> bool:
         return self.close_reason is not None

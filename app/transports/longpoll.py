@@ -17,22 +17,34 @@ the client is still there (a WSGI server notices a gone client only when it writ
 A parked request counts against the connection limits (``app/limits.py``): beyond them
 it is answered 503 or 429 with ``Retry-After`` instead of parking. On shutdown every
 parked request is answered 204 at once (DESIGN.md §8); the client polls again.
+
+Several topics in one poll: ``GET /api/long-poll?topic=a&topic=b&since=<compound cursor>``
+answers the same way, with every topic's news in one body ``{"events", "cursor", "gap",
+"gaps"}``: each event names its topic, ``cursor`` is the compound cursor to send back
+(``app/transports/cursor.py``), ``gaps`` lists the topics that lost events and ``gap``
+says whether any did. It parks one subscription per topic (one request, one greenlet,
+one connection slot) and wakes on the first event of any of them.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
+from operator import attrgetter
+from typing import Callable
 
 from flask import Blueprint, Flask, Request, Response, jsonify, request
 
 from .. import limits, state
-from ..auth import Unauthorized
+from ..auth import Identity, Unauthorized
 from ..auth.web import authorize
 from ..errors import ApiError
 from ..events import Event, Gap, Page, check_topic
-from ..hub import SubscriptionClosed
-from .cursor import read_limit, resume_cursor
+from ..hub import Hub, Item, Subscription, SubscriptionClosed
+from .cursor import compound_resume_cursor, format_compound, read_limit, resume_cursor
+from .topics import TopicSet, authorize_topics, read_topics, start_positions
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +82,49 @@ def _no_content() -> Response:
     return response
 
 
+def _park(open_source: Callable[[], Subscription | TopicSet], limit: int, timeout: float,
+          token_left: float | None) -> tuple[list[Item], str]:
+    """Admit a parked poll (connection limits), open its subscriptions and wait on them.
+
+    Returns:
+        What the wait took (empty on timeout or shutdown), and the client's address.
+    """
+    slot = limits.current().open_stream(request.environ, "long-polling")  # or 503/429
+    try:
+        source = open_source()
+    except SubscriptionClosed:
+        slot.release()
+        raise ApiError(503, "shutting_down", "the server is shutting down; poll again shortly",
+                       {"Retry-After": "1"}) from None
+    except BaseException:
+        slot.release()
+        raise
+    metrics = state.metrics()
+    with slot, source, metrics.connection("long-polling"):
+        metrics.long_polls_parked.inc()
+        try:
+            # A parked poll never outlives its token: it wakes at exp and answers 401.
+            items = source.get_many(limit, timeout if token_left is None else max(0.0, min(timeout, token_left)))
+        except SubscriptionClosed:  # hub shutdown (DESIGN.md §8): the client polls again
+            items = []
+        finally:
+            metrics.long_polls_parked.dec()
+    return items, slot.client
+
+
+def _nothing(identity: Identity, token_left: float | None) -> Response:
+    """The answer of a poll that took nothing: 204, or 401 if its token expired meanwhile."""
+    if token_left is not None and identity.seconds_left() <= 0:
+        raise Unauthorized("the token expired while the poll was parked", invalid_token=True, expired=True)
+    return _no_content()
+
+
+def _log_slow(items: list[Item], client: str) -> None:
+    for topic in sorted({item.topic for item in items if isinstance(item, Gap) and item.slow}):
+        log.info("slow consumer dropped: client %s, transport long-polling, topic %s: its queue and history "
+                 "overflowed while parked; answered gap:true", client, topic)
+
+
 @bp.get("/api/topics/<topic>/long-poll")
 def long_poll(topic: str) -> Response:
     """Answer with the events after ``since`` now, or park until one arrives (200) or the timeout (204)."""
@@ -89,40 +144,90 @@ def long_poll(topic: str) -> Response:
                 state.metrics().gaps.labels("resume").inc()
             return _answer(page)
 
-    slot = limits.current().open_stream(request.environ, "long-polling")  # or 503/429
-    try:
-        # Starts at ``since``: whatever is published from here on (or was, since the
-        # history read above) is replayed or queued live, exactly once (seam rule).
-        sub = hub.subscribe(topic, since=since)
-    except SubscriptionClosed:
-        slot.release()
-        raise ApiError(503, "shutting_down", "the server is shutting down; poll again shortly",
-                       {"Retry-After": "1"}) from None
-    except BaseException:
-        slot.release()
-        raise
-    metrics = state.metrics()
-    with slot, sub, metrics.connection("long-polling"):
-        metrics.long_polls_parked.inc()
-        try:
-            # A parked poll never outlives its token: it wakes at exp and answers 401.
-            items = sub.get_many(limit, timeout if token_left is None else max(0.0, min(timeout, token_left)))
-        except SubscriptionClosed:  # hub shutdown (DESIGN.md §8): the client polls again
-            items = []
-        finally:
-            metrics.long_polls_parked.dec()
-
+    # Starts at ``since``: whatever is published from here on (or was, since the history
+    # read above) is replayed or queued live, exactly once (seam rule).
+    items, client = _park(lambda: hub.subscribe(topic, since=since), limit, timeout, token_left)
     events = [item for item in items if isinstance(item, Event)]
     gap = any(isinstance(item, Gap) for item in items)
-    if any(isinstance(item, Gap) and item.slow for item in items):
-        log.info("slow consumer dropped: client %s, transport long-polling, topic %s: its queue and history "
-                 "overflowed while parked; answered gap:true", slot.client, topic)
+    _log_slow(items, client)
     if not events and not gap:
-        if token_left is not None and identity.seconds_left() <= 0:
-            raise Unauthorized("the token expired while the poll was parked", invalid_token=True, expired=True)
-        return _no_content()
-    metrics.delivered.labels("long-polling").inc(len(events))
+        return _nothing(identity, token_left)
+    state.metrics().delivered.labels("long-polling").inc(len(events))
     return _answer(Page(events, events[-1].id if events else (since or ""), gap))
+
+
+def _compound_answer(items: list[Item], positions: dict[str, str]) -> Response:
+    """The multi-topic 200: the polling body, with a compound ``cursor`` and ``gaps``
+    (the topics that had one; ``gap`` is true when any did)."""
+    events = [item for item in items if isinstance(item, Event)]
+    for event in events:
+        positions[event.topic] = event.id
+    gaps = list(dict.fromkeys(item.topic for item in items if isinstance(item, Gap)))
+    state.metrics().delivered.labels("long-polling").inc(len(events))
+    response = jsonify({"events": [event.to_dict() for event in events], "cursor": format_compound(positions),
+                        "gap": bool(gaps), "gaps": gaps})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _newer(hub: Hub, resume: dict[str, str], positions: dict[str, str], limit: int) -> list[Item]:
+    """What history already holds after the client's positions: the oldest ``limit``
+    events across topics, and a :class:`Gap` for each topic that lost some.
+
+    A topic's gap is told with its first event; if the limit leaves all of that topic's
+    events for the next poll, so is the gap (its position has not moved). A gap with no
+    event after it is told now, and ``positions`` moves past it.
+    """
+    gaps: list[str] = []
+    pending: set[str] = set()
+    pages: list[list[Event]] = []
+    for topic, since in resume.items():
+        page = hub.history(topic, since=since, limit=limit)
+        if page.gap and not page.events:
+            gaps.append(topic)
+            if page.cursor:
+                positions[topic] = page.cursor
+            else:  # nothing in this epoch yet: live, as a topic never seen
+                positions.pop(topic, None)
+        elif page.gap:
+            pending.add(topic)
+        pages.append(page.events)
+    # heapq.merge only ever takes a page's head: each topic keeps its order.
+    events = list(itertools.islice(heapq.merge(*pages, key=attrgetter("time")), limit))
+    told = {event.topic for event in events}
+    gaps += [topic for topic in resume if topic in pending and topic in told]
+    return [Gap(topic) for topic in gaps] + events
+
+
+@bp.get("/api/long-poll")
+def multi_long_poll() -> Response:
+    """Answer with the events of several topics after the compound ``since`` now, or park
+    until one arrives (200) or the timeout (204)."""
+    settings = state.settings()
+    topics = read_topics(request, settings.max_stream_topics)
+    identity = authorize_topics(topics, "long-polling")
+    resume = compound_resume_cursor(request, topics, settings.max_stream_topics)
+    limit = read_limit(request)
+    timeout = read_timeout(request, settings.longpoll_timeout)
+    token_left = identity.seconds_left()
+    hub = state.hub()
+    # Every topic gets a position in the answer's cursor, even one without news: the next
+    # poll then resumes it from here, not from whenever that poll comes.
+    positions = start_positions(hub, topics, resume)
+
+    if resume:
+        items = _newer(hub, resume, positions, limit)
+        if items:
+            gaps = sum(isinstance(item, Gap) for item in items)
+            if gaps:  # (a parked poll's gaps are counted by the hub)
+                state.metrics().gaps.labels("resume").inc(gaps)
+            return _compound_answer(items, positions)
+
+    items, client = _park(lambda: TopicSet(hub, topics, positions), limit, timeout, token_left)
+    _log_slow(items, client)
+    if not items:
+        return _nothing(identity, token_left)
+    return _compound_answer(items, positions)
 
 
 def init_app(app: Flask) -> None:

@@ -28,8 +28,16 @@ What goes on the wire (WHATWG HTML, "Server-sent events"), in order:
    1 s), chosen at random per stream, so that the clients of a stopping worker come
    back spread out instead of all at once.
 
+Several topics on one stream (``GET /api/stream?topic=a&topic=b``): the same wire, with
+three differences. Each event's ``id`` is a compound cursor (``app/transports/cursor.py``)
+naming the last event written of every topic, so ``Last-Event-ID`` resumes them all; the
+opening carries the compound cursor the stream starts from as an ``id:`` of its own; a
+gap is per topic (its data names the topic, its ``id`` is the compound cursor before it).
+The data line is the one-topic stream's, and it names its topic.
+
 A stream counts against the connection limits (``app/limits.py``): beyond them the
-request is answered 503 or 429 with ``Retry-After`` instead of a stream.
+request is answered 503 or 429 with ``Retry-After`` instead of a stream. A multi-topic
+stream is one stream, however many topics it follows.
 """
 
 from __future__ import annotations
@@ -38,18 +46,20 @@ import json
 import logging
 import random
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 from flask import Blueprint, Flask, Request, Response, request
 
 from .. import limits, state
 from ..auth import Identity
 from ..auth.web import authorize
+from ..config import Settings
 from ..errors import ApiError
 from ..events import Event, Gap, check_topic
 from ..hub import Subscription, SubscriptionClosed
 from ..metrics import Metrics
-from .cursor import resume_cursor
+from .cursor import compound_resume_cursor, format_compound, resume_cursor
+from .topics import TopicSet, authorize_topics, read_topics, start_positions
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +130,47 @@ def shutdown_retry(retry_ms: int) -> bytes:
     return b"retry: %d\n: server shutting down, reconnect with Last-Event-ID\n\n" % delay
 
 
-def _stream(sub: Subscription, since: str | None, opening: bytes, heartbeat: float,
-            metrics: Metrics, retry_ms: int = 2000, client: str = "?",
+class _TopicFramer:
+    """Frames a one-topic stream: each event's ``id`` is its own cursor."""
+
+    def __init__(self, since: str | None):
+        self.position = since  # the id of the last event written (or the client's own)
+
+    def event(self, event: Event) -> tuple[bytes, ...]:
+        self.position = event.id
+        return (event.encoded("sse", encode_event),)  # built once, shared by all
+
+    def gap(self, gap: Gap) -> bytes:
+        return encode_gap(gap, self.position)
+
+
+class _CompoundFramer:
+    """Frames a multi-topic stream: each event's ``id`` is the compound cursor after it,
+    so the ``Last-Event-ID`` of a reconnect resumes every topic."""
+
+    def __init__(self, positions: dict[str, str]):
+        self.positions = dict(positions)  # topic -> the id of its last event written
+
+    @property
+    def position(self) -> str | None:
+        return format_compound(self.positions) or None
+
+    def event(self, event: Event) -> tuple[bytes | memoryview, ...]:
+        self.positions[event.topic] = event.id
+        block = event.encoded("sse", encode_event)  # the one-topic block, built once, shared
+        # Its own id line swapped for this client's compound cursor. A view: nothing is
+        # copied before the one join of the whole write.
+        fields = memoryview(block)[len(b"id: \n") + len(event.id):]
+        return b"id: %s\n" % format_compound(self.positions).encode("ascii"), fields
+
+    def gap(self, gap: Gap) -> bytes:
+        return encode_gap(gap, self.position)
+
+
+def _stream(source: Subscription | TopicSet, framer: _TopicFramer | _CompoundFramer, opening: bytes,
+            heartbeat: float, metrics: Metrics, retry_ms: int = 2000, client: str = "?",
             identity: Identity | None = None) -> Iterator[bytes]:
     delivered = metrics.delivered.labels("sse")
-    position = since  # the id of the last event written (or the client's own)
     try:
         with metrics.connection("sse"):
             yield opening
@@ -137,7 +183,7 @@ def _stream(sub: Subscription, since: str | None, opening: bytes, heartbeat: flo
                         return
                     wait = min(heartbeat, left)
                 try:
-                    items = sub.get_many(BATCH, wait)
+                    items = source.get_many(BATCH, wait)
                 except SubscriptionClosed as exc:
                     # After a slow-consumer gap (already written) or on shutdown: end the
                     # stream; EventSource reconnects with Last-Event-ID.
@@ -148,21 +194,58 @@ def _stream(sub: Subscription, since: str | None, opening: bytes, heartbeat: flo
                     if left is None or left > heartbeat:
                         yield HEARTBEAT
                     continue
-                blocks, events = [], 0
+                blocks: list[bytes | memoryview] = []
+                events = 0
                 for item in items:
                     if isinstance(item, Gap):
-                        blocks.append(encode_gap(item, position))
+                        blocks.append(framer.gap(item))
                         if item.slow:
                             log.info("slow consumer dropped: client %s, transport sse, topic %s: fell behind "
-                                     "its queue and history; sent event: gap, ending the stream", client, sub.topic)
+                                     "its queue and history; sent event: gap, ending the stream", client, item.topic)
                     else:
-                        blocks.append(item.encoded("sse", encode_event))  # built once, shared by all
-                        position = item.id
+                        blocks.extend(framer.event(item))
                         events += 1
                 yield b"".join(blocks)
                 delivered.inc(events)
     finally:
-        sub.close()
+        source.close()
+
+
+def _opening(settings: Settings, what: str, identity: Identity, position: str | None = None) -> bytes:
+    """The first bytes: ``retry:``, a comment naming the stream and the client, and on a
+    multi-topic stream an ``id:`` with the compound cursor it starts from (a block without
+    data: EventSource keeps the id as its last event id and dispatches nothing)."""
+    text = (f"retry: {settings.sse_retry_ms}\n"
+            f": switchboard stream of {what}, heartbeat every {settings.sse_heartbeat:g} s; "
+            f"{_identity(request, identity)}\n")
+    if position:
+        text += f"id: {position}\n"
+    return (text + "\n").encode("ascii", "replace")
+
+
+def _respond(open_source: Callable[[], Subscription | TopicSet], framer: _TopicFramer | _CompoundFramer,
+             opening: bytes, identity: Identity) -> Response:
+    """Admit the stream (connection limits), open its subscriptions, and answer with it."""
+    settings = state.settings()
+    slot = limits.current().open_stream(request.environ, "sse")  # or 503/429
+    try:
+        source = open_source()
+    except SubscriptionClosed:
+        slot.release()
+        raise ApiError(503, "shutting_down", "the server is shutting down; reconnect shortly",
+                       {"Retry-After": "1"}) from None
+    except BaseException:
+        slot.release()
+        raise
+    stream_body = _stream(source, framer, opening, settings.sse_heartbeat, state.metrics(),
+                          settings.sse_retry_ms, slot.client, identity)
+    response = Response(stream_body, status=200, content_type=CONTENT_TYPE)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each write on at once
+    # Runs even if the generator never starts (HEAD, or a failure before the first write).
+    response.call_on_close(source.close)
+    response.call_on_close(slot.release)
+    return response
 
 
 @bp.get("/api/topics/<topic>/stream")
@@ -171,29 +254,22 @@ def stream(topic: str) -> Response:
     check_topic(topic)
     identity = authorize("subscribe", topic, "sse")
     since = resume_cursor(request)
+    opening = _opening(state.settings(), f"topic {topic}", identity)
+    return _respond(lambda: state.hub().subscribe(topic, since=since), _TopicFramer(since), opening, identity)
+
+
+@bp.get("/api/stream")
+def multi_stream() -> Response:
+    """Stream several topics on one text/event-stream, resuming each after the compound Last-Event-ID."""
     settings = state.settings()
-    opening = (f"retry: {settings.sse_retry_ms}\n"
-               f": switchboard stream of topic {topic}, heartbeat every {settings.sse_heartbeat:g} s; "
-               f"{_identity(request, identity)}\n\n").encode("ascii", "replace")
-    slot = limits.current().open_stream(request.environ, "sse")  # or 503/429
-    try:
-        sub = state.hub().subscribe(topic, since=since)
-    except SubscriptionClosed:
-        slot.release()
-        raise ApiError(503, "shutting_down", "the server is shutting down; reconnect shortly",
-                       {"Retry-After": "1"}) from None
-    except BaseException:
-        slot.release()
-        raise
-    stream_body = _stream(sub, since, opening, settings.sse_heartbeat, state.metrics(),
-                          settings.sse_retry_ms, slot.client, identity)
-    response = Response(stream_body, status=200, content_type=CONTENT_TYPE)
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each write on at once
-    # Runs even if the generator never starts (HEAD, or a failure before the first write).
-    response.call_on_close(sub.close)
-    response.call_on_close(slot.release)
-    return response
+    topics = read_topics(request, settings.max_stream_topics)
+    identity = authorize_topics(topics, "sse")
+    resume = compound_resume_cursor(request, topics, settings.max_stream_topics)
+    hub = state.hub()
+    positions = start_positions(hub, topics, resume)
+    framer = _CompoundFramer(positions)
+    opening = _opening(settings, "topics " + ", ".join(topics), identity, framer.position)
+    return _respond(lambda: TopicSet(hub, topics, positions), framer, opening, identity)
 
 
 def init_app(app: Flask) -> None:

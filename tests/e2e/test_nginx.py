@@ -131,9 +131,18 @@ class TestTimeouts:
 
     def test_read_timeouts_exceed_the_apps_intervals(self):
         defaults = Settings()
-        assert self.read_timeout("location ~ ^/api/topics/[^/]+/stream$") > defaults.sse_heartbeat
-        assert self.read_timeout("location ~ ^/api/topics/[^/]+/long-poll$") > defaults.longpoll_timeout
+        assert self.read_timeout("location ~ ^/api/(topics/[^/]+/)?stream$") > defaults.sse_heartbeat
+        assert self.read_timeout("location ~ ^/api/(topics/[^/]+/)?long-poll$") > defaults.longpoll_timeout
         assert self.read_timeout("location ~ ^/(ws|stomp)$") > defaults.ws_ping_interval
+
+    def test_stream_and_long_poll_locations_cover_one_topic_and_several(self):
+        config = shipped_config()
+        for kind in ("stream", "long-poll"):
+            match = re.search(r"location ~ (\^/api/\S*" + re.escape(kind) + r"\$) \{", config)
+            assert match, f"no {kind} location"
+            assert re.match(match.group(1), f"/api/topics/chat/{kind}"), "one topic"
+            assert re.match(match.group(1), f"/api/{kind}"), "several topics (?topic=a&topic=b)"
+            assert not re.match(match.group(1), f"/api/topics/{kind}"), "nothing else"
 
     def test_every_seed_note_is_in_the_config(self):
         config = shipped_config()
@@ -162,12 +171,13 @@ class TestStreamingThroughNginx:
         config = config.replace("            gzip off;\n", "")
         return config.replace("    sendfile on;", "    sendfile on;\n    gzip on; gzip_min_length 0; gzip_types text/event-stream;")
 
-    def first_bytes_after_publish(self, nginx: Nginx, topic: str, within: float) -> bytes:
-        """Open a gzip-accepting SSE stream, publish, and return what arrives within ``within`` s."""
+    def first_bytes_after_publish(self, nginx: Nginx, topic: str, within: float, path: str | None = None) -> bytes:
+        """Open a gzip-accepting SSE stream (``path``, or the topic's own), publish to
+        ``topic``, and return what arrives within ``within`` s."""
         host = f"127.0.0.1:{nginx.port}"
         sock = socket.create_connection(("127.0.0.1", nginx.port), timeout=scaled(5))
         try:
-            sock.sendall(f"GET /api/topics/{topic}/stream HTTP/1.1\r\nHost: {host}\r\n"
+            sock.sendall(f"GET {path or f'/api/topics/{topic}/stream'} HTTP/1.1\r\nHost: {host}\r\n"
                          "Accept-Encoding: gzip\r\n\r\n".encode())
             publish(nginx.url, topic, {"n": 1})
             received = bytearray()
@@ -209,6 +219,47 @@ class TestStreamingThroughNginx:
         finally:
             held.stop()
 
+    def test_a_multi_topic_stream_is_unbuffered_too(self, app_server):
+        """The several-topics stream gets the one-topic stream's location. The app's
+        X-Accel-Buffering header is ignored here (as a proxy in between might), so only that
+        location's proxy_buffering off can stream it; with the location's old one-topic
+        regex, the same stream falls to the buffered default location and nothing arrives."""
+        path = "/api/stream?topic=nginx-multi-a&topic=nginx-multi-b"
+
+        def ignore_app_header(config: str) -> str:
+            # Site-wide gzip (the location keeps its own gzip off) and no X-Accel-Buffering.
+            return config.replace("    sendfile on;", "    sendfile on;\n    gzip on; gzip_min_length 0; "
+                                  "gzip_types text/event-stream;\n    proxy_ignore_headers X-Accel-Buffering;")
+
+        shipped = Nginx(app_server.port, edit=ignore_app_header).start()
+        try:
+            sock = socket.create_connection(("127.0.0.1", shipped.port), timeout=scaled(5))
+            buffer = bytearray()
+            try:
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{shipped.port}\r\n"
+                             "Accept-Encoding: gzip\r\n\r\n".encode())
+                assert read_until(sock, b"retry:", scaled(2.0), buffer) < scaled(2.0)
+                event = publish(shipped.url, "nginx-multi-b", {"n": 1})
+                assert read_until(sock, event["id"].encode(), scaled(2.0), buffer) < scaled(2.0)
+                assert b'"topic":"nginx-multi-b"' in buffer, "plain text: the stream's location has gzip off"
+            finally:
+                sock.close()
+        finally:
+            shipped.stop()
+
+        def one_topic_location(config: str) -> str:
+            old = ignore_app_header(config).replace("location ~ ^/api/(topics/[^/]+/)?stream$",
+                                                    "location ~ ^/api/topics/[^/]+/stream$")
+            assert old != ignore_app_header(config), "nginx.conf no longer has the stream location"
+            return old
+
+        held = Nginx(app_server.port, edit=one_topic_location).start()
+        try:
+            assert self.first_bytes_after_publish(held, "nginx-multi-b", 2.0, path) == b"", \
+                "outside the stream location the same stream is held back"
+        finally:
+            held.stop()
+
     def test_long_poll_returns_200_and_204_uncut(self, proxy):
         start = publish(proxy.url, "nginx-lp", 0)["id"]
         url = f"{proxy.url}/api/topics/nginx-lp/long-poll"
@@ -219,6 +270,17 @@ class TestStreamingThroughNginx:
         later = publish(proxy.url, "nginx-lp", 1)
         res = requests.get(url, params={"since": start, "timeout": 5}, timeout=scaled(30))
         assert res.status_code == 200 and res.json()["events"][0]["id"] == later["id"]
+
+    def test_multi_topic_long_poll_returns_200_and_204_uncut(self, proxy):
+        url = f"{proxy.url}/api/long-poll?topic=nginx-mlp-a&topic=nginx-mlp-b"
+        start = "~".join(f"{topic}~{publish(proxy.url, topic, 0)['id']}" for topic in ("nginx-mlp-a", "nginx-mlp-b"))
+        timer = time.monotonic()
+        res = requests.get(url, params={"since": start, "timeout": 2}, timeout=scaled(30))
+        assert res.status_code == 204 and res.content == b""
+        assert time.monotonic() - timer >= 1.5
+        later = publish(proxy.url, "nginx-mlp-b", 1)
+        res = requests.get(url, params={"since": start, "timeout": 5}, timeout=scaled(30))
+        assert res.status_code == 200 and [e["id"] for e in res.json()["events"]] == [later["id"]]
 
     def test_websocket_upgrades_and_messages_flow_both_ways(self, proxy):
         origin = proxy.url
