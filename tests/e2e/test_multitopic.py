@@ -505,7 +505,7 @@ class TestAccess:
         assert subscribers(auth_server.url) == 0, "a refused request subscribed to nothing"
 
     def test_allowed_topics_stream_and_the_stream_ends_with_its_token(self, auth_server):
-        token = mint("alice", **ALICE, ttl=3)
+        token = mint("alice", **ALICE, lifetime=3)
         with open_stream(auth_server.url, ["room.mt", "user.alice"], bearer(token)) as raw:
             sent = publish(auth_server.url, "room.mt", "hello", headers=bearer(token))
             events = raw.read_until(lambda events: any(e["type"] == "expired" for e in events), timeout=8)

@@ -26,6 +26,8 @@ def mint(sub: str = "alice", *, subscribe=(), publish=(), lifetime: float = 300.
     """A token for ``sub`` that may follow ``subscribe`` and publish to ``publish`` (topic
     patterns), valid for ``lifetime`` seconds (negative: already expired); ``claims`` are
     added last (they may replace any of the others)."""
+    if "ttl" in claims:
+        raise TypeError("mint() takes the token's lifetime as lifetime=, not ttl=")
     extra = claims
     now = time.time()
     claims = {"sub": sub, "iat": int(now), "exp": now + lifetime,
