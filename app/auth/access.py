@@ -31,6 +31,7 @@ __all__ = ["Access", "COOKIE_NAME", "URL_TOKEN_PARAMS"]
 COOKIE_NAME = "switchboard_token"
 URL_TOKEN_PARAMS = ("token", "access_token")
 ENVIRON_KEY = "switchboard.identity"
+MAX_COOKIE_AGE = 400 * 86400
 _UNSET = object()
 
 
@@ -185,6 +186,8 @@ class Access:
                               "send the token as a Bearer header instead")
 
     def cookie_max_age(self, identity: Identity, now: float | None = None) -> int:
-        """Seconds the session cookie may live: never past the token's exp."""
+        """Seconds the session cookie may live: never past the token's exp, nor past
+        400 days (RFC 6265bis 5.5: browsers cap it there; a far-future exp would
+        otherwise overflow the cookie's Expires date)."""
         left = identity.seconds_left(time.time() if now is None else now)
-        return max(0, int(left)) if left is not None else 0
+        return max(0, int(min(left, MAX_COOKIE_AGE))) if left is not None else 0

@@ -13,6 +13,7 @@ error="invalid_token"``; a JWKS endpoint that cannot answer gets 503 ``auth_unav
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 
@@ -136,10 +137,25 @@ class TestHS256:
     @pytest.mark.parametrize("payload", [
         good(ttl=-60), good(nbf=int(time.time()) + 600), good(sub=""), good(sub=5), good(exp="soon"),
         good(switchboard=["keys.*"]), good(switchboard={"publish": "keys.*"}), good(switchboard={"publish": ["a/b"]}),
+        good(exp=10**400),
     ], ids=["expired", "not-yet-valid", "empty-sub", "numeric-sub", "exp-not-a-number", "claim-not-an-object",
-            "grant-not-a-list", "bad-pattern"])
+            "grant-not-a-list", "bad-pattern", "exp-past-float-range"])
     def test_bad_claims(self, hs_server, payload):
         assert_invalid_token(hs_server, hs(payload))
+
+    @pytest.mark.parametrize("exp", [253402300800, 10**20, 10**300], ids=["year-10000", "1e20", "1e300"])
+    def test_a_far_future_exp_still_opens_a_session(self, hs_server, exp):
+        """The cookie lives as long as the token, capped (browsers cap it at 400 days anyway)."""
+        token = hs(good(exp=exp))
+        assert_accepted(hs_server, token)
+        with requests.Session() as http:
+            res = http.post(f"{hs_server.url}/api/session", headers={"Authorization": f"Bearer {token}"},
+                            timeout=scaled(10))
+            assert res.status_code == 204, res.text
+            max_age = int(re.search(r"Max-Age=(\d+)", res.headers["Set-Cookie"]).group(1))
+            assert 86400 <= max_age <= 400 * 86400
+            assert http.post(f"{hs_server.url}/api/topics/keys.a/events", json={"data": 1},
+                             timeout=scaled(10)).status_code == 201
 
     def test_wrong_secret_and_tampering(self, hs_server):
         assert_invalid_token(hs_server, hs(good(), key=secrets.token_urlsafe(40)))
