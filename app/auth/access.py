@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from typing import Callable, Mapping
+from urllib.parse import parse_qsl
 
 from werkzeug.http import parse_cookie
 
@@ -36,13 +37,12 @@ _UNSET = object()
 
 
 def _query_names(environ: Mapping) -> set[str]:
-    query = environ.get("QUERY_STRING", "")
-    return {part.split("=", 1)[0] for part in query.split("&") if part} if query else set()
+    # Decoded as Flask's request.args decodes them: ?%74oken= is ?token= (the WebSocket
+    # handshake is judged here, before the 101, where no Flask hook runs).
+    return {key for key, _value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)}
 
 
 def _query_value(environ: Mapping, name: str) -> str | None:
-    from urllib.parse import parse_qsl
-
     for key, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
         if key == name:
             return value
