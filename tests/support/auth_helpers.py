@@ -83,6 +83,39 @@ def hs256_with(secret: bytes, payload: dict, header: dict | None = None) -> str:
     return f"{signing_input}.{b64url(signature)}"
 
 
+# ------------------------------------------------------------------ topic patterns
+
+
+def reference_covers(pattern: str, topic: str, sub: str | None) -> bool:
+    """What the module docstring says, as a matcher over strings: no regular expressions."""
+    if pattern == "**":
+        return True
+    tokens: list = []
+    segments = pattern.split(".")
+    for index, segment in enumerate(segments):
+        if segment in ("*", "**"):
+            tokens.append(segment)
+        else:
+            if "{sub}" in segment and sub is None:
+                return False
+            tokens.append(("literal", segment.replace("{sub}", sub or "")))
+        if index < len(segments) - 1:
+            tokens.append(("literal", "."))
+
+    def match(at: int, rest: str) -> bool:
+        if at == len(tokens):
+            return rest == ""
+        token = tokens[at]
+        if token == "**":  # one or more trailing segments: whatever is left, if anything
+            return rest != ""
+        if token == "*":  # one non-empty segment: no dot inside
+            return any(match(at + 1, rest[end:]) for end in range(1, len(rest) + 1) if "." not in rest[:end])
+        literal = token[1]
+        return rest.startswith(literal) and match(at + 1, rest[len(literal):])
+
+    return match(0, topic)
+
+
 # ------------------------------------------------------------------ a local HTTP server
 
 
