@@ -281,7 +281,7 @@ class Settings:
     auth_hook_url: str | None = _setting(
         "SWITCHBOARD_AUTH_HOOK_URL", None, _http_url,
         "The application's decision endpoint, asked (POST) about a subscribe or publish that a "
-        "token's claims do not allow; 2xx allows, anything else refuses, down or slow = 503.")
+        "token's claims do not allow; 2xx allows, 4xx refuses; 3xx, 5xx, down or slow = 503 (fails closed).")
     auth_hook_timeout: float = _setting(
         "SWITCHBOARD_AUTH_HOOK_TIMEOUT", 2.0, _seconds(0.01, 60),
         "Seconds the decision hook may take before the request fails closed (503).")

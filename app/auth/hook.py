@@ -2,7 +2,7 @@
 
 ``SWITCHBOARD_AUTH_HOOK_URL`` receives ``POST {"action", "topic", "sub", "transport"}``
 (JSON). A 2xx answer allows, a 4xx refuses (403 is the documented one), and anything
-else (5xx, a refused connection, no answer within the timeout) fails closed: the client
+else (3xx, 5xx, a refused connection, no answer within the timeout) fails closed: the client
 gets 503 ``auth_unavailable`` and nothing is subscribed or published. Allow and deny
 answers are cached per (sub, action, topic) for the TTL, so a chat asks once per
 user and topic, not once per message; failures are not cached. Requests that miss the
@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 __all__ = ["DecisionHook"]
 
 MAX_CACHED = 10_000
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # A 3xx is not an answer: an SSO proxy in front of the hook would redirect to a sign-in
+    # page that answers 200, and following it would allow everything. It fails closed.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 class DecisionHook:
@@ -106,7 +116,7 @@ class DecisionHook:
         request = urllib.request.Request(self.url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 response.read(65536)
                 return 200 <= response.status < 300
         except urllib.error.HTTPError as exc:

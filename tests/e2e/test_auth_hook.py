@@ -39,13 +39,18 @@ BASE_ENV = {"SWITCHBOARD_TICKS": "0", "SWITCHBOARD_PUBLISH_RATE": "0", "SWITCHBO
 class Hook:
     """The application's decision endpoint. It decides by topic prefix:
     ``allow-`` 204, ``deny-`` 403, ``slow-`` answers 200 after 3 hook timeouts,
-    ``err-`` 500, ``lag-`` 200 after 0.2 s; anything else 403."""
+    ``err-`` 500, ``lag-`` 200 after 0.2 s, ``redir-`` 302 to a sign-in page that answers
+    200 (an SSO proxy in front of the hook); anything else 403."""
 
     def __init__(self):
         self.server = LocalServer(self.respond)
 
     def respond(self, request):
+        if request.path == "/login":
+            return 200, {"Content-Type": "text/html"}, b"<form>sign in</form>"
         topic = request.json().get("topic", "")
+        if topic.startswith("redir-"):
+            return 302, {"Location": "/login"}, b""
         if topic.startswith("allow-"):
             return 204, {}, b""
         if topic.startswith("lag-"):
@@ -59,7 +64,7 @@ class Hook:
         return 403, {}, b""
 
     def calls(self, topic: str | None = None, sub: str | None = None) -> list[dict]:
-        bodies = [r.json() for r in list(self.server.requests)]
+        bodies = [r.json() for r in list(self.server.requests) if r.path == "/decide"]
         return [b for b in bodies if (topic is None or b["topic"] == topic) and (sub is None or b["sub"] == sub)]
 
 
@@ -167,6 +172,13 @@ def assert_unavailable(res: requests.Response) -> None:
 
 
 class TestFailsClosed:
+    def test_a_redirect_is_not_an_answer(self, server, hook):
+        """A sign-in page behind a redirect answers 200: following it would allow everything."""
+        topic, sub = unique("redir-"), unique("u")
+        assert_unavailable(publish(server, token(sub), topic))
+        assert len(hook.calls(topic)) == 1
+        assert not [r for r in list(hook.server.requests) if r.path == "/login"]
+
     def test_slow(self, server, hook):
         topic, sub = unique("slow-"), unique("u")
         started = time.monotonic()
