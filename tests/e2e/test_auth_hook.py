@@ -39,7 +39,8 @@ BASE_ENV = {"SWITCHBOARD_TICKS": "0", "SWITCHBOARD_PUBLISH_RATE": "0", "SWITCHBO
 class Hook:
     """The application's decision endpoint. It decides by topic prefix:
     ``allow-`` 204, ``deny-`` 403, ``slow-`` answers 200 after 3 hook timeouts,
-    ``err-`` 500, ``lag-`` 200 after 0.2 s, ``redir-`` 302 to a sign-in page that answers
+    ``err-`` 500, ``lag-`` 200 after 0.2 s, ``drip-`` a 200 whose headers take 5 timeouts
+    to arrive, ``redir-`` 302 to a sign-in page that answers
     200 (an SSO proxy in front of the hook); anything else 403."""
 
     def __init__(self):
@@ -51,6 +52,8 @@ class Hook:
         topic = request.json().get("topic", "")
         if topic.startswith("redir-"):
             return 302, {"Location": "/login"}, b""
+        if topic.startswith("drip-"):
+            return self.drip
         if topic.startswith("allow-"):
             return 204, {}, b""
         if topic.startswith("lag-"):
@@ -62,6 +65,18 @@ class Hook:
         if topic.startswith("err-"):
             return 500, {}, b"oops"
         return 403, {}, b""
+
+    @staticmethod
+    def drip(wfile) -> None:
+        """A 200 whose headers arrive one every 0.6 timeouts: no single read times out."""
+        wfile.write(b"HTTP/1.1 200 OK\r\n")
+        wfile.flush()
+        for _ in range(8):
+            time.sleep(HOOK_TIMEOUT * 0.6)
+            wfile.write(b"X-Drip: 1\r\n")
+            wfile.flush()
+        wfile.write(b"Content-Length: 0\r\n\r\n")
+        wfile.flush()
 
     def calls(self, topic: str | None = None, sub: str | None = None) -> list[dict]:
         bodies = [r.json() for r in list(self.server.requests) if r.path == "/decide"]
@@ -187,6 +202,13 @@ class TestFailsClosed:
         assert_unavailable(res)
         assert HOOK_TIMEOUT * 0.9 <= took < HOOK_TIMEOUT + scaled(1.5), took
         assert poll(server, token(sub, subscribe=["**"]), topic).json()["events"] == []
+
+    def test_slow_in_small_drips(self, server, hook):
+        """The timeout bounds the whole answer, not each read of it."""
+        topic, sub = unique("drip-"), unique("u")
+        started = time.monotonic()
+        assert_unavailable(publish(server, token(sub), topic))
+        assert time.monotonic() - started < HOOK_TIMEOUT + scaled(1.5)
 
     def test_slow_with_requests_waiting_on_the_same_call(self, server, hook):
         topic, sub = unique("slow-"), unique("u")

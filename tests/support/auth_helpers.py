@@ -138,7 +138,8 @@ class LocalServer:
     """An ``http.server`` on a free 127.0.0.1 port, in threads, that records every request.
 
     Args:
-        respond: ``respond(request) -> (status, headers, body)``; may sleep (the slow hook).
+        respond: ``respond(request) -> (status, headers, body)``; may sleep (the slow hook),
+            or return ``write(wfile)`` to write the raw response itself.
     """
 
     def __init__(self, respond: Responder):
@@ -155,7 +156,15 @@ class LocalServer:
                 request = Recorded(self.command, self.path, dict(self.headers), self.rfile.read(length))
                 with owner._lock:
                     owner.requests.append(request)
-                status, headers, body = owner.respond(request)
+                answer = owner.respond(request)
+                if callable(answer):  # writes the raw response itself (a hook that drips bytes)
+                    try:
+                        answer(self.wfile)
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return
+                status, headers, body = answer
                 try:
                     self.send_response(status)
                     for name, value in {"Content-Length": str(len(body)), **headers}.items():
