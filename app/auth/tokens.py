@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import jwt
 
 from .errors import AuthUnavailable, Unauthorized
@@ -209,7 +210,9 @@ class TokenVerifier:
             try:
                 if refresh:
                     self._jwks_refreshed = time.monotonic()
-                return self._jwks.get_signing_keys(refresh=refresh)
+                # PyJWKClient's timeout bounds each read; this bounds the whole fetch.
+                with gevent.Timeout(self._jwks.timeout, TimeoutError(f"no key set within {self._jwks.timeout}s")):
+                    return self._jwks.get_signing_keys(refresh=refresh)
             except (jwt.PyJWTError, OSError, ValueError, http.client.HTTPException) as exc:
                 # PyJWKClientConnectionError (down, timeout, error status), a body that is not
                 # a JWK set (PyJWKClientError, PyJWKSetError, JSON errors), a reset mid-read.

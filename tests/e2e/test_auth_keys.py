@@ -293,7 +293,19 @@ class Jwks:
             return 200, {"Content-Type": "application/json"}, b"<html>not json</html>"
         if self.mode == "not-a-set":
             return 200, {"Content-Type": "application/json"}, b"[1, 2]"
+        if self.mode == "drip":  # each header within the 5 s read timeout, the whole far beyond it
+            return self.drip
         return 200, {"Content-Type": "application/json"}, json_body(self.document)
+
+    def drip(self, wfile) -> None:
+        wfile.write(b"HTTP/1.1 200 OK\r\n")
+        wfile.flush()
+        for _ in range(4):
+            time.sleep(2.5)
+            wfile.write(b"X-Drip: 1\r\n")
+            wfile.flush()
+        body = json_body(self.document)
+        wfile.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
     def rs(self, payload: dict, kid: str = "rsa-1") -> str:
         return jwt.encode(payload, self.rsa, algorithm="RS256", headers={"kid": kid})
@@ -388,6 +400,15 @@ class TestJwksFailsClosed:
             assert time.monotonic() - started < scaled(10)
         finally:
             server.stop()
+
+    def test_endpoint_too_slow_in_small_drips(self, broken_jwks):
+        """The JWKS fetch's 5 s bound the whole answer, not each read of it."""
+        keys, server = broken_jwks
+        keys.mode = "drip"
+        started = time.monotonic()
+        res = publish(server, keys.rs(claims()))
+        assert res.status_code == 503 and res.json()["error"] == "auth_unavailable"
+        assert time.monotonic() - started < 5 + scaled(2)
 
     @pytest.mark.parametrize("mode", ["500", "garbage", "not-a-set"])
     def test_endpoint_broken_then_back(self, broken_jwks, mode):
