@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import re
 import secrets
-import socket
 import time
 
 import jwt
