@@ -61,6 +61,12 @@ graceful_timeout = 10
 
 # Logs to stderr; the access log is off by default because polling makes it noisy.
 accesslog = os.environ.get("SWITCHBOARD_ACCESS_LOG") or None
+
+# The access log never holds a credential: the values of ?token=, ?access_token= and
+# ?ticket= (refused or single-use, but the request is still logged), Authorization,
+# Cookie and Set-Cookie are replaced by [redacted] in every atom. Server-side module
+# (app/server/access_log.py): it imports gunicorn and nothing from the app.
+logger_class = "app.server.access_log.RedactingLogger"
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 

@@ -107,11 +107,23 @@ def _pem_file(text: str) -> str | None:
         return None
     try:
         with open(text, "rb") as handle:
-            head = handle.read(64)
+            pem = handle.read(1024 * 1024)
     except OSError as exc:
         raise ValueError(f"cannot read the key file: {exc.strerror}") from None
-    if not head.startswith(b"-----BEGIN "):
+    if not pem.startswith(b"-----BEGIN "):
         raise ValueError("is not a PEM file (it must start with -----BEGIN PUBLIC KEY-----)")
+    # Checked here, at start, so a wrong key stops the master with this message instead of
+    # every worker failing to boot with a traceback.
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"is not a PEM public key ({exc}); give the public half, never the private key") from None
+    if not (isinstance(key, rsa.RSAPublicKey)
+            or isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"):
+        raise ValueError("must be an RSA key (RS256) or an EC P-256 key (ES256)")
     return text
 
 
@@ -273,7 +285,7 @@ class Settings:
     auth_hook_url: str | None = _setting(
         "SWITCHBOARD_AUTH_HOOK_URL", None, _http_url,
         "The application's decision endpoint, asked (POST) about a subscribe or publish that a "
-        "token's claims do not allow; 2xx allows, anything else refuses, down or slow = 503.")
+        "token's claims do not allow; 2xx allows, 4xx refuses; 3xx, 5xx, down or slow = 503 (fails closed).")
     auth_hook_timeout: float = _setting(
         "SWITCHBOARD_AUTH_HOOK_TIMEOUT", 2.0, _seconds(0.01, 60),
         "Seconds the decision hook may take before the request fails closed (503).")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from typing import Callable, Mapping
+from urllib.parse import parse_qsl
 
 from werkzeug.http import parse_cookie
 
@@ -31,17 +32,17 @@ __all__ = ["Access", "COOKIE_NAME", "URL_TOKEN_PARAMS"]
 COOKIE_NAME = "switchboard_token"
 URL_TOKEN_PARAMS = ("token", "access_token")
 ENVIRON_KEY = "switchboard.identity"
+MAX_COOKIE_AGE = 400 * 86400
 _UNSET = object()
 
 
 def _query_names(environ: Mapping) -> set[str]:
-    query = environ.get("QUERY_STRING", "")
-    return {part.split("=", 1)[0] for part in query.split("&") if part} if query else set()
+    # Decoded as Flask's request.args decodes them: ?%74oken= is ?token= (the WebSocket
+    # handshake is judged here, before the 101, where no Flask hook runs).
+    return {key for key, _value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)}
 
 
 def _query_value(environ: Mapping, name: str) -> str | None:
-    from urllib.parse import parse_qsl
-
     for key, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
         if key == name:
             return value
@@ -185,6 +186,8 @@ class Access:
                               "send the token as a Bearer header instead")
 
     def cookie_max_age(self, identity: Identity, now: float | None = None) -> int:
-        """Seconds the session cookie may live: never past the token's exp."""
+        """Seconds the session cookie may live: never past the token's exp, nor past
+        400 days (RFC 6265bis 5.5: browsers cap it there; a far-future exp would
+        otherwise overflow the cookie's Expires date)."""
         left = identity.seconds_left(time.time() if now is None else now)
-        return max(0, int(left)) if left is not None else 0
+        return max(0, int(min(left, MAX_COOKIE_AGE))) if left is not None else 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Iterable, Pattern
+from typing import Iterable, Mapping, Pattern
 
 __all__ = ["InvalidPattern", "PatternSet", "check_pattern"]
 
@@ -71,12 +71,21 @@ class PatternSet:
     Args:
         patterns: well-formed patterns (see :func:`check_pattern`).
         sub: the subject that ``{sub}`` stands for; None for an anonymous client.
+
+    Raises:
+        InvalidPattern: a pattern is malformed, or ``patterns`` is not a list of them.
     """
 
     __slots__ = ("patterns", "_regexes", "_everything")
 
     def __init__(self, patterns: Iterable[str], sub: str | None = None):
-        self.patterns = tuple(patterns)
+        # A bare string would be taken character by character ("**" as ["*", "*"]).
+        if isinstance(patterns, (str, bytes, bytearray, Mapping)):
+            raise InvalidPattern("topic patterns come as a list of strings, not as one string or an object")
+        try:
+            self.patterns = tuple(patterns)
+        except TypeError:
+            raise InvalidPattern("topic patterns come as a list of strings") from None
         self._everything = "**" in self.patterns
         compiled = (_compile(check_pattern(pattern), sub) for pattern in self.patterns)
         self._regexes = tuple(regex for regex in compiled if regex is not None)

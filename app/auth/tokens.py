@@ -8,10 +8,15 @@ The permission claim is ``switchboard: {"subscribe": [...], "publish": [...]}``.
 
 from __future__ import annotations
 
+import http.client
+import logging
+import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import jwt
 
 from .errors import AuthUnavailable, Unauthorized
@@ -22,6 +27,11 @@ __all__ = ["Identity", "TokenVerifier", "MAX_TOKEN_BYTES", "CLAIM"]
 CLAIM = "switchboard"
 MAX_TOKEN_BYTES = 8192  # a token is a header or a cookie; more is abuse, not a JWT
 MAX_PATTERNS = 256  # per action, so a matching check stays cheap
+JWKS_ALGORITHMS = ("RS256", "ES256")
+JWKS_LIFESPAN = 300.0  # seconds a fetched key set is used before it is fetched again
+JWKS_REFRESH_COOLDOWN = 30.0  # least seconds between refetches for an unknown kid
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,12 @@ def identity_from_claims(claims: dict[str, Any], via: str) -> Identity:
         except InvalidPattern as exc:
             raise Unauthorized(f"the token's {CLAIM}.{action} has a bad pattern: {exc}",
                                invalid_token=True) from None
-    return Identity(sender, sub, sets["subscribe"], sets["publish"], float(claims["exp"]), via)
+    try:
+        # PyJWT checked that int(exp) works; float() of an int past 1e308 does not.
+        expires_at = float(claims["exp"])
+    except (OverflowError, TypeError, ValueError):
+        raise Unauthorized("the token's exp claim is not a usable time", invalid_token=True) from None
+    return Identity(sender, sub, sets["subscribe"], sets["publish"], expires_at, via)
 
 
 class TokenVerifier:
@@ -127,9 +142,14 @@ class TokenVerifier:
                 raise ValueError("the public key must be RSA (RS256) or EC P-256 (ES256)")
             self._key = key
         elif jwks_url:
-            self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=jwks_timeout)
+            # The set is cached for JWKS_LIFESPAN; an unknown kid refetches it at most once per
+            # JWKS_REFRESH_COOLDOWN (see _jwks_key), so random kids cannot hammer the endpoint.
+            self._jwks = jwt.PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=JWKS_LIFESPAN,
+                                         timeout=jwks_timeout)
+            self._jwks_lock = threading.Lock()
+            self._jwks_refreshed = -math.inf
             self._key = None
-            self._algorithms = ["RS256", "ES256"]
+            self._algorithms = list(JWKS_ALGORITHMS)
         else:
             raise ValueError("a TokenVerifier needs a secret, a public key or a JWKS URL")
 
@@ -143,22 +163,61 @@ class TokenVerifier:
         """
         if not token or len(token) > MAX_TOKEN_BYTES:
             raise Unauthorized("the token is empty or too large", invalid_token=True)
-        key = self._key
+        key, algorithms = self._key, self._algorithms
+        if self._jwks is not None:
+            key, algorithms = self._jwks_key(token)
         try:
-            if self._jwks is not None:
-                key = self._jwks.get_signing_key_from_jwt(token).key
             claims = jwt.decode(
-                token, key, algorithms=self._algorithms, audience=self.audience, issuer=self.issuer,
+                token, key, algorithms=algorithms, audience=self.audience, issuer=self.issuer,
                 options={"require": ["sub", "exp"], "verify_aud": self.audience is not None})
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired", invalid_token=True, expired=True) from None
-        except jwt.PyJWKClientConnectionError as exc:
-            raise AuthUnavailable(f"the JWKS endpoint could not be reached: {type(exc).__name__}") from None
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             # PyJWKClientError (no key for the kid), DecodeError, InvalidSignatureError,
             # InvalidAudienceError, MissingRequiredClaimError, ...: the name says which.
             raise Unauthorized(f"the token is not valid: {type(exc).__name__}", invalid_token=True) from None
         return identity_from_claims(claims, via)
+
+    def _jwks_key(self, token: str) -> tuple[Any, list[str]]:
+        """The JWKS key the token's ``kid`` names, and the one algorithm it may sign with.
+
+        A key set that cannot be had (endpoint down, an error status, not a JWK set) is
+        the key source failing: 503, whatever the token. A kid the set does not hold is the
+        token's fault: 401.
+
+        Raises:
+            Unauthorized: no usable ``kid``, or no key for it.
+            AuthUnavailable: the key set could not be fetched.
+        """
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"the token is not valid: {type(exc).__name__}", invalid_token=True) from None
+        if not isinstance(kid, str):
+            raise Unauthorized("the token's header needs a kid naming a key of the JWKS", invalid_token=True)
+        key = self._jwks.match_kid(self._jwk_set(refresh=False), kid)
+        if key is None and time.monotonic() - self._jwks_refreshed >= JWKS_REFRESH_COOLDOWN:
+            key = self._jwks.match_kid(self._jwk_set(refresh=True), kid)  # a rotated key
+        if key is None:
+            raise Unauthorized("the token's kid names no key of the JWKS", invalid_token=True)
+        if key.algorithm_name not in JWKS_ALGORITHMS:
+            raise Unauthorized(f"the JWKS key {kid!r} is not an RS256 or ES256 key", invalid_token=True)
+        return key.key, [key.algorithm_name]
+
+    def _jwk_set(self, refresh: bool) -> list:
+        # One fetch at a time: greenlets that miss together wait for it, then hit the cache.
+        with self._jwks_lock:
+            try:
+                if refresh:
+                    self._jwks_refreshed = time.monotonic()
+                # PyJWKClient's timeout bounds each read; this bounds the whole fetch.
+                with gevent.Timeout(self._jwks.timeout, TimeoutError(f"no key set within {self._jwks.timeout}s")):
+                    return self._jwks.get_signing_keys(refresh=refresh)
+            except (jwt.PyJWTError, OSError, ValueError, http.client.HTTPException) as exc:
+                # PyJWKClientConnectionError (down, timeout, error status), a body that is not
+                # a JWK set (PyJWKClientError, PyJWKSetError, JSON errors), a reset mid-read.
+                log.warning("JWKS endpoint %s failed: %s: %s", self._jwks.uri, type(exc).__name__, exc)
+                raise AuthUnavailable("the key service (JWKS) did not answer; try again shortly") from None
 
     def mint(self, claims: dict[str, Any]) -> str:
         """Sign ``claims`` with the HS256 secret (the demo sign-in; tests).

@@ -1,0 +1,1 @@
+"""Server-side code that gunicorn loads by name; it imports nothing from the app."""
