@@ -12,6 +12,7 @@ from app.auth.tickets import TicketBook
 from app.config import ConfigError, Settings
 from app.hub.memory import MemoryBackend
 from tests.support.auth import AUDIENCE, SECRET, mint
+from tests.support.auth_helpers import rsa_key, write_public_pem
 
 
 def settings(**overrides) -> Settings:
@@ -124,8 +125,7 @@ class TestDecisions:
 
 class TestSettings:
     def test_only_one_key_source(self, tmp_path):
-        pem = tmp_path / "key.pem"
-        pem.write_text("-----BEGIN PUBLIC KEY-----\n")
+        pem = write_public_pem(rsa_key(), tmp_path / "key.pem")
         with pytest.raises(ConfigError, match="only one"):
             Settings.load(environ={"SWITCHBOARD_AUTH_SECRET": SECRET, "SWITCHBOARD_AUTH_PUBLIC_KEY": str(pem)})
 
