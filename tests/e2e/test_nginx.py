@@ -131,8 +131,8 @@ class TestTimeouts:
 
     def test_read_timeouts_exceed_the_apps_intervals(self):
         defaults = Settings()
-        assert self.read_timeout("location ~ ^/api/topics/[^/]+/stream$") > defaults.sse_heartbeat
-        assert self.read_timeout("location ~ ^/api/topics/[^/]+/long-poll$") > defaults.longpoll_timeout
+        assert self.read_timeout("location ~ ^/api/(topics/[^/]+/stream|") > defaults.sse_heartbeat
+        assert self.read_timeout("location ~ ^/api/(topics/[^/]+/long-poll|") > defaults.longpoll_timeout
         assert self.read_timeout("location ~ ^/(ws|stomp)$") > defaults.ws_ping_interval
 
     def test_every_seed_note_is_in_the_config(self):
