@@ -22,7 +22,8 @@ import pytest
 import requests
 
 from tests.support.auth import auth_env
-from tests.support.nginx import Nginx
+from tests.support.nginx import (Nginx, buffering_with_gzip, http_10_upstream, no_upgrade_headers, read_timeout_3s,
+                                 replace_once)
 from tests.support.servers import ROOT, Gunicorn, free_port
 from tests.support.timing import scaled
 
@@ -33,38 +34,8 @@ WAITS = ["--idle-seconds", "5", "--poll-seconds", "5", "--events", "5", "--inter
 ALL_CHECKS = {"buffering", "idle-cut", "websocket", "stomp", "long-poll", "upstream", "forwarded", "clock"}
 LINE = re.compile(r"(ok|problem|unknown) +(\S+) +(.+)  fix: (.+)")
 
-
-def replace_once(config: str, old: str, new: str) -> str:
-    assert config.count(old) == 1, f"nginx.conf no longer has exactly one {old!r}"
-    return config.replace(old, new)
-
-
-# Each variant of the shipped nginx.conf breaks one thing, and the checks it must fail.
-def buffering_with_gzip(config: str) -> str:
-    """A buffering proxy that compresses the stream. nginx honours the app's
-    X-Accel-Buffering: no even with proxy_buffering on (test_x_accel_buffering_saves_the_stream),
-    so the variant also ignores that header, as a CDN or another proxy in the path would."""
-    config = replace_once(config, "            proxy_buffering off;\n",
-                          "            proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;\n")
-    return replace_once(config, "            gzip off;\n",
-                        "            gzip on; gzip_min_length 0; gzip_types text/event-stream;\n")
-
-
-def no_upgrade_headers(config: str) -> str:
-    config = replace_once(config, "            proxy_set_header Upgrade           $http_upgrade;\n", "")
-    return replace_once(config, "            proxy_set_header Connection        $connection_upgrade;\n", "")
-
-
-def read_timeout_3s(config: str) -> str:
-    assert config.count("proxy_read_timeout 60s;") == 3
-    return config.replace("proxy_read_timeout 60s;", "proxy_read_timeout 3s;")
-
-
-def http_10_upstream(config: str) -> str:
-    return replace_once(config, 'proxy_http_version 1.1;\n        proxy_set_header Connection "";',
-                        "proxy_http_version 1.0;\n        proxy_set_header Connection close;")
-
-
+# Each variant of the shipped nginx.conf breaks one thing (tests/support/nginx.py), and the
+# checks it must fail.
 VARIANTS = {
     "shipped": (None, set()),
     "buffering-gzip": (buffering_with_gzip, {"buffering"}),
