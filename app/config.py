@@ -225,7 +225,7 @@ class Settings:
     doctor_burst: int = _setting(
         "SWITCHBOARD_DOCTOR_BURST", 30, _int(1, 1_000_000),
         "/api/doctor/... requests allowed at once before SWITCHBOARD_DOCTOR_RATE applies (one run of the "
-        "doctor page makes about 20).")
+        "doctor page makes 14, of the command line 6).")
     doctor_streams: int = _setting(
         "SWITCHBOARD_DOCTOR_STREAMS", 10, _int(0, 100_000),
         "Doctor responses one client address may hold open at once (timed and idle streams, slow polls; "
