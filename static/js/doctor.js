@@ -46,6 +46,7 @@
     row.querySelector("[data-verdict-label]").textContent = verdictLabel[verdict] || verdict;
     row.querySelector("[data-explain]").textContent = explanation;
     row.querySelector("[data-fix]").textContent = fix;
+    row.querySelector("[data-fix-label]").textContent = verdict === OK ? "The line that keeps it so:" : "Fix:";
     row.querySelector("[data-fix-line]").hidden = !fix;
   }
 
