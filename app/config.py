@@ -235,6 +235,21 @@ class Settings:
     publish_burst: int = _setting(
         "SWITCHBOARD_PUBLISH_BURST", 2000, _int(1, 10_000_000),
         "Publishes allowed at once before SWITCHBOARD_PUBLISH_RATE applies (the bucket's size).")
+    doctor_rate: float = _setting(
+        "SWITCHBOARD_DOCTOR_RATE", 1.0, _seconds(0, 1_000_000),
+        "Requests per second to /api/doctor/... allowed per client address (a token bucket; 0 = no limit).")
+    doctor_burst: int = _setting(
+        "SWITCHBOARD_DOCTOR_BURST", 30, _int(1, 1_000_000),
+        "/api/doctor/... requests allowed at once before SWITCHBOARD_DOCTOR_RATE applies (one run of the "
+        "doctor page makes 14, of the command line 6).")
+    doctor_streams: int = _setting(
+        "SWITCHBOARD_DOCTOR_STREAMS", 10, _int(0, 100_000),
+        "Doctor responses one client address may hold open at once (timed and idle streams, slow polls; "
+        "0 = no limit); they also count as streams against SWITCHBOARD_MAX_CONNECTIONS*.")
+    doctor_max_wait: float = _setting(
+        "SWITCHBOARD_DOCTOR_MAX_WAIT", 120.0, _seconds(1, 3600),
+        "Longest silence the doctor's idle stream and slow poll hold (seconds); keep it above the SSE "
+        "heartbeat and the long-poll timeout, or the doctor cannot tell whether they survive the proxy.")
     stomp_heartbeat_ms: tuple[int, int] = _setting(
         "SWITCHBOARD_STOMP_HEARTBEAT_MS", (1000, 1000), _heart_beat,
         "The server's STOMP heart-beat floors (send,receive) in ms: it never sends heart-beats "

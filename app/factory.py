@@ -11,7 +11,7 @@ from flask import Flask
 from gevent import monkey
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, errors, limits as limits_module, pages, security
+from . import api, doctor_api, errors, limits as limits_module, pages, security
 from .auth import Access, AccessError, Unauthorized, demo as auth_demo, web as auth_web
 from .config import ConfigError, Settings
 from .hub import Hub
@@ -143,6 +143,7 @@ def build_app(test_config=None) -> Flask:
     limits_module.init_app(app, limits)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    doctor_api.init_app(app)  # the proxy doctor's endpoints (/api/doctor/...)
     for transport in TRANSPORTS:
         transport.init_app(app)
 

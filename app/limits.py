@@ -17,6 +17,10 @@ limit                  what is refused                                          
                        STOMP connection
 ``message_size``       a body, WebSocket message or STOMP frame over                413 / 1009 / ``ERROR``
                        ``max_message_bytes``
+``doctor_rate``        a ``/api/doctor/...`` request beyond the client address's    429 + ``Retry-After``
+                       token bucket (``doctor_rate``, ``doctor_burst``)
+``doctor_streams``     a held doctor response (timed or idle stream, slow poll)     429 + ``Retry-After``
+                       beyond ``doctor_streams`` for this client address
 =====================  ==========================================================  =====================
 
 The client address is ``REMOTE_ADDR``, or with ``SWITCHBOARD_BEHIND_PROXY`` the last
@@ -25,7 +29,8 @@ Counts are per worker process: with ``WEB_CONCURRENCY=4`` a client may hold four
 the per-client figure, one share in each worker.
 
 Nothing here touches a socket: the transports call :meth:`Limits.open_stream` and
-:meth:`Limits.publish_bucket`, and ``app/transports/wsio.py`` reaches the stream limit
+:meth:`Limits.publish_bucket`, the proxy doctor (``app/doctor_api.py``) calls
+:meth:`Limits.check_doctor_rate` and :meth:`Limits.open_doctor_stream`, and ``app/transports/wsio.py`` reaches the stream limit
 through the WebSocket policy's ``admit`` hook, before it sends ``101``.
 """
 
@@ -42,7 +47,7 @@ from .config import Settings
 from .errors import ApiError
 from .metrics import Metrics
 
-__all__ = ["LimitExceeded", "Limits", "Slot", "TokenBucket", "client_address", "init_app"]
+__all__ = ["DoctorSlot", "LimitExceeded", "Limits", "Slot", "TokenBucket", "client_address", "init_app"]
 
 
 class LimitExceeded(ApiError):
@@ -125,12 +130,25 @@ class Slot:
         if not self.released:
             self.released = True
             self._limits._release(self.client)
+            self._released()
+
+    def _released(self) -> None:
+        """What a kind of slot gives back besides the stream count (nothing, here)."""
 
     def __enter__(self) -> "Slot":
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+class DoctorSlot(Slot):
+    """A held doctor response: one stream, and one of the address's doctor places."""
+
+    __slots__ = ()
+
+    def _released(self) -> None:
+        self._limits._release_doctor(self.client)
 
 
 class Limits:
@@ -153,11 +171,16 @@ class Limits:
         self.publish_rate = settings.publish_rate
         self.publish_burst = settings.publish_burst
         self.behind_proxy = settings.behind_proxy
+        self.doctor_rate = settings.doctor_rate
+        self.doctor_burst = settings.doctor_burst
+        self.max_doctor_streams = settings.doctor_streams
         self.metrics = metrics
         self._clock = clock
         self.open = 0
         self._per_client: dict[str, int] = {}
         self._address_buckets: dict[str, TokenBucket] = {}
+        self._doctor_buckets: dict[str, TokenBucket] = {}
+        self._doctor_held: dict[str, int] = {}
 
     # -- streams -----------------------------------------------------------------------
 
@@ -217,27 +240,74 @@ class Limits:
         """
         if self.publish_rate <= 0:
             return
-        client = self.client(environ)
-        bucket = self._address_buckets.get(client)
-        if bucket is None:
-            if len(self._address_buckets) >= self.MAX_TRACKED_ADDRESSES:
-                self._forget_full_buckets()
-            bucket = self._address_buckets[client] = self.publish_bucket()
-        wait = bucket.take()
+        wait = self._take(self._address_buckets, self.client(environ), self.publish_rate, self.publish_burst)
         if wait:
             self.rejected("publish_rate")
             raise LimitExceeded("publish_rate", 429, "rate_limited",
                                 f"at most {self.publish_rate:g} publishes a second (bursts of {self.publish_burst}) "
                                 "per client; slow down", wait)
 
-    def _forget_full_buckets(self) -> None:
+    def _take(self, buckets: dict[str, TokenBucket], client: str, rate: float, burst: int) -> float:
+        """Take a token from ``client``'s bucket in ``buckets``: 0.0, or the seconds to wait."""
+        bucket = buckets.get(client)
+        if bucket is None:
+            if len(buckets) >= self.MAX_TRACKED_ADDRESSES:
+                self._forget_full_buckets(buckets)
+            bucket = buckets[client] = TokenBucket(rate, burst, self._clock)
+        return bucket.take()
+
+    def _forget_full_buckets(self, buckets: dict[str, TokenBucket]) -> None:
         # A full bucket is the same as no bucket: dropping it forgets nothing. If every
         # bucket is in use (a flood of addresses), the oldest half goes: memory stays bounded.
-        for client in [c for c, b in self._address_buckets.items() if b.full]:
-            del self._address_buckets[client]
-        if len(self._address_buckets) >= self.MAX_TRACKED_ADDRESSES:
-            for client in list(self._address_buckets)[: self.MAX_TRACKED_ADDRESSES // 2]:
-                del self._address_buckets[client]
+        for client in [c for c, b in buckets.items() if b.full]:
+            del buckets[client]
+        if len(buckets) >= self.MAX_TRACKED_ADDRESSES:
+            for client in list(buckets)[: self.MAX_TRACKED_ADDRESSES // 2]:
+                del buckets[client]
+
+    # -- the proxy doctor ----------------------------------------------------------------
+
+    def check_doctor_rate(self, environ: Mapping) -> None:
+        """Charge one ``/api/doctor/...`` request to the caller's address.
+
+        Raises:
+            LimitExceeded: 429 ``rate_limited`` with ``Retry-After``.
+        """
+        if self.doctor_rate <= 0:
+            return
+        wait = self._take(self._doctor_buckets, self.client(environ), self.doctor_rate, self.doctor_burst)
+        if wait:
+            self.rejected("doctor_rate")
+            raise LimitExceeded("doctor_rate", 429, "rate_limited",
+                                f"the proxy doctor answers at most {self.doctor_rate:g} requests a second "
+                                f"(bursts of {self.doctor_burst}) per client; run it again later", wait)
+
+    def open_doctor_stream(self, environ: Mapping) -> DoctorSlot:
+        """Admit one held doctor response: the address's doctor share first, then the stream limits.
+
+        Returns:
+            A :class:`DoctorSlot` to release when the response ends.
+
+        Raises:
+            LimitExceeded: 429 ``too_many_doctor_streams``, or what :meth:`open_stream` raises.
+        """
+        client = self.client(environ)
+        held = self._doctor_held.get(client, 0)
+        if self.max_doctor_streams and held >= self.max_doctor_streams:
+            self.rejected("doctor_streams")
+            raise LimitExceeded("doctor_streams", 429, "too_many_doctor_streams",
+                                f"your address holds its maximum of {self.max_doctor_streams} open doctor "
+                                "checks; wait for them to end", 5)
+        self.open_stream(environ, "doctor")  # counted; the DoctorSlot below gives it back
+        self._doctor_held[client] = held + 1
+        return DoctorSlot(self, client, "doctor")
+
+    def _release_doctor(self, client: str) -> None:
+        held = self._doctor_held.get(client, 0) - 1
+        if held > 0:
+            self._doctor_held[client] = held
+        else:
+            self._doctor_held.pop(client, None)
 
     # -- counting ----------------------------------------------------------------------
 

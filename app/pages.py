@@ -1,4 +1,5 @@
-"""The demo pages: an index with one card per technique, and one page per technique."""
+"""The demo pages: an index with one card per technique, one page per technique, the
+side-by-side comparison and the proxy doctor."""
 
 from __future__ import annotations
 
@@ -94,6 +95,35 @@ def page_sender() -> str:
         return request_identity().sender
     except AccessError:
         return current_sender()
+@dataclass(frozen=True)
+class DoctorCheck:
+    name: str  # as the command-line doctor names it (app/doctor/checks.py)
+    title: str
+    question: str
+
+
+# The proxy doctor's checks, in the order static/js/doctor.js runs them; the study notes'
+# reverse-proxy pitfalls, plus what a browser alone can see (its HTTP version, its clock).
+DOCTOR_CHECKS = (
+    DoctorCheck("upstream", "Upstream HTTP version and keep-alive",
+                "How did the proxy speak to the app: HTTP/1.1 with keep-alive, or HTTP/1.0 with Connection: close?"),
+    DoctorCheck("forwarded", "Forwarded headers",
+                "Do X-Forwarded-For and -Proto reach the app, does it trust them, and only the proxy's own?"),
+    DoctorCheck("clock", "Clock offset",
+                "How far is the server's clock from this browser's? It skews every latency figure on the pages."),
+    DoctorCheck("websocket", "WebSocket upgrade",
+                "Does /ws answer 101 Switching Protocols, and do frames pass both ways?"),
+    DoctorCheck("stomp", "STOMP upgrade",
+                "Does /stomp answer 101 with the STOMP sub-protocol echoed, and answer CONNECT?"),
+    DoctorCheck("buffering", "SSE buffering",
+                "The server sends events at a steady pace: do they arrive spaced, or in one clump?"),
+    DoctorCheck("http-version", "HTTP version and the connection limit",
+                "Which HTTP version did this browser use, and does a 7th request at once have to wait?"),
+    DoctorCheck("idle-cut", "Idle cut",
+                "How long does a silent stream survive, against the server's heartbeat?"),
+    DoctorCheck("long-poll", "Long-poll timeout",
+                "Does an answer held silent past the long-poll timeout come back, or does the proxy give up first?"),
+)
 
 
 @bp.get("/")
@@ -108,6 +138,18 @@ def index():
 def compare():
     """Show the five transports side by side."""
     return render_template("compare.html", techniques=TECHNIQUES, sender=page_sender())
+
+
+@bp.get("/doctor")
+def doctor():
+    """Show the proxy doctor: checks of what sits between this browser and the server."""
+    settings = state.settings()
+    return render_template(
+        "doctor.html", techniques=TECHNIQUES, sender=page_sender(), checks=DOCTOR_CHECKS,
+        heartbeat=settings.sse_heartbeat, longpoll_timeout=settings.longpoll_timeout,
+        max_wait=settings.doctor_max_wait,
+        idle_default=min(settings.sse_heartbeat + 2, settings.doctor_max_wait),
+        poll_default=min(settings.longpoll_timeout + 2, settings.doctor_max_wait))
 
 
 @bp.get("/<slug>")

@@ -150,7 +150,7 @@ def test_backend_up_follows_redis(start_server, tmp_path):
 
 # ------------------------------------------------------------ pages: headers and text only
 
-PAGES = ("/", "/polling", "/long-polling", "/sse", "/websocket", "/stomp", "/compare")
+PAGES = ("/", "/polling", "/long-polling", "/sse", "/websocket", "/stomp", "/compare", "/doctor")
 HTML_SINKS = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "createContextualFragment",
               "DOMParser", "srcdoc", "eval(", "new Function")
 

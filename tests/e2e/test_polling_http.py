@@ -223,7 +223,8 @@ class TestBadInput:
 
 
 class TestPages:
-    @pytest.mark.parametrize("path", ["/", "/polling", "/long-polling", "/sse", "/websocket", "/stomp", "/compare"])
+    @pytest.mark.parametrize("path", ["/", "/polling", "/long-polling", "/sse", "/websocket", "/stomp", "/compare",
+                                      "/doctor"])
     def test_page_renders(self, server, http, path):
         res = http.get(server.url + path, timeout=5)
         assert res.status_code == 200 and res.headers["Content-Type"].startswith("text/html")

@@ -85,3 +85,36 @@ class Nginx:
         if self.proc:
             self._log.close()
         shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+# -- variants that break one thing (the proxy doctor's tests) ---------------------------
+
+
+def replace_once(config: str, old: str, new: str) -> str:
+    assert config.count(old) == 1, f"nginx.conf no longer has exactly one {old!r}"
+    return config.replace(old, new)
+
+
+def buffering_with_gzip(config: str) -> str:
+    """A buffering proxy that compresses the stream. nginx honours the app's
+    X-Accel-Buffering: no even with proxy_buffering on (tests/e2e/test_doctor.py shows it),
+    so the variant also ignores that header, as a CDN or another proxy in the path would."""
+    config = replace_once(config, "            proxy_buffering off;\n",
+                          "            proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;\n")
+    return replace_once(config, "            gzip off;\n",
+                        "            gzip on; gzip_min_length 0; gzip_types text/event-stream;\n")
+
+
+def no_upgrade_headers(config: str) -> str:
+    config = replace_once(config, "            proxy_set_header Upgrade           $http_upgrade;\n", "")
+    return replace_once(config, "            proxy_set_header Connection        $connection_upgrade;\n", "")
+
+
+def read_timeout_3s(config: str) -> str:
+    assert config.count("proxy_read_timeout 60s;") == 3
+    return config.replace("proxy_read_timeout 60s;", "proxy_read_timeout 3s;")
+
+
+def http_10_upstream(config: str) -> str:
+    return replace_once(config, 'proxy_http_version 1.1;\n        proxy_set_header Connection "";',
+                        "proxy_http_version 1.0;\n        proxy_set_header Connection close;")
