@@ -5,16 +5,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 # Programs the test suite starts for real, and the Debian packages that provide them.
-SYSTEM_DEPS := nginx:nginx redis-server:redis-server chromium:chromium
+SYSTEM_DEPS := nginx:nginx redis-server:redis-server chromium:chromium openssl:openssl
 PYTEST_ARGS ?=
 NGINX ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+TLS_DIR := .run/nginx/tls
 
 .PHONY: run run-auth run-nginx run-redis test test-fast system-deps node-deps clean help bench bench-quick
 
 help:
 	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
 	@echo "make run-auth   the same with access control on: sign in as alice or bob on the index page"
-	@echo "make run-nginx  gunicorn behind nginx (nginx.conf): http://127.0.0.1:8080"
+	@echo "make run-nginx  gunicorn behind nginx (nginx.conf): http://127.0.0.1:8080, https://127.0.0.1:8443 (HTTP/2)"
 	@echo "make run-redis  a local redis-server and gunicorn with 4 workers on it"
 	@echo "make bench      benchmarks vs Nchan and Flask-SocketIO (bench-quick: under a minute)"
 	@echo "make test       install everything the tests need, then run them all"
@@ -47,15 +48,30 @@ run-auth: $(VENV)/.run-installed
 	  SWITCHBOARD_ANONYMOUS_PUBLISH="$${SWITCHBOARD_ANONYMOUS_PUBLISH-}" \
 	  exec $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
-# gunicorn on :8000 behind nginx on :8080, with the repo's nginx.conf; Ctrl-C stops both.
-run-nginx: $(VENV)/.run-installed
+# gunicorn on :8000 behind nginx: plain HTTP/1.1 on :8080 and TLS with HTTP/2 on :8443.
+# nginx runs .run/nginx/nginx-tls.conf: the repo's nginx.conf with its "#tls " lines turned
+# on, and the certificate paths made absolute (nginx reads them relative to the config
+# file's folder, which for this copy is .run/nginx/). Ctrl-C stops both.
+run-nginx: $(VENV)/.run-installed $(TLS_DIR)/cert.pem
 	@test -x "$(NGINX)" || { echo "run-nginx needs nginx (Debian: apt-get install nginx)"; exit 1; }
 	@mkdir -p .run/nginx
+	@sed -e 's/^\([[:space:]]*\)#tls /\1/' \
+	  -e 's|\.run/nginx/tls/|$(CURDIR)/$(TLS_DIR)/|' nginx.conf > .run/nginx/nginx-tls.conf
 	@trap 'kill 0' INT TERM EXIT; \
 	  SWITCHBOARD_BEHIND_PROXY=1 $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app & \
-	  "$(NGINX)" -p "$(CURDIR)" -c nginx.conf -g 'daemon off;' & \
-	  echo "Switchboard behind nginx: http://127.0.0.1:8080/ (Ctrl-C stops gunicorn and nginx)"; \
+	  "$(NGINX)" -p "$(CURDIR)" -c .run/nginx/nginx-tls.conf -g 'daemon off;' & \
+	  echo "Switchboard behind nginx: http://127.0.0.1:8080/ (HTTP/1.1) and https://127.0.0.1:8443/ (HTTP/2," \
+	       "self-signed certificate: accept the browser's warning once). Ctrl-C stops gunicorn and nginx."; \
 	  wait
+
+# A self-signed certificate for 127.0.0.1 and localhost, made once (browsers warn about it;
+# a real deployment points nginx.conf's ssl_certificate lines at a real one).
+$(TLS_DIR)/cert.pem:
+	@command -v openssl >/dev/null || { echo "run-nginx needs openssl (Debian: apt-get install openssl)"; exit 1; }
+	@mkdir -p $(TLS_DIR)
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+	  -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+	  -keyout $(TLS_DIR)/key.pem -out $@
 
 # gunicorn with 4 workers sharing one hub through Redis: a redis-server started here (data
 # and Unix socket under .run/redis, nothing kept), or the one SWITCHBOARD_REDIS_URL names.

@@ -84,25 +84,34 @@
 
   // ---- connections: how many of the browser's 6 per host this page uses ------------
 
-  const HTTP_KINDS = ["polling", "longpoll", "sse", "publish"];
+  // Each kind counts its HTTP requests in flight; "test" is the streams of the "ten streams
+  // at once" section (connection-limit.js). Over HTTP/1.1 a request in flight holds one of
+  // the browser's 6 connections to the host, or waits in its queue for one.
+  const HTTP_KINDS = ["polling", "longpoll", "sse", "publish", "test"];
   const connections = {
-    now: { polling: 0, longpoll: 0, sse: 0, publish: 0, websocket: 0, stomp: 0 },
+    now: { polling: 0, longpoll: 0, sse: 0, publish: 0, test: 0, websocket: 0, stomp: 0 },
     peak: 0,
+    limit: 6, // per host over HTTP/1.1; none when the page came over HTTP/2 (showProtocol)
     set(kind, count) {
       this.now[kind] = count;
-      this.peak = Math.max(this.peak, this.http());
+      this.peak = Math.max(this.peak, this.inUse());
       scheduleRender();
     },
     http() { return HTTP_KINDS.reduce((sum, kind) => sum + this.now[kind], 0); },
+    inUse() { return Math.min(this.limit, this.http()); },
     ws() { return this.now.websocket + this.now.stomp; },
     render() {
-      setText('[data-conn="http"]', String(this.http()));
+      const queued = this.http() - this.inUse();
+      setText('[data-conn="http"]', String(this.inUse()));
+      setText('[data-conn="queued"]', String(queued));
+      for (const node of document.querySelectorAll("[data-conn-queued]")) node.hidden = queued === 0;
       setText('[data-conn="peak"]', String(this.peak));
       setText('[data-conn="ws"]', String(this.ws()));
       for (const [kind, count] of Object.entries(this.now)) setText(`[data-conn-of="${kind}"]`, String(count));
     },
   };
   renderers.push(() => connections.render());
+  S.connections = connections; // connection-limit.js reports its test streams here
 
   function setText(selector, text, root = document) {
     for (const node of root.querySelectorAll(selector)) {
@@ -857,8 +866,13 @@
   function showProtocol() {
     const nav = performance.getEntriesByType("navigation")[0];
     const protocol = nav && nav.nextHopProtocol ? nav.nextHopProtocol : "unknown";
-    const note = protocol === "h2" || protocol === "h3" ? " (multiplexed: the limit of 6 does not apply)" : "";
+    const multiplexed = protocol === "h2" || protocol === "h3";
+    const note = multiplexed ? " (multiplexed: the limit of 6 does not apply)" : "";
     setText('[data-conn="protocol"]', protocol + note);
+    if (multiplexed) {
+      connections.limit = Infinity;
+      for (const node of document.querySelectorAll("[data-h2-text]")) node.textContent = node.dataset.h2Text;
+    }
   }
 
   async function topicCursor() {

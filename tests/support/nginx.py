@@ -2,6 +2,8 @@
 
 The only changes made to the shipped file are the ones a deployer makes: the listen
 port and the upstream address (plus, for the counter-test, whatever ``edit`` does).
+With ``tls=True`` also the ones `make run-nginx` makes: the "#tls " lines turned on, on a
+free port, with a self-signed certificate made by openssl where those lines look for it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,36 @@ def shipped_config() -> str:
     return (ROOT / "nginx.conf").read_text()
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)`` for 127.0.0.1 and localhost, made as the Makefile makes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=scaled(30))
+    return cert, key
+
+
+def with_tls(config: str, port: int) -> str:
+    """The config with its TLS and HTTP/2 lines on, listening on ``port``.
+
+    The certificate paths stay as shipped (``.run/nginx/tls/`` under the config file's
+    folder, which nginx reads them relative to): the caller puts a certificate there.
+    """
+    config, n_on = re.subn(r"(?m)^(\s*)#tls ", r"\1", config)
+    config, n_listen = re.subn(r"listen 8443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;", config)
+    assert n_on >= 3 and n_listen == 1, "nginx.conf no longer has the #tls lines the tests turn on"
+    return config
+
+
 class Nginx:
-    def __init__(self, upstream_port: int, edit: Callable[[str], str] | None = None):
+    def __init__(self, upstream_port: int, edit: Callable[[str], str] | None = None, tls: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.tls_port = free_port() if tls else None
+        self.tls_url = f"https://127.0.0.1:{self.tls_port}" if tls else None
         # Under the checkout, not the test's tmp dir: nginx workers run as an unprivileged
         # user when started as root, and pytest's tmp dirs are private to root.
         self.prefix = ROOT / ".run" / f"test-nginx-{self.port}"
@@ -38,6 +66,10 @@ class Nginx:
         config, n_listen = re.subn(r"listen 8080;", f"listen 127.0.0.1:{self.port};", config)
         config, n_upstream = re.subn(r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{upstream_port};", config)
         assert n_listen == 1 and n_upstream == 1, "nginx.conf no longer has the DEPLOY lines the tests edit"
+        self.certificate: Path | None = None  # with tls: the certificate a client can verify against
+        if tls:
+            self.certificate, _ = self_signed_certificate(self.prefix / ".run" / "nginx" / "tls")
+            config = with_tls(config, self.tls_port)
         if edit is not None:
             config = edit(config)
         # Same relative layout as a checkout: static/ and .run/nginx/ under the prefix.
