@@ -26,9 +26,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.test_stomp_ws import Wire
 from tests.support.auth_helpers import LocalServer, claims
 from tests.support.servers import Gunicorn, free_port
 from tests.support.timing import scaled
+from tests.support.wsclients import JsonClient, ws_url
 
 SECRET = secrets.token_urlsafe(40)
 HOOK_TIMEOUT = scaled(0.5)
@@ -331,3 +333,33 @@ class TestCache:
         hit_rate = 1 - calls / decisions
         print(f"hook cache: {calls} calls for {decisions} decisions, hit rate {hit_rate:.1%}")
         assert hit_rate >= 0.99
+
+
+class TestWebSocketTransports:
+    """The hook decides for /ws and STOMP too, and fails closed there in their own form."""
+
+    def test_ws_subscribe_asks_the_hook_and_an_outage_is_an_error_op(self, server, hook):
+        with JsonClient(ws_url(server.url), header=[f"Authorization: Bearer {token('wsuser')}"]) as client:
+            allowed, failing = unique("allow-"), unique("err-")
+            assert client.request("subscribe", topic=allowed)["op"] == "ok"
+            assert [call["transport"] for call in hook.calls(allowed)] == ["websocket"]
+            reply = client.request("subscribe", topic=failing)
+            assert (reply["op"], reply["error"]) == ("error", "auth_unavailable"), reply
+            reply = client.request("publish", topic=unique("deny-"), data="x")
+            assert (reply["op"], reply["error"]) == ("error", "forbidden"), reply
+            event = publish(server, token("wsuser", publish=("**",)), allowed, "after the refusals")
+            assert event.status_code == 201
+            assert client.next_event()["id"] == event.json()["id"], "the connection stays, its subscription too"
+
+    def test_stomp_subscribe_with_the_hook_down_is_an_error_frame(self, server, hook):
+        wire = Wire(server)
+        try:
+            wire.connect(Authorization=f"Bearer {token('stompuser')}")
+            wire.subscribe(f"/topic/{unique('allow-')}", "1")
+            failing = unique("err-")
+            wire.send_frame("SUBSCRIBE", {"id": "2", "destination": f"/topic/{failing}"})
+            error = wire.expect_error("authorization unavailable")
+            assert error.get("destination") == f"/topic/{failing}"
+            wire.expect_close()
+        finally:
+            wire.close()
