@@ -117,6 +117,14 @@ def english_words(texts: list[dict]) -> list[str]:
     return flagged
 
 
+def overflowing(page) -> list[str]:
+    """The innermost elements that reach past the right edge of the window (with their text)."""
+    return page.evaluate("""() => [...document.body.querySelectorAll('*')]
+        .filter(el => el.getBoundingClientRect().right > window.innerWidth + 0.5
+                      && ![...el.children].some(c => c.getBoundingClientRect().right > window.innerWidth + 0.5))
+        .map(el => `${el.tagName.toLowerCase()}.${el.className}: ${el.textContent.trim().slice(0, 80)}`)""")
+
+
 def assert_no_english(page, context: str) -> None:
     assert page.evaluate("document.documentElement.lang") == "ko", context
     flagged = english_words(page.evaluate(COLLECT_TEXT))
@@ -278,6 +286,9 @@ def test_every_page_in_korean_has_no_english_left(path, korean_user, live_server
     exercise(page, path, live_server.url)
     assert_no_english(page, path)
     page.set_viewport_size(PHONE)  # Korean lines break between words (word-break: keep-all)
+    # The compare page's chart takes its new width from a ResizeObserver: give it two frames.
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    assert not overflowing(page), f"wider than the phone on {path}: {overflowing(page)}"
     assert_no_horizontal_scroll(page)
 
 
