@@ -6,11 +6,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 # Programs the test suite starts for real, and the Debian packages that provide them.
 SYSTEM_DEPS := nginx:nginx redis-server:redis-server chromium:chromium openssl:openssl
+# A font with Hangul, so that Chromium draws the Korean pages (and their screenshots) in letters, not boxes.
+KOREAN_FONT := fonts-nanum
 PYTEST_ARGS ?=
 NGINX ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 TLS_DIR := .run/nginx/tls
 
-.PHONY: run run-auth run-nginx run-redis test test-fast system-deps node-deps clean help bench bench-quick
+.PHONY: run run-auth run-nginx run-redis test test-fast system-deps node-deps clean help bench bench-quick translations pot
 
 help:
 	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
@@ -20,6 +22,7 @@ help:
 	@echo "make bench      benchmarks vs Nchan and Flask-SocketIO (bench-quick: under a minute)"
 	@echo "make test       install everything the tests need, then run them all"
 	@echo "make test-fast  the same, skipping the long soak tests"
+	@echo "make translations  extract the pages' messages, update translations/ko, compile the .mo"
 
 $(VENV)/.run-installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -91,12 +94,30 @@ run-redis: $(VENV)/.run-installed
 	echo "Switchboard on http://127.0.0.1:$${PORT:-8000}/ with 4 workers on Redis at unix://$$sock (Ctrl-C stops both)"; \
 	SWITCHBOARD_REDIS_URL="unix://$$sock" WEB_CONCURRENCY=4 $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
+# The pages' messages (templates, app/pages.py, app/js_messages.py) in one gettext catalog per
+# language. `make translations`: extract them into $(POT), merge new and changed msgids into
+# translations/ko/LC_MESSAGES/messages.po (translate the empty and fuzzy entries there), and
+# compile messages.mo, which is committed so that `make run` needs no build step.
+# tests/browser/test_i18n.py runs `make pot POT=<tmp>` to check the catalog is up to date.
+PYBABEL := $(VENV)/bin/pybabel
+POT ?= translations/messages.pot
+BABEL_KEYWORDS := -k _l -k N_ -k NP_:1,2
+
+pot:
+	$(PYBABEL) -q extract -F babel.cfg $(BABEL_KEYWORDS) --no-wrap --sort-by-file \
+	  --project=Switchboard --copyright-holder="Switchboard contributors" -o $(POT) .
+
+translations: pot
+	$(PYBABEL) -q update -i $(POT) -d translations --no-wrap --ignore-obsolete
+	$(PYBABEL) compile -d translations --statistics
+
 # Installs the missing programs with apt-get when root; otherwise names them and stops.
 system-deps:
 	@missing=""; for pair in $(SYSTEM_DEPS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
 	done; \
+	[ -n "$$(fc-list :lang=ko 2>/dev/null)" ] || missing="$$missing $(KOREAN_FONT)"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -11,7 +11,7 @@ from flask import Flask
 from gevent import monkey
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, doctor_api, errors, limits as limits_module, pages, security
+from . import api, doctor_api, errors, i18n, limits as limits_module, pages, security
 from .auth import Access, AccessError, Unauthorized, demo as auth_demo, web as auth_web
 from .config import ConfigError, Settings
 from .hub import Hub
@@ -138,6 +138,7 @@ def build_app(test_config=None) -> Flask:
 
     errors.init_app(app)
     security.init_app(app)
+    i18n.init_app(app)  # the pages' language (cookie, else Accept-Language) and the switch
     auth_web.init_app(app, access, metrics)
     auth_demo.init_app(app, settings)  # POST /api/demo/session, only with SWITCHBOARD_DEMO_USERS
     limits_module.init_app(app, limits)

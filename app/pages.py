@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import Blueprint, abort, render_template
+from flask_babel import LazyString, lazy_gettext as _l
 
 from . import state
 from .auth import AccessError
@@ -18,67 +19,101 @@ bp = Blueprint("pages", __name__)
 
 @dataclass(frozen=True)
 class Technique:
+    """One card of the index (and the intro of its page). The texts are lazy: each request
+    reads them in its own language (app/i18n.py). Like every gettext result in a template,
+    they are trusted text from the catalog (rendered as markup): keep "<" and "&" out."""
+
     slug: str
-    title: str
-    definition: str
-    strengths: tuple[str, ...]
-    costs: tuple[str, ...]
-    use_when: str
+    title: LazyString
+    definition: LazyString
+    strengths: tuple[LazyString, ...]
+    costs: tuple[LazyString, ...]
+    use_when: LazyString
+    pitfalls: tuple[LazyString, ...]
 
 
-# The cards follow the study notes this project grew from (shared/seed).
+# The cards say what the study notes this project grew from (shared/seed) say of each
+# technique: what it is, what it costs, when to use it, and what trips people up.
 TECHNIQUES = (
     Technique(
-        "polling", "Interval polling",
-        "The browser asks the server for news on a timer (setTimeout or setInterval).",
-        ("Simplest to build: plain HTTP requests, works through every proxy.",
-         "A 304 Not Modified keeps an empty answer cheap."),
-        ("Costs a request every interval even when nothing happens.",
-         "Freshness is the interval: short = fresher but heavier, long = lighter but staler."),
-        "Data that need not be instant: dashboards, weather, a sports ticker "
-        "(Naver Sports' live text commentary polls every 10 seconds)."),
+        "polling", _l("Interval polling"),
+        _l("The browser asks the server for news on a timer (setTimeout or setInterval)."),
+        (_l("Simplest to build: plain HTTP requests, works through every proxy."),
+         _l("A 304 Not Modified keeps an empty answer cheap.")),
+        (_l("Costs a request every interval even when nothing happens."),
+         _l("Freshness is the interval: short = fresher but heavier, long = lighter but staler.")),
+        _l("Data that need not be instant: dashboards, weather, a sports ticker "
+           "(Naver Sports' live text commentary polls every 10 seconds)."),
+        (_l("setInterval fires again even while the last request is still out, so a slow server "
+            "gets a pile of them; schedule the next poll with setTimeout once the answer is in."),
+         _l("Every open tab polls: halving the interval doubles the load, for nothing when nothing "
+            "happens."),
+         _l("Without a cursor (the last id seen, sent back as since=), an event published between "
+            "two polls is missed or shown twice."))),
     Technique(
-        "long-polling", "Long polling",
-        "The server holds the request until there is news or a timeout, answers, and the "
-        "browser asks again at once.",
-        ("Near-instant delivery with plain HTTP.",
-         "Far fewer empty requests than short-interval polling."),
-        ("Each waiting client holds a connection; on a thread-per-request server it holds a "
-         "thread (Spring offloads with DeferredResult). Here a parked request is a greenlet: about 20 KB "
-         "measured with 10,000 parked at once, not a thread.",
-         "One request per delivery burst; events published between requests must be "
-         "caught with a cursor, or they are lost."),
-        "Instant updates where only HTTP gets through, or as a fallback for streaming."),
+        "long-polling", _l("Long polling"),
+        _l("The server holds the request until there is news or a timeout, answers, and the "
+           "browser asks again at once."),
+        (_l("Near-instant delivery with plain HTTP."),
+         _l("Far fewer empty requests than short-interval polling.")),
+        (_l("Each waiting client holds a connection; on a thread-per-request server it holds a "
+            "thread (Spring offloads with DeferredResult). Here a parked request is a greenlet: about 20 KB "
+            "measured with 10,000 parked at once, not a thread."),
+         _l("One request per delivery burst; events published between requests must be "
+            "caught with a cursor, or they are lost.")),
+        _l("Instant updates where only HTTP gets through, or as a fallback for streaming."),
+        (_l("A server that parks requests on its request threads runs out of threads: hand the "
+            "wait to something else (Spring: DeferredResult and an executor; here: greenlets)."),
+         _l("The hold time must stay below every timeout on the way (proxy read timeouts, load "
+            "balancers), or the answer is cut off as an error."),
+         _l("Asking again at once after an error is a hot loop: back off, capped and with jitter."))),
     Technique(
-        "sse", "Server-Sent Events",
-        "One long HTTP response (text/event-stream) on which the server writes events, one way, "
-        "server to browser; EventSource reconnects by itself.",
-        ("Built into browsers (EventSource), plain HTTP, automatic reconnect.",
-         "Last-Event-ID on reconnect lets the server replay what was missed, with no duplicates.",
-         "addEventListener(type) routes typed events; onmessage only sees type \"message\"."),
-        ("One way only: the browser sends with ordinary requests.",
-         "HTTP/1.1 allows 6 connections per host in Chrome, so at most 6 tabs of streams (HTTP/2: 100 by default).",
-         "EventSource cannot set headers (Authorization needs a fetch-based reader).",
-         "Proxies buffer it unless told not to (X-Accel-Buffering: no, proxy_buffering off)."),
-        "Server-to-browser feeds: notifications, live scores, progress, logs."),
+        "sse", _l("Server-Sent Events"),
+        _l("One long HTTP response (text/event-stream) on which the server writes events, one way, "
+           "server to browser; EventSource reconnects by itself."),
+        (_l("Built into browsers (EventSource), plain HTTP, automatic reconnect."),
+         _l("Last-Event-ID on reconnect lets the server replay what was missed, with no duplicates.")),
+        (_l("One way only: the browser sends with ordinary requests."),
+         _l("HTTP/1.1 allows 6 connections per host in Chrome, so at most 6 tabs of streams (HTTP/2: 100 by default)."),
+         _l("Check browser support (Can I use) for the browsers you must serve.")),
+        _l("Server-to-browser feeds: notifications, live scores, progress, logs."),
+        (_l("Send something as soon as the stream opens: a stream that stays silent until a timeout "
+            "can fail its first connection (the notes met a 503 Service Unavailable). This server "
+            "writes retry: and a comment at once, then a heartbeat comment when idle."),
+         _l("EventSource cannot set headers (Authorization needs a fetch-based reader); a library "
+            "makes that simple: the SSE page uses fetch-event-source."),
+         _l("onmessage only sees events of type \"message\"; any other type needs "
+            "addEventListener(type)."),
+         _l("Behind nginx: proxy_http_version 1.1 with an empty Connection header (to the upstream "
+            "HTTP/1.0 means Connection: close), and no buffering (proxy_buffering off or "
+            "X-Accel-Buffering: no), which has costs of its own."))),
     Technique(
-        "websocket", "WebSocket",
-        "An HTTP request upgraded (101 Switching Protocols) into a full-duplex message channel "
-        "on one TCP connection.",
-        ("Both ways on one connection, no request per message.",
-         "Small framing overhead; binary or text."),
-        ("Proxies must pass Upgrade and Connection: upgrade (nginx needs proxy_http_version 1.1).",
-         "Reconnect, resume and message format are yours to design (here: cursors and a JSON protocol)."),
-        "Chat, collaboration, games: anything interactive in both directions."),
+        "websocket", _l("WebSocket"),
+        _l("An HTTP request upgraded (101 Switching Protocols) into a full-duplex message channel "
+           "on one TCP connection."),
+        (_l("Both ways on one connection, no request per message."),
+         _l("Small framing overhead; binary or text.")),
+        (_l("Reconnect, resume and message format are yours to design (here: cursors and a JSON protocol)."),
+         _l("A socket is state on the server: scaling out needs a shared hub (here: Redis).")),
+        _l("Chat, collaboration, games: anything interactive in both directions."),
+        (_l("Proxies must pass Upgrade and Connection: upgrade (nginx needs proxy_http_version 1.1)."),
+         _l("On an HTTPS page use wss://, the WebSocket form of HTTPS."),
+         _l("Check the Origin of the upgrade request (as Spring's setAllowedOrigins does): cookies "
+            "travel with a socket that any site can open."))),
     Technique(
-        "stomp", "STOMP over WebSocket",
-        "A text messaging protocol (frames with headers: CONNECT, SUBSCRIBE, SEND, MESSAGE) carried "
-        "in WebSocket messages, as Spring's @EnableWebSocketMessageBroker does.",
-        ("Destinations, receipts, acks and transactions come with the protocol.",
-         "Client libraries exist for every language (@stomp/stompjs, stomp.py)."),
-        ("A protocol on top of a protocol: more bytes per message, more to learn.",
-         "Brokers rarely resume after a drop; here SUBSCRIBE takes a last-event-id header."),
-        "Apps already built around a message broker, or wanting pub/sub semantics with acks."),
+        "stomp", _l("STOMP over WebSocket"),
+        _l("A text messaging protocol (frames with headers: CONNECT, SUBSCRIBE, SEND, MESSAGE) carried "
+           "in WebSocket messages, as Spring's @EnableWebSocketMessageBroker does."),
+        (_l("Destinations, receipts, acks and transactions come with the protocol."),
+         _l("Client libraries exist for every language (@stomp/stompjs, stomp.py).")),
+        (_l("A protocol on top of a protocol: more bytes per message, more to learn."),
+         _l("Brokers rarely resume after a drop; here SUBSCRIBE takes a last-event-id header.")),
+        _l("Apps already built around a message broker, or wanting pub/sub semantics with acks."),
+        (_l("Heart-beats are negotiated in CONNECT: with none, an idle proxy may close the socket "
+            "unseen."),
+         _l("The client must offer the STOMP sub-protocols (v12.stomp ...) and the server echo one, "
+            "or the browser fails the handshake."),
+         _l("Every frame ends with a NUL octet; a hand-made frame without it is never delivered."))),
 )
 
 _BY_SLUG = {t.slug: t for t in TECHNIQUES}

@@ -4,6 +4,7 @@
 (function () {
   "use strict";
 
+  const { t } = window.Switchboard;
   const SVG = "http://www.w3.org/2000/svg";
   const HEIGHT = 220;
   const PAD = { left: 52, right: 10, top: 10, bottom: 26 };
@@ -35,7 +36,7 @@
       this.points = new Map(series.map((s) => [s.key, []]));
       this.svg = el("svg", {
         role: "img", height: HEIGHT,
-        "aria-label": `Latency of each delivered event, per transport, over the last ${windowSec} seconds (log scale)`,
+        "aria-label": t("Latency of each delivered event, per transport, over the last {s} seconds (log scale)", { s: windowSec }),
       });
       if (describedBy) this.svg.setAttribute("aria-describedby", describedBy);
       this.frame = el("g");
@@ -58,7 +59,7 @@
     legend() {
       const list = document.createElement("ul");
       list.className = "chart-legend";
-      list.setAttribute("aria-label", "Chart legend");
+      list.setAttribute("aria-label", t("Chart legend"));
       // CSSOM, not a style attribute: allowed under the pages' CSP (style-src 'self').
       Object.assign(list.style, { display: "flex", flexWrap: "wrap", gap: ".25rem 1rem", listStyle: "none",
                                   padding: "0", margin: ".5rem 0 0" });
@@ -117,7 +118,7 @@
       }
       const bottom = HEIGHT - PAD.bottom;
       const half = Math.round(this.windowSec / 2);
-      for (const [age, label] of [[this.windowSec, `-${this.windowSec} s`], [half, `-${half} s`], [0, "now"]]) {
+      for (const [age, label] of [[this.windowSec, `-${this.windowSec} s`], [half, `-${half} s`], [0, t("now")]]) {
         const anchor = age === 0 ? "end" : age === this.windowSec ? "start" : "middle";
         this.frame.append(el("text", { x: this.x(age).toFixed(1), y: bottom + 18, "text-anchor": anchor,
                                        "font-size": 11, fill: "#5c6166" }, label));

@@ -1,10 +1,128 @@
-/* Shared by every demo page: clock offset, backoff, counters, chat rendering, publishing,
- * and the one way a page says why the server refused it (401: sign in, 403: not allowed).
- * No framework, no build step. Message text is always rendered as text, never as HTML. */
+/* Shared by every demo page: the page's language (t, tn, tx), clock offset, backoff,
+ * counters, chat rendering, publishing, and the one way a page says why the server refused
+ * it (401: sign in, 403: not allowed). No framework, no build step. Message text is always
+ * rendered as text, never as HTML. */
 (function () {
   "use strict";
 
   const body = document.body;
+
+  // -- the page's language -----------------------------------------------------------------
+  // The page embeds {"lang", "messages"} as a JSON data block (<script type="application/json"
+  // id="i18n">: data, never run), built by app/i18n.py from the same gettext catalog as the
+  // templates; the msgids are listed in app/js_messages.py. English sends no messages: the
+  // msgids are the English text. Placeholders are {name}.
+
+  const catalog = (() => {
+    const block = document.getElementById("i18n");
+    try {
+      const parsed = JSON.parse(block ? block.textContent : "{}");
+      return { lang: parsed.lang || document.documentElement.lang || "en", messages: parsed.messages || {} };
+    } catch (err) {
+      console.warn("i18n: the message catalog could not be read; showing English", err);
+      return { lang: "en", messages: {} };
+    }
+  })();
+  const pluralRules = new Intl.PluralRules(catalog.lang);
+
+  function fill(template, params) {
+    return template.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));
+  }
+
+  /** The page's language's text for msgid, with {name} placeholders filled from params. */
+  function t(msgid, params = {}) {
+    const text = catalog.messages[msgid];
+    return fill(typeof text === "string" && text ? text : msgid, params);
+  }
+
+  /** The same for a message with a count: the language's form for n ({n} is filled in). */
+  function tn(singular, plural, n, params = {}) {
+    const forms = catalog.messages[singular];
+    let text;
+    if (Array.isArray(forms) && forms.length) {
+      text = forms.length === 1 ? forms[0] : forms[pluralRules.select(n) === "one" ? 0 : 1];
+    } else {
+      text = n === 1 ? singular : plural;
+    }
+    return fill(text, { n, ...params });
+  }
+
+  /** Text the server or the wire wrote (a server's message, a name, an id), shown as it
+   *  came: marked translate="no", and never parsed as HTML. */
+  function verbatim(text) {
+    const span = document.createElement("span");
+    span.translate = false;
+    span.textContent = String(text);
+    return span;
+  }
+
+  /** Like t(), as a DocumentFragment: a parameter that is a Node (e.g. verbatim(...)) goes in
+   *  as that node, any other as text. Statuses and notices accept either. */
+  function tx(msgid, params = {}) {
+    const text = catalog.messages[msgid];
+    const template = typeof text === "string" && text ? text : msgid;
+    const fragment = document.createDocumentFragment();
+    let last = 0;
+    for (const match of template.matchAll(/\{(\w+)\}/g)) {
+      if (!(match[1] in params)) continue;
+      fragment.append(template.slice(last, match.index));
+      const value = params[match[1]];
+      fragment.append(value instanceof Node ? value : String(value));
+      last = match.index + match[0].length;
+    }
+    fragment.append(template.slice(last));
+    return fragment;
+  }
+
+  /** The translated name of an API error code ({"error": "<code>"}); an unknown code as is. */
+  function codeName(code) {
+    const names = errorCodeNames();
+    return names[code] || code;
+  }
+
+  let codeNames = null;
+  function errorCodeNames() {
+    if (codeNames) return codeNames;
+    codeNames = {
+      bad_request: t("bad request"),
+      bad_json: t("the body is not valid JSON"),
+      bad_body: t("the body is not what the server expects"),
+      bad_topic: t("not a valid topic name"),
+      bad_cursor: t("not a valid cursor"),
+      bad_type: t("not a valid event type"),
+      bad_limit: t("not a valid limit"),
+      bad_timeout: t("not a valid timeout"),
+      bad_message: t("not a valid message"),
+      bad_ref: t("not a valid ref"),
+      unknown_op: t("unknown operation"),
+      unknown_user: t("unknown demo user"),
+      not_found: t("not found"),
+      method_not_allowed: t("method not allowed"),
+      too_large: t("too large"),
+      unsupported_media_type: t("not JSON"),
+      too_many_requests: t("too many requests"),
+      rate_limited: t("rate limited: too many messages"),
+      too_many_connections: t("too many connections to the server"),
+      too_many_client_connections: t("too many connections from this client"),
+      too_many_subscriptions: t("too many subscriptions"),
+      already_subscribed: t("already subscribed"),
+      not_subscribed: t("not subscribed"),
+      slow_consumer: t("fell too far behind"),
+      subscription_closed: t("subscription closed"),
+      unavailable: t("service unavailable"),
+      backend_unavailable: t("the event store is unavailable"),
+      shutting_down: t("the server is shutting down"),
+      upgrade_required: t("a WebSocket upgrade is required"),
+      forbidden_origin: t("this origin is not allowed"),
+      unauthorized: t("not signed in"),
+      forbidden: t("not allowed"),
+      cross_origin: t("a request from another site"),
+      token_in_url: t("a token in the URL is refused"),
+      auth_unavailable: t("access control is unavailable"),
+      internal: t("server error"),
+    };
+    return codeNames;
+  }
 
   /** Capped exponential backoff with full jitter: never a hot retry loop. */
   class Backoff {
@@ -72,22 +190,53 @@
     delayMs(event) { return Math.max(0, Math.round((this.now() - event.time) * 1000)); },
   };
 
+  /** An error whose message the page wrote itself, already in the page's language. */
+  class PageError extends Error {
+    constructor(message) {
+      super(message);
+      this.name = "PageError";
+    }
+  }
+
+  /** An error the server answered with: an HTTP status (or null for a /ws error op), its
+   *  error code and its message. The code is shown translated; the message, which the API
+   *  keeps in English, is shown as the server wrote it. */
+  class ServerError extends Error {
+    constructor(status, code, message) {
+      super(message || "");
+      this.name = "ServerError";
+      this.status = status;
+      this.code = code || null;
+    }
+
+    describe() {
+      const params = { status: this.status, code: this.code ? codeName(this.code) : "", message: verbatim(this.message) };
+      if (this.status === null) return tx("{code}: {message}", params);
+      if (!this.code) return this.message ? tx("HTTP {status}: {message}", params) : tx("HTTP {status}", params);
+      return this.message ? tx("HTTP {status} ({code}): {message}", params) : tx("HTTP {status} ({code})", params);
+    }
+  }
+
   /** A request refused by access control: 401 = the server does not know who you are (not
    *  signed in, or the token expired or is not valid), 403 = it knows you and you may not.
    *  Every transport's form of both becomes one of these (HTTP status, a /ws error op, a
    *  STOMP ERROR frame), so every page explains a refusal the same way. */
   class Refusal extends Error {
     constructor(status, code, message) {
-      super(message || (status === 401 ? "not signed in" : "not allowed"));
+      super(message || "");
       this.name = "Refusal";
       this.status = status;
       this.code = code || (status === 401 ? "unauthorized" : "forbidden");
     }
 
     /** What the user can do about it. */
-    get reason() { return this.status === 401 ? "sign in" : "not allowed"; }
+    get reason() { return this.status === 401 ? t("sign in") : t("not allowed"); }
 
-    describe() { return `Refused with ${this.status} (${this.reason}): ${this.message}`; }
+    /** "Refused with 401 (sign in): <the server's message>", in the page's language. */
+    describe() {
+      const message = this.message ? verbatim(this.message) : codeName(this.code);
+      return tx("Refused with {status} ({reason}): {message}", { status: this.status, reason: this.reason, message });
+    }
 
     /** A /ws error op ({"op": "error", "error": "unauthorized" | "forbidden", "message"}), or null. */
     static fromWsError(op) {
@@ -110,8 +259,8 @@
     }
   }
 
-  /** The error a failed fetch() response stands for: a Refusal for 401 and 403, else an
-   *  Error with the status and the server's message (its JSON {"error", "message"}). */
+  /** The error a failed fetch() response stands for: a Refusal for 401 and 403, else a
+   *  ServerError with the status, the code and the server's message (its JSON {"error", "message"}). */
   async function responseError(res) {
     let message = res.statusText;
     let code = null;
@@ -121,9 +270,7 @@
       if (body && body.error) code = body.error;
     } catch (err) { /* not JSON: keep statusText */ }
     if (res.status === 401 || res.status === 403) return new Refusal(res.status, code, message);
-    const error = new Error(`HTTP ${res.status}${message ? ` ${message}` : ""}`);
-    error.status = res.status;
-    return error;
+    return new ServerError(res.status, code, message);
   }
 
   /** Why a stream URL was refused: EventSource never shows a status, so ask once with
@@ -143,9 +290,13 @@
     }
   }
 
-  /** One line for any error: a refusal's reason, else its message. */
+  /** Any error, for a status line (a string or a fragment): a refusal's reason, a server
+   *  error's code and message, the page's own text, or what the browser said. */
   function explain(err) {
-    return err instanceof Refusal ? err.describe() : (err && err.message) || String(err);
+    if (err instanceof Refusal || err instanceof ServerError) return err.describe();
+    if (err instanceof PageError) return err.message;
+    if (err instanceof TypeError) return tx("network error ({message})", { message: verbatim(err.message) });
+    return verbatim((err && err.message) || String(err));
   }
 
   /** The demo sign-in's token, kept in this tab's sessionStorage for the SSE page's fetch()
@@ -189,17 +340,18 @@
             await onSend(text);
           } catch (err) {
             // A refusal also stays in the list: a polling page rewrites its status each poll.
-            if (this.refused(err)) this.notice(`Not sent: ${err.describe()}`);
-            else this.status(`Send failed: ${err.message}`, "error");
+            if (this.refused(err)) this.notice(tx("Not sent: {why}", { why: err.describe() }));
+            else this.status(tx("Send failed: {why}", { why: explain(err) }), "error");
             this.input.value = text;
           }
         });
       }
     }
 
-    status(text, kind = "info") {
+    /** Show a status line: a string, or a fragment from tx() (with verbatim parts). */
+    status(content, kind = "info") {
       if (!this.statusEl) return;
-      this.statusEl.textContent = text;
+      this.statusEl.replaceChildren(content);
       this.statusEl.dataset.kind = kind;
     }
 
@@ -207,7 +359,7 @@
      *  (e.g. "; retrying in 4 s"). Returns false, showing nothing, for any other error. */
     refused(err, then = "") {
       if (!(err instanceof Refusal)) return false;
-      this.status(`${err.describe()}${then}`, "error");
+      this.status(join(err.describe(), then), "error");
       return true;
     }
 
@@ -223,17 +375,19 @@
       if (history) li.classList.add("history");
       const who = document.createElement("span");
       who.className = "sender";
-      who.textContent = event.sender || "server";
+      who.translate = false; // a name, not words
+      who.textContent = event.sender || t("server");
       const text = document.createElement("span");
       text.className = "text";
+      text.translate = false; // what someone typed
       const data = event.data;
       text.textContent = data && typeof data === "object" && "text" in data ? String(data.text) : JSON.stringify(data);
       const meta = document.createElement("span");
       meta.className = "meta";
       const parts = [`#${event.id}`];
       if (delayMs !== null) parts.push(`${delayMs} ms`);
-      if (replayed) parts.push("replayed");
-      if (history) parts.push("history");
+      if (replayed) parts.push(t("replayed"));
+      if (history) parts.push(t("history"));
       meta.textContent = parts.join(" · ");
       li.append(who, text, meta);
       this.list.append(li);
@@ -251,15 +405,16 @@
         for (const event of page.events) this.add(event, { history: true });
         return page.cursor || null;
       } catch (err) {
-        this.notice(`History could not be loaded (${explain(err)}); showing new messages only.`);
+        this.notice(tx("History could not be loaded ({why}); showing new messages only.", { why: explain(err) }));
         return null;
       }
     }
 
-    notice(text) {
+    /** Add a line to the list that is not a message (a string or a fragment). */
+    notice(content) {
       const li = document.createElement("li");
       li.className = "notice";
-      li.textContent = text;
+      li.append(content);
       this.list.append(li);
     }
   }
@@ -278,11 +433,19 @@
 
   function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
 
+  /** Strings and nodes as one fragment, in order (for a status made of several parts). */
+  function join(...parts) {
+    const fragment = document.createDocumentFragment();
+    fragment.append(...parts.filter((part) => part !== null && part !== undefined && part !== ""));
+    return fragment;
+  }
+
   const Switchboard = {
     sender: body.dataset.sender,
     data: body.dataset,
     Backoff, Counters, ChatRoom, clock, publishHTTP, formatBytes, byteLength, sleep,
-    Refusal, responseError, streamError, explain, demoToken,
+    Refusal, ServerError, PageError, responseError, streamError, explain, demoToken,
+    lang: catalog.lang, t, tn, tx, verbatim, join, codeName,
   };
   window.Switchboard = Switchboard;
 })();

@@ -8,6 +8,7 @@
   "use strict";
 
   const S = window.Switchboard;
+  const { t, tn, tx } = S;
   const D = S.data;
   const TOPIC = D.topic;
   const WINDOW = 100; // latency percentiles over the last 100 events of a pane
@@ -152,8 +153,10 @@
     /** Where this pane resumes from, as its technique sends it (for the recovery note). */
     resumeHow() { return ""; }
 
-    status(text, kind = "info") {
-      if (this.statusEl.textContent !== text) this.statusEl.textContent = text;
+    /** Show the pane's status: a string, or a fragment from tx() (with verbatim parts). */
+    status(content, kind = "info") {
+      const text = typeof content === "string" ? content : content.textContent;
+      if (this.statusEl.textContent !== text) this.statusEl.replaceChildren(content);
       this.statusEl.dataset.kind = kind;
     }
 
@@ -176,7 +179,7 @@
     failed(reason, retryMs) {
       this.broken = true;
       this.setState("retrying");
-      this.status(`${reason}; retrying in ${(retryMs / 1000).toFixed(1)} s`, "error");
+      this.status(S.join(reason, t("; retrying in {s} s", { s: (retryMs / 1000).toFixed(1) })), "error");
       scheduleRender();
     }
 
@@ -226,7 +229,7 @@
       this.broken = true;
       this.close();
       this.setState("dropped");
-      this.status("Dropped: offline", "error");
+      this.status(t("Dropped: offline"), "error");
     }
 
     /** Reconnect after drop(); with `useCursor` false, forget the cursor first. */
@@ -235,7 +238,7 @@
       this.dropped = false;
       if (!useCursor) this.cursor = null;
       this.setState("connecting");
-      this.status("Reconnecting…");
+      this.status(t("Reconnecting…"));
       this.open();
     }
 
@@ -259,7 +262,7 @@
       this.setStat("p50", p50, formatMs(p50));
       this.setStat("p95", p95, formatMs(p95));
       this.setStat("requests", this.requests, String(this.requests));
-      this.setStat("bytes", this.bytes, `${S.formatBytes(this.bytes)} ${this.bytesMeasured ? "(measured)" : "(counted)"}`);
+      this.setStat("bytes", this.bytes, `${S.formatBytes(this.bytes)} ${this.bytesMeasured ? t("(measured)") : t("(counted)")}`);
       this.setStat("reconnects", this.reconnects, String(this.reconnects));
       this.setStat("gaps", this.gaps, String(this.gaps));
       this.setStat("duplicates", this.duplicates, String(this.duplicates));
@@ -280,7 +283,7 @@
       this.promise = new Promise((resolve) => { this.resolve = resolve; });
       // A pane that never reconnects still gets a verdict.
       this.deadline = setTimeout(() => this.finish(), 20000);
-      this.show("waiting", `Offline: ${this.total} events are being published without this pane…`);
+      this.show("waiting", t("Offline: {total} events are being published without this pane…", { total: this.total }));
     }
 
     show(result, text) {
@@ -294,7 +297,10 @@
     got(id) {
       if (this.done || !this.expected.delete(id)) return;
       if (this.expected.size === 0) this.finish();
-      else this.show("waiting", `Recovering: ${this.total - this.expected.size} of ${this.total} missed events back…`);
+      else {
+        this.show("waiting", t("Recovering: {back} of {total} missed events back…",
+          { back: this.total - this.expected.size, total: this.total }));
+      }
     }
 
     /** The pane reconnected: replays come at once; give the slowest technique its turn. */
@@ -316,15 +322,22 @@
       clearTimeout(this.deadline);
       const back = this.total - this.expected.size;
       if (this.expected.size === 0) {
-        const how = this.how ? ` with ${this.how}` : this.useCursor ? "" : " by re-reading the newest events (no cursor)";
-        this.show("recovered", `Recovered ${back} missed event${back === 1 ? "" : "s"}${how}.`);
+        let text;
+        if (this.how) text = tn("Recovered {n} missed event with {how}.", "Recovered {n} missed events with {how}.", back, { how: this.how });
+        else if (this.useCursor) text = tn("Recovered {n} missed event.", "Recovered {n} missed events.", back);
+        else {
+          text = tn("Recovered {n} missed event by re-reading the newest events (no cursor).",
+            "Recovered {n} missed events by re-reading the newest events (no cursor).", back);
+        }
+        this.show("recovered", text);
       } else if (this.gap) {
-        this.show("gap", `Gap: ${this.expected.size} of ${this.total} events were no longer in the server's history.`);
+        this.show("gap", t("Gap: {missed} of {total} events were no longer in the server's history.",
+          { missed: this.expected.size, total: this.total }));
       } else {
-        const why = this.useCursor
-          ? "they never came back"
-          : "it reconnected without its last event id, so the server had nothing to replay";
-        this.show("missed", `Missed ${this.expected.size} of ${this.total} events: ${why}.`);
+        const params = { missed: this.expected.size, total: this.total };
+        this.show("missed", this.useCursor
+          ? t("Missed {missed} of {total} events: they never came back.", params)
+          : t("Missed {missed} of {total} events: it reconnected without its last event id, so the server had nothing to replay.", params));
       }
       this.pane.recovery = null;
       this.resolve(this);
@@ -341,7 +354,7 @@
   /** Interval polling: GET events?since=<cursor> on a timer, If-None-Match for a cheap 304. */
   class PollingPane extends Pane {
     constructor() {
-      super("polling", "Interval polling");
+      super("polling", t("Interval polling"));
       this.url = D.eventsUrl;
       this.intervalMs = 1000;
       this.timer = null;
@@ -385,11 +398,11 @@
           if (page.events.length >= PAGE_LIMIT) wait = 0; // more are waiting: ask again now
         }
         if (gen !== this.gen) return;
-        this.connected(`Polling every ${this.intervalMs} ms`);
+        this.connected(t("Polling every {ms} ms", { ms: this.intervalMs }));
       } catch (err) {
         if (gen !== this.gen) return; // dropped on purpose
         wait = this.backoff.next();
-        this.failed(`Poll failed (${S.explain(err)})`, wait);
+        this.failed(tx("Poll failed ({why})", { why: S.explain(err) }), wait);
       } finally {
         this.track(-1);
       }
@@ -400,7 +413,7 @@
   /** Long polling: the server parks the request until an event (200) or its timeout (204). */
   class LongPollPane extends Pane {
     constructor() {
-      super("longpoll", "Long polling");
+      super("longpoll", t("Long polling"));
       this.url = D.longpollUrl;
       this.controller = null;
       this.bytesMeasured = resourceTiming.supported;
@@ -423,7 +436,7 @@
         this.requests += 1;
         this.track(+1);
         // Parked at the server: the connection counts as open and healthy.
-        const parked = setTimeout(() => { if (gen === this.gen) this.connected("Waiting for the next event (parked)"); }, 300);
+        const parked = setTimeout(() => { if (gen === this.gen) this.connected(t("Waiting for the next event (parked)")); }, 300);
         try {
           const res = await fetch(`${this.url}?${params}`, { cache: "no-store", signal: controller.signal });
           if (res.status === 200) {
@@ -438,11 +451,11 @@
             throw await S.responseError(res);
           }
           if (gen !== this.gen) return;
-          this.connected("Answered; asking again at once");
+          this.connected(t("Answered; asking again at once"));
         } catch (err) {
           if (gen !== this.gen) return;
           const wait = this.backoff.next();
-          this.failed(`Long poll failed (${S.explain(err)})`, wait);
+          this.failed(tx("Long poll failed ({why})", { why: S.explain(err) }), wait);
           await S.sleep(wait);
         } finally {
           clearTimeout(parked);
@@ -455,7 +468,7 @@
   /** Server-Sent Events: one EventSource; the browser reconnects with Last-Event-ID itself. */
   class SSEPane extends Pane {
     constructor() {
-      super("sse", "Server-Sent Events");
+      super("sse", t("Server-Sent Events"));
       this.url = D.streamUrl;
       this.source = null;
       this.retryTimer = null;
@@ -471,7 +484,7 @@
       this.requests += 1;
       this.track(+1);
       source.addEventListener("open", () => {
-        if (source === this.source) this.connected("Stream open");
+        if (source === this.source) this.connected(t("Stream open"));
       });
       source.addEventListener("message", (ev) => {
         if (source !== this.source) return;
@@ -491,7 +504,7 @@
           this.source = null;
           this.track(-1);
           const wait = this.backoff.next();
-          this.failed("Stream refused", wait);
+          this.failed(t("Stream refused"), wait);
           const gen = this.gen;
           this.retryTimer = setTimeout(() => { if (gen === this.gen) this.open(); }, wait);
         } else {
@@ -499,7 +512,7 @@
           this.broken = true;
           this.requests += 1;
           this.setState("retrying");
-          this.status("Stream broke; the browser reconnects with Last-Event-ID", "error");
+          this.status(t("Stream broke; the browser reconnects with Last-Event-ID"), "error");
         }
       });
     }
@@ -517,7 +530,7 @@
   /** WebSocket with the /ws JSON protocol: subscribe {topic, since}, receive {op: event}. */
   class WebSocketPane extends Pane {
     constructor() {
-      super("websocket", "WebSocket");
+      super("websocket", t("WebSocket"));
       this.url = webSocketUrl(D.wsUrl);
       this.ws = null;
       this.ref = 0;
@@ -552,9 +565,9 @@
           this.gap();
         } else if (msg.op === "ok" && msg.ref === subscribeRef) {
           if (!this.cursor && msg.cursor) this.cursor = msg.cursor;
-          this.connected("Subscribed");
+          this.connected(t("Subscribed"));
         } else if (msg.op === "error") {
-          this.status(`Server error: ${msg.error}: ${msg.message}`, "error");
+          this.status(tx("Server error: {why}", { why: S.explain(new S.ServerError(null, msg.error, msg.message)) }), "error");
         }
       });
       ws.addEventListener("close", () => {
@@ -562,7 +575,7 @@
         this.ws = null;
         this.track(-1);
         const wait = this.backoff.next();
-        this.failed("Socket closed", wait);
+        this.failed(t("Socket closed"), wait);
         const gen = this.gen;
         this.retryTimer = setTimeout(() => { if (gen === this.gen) this.open(); }, wait);
       });
@@ -582,7 +595,7 @@
   /** STOMP over WebSocket with @stomp/stompjs; SUBSCRIBE carries last-event-id to resume. */
   class StompPane extends Pane {
     constructor() {
-      super("stomp", "STOMP");
+      super("stomp", t("STOMP"));
       this.url = webSocketUrl(D.stompUrl);
       this.destination = D.stompDestination;
       this.client = null;
@@ -595,7 +608,7 @@
       clearTimeout(this.retryTimer);
       if (!window.StompJs) {
         this.setState("error");
-        this.status("The STOMP client library (static/vendor/stompjs) did not load", "error");
+        this.status(t("The STOMP client library (static/vendor/stompjs) did not load"), "error");
         return;
       }
       // One client per connection, automatic reconnect off: this pane decides when and
@@ -612,10 +625,10 @@
         const headers = {};
         if (this.cursor) headers["last-event-id"] = this.cursor;
         client.subscribe(this.destination, (message) => this.onMessage(client, message), headers);
-        this.connected("Subscribed to /topic/compare");
+        this.connected(t("Subscribed to {destination}", { destination: this.destination }));
       };
       client.onStompError = (frame) => {
-        if (client === this.client) this.status(`STOMP ERROR: ${frame.headers.message || frame.body}`, "error");
+        if (client === this.client) this.status(tx("STOMP ERROR: {message}", { message: S.verbatim(frame.headers.message || frame.body) }), "error");
       };
       client.onWebSocketClose = () => {
         if (client !== this.client) return;
@@ -623,7 +636,7 @@
         this.track(-1);
         client.deactivate().catch(ignore);
         const wait = this.backoff.next();
-        this.failed("Socket closed", wait);
+        this.failed(t("Socket closed"), wait);
         const gen = this.gen;
         this.retryTimer = setTimeout(() => { if (gen === this.gen) this.open(); }, wait);
       };
@@ -732,7 +745,7 @@
           item.resolve(event);
         } catch (err) {
           this.failed += 1;
-          this.status(`Publish failed: ${S.explain(err)}`, "error");
+          this.status(tx("Publish failed: {why}", { why: S.explain(err) }), "error");
           item.reject(err);
         } finally {
           connections.set("publish", 0);
@@ -742,8 +755,8 @@
       scheduleRender();
     },
 
-    status(text, kind = "info") {
-      this.statusEl.textContent = text;
+    status(content, kind = "info") {
+      this.statusEl.replaceChildren(content);
       this.statusEl.dataset.kind = kind;
     },
 
@@ -758,7 +771,7 @@
   const ignore = () => {}; // a failed publish is counted and shown; nothing else to do
 
   function text() {
-    return document.getElementById("pub-text").value.trim() || "hello";
+    return document.getElementById("pub-text").value.trim() || t("hello");
   }
 
   function numberInput(id, fallback) {
@@ -770,18 +783,20 @@
 
   document.querySelector("[data-publish-form]").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    publisher.enqueue(text()).then((event) => publisher.status(`Published event ${event.id}`, "ok"), ignore);
+    publisher.enqueue(text()).then((event) => publisher.status(tx("Published event {id}", { id: S.verbatim(event.id) }), "ok"), ignore);
   });
 
   document.querySelector("[data-burst-form]").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const size = Math.round(numberInput("burst-size", 20));
     const sent = [];
-    for (let i = 0; i < size; i += 1) sent.push(publisher.enqueue(`${text()} (burst ${i + 1}/${size})`));
-    publisher.status(`Sending a burst of ${size}…`);
+    for (let i = 0; i < size; i += 1) {
+      sent.push(publisher.enqueue(t("{text} (burst {i}/{n})", { text: text(), i: i + 1, n: size })));
+    }
+    publisher.status(t("Sending a burst of {n}…", { n: size }));
     Promise.allSettled(sent).then((results) => {
       const ok = results.filter((r) => r.status === "fulfilled").length;
-      publisher.status(`Burst done: ${ok} of ${size} published`, ok === size ? "ok" : "error");
+      publisher.status(t("Burst done: {ok} of {n} published", { ok, n: size }), ok === size ? "ok" : "error");
     });
   });
 
@@ -793,16 +808,16 @@
     publisher.rateTimer = setInterval(() => {
       if (publisher.queue.length < 50) publisher.enqueue(text()).catch(ignore); // else: the server is behind; skip
     }, 1000 / rate);
-    rateButton.textContent = "Stop";
+    rateButton.textContent = t("Stop");
     rateButton.setAttribute("aria-pressed", "true");
-    publisher.status(`Publishing ${rate} events per second`);
+    publisher.status(t("Publishing {rate} events per second", { rate }));
   }
   function stopRate() {
     clearInterval(publisher.rateTimer);
     publisher.rateTimer = null;
-    rateButton.textContent = "Start";
+    rateButton.textContent = t("Start");
     rateButton.setAttribute("aria-pressed", "false");
-    publisher.status("Steady rate stopped");
+    publisher.status(t("Steady rate stopped"));
   }
   rateForm.addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -840,23 +855,24 @@
     dropButton.disabled = true;
     document.body.dataset.drop = "running";
     for (const pane of panes) pane.drop();
-    dropStatus.textContent = `All five dropped; publishing ${count} events while they are offline…`;
+    dropStatus.textContent = t("All five dropped; publishing {n} events while they are offline…", { n: count });
     const ids = [];
     for (let i = 0; i < count; i += 1) {
       try {
-        ids.push((await publisher.enqueue(`published while disconnected (${i + 1}/${count})`)).id);
+        ids.push((await publisher.enqueue(t("published while disconnected ({i}/{n})", { i: i + 1, n: count }))).id);
       } catch (err) {
         /* counted as failed by the publisher */
       }
     }
     for (const pane of panes) pane.expectRecovery(ids, useCursor);
     for (const pane of panes) pane.resume(useCursor);
-    dropStatus.textContent = `Published ${ids.length} while offline; the panes are reconnecting…`;
+    dropStatus.textContent = t("Published {n} while offline; the panes are reconnecting…", { n: ids.length });
     const results = await Promise.all(panes.map((pane) => (pane.recovery ? pane.recovery.promise : null)));
     const recovered = results.filter((r) => r && r.expected.size === 0).map((r) => r.pane.label);
     dropStatus.textContent = recovered.length === panes.length
-      ? `Every pane recovered all ${ids.length} events it missed.`
-      : `Recovered everything: ${recovered.join(", ") || "none"}. The others lost events (see each pane).`;
+      ? t("Every pane recovered all {n} events it missed.", { n: ids.length })
+      : t("Recovered everything: {panes}. The others lost events (see each pane).",
+        { panes: recovered.join(t(", ")) || t("none") });
     document.body.dataset.drop = "done";
     dropButton.disabled = false;
   });
@@ -865,9 +881,9 @@
 
   function showProtocol() {
     const nav = performance.getEntriesByType("navigation")[0];
-    const protocol = nav && nav.nextHopProtocol ? nav.nextHopProtocol : "unknown";
+    const protocol = nav && nav.nextHopProtocol ? nav.nextHopProtocol : t("unknown");
     const multiplexed = protocol === "h2" || protocol === "h3";
-    const note = multiplexed ? " (multiplexed: the limit of 6 does not apply)" : "";
+    const note = multiplexed ? t(" (multiplexed: the limit of 6 does not apply)") : "";
     setText('[data-conn="protocol"]', protocol + note);
     if (multiplexed) {
       connections.limit = Infinity;

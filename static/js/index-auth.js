@@ -11,6 +11,7 @@
 (function () {
   "use strict";
   const S = window.Switchboard;
+  const { t, tx } = S;
   const panel = document.querySelector("[data-auth-panel]");
   if (!panel) return;
   const statusEl = panel.querySelector("[data-auth-status]");
@@ -34,15 +35,16 @@
     return template.replace("__topic__", encodeURIComponent(topic));
   }
 
-  function status(text, kind = "info") {
-    statusEl.textContent = text;
+  function status(content, kind = "info") {
+    statusEl.replaceChildren(content);
     statusEl.dataset.kind = kind;
   }
 
-  /** Set an output's text and its data-result: allowed, 401, 403, error or pending. */
-  function show(el, result, text) {
+  /** Set an output's text (a string or a fragment) and its data-result: allowed, 401, 403,
+   *  error or pending. */
+  function show(el, result, content) {
     el.dataset.result = result;
-    el.textContent = text;
+    el.replaceChildren(content);
   }
 
   function showError(el, err) {
@@ -52,7 +54,7 @@
   // -- who am I ----------------------------------------------------------------------------
 
   function patterns(list) {
-    return list && list.length ? list.join(", ") : "nothing";
+    return list && list.length ? S.verbatim(list.join(", ")) : t("nothing");
   }
 
   function showName(sender) {
@@ -64,23 +66,23 @@
 
   function tickCountdown() {
     const left = Math.max(0, Math.round(expiresAt - Date.now() / 1000));
-    facts.expires.textContent = `${Math.floor(left / 60)} min ${String(left % 60).padStart(2, "0")} s`;
+    facts.expires.textContent = t("{min} min {s} s", { min: Math.floor(left / 60), s: String(left % 60).padStart(2, "0") });
     if (left === 0) refresh(); // the cookie is gone with the token: show what a visitor gets
   }
 
   function showIdentity(me) {
     clearInterval(countdown);
     expiresAt = me.expires_in === null ? null : Date.now() / 1000 + me.expires_in;
-    facts.sender.textContent = me.sender;
-    facts.sub.textContent = me.sub || "nobody (anonymous)";
+    facts.sender.replaceChildren(S.verbatim(me.sender));
+    facts.sub.replaceChildren(me.sub ? S.verbatim(me.sub) : t("nobody (anonymous)"));
     facts.via.textContent = {
-      cookie: "the HttpOnly cookie", bearer: "an Authorization header", ticket: "a single-use ticket",
-      anonymous: "none (anonymous)", open: "none needed (access control is off)",
+      cookie: t("the HttpOnly cookie"), bearer: t("an Authorization header"), ticket: t("a single-use ticket"),
+      anonymous: t("none (anonymous)"), open: t("none needed (access control is off)"),
     }[me.via] || me.via;
-    facts.subscribe.textContent = patterns(me.subscribe);
-    facts.publish.textContent = patterns(me.publish);
+    facts.subscribe.replaceChildren(patterns(me.subscribe));
+    facts.publish.replaceChildren(patterns(me.publish));
     if (expiresAt === null) {
-      facts.expires.textContent = "no token";
+      facts.expires.textContent = t("no token");
     } else {
       tickCountdown();
       countdown = setInterval(tickCountdown, 1000);
@@ -90,22 +92,23 @@
     for (const button of signInButtons) button.setAttribute("aria-pressed", String(button.dataset.signIn === me.sub));
     signOutButton.disabled = !me.sub;
     if (me.sub) {
-      status(`Signed in as ${me.sub}: the token travels in an HttpOnly cookie (document.cookie cannot see it).`, "ok");
+      status(tx("Signed in as {user}: the token travels in an HttpOnly cookie (document.cookie cannot see it).",
+        { user: S.verbatim(me.sub) }), "ok");
     } else {
       S.demoToken.clear(); // no token behind this tab any more
-      status("Not signed in: you get what anonymous visitors may do.", "info");
+      status(t("Not signed in: you get what anonymous visitors may do."), "info");
     }
   }
 
   function showUnknown(err) {
     clearInterval(countdown);
-    for (const el of Object.values(facts)) el.textContent = "unknown";
+    for (const el of Object.values(facts)) el.textContent = t("unknown");
     panel.dataset.sub = "";
     signOutButton.disabled = false; // a bad cookie: signing out clears it
     const hint = err instanceof S.Refusal && err.status === 401
-      ? " Your cookie holds a token the server no longer accepts (expired, or signed with the key of an earlier start): sign in again, or sign out to clear it."
+      ? t(" Your cookie holds a token the server no longer accepts (expired, or signed with the key of an earlier start): sign in again, or sign out to clear it.")
       : "";
-    status(`Who am I? ${S.explain(err)}.${hint}`, "error");
+    status(S.join(tx("Who am I? {why}.", { why: S.explain(err) }), hint), "error");
   }
 
   async function whoami() {
@@ -123,7 +126,7 @@
   function describeEvent(event) {
     const data = event.data;
     const text = data && typeof data === "object" && "text" in data ? String(data.text) : JSON.stringify(data);
-    return `${event.sender || "server"}: ${text} (#${event.id})`;
+    return tx("{sender}: {text} (#{id})", { sender: S.verbatim(event.sender || t("server")), text: S.verbatim(text), id: event.id });
   }
 
   function follow(probe) {
@@ -131,12 +134,12 @@
     const url = topicUrl(S.data.streamUrl, probe.topic);
     const es = new EventSource(url);
     probe.source = es;
-    show(probe.subscribeEl, "pending", "connecting…");
+    show(probe.subscribeEl, "pending", t("connecting…"));
     es.addEventListener("open", () => {
-      if (es === probe.source) show(probe.subscribeEl, "allowed", "allowed: listening");
+      if (es === probe.source) show(probe.subscribeEl, "allowed", t("allowed: listening"));
     });
     es.addEventListener("message", (ev) => {
-      if (es === probe.source) probe.lastEl.textContent = describeEvent(JSON.parse(ev.data));
+      if (es === probe.source) probe.lastEl.replaceChildren(describeEvent(JSON.parse(ev.data)));
     });
     es.addEventListener("expired", () => {
       // The server ended the stream: the token expired. The cookie went with it.
@@ -145,7 +148,7 @@
     es.addEventListener("error", async () => {
       if (es !== probe.source) return;
       if (es.readyState === EventSource.CONNECTING) {
-        show(probe.subscribeEl, "pending", "stream lost; the browser reconnects by itself");
+        show(probe.subscribeEl, "pending", t("stream lost; the browser reconnects by itself"));
         return;
       }
       // CLOSED: the browser gave up, most likely on a 401 or 403; ask once why.
@@ -153,17 +156,17 @@
       const why = await S.streamError(url);
       if (probe.source !== null) return; // followed again meanwhile (signed in or out)
       if (why) showError(probe.subscribeEl, why);
-      else show(probe.subscribeEl, "error", "the stream failed, but it would open now: reload to follow it again");
+      else show(probe.subscribeEl, "error", t("the stream failed, but it would open now: reload to follow it again"));
     });
   }
 
   async function publish(probe) {
     probe.publishButton.disabled = true;
-    show(probe.publishEl, "pending", "sending…");
+    show(probe.publishEl, "pending", t("sending…"));
     try {
       const event = await S.publishHTTP(topicUrl(S.data.publishUrl, probe.topic),
-        { text: `hello ${probe.topic}, from ${S.sender}` });
-      show(probe.publishEl, "allowed", `allowed: published #${event.id}`);
+        { text: t("hello {topic}, from {sender}", { topic: probe.topic, sender: S.sender }) });
+      show(probe.publishEl, "allowed", t("allowed: published #{id}", { id: event.id }));
     } catch (err) {
       showError(probe.publishEl, err);
     } finally {
@@ -174,7 +177,7 @@
   function tryEverything() {
     for (const probe of probes) {
       show(probe.publishEl, "none", "");
-      probe.lastEl.textContent = "none yet";
+      probe.lastEl.textContent = t("none yet");
       follow(probe);
     }
   }
@@ -199,7 +202,7 @@
 
   async function signIn(user) {
     busy(true);
-    status(`Signing in as ${user}…`);
+    status(tx("Signing in as {user}…", { user: S.verbatim(user) }));
     try {
       const res = await fetch(S.data.demoSessionUrl, {
         method: "POST",
@@ -213,7 +216,7 @@
       await refresh();
     } catch (err) {
       busy(false);
-      status(`Sign-in failed: ${S.explain(err)}`, "error");
+      status(tx("Sign-in failed: {why}", { why: S.explain(err) }), "error");
     }
   }
 
@@ -227,7 +230,7 @@
       await refresh();
     } catch (err) {
       busy(false);
-      status(`Sign-out failed: ${S.explain(err)}`, "error");
+      status(tx("Sign-out failed: {why}", { why: S.explain(err) }), "error");
     }
   }
 

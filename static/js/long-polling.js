@@ -42,7 +42,7 @@
   }
 
   function show(page, { history = false } = {}) {
-    if (page.gap) chat.notice("Some messages are gone from history (gap): showing what is kept.");
+    if (page.gap) chat.notice(S.t("Some messages are gone from history (gap): showing what is kept."));
     for (const event of page.events) {
       const delayMs = history ? null : S.clock.delayMs(event);
       if (chat.add(event, { history, delayMs })) {
@@ -62,7 +62,7 @@
     const params = new URLSearchParams({ timeout: String(holdSeconds) });
     if (cursor) params.set("since", cursor);
     counters.add("requests");
-    chat.status(`Waiting for news (held up to ${holdSeconds} s)…`, "ok");
+    chat.status(S.t("Waiting for news (held up to {s} s)…", { s: holdSeconds }), "ok");
     const page = await getPage(`${S.data.longPollUrl}?${params}`, holdSeconds * 1000);
     if (page === null) {
       counters.add("timeouts");
@@ -89,8 +89,8 @@
         if (stopped) return;
         counters.add("errors");
         const wait = backoff.next();
-        const then = `; retrying in ${(wait / 1000).toFixed(1)} s`;
-        if (!chat.refused(err, then)) chat.status(`Request failed (${err.message})${then}`, "error");
+        const then = S.t("; retrying in {s} s", { s: (wait / 1000).toFixed(1) });
+        if (!chat.refused(err, then)) chat.status(S.join(S.tx("Request failed ({why})", { why: S.explain(err) }), then), "error");
         await S.sleep(wait);
       }
     }

@@ -35,7 +35,7 @@
         counters.add("bytes", S.byteLength(text));
         const page = JSON.parse(text);
         const first = cursor === null;
-        if (page.gap) chat.notice("Some messages are gone from history (gap): showing what is kept.");
+        if (page.gap) chat.notice(S.t("Some messages are gone from history (gap): showing what is kept."));
         for (const event of page.events) {
           const delayMs = first ? null : S.clock.delayMs(event);
           if (chat.add(event, { history: first, delayMs })) {
@@ -48,12 +48,12 @@
         throw await S.responseError(res);
       }
       backoff.reset();
-      chat.status(`Polling every ${intervalMs} ms`);
+      chat.status(S.t("Polling every {ms} ms", { ms: intervalMs }));
     } catch (err) {
       counters.add("errors");
       wait = backoff.next();
-      const then = `; retrying in ${Math.round(wait / 1000)} s`;
-      if (!chat.refused(err, then)) chat.status(`Request failed (${err.message})${then}`, "error");
+      const then = S.t("; retrying in {s} s", { s: Math.round(wait / 1000) });
+      if (!chat.refused(err, then)) chat.status(S.join(S.tx("Request failed ({why})", { why: S.explain(err) }), then), "error");
     }
     timer = setTimeout(poll, wait);
   }

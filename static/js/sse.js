@@ -57,8 +57,8 @@
     counters.add("gaps");
     const info = JSON.parse(ev.data);
     chat.notice(info.slow
-      ? "This page fell too far behind: the server dropped the stream; reconnecting (gap)."
-      : "Some messages are gone from history (gap): continuing with what is kept.");
+      ? S.t("This page fell too far behind: the server dropped the stream; reconnecting (gap).")
+      : S.t("Some messages are gone from history (gap): continuing with what is kept."));
   }
 
   function open(resumeId) {
@@ -77,7 +77,9 @@
         backfill = false;
         loadHistory(false);
       }
-      chat.status(`Connected (stream open${lastId ? `, resuming after ${lastId}` : ""})`, "ok");
+      chat.status(lastId
+        ? S.tx("Connected (stream open, resuming after {id})", { id: S.verbatim(lastId) })
+        : S.t("Connected (stream open)"), "ok");
     });
     es.addEventListener("message", (ev) => { if (es === source) onMessage(ev); });
     es.addEventListener("gap", (ev) => { if (es === source) onGap(ev); });
@@ -94,20 +96,21 @@
       if (es.readyState === EventSource.CONNECTING) {
         // The browser retries by itself after the server's `retry:` delay, sending
         // Last-Event-ID: the server replays what was missed.
-        chat.status(`Stream lost; the browser reconnects by itself with Last-Event-ID: ${lastId || "(none)"}`, "error");
+        chat.status(S.tx("Stream lost; the browser reconnects by itself with Last-Event-ID: {id}",
+          { id: lastId ? S.verbatim(lastId) : S.t("(none)") }), "error");
         return;
       }
       // CLOSED: the browser gave up (an HTTP error or a wrong content type). Reopen
       // ourselves, with capped, jittered backoff.
       const wait = backoff.next();
-      const then = `; reopening in ${(wait / 1000).toFixed(1)} s`;
-      chat.status(`Stream failed${then}`, "error");
+      const then = S.t("; reopening in {s} s", { s: (wait / 1000).toFixed(1) });
+      chat.status(S.join(S.t("Stream failed"), then), "error");
       clearTimeout(reopenTimer);
       reopenTimer = setTimeout(() => open(lastId), wait);
       // EventSource shows no status: ask once with fetch() why (401 sign in, 403 not allowed).
       const why = await S.streamError(es.url);
       if (es !== source || !why) return;
-      if (!chat.refused(why, then)) chat.status(`Stream failed (${why.message})${then}`, "error");
+      if (!chat.refused(why, then)) chat.status(S.join(S.tx("Stream failed ({why})", { why: S.explain(why) }), then), "error");
     });
   }
 
@@ -122,7 +125,7 @@
       }
       return page.cursor;
     } catch (err) {
-      chat.notice(`Could not load recent messages (${S.explain(err)}); showing new ones.`);
+      chat.notice(S.tx("Could not load recent messages ({why}); showing new ones.", { why: S.explain(err) }));
       return "";
     }
   }
@@ -145,13 +148,15 @@
     const tick = () => {
       if (left === 0) {
         dropButton.disabled = false;
-        dropButton.textContent = `Drop connection for ${DROP_SECONDS} s`;
-        chat.status(`Reopening with ?last_event_id=${lastId || "(none)"}…`);
+        dropButton.textContent = S.t("Drop connection for {s} s", { s: DROP_SECONDS });
+        chat.status(S.tx("Reopening with ?last_event_id={id}…", { id: lastId ? S.verbatim(lastId) : S.t("(none)") }));
         open(lastId);
         return;
       }
-      dropButton.textContent = `Reconnecting in ${left} s…`;
-      chat.status(`Disconnected by you. Messages sent now will be replayed after ${lastId || "the start"}.`, "error");
+      dropButton.textContent = S.t("Reconnecting in {s} s…", { s: left });
+      chat.status(lastId
+        ? S.tx("Disconnected by you. Messages sent now will be replayed after {id}.", { id: S.verbatim(lastId) })
+        : S.t("Disconnected by you. Messages sent now will be replayed from the start."), "error");
       left -= 1;
       reopenTimer = setTimeout(tick, 1000);
     };
@@ -168,27 +173,27 @@
     ticks.addEventListener("tick", (ev) => {
       const event = JSON.parse(ev.data);
       counters.add("ticks");
-      tickEl.textContent = `tick ${event.data.n} · id ${ev.lastEventId} · worker ${event.data.worker} · ` +
-        `${S.clock.delayMs(event)} ms after publish`;
+      tickEl.textContent = S.t("tick {n} · id {id} · worker {worker} · {ms} ms after publish",
+        { n: event.data.n, id: ev.lastEventId, worker: event.data.worker, ms: S.clock.delayMs(event) });
     });
     ticks.addEventListener("error", async () => {
       if (es !== ticks) return;
       if (es.readyState === EventSource.CONNECTING) {
-        tickEl.textContent = "Ticks: reconnecting…";
+        tickEl.textContent = S.t("Ticks: reconnecting…");
         return;
       }
       const why = await S.streamError(es.url); // closed for good: say why (a refusal, most likely)
-      if (es === ticks) tickEl.textContent = `Ticks: ${why ? S.explain(why) : "the stream failed"}`;
+      if (es === ticks) tickEl.replaceChildren(S.tx("Ticks: {why}", { why: why ? S.explain(why) : S.t("the stream failed") }));
     });
-    ticksToggle.textContent = "Stop listening to ticks";
+    ticksToggle.textContent = S.t("Stop listening to ticks");
     ticksToggle.setAttribute("aria-pressed", "true");
   }
 
   function stopTicks() {
     if (ticks) ticks.close();
     ticks = null;
-    tickEl.textContent = "Not listening: the server stops ticking once nobody listens.";
-    ticksToggle.textContent = "Listen to ticks";
+    tickEl.textContent = S.t("Not listening: the server stops ticking once nobody listens.");
+    ticksToggle.textContent = S.t("Listen to ticks");
     ticksToggle.setAttribute("aria-pressed", "false");
   }
 

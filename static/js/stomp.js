@@ -36,7 +36,8 @@
 
   const logEntries = [];
   function log(arrow, text) {
-    const shown = text.length > MAX_FRAME_CHARS ? `${text.slice(0, MAX_FRAME_CHARS)}… (${text.length} chars)` : text;
+    const shown = text.length > MAX_FRAME_CHARS
+      ? `${text.slice(0, MAX_FRAME_CHARS)}${S.t("… ({n} characters)", { n: text.length })}` : text;
     logEntries.push(`${arrow} ${shown}`);
     if (logEntries.length > MAX_LOG_ENTRIES) logEntries.shift();
     framesEl.textContent = logEntries.join("\n");
@@ -57,7 +58,7 @@
     if (line === ">>> PING") { // an outgoing heart-beat (the library writes it without _transmit)
       counters.add("heartbeats-out");
       counters.add("bytes-out", 1);
-      log("→", "(EOL) heart-beat");
+      log("→", S.t("(EOL) heart-beat"));
     } else if (line.startsWith(">>> ")) {
       const raw = line.slice(4);
       counters.add("frames-out");
@@ -68,14 +69,27 @@
       counters.add("bytes-in", S.byteLength(raw));
       if (isHeartBeat(raw)) {
         counters.add("heartbeats-in");
-        log("←", "(EOL) heart-beat");
+        log("←", S.t("(EOL) heart-beat"));
       } else {
         counters.add("frames-in", (raw.match(/\0/g) || []).length || 1);
         log("←", showFrame(raw));
       }
-    } else if (/^(Opening Web Socket|Web Socket Opened|Connection closed|STOMP: scheduling)/.test(line)) {
-      log("·", line);
+    } else {
+      const said = libraryLine(line);
+      if (said) log("·", said);
     }
+  }
+
+  /** The few stompjs debug lines worth showing, in the page's language (null for the rest). */
+  function libraryLine(line) {
+    let match;
+    if (/^Opening Web Socket/.test(line)) return S.t("stompjs: opening the WebSocket…");
+    if (/^Web Socket Opened/.test(line)) return S.t("stompjs: WebSocket open");
+    if ((match = /^Connection closed to (\S+)/.exec(line))) return S.t("stompjs: connection to {url} closed", { url: match[1] });
+    if ((match = /^STOMP: scheduling reconnection in (\d+)ms/.exec(line))) {
+      return S.t("stompjs: reconnecting in {ms} ms", { ms: match[1] });
+    }
+    return null;
   }
 
   // -- messages --------------------------------------------------------------------------
@@ -93,7 +107,9 @@
     } else if (type.startsWith("text/")) {
       data = message.body;
     } else {
-      data = `(${message.binaryBody.length} bytes of ${type || "binary data"})`;
+      data = type
+        ? S.t("({n} bytes of {type})", { n: message.binaryBody.length, type })
+        : S.t("({n} bytes of binary data)", { n: message.binaryBody.length });
     }
     return {
       id: headers["event-id"], type: headers["event-type"], data,
@@ -103,7 +119,7 @@
 
   function onMessage(message) {
     if (message.headers.gap === "true") {
-      chat.notice("Some messages are gone from history (gap): showing what is kept.");
+      chat.notice(S.t("Some messages are gone from history (gap): showing what is kept."));
       return;
     }
     const event = eventOf(message);
@@ -137,7 +153,7 @@
       const heartBeat = Number(heartBeatSelect.value);
       client.heartbeatIncoming = heartBeat;
       client.heartbeatOutgoing = heartBeat;
-      stateEl.textContent = "connecting";
+      stateEl.textContent = S.t("connecting");
     },
     onConnect: (frame) => {
       connections += 1;
@@ -146,36 +162,43 @@
       if (lastEventId) headers["last-event-id"] = lastEventId;
       resumedAt = lastEventId && connections > 1 ? S.clock.now() : null;
       client.subscribe(subscribeTo, onMessage, headers);
-      stateEl.textContent = `connected, STOMP ${frame.headers.version}`;
-      chat.status(`Connected: subscribed to ${subscribeTo}${lastEventId ? " (resuming)" : ""}`, "ok");
+      stateEl.textContent = S.t("connected, STOMP {version}", { version: frame.headers.version });
+      chat.status(lastEventId
+        ? S.tx("Connected: subscribed to {destination} (resuming)", { destination: S.verbatim(subscribeTo) })
+        : S.tx("Connected: subscribed to {destination}", { destination: S.verbatim(subscribeTo) }), "ok");
     },
     onStompError: (frame) => {
       // A refused SUBSCRIBE or SEND (401: sign in, 403: not allowed) or a protocol error; the
       // server closes the connection after it, so no RECEIPT will come for a pending SEND.
       refusal = S.Refusal.fromStompError(frame);
-      const error = refusal || new Error(`ERROR from the server: ${frame.headers.message || "?"}`);
+      const said = S.verbatim(frame.headers.message || "?");
+      const error = refusal || new S.PageError(S.t("ERROR from the server: {message}", { message: frame.headers.message || "?" }));
       for (const reject of pendingSends.values()) reject(error);
       pendingSends.clear();
-      if (!chat.refused(refusal, "; the server closes the connection")) {
-        chat.status(`ERROR from the server: ${frame.headers.message || "?"}; it closes the connection`, "error");
+      if (!chat.refused(refusal, S.t("; the server closes the connection"))) {
+        chat.status(S.tx("ERROR from the server: {message}; it closes the connection", { message: said }), "error");
       }
     },
     onWebSocketClose: (event) => {
-      stateEl.textContent = "closed";
+      stateEl.textContent = S.t("closed");
       if (!client.active) return;
-      const why = event.code === 1001 ? "Server going away (1001)" : `Disconnected (${event.code}${event.reason ? ` ${event.reason}` : ""})`;
-      if (!chat.refused(refusal, "; reconnecting")) chat.status(`${why}; reconnecting`, "error");
+      let why;
+      if (event.code === 1001) why = S.t("Server going away (1001)");
+      else if (event.reason) why = S.tx("Disconnected ({code} {reason})", { code: event.code, reason: S.verbatim(event.reason) });
+      else why = S.t("Disconnected ({code})", { code: event.code });
+      const then = S.t("; reconnecting");
+      if (!chat.refused(refusal, then)) chat.status(S.join(why, then), "error");
     },
   });
 
   /** Send a chat message to the handler and wait for its RECEIPT. */
   function send(text) {
-    if (!client.connected) return Promise.reject(new Error("not connected; the page is reconnecting"));
+    if (!client.connected) return Promise.reject(new S.PageError(S.t("not connected; the page is reconnecting")));
     const receipt = `send-${++nextReceipt}`;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         pendingSends.delete(receipt);
-        reject(new Error(`no RECEIPT within ${RECEIPT_TIMEOUT_MS / 1000} s`));
+        reject(new S.PageError(S.t("no RECEIPT within {s} s", { s: RECEIPT_TIMEOUT_MS / 1000 })));
       }, RECEIPT_TIMEOUT_MS);
       pendingSends.set(receipt, (error) => {
         clearTimeout(timer);
@@ -201,12 +224,15 @@
   dropButton.addEventListener("click", () => {
     if (!client.connected) return;
     offlineUntil = Date.now() + OFFLINE_MS;
-    chat.status("Dropped on purpose: offline for 3 s, then resuming", "error");
+    chat.status(S.t("Dropped on purpose: offline for {s} s, then resuming", { s: OFFLINE_MS / 1000 }), "error");
     client.forceDisconnect();
   });
 
   heartBeatSelect.addEventListener("change", () => {
-    chat.notice(`Heart-beats every ${heartBeatSelect.value / 1000 || "—"} s from the next connection on.`);
+    const seconds = heartBeatSelect.value / 1000;
+    chat.notice(seconds
+      ? S.t("Heart-beats every {s} s from the next connection on.", { s: seconds })
+      : S.t("No heart-beats from the next connection on."));
   });
 
   window.addEventListener("pagehide", () => {

@@ -54,13 +54,13 @@
     return new Promise((resolve, reject) => {
       const socket = ws;
       if (!socket || socket.readyState !== WebSocket.OPEN || (needSubscription && !subscribed)) {
-        reject(new Error("not connected; the page is reconnecting"));
+        reject(new S.PageError(S.t("not connected; the page is reconnecting")));
         return;
       }
       const ref = `r${++nextRef}`;
       const timer = setTimeout(() => {
         waiting.delete(ref);
-        reject(new Error(`no reply within ${REPLY_TIMEOUT_MS / 1000} s`));
+        reject(new S.PageError(S.t("no reply within {s} s", { s: REPLY_TIMEOUT_MS / 1000 })));
       }, REPLY_TIMEOUT_MS);
       waiting.set(ref, { resolve, reject, timer });
       sendOp(socket, { ...op, ref });
@@ -73,14 +73,14 @@
     waiting.delete(reply.ref);
     clearTimeout(entry.timer);
     if (reply.op === "ok") entry.resolve(reply);
-    else entry.reject(S.Refusal.fromWsError(reply) || new Error(`${reply.error}: ${reply.message}`));
+    else entry.reject(S.Refusal.fromWsError(reply) || new S.ServerError(null, reply.error, reply.message));
     return true;
   }
 
   function failWaiting(reason) {
     for (const entry of waiting.values()) {
       clearTimeout(entry.timer);
-      entry.reject(new Error(reason));
+      entry.reject(new S.PageError(reason));
     }
     waiting.clear();
   }
@@ -97,8 +97,8 @@
     if (!cursor) cursor = reply.cursor || null;
     subscribed = true;
     backoff.reset();
-    showState("open, subscribed");
-    chat.status(`Connected: subscribed to "${topic}" over one WebSocket`, "ok");
+    showState(S.t("open, subscribed"));
+    chat.status(S.tx("Connected: subscribed to {topic} over one WebSocket", { topic: S.verbatim(topic) }), "ok");
   }
 
   function onEvent(event) {
@@ -119,10 +119,10 @@
     } else if (message.error === "slow_consumer" && message.topic === topic) {
       // The server dropped this subscription after a gap: take it up again from here.
       subscribed = false;
-      chat.notice("This page fell too far behind; subscribing again from the last message seen.");
-      subscribe().catch((err) => chat.status(`Subscribe failed: ${err.message}`, "error"));
+      chat.notice(S.t("This page fell too far behind; subscribing again from the last message seen."));
+      subscribe().catch((err) => chat.status(S.tx("Subscribe failed: {why}", { why: S.explain(err) }), "error"));
     } else {
-      chat.status(`Server error: ${message.error}: ${message.message}`, "error");
+      chat.status(S.tx("Server error: {why}", { why: S.explain(new S.ServerError(null, message.error, message.message)) }), "error");
     }
   }
 
@@ -139,7 +139,7 @@
     if (message.op === "event") {
       if (message.topic === topic) onEvent(message);
     } else if (message.op === "gap") {
-      chat.notice("Some messages are gone from history (gap): showing what is kept.");
+      chat.notice(S.t("Some messages are gone from history (gap): showing what is kept."));
     } else if (message.op === "ok" || message.op === "error") {
       if (!settle(message) && message.op === "error") onServerError(message);
     }
@@ -147,17 +147,17 @@
 
   function connect() {
     clearTimeout(retryTimer);
-    showState("connecting");
+    showState(S.t("connecting"));
     const socket = new WebSocket(wsUrl);
     ws = socket;
     let refusal = null; // why the server refused this socket's subscribe, shown until the next try
     socket.addEventListener("open", () => {
       if (socket !== ws) return;
-      showState("open, subscribing");
+      showState(S.t("open, subscribing"));
       subscribe().catch((err) => {
         if (socket !== ws) return;
         if (err instanceof S.Refusal) refusal = err;
-        else chat.status(`Subscribe failed: ${err.message}`, "error");
+        else chat.status(S.tx("Subscribe failed: {why}", { why: S.explain(err) }), "error");
         socket.close(4000, "subscribe failed");
       });
     });
@@ -168,19 +168,27 @@
       if (socket !== ws) return;
       ws = null;
       subscribed = false;
-      failWaiting("the connection closed");
+      failWaiting(S.t("the connection closed"));
       if (leaving) return;
-      const why = ev.code === 1001 ? "Server going away (1001)" : `Disconnected (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`;
+      const why = closeReason(ev);
       // 4001: the server closed a socket whose token expired and was not renewed in time.
-      if (ev.code === 4001 && !refusal) refusal = new S.Refusal(401, "unauthorized", ev.reason || "the token has expired");
+      if (ev.code === 4001 && !refusal) refusal = new S.Refusal(401, "unauthorized", ev.reason || S.t("the token has expired"));
       reconnectLater(why, backoff.next(), refusal);
     });
   }
 
+  /** What a close event means, in the page's language (the server's reason as it came). */
+  function closeReason(ev) {
+    if (ev.code === 1001) return S.t("Server going away (1001)");
+    return ev.reason
+      ? S.tx("Disconnected ({code} {reason})", { code: ev.code, reason: S.verbatim(ev.reason) })
+      : S.t("Disconnected ({code})", { code: ev.code });
+  }
+
   function reconnectLater(why, waitMs, refusal = null) {
-    showState("closed");
-    const then = `; reconnecting in ${(waitMs / 1000).toFixed(1)} s`;
-    if (!chat.refused(refusal, then)) chat.status(`${why}${then}`, "error");
+    showState(S.t("closed"));
+    const then = S.t("; reconnecting in {s} s", { s: (waitMs / 1000).toFixed(1) });
+    if (!chat.refused(refusal, then)) chat.status(S.join(why, then), "error");
     clearTimeout(retryTimer);
     retryTimer = setTimeout(() => {
       counters.add("reconnects");
@@ -193,9 +201,9 @@
     if (!socket) return;
     ws = null; // its close event is ours, not a failure to back off from
     subscribed = false;
-    failWaiting("dropped on purpose");
+    failWaiting(S.t("dropped on purpose"));
     socket.close(4000, "dropped by the demo button");
-    reconnectLater("Dropped on purpose, offline", OFFLINE_MS);
+    reconnectLater(S.t("Dropped on purpose, offline"), OFFLINE_MS);
   });
 
   window.addEventListener("pagehide", () => {

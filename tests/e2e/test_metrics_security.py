@@ -155,16 +155,25 @@ HTML_SINKS = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", 
               "DOMParser", "srcdoc", "eval(", "new Function")
 
 
+@pytest.mark.parametrize("language", ["en", "ko"])
 @pytest.mark.parametrize("path", PAGES)
-def test_every_page_has_the_security_headers(server, path):
-    res = requests.get(server.url + path, timeout=5)
+def test_every_page_has_the_security_headers(server, path, language):
+    res = requests.get(server.url + path, headers={"Accept-Language": language}, timeout=5)
+    assert f'<html lang="{language}">' in res.text
     assert res.status_code == 200 and res.headers["Content-Type"].startswith("text/html")
     csp = res.headers["Content-Security-Policy"]
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert "script-src 'self'" in csp and "default-src 'self'" in csp and "object-src 'none'" in csp
     assert res.headers["X-Content-Type-Options"] == "nosniff"
     assert res.headers["Referrer-Policy"] == "same-origin"
-    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", res.text), "an inline script"
+    # One exception, exactly this one: the page's messages as a JSON data block, which no
+    # browser runs (CSP would refuse it anyway). Its text must be JSON and cannot close the
+    # element early ("<" is escaped); every other <script> must load from a URL.
+    data_blocks = re.findall(r'<script type="application/json" id="i18n">(.*?)</script>', res.text, re.S)
+    assert len(data_blocks) == 1, "the i18n data block, once"
+    assert "<" not in data_blocks[0] and isinstance(json.loads(data_blocks[0])["messages"], dict)
+    rest = re.sub(r'<script type="application/json" id="i18n">.*?</script>', "", res.text, flags=re.S)
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", rest), "an inline script"
     assert not re.search(r"<[^>]+\son[a-z]+=", res.text), "an inline event handler"
 
 

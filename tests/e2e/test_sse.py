@@ -638,27 +638,39 @@ class TestEventSourcePackage:
             second.stop()
 
 
-# ------------------------------------------------ the page's own reader (sse-fetch.js)
+# ------------------------------------------- the SSE page's reader (vendored fetch-event-source)
+# The page's second reader is @microsoft/fetch-event-source (static/vendor/fetch-event-source/,
+# wired up in static/js/sse-fetch.js). Its parser is fed here under Node as the page uses it:
+# bytes (a stream starts with a BOM, which a decoder drops), the last id it would send as
+# Last-Event-ID, and no event for a message without data (the spec's rule, which the library
+# leaves to its caller: sse-fetch.js skips them). Where the library departs from the spec the
+# case is an expected failure that names the difference, so a learner sees it and an update
+# of the library that fixes it shows up.
 
 PARSER_HARNESS = """
-const { EventStreamParser } = require(process.argv[1]);
+const { pathToFileURL } = await import("node:url");
+const { getLines, getMessages } = await import(pathToFileURL(process.argv[1]).href);
+const encoder = new TextEncoder();
 let input = "";
 process.stdin.setEncoding("utf8");
-process.stdin.on("data", (d) => { input += d; });
-process.stdin.on("end", () => {
-  const results = JSON.parse(input).map((chunks) => {
-    const out = [];
-    const parser = new EventStreamParser({
-      onEvent: (e) => out.push([e.type, e.data, e.lastEventId]),
-      onRetry: (ms) => out.push(["retry", ms]),
-    });
-    for (const chunk of chunks) parser.feed(chunk);
-    parser.end();
-    return out;
+for await (const chunk of process.stdin) input += chunk;
+const results = JSON.parse(input).map((chunks) => {
+  const out = [];
+  let lastEventId = "";
+  const onChunk = getLines(getMessages(
+    (id) => { lastEventId = id; },
+    (ms) => out.push(["retry", ms]),
+    (message) => { if (message.data !== "") out.push([message.event || "message", message.data, lastEventId]); },
+  ));
+  chunks.forEach((chunk, i) => {
+    const bytes = encoder.encode(chunk);
+    onChunk(i === 0 ? new Uint8Array([0xef, 0xbb, 0xbf, ...bytes]) : bytes);
   });
-  process.stdout.write(JSON.stringify(results));
+  return out;
 });
+process.stdout.write(JSON.stringify(results));
 """
+PARSER = ROOT / "static" / "vendor" / "fetch-event-source" / "parse.js"
 
 # (stream text, expected [type, data, lastEventId] / ["retry", ms]); the first ones are the
 # WHATWG HTML spec's own examples.
@@ -681,24 +693,48 @@ PARSER_CASES = [
 ]
 
 
+# Where fetch-event-source 2.0.1 reads differently from the WHATWG rules (case index: why).
+LIBRARY_DEVIATIONS = {
+    1: "a field line without a colon ('id') is ignored, so it does not reset the last event id",
+    2: "a field line without a colon ('data') is ignored, so it adds no empty data line",
+    6: "an id containing NUL is kept (the spec ignores it)",
+    7: "retry: takes parseInt's reading of '15x' (the spec wants ASCII digits only)",
+}
+
+
 def run_js_parser(runs: list[list[str]]) -> list:
     if NODE is None:
         pytest.fail("Node is required")
-    proc = subprocess.run([NODE, "-e", PARSER_HARNESS, str(ROOT / "static" / "js" / "sse-fetch.js")],
+    proc = subprocess.run([NODE, "--input-type=module", "-e", PARSER_HARNESS, str(PARSER)],
                           input=json.dumps(runs), capture_output=True, text=True, timeout=scaled(60))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
+@pytest.fixture(scope="module")
+def parsed_cases():
+    """Every case fed whole, one character at a time, and cut in two at every place (one Node run)."""
+    runs, owners = [], []
+    for index, (text, _events) in enumerate(PARSER_CASES):
+        splits = [[text], list(text)] + [[text[:i], text[i:]] for i in range(1, len(text))]
+        runs += splits
+        owners += [index] * len(splits)
+    results = run_js_parser(runs)
+    by_case: dict[int, list] = {}
+    for index, chunks, got in zip(owners, runs, results):
+        by_case.setdefault(index, []).append((chunks, got))
+    return by_case
+
+
 class TestFetchReaderParser:
-    def test_spec_examples_whole_char_by_char_and_split_anywhere(self):
-        runs, expected = [], []
-        for text, events in PARSER_CASES:
-            splits = [[text], list(text)] + [[text[:i], text[i:]] for i in range(1, len(text))]
-            runs += splits
-            expected += [events] * len(splits)
-        results = run_js_parser(runs)
-        for chunks, want, got in zip(runs, expected, results):
+    @pytest.mark.parametrize("index", [
+        pytest.param(i, marks=pytest.mark.xfail(strict=True, reason=LIBRARY_DEVIATIONS[i]))
+        if i in LIBRARY_DEVIATIONS else i
+        for i in range(len(PARSER_CASES))
+    ])
+    def test_spec_examples_whole_char_by_char_and_split_anywhere(self, parsed_cases, index):
+        want = PARSER_CASES[index][1]
+        for chunks, got in parsed_cases[index]:
             assert got == want, f"{chunks!r}"
 
     def test_reads_the_servers_bytes_as_our_reference_parser_does(self, server):
