@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from . import state
 from .errors import ApiError
 from .events import check_topic, parse_json
+from .hub import BackendUnavailable
 from .identity import current_sender
 
 bp = Blueprint("api", __name__)
@@ -82,5 +83,11 @@ def metrics() -> Response:
     registry = state.metrics()
     status = hub.status()
     registry.backend_up.labels(status["backend"]).set(1 if status["healthy"] else 0)
+    try:
+        topics = hub.topic_count()
+    except BackendUnavailable:  # backend_up already says so; the last count stays
+        topics = None
+    if topics is not None:
+        registry.topics.set(topics)
     body, content_type = registry.render()
     return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})

@@ -65,6 +65,10 @@ class Metrics:
             "switchboard_stomp_errors", "STOMP ERROR frames sent, by kind", ["kind"], registry=r)
         self.limit_rejections = Counter(
             "switchboard_limit_rejections", "Requests or messages refused by a limit", ["limit"], registry=r)
+        # Memory: one worker's topics; Redis: the deployment's, the same in every worker (so max).
+        self.topics = Gauge(
+            "switchboard_topics", "Topics the event store holds (set when /metrics is read)",
+            multiprocess_mode="livemax", registry=r)
         self._high_water = 0
 
     # -- called by transports -----------------------------------------------------------
@@ -149,3 +153,6 @@ class HubObserver:
 
     def queue_depth(self, depth: int) -> None:
         self.metrics.queue_depth(depth)
+
+    def refused(self, limit: str) -> None:
+        self.metrics.limit_rejections.labels(limit).inc()
