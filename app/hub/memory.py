@@ -8,6 +8,7 @@ sweeper, which forgets idle topics (:meth:`MemoryBackend.sweep`).
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import secrets
@@ -22,8 +23,19 @@ from . import TooManyTopics
 
 log = logging.getLogger(__name__)
 
-# Topics one slice of a sweep forgets before it lets other greenlets run (about 1 ms).
-SWEEP_SLICE = 2000
+# Topics one slice of a sweep forgets before it lets requests run (about 1 ms).
+SWEEP_SLICE = 1000
+
+# After a sweep round that forgot at least this many topics, the C allocator is asked to
+# give free pages back to the system. glibc keeps freed heap memory mapped (each topic's
+# deque block comes from it): without this, a worker that forgot a flood of 200,000
+# topics stays at about 40% of the flood's peak RSS; with it, near where it started. The
+# call takes about 15 ms for a 350 MB heap. Not glibc (musl, macOS): nothing to call.
+TRIM_AFTER = 10_000
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError):
+    _malloc_trim = None
 
 
 class _Topic:
@@ -247,8 +259,16 @@ class MemoryBackend:
             gevent.sleep(self.sweep_interval)
             try:
                 # In slices, so that forgetting a flood of topics never stalls requests.
-                while self.sweep(SWEEP_SLICE) == SWEEP_SLICE:
-                    gevent.sleep(0)
+                # gevent.idle, not sleep(0): the hub runs up to 50 queued callbacks in a
+                # row before it polls sockets again, so sleep(0) between 1 ms slices would
+                # still hold requests up for 50 ms; idle waits until they have been served.
+                forgotten = sliced = self.sweep(SWEEP_SLICE)
+                while sliced == SWEEP_SLICE:
+                    gevent.idle()
+                    sliced = self.sweep(SWEEP_SLICE)
+                    forgotten += sliced
+                if forgotten >= TRIM_AFTER and _malloc_trim is not None:
+                    _malloc_trim(0)
             except Exception:  # a bug: log it, and keep sweeping
                 log.error("sweeping idle topics failed", exc_info=True)
 
