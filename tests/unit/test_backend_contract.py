@@ -671,6 +671,32 @@ class TestWorkersShareOneHistory:
 
 
 @pytest.mark.redis
+class TestRedisForgetting:
+    def test_stream_and_meta_expire_after_the_ttl_renewed_by_each_append(self, redis_hubs):
+        hub = redis_hubs.make(history_ttl=30)
+        keys = [f"{hub.backend.prefix}:stream:chat", f"{hub.backend.prefix}:meta:chat"]
+        hub.publish("chat", 1)
+        with redis_hubs.server.client() as client:
+            for key in keys:
+                client.pexpire(key, 5_000)  # as if the last append were 26 s ago
+            hub.publish("chat", 2)
+            lifetimes = [client.pttl(key) for key in keys]
+        assert all(30_000 < ms <= 31_000 for ms in lifetimes), lifetimes
+
+    def test_the_topic_limit_is_the_deployments(self, redis_hubs):
+        a = redis_hubs.make(max_topics=3)
+        b = redis_hubs.peer(a)
+        a.publish("one", 1)
+        b.publish("two", 2)
+        a.publish("three", 3)
+        for hub in (a, b):
+            with pytest.raises(TooManyTopics):
+                hub.publish("four", 4)
+            assert hub.topic_count() == 3
+        b.publish("one", "again")
+
+
+@pytest.mark.redis
 class TestOutages:
     def test_listener_cut_is_resynced_from_history(self, redis_hubs):
         """Events that reach Redis while the listener is cut are replayed, once, in order."""
