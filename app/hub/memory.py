@@ -23,8 +23,10 @@ from . import TooManyTopics
 
 log = logging.getLogger(__name__)
 
-# Topics one slice of a sweep forgets before it lets requests run (about 1 ms).
+# Topics one slice of a sweep forgets before it lets requests run (about 1 ms), and the
+# pause between slices (seconds): sockets are polled in it.
 SWEEP_SLICE = 1000
+SWEEP_PAUSE = 0.001
 
 # After a sweep round that forgot at least this many topics, the C allocator is asked to
 # give free pages back to the system. glibc keeps freed heap memory mapped (each topic's
@@ -259,12 +261,14 @@ class MemoryBackend:
             gevent.sleep(self.sweep_interval)
             try:
                 # In slices, so that forgetting a flood of topics never stalls requests.
-                # gevent.idle, not sleep(0): the hub runs up to 50 queued callbacks in a
-                # row before it polls sockets again, so sleep(0) between 1 ms slices would
-                # still hold requests up for 50 ms; idle waits until they have been served.
+                # A timer between slices, not sleep(0): the hub runs queued callbacks 50 at
+                # a time before it looks at the clock and polls sockets (gevent's
+                # CALLBACK_CHECK_COUNT), so sleep(0) between 1 ms slices could hold requests
+                # up for 50 ms. Not gevent.idle either: a worker that is never idle would
+                # then never sweep.
                 forgotten = sliced = self.sweep(SWEEP_SLICE)
                 while sliced == SWEEP_SLICE:
-                    gevent.idle()
+                    gevent.sleep(SWEEP_PAUSE)
                     sliced = self.sweep(SWEEP_SLICE)
                     forgotten += sliced
                 if forgotten >= TRIM_AFTER and _malloc_trim is not None:
