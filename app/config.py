@@ -141,8 +141,8 @@ class Settings:
         "Events buffered per subscriber before it is caught up from history or dropped.")
     history_bytes: int = _setting(
         "SWITCHBOARD_HISTORY_BYTES", 8 * 1024 * 1024, _int(1024, 1 << 40),
-        "Bytes of history kept per topic (each event counted as its JSON); the oldest events go "
-        "first, the newest always stays.")
+        "Bytes of history kept per topic (an event counts as its JSON; with Redis, as its stored "
+        "body); the oldest events go first, the newest always stays.")
     queue_bytes: int = _setting(
         "SWITCHBOARD_QUEUE_BYTES", 4 * 1024 * 1024, _int(1024, 1 << 40),
         "Bytes buffered per subscriber (events' JSON) before it is caught up from history or "

@@ -29,10 +29,11 @@ SWEEP_SLICE = 1000
 SWEEP_PAUSE = 0.001
 
 # After a sweep round that forgot at least this many topics, the C allocator is asked to
-# give free pages back to the system. glibc keeps freed heap memory mapped (each topic's
-# deque block comes from it): without this, a worker that forgot a flood of 200,000
-# topics stays at about 40% of the flood's peak RSS; with it, near where it started. The
-# call takes about 15 ms for a 350 MB heap. Not glibc (musl, macOS): nothing to call.
+# give free pages back to the system. glibc keeps freed heap memory mapped, and each
+# topic's deque block (528 bytes, too big for pymalloc) comes from it: after a flood of
+# 200,000 topics is forgotten, that is about 100 MiB of RSS which the call gives back
+# (tests/e2e/test_topic_memory.py). It takes about 15 ms for a 350 MB heap. Not glibc
+# (musl, macOS): nothing to call.
 TRIM_AFTER = 10_000
 try:
     _malloc_trim = ctypes.CDLL(None).malloc_trim
