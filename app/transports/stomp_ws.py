@@ -57,9 +57,10 @@ keepalive) when a client stops sending heart-beats, 1000 after DISCONNECT.
 Limits (``app/limits.py``): at most ``SWITCHBOARD_MAX_SUBSCRIPTIONS`` subscriptions
 per session; SENDs beyond ``SWITCHBOARD_PUBLISH_RATE``/``_BURST`` for the connection
 get ERROR "publish rate exceeded" (nothing published) and 1008; a SEND to a new topic
-beyond ``SWITCHBOARD_MAX_TOPICS`` gets ERROR "too many topics" (nothing published) and 1008. Shutdown (DESIGN.md
-§8): every session gets ERROR "server shutting down" with a reconnect hint, then 1001
-(:meth:`Broker.shutdown`, run by the app's shutdown hook before wsio's own 1001).
+beyond ``SWITCHBOARD_MAX_TOPICS`` gets ERROR "too many topics" (nothing published) and
+1008. Shutdown (DESIGN.md §8): every session gets ERROR "server shutting down" with a
+reconnect hint, then 1001 (:meth:`Broker.shutdown`, run by the app's shutdown hook
+before wsio's own 1001).
 """
 
 from __future__ import annotations
