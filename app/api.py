@@ -13,6 +13,7 @@ from .errors import ApiError
 from .auth.web import authorize, request_identity
 from .errors import error_response
 from .events import check_topic, parse_json
+from .hub import BackendUnavailable
 
 bp = Blueprint("api", __name__)
 
@@ -95,5 +96,11 @@ def metrics() -> Response:
     registry = state.metrics()
     status = hub.status()
     registry.backend_up.labels(status["backend"]).set(1 if status["healthy"] else 0)
+    try:
+        topics = hub.topic_count()
+    except BackendUnavailable:  # backend_up already says so; the last count stays
+        topics = None
+    if topics is not None:
+        registry.topics.set(topics)
     body, content_type = registry.render()
     return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})

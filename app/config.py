@@ -198,6 +198,19 @@ class Settings:
     queue_size: int = _setting(
         "SWITCHBOARD_QUEUE_SIZE", 256, _int(1, 100_000),
         "Events buffered per subscriber before it is caught up from history or dropped.")
+    history_bytes: int = _setting(
+        "SWITCHBOARD_HISTORY_BYTES", 8 * 1024 * 1024, _int(1024, 1 << 40),
+        "Bytes of history kept per topic (an event counts as its JSON; with Redis, as its stored "
+        "body); the oldest events go first, the newest always stays.")
+    queue_bytes: int = _setting(
+        "SWITCHBOARD_QUEUE_BYTES", 4 * 1024 * 1024, _int(1024, 1 << 40),
+        "Bytes buffered per subscriber (events' JSON) before it is caught up from history or "
+        "dropped, as with SWITCHBOARD_QUEUE_SIZE; one event is always taken into an empty queue.")
+    max_topics: int = _setting(
+        "SWITCHBOARD_MAX_TOPICS", 100_000, _int(0, 100_000_000),
+        "Topics held at once (0 = no limit): by this worker's in-memory hub, or with Redis by the "
+        "deployment's Redis. A publish to a new topic beyond it: 429 too_many_topics. A topic with "
+        "no subscriber and no event younger than SWITCHBOARD_HISTORY_TTL is forgotten.")
     longpoll_timeout: float = _setting(
         "SWITCHBOARD_LONGPOLL_TIMEOUT", 25.0, _seconds(0.05, 3600),
         "Longest a long poll is parked (seconds); keep it below nginx's proxy_read_timeout.")

@@ -152,6 +152,22 @@ class Event:
         """The event as one line of compact JSON (no raw newlines, whatever the data holds)."""
         return self.encoded("json", lambda e: json.dumps(e.to_dict(), ensure_ascii=False, separators=(",", ":")))
 
+    @property
+    def size(self) -> int:
+        """Bytes of the event's JSON (:meth:`json` as UTF-8), measured once and cached.
+
+        What the byte bounds of history and of subscriber queues count. The JSON is the
+        form SSE and ``/ws`` send, so measuring it costs no extra encoding when they run.
+        """
+        try:
+            return self._cache["size"]
+        except KeyError:
+            text = self.json()
+            # ASCII text (the common case) is known from a flag, without encoding it again;
+            # surrogatepass: a lone surrogate in the data still has a length.
+            size = self._cache["size"] = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            return size
+
     def encoded(self, fmt: str, encode: Callable[["Event"], Any]) -> Any:
         """Return ``encode(self)``, computed once per ``fmt`` and cached on the event.
 

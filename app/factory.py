@@ -35,8 +35,10 @@ def make_backend(settings: Settings):
         except ImportError as exc:  # the Redis backend is optional until it lands
             raise ConfigError(f"SWITCHBOARD_REDIS_URL is set but the Redis backend is unavailable: {exc}") from None
         return RedisBackend(settings.redis_url, settings.history_size, settings.history_ttl,
+                            history_bytes=settings.history_bytes, max_topics=settings.max_topics,
                             prefix=settings.redis_prefix)
-    return MemoryBackend(settings.history_size, settings.history_ttl)
+    return MemoryBackend(settings.history_size, settings.history_ttl, history_bytes=settings.history_bytes,
+                         max_topics=settings.max_topics)
 
 
 class Shutdown:
@@ -125,7 +127,8 @@ def build_app(test_config=None) -> Flask:
     app.url_map.merge_slashes = False
 
     metrics = Metrics()
-    hub = Hub(make_backend(settings), queue_size=settings.queue_size, observer=HubObserver(metrics))
+    hub = Hub(make_backend(settings), queue_size=settings.queue_size, observer=HubObserver(metrics),
+              queue_bytes=settings.queue_bytes)
     limits = Limits(settings, metrics)
     shutdown = Shutdown()
     app.extensions["switchboard.settings"] = settings

@@ -21,6 +21,9 @@ limit                  what is refused                                          
                        token bucket (``doctor_rate``, ``doctor_burst``)
 ``doctor_streams``     a held doctor response (timed or idle stream, slow poll)     429 + ``Retry-After``
                        beyond ``doctor_streams`` for this client address
+``topics``             a publish that would start a topic beyond ``max_topics``     429 / ``error`` op /
+                       (the hub raises :class:`~app.hub.TooManyTopics` and counts   STOMP ``ERROR``
+                       it; :func:`topic_refusal` words it for every transport)
 =====================  ==========================================================  =====================
 
 The client address is ``REMOTE_ADDR``, or with ``SWITCHBOARD_BEHIND_PROXY`` the last
@@ -44,10 +47,12 @@ from typing import Callable, Mapping
 from flask import Flask, Response, current_app, request
 
 from .config import Settings
-from .errors import ApiError
+from .errors import ApiError, error_response
+from .hub import TooManyTopics
 from .metrics import Metrics
 
-__all__ = ["DoctorSlot", "LimitExceeded", "Limits", "Slot", "TokenBucket", "client_address", "init_app"]
+__all__ = ["DoctorSlot", "LimitExceeded", "Limits", "Slot", "TokenBucket", "client_address", "init_app",
+           "topic_refusal"]
 
 
 class LimitExceeded(ApiError):
@@ -63,6 +68,15 @@ class LimitExceeded(ApiError):
         super().__init__(status, code, message, {"Retry-After": str(seconds)})
         self.limit = limit
         self.retry_after = seconds
+
+
+def topic_refusal(exc: TooManyTopics) -> LimitExceeded:
+    """The one wording of a refused new topic, for every transport: HTTP renders it as a
+    429 with ``Retry-After``, ``/ws`` as an ``error`` op (code, message, ``retry_after``),
+    STOMP as an ``ERROR`` frame. The hub has already counted it (limit ``topics``)."""
+    return LimitExceeded("topics", 429, "too_many_topics",
+                         f"this server holds its maximum of {exc.limit} topics; publish to an existing topic, "
+                         "or retry when idle topics have been forgotten", exc.retry_after)
 
 
 def client_address(environ: Mapping, behind_proxy: bool) -> str:
@@ -332,6 +346,11 @@ def init_app(app: Flask, limits: Limits) -> None:
     charged before it runs, and an accepted publish is counted by transport after it.
     """
     app.extensions[EXTENSION] = limits
+
+    @app.errorhandler(TooManyTopics)
+    def too_many_topics(exc: TooManyTopics):
+        refusal = topic_refusal(exc)
+        return error_response(refusal.status, refusal.code, refusal.message, refusal.headers)
 
     @app.before_request
     def http_publish_rate():

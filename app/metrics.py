@@ -71,6 +71,10 @@ class Metrics:
         self.auth_hook = Counter(
             "switchboard_auth_hook_decisions", "Decision-hook answers: allow, deny, error (failed closed), "
             "cached (answered from the cache)", ["result"], registry=r)
+        # Memory: one worker's topics; Redis: the deployment's, the same in every worker (so max).
+        self.topics = Gauge(
+            "switchboard_topics", "Topics the event store holds (set when /metrics is read)",
+            multiprocess_mode="livemax", registry=r)
         self._high_water = 0
 
     # -- called by transports -----------------------------------------------------------
@@ -155,3 +159,6 @@ class HubObserver:
 
     def queue_depth(self, depth: int) -> None:
         self.metrics.queue_depth(depth)
+
+    def refused(self, limit: str) -> None:
+        self.metrics.limit_rejections.labels(limit).inc()

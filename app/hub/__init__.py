@@ -20,11 +20,29 @@ from typing import Any, Callable, Protocol
 from ..events import Cursor, Event, Gap, Page, check_topic, check_type
 from .subscription import Item, Subscription, SubscriptionClosed
 
-__all__ = ["Hub", "Backend", "BackendUnavailable", "Subscription", "SubscriptionClosed", "Item", "Gap", "Page"]
+__all__ = ["Hub", "Backend", "BackendUnavailable", "TooManyTopics", "Subscription", "SubscriptionClosed", "Item",
+           "Gap", "Page"]
 
 
 class BackendUnavailable(Exception):
     """The backend cannot take or serve events right now (e.g. Redis is down)."""
+
+
+class TooManyTopics(Exception):
+    """A publish would start a topic beyond the backend's limit (``SWITCHBOARD_MAX_TOPICS``).
+
+    Nothing was stored. The transports turn it into their refusal (``app/limits.py``
+    :func:`~app.limits.topic_refusal`: HTTP 429, a ``/ws`` error op, a STOMP ERROR).
+
+    Attributes:
+        limit: the number of topics the backend holds at most.
+        retry_after: seconds until the oldest idle topic is forgotten, at the earliest.
+    """
+
+    def __init__(self, limit: int, retry_after: float):
+        super().__init__(f"the event store holds its maximum of {limit} topics")
+        self.limit = limit
+        self.retry_after = retry_after
 
 
 class Backend(Protocol):
@@ -42,13 +60,20 @@ class Backend(Protocol):
     def read_latest(self, topic: str, limit: int) -> list[Event]: ...
     def last_cursor(self, topic: str) -> Cursor | None: ...
     def retained(self, topic: str) -> int: ...
+    def topic_count(self) -> int | None: ...
     def acquire_lock(self, name: str, ttl: float) -> bool: ...
     def release_lock(self, name: str) -> None: ...
     def claim_once(self, name: str, ttl: float) -> bool: ...
 
+    # ``append`` raises TooManyTopics for a new topic beyond the backend's topic limit.
+    #
     # Optional: ``set_resync(callback)``. A backend whose live feed can miss events (Redis
     # Pub/Sub while it reconnects) gets :meth:`Hub.resync_all` through it, before
     # ``start``, and calls it each time its feed is whole again.
+    #
+    # Optional: ``set_in_use(predicate)``. A backend that forgets idle topics itself (the
+    # in-memory sweep) gets ``predicate(topic)``, true while the topic has a subscriber in
+    # this process, before ``start``: such a topic is never forgotten.
 
 
 class HubObserver(Protocol):
@@ -60,6 +85,7 @@ class HubObserver(Protocol):
     def gap(self, topic: str, slow: bool) -> None: ...
     def replayed(self, count: int) -> None: ...
     def queue_depth(self, depth: int) -> None: ...
+    def refused(self, limit: str) -> None: ...
 
 
 class NullObserver:
@@ -71,6 +97,7 @@ class NullObserver:
     def gap(self, topic, slow): pass
     def replayed(self, count): pass
     def queue_depth(self, depth): pass
+    def refused(self, limit): pass
 
 
 class Hub:
@@ -78,13 +105,17 @@ class Hub:
 
     Args:
         backend: where events are stored and how they come back for live delivery.
-        queue_size: the live queue bound of every subscription (DESIGN.md §3).
-        observer: told of subscriptions, publishes, gaps, replays and queue depth.
+        queue_size: the live queue bound of every subscription, in events (DESIGN.md §3).
+        observer: told of subscriptions, publishes, gaps, replays, queue depth and refusals.
+        queue_bytes: the live queue bound of every subscription in bytes of the events'
+            JSON (``SWITCHBOARD_QUEUE_BYTES``); ``None``: events only.
     """
 
-    def __init__(self, backend: Backend, queue_size: int = 256, observer: HubObserver | None = None):
+    def __init__(self, backend: Backend, queue_size: int = 256, observer: HubObserver | None = None,
+                 queue_bytes: int | None = None):
         self.backend = backend
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.observer = observer or NullObserver()
         self.published = 0
         self._subs: dict[str, set[Subscription]] = {}
@@ -92,6 +123,9 @@ class Hub:
         set_resync = getattr(backend, "set_resync", None)
         if set_resync is not None:
             set_resync(self.resync_all)
+        set_in_use = getattr(backend, "set_in_use", None)
+        if set_in_use is not None:
+            set_in_use(self._subs.__contains__)  # _forget deletes a topic's entry with its last subscriber
         backend.start(self._dispatch)
 
     # -- writing ------------------------------------------------------------------------
@@ -111,10 +145,16 @@ class Hub:
         Raises:
             app.events.InvalidTopic, app.events.InvalidEventType: bad names.
             BackendUnavailable: the backend cannot store events now.
+            TooManyTopics: ``topic`` is new and the backend holds its maximum of topics
+                (counted here, once for every transport, as limit ``topics``).
         """
         check_topic(topic)
         check_type(type)
-        event = self.backend.append(topic, type, data, sender)
+        try:
+            event = self.backend.append(topic, type, data, sender)
+        except TooManyTopics:
+            self.observer.refused("topics")
+            raise
         self.published += 1
         self.observer.published(topic)
         return event
@@ -178,7 +218,8 @@ class Hub:
         def read_after(after: Cursor, limit: int) -> tuple[list[Event], bool]:
             return self.backend.read_after(topic, after, limit)
 
-        sub = Subscription(topic, cursor, read_after, self.queue_size, self._forget, self.observer)
+        sub = Subscription(topic, cursor, read_after, self.queue_size, self._forget, self.observer,
+                           max_bytes=self.queue_bytes)
         self._subs.setdefault(topic, set()).add(sub)
         self.observer.subscribed(topic)
         return sub
@@ -214,6 +255,15 @@ class Hub:
     def topics(self) -> list[str]:
         """Topics with at least one local subscriber."""
         return [topic for topic, subs in self._subs.items() if subs]
+
+    def topic_count(self) -> int | None:
+        """Topics the backend holds now (memory: this process; Redis: the deployment, when
+        ``SWITCHBOARD_MAX_TOPICS`` is set, else ``None``: not counted).
+
+        Raises:
+            BackendUnavailable: the backend cannot tell now.
+        """
+        return self.backend.topic_count()
 
     def resync_all(self, start_for: Callable[[str], Cursor] | None = None) -> int:
         """Put every subscription into catch-up-from-history mode.
@@ -270,8 +320,11 @@ class Hub:
         return "" if last is None else str(last)
 
     def _dispatch(self, event: Event) -> None:
-        for sub in tuple(self._subs.get(event.topic, ())):
-            sub.offer(event)
+        subs = self._subs.get(event.topic)
+        if subs:
+            size = event.size  # measured once per event; each queue only adds it up
+            for sub in tuple(subs):
+                sub.offer(event, size)
 
     def _forget(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.topic)

@@ -13,10 +13,14 @@ Keys (``<p>`` is the prefix, ``switchboard`` by default):
 ``<p>:stream:<topic>``      the topic's events: a Stream whose ids are ``<ms>-<n>``, ``ms``
                             Redis's clock at the append (never going backwards within the
                             topic) and ``n`` the event's number in the topic, 1, 2, 3, ...
-                            Field ``b`` holds ``{"type", "sender", "data"}`` as JSON.
-``<p>:meta:<topic>``        hash ``ms``, ``seq``: the newest id ever given in the topic, so
-                            ids keep growing after the stream itself expired (kept, like
-                            the in-memory backend keeps a topic's counter).
+                            Field ``b`` holds ``{"type", "sender", "data"}`` as JSON, field
+                            ``o`` the bytes of ``b`` appended to the topic before it.
+``<p>:meta:<topic>``        hash ``ms``, ``seq``: the newest id given in the topic; ``born``:
+                            the ``ms`` of its first event; ``bytes``: the bytes of ``b``
+                            ever appended; ``kept``: the ``o`` of the oldest entry the byte
+                            bound keeps.
+``<p>:topics``              with ``SWITCHBOARD_MAX_TOPICS``: a sorted set of the topics,
+                            scored by their last append (ms), to count them.
 ``<p>:events``              the Pub/Sub channel every append is published on.
 ``<p>:lock:<name>``         leadership locks (:meth:`RedisBackend.acquire_lock`).
 ==========================  =============================================================
@@ -28,8 +32,23 @@ Bounds. An append trims by count (``XADD ... MAXLEN ~ history_size``) and by age
 (``XTRIM MINID ~ now - ttl``); both are approximate, Redis drops whole nodes only, so
 the reads apply both bounds exactly: an event is retained when its number is among the
 newest ``history_size`` and its time is within ``history_ttl`` of Redis's clock. That
-is the in-memory backend's contract, event for event. A stream untouched for longer than
-the TTL holds only expired events, so its key expires too.
+is the in-memory backend's contract, event for event. The byte bound
+(``history_bytes``) is applied exactly, by the append: each entry records where it
+starts in the topic's byte count (field ``o``), so the entries over the bound are the
+oldest ones whose ``o`` is below ``bytes - history_bytes``; the append reads them from
+the front of the stream and trims them (``XTRIM MINID``, exact). Each entry is read
+once on its way out, so the cost follows the bytes appended. The newest event always
+stays. Bytes are those of the stored body (``type``, ``sender`` and ``data`` as JSON),
+not of the event's full JSON as in memory: the id, topic and time are not stored in it.
+
+Forgetting. Stream and meta carry an expiry of the TTL plus a second, renewed by every
+append (in the same script): a topic published to for longer than that is gone from
+Redis, whoever still listens. A topic that comes back starts a new life numbered from 1;
+its meta's ``born`` is later than any id of the old life (Redis's clock), so a cursor of
+the old life is told a gap rather than matched against the new numbers (see the read).
+``SWITCHBOARD_MAX_TOPICS`` counts the topics of the whole deployment in ``<p>:topics``
+(an append adds one ZADD); at the limit, the entries of forgotten topics are removed
+and, if none were, the append is refused (:class:`~app.hub.TooManyTopics`).
 
 Atomicity. Each operation is one Lua script: an append stores the event *and* publishes
 it (with its id) in one step, so no subscriber hears an event that history lacks, and
@@ -80,7 +99,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..events import Cursor, Event
-from . import BackendUnavailable
+from . import BackendUnavailable, TooManyTopics
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +141,74 @@ local function last_id(meta)
 end
 """
 
-# KEYS: epoch, stream, meta. ARGV: epoch candidate, history size, ttl ms, channel, topic,
-# body, stream key lifetime ms. Returns {epoch, id}.
-_APPEND = _PRELUDE + r"""
+# Trims the entries at the front of a stream that start before byte `floor` (field `o`),
+# exactly, and returns the `o` of the first one kept. The newest entry starts at or after
+# `floor` (the caller makes sure), so the loop ends there at the latest. Batches grow, as
+# there is usually one entry to drop and rarely hundreds.
+_TRIM_BYTES = r"""
+local function trim_bytes(stream, floor)
+  local start, count = '-', 2
+  while true do
+    local batch = redis.call('XRANGE', stream, start, '+', 'COUNT', count)
+    if #batch == 0 then return floor end
+    for _, entry in ipairs(batch) do
+      local o = tonumber(entry[2][4] or '-1')  -- fields b, o; an entry without o predates it
+      if o >= floor then
+        redis.call('XTRIM', stream, 'MINID', entry[1])
+        return o
+      end
+    end
+    start = '(' .. batch[#batch][1]
+    count = math.min(count * 4, 512)
+  end
+end
+"""
+
+# KEYS: epoch, stream, meta, topics. ARGV: epoch candidate, history size, ttl ms, channel,
+# topic, body, key lifetime ms, history bytes (0: none), max topics (0: none).
+# Returns {epoch, id}, or {epoch, '', ms until a topic may be forgotten} when refused.
+_APPEND = _PRELUDE + _TRIM_BYTES + r"""
 local epoch = get_epoch()
 local now = now_ms()
-local last_ms, last_seq = last_id(KEYS[3])
+local body = ARGV[6]
+local lifetime = tonumber(ARGV[7])
+local max_topics = tonumber(ARGV[9])
+if max_topics > 0 then
+  -- A topic is held while its keys live: `lifetime` ms after its last append (its score).
+  if not redis.call('ZSCORE', KEYS[4], ARGV[5]) and redis.call('ZCARD', KEYS[4]) >= max_topics then
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('(%d', math.floor(now - lifetime)))
+    if redis.call('ZCARD', KEYS[4]) >= max_topics then
+      local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+      return {epoch, '', string.format('%d', math.max(0, tonumber(oldest[2]) + lifetime - now))}
+    end
+  end
+  redis.call('ZADD', KEYS[4], string.format('%d', math.floor(now)), ARGV[5])
+  redis.call('PEXPIRE', KEYS[4], lifetime)
+end
+local meta = redis.call('HMGET', KEYS[3], 'ms', 'seq', 'bytes', 'kept')
+local last_ms, last_seq = tonumber(meta[1] or '0'), tonumber(meta[2] or '0')
+local offset = tonumber(meta[3] or '0')
 local ms = math.max(math.floor(now), last_ms)
 local seq = last_seq + 1
 local id = string.format('%d-%d', ms, seq)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id, 'b', ARGV[6])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id, 'b', body, 'o', string.format('%d', offset))
 redis.call('XTRIM', KEYS[2], 'MINID', '~', string.format('%d', math.max(0, math.floor(now - tonumber(ARGV[3])))))
-redis.call('PEXPIRE', KEYS[2], ARGV[7])
-redis.call('HSET', KEYS[3], 'ms', string.format('%d', ms), 'seq', string.format('%d', seq))
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\n' .. epoch .. '-' .. id .. '\n' .. ARGV[6])
+local total = offset + #body
+local fields = {'ms', string.format('%d', ms), 'seq', string.format('%d', seq), 'bytes', string.format('%d', total)}
+local max_bytes = tonumber(ARGV[8])
+if max_bytes > 0 then
+  -- Entries starting before `floor` are over the bound; the newest (at `offset`) stays.
+  local floor = math.min(total - max_bytes, offset)
+  if tonumber(meta[4] or '0') < floor then
+    fields[#fields + 1] = 'kept'
+    fields[#fields + 1] = string.format('%d', trim_bytes(KEYS[2], floor))
+  end
+end
+redis.call('HSET', KEYS[3], unpack(fields))
+redis.call('HSETNX', KEYS[3], 'born', string.format('%d', ms))
+redis.call('PEXPIRE', KEYS[2], lifetime)
+redis.call('PEXPIRE', KEYS[3], lifetime)
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\n' .. epoch .. '-' .. id .. '\n' .. body)
 return {epoch, id}
 """
 
@@ -180,8 +253,14 @@ local count_floor = last_seq - tonumber(ARGV[2])
 local limit = tonumber(ARGV[7])
 local c_ms, c_seq = tonumber(ARGV[5]), tonumber(ARGV[6])
 
--- Another epoch, or a position this history never reached: a gap.
+-- Another epoch, or a position this history never reached: a gap. So is a cursor older
+-- than the topic's first event (`born`): it is of a previous life of the topic, which
+-- expired; its numbers restarted at 1, so matching them would skip new events silently,
+-- and whether the cursor was that life's last event is no longer known. (Sequence 0 is
+-- never issued: it is the read position "before everything" from the position script.)
+local born = tonumber(redis.call('HGET', KEYS[3], 'born') or '0')
 local gap = ARGV[4] ~= epoch or c_seq > last_seq or c_ms > last_ms or (c_ms == last_ms and c_seq > last_seq)
+  or (c_seq > 0 and c_ms < born)
 local events
 if not gap then
   local start = oldest
@@ -260,6 +339,13 @@ _CLOCK = _PRELUDE + r"""
 return {get_epoch(), math.floor(now_ms())}
 """
 
+# KEYS: topics. ARGV: key lifetime ms. The topics whose keys still live.
+_TOPIC_COUNT = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+return redis.call('ZCOUNT', KEYS[1], string.format('%d', math.floor(now - tonumber(ARGV[1]))), '+inf')
+"""
+
 # KEYS: lock. ARGV: owner token, ttl ms. SET NX PX, or renew when we own it.
 _ACQUIRE = r"""
 local owner = redis.call('GET', KEYS[1])
@@ -293,6 +379,10 @@ class RedisBackend:
         url: ``redis://``, ``rediss://`` or ``unix://`` URL.
         history_size: events kept per topic.
         history_ttl: seconds an event is kept (by Redis's clock).
+        history_bytes: bytes of history kept per topic (stored bodies); the oldest go
+            first, the newest always stays. ``None``: no byte bound.
+        max_topics: topics the deployment holds at once; an append that would start one
+            more raises :class:`~app.hub.TooManyTopics`. 0: no limit (nor count).
         prefix: the start of every key and of the channel; deployments sharing one Redis
             need different prefixes.
         socket_timeout: seconds a command may take before it counts as a failure.
@@ -307,12 +397,15 @@ class RedisBackend:
 
     name = "redis"
 
-    def __init__(self, url: str, history_size: int, history_ttl: float, *, prefix: str = "switchboard",
+    def __init__(self, url: str, history_size: int, history_ttl: float, *, history_bytes: int | None = None,
+                 max_topics: int = 0, prefix: str = "switchboard",
                  socket_timeout: float = 5.0, connect_timeout: float = 2.0, max_connections: int = 64,
                  ping_interval: float = 5.0, reconnect_base: float = 0.05, reconnect_cap: float = 2.0):
         self.url = url
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self.history_bytes = history_bytes
+        self.max_topics = max_topics
         self.prefix = prefix
         self.epoch = ""  # known after the first script runs; /healthz shows it
         self.channel = f"{prefix}:events"
@@ -322,11 +415,11 @@ class RedisBackend:
         self.reconnects = 0  # times the listener had to reconnect (a test and metrics hook)
         self.received = 0  # messages the listener has read
         self._epoch_key = f"{prefix}:epoch"
+        self._topics_key = f"{prefix}:topics"
         self._ttl_ms = max(int(history_ttl * 1000), 1)
-        # An idle stream expires once all its events have. The meta (newest id, a few
-        # bytes) stays, as the in-memory backend keeps a topic's counter: numbering never
-        # restarts, and a cursor into a quiet topic is still judged exactly.
-        self._stream_ttl_ms = self._ttl_ms + 1000
+        # An idle topic's keys expire a second after its last event has: until then a
+        # cursor into it is judged exactly (nothing missed, or a gap); after, it is a gap.
+        self._key_lifetime_ms = self._ttl_ms + 1000
         self._connect_timeout = connect_timeout
         self._token = secrets.token_hex(16)  # this process's identity as a lock owner
         self._held_locks: set[str] = set()
@@ -344,7 +437,8 @@ class RedisBackend:
         self._listen_pool = redis.ConnectionPool.from_url(url, **options)
         self._scripts = {name: self._redis.register_script(source) for name, source in (
             ("append", _APPEND), ("after", _READ_AFTER), ("latest", _READ_LATEST), ("stat", _STAT),
-            ("position", _POSITION), ("clock", _CLOCK), ("acquire", _ACQUIRE), ("release", _RELEASE))}
+            ("position", _POSITION), ("clock", _CLOCK), ("acquire", _ACQUIRE), ("release", _RELEASE),
+            ("topic_count", _TOPIC_COUNT))}
         self._deliver: Callable[[Event], None] = lambda event: None
         self._resync: Callable[..., int] | None = None
         self._listener: gevent.Greenlet | None = None
@@ -405,11 +499,17 @@ class RedisBackend:
         Raises:
             BackendUnavailable: Redis cannot be reached (nothing was stored, or, if the
                 connection broke after the command left, it may have been).
+            TooManyTopics: ``topic`` is new and the deployment holds ``max_topics``
+                (nothing was stored).
         """
         body = _encode_body({"type": type, "sender": sender, "data": data})
-        epoch, event_id = self._run("append", topic, self.history_size, self._ttl_ms, self.channel, topic, body,
-                                    self._stream_ttl_ms)
-        epoch = self._epoch_from(epoch)
+        reply = self._call("append", [*self._topic_keys(topic), self._topics_key],
+                           [secrets.token_hex(6), self.history_size, self._ttl_ms, self.channel, topic, body,
+                            self._key_lifetime_ms, self.history_bytes or 0, self.max_topics])
+        epoch = self._epoch_from(reply[0])
+        event_id = reply[1]
+        if not event_id:
+            raise TooManyTopics(self.max_topics, int(reply[2]) / 1000)
         ms, seq = _id_parts(event_id)
         return Event(Cursor(epoch, (ms, seq)), topic, type, data, sender, ms / 1000)
 
@@ -462,6 +562,17 @@ class RedisBackend:
         epoch, _, _, count = self._run("stat", topic, self.history_size, self._ttl_ms, 1)
         self._epoch_from(epoch)
         return int(count)
+
+    def topic_count(self) -> int | None:
+        """Topics the deployment holds now (published to within the keys' lifetime), or
+        ``None`` without ``max_topics``: they are counted only for the limit.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        if not self.max_topics:
+            return None
+        return int(self._call("topic_count", [self._topics_key], [self._key_lifetime_ms]))
 
     # -- locks --------------------------------------------------------------------------
 
@@ -676,8 +787,10 @@ class RedisBackend:
 
     def _run(self, script: str, topic: str, *args):
         """Run a topic script: KEYS epoch, stream, meta; ARGV a new epoch candidate, then ``args``."""
-        keys = [self._epoch_key, f"{self.prefix}:stream:{topic}", f"{self.prefix}:meta:{topic}"]
-        return self._call(script, keys, [secrets.token_hex(6), *args])
+        return self._call(script, self._topic_keys(topic), [secrets.token_hex(6), *args])
+
+    def _topic_keys(self, topic: str) -> list[str]:
+        return [self._epoch_key, f"{self.prefix}:stream:{topic}", f"{self.prefix}:meta:{topic}"]
 
     def _call(self, script: str, keys: list[str], args: list):
         try:

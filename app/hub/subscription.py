@@ -7,7 +7,8 @@ subscriber *takes* items at its own pace with :meth:`Subscription.get` or
 * Seam rule: a subscription is registered for live events *before* it reads history,
   and every item is checked against the cursor of the last item delivered, so an
   event published during a replay is delivered exactly once, in order.
-* Slow consumers: the live queue holds at most ``maxsize`` events. When it is full the
+* Slow consumers: the live queue holds at most ``maxsize`` events and ``max_bytes``
+  bytes (each event counted as its JSON, :attr:`~app.events.Event.size`). When it is full the
   subscription stops queueing and, once the subscriber has taken what is queued, reads
   the missed events back from history (transparently). If history no longer has them,
   the subscriber gets a :class:`~app.events.Gap` with ``slow=True`` and the subscription
@@ -54,9 +55,11 @@ class Subscription:
     """
 
     def __init__(self, topic: str, since: Cursor | None, read_after: ReadAfter,
-                 maxsize: int, on_close: Callable[["Subscription"], None], observer=None):
+                 maxsize: int, on_close: Callable[["Subscription"], None], observer=None,
+                 max_bytes: int | None = None):
         self.topic = topic
         self.maxsize = maxsize
+        self.max_bytes = max_bytes  # None: bounded by events only
         self.close_reason: str | None = None
         self.overflows = 0  # times the live queue filled up (each costs a history read)
         self._read_after = read_after
@@ -69,6 +72,7 @@ class Subscription:
         self._first_sync = since is not None  # only a resume's first read may find an old gap
         self._pending: deque[Event] | tuple = _EMPTY  # events read from history, not yet taken
         self._queue: deque[Event] | tuple = _EMPTY  # live events offered by the hub
+        self._queued_bytes = 0  # the sizes of the events in _queue
         self._overflow = False
         self._gap: Gap | None = None
         self._close_after_gap = False
@@ -76,23 +80,35 @@ class Subscription:
 
     # -- the hub's side -----------------------------------------------------------------
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: Event, size: int | None = None) -> None:
         """Queue a live event without blocking (called by the hub for every publish).
 
-        A full queue switches the subscription to catch-up-from-history mode; events
-        offered meanwhile are dropped here because history already holds them.
+        A full queue (``maxsize`` events, or ``max_bytes`` with this one) switches the
+        subscription to catch-up-from-history mode; events offered meanwhile are dropped
+        here because history already holds them.
+
+        Args:
+            event: the event.
+            size: ``event.size``, which the hub measures once for all its subscribers.
         """
         if self.close_reason is not None or self._overflow:
             return
-        if len(self._queue) >= self.maxsize:
+        if size is None:
+            size = event.size
+        queued = self._queue
+        # An empty queue takes one event of any size: a single event larger than the
+        # bound would otherwise always overflow, costing a history read for nothing.
+        if len(queued) >= self.maxsize or (
+                self.max_bytes is not None and queued and self._queued_bytes + size > self.max_bytes):
             self._overflow = True
             self.overflows += 1
         else:
-            if self._queue is _EMPTY:
-                self._queue = deque()
-            self._queue.append(event)
-            if len(self._queue) > self._high_water:
-                self._high_water = len(self._queue)
+            if queued is _EMPTY:
+                self._queue = queued = deque()
+            queued.append(event)
+            self._queued_bytes += size
+            if len(queued) > self._high_water:
+                self._high_water = len(queued)
                 if self._observer is not None:
                     self._observer.queue_depth(self._high_water)
         self._wakeup.set()
@@ -131,6 +147,7 @@ class Subscription:
             else:
                 return
         self._queue = _EMPTY
+        self._queued_bytes = 0
         self._overflow = False
         self._syncing = True
         self._first_sync = True
@@ -166,6 +183,11 @@ class Subscription:
     def depth(self) -> int:
         """Events waiting to be taken (live queue plus replay page)."""
         return len(self._queue) + len(self._pending)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes (the events' JSON) in the live queue."""
+        return self._queued_bytes
 
     def get(self, timeout: float | None = None) -> Item | None:
         """Take the next item, waiting up to ``timeout`` seconds (``None`` = forever).
@@ -232,6 +254,7 @@ class Subscription:
             return
         self.close_reason = reason
         self._queue = self._pending = _EMPTY
+        self._queued_bytes = 0
         self._wakeup.set()
         self._on_close(self)
 
@@ -270,6 +293,7 @@ class Subscription:
                 continue
             while self._queue:
                 event = self._queue.popleft()
+                self._queued_bytes -= event.size
                 if self._is_new(event):  # seam rule: skip what the replay already gave
                     self._last = event.cursor
                     return event

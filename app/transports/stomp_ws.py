@@ -61,9 +61,11 @@ expiry ends the session (ERROR "token expired"). Refusals are ERROR frames, then
 
 Limits (``app/limits.py``): at most ``SWITCHBOARD_MAX_SUBSCRIPTIONS`` subscriptions
 per session; SENDs beyond ``SWITCHBOARD_PUBLISH_RATE``/``_BURST`` for the connection
-get ERROR "publish rate exceeded" (nothing published) and 1008. Shutdown (DESIGN.md
-§8): every session gets ERROR "server shutting down" with a reconnect hint, then 1001
-(:meth:`Broker.shutdown`, run by the app's shutdown hook before wsio's own 1001).
+get ERROR "publish rate exceeded" (nothing published) and 1008; a SEND to a new topic
+beyond ``SWITCHBOARD_MAX_TOPICS`` gets ERROR "too many topics" (nothing published) and
+1008. Shutdown (DESIGN.md §8): every session gets ERROR "server shutting down" with a
+reconnect hint, then 1001 (:meth:`Broker.shutdown`, run by the app's shutdown hook
+before wsio's own 1001).
 """
 
 from __future__ import annotations
@@ -88,10 +90,10 @@ from ..auth.web import access as app_access
 from ..config import Settings
 from ..errors import ApiError
 from ..events import TOPIC_RE, Cursor, Event, Gap, InvalidCursor, InvalidEventType, parse_json
-from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed
+from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed, TooManyTopics
 from ..identity import current_sender
 from .. import limits as limits_module
-from ..limits import Limits
+from ..limits import Limits, topic_refusal
 from ..metrics import Metrics
 from ..stomp import (
     Ack,
@@ -766,12 +768,17 @@ class Connection:
             log.warning("STOMP SEND to %s failed: backend unavailable: %s", request_.destination, exc)
             self._fail("backend unavailable", f"The event store is unavailable: {exc}. " + _RECONNECT_HINT,
                        CLOSE_INTERNAL_ERROR, receipt)
+        except TooManyTopics as exc:  # counted by the hub
+            refusal = topic_refusal(exc)
+            self._fail("too many topics", f"{refusal.message[0].upper()}{refusal.message[1:]}; this SEND was not "
+                       f"published. Reconnect after {refusal.retry_after} s or more.",
+                       CLOSE_POLICY_VIOLATION, receipt, kind="too-many-topics")
 
     def _call_handler(self, name: str, message: AppMessage, receipt: str | None) -> None:
         handler = self.broker.destinations.handlers.get(name)
         try:
             handler(self.hub, message)
-        except (HandlerError, BackendUnavailable, InvalidEventType, AccessError):
+        except (HandlerError, BackendUnavailable, InvalidEventType, AccessError, TooManyTopics):
             raise  # answered by _on_send
         except Exception:  # a bug in application code: end this session, not the worker's others
             log.error("STOMP handler %r failed on %s", name, message.destination, exc_info=True)

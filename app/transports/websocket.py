@@ -54,6 +54,8 @@ not a string, a missing or unknown field, ``sender`` in a publish: the server se
 ``SWITCHBOARD_MAX_SUBSCRIPTIONS`` per connection, default :data:`MAX_SUBSCRIPTIONS`),
 ``rate_limited`` (a publish beyond ``SWITCHBOARD_PUBLISH_RATE``/``_BURST`` for this
 connection; the error carries ``retry_after`` in seconds and nothing is published),
+``too_many_topics`` (a publish to a new topic beyond ``SWITCHBOARD_MAX_TOPICS``; with
+``retry_after``, nothing published),
 ``unavailable`` (the event store is down), ``shutting_down``; access control's
 ``unauthorized`` (anonymous, or a token that fails or expired), ``forbidden`` (this
 identity may not use the topic; the error carries ``topic``), ``auth_unavailable`` (the
@@ -103,9 +105,9 @@ from ..auth.web import access as app_access
 from ..errors import ApiError
 from ..events import (Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic, check_topic, check_type,
                       parse_json)
-from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed
+from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed, TooManyTopics
 from ..identity import current_sender
-from ..limits import Limits, TokenBucket
+from ..limits import Limits, TokenBucket, topic_refusal
 from ..metrics import Metrics
 from .ws_auth import WsAuth
 from .wsio import (CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA,
@@ -412,6 +414,9 @@ class Connection:
             return error(exc.ref if exc.ref is not None else ref, exc.code, exc.message, **exc.details)
         except BackendUnavailable as exc:
             return error(ref, "unavailable", f"the event store is unavailable: {exc}")
+        except TooManyTopics as exc:  # a publish to a new topic; counted by the hub
+            refusal = topic_refusal(exc)
+            return error(ref, refusal.code, refusal.message, retry_after=refusal.retry_after)
         except SubscriptionClosed as exc:  # the hub refuses new subscriptions
             return error(ref, "shutting_down", f"the server is {exc.reason}; reconnect shortly")
 

@@ -73,6 +73,12 @@ def rejections(base: str) -> dict[str, float]:
     return found
 
 
+def topic_count(base: str) -> float:
+    res = requests.get(base + "/metrics", headers={"Connection": "close"}, timeout=scaled(5))
+    return sum(sample.value for family in text_string_to_metric_families(res.text)
+               for sample in family.samples if sample.name == "switchboard_topics")
+
+
 def publish(base: str, topic: str, data, addr: str | None = None) -> requests.Response:
     return requests.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}),
                          headers={**JSON, "Connection": "close", **xff(addr or address())}, timeout=scaled(5))
@@ -334,6 +340,48 @@ def test_stomp_send_rate_per_connection_ends_the_session(server):
         assert [e["data"] for e in history] == [str(n) for n in range(BURST)], "the refused SEND was not published"
     finally:
         ws.close()
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def test_a_new_topic_beyond_max_topics_is_refused_on_every_way_in(start_server):
+    """Counted per worker (the in-memory hub); topics it holds still take events, and a
+    topic forgotten after the TTL makes room again."""
+    ttl = scaled(2)
+    own = start_server({"SWITCHBOARD_MAX_TOPICS": "3", "SWITCHBOARD_HISTORY_TTL": str(ttl),
+                        "SWITCHBOARD_TICKS": "0"})
+    for topic in ("mt-a", "mt-b", "mt-c"):
+        assert publish(own.url, topic, topic).status_code == 201
+
+    refused = publish(own.url, "mt-http", "over")
+    assert refused.status_code == 429 and refused.json()["error"] == "too_many_topics", refused.text
+    assert "3 topics" in refused.json()["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= ttl * 1.25 + 1
+    assert publish(own.url, "mt-a", "again").status_code == 201
+
+    with JsonClient(ws_url(own.url)) as client:
+        reply = client.request("publish", topic="mt-ws", data="over")
+        assert reply["op"] == "error" and reply["error"] == "too_many_topics" and reply["retry_after"] >= 1, reply
+        assert client.request("publish", topic="mt-b", data="again")["op"] == "ok", "the connection stays"
+
+    ws, _ = stomp(own, address())
+    try:
+        ws.send_text(stomp_frame("SEND", [("destination", "/topic/mt-stomp"), ("receipt", "over")],
+                                 "over").decode())
+        error = stomp_frame_of(ws, "ERROR")
+        assert error.get("message") == "too many topics" and error.get("receipt-id") == "over"
+        assert stomp_closed(ws) == 1008
+    finally:
+        ws.close()
+
+    assert rejections(own.url)["topics"] == 3
+    for topic in ("mt-http", "mt-ws", "mt-stomp"):
+        events = requests.get(f"{own.url}/api/topics/{topic}/events", timeout=scaled(5)).json()["events"]
+        assert events == [], f"{topic}: nothing refused was published"
+    wait_until(lambda: topic_count(own.url) == 0, timeout=ttl * 1.25 + 5, interval=0.1,
+               message="the idle topics forgotten")
+    assert publish(own.url, "mt-http", "later").status_code == 201
 
 
 # --------------------------------------------------------------------------- sizes

@@ -27,9 +27,9 @@ import gevent
 import pytest
 
 from app.events import Cursor, Event, Gap
-from app.hub import BackendUnavailable, Hub, SubscriptionClosed
+from app.hub import BackendUnavailable, Hub, SubscriptionClosed, TooManyTopics
 from app.hub.memory import MemoryBackend
-from app.hub.redis import RedisBackend
+from app.hub.redis import RedisBackend, _encode_body
 from tests.support.redis_server import RedisServer
 from tests.support.timing import scaled
 
@@ -60,28 +60,44 @@ class Hubs:
     def server(self) -> RedisServer:
         return self.request.getfixturevalue("redis_server")
 
-    def make(self, history_size=1000, history_ttl=3600.0, queue_size=256, **redis_options) -> Hub:
+    def make(self, history_size=1000, history_ttl=3600.0, queue_size=256, *, history_bytes=None, max_topics=0,
+             queue_bytes=None, **redis_options) -> Hub:
+        bounds = dict(history_bytes=history_bytes, max_topics=max_topics)
         if self.kind == "memory":
-            backend = MemoryBackend(history_size, history_ttl)
+            backend = MemoryBackend(history_size, history_ttl, **bounds)
         else:
             self.prefix = f"t{uuid.uuid4().hex[:10]}"
-            self._settings = dict(history_size=history_size, history_ttl=history_ttl, **redis_options)
+            self._settings = dict(history_size=history_size, history_ttl=history_ttl, **bounds, **redis_options)
             backend = self._redis_backend()
-        return self._hub(backend, queue_size)
+        return self._hub(backend, queue_size, queue_bytes)
 
     def peer(self, hub: Hub, queue_size=256) -> Hub:
         assert self.kind == "redis", "only Redis shares one history between processes"
-        return self._hub(self._redis_backend(), queue_size)
+        return self._hub(self._redis_backend(), queue_size, hub.queue_bytes)
 
     def _redis_backend(self) -> RedisBackend:
         settings = dict(self._settings)
         return RedisBackend(self.server.url, settings.pop("history_size"), settings.pop("history_ttl"),
                             prefix=self.prefix, connect_timeout=scaled(1), reconnect_cap=0.3, **settings)
 
-    def _hub(self, backend, queue_size) -> Hub:
-        hub = Hub(backend, queue_size=queue_size)
+    def _hub(self, backend, queue_size, queue_bytes=None) -> Hub:
+        hub = Hub(backend, queue_size=queue_size, queue_bytes=queue_bytes)
         self.hubs.append(hub)
         return hub
+
+    def stored_size(self, event: Event) -> int:
+        """What the backend's history byte bound counts for ``event``: its JSON in memory,
+        the stored body (type, sender, data) with Redis."""
+        if self.kind == "memory":
+            return event.size
+        return len(_encode_body({"type": event.type, "sender": event.sender, "data": event.data}))
+
+    def held(self, hub: Hub, topic: str) -> bool:
+        """Whether the backend still holds any state of ``topic`` (Redis: its keys)."""
+        if self.kind == "memory":
+            return topic in hub.backend._topics
+        with self.server.client() as client:
+            return client.exists(f"{hub.backend.prefix}:stream:{topic}", f"{hub.backend.prefix}:meta:{topic}") > 0
 
     def close(self) -> None:
         for hub in self.hubs:
@@ -454,6 +470,156 @@ class TestSlowConsumers:
         assert hub.subscriber_count("chat") == 1
 
 
+class TestByteBounds:
+    """History per topic is bounded in bytes (memory: each event's JSON; Redis: the stored
+    body, see ``Hubs.stored_size``), and so is each subscriber's queue (the events' JSON)."""
+
+    def test_history_keeps_the_newest_events_that_fit_in_the_bound(self, hubs):
+        bound = 10_000
+        hub = hubs.make(history_bytes=bound)
+        events = [hub.publish("chat", "x" * (900 + 37 * n % 200)) for n in range(40)]  # assorted sizes
+        fit, total = 0, 0
+        for event in reversed(events):
+            total += hubs.stored_size(event)
+            if total > bound:
+                break
+            fit += 1
+        assert 5 <= fit < 40
+        kept = hub.history("chat", limit=100).events
+        assert [e.id for e in kept] == [e.id for e in events[-fit:]]
+        assert hub.backend.retained("chat") == fit
+        edge = hub.history("chat", since=events[-fit - 1].id)
+        assert not edge.gap and [e.id for e in edge.events] == [e.id for e in kept]
+        lost = hub.history("chat", since=events[-fit - 2].id)
+        assert lost.gap and [e.id for e in lost.events] == [e.id for e in kept]
+
+    def test_the_newest_event_stays_even_alone_over_the_bound(self, hubs):
+        hub = hubs.make(history_bytes=2_000)
+        small = hub.publish("chat", "small")
+        big = hub.publish("chat", "y" * 5_000)
+        assert [e.id for e in hub.history("chat").events] == [big.id]
+        hub.publish("chat", "after")
+        assert data(hub.history("chat").events) == ["after"]
+        page = hub.history("chat", since=small.id)
+        assert page.gap and data(page.events) == ["after"]
+
+    def test_resuming_behind_the_byte_bound_is_a_gap(self, hubs):
+        hub = hubs.make(history_bytes=3_000)
+        events = [hub.publish("chat", "z" * 500 + str(n)) for n in range(20)]
+        retained = hub.backend.retained("chat")
+        assert 3 <= retained <= 6
+        with hub.subscribe("chat", since=events[0].id) as sub:
+            items = take(sub, 1 + retained)
+            assert data(items[:1]) == [("gap", False)]
+            assert [e.id for e in items[1:]] == [e.id for e in events[-retained:]]
+            assert_next_is(hub, sub)
+
+    def test_queue_over_its_byte_bound_is_caught_up_from_history(self, hubs):
+        hub = hubs.make(queue_size=10_000, queue_bytes=5_000)
+        slow = hub.subscribe("chat")
+        witness = hub.subscribe("chat")
+        witness.max_bytes = None
+        for n in range(100):
+            hub.publish("chat", {"n": n, "pad": "w" * 1000})
+        take(witness, 100)  # so every event was offered to `slow` too
+        assert slow.queued_bytes <= 5_000 and slow.depth <= 5 and slow.overflows >= 1
+        assert [d["n"] for d in data(take(slow, 100))] == list(range(100)), "caught up transparently"
+        assert_next_is(hub, slow)
+
+    def test_queue_over_its_byte_bound_and_behind_history_gets_a_slow_gap(self, hubs):
+        hub = hubs.make(history_size=20, queue_size=10_000, queue_bytes=5_000)
+        slow = hub.subscribe("chat")
+        witness = hub.subscribe("chat")
+        witness.max_bytes = None
+        for n in range(100):
+            hub.publish("chat", {"n": n, "pad": "w" * 1000})
+        take(witness, 100)
+        items = []
+        with pytest.raises(SubscriptionClosed) as info:
+            for _ in range(200):
+                items.append(slow.get(timeout=0))
+        assert info.value.reason == "slow consumer"
+        queued = len(items) - 1
+        assert 1 <= queued <= 5 and data(items[-1:]) == [("gap", True)]
+        assert [d["n"] for d in data(items[:-1])] == list(range(queued))
+
+    def test_an_empty_queue_takes_one_event_of_any_size(self, hubs):
+        hub = hubs.make(queue_bytes=1_000)
+        with hub.subscribe("chat") as sub, hub.subscribe("chat") as witness:
+            witness.max_bytes = None
+            hub.publish("chat", "b" * 5_000)
+            hub.publish("chat", "small")
+            take(witness, 2)  # so both were offered to `sub` too
+            assert sub.depth == 1 and sub.overflows == 1, "the big one queued, the small one did not fit"
+            assert data(take(sub, 2)) == ["b" * 5_000, "small"]
+            assert_next_is(hub, sub)
+
+
+class TestForgetting:
+    """A topic with no subscriber and no event younger than the TTL is forgotten (memory:
+    the sweeper greenlet; Redis: the keys' expiry), and a cursor of its old life is never
+    matched against the events of a new one."""
+
+    def test_an_idle_topic_is_forgotten(self, hubs):
+        ttl = scaled(0.5)
+        hub = hubs.make(history_ttl=ttl)
+        hub.publish("idle", 1)
+        assert hubs.held(hub, "idle")
+        wait_for(lambda: not hubs.held(hub, "idle"), timeout=ttl + 3, message="the idle topic forgotten")
+        page = hub.history("idle")
+        assert page.events == [] and page.cursor == "" and not page.gap
+        assert hub.backend.last_cursor("idle") is None
+
+    def test_a_cursor_of_a_forgotten_topic_is_a_gap_never_a_match(self, hubs):
+        """With Redis the new life numbers its events 1, 2, 3 again: without the check of the
+        topic's birth, a cursor at old event 5 would match new event 6 and skip new 1-5."""
+        ttl = scaled(0.5)
+        hub = hubs.make(history_size=3, history_ttl=ttl)
+        old = [hub.publish("again", f"old{n}") for n in range(5)]
+        wait_for(lambda: not hubs.held(hub, "again"), timeout=ttl + 3, message="the topic forgotten")
+        new = [hub.publish("again", f"new{n}") for n in range(8)]
+        assert all(e.cursor > old[-1].cursor for e in new), "live subscribers see the new life as newer"
+        for cursor in old:
+            page = hub.history("again", since=cursor.id)
+            assert page.gap and data(page.events) == ["new5", "new6", "new7"], cursor.id
+        with hub.subscribe("again", since=old[-1].id) as sub:
+            assert data(take(sub, 4)) == [("gap", False), "new5", "new6", "new7"]
+            assert_next_is(hub, sub)
+
+    def test_a_followed_topic_keeps_delivering_across_its_idle_time(self, hubs):
+        ttl = scaled(0.5)
+        hub = hubs.make(history_ttl=ttl)
+        with hub.subscribe("quiet") as sub:
+            first = hub.publish("quiet", "first")
+            assert data(take(sub, 1)) == ["first"]
+            gevent.sleep(ttl + 1.2)  # the idle time is the point; the sweeper runs meanwhile
+            if hubs.kind == "memory":
+                assert hubs.held(hub, "quiet"), "a topic with a subscriber is never forgotten"
+            later = hub.publish("quiet", "later")
+            assert later.cursor > first.cursor
+            assert data(take(sub, 1)) == ["later"]
+            assert_next_is(hub, sub)
+        wait_for(lambda: not hubs.held(hub, "quiet"), timeout=ttl + 3, message="forgotten once unfollowed")
+
+
+class TestTopicLimit:
+    def test_a_new_topic_beyond_the_limit_is_refused_until_one_is_forgotten(self, hubs):
+        ttl = scaled(0.5)
+        hub = hubs.make(history_ttl=ttl, max_topics=3)
+        for topic in ("a", "b", "c"):
+            hub.publish(topic, topic)
+        with pytest.raises(TooManyTopics) as info:
+            hub.publish("d", "d")
+        assert info.value.limit == 3 and 0 < info.value.retry_after <= ttl + 1.5
+        assert hub.history("d").events == [] and not hubs.held(hub, "d"), "nothing was stored"
+        assert data(hub.history("a").events) == ["a"]
+        hub.publish("a", "a again")  # a topic it holds takes events
+        assert hub.topic_count() == 3
+        wait_for(lambda: hub.topic_count() == 0, timeout=ttl + 3, message="the topics forgotten")
+        hub.publish("d", "d")
+        assert data(hub.history("d").events) == ["d"] and hub.topic_count() == 1
+
+
 # -- Redis only -------------------------------------------------------------------------
 
 
@@ -502,6 +668,32 @@ class TestWorkersShareOneHistory:
             other.publish("chat", "other")
             assert data(take(sub, 1)) == ["other"]
         assert data(other.history("chat").events) == ["other"]
+
+
+@pytest.mark.redis
+class TestRedisForgetting:
+    def test_stream_and_meta_expire_after_the_ttl_renewed_by_each_append(self, redis_hubs):
+        hub = redis_hubs.make(history_ttl=30)
+        keys = [f"{hub.backend.prefix}:stream:chat", f"{hub.backend.prefix}:meta:chat"]
+        hub.publish("chat", 1)
+        with redis_hubs.server.client() as client:
+            for key in keys:
+                client.pexpire(key, 5_000)  # as if the last append were 26 s ago
+            hub.publish("chat", 2)
+            lifetimes = [client.pttl(key) for key in keys]
+        assert all(30_000 < ms <= 31_000 for ms in lifetimes), lifetimes
+
+    def test_the_topic_limit_is_the_deployments(self, redis_hubs):
+        a = redis_hubs.make(max_topics=3)
+        b = redis_hubs.peer(a)
+        a.publish("one", 1)
+        b.publish("two", 2)
+        a.publish("three", 3)
+        for hub in (a, b):
+            with pytest.raises(TooManyTopics):
+                hub.publish("four", 4)
+            assert hub.topic_count() == 3
+        b.publish("one", "again")
 
 
 @pytest.mark.redis

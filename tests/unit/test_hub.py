@@ -1,14 +1,17 @@
 """The hub and the in-memory backend: ordering, history bounds, gaps, epochs, the seam
-rule and slow consumers (DESIGN.md §3)."""
+rule and slow consumers (DESIGN.md §3), and forgetting idle topics (the sweep)."""
 
 from __future__ import annotations
+
+import time
 
 import gevent
 import pytest
 
 from app.events import Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic
-from app.hub import Hub, SubscriptionClosed
+from app.hub import Hub, NullObserver, SubscriptionClosed, TooManyTopics
 from app.hub.memory import MemoryBackend
+from tests.support.timing import scaled
 
 
 class FakeClock:
@@ -286,3 +289,141 @@ class TestSlowConsumers:
         assert [e.data for e in items[:-1]] == list(range(10))
         assert isinstance(items[-1], Gap) and items[-1].slow
         assert hub.subscriber_count() == 0
+
+
+def make_backend(clock, **options) -> MemoryBackend:
+    return MemoryBackend(10, 60.0, clock=clock, epoch="ep", **options)
+
+
+class CountingObserver(NullObserver):
+    def __init__(self):
+        self.refusals: list[str] = []
+
+    def refused(self, limit):
+        self.refusals.append(limit)
+
+
+class TestSweep:
+    """The in-memory backend forgets a topic with no subscriber and no event younger than
+    the TTL (``MemoryBackend.sweep``, run by its greenlet; called directly here with a fake
+    clock)."""
+
+    def test_only_idle_topics_without_subscribers_are_forgotten(self):
+        clock = FakeClock()
+        hub = Hub(make_backend(clock))
+        backend = hub.backend
+        hub.publish("idle", 1)
+        hub.publish("followed", 1)
+        follower = hub.subscribe("followed")
+        clock.now += 30
+        hub.publish("busy", 1)
+        assert backend.sweep() == 0
+        clock.now += 31  # idle and followed: 61 s without an event; busy: 31 s
+        assert backend.sweep() == 1 and set(backend._topics) == {"followed", "busy"}
+        follower.close()
+        clock.now += 30  # busy is 61 s old; followed was seen in use 30 s ago
+        assert backend.sweep() == 1 and set(backend._topics) == {"followed"}
+        clock.now += 31
+        assert backend.sweep() == 1 and backend.topic_count() == 0 and backend.swept == 3
+
+    def test_a_read_keeps_nothing_alive_and_a_forgotten_topic_reads_as_new(self):
+        clock = FakeClock()
+        hub = Hub(make_backend(clock))
+        events = [hub.publish("t", n) for n in range(3)]
+        clock.now += 61
+        hub.history("t", since=events[0].id)
+        assert hub.backend.sweep() == 1
+        page = hub.history("t")
+        assert page.events == [] and page.cursor == "" and not page.gap
+        assert hub.backend.last_cursor("t") is None and hub.backend.retained("t") == 0
+
+    def test_the_last_cursor_of_the_highest_forgotten_topic_is_provably_caught_up(self):
+        clock = FakeClock()
+        hub = Hub(make_backend(clock))
+        old = [hub.publish("t", n) for n in range(3)]
+        other = hub.publish("u", "u")
+        clock.now += 61
+        assert hub.backend.sweep() == 2
+        # Nothing missed after t's last event: no topic ever reached a higher number.
+        caught_up = hub.history("t", since=old[-1].id)
+        assert caught_up.events == [] and not caught_up.gap
+        new = hub.publish("t", "new")
+        assert new.cursor > old[-1].cursor
+        page = hub.history("t", since=old[-1].id)
+        assert [e.data for e in page.events] == ["new"] and not page.gap
+        assert hub.history("t", since=old[1].id).gap, "events after old[1] were forgotten"
+        # u's last number is below the highest forgotten: whether it was u's last is unknown.
+        assert hub.history("u", since=other.id).gap
+
+    def test_the_sweep_reads_only_what_it_forgets(self):
+        clock = FakeClock()
+        backend = MemoryBackend(10, 600.0, clock=clock)
+        Hub(backend)
+        looked: list[str] = []
+        backend.set_in_use(lambda topic: looked.append(topic) or False)
+        for n in range(1000):
+            backend.append(f"t{n}", "message", n, None)  # t<n> at 1000 + n
+            clock.now += 1
+        clock.now = 1499.5 + 600  # t0 ... t499 are older than the TTL
+        assert backend.sweep(limit=100) == 100
+        assert backend.sweep() == 400 and backend.topic_count() == 500
+        assert looked == [f"t{n}" for n in range(500)], "each idle topic looked at once, no other"
+        assert backend.sweep() == 0 and len(looked) == 500
+
+    def test_the_sweeper_greenlet_runs_by_itself(self):
+        backend = MemoryBackend(10, scaled(0.2))  # real clock; sweeps every 50 ms
+        hub = Hub(backend)
+        try:
+            for n in range(100):
+                hub.publish(f"t{n}", n)
+            deadline = time.monotonic() + scaled(5)
+            while backend.topic_count() and time.monotonic() < deadline:
+                gevent.sleep(0.01)  # the sweeper runs while this greenlet waits
+            assert backend.topic_count() == 0 and backend.swept == 100
+        finally:
+            hub.close()
+        assert backend._sweeper is None
+
+
+class TestTopicLimit:
+    def test_a_new_topic_beyond_the_limit_is_refused_and_counted_once(self):
+        clock = FakeClock()
+        observer = CountingObserver()
+        hub = Hub(make_backend(clock, max_topics=2), observer=observer)
+        hub.publish("a", 1)
+        clock.now += 10
+        hub.publish("b", 1)
+        with pytest.raises(TooManyTopics) as info:
+            hub.publish("c", 1)
+        assert info.value.limit == 2 and info.value.retry_after == pytest.approx(50 + hub.backend.sweep_interval)
+        assert observer.refusals == ["topics"] and hub.backend.topic_count() == 2
+        hub.publish("a", 2)  # held topics take events
+
+    def test_idle_topics_make_room_at_once(self):
+        clock = FakeClock()
+        hub = Hub(make_backend(clock, max_topics=2))
+        hub.publish("a", 1)
+        hub.publish("b", 1)
+        clock.now += 61  # both idle, not yet swept
+        hub.publish("c", 1)
+        assert hub.backend.topic_count() == 1
+
+
+class TestHistoryBytes:
+    def test_bytes_follow_every_way_an_event_leaves_history(self):
+        clock = FakeClock()
+        backend = make_backend(clock, history_bytes=1000)  # and 10 events, 60 s
+        hub = Hub(backend)
+        events = [hub.publish("t", "x" * 150) for _ in range(12)]
+        kept = hub.history("t", limit=100).events
+        assert sum(e.size for e in kept) == backend.retained_bytes("t") <= 1000
+        assert sum(e.size for e in kept) + events[-len(kept) - 1].size > 1000
+        clock.now += 30
+        hub.publish("t", "y")
+        clock.now += 31  # the 150-byte events expire, "y" stays
+        assert [e.data for e in hub.history("t").events] == ["y"]
+        assert backend.retained_bytes("t") == hub.history("t").events[0].size
+
+    def test_size_is_the_events_utf8_json(self):
+        event = make_hub().publish("t", {"text": "héllo \ud800"})
+        assert event.size == len(event.json().encode("utf-8", "surrogatepass"))
