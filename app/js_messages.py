@@ -212,6 +212,26 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("none"),
     N_("unknown"),
     N_(" (multiplexed: the limit of 6 does not apply)"),
+    N_("HTTP requests, all on one HTTP/2 connection to this host,"),
+    N_("HTTP requests open now, all on one HTTP/2 connection"),
+    # static/js/connection-limit.js (the compare page's "ten streams at once")
+    N_("open after {ms} ms"),
+    N_("waiting {s} s"),
+    N_("reconnecting"),
+    N_("refused by the server"),
+    N_("Stream {n}: {how}"),
+    NP_("Closed the {n} test stream.",
+        "Closed the {n} test streams."),
+    N_("No test streams open."),
+    N_("{open} open, {waiting} waiting, {refused} refused by the server (see its limits)."),
+    N_("All {open} open over {protocol}: one connection carries every stream, and the page's other requests too."),
+    N_("All {open} open over {protocol}."),
+    N_("{open} open, {waiting} still opening…"),
+    N_("{open} open, {waiting} waiting. Over {protocol} the browser keeps at most 6 connections "
+       "to this host: the panes above hold some (their long poll and SSE stream), these streams "
+       "the rest, and every other request to this host now queues until one is freed. Close the "
+       "test streams to free them."),
+    N_("Close the test streams"),
     # static/js/index-auth.js
     N_("nothing"),
     N_("{min} min {s} s"),
