@@ -133,31 +133,31 @@ def page_sender() -> str:
 @dataclass(frozen=True)
 class DoctorCheck:
     name: str  # as the command-line doctor names it (app/doctor/checks.py)
-    title: str
-    question: str
+    title: LazyString  # lazy, like the cards: the page's language (the command line stays English)
+    question: LazyString
 
 
 # The proxy doctor's checks, in the order static/js/doctor.js runs them; the study notes'
 # reverse-proxy pitfalls, plus what a browser alone can see (its HTTP version, its clock).
 DOCTOR_CHECKS = (
-    DoctorCheck("upstream", "Upstream HTTP version and keep-alive",
-                "How did the proxy speak to the app: HTTP/1.1 with keep-alive, or HTTP/1.0 with Connection: close?"),
-    DoctorCheck("forwarded", "Forwarded headers",
-                "Do X-Forwarded-For and -Proto reach the app, does it trust them, and only the proxy's own?"),
-    DoctorCheck("clock", "Clock offset",
-                "How far is the server's clock from this browser's? It skews every latency figure on the pages."),
-    DoctorCheck("websocket", "WebSocket upgrade",
-                "Does /ws answer 101 Switching Protocols, and do frames pass both ways?"),
-    DoctorCheck("stomp", "STOMP upgrade",
-                "Does /stomp answer 101 with the STOMP sub-protocol echoed, and answer CONNECT?"),
-    DoctorCheck("buffering", "SSE buffering",
-                "The server sends events at a steady pace: do they arrive spaced, or in one clump?"),
-    DoctorCheck("http-version", "HTTP version and the connection limit",
-                "Which HTTP version did this browser use, and does a 7th request at once have to wait?"),
-    DoctorCheck("idle-cut", "Idle cut",
-                "How long does a silent stream survive, against the server's heartbeat?"),
-    DoctorCheck("long-poll", "Long-poll timeout",
-                "Does an answer held silent past the long-poll timeout come back, or does the proxy give up first?"),
+    DoctorCheck("upstream", _l("Upstream HTTP version and keep-alive"),
+                _l("How did the proxy speak to the app: HTTP/1.1 with keep-alive, or HTTP/1.0 with Connection: close?")),
+    DoctorCheck("forwarded", _l("Forwarded headers"),
+                _l("Do X-Forwarded-For and -Proto reach the app, does it trust them, and only the proxy's own?")),
+    DoctorCheck("clock", _l("Clock offset"),
+                _l("How far is the server's clock from this browser's? It skews every latency figure on the pages.")),
+    DoctorCheck("websocket", _l("WebSocket upgrade"),
+                _l("Does /ws answer 101 Switching Protocols, and do frames pass both ways?")),
+    DoctorCheck("stomp", _l("STOMP upgrade"),
+                _l("Does /stomp answer 101 with the STOMP sub-protocol echoed, and answer CONNECT?")),
+    DoctorCheck("buffering", _l("SSE buffering"),
+                _l("The server sends events at a steady pace: do they arrive spaced, or in one clump?")),
+    DoctorCheck("http-version", _l("HTTP version and the connection limit"),
+                _l("Which HTTP version did this browser use, and does a 7th request at once have to wait?")),
+    DoctorCheck("idle-cut", _l("Idle cut"),
+                _l("How long does a silent stream survive, against the server's heartbeat?")),
+    DoctorCheck("long-poll", _l("Long-poll timeout"),
+                _l("Does an answer held silent past the long-poll timeout come back, or does the proxy give up first?")),
 )
 
 

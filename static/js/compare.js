@@ -887,7 +887,15 @@
     setText('[data-conn="protocol"]', protocol + note);
     if (multiplexed) {
       connections.limit = Infinity;
-      for (const node of document.querySelectorAll("[data-h2-text]")) node.textContent = node.dataset.h2Text;
+      // The HTTP/1.1 wording ("of the browser's 6 connections") comes from the template; over
+      // HTTP/2 these take its place (data-h2-text names which sentence the span is in).
+      const h2Texts = {
+        intro: t("HTTP requests, all on one HTTP/2 connection to this host,"),
+        meter: t("HTTP requests open now, all on one HTTP/2 connection"),
+      };
+      for (const node of document.querySelectorAll("[data-h2-text]")) {
+        if (node.dataset.h2Text in h2Texts) node.textContent = h2Texts[node.dataset.h2Text];
+      }
     }
   }
 

@@ -5,11 +5,13 @@
  * so the 7th request waits in the browser's queue (no error, no timeout) until one is freed.
  * Over HTTP/2 every request and stream to the host shares one connection. The page cannot
  * ask the browser about its connection pool: a stream whose `open` event has not fired is
- * "waiting". No framework; all text is set with textContent. */
+ * "waiting". No framework; all text is set with textContent, in the page's language (t/tn,
+ * msgids in app/js_messages.py). */
 (function () {
   "use strict";
 
   const S = window.Switchboard;
+  const { t, tn } = S;
   const COUNT = 10;
   const TICK_MS = 250; // how often the "waiting 2.3 s" times are refreshed
 
@@ -19,6 +21,7 @@
   const statusEl = document.querySelector("[data-limit-status]");
   const list = document.querySelector("[data-limit-streams]");
   const streamUrl = new URL(S.data.testStreamUrl, location.href).href;
+  const openLabel = button.textContent; // "Open 10 test streams", from the template
 
   let streams = [];
   let ticker = null;
@@ -56,12 +59,12 @@
     render() {
       const state = this.state;
       const how = {
-        open: () => `open after ${Math.round(this.openedAfterMs)} ms`,
-        waiting: () => `waiting ${((performance.now() - this.started) / 1000).toFixed(1)} s`,
-        reconnecting: () => "reconnecting",
-        refused: () => "refused by the server",
+        open: () => t("open after {ms} ms", { ms: Math.round(this.openedAfterMs) }),
+        waiting: () => t("waiting {s} s", { s: ((performance.now() - this.started) / 1000).toFixed(1) }),
+        reconnecting: () => t("reconnecting"),
+        refused: () => t("refused by the server"),
       }[state]();
-      const text = `Stream ${this.n}: ${how}`;
+      const text = t("Stream {n}: {how}", { n: this.n, how });
       if (this.item.textContent !== text) this.item.textContent = text;
       this.item.dataset.state = state;
       this.item.dataset.events = String(this.events);
@@ -79,7 +82,7 @@
     const entries = mine.length ? mine : performance.getEntriesByType("resource").filter(own);
     if (entries.length) return entries[entries.length - 1].nextHopProtocol;
     const page = performance.getEntriesByType("navigation")[0];
-    return page && page.nextHopProtocol ? page.nextHopProtocol : "unknown";
+    return page && page.nextHopProtocol ? page.nextHopProtocol : t("unknown");
   }
 
   function setStat(key, text) {
@@ -89,19 +92,22 @@
   }
 
   function summary(counts, protocol) {
-    if (!streams.length) return closedCount ? `Closed the ${closedCount} test streams.` : "No test streams open.";
+    if (!streams.length) {
+      return closedCount ? tn("Closed the {n} test stream.", "Closed the {n} test streams.", closedCount)
+        : t("No test streams open.");
+    }
     const { open, waiting, refused } = counts;
     const multiplexed = protocol === "h2" || protocol === "h3";
-    if (refused) return `${open} open, ${waiting} waiting, ${refused} refused by the server (see its limits).`;
+    if (refused) return t("{open} open, {waiting} waiting, {refused} refused by the server (see its limits).", counts);
     if (!waiting) {
       return multiplexed
-        ? `All ${open} open over ${protocol}: one connection carries every stream, and the page's other requests too.`
-        : `All ${open} open over ${protocol}.`;
+        ? t("All {open} open over {protocol}: one connection carries every stream, and the page's other requests too.",
+          { open, protocol })
+        : t("All {open} open over {protocol}.", { open, protocol });
     }
-    if (multiplexed) return `${open} open, ${waiting} still opening…`;
-    return `${open} open, ${waiting} waiting. Over ${protocol} the browser keeps at most 6 connections to this ` +
-      "host: the panes above hold some (their long poll and SSE stream), these streams the rest, and every " +
-      "other request to this host now queues until one is freed. Close the test streams to free them.";
+    if (multiplexed) return t("{open} open, {waiting} still opening…", counts);
+    return t("{open} open, {waiting} waiting. Over {protocol} the browser keeps at most 6 connections to this host: the panes above hold some (their long poll and SSE stream), these streams the rest, and every other request to this host now queues until one is freed. Close the test streams to free them.",
+      { open, waiting, protocol });
   }
 
   function update() {
@@ -126,7 +132,7 @@
     list.replaceChildren();
     streams = Array.from({ length: COUNT }, (_, i) => new TestStream(i + 1));
     ticker = setInterval(update, TICK_MS);
-    button.textContent = "Close the test streams";
+    button.textContent = t("Close the test streams");
     button.setAttribute("aria-pressed", "true");
     update();
   }
@@ -138,7 +144,7 @@
     clearInterval(ticker);
     ticker = null;
     list.replaceChildren();
-    button.textContent = `Open ${COUNT} test streams`;
+    button.textContent = openLabel;
     button.setAttribute("aria-pressed", "false");
     update();
   }

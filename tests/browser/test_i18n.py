@@ -7,7 +7,8 @@ committed .mo says what the .po says, and the JavaScript uses only msgids from t
 
 The browser tests open every page in a Chromium started with ``--lang=ko`` (and a context
 whose Accept-Language is Korean), let the page's JavaScript run and show its statuses (a chat
-message sent, a connection dropped and resumed, the fetch-event-source reader connected), and
+message sent, a connection dropped and resumed, the fetch-event-source reader connected, the
+compare page's ten test streams opened and closed, the proxy doctor's checks run), and
 then read every visible text and every title, aria-label and placeholder: no English word may
 be left outside code (``code``, ``kbd``, ``samp``), text marked ``translate="no"`` (names,
 ids and what the server or the wire wrote), and an allow-list of protocol and code names.
@@ -42,6 +43,7 @@ from tests.browser.helpers import (
     wait_chat_ready,
     wait_message,
 )
+from tests.support.nginx import Nginx
 from tests.support.servers import Gunicorn
 from tests.support.timing import scaled
 
@@ -50,7 +52,7 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 PO = ROOT / "translations" / "ko" / "LC_MESSAGES" / "messages.po"
 MO = PO.with_suffix(".mo")
-PAGES = ("/", *(f"/{slug}" for slug in CHAT_PAGES), "/compare")
+PAGES = ("/", *(f"/{slug}" for slug in CHAT_PAGES), "/compare", "/doctor")
 KOREAN = {"locale": "ko-KR"}  # Playwright sends Accept-Language: ko-KR
 
 # Names that stay as they are in Korean text: protocols, headers, APIs, products, code.
@@ -68,6 +70,8 @@ ALLOWED = {
     "setAllowedOrigins", "EnableWebSocketMessageBroker", "stompjs", "stomp", "py", "greenlet",
     "nginx", "Redis", "Chrome", "Microsoft", "Switchboard", "Can", "I", "use", "English",
     "upstream", "proxy_http_version", "off", "no", "close", "upgrade", "ping", "Enter",
+    # the proxy doctor's: headers, nginx directives, time sync, CI
+    "X-Forwarded-For", "X-Forwarded-Proto", "location", "keepalive", "NTP", "chrony", "systemd-timesyncd", "CI",
     # the demo's topic names
     "chat", "compare", "ticks",
 }
@@ -257,6 +261,22 @@ def exercise(page, path: str, base_url: str) -> None:
         page.fill("#drop-count", "1")
         page.click("[data-drop]")
         page.wait_for_selector("body[data-drop=done]", timeout=ms(30))
+        # Ten test streams: over HTTP/1.1 some open and the others wait (each says which).
+        page.click("[data-limit-toggle]")
+        page.wait_for_function(
+            """() => document.querySelectorAll('.stream-slots li[data-state]').length === 10
+                  && Number(document.querySelector('[data-limit-stat=open]').textContent) >= 1""",
+            timeout=ms(10))
+        assert_no_english(page, "/compare with ten test streams")
+        page.click("[data-limit-toggle]")  # closed: the status says how many it closed
+        page.wait_for_selector(".stream-slots li", state="detached", timeout=ms(10))
+    elif path == "/doctor":
+        # Every check run, with the shortest waits: each row shows its verdict, explanation and fix.
+        page.fill("[data-idle-seconds]", "1")
+        page.fill("[data-poll-seconds]", "1")
+        page.click("[data-run]")
+        page.wait_for_selector("[data-summary][data-state=done]", timeout=ms(60))
+        assert page.locator('[data-check][data-verdict="pending"], [data-check][data-verdict="running"]').count() == 0
     else:
         wait_chat_ready(page)
         text = f"{tag}"
@@ -290,6 +310,31 @@ def test_every_page_in_korean_has_no_english_left(path, korean_user, live_server
     page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
     assert not overflowing(page), f"wider than the phone on {path}: {overflowing(page)}"
     assert_no_horizontal_scroll(page)
+
+
+@pytest.mark.nginx
+def test_the_compare_page_over_http2_in_korean(korean_user, tmp_path, console_errors):
+    """Over HTTP/2 (make run-nginx's TLS port) the connection sentences change their wording:
+    that wording comes from the catalog too, as do the ten test streams' statuses."""
+    with Gunicorn(tmp_path, env={"SWITCHBOARD_BEHIND_PROXY": "1"}) as app_server:
+        nginx = Nginx(app_server.port, tls=True).start()
+        try:
+            page = korean_user(ignore_https_errors=True).new_page()
+            page.goto(f"{nginx.tls_url}/compare")
+            page.wait_for_function(
+                """() => document.body.dataset.ready === 'true'
+                      && [...document.querySelectorAll('[data-pane]')].every(p => p.dataset.state === 'open')""",
+                timeout=ms(15))
+            assert "h2" in page.locator('[data-conn="protocol"]').inner_text()
+            page.click("[data-limit-toggle]")
+            page.wait_for_function("() => document.querySelector('[data-limit-stat=open]').textContent === '10'",
+                                   timeout=ms(10))
+            meter = page.locator(".connections p").first.inner_text()
+            assert "HTTP/2 연결 하나" in meter, meter
+            assert_no_english(page, "/compare over HTTP/2 with ten test streams")
+            page.click("[data-limit-toggle]")
+        finally:
+            nginx.stop()
 
 
 AUTH_ENV = {"SWITCHBOARD_AUTH_SECRET": "i18n-" + uuid.uuid4().hex * 2, "SWITCHBOARD_DEMO_USERS": "alice,bob",
