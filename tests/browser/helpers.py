@@ -77,6 +77,9 @@ def message_ids(page) -> list[str]:
 
 
 def assert_no_horizontal_scroll(page) -> None:
+    # Measured after two frames: a page's ResizeObserver (the compare page's chart) takes a
+    # new viewport's width in the next frame, not at once.
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
     widths = page.evaluate("() => [document.scrollingElement.scrollWidth, window.innerWidth]")
     assert widths[0] <= widths[1], f"horizontal scroll: content {widths[0]} px wide in a {widths[1]} px window"
 

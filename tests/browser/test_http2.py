@@ -189,6 +189,10 @@ def test_compare_page_over_http2_opens_all_ten(tls_proxy, new_user, console_erro
     assert page.locator('.stream-slots li[data-state="open"]').count() == STREAMS
     status = page.locator("[data-limit-status]").inner_text()
     assert status.startswith(f"All {STREAMS} open over h2"), status
+    # The meter is redrawn on the page's render tick: wait for the tick that counts the streams.
+    page.wait_for_function(
+        f"() => Number(document.querySelector('.connections [data-conn=http]').textContent) >= {STREAMS + 2}",
+        timeout=ms(5))
     meter = page.locator(".connections p").first.inner_text()
     assert "all on one HTTP/2 connection" in meter and int(page.locator('.connections [data-conn="http"]')
                                                            .inner_text()) >= STREAMS + 2, meter
