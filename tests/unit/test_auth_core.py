@@ -115,6 +115,19 @@ class TestDecisions:
             control.authorize(later, "subscribe", "chat", "sse")
         assert caught.value.expired
 
+    def test_a_verified_token_is_not_verified_again_until_it_expires(self):
+        control = access()
+        token = mint("alice", subscribe=["chat"], lifetime=60)
+        first = control.verify(token, "bearer")
+        assert control.verify(token, "cookie").via == "cookie" and control.verify(token, "bearer") is first
+        with pytest.raises(Unauthorized):
+            control.verify(token + "x", "bearer")  # another string: verified on its own
+        expired = type(first)(first.sender, first.sub, first.subscribe, first.publish, time.time() - 1, first.via)
+        control._verified[token] = expired
+        with pytest.raises(Unauthorized):  # an expired cache entry is no shortcut
+            control.verify(mint("alice", lifetime=-1), "bearer")
+        assert control.verify(token, "bearer").seconds_left() > 0, "re-verified, not the stale entry"
+
     def test_credentials_are_read_once_per_request(self):
         control = access()
         environ = {"HTTP_AUTHORIZATION": f"Bearer {mint('alice')}"}
