@@ -68,7 +68,7 @@ class Presence:
             (``SWITCHBOARD_PRESENCE_TOPICS``); ``None``: no topic has.
         announced: told ``(topic, action)`` for each join and leave event the backend
             appended on this process's behalf (metrics).
-        clock: a monotonic clock in seconds (tests pass a fake one).
+        clock: a monotonic clock in seconds.
     """
 
     def __init__(self, backend: PresenceBackend, ttl: float, tracked: Callable[[str], bool] | None = None,
@@ -105,9 +105,10 @@ class Presence:
         users then never appear to leave (Redis; in memory the process takes it all along).
         """
         self._closed = True
-        if self._writer is not None:
-            self._writer.kill(block=False)
-            self._writer = None
+        # Not killed: it may be halfway through a Redis command on a pooled connection that
+        # requests still in flight go on using. It ends after what it is doing.
+        self._wake.set()
+        self._writer = None
 
     # -- what the transports report -------------------------------------------------------
 
@@ -170,9 +171,11 @@ class Presence:
 
     def _run(self) -> None:
         due = self._clock() + self.interval
-        while not self._closed:
+        while True:
             self._wake.wait(max(0.0, due - self._clock()))
             self._wake.clear()
+            if self._closed:
+                return
             now = self._clock()
             renew = now >= due
             try:
