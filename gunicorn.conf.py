@@ -82,7 +82,7 @@ preload_app = False
 
 def on_starting(server):
     """Refuse several workers without Redis, whatever the command line said."""
-    if server.cfg.workers > 1 and not _settings.redis_url:
+    if server.cfg.workers > 1 and not _settings.redis_enabled:
         sys.exit(
             f"switchboard: {server.cfg.workers} workers need SWITCHBOARD_REDIS_URL; with the "
             "in-memory hub each worker has its own audience and a publish reaches only the "

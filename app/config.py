@@ -72,6 +72,37 @@ def _redis_url(text: str) -> str | None:
     return text
 
 
+def _optional_bool(text: str) -> bool | None:
+    return None if not text.strip() else _bool(text)
+
+
+def _host_ports(text: str) -> tuple[tuple[str, int], ...]:
+    found = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port")
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)
+
+
+def _optional_name(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text):
+        raise ValueError("must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    return text
+
+
+def _routing(text: str) -> str:
+    if text not in ("topic", "shared"):
+        raise ValueError("must be topic or shared")
+    return text
+
+
 def _key_prefix(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", text):
         raise ValueError("must be 1-64 characters of A-Z a-z 0-9 . _ : -")
@@ -186,6 +217,28 @@ class Settings:
     redis_prefix: str = _setting(
         "SWITCHBOARD_REDIS_PREFIX", "switchboard", _key_prefix,
         "Prefix of every Redis key and channel; give each deployment sharing one Redis its own.")
+    redis_cluster: bool | None = _setting(
+        "SWITCHBOARD_REDIS_CLUSTER", None, _optional_bool,
+        "1: SWITCHBOARD_REDIS_URL names a node of a Redis Cluster (sharded Pub/Sub, Redis 7); 0: one "
+        "server; unset: asked of the server at start.")
+    redis_sentinels: tuple[tuple[str, int], ...] = _setting(
+        "SWITCHBOARD_REDIS_SENTINELS", (), _host_ports,
+        "Sentinels as host:port,host:port: workers find the primary through them and follow a "
+        "failover (with SWITCHBOARD_REDIS_SENTINEL_MASTER; no SWITCHBOARD_REDIS_URL needed).")
+    redis_sentinel_master: str | None = _setting(
+        "SWITCHBOARD_REDIS_SENTINEL_MASTER", None, _optional_name,
+        "The name the sentinels monitor the primary under.")
+    redis_min_replicas: int = _setting(
+        "SWITCHBOARD_REDIS_MIN_REPLICAS", 0, _int(0, 16),
+        "Replicas that must have an event before its publisher gets the 201 (WAIT, up to "
+        "SWITCHBOARD_REDIS_REPLICA_TIMEOUT; else 503). One server or Sentinel only.")
+    redis_replica_timeout: float = _setting(
+        "SWITCHBOARD_REDIS_REPLICA_TIMEOUT", 1.0, _seconds(0.001, 60),
+        "Seconds an append waits for SWITCHBOARD_REDIS_MIN_REPLICAS replicas.")
+    redis_routing: str = _setting(
+        "SWITCHBOARD_REDIS_ROUTING", "topic", _routing,
+        "topic: a worker subscribes to each topic it serves (one channel per topic); shared: one "
+        "channel every worker hears in full (the former design, for comparison).")
     allowed_origins: tuple[str, ...] = _setting(
         "SWITCHBOARD_ALLOWED_ORIGINS", (), _origins,
         "Extra origins allowed to open WebSockets (comma-separated); same host is always allowed.")
@@ -354,10 +407,23 @@ class Settings:
     port: int = _setting("PORT", 8000, _int(1, 65535), "Port gunicorn binds on 127.0.0.1.")
     web_concurrency: int = _setting(
         "WEB_CONCURRENCY", 1, _int(1, 64),
-        "gunicorn worker processes; more than one needs SWITCHBOARD_REDIS_URL.")
+        "gunicorn worker processes; more than one needs SWITCHBOARD_REDIS_URL (or Sentinel).")
+
+    @property
+    def redis_enabled(self) -> bool:
+        """True when the hub is in Redis (a URL, or Sentinel)."""
+        return bool(self.redis_url or self.redis_sentinels)
 
     def __post_init__(self) -> None:
-        if self.web_concurrency > 1 and not self.redis_url:
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ConfigError("set both SWITCHBOARD_REDIS_SENTINELS and SWITCHBOARD_REDIS_SENTINEL_MASTER, or neither")
+        if self.redis_min_replicas and (self.redis_cluster or not self.redis_enabled):
+            raise ConfigError("SWITCHBOARD_REDIS_MIN_REPLICAS works with one Redis server or Sentinel, not with "
+                              "the in-memory hub or a cluster (WAIT counts one connection's writes on one primary)")
+        if self.redis_cluster and self.redis_sentinels:
+            raise ConfigError("SWITCHBOARD_REDIS_CLUSTER and SWITCHBOARD_REDIS_SENTINELS exclude each other: "
+                              "a cluster fails over by itself")
+        if self.web_concurrency > 1 and not self.redis_enabled:
             raise ConfigError(
                 f"WEB_CONCURRENCY={self.web_concurrency} needs SWITCHBOARD_REDIS_URL: with the "
                 "in-memory hub each worker would have its own audience and a publish would reach "

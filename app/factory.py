@@ -30,14 +30,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def make_backend(settings: Settings):
     """The history/fan-out backend the settings ask for."""
-    if settings.redis_url:
-        try:
-            from .hub.redis import RedisBackend
-        except ImportError as exc:  # the Redis backend is optional until it lands
-            raise ConfigError(f"SWITCHBOARD_REDIS_URL is set but the Redis backend is unavailable: {exc}") from None
+    if settings.redis_enabled:
+        from .hub.redis import RedisBackend
+
         return RedisBackend(settings.redis_url, settings.history_size, settings.history_ttl,
                             history_bytes=settings.history_bytes, max_topics=settings.max_topics,
-                            prefix=settings.redis_prefix)
+                            prefix=settings.redis_prefix, cluster=settings.redis_cluster,
+                            sentinels=settings.redis_sentinels, sentinel_master=settings.redis_sentinel_master,
+                            min_replicas=settings.redis_min_replicas, replica_timeout=settings.redis_replica_timeout,
+                            routing=settings.redis_routing)
     return MemoryBackend(settings.history_size, settings.history_ttl, history_bytes=settings.history_bytes,
                          max_topics=settings.max_topics)
 

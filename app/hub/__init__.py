@@ -18,7 +18,7 @@ Presence (who is in a topic, :mod:`app.hub.presence`): a stream subscribes with
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from ..events import Cursor, Event, Gap, Page, check_topic, check_type
 from .subscription import Item, Subscription, SubscriptionClosed
@@ -78,6 +78,11 @@ class Backend(Protocol):
     # Optional: ``set_resync(callback)``. A backend whose live feed can miss events (Redis
     # Pub/Sub while it reconnects) gets :meth:`Hub.resync_all` through it, before
     # ``start``, and calls it each time its feed is whole again.
+    #
+    # Optional: ``watch(topic)`` and ``unwatch(topic)``. A backend that routes live events
+    # per topic (Redis) is told when this process has a subscriber of a topic, before that
+    # subscription reads history (``watch`` returns once the topic's events reach this
+    # process), and when the topic's last local subscriber left.
     #
     # Optional: ``set_in_use(predicate)``. A backend that forgets idle topics itself (the
     # in-memory sweep) gets ``predicate(topic)``, true while the topic has a subscriber in
@@ -142,6 +147,8 @@ class Hub:
         set_in_use = getattr(backend, "set_in_use", None)
         if set_in_use is not None:
             set_in_use(self._subs.__contains__)  # _forget deletes a topic's entry with its last subscriber
+        self._watch = getattr(backend, "watch", None)
+        self._unwatch = getattr(backend, "unwatch", None)
         backend.start(self._dispatch)
         self.presence = Presence(backend, presence_ttl, presence_topics, self._announced)
         self.presence.start()
@@ -243,6 +250,10 @@ class Hub:
                            max_bytes=self.queue_bytes)
         self._subs.setdefault(topic, set()).add(sub)
         self.observer.subscribed(topic)
+        if self._watch is not None:
+            # Registered first, then the backend hears the topic, then (lazily) history is
+            # read: an event is either live for this subscription or in what it reads.
+            self._watch(topic)
         if member is not None:
             release = self.presence.hold(topic, member)
             if release is not None:
@@ -290,7 +301,7 @@ class Hub:
         """
         return self.backend.topic_count()
 
-    def resync_all(self, start_for: Callable[[str], Cursor] | None = None) -> int:
+    def resync_all(self, start_for: Callable[[str], Cursor] | None = None, topics: Iterable[str] | None = None) -> int:
         """Put every subscription into catch-up-from-history mode.
 
         For a backend whose live feed can miss events: Redis Pub/Sub calls this (through
@@ -305,6 +316,8 @@ class Hub:
                 that have received nothing yet (live-only ones): at or before the first
                 event the live feed may have missed. Called once per such topic, before
                 any subscription changes. Without it those subscriptions stay live.
+            topics: only the subscriptions of these topics (a feed that carries some);
+                ``None``: all.
 
         Returns:
             How many subscriptions were told to resync.
@@ -313,7 +326,10 @@ class Hub:
             BackendUnavailable: from ``start_for``; then no subscription was changed,
                 and the backend calls again when it has reconnected.
         """
-        subs = [sub for topic_subs in list(self._subs.values()) for sub in list(topic_subs)]
+        if topics is None:
+            subs = [sub for topic_subs in list(self._subs.values()) for sub in list(topic_subs)]
+        else:
+            subs = [sub for topic in topics for sub in list(self._subs.get(topic, ()))]
         starts: dict[str, Cursor] = {}
         if start_for is not None:
             for sub in subs:
@@ -371,3 +387,5 @@ class Hub:
             self.observer.unsubscribed(sub.topic, sub.close_reason or "closed")
             if not subs:
                 del self._subs[sub.topic]
+                if self._unwatch is not None:
+                    self._unwatch(sub.topic)

@@ -11,7 +11,7 @@ Two halves, as with events:
   announces a ``presence`` event on the topic when the deployment's count for a sender goes
   0 -> 1 (``{"action": "join", "sender"}``) or 1 -> 0 (``"leave"``). Memory: one process, a
   dict. Redis: per-process entries that expire unless renewed, so the users of a process that
-  died leave when its entries run out (``app/hub/redis.py``, "Presence").
+  died leave when its entries run out (``app/hub/redis/presence.py``).
 
 The registry never makes a subscriber wait: a change is recorded in memory and one writer
 greenlet per process passes the changes to the backend, in order, batched per topic (a pair

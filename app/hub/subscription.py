@@ -294,9 +294,17 @@ class Subscription:
             while self._queue:
                 event = self._queue.popleft()
                 self._queued_bytes -= event.size
+                last = self._last
+                if last is not None and event.cursor.epoch != last.epoch:
+                    # History's epoch changed under this subscription (Redis flushed, or a
+                    # shard restarted empty): history, not the live feed, says what is lost.
+                    self.resync()
+                    break
                 if self._is_new(event):  # seam rule: skip what the replay already gave
                     self._last = event.cursor
                     return event
+            if self._syncing:
+                continue
             if self._overflow:
                 # Queue drained after an overflow: read the dropped events back from history.
                 self._overflow = False

@@ -30,9 +30,11 @@ class RedisServer:
         directory: its working directory (log, AOF files).
         port: the port; a free one by default.
         appendonly: keep an append-only file, fsynced before each reply.
+        extra_args: more ``redis-server`` options (``--cluster-enabled yes``, ``--replicaof``...).
     """
 
-    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False):
+    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False,
+                 extra_args: tuple[str, ...] = ()):
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.path.exists(self.binary):
             raise RuntimeError("the tests need redis-server (Debian package redis-server; `make test` installs it)")
@@ -40,6 +42,7 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = tuple(extra_args)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         socket_path = self.dir / "redis.sock"
         # AF_UNIX paths are limited to 107 bytes; a deep temporary directory goes without.
@@ -54,6 +57,7 @@ class RedisServer:
         if self.socket_path:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        args += list(self.extra_args)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         wait_until(self._ready, timeout=10, interval=0.01, message=f"redis-server on port {self.port}")

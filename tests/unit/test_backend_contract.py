@@ -31,15 +31,32 @@ from app.hub import BackendUnavailable, Hub, SubscriptionClosed, TooManyTopics
 from app.hub.memory import MemoryBackend
 from app.hub.redis import RedisBackend, _encode_body
 from tests.support.redis_server import RedisServer
+from tests.support.redis_topologies import RedisClusterServers, SentinelGroup
 from tests.support.timing import scaled
 
-KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+# Redis three ways: one server, a three-primary cluster (sharded Pub/Sub), and a primary with
+# two replicas behind three sentinels. Each is started once per module, on loopback ports.
+REDIS_KINDS = ["redis", "cluster", "sentinel"]
+KINDS = ["memory", *(pytest.param(kind, marks=pytest.mark.redis) for kind in REDIS_KINDS)]
+SERVER_FIXTURES = {"redis": "redis_server", "cluster": "redis_cluster", "sentinel": "redis_sentinel"}
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    with RedisClusterServers(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def redis_sentinel(tmp_path_factory):
+    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
+        yield group
 
 
 class Hubs:
@@ -57,8 +74,13 @@ class Hubs:
         self._settings: dict = {}
 
     @property
-    def server(self) -> RedisServer:
-        return self.request.getfixturevalue("redis_server")
+    def redis(self) -> bool:
+        return self.kind != "memory"
+
+    @property
+    def server(self):
+        """The kind's servers (``client()`` gives a plain client for the test's checks)."""
+        return self.request.getfixturevalue(SERVER_FIXTURES[self.kind])
 
     def make(self, history_size=1000, history_ttl=3600.0, queue_size=256, *, history_bytes=None, max_topics=0,
              queue_bytes=None, **redis_options) -> Hub:
@@ -72,13 +94,17 @@ class Hubs:
         return self._hub(backend, queue_size, queue_bytes)
 
     def peer(self, hub: Hub, queue_size=256) -> Hub:
-        assert self.kind == "redis", "only Redis shares one history between processes"
+        assert self.redis, "only Redis shares one history between processes"
         return self._hub(self._redis_backend(), queue_size, hub.queue_bytes)
 
     def _redis_backend(self) -> RedisBackend:
         settings = dict(self._settings)
-        return RedisBackend(self.server.url, settings.pop("history_size"), settings.pop("history_ttl"),
-                            prefix=self.prefix, connect_timeout=scaled(1), reconnect_cap=0.3, **settings)
+        where: dict = {"url": self.server.url} if self.kind != "sentinel" else {
+            "url": None, "sentinels": self.server.sentinels, "sentinel_master": self.server.master_name}
+        if self.kind == "cluster":
+            where["cluster"] = True
+        return RedisBackend(where.pop("url"), settings.pop("history_size"), settings.pop("history_ttl"),
+                            prefix=self.prefix, connect_timeout=scaled(1), reconnect_cap=0.3, **where, **settings)
 
     def _hub(self, backend, queue_size, queue_bytes=None) -> Hub:
         hub = Hub(backend, queue_size=queue_size, queue_bytes=queue_bytes)
@@ -97,7 +123,8 @@ class Hubs:
         if self.kind == "memory":
             return topic in hub.backend._topics
         with self.server.client() as client:
-            return client.exists(f"{hub.backend.prefix}:stream:{topic}", f"{hub.backend.prefix}:meta:{topic}") > 0
+            keys = hub.backend.keys
+            return client.exists(keys.stream(topic), keys.meta(topic)) > 0
 
     def close(self) -> None:
         for hub in self.hubs:
@@ -111,8 +138,17 @@ def hubs(request):
     made.close()
 
 
-@pytest.fixture
+@pytest.fixture(params=REDIS_KINDS)
 def redis_hubs(request):
+    """Hubs on each kind of Redis deployment."""
+    made = Hubs(request.param, request)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def single_redis_hubs(request):
+    """Hubs on one redis-server (tests of that server's own outages and connections)."""
     made = Hubs("redis", request)
     yield made
     made.close()
@@ -396,7 +432,7 @@ class TestSeam:
         """Events published while a replay is read arrive exactly once, in order; with
         Redis half of them come from another worker, so only through Pub/Sub."""
         hub = hubs.make(queue_size=10_000)
-        publishers = [hub] + ([hubs.peer(hub)] if hubs.kind == "redis" else [])
+        publishers = [hub] + ([hubs.peer(hub)] if hubs.redis else [])
         backend = hub.backend
         real_read = backend.read_after
 
@@ -650,11 +686,11 @@ class TestWorkersShareOneHistory:
         wait_for(lambda: a.acquire_lock("ticks", 10), timeout=2, message="the lease to expire")
         assert not b.acquire_lock("ticks", 10)
 
-    def test_unix_socket(self, redis_hubs):
-        if redis_hubs.server.unix_url is None:
+    def test_unix_socket(self, single_redis_hubs):
+        if single_redis_hubs.server.unix_url is None:
             pytest.skip("the temporary directory is too deep for a Unix socket path")
-        hub = Hub(RedisBackend(redis_hubs.server.unix_url, 1000, 3600, prefix=redis_hubs.prefix))
-        redis_hubs.hubs.append(hub)
+        hub = Hub(RedisBackend(single_redis_hubs.server.unix_url, 1000, 3600, prefix=single_redis_hubs.prefix))
+        single_redis_hubs.hubs.append(hub)
         with hub.subscribe("chat") as sub:
             event = hub.publish("chat", "over unix")
             assert data(take(sub, 1)) == ["over unix"]
@@ -674,7 +710,7 @@ class TestWorkersShareOneHistory:
 class TestRedisForgetting:
     def test_stream_and_meta_expire_after_the_ttl_renewed_by_each_append(self, redis_hubs):
         hub = redis_hubs.make(history_ttl=30)
-        keys = [f"{hub.backend.prefix}:stream:chat", f"{hub.backend.prefix}:meta:chat"]
+        keys = [hub.backend.keys.stream("chat"), hub.backend.keys.meta("chat")]
         hub.publish("chat", 1)
         with redis_hubs.server.client() as client:
             for key in keys:
@@ -698,10 +734,10 @@ class TestRedisForgetting:
 
 @pytest.mark.redis
 class TestOutages:
-    def test_listener_cut_is_resynced_from_history(self, redis_hubs):
+    def test_listener_cut_is_resynced_from_history(self, single_redis_hubs):
         """Events that reach Redis while the listener is cut are replayed, once, in order."""
-        hub = redis_hubs.make()
-        peer = redis_hubs.peer(hub)
+        hub = single_redis_hubs.make()
+        peer = single_redis_hubs.peer(hub)
         positioned = hub.subscribe("cut")
         hub.publish("cut", "seen")
         assert data(take(positioned, 1)) == ["seen"]
@@ -709,7 +745,7 @@ class TestOutages:
         hub.publish("cut", "queued")
         wait_for(lambda: queued.depth == 1 and positioned.depth == 1, message="'queued' delivered")
         live_only = hub.subscribe("cut")  # has received nothing: resumes from the cut
-        with redis_hubs.server.client() as client:
+        with single_redis_hubs.server.client() as client:
             assert client.client_kill_filter(_type="pubsub") == 2  # both workers' listeners
         # The listeners only run when this greenlet waits, so these land in the gap.
         for n in range(5):
@@ -722,6 +758,7 @@ class TestOutages:
 
     def test_events_of_a_flushed_epoch_never_follow_the_new_one(self, redis_hubs):
         hub = redis_hubs.make()
+        listening = hub.subscribe("chat")  # so this worker hears the topic (per-topic routing)
         heard = hub.backend.received
         first = hub.publish("chat", "first")
         stale = [hub.publish("chat", n) for n in range(5)]  # not yet heard by the listener
@@ -738,10 +775,10 @@ class TestOutages:
         assert set(items) <= {("gap", False), "marker"}, f"events of the flushed epoch came after its gap: {items}"
         assert marker.cursor.epoch != stale[0].cursor.epoch
 
-    def test_redis_restart_without_data_is_a_gap_and_nothing_accepted_is_lost(self, redis_hubs, tmp_path):
+    def test_redis_restart_without_data_is_a_gap_and_nothing_accepted_is_lost(self, single_redis_hubs, tmp_path):
         with RedisServer(tmp_path / "redis") as server:
             hub = Hub(RedisBackend(server.url, 1000, 3600, connect_timeout=scaled(1), reconnect_cap=0.3))
-            redis_hubs.hubs.append(hub)
+            single_redis_hubs.hubs.append(hub)
             positioned = hub.subscribe("chat")
             old = [hub.publish("chat", n) for n in range(4)]
             assert data(take(positioned, 4)) == [0, 1, 2, 3]

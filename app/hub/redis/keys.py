@@ -1,0 +1,126 @@
+"""Key and channel names of the Redis backend, and the slot rule that keeps a cluster's
+scripts on one shard.
+
+``<p>`` is the prefix (``SWITCHBOARD_REDIS_PREFIX``); ``{t}`` is the topic as a hash tag,
+so every key of one topic, and its channel, hash to the same slot:
+
+==============================  ==========================================================
+``<p>:stream:{t}``              the topic's events (a Stream, ids ``<ms>-<n>``)
+``<p>:meta:{t}``                hash: newest id (``ms``, ``seq``), ``born``, ``bytes``, ``kept``
+``<p>:presence:{t}``            presence entries ``<process>:<sender>``, scored by expiry
+``<p>:members:{t}``             present senders, scored by their join
+``<p>:holders:{t}``             entries per sender (one per process)
+``<p>:events:{t}``              the topic's Pub/Sub channel (per-topic routing)
+``<p>:events``                  the one channel of shared routing (every worker hears all)
+``<p>:epoch``                   the history's epoch (one Redis, Sentinel)
+``<p>:epoch:{s<n>}``            cluster: the epoch of slot ``n`` (``s<n>`` is a tag chosen
+                                to hash to slot ``n``): a shard that restarts empty starts
+                                new epochs for its own slots only
+``<p>:topics``                  the topic limit's sorted set (``SWITCHBOARD_MAX_TOPICS``)
+``<p>:presence-due``            topics with a presence entry to expire (cluster: one per
+                                slot, ``<p>:presence-due:{s<n>}``)
+``<p>:lock:<name>``             leadership locks; ``<p>:once:<name>`` single-use claims
+==============================  ==========================================================
+
+Topic names cannot hold ``{`` or ``}`` (app/events.py), nor can the prefix, so the tag is
+exactly the topic.
+"""
+
+from __future__ import annotations
+
+from binascii import crc_hqx
+
+SLOTS = 16384
+
+
+def key_slot(tag: str) -> int:
+    """The cluster slot of a hash tag (CRC16/XMODEM mod 16384, as Redis Cluster computes it)."""
+    return crc_hqx(tag.encode("utf-8"), 0) % SLOTS
+
+
+def _slot_tags() -> list[str]:
+    """For each slot, a short tag that hashes to it (``s<n>`` for the first ``n`` that does)."""
+    tags: list[str | None] = [None] * SLOTS
+    missing, n = SLOTS, 0
+    while missing:
+        tag = f"s{n}"
+        slot = key_slot(tag)
+        if tags[slot] is None:
+            tags[slot] = tag
+            missing -= 1
+        n += 1
+    return tags  # type: ignore[return-value]
+
+
+class KeySpace:
+    """The names one deployment uses.
+
+    Args:
+        prefix: the start of every key and channel.
+        cluster: per-slot epochs and due sets, so no script touches two slots.
+        per_topic: one channel per topic (workers subscribe to what they serve); else the
+            one shared channel every worker hears in full.
+    """
+
+    _tags: list[str] | None = None  # the slot tag table, built once per process (~30 ms)
+
+    def __init__(self, prefix: str, *, cluster: bool = False, per_topic: bool = True):
+        self.prefix = prefix
+        self.cluster = cluster
+        self.per_topic = per_topic
+        self.shared_channel = f"{prefix}:events"
+        self.topics = f"{prefix}:topics"
+        if cluster and KeySpace._tags is None:
+            KeySpace._tags = _slot_tags()
+
+    def slot(self, topic: str) -> int:
+        return key_slot(topic)
+
+    def stream(self, topic: str) -> str:
+        return f"{self.prefix}:stream:{{{topic}}}"
+
+    def meta(self, topic: str) -> str:
+        return f"{self.prefix}:meta:{{{topic}}}"
+
+    def epoch(self, topic: str) -> str:
+        """The epoch key that the topic's cursors name (its scope)."""
+        if not self.cluster:
+            return f"{self.prefix}:epoch"
+        return f"{self.prefix}:epoch:{{{self._tags[key_slot(topic)]}}}"  # type: ignore[index]
+
+    def topics_for(self, topic: str) -> str:
+        """The topics key the append script is given: the real one on a single Redis; on a
+        cluster a key of the topic's slot that the script leaves alone (max topics 0 there)."""
+        return self.topics if not self.cluster else f"{self.prefix}:topics:{{{topic}}}"
+
+    def due(self, topic: str) -> str:
+        return self.due_of_slot(key_slot(topic)) if self.cluster else f"{self.prefix}:presence-due"
+
+    def due_of_slot(self, slot: int) -> str:
+        return f"{self.prefix}:presence-due:{{{self._tags[slot]}}}"  # type: ignore[index]
+
+    def presence(self, topic: str) -> list[str]:
+        """Entries, members, holders."""
+        return [f"{self.prefix}:{kind}:{{{topic}}}" for kind in ("presence", "members", "holders")]
+
+    def channel(self, topic: str) -> str:
+        return f"{self.prefix}:events:{{{topic}}}" if self.per_topic else self.shared_channel
+
+    def topic_of_channel(self, channel: bytes) -> str | None:
+        """The topic a per-topic channel carries (None for any other channel)."""
+        text = channel.decode("utf-8", "replace")
+        head = f"{self.prefix}:events:{{"
+        if text.startswith(head) and text.endswith("}"):
+            return text[len(head):-1]
+        return None
+
+    def control(self) -> str:
+        """A channel nobody publishes on: every listener connection subscribes to it first,
+        so it is in Pub/Sub mode (and answers PING alike) even with no topic."""
+        return f"{self.prefix}:listener"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+    def once(self, name: str) -> str:
+        return f"{self.prefix}:once:{name}"
