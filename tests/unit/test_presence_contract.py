@@ -1,4 +1,4 @@
-"""Presence, one contract on two backends: memory and a real redis-server.
+"""Presence, one contract on memory and on real Redis (one server, a cluster, Sentinel).
 
 Who is in a topic: a stream holds its sender's presence while open (``hub.subscribe(...,
 member=)``), a poll for a window (``hub.presence.touch``); the deployment counts each sender
@@ -20,7 +20,8 @@ import pytest
 from app.events import Event, InvalidEventType
 from app.hub import Hub
 from tests.support.timing import scaled
-from tests.unit.test_backend_contract import KINDS, Hubs, redis_server, take, wait_for  # noqa: F401 (a fixture)
+from tests.unit.test_backend_contract import (  # noqa: F401 (the server fixtures)
+    KINDS, Hubs, redis_cluster, redis_sentinel, redis_server, take, wait_for)
 
 TOPIC = "room"
 
