@@ -86,7 +86,7 @@ class Feed:
         name: the node's name (``main`` off a cluster, else ``host:port``).
         keys: channel names.
         hooks: the backend's side.
-        sharded: SSUBSCRIBE (a cluster) rather than SUBSCRIBE.
+        sharded: SSUBSCRIBE (a cluster) rather than SUBSCRIBE, for per-topic channels.
         ping_interval: seconds of silence before a PING; as long again without an answer
             is a dead connection.
         reconnect_base, reconnect_cap: the reconnect backoff, seconds.
@@ -103,7 +103,7 @@ class Feed:
         self.reconnect_base = reconnect_base
         self.reconnect_cap = reconnect_cap
         self.confirm_timeout = confirm_timeout
-        if sharded:
+        if sharded and self.per_topic:  # the shared channel is a classic one, even on a cluster
             self._sub, self._unsub, self._message = "SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage"
         else:
             self._sub, self._unsub, self._message = "SUBSCRIBE", "UNSUBSCRIBE", b"message"
