@@ -92,6 +92,8 @@ def healthz() -> tuple[Response, int]:
         "subscribers": hub.subscriber_count(),
         "time": time.time(),
     }
+    if "details" in status:  # Redis: mode, routing, each shard's connection, resubscribes, failovers
+        body["redis"] = status["details"]
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response, 200
@@ -110,6 +112,8 @@ def metrics() -> Response:
     registry = state.metrics()
     status = hub.status()
     registry.backend_up.labels(status["backend"]).set(1 if status["healthy"] else 0)
+    if "details" in status:
+        registry.redis_status(status["details"])
     try:
         topics = hub.topic_count()
     except BackendUnavailable:  # backend_up already says so; the last count stays

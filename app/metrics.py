@@ -78,7 +78,23 @@ class Metrics:
         self.topics = Gauge(
             "switchboard_topics", "Topics the event store holds (set when /metrics is read)",
             multiprocess_mode="livemax", registry=r)
+        # Redis only: the live feeds (one per primary: "main" off a cluster, host:port on one).
+        self.redis_shard_up = Gauge(
+            "switchboard_redis_shard_up", "1 while this worker's Pub/Sub connection to the shard is subscribed "
+            "with every topic it routes there confirmed", ["shard"], multiprocess_mode="livemin", registry=r)
+        self.redis_topics_routed = Gauge(
+            "switchboard_redis_topics_routed", "Topics the workers subscribe to on Redis (per-topic routing: "
+            "the topics with a local subscriber)", multiprocess_mode="livesum", registry=r)
+        self.redis_resubscribes = Counter(
+            "switchboard_redis_resubscribes", "Topic subscriptions sent again after a cut of a Pub/Sub connection",
+            registry=r)
+        self.redis_reconnects = Counter(
+            "switchboard_redis_reconnects", "Pub/Sub connections that came back after a cut", registry=r)
+        self.redis_failovers = Counter(
+            "switchboard_redis_failovers", "Failovers seen: a new primary behind Sentinel, or slots of routed "
+            "topics that moved to another cluster node", registry=r)
         self._high_water = 0
+        self._redis_counts = {"resubscribes": 0, "reconnects": 0, "failovers": 0}
 
     # -- called by transports -----------------------------------------------------------
 
@@ -112,13 +128,29 @@ class Metrics:
         import gevent
 
         gauge = self.backend_up.labels(backend.name)
+        details = getattr(backend, "status", None)  # Redis: shards and counters, no I/O either
 
         def watch():
             while True:
                 gauge.set(1 if backend.healthy else 0)
+                if details is not None:
+                    self.redis_status(details())
                 gevent.sleep(interval)
 
         return gevent.spawn(watch)
+
+    def redis_status(self, status: dict) -> None:
+        """Copy the Redis backend's state into the gauges, and its counters' growth since the
+        last look into the counters (the backend counts; Prometheus wants increments)."""
+        for shard in status.get("shards", ()):
+            self.redis_shard_up.labels(shard["node"]).set(1 if shard["state"] == "up" else 0)
+        self.redis_topics_routed.set(status.get("topics_routed", 0))
+        for name, counter in (("resubscribes", self.redis_resubscribes), ("reconnects", self.redis_reconnects),
+                              ("failovers", self.redis_failovers)):
+            now = status.get(name, 0)
+            if now > self._redis_counts[name]:
+                counter.inc(now - self._redis_counts[name])
+                self._redis_counts[name] = now
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition of every metric (all workers' under gunicorn)."""

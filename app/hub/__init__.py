@@ -261,9 +261,15 @@ class Hub:
         return sub
 
     def status(self) -> dict:
-        """The backend's name, whether it can serve now, and its epoch (for health checks)."""
+        """The backend's name, whether it can serve now, and its epoch (for health checks);
+        with a backend that has more to say (Redis: mode, shards, counters), that under
+        ``details``."""
         backend = self.backend
-        return {"backend": backend.name, "healthy": backend.healthy, "epoch": backend.epoch}
+        status = {"backend": backend.name, "healthy": backend.healthy, "epoch": backend.epoch}
+        details = getattr(backend, "status", None)
+        if details is not None:
+            status["details"] = details()
+        return status
 
     def acquire_lock(self, name: str, ttl: float) -> bool:
         """Lead a deployment-wide singleton job for ``ttl`` seconds (the holder renews)."""

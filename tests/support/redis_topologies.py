@@ -30,17 +30,18 @@ class RedisClusterServers:
 
     A shard that is down leaves the others serving (``cluster-require-full-coverage no``),
     and one restarted on its port and directory rejoins with its slots (from its
-    ``nodes.conf``), empty.
+    ``nodes.conf``): empty, or with its data when ``appendonly`` (AOF, fsynced before each
+    reply).
     """
 
-    def __init__(self, directory: Path, primaries: int = 3):
+    def __init__(self, directory: Path, primaries: int = 3, appendonly: bool = False):
         self.dir = Path(directory)
         # The cluster bus gets a free port of its own (not the default port + 10000, which is
         # over 65535 for many of the ports the system hands out).
         self.nodes = [RedisServer(self.dir / f"node{i}", extra_args=(
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
             "--cluster-port", str(free_port()),
-            "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "no"))
+            "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "no"), appendonly=appendonly)
             for i in range(primaries)]
         self.url = ""
         self.addresses: list[str] = []
@@ -103,6 +104,11 @@ class RedisClusterServers:
         self.stop()
 
 
+# A replica's first full sync starts at once (the default waits 5 s for more replicas to
+# share one diskless transfer), so the group is whole, and WAIT can be met, within a second.
+_REPLICATION = ("--repl-diskless-sync-delay", "0")
+
+
 class SentinelGroup:
     """A primary, ``replicas`` replicas and three sentinels that fail it over quickly
     (down after 1 s); ``kill_primary`` is a SIGKILL, and ``wait_failover`` waits until the
@@ -112,7 +118,7 @@ class SentinelGroup:
 
     def __init__(self, directory: Path, replicas: int = 2):
         self.dir = Path(directory)
-        self.servers = [RedisServer(self.dir / "redis0")]
+        self.servers = [RedisServer(self.dir / "redis0", extra_args=_REPLICATION)]
         self._replicas = replicas
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels = tuple(("127.0.0.1", port) for port in self.sentinel_ports)
@@ -122,7 +128,7 @@ class SentinelGroup:
         primary = self.servers[0].start()
         for i in range(1, self._replicas + 1):
             self.servers.append(RedisServer(self.dir / f"redis{i}", extra_args=(
-                "--replicaof", "127.0.0.1", str(primary.port))).start())
+                *_REPLICATION, "--replicaof", "127.0.0.1", str(primary.port))).start())
         wait_until(self._replicated, timeout=20, interval=0.1, message="the replicas in sync")
         binary = self.servers[0].binary
         for port in self.sentinel_ports:
@@ -143,7 +149,8 @@ class SentinelGroup:
 
     def _replicated(self) -> bool:
         with self.servers[0].client(socket_timeout=1) as client:
-            return client.info("replication").get("connected_slaves", 0) == self._replicas
+            info = client.info("replication")
+        return [info.get(f"slave{i}", {}).get("state") for i in range(self._replicas)] == ["online"] * self._replicas
 
     def _sentinel(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, protocol=2, socket_timeout=1, decode_responses=True)
