@@ -12,13 +12,14 @@ PYTEST_ARGS ?=
 NGINX ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 TLS_DIR := .run/nginx/tls
 
-.PHONY: run run-auth run-nginx run-redis test test-fast system-deps node-deps clean help bench bench-quick translations pot
+.PHONY: run run-auth run-nginx run-redis run-cluster test test-fast system-deps node-deps clean help bench bench-quick translations pot
 
 help:
 	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
 	@echo "make run-auth   the same with access control on: sign in as alice or bob on the index page"
 	@echo "make run-nginx  gunicorn behind nginx (nginx.conf): http://127.0.0.1:8080, https://127.0.0.1:8443 (HTTP/2)"
 	@echo "make run-redis  a local redis-server and gunicorn with 4 workers on it"
+	@echo "make run-cluster  a local 3-primary Redis Cluster (ports 7001-7003) and gunicorn with 4 workers on it"
 	@echo "make bench      benchmarks vs Nchan and Flask-SocketIO (bench-quick: under a minute)"
 	@echo "make test       install everything the tests need, then run them all"
 	@echo "make test-fast  the same, skipping the long soak tests"
@@ -93,6 +94,36 @@ run-redis: $(VENV)/.run-installed
 	[ -S "$$sock" ] || { echo "redis-server did not start; see .run/redis/redis.log"; exit 1; }; \
 	echo "Switchboard on http://127.0.0.1:$${PORT:-8000}/ with 4 workers on Redis at unix://$$sock (Ctrl-C stops both)"; \
 	SWITCHBOARD_REDIS_URL="unix://$$sock" WEB_CONCURRENCY=4 $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+
+# gunicorn with 4 workers on a local Redis Cluster of three primaries (no replicas) on
+# loopback ports $(CLUSTER_PORTS) (cluster bus: each port + 10000). Each node's data and
+# nodes.conf live under .run/cluster/<port>, wiped at start and at exit: nothing is kept.
+# Ctrl-C stops everything.
+CLUSTER_PORTS ?= 7001 7002 7003
+run-cluster: $(VENV)/.run-installed
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || \
+	  { echo "run-cluster needs redis-server and redis-cli 7 or newer (Debian: apt-get install redis-server)"; exit 1; }
+	@rm -rf .run/cluster; pids=""; \
+	trap 'kill $$pids 2>/dev/null; wait $$pids 2>/dev/null; rm -rf "$(CURDIR)/.run/cluster"' EXIT; trap 'exit 130' INT TERM; \
+	for port in $(CLUSTER_PORTS); do \
+	  mkdir -p .run/cluster/$$port; \
+	  redis-server --port $$port --bind 127.0.0.1 --dir "$(CURDIR)/.run/cluster/$$port" --save '' --appendonly no \
+	    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+	    --cluster-require-full-coverage no --logfile redis.log --daemonize no & \
+	  pids="$$pids $$!"; \
+	done; \
+	for port in $(CLUSTER_PORTS); do \
+	  for i in $$(seq 50); do redis-cli -p $$port ping >/dev/null 2>&1 && break; sleep 0.1; done; \
+	done; \
+	redis-cli --cluster create $(foreach port,$(CLUSTER_PORTS),127.0.0.1:$(port)) --cluster-replicas 0 --cluster-yes >/dev/null \
+	  || { echo "redis-cli --cluster create failed; see .run/cluster/*/redis.log"; exit 1; }; \
+	for port in $(CLUSTER_PORTS); do \
+	  for i in $$(seq 100); do redis-cli -p $$port cluster info | grep -q cluster_state:ok && break; sleep 0.1; done; \
+	done; \
+	first=$$(echo $(CLUSTER_PORTS) | cut -d' ' -f1); \
+	echo "Switchboard on http://127.0.0.1:$${PORT:-8000}/ with 4 workers on a Redis Cluster at 127.0.0.1:{$$(echo $(CLUSTER_PORTS) | tr ' ' ,)} (Ctrl-C stops all)"; \
+	SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$$first" SWITCHBOARD_REDIS_CLUSTER=1 WEB_CONCURRENCY=4 \
+	  $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
 # The pages' messages (templates, app/pages.py, app/js_messages.py) in one gettext catalog per
 # language. `make translations`: extract them into $(POT), merge new and changed msgids into
