@@ -12,8 +12,8 @@ Two measurements (README "Scaling out" quotes them):
   events/s, while another host (B, 2 workers) takes publishes to ``U`` topics that A does not
   serve (0.5 events/s each). Reported: A's CPU per second as ``U`` grows, for both routings.
 
-    .venv/bin/python bench/scaleout.py                  # both, about 6 minutes
-    .venv/bin/python bench/scaleout.py --only unserved --seconds 10
+    .venv/bin/python bench/scaleout.py                  # both, 3 runs each, about 20 minutes
+    .venv/bin/python bench/scaleout.py --only unserved --runs 1 --seconds 10
 
 Servers run on core 0, the load generator on core 1 (as bench/run.py). The figures go to
 ``bench/results/scaleout.json`` and a table on stdout. Runs with the app's venv (it uses the
@@ -132,7 +132,7 @@ async def publish(ports: list[int], topics: list[str], rate: float, seconds: flo
         queue.put_nowait(n)
     for _ in workers:
         queue.put_nowait(None)
-    await asyncio.wait_for(asyncio.gather(*workers), seconds + 60)
+    await asyncio.wait_for(asyncio.gather(*workers), seconds + 300)
     return statuses
 
 
@@ -186,7 +186,11 @@ def run_fanout(kind: str, routing: str, seconds: float, workdir: Path) -> dict:
 
 async def _fanout(server, deployment, topics, seconds, kind, routing) -> dict:
     counts, transports = await open_streams(server.port, topics, 10)
-    await asyncio.sleep(2)  # the last SUBSCRIBEs confirmed, start-up work done
+    # Warm-up: every worker publishes to every topic once or more (a cluster's topic count
+    # is registered once per topic and worker, then every half key lifetime), and the last
+    # SUBSCRIBEs are confirmed: the window measures the steady state.
+    await publish([server.port], topics, 1000, 4 * len(topics) / 1000)
+    await asyncio.sleep(2)
     workers = worker_pids(server)
     before = sum(counts)
     cpu_w, cpu_r, wall = cpu_seconds(workers), cpu_seconds(deployment.pids), time.monotonic()
@@ -222,6 +226,8 @@ async def _unserved(host_a, host_b, unserved, seconds, routing) -> dict:
     served = [f"served{n}" for n in range(10)]
     others = [f"other{n}" for n in range(unserved)]
     counts, transports = await open_streams(host_a.port, served, 10)
+    if others:  # warm-up, as in the fan-out
+        await publish([host_b.port], others, 1000, 2 * len(others) / 1000)
     await asyncio.sleep(2)
     worker = worker_pids(host_a)
     before = sum(counts)
@@ -240,10 +246,17 @@ async def _unserved(host_a, host_b, unserved, seconds, routing) -> dict:
             "worker_cpu_per_s": round(cpu / wall, 3)}
 
 
+def median_row(rows: list[dict], key: str) -> dict:
+    """The run whose ``key`` is the median, with every run's ``key`` alongside."""
+    ordered = sorted(rows, key=lambda row: row[key])
+    return {**ordered[len(ordered) // 2], f"{key}_runs": [row[key] for row in rows]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["fanout", "unserved"])
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--runs", type=int, default=3, help="runs of each configuration; the median is reported")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "scaleout.json"))
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
@@ -253,18 +266,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scaleout-") as tmp:
         workdir = Path(tmp)
         if args.only in (None, "fanout"):
-            for kind in ("single", "cluster"):
-                for routing in ("shared", "topic"):
-                    row = run_fanout(kind, routing, args.seconds, workdir / f"{kind}-{routing}")
-                    print(json.dumps(row), flush=True)
-                    results["fanout"].append(row)
+            # Runs interleave the configurations, so a noisy minute on a shared machine hits
+            # each of them rather than one.
+            runs: dict[tuple[str, str], list[dict]] = {}
+            for run in range(args.runs):
+                for kind in ("single", "cluster"):
+                    for routing in ("shared", "topic"):
+                        row = run_fanout(kind, routing, args.seconds, workdir / f"{kind}-{routing}-{run}")
+                        print(json.dumps(row), flush=True)
+                        runs.setdefault((kind, routing), []).append(row)
+            results["fanout"] = [median_row(rows, "worker_us_per_delivery") for rows in runs.values()]
         if args.only in (None, "unserved"):
-            for routing in ("shared", "topic"):
-                for unserved in (0, 500, 2000):
-                    row = run_unserved(routing, unserved, args.seconds, workdir / f"u-{routing}-{unserved}")
-                    print(json.dumps(row), flush=True)
-                    results["unserved"].append(row)
+            runs = {}
+            for run in range(args.runs):
+                for routing in ("shared", "topic"):
+                    for unserved in (0, 500, 2000):
+                        row = run_unserved(routing, unserved, args.seconds, workdir / f"u-{routing}-{unserved}-{run}")
+                        print(json.dumps(row), flush=True)
+                        runs.setdefault((routing, str(unserved)), []).append(row)
+            results["unserved"] = [median_row(rows, "worker_cpu_per_s") for rows in runs.values()]
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    for row in results["fanout"]:
+        print(f"{row['deployment']:8} {row['routing']:7} worker {row['worker_us_per_delivery']:7.1f} us/delivery "
+              f"(runs {row['worker_us_per_delivery_runs']}), redis {row['redis_us_per_publish']:6.1f} us/publish")
+    for row in results["unserved"]:
+        print(f"{row['routing']:7} unserved topics {row['unserved_topics']:5}: worker {row['worker_cpu_per_s']:.3f} "
+              f"CPU s/s (runs {row['worker_cpu_per_s_runs']})")
     print(f"written to {args.out}")
 
 

@@ -221,6 +221,24 @@ class RedisBackend(RedisPresence):
         if self.router is not None:
             self.router.unwatch(topic)
 
+    @property
+    def wildcards(self) -> bool:
+        """Whether wildcard subscriptions can be served: not on a cluster with per-topic
+        routing (sharded Pub/Sub has no pattern subscription, and a classic PUBLISH of every
+        event to every node is what sharding avoids)."""
+        return not (self.keys.cluster and self.keys.per_topic)
+
+    def watch_pattern(self, pattern: str) -> None:
+        """A local wildcard subscription of ``pattern`` starts: hear every topic it may match
+        (PSUBSCRIBE; shared routing hears everything already). Returns once Redis confirmed it."""
+        if self.router is not None and self.keys.per_topic and not self.keys.cluster:
+            self.router.watch_pattern(self.keys.channel_glob(pattern))
+
+    def unwatch_pattern(self, pattern: str) -> None:
+        """A local wildcard subscription of ``pattern`` ended."""
+        if self.router is not None and self.keys.per_topic and not self.keys.cluster:
+            self.router.unwatch_pattern(self.keys.channel_glob(pattern))
+
     def _resync_topics(self, start_for: Callable[[str], Cursor], topics: list[str] | None) -> int:
         if self._resync is None:
             return 0

@@ -109,6 +109,7 @@ class Feed:
             self._sub, self._unsub, self._message = "SUBSCRIBE", "UNSUBSCRIBE", b"message"
         self._confirm, self._unconfirm = self._sub.lower().encode(), self._unsub.lower().encode()
         self.topics: set[str] = set()  # topics this feed should carry
+        self.patterns: dict[str, int] = {}  # channel globs (PSUBSCRIBE) -> their local wildcard subscriptions
         self.state = "connecting"  # connecting, subscribing, up, down, closed
         self.address: str | None = None
         self.reconnects = 0  # times it came back after a cut
@@ -121,6 +122,7 @@ class Feed:
         self.floor_ms = int(time.time() * 1000)  # before the first catch-up: this host's clock
         self.floor_epochs: dict[str, str | None] = {}  # per topic; dropped with the topic
         self._awaited: dict[str, deque[_Awaited]] = {}
+        self._pattern_awaited: dict[bytes, deque[_Awaited]] = {}
         self._initial = 0  # topic confirmations still awaited after a (re)connect
         self._conn = None
         self._writing = gevent.lock.Semaphore()
@@ -178,6 +180,29 @@ class Feed:
         for awaited in self._awaited.pop(topic, ()):
             awaited.done.set()
 
+    def watch_pattern(self, glob: str) -> None:
+        """Carry every channel matching ``glob`` (a wildcard subscription; classic Pub/Sub
+        only); returns once Redis confirmed the PSUBSCRIBE (bounded, as :meth:`watch`)."""
+        count = self.patterns.get(glob, 0)
+        self.patterns[glob] = count + 1
+        if count or self._conn is None or self.state not in ("subscribing", "up"):
+            return  # already carried, or the (re)connect subscribes it
+        pending = _Awaited("sub")
+        self._pattern_awaited.setdefault(glob.encode(), deque()).append(pending)
+        if self._send("PSUBSCRIBE", glob):
+            self._await(pending)
+
+    def unwatch_pattern(self, glob: str) -> None:
+        """One wildcard subscription of ``glob`` fewer; the last one PUNSUBSCRIBEs."""
+        count = self.patterns.get(glob, 0) - 1
+        if count > 0:
+            self.patterns[glob] = count
+            return
+        self.patterns.pop(glob, None)
+        if self._conn is not None and self.state in ("subscribing", "up"):
+            self._pattern_awaited.setdefault(glob.encode(), deque()).append(_Awaited("unsub"))
+            self._send("PUNSUBSCRIBE", glob)
+
     def status(self) -> dict:
         return {"node": self.name, "address": self.address, "state": self.state, "topics": len(self.topics),
                 "reconnects": self.reconnects, "resubscribes": self.resubscribes}
@@ -224,10 +249,10 @@ class Feed:
         self.up.clear()
         conn, self._conn = self._conn, None
         # Whoever waits for a confirmation goes on; the reconnect resyncs their topics.
-        for queue in self._awaited.values():
+        for queue in (*self._awaited.values(), *self._pattern_awaited.values()):
             for awaited in queue:
                 awaited.done.set()
-        self._awaited = {}
+        self._awaited, self._pattern_awaited = {}, {}
         if conn is not None:
             conn.disconnect()
 
@@ -239,6 +264,11 @@ class Feed:
         conn.send_command("SUBSCRIBE", *channels)
         for _ in channels:
             self._read_reply(conn, self.ping_interval, expect=b"subscribe")
+        patterns = sorted(self.patterns)
+        if patterns:  # wildcard subscriptions: live only, so no catch-up to wait for
+            conn.send_command("PSUBSCRIBE", *patterns)
+            for _ in patterns:
+                self._read_reply(conn, self.ping_interval, expect=b"psubscribe")
         self._conn = conn
         self.state = "subscribing"
         topics = sorted(self.topics)
@@ -258,7 +288,7 @@ class Feed:
         now = self.hooks.clock()
         floor, epochs, heard = self.floor_ms, self.floor_epochs, self.heard
         topics = sorted(self.topics) if self.per_topic else None
-        if topics is None or topics:
+        if topics is None or topics or self.patterns:  # the hub gives wildcard subscriptions a gap
             self.hooks.resync(lambda topic: self._start_for(topic, floor, epochs, heard), topics)
         if self._failures:
             log.warning("redis feed %s: subscribed again after %d failed attempt(s); subscriptions resynced "
@@ -297,8 +327,16 @@ class Feed:
                 if since_yield >= 100:  # a flood must not starve the worker's requests
                     since_yield = 0
                     gevent.sleep(0)
+            elif kind == b"pmessage":
+                self._on_message(reply[3])
             elif kind == self._confirm:
                 self._confirmed(reply[1])
+            elif kind in (b"psubscribe", b"punsubscribe"):
+                queue = self._pattern_awaited.get(reply[1])
+                if queue:
+                    queue.popleft().done.set()
+                    if not queue:
+                        del self._pattern_awaited[reply[1]]
             elif kind == self._unconfirm:
                 self._unconfirmed(reply[1])
             elif kind == b"pong" and ping_floor is not None:
@@ -369,6 +407,9 @@ class Feed:
             return
         if cursor.epoch in self.hooks.dead_epochs:
             return  # published before a flush; its subscriptions get a gap from their next read
+        last = self.heard.get(event.topic)
+        if last is not None and last.epoch == cursor.epoch and cursor.position <= last.position:
+            return  # heard already: its channel and a wildcard's pattern both carry it
         if ms > self.floor_ms:
             self.floor_ms = ms
         if len(self.heard) < _MAX_HEARD or event.topic in self.heard:

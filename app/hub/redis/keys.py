@@ -106,6 +106,18 @@ class KeySpace:
     def channel(self, topic: str) -> str:
         return f"{self.prefix}:events:{{{topic}}}" if self.per_topic else self.shared_channel
 
+    def channel_glob(self, pattern: str) -> str:
+        """A PSUBSCRIBE glob for the channels of every topic a wildcard (app/hub/wildcard.py:
+        dot-separated words, ``*`` one word, ``#`` as the last word any number) matches;
+        broader than the wildcard (a glob ``*`` also crosses dots), the hub filters exactly.
+        Topic words hold no glob character (``[A-Za-z0-9_:-]``), nor does the prefix."""
+        words = pattern.split(".")
+        if words[-1] == "#":
+            glob = ".".join(words[:-1]) + "*"  # chat.# also matches chat itself
+        else:
+            glob = pattern
+        return f"{self.prefix}:events:{{{glob}}}"
+
     def topic_of_channel(self, channel: bytes) -> str | None:
         """The topic a per-topic channel carries (None for any other channel)."""
         text = channel.decode("utf-8", "replace")

@@ -78,6 +78,12 @@ class Router:
         if feed is not None:
             feed.unwatch(topic)
 
+    def watch_pattern(self, glob: str) -> None:
+        next(iter(self.feeds.values())).watch_pattern(glob)
+
+    def unwatch_pattern(self, glob: str) -> None:
+        next(iter(self.feeds.values())).unwatch_pattern(glob)
+
     # -- topology -------------------------------------------------------------------------
 
     def cut(self, feed: Feed) -> None:
