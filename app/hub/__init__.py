@@ -15,13 +15,14 @@ Typical use by a transport::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
-from ..events import Cursor, Event, Gap, Page, check_topic, check_type
+from ..events import Cursor, Event, Gap, Page, RawBody, check_topic, check_type
+from .batch import Publication, check_publication
 from .subscription import Item, Subscription, SubscriptionClosed
 
 __all__ = ["Hub", "Backend", "BackendUnavailable", "TooManyTopics", "Subscription", "SubscriptionClosed", "Item",
-           "Gap", "Page"]
+           "Gap", "Page", "Publication"]
 
 
 class BackendUnavailable(Exception):
@@ -55,7 +56,8 @@ class Backend(Protocol):
     def close(self) -> None: ...
     @property
     def healthy(self) -> bool: ...
-    def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event: ...
+    def append(self, topic: str, type: str, data: Any, sender: str | None, *,
+               headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event: ...
     def read_after(self, topic: str, cursor: Cursor, limit: int) -> tuple[list[Event], bool]: ...
     def read_latest(self, topic: str, limit: int) -> list[Event]: ...
     def last_cursor(self, topic: str) -> Cursor | None: ...
@@ -109,11 +111,13 @@ class Hub:
         observer: told of subscriptions, publishes, gaps, replays, queue depth and refusals.
         queue_bytes: the live queue bound of every subscription in bytes of the events'
             JSON (``SWITCHBOARD_QUEUE_BYTES``); ``None``: events only.
+        queues: the work-queue store (:mod:`app.hub.queues`); ``None``: no queues.
     """
 
     def __init__(self, backend: Backend, queue_size: int = 256, observer: HubObserver | None = None,
-                 queue_bytes: int | None = None):
+                 queue_bytes: int | None = None, queues=None):
         self.backend = backend
+        self.queues = queues  # the work-queue store (app.hub.queues), or None
         self.queue_size = queue_size
         self.queue_bytes = queue_bytes
         self.observer = observer or NullObserver()
@@ -130,7 +134,8 @@ class Hub:
 
     # -- writing ------------------------------------------------------------------------
 
-    def publish(self, topic: str, data: Any, *, type: str = "message", sender: str | None = None) -> Event:
+    def publish(self, topic: str, data: Any, *, type: str = "message", sender: str | None = None,
+                headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
         """Append an event to the topic's history and deliver it to every subscriber.
 
         Args:
@@ -138,6 +143,9 @@ class Hub:
             data: any JSON-serialisable value.
             type: the event type (SSE ``event:`` field); ``message`` by default.
             sender: who sent it, as the transport established it (never from the body).
+            headers: user-defined headers (checked by :func:`app.events.check_headers`).
+            raw: a STOMP SEND's own octets and content-type, when ``data`` would not give
+                them back exactly.
 
         Returns:
             The stored event, with its cursor.
@@ -151,13 +159,49 @@ class Hub:
         check_topic(topic)
         check_type(type)
         try:
-            event = self.backend.append(topic, type, data, sender)
+            extras = {"headers": headers, "raw": raw} if headers or raw is not None else {}
+            event = self.backend.append(topic, type, data, sender, **extras)
         except TooManyTopics:
             self.observer.refused("topics")
             raise
         self.published += 1
         self.observer.published(topic)
         return event
+
+    def publish_batch(self, items: Sequence[Publication]) -> list[Event]:
+        """Publish several events (topics and queues) together, or none of them.
+
+        Every item is checked first (names, types, the topic limit, queue bounds), then all
+        are stored; see :mod:`app.hub.batch`.
+
+        Returns:
+            The stored events, in the order of ``items``.
+
+        Raises:
+            app.events.InvalidTopic, app.events.InvalidEventType: bad names (nothing stored).
+            TooManyTopics, QueueFull: a bound refused an item (nothing stored).
+            BackendUnavailable: the backend cannot store events now (nothing stored).
+        """
+        for item in items:
+            check_publication(item)
+        if self.queues is not None:
+            return self.queues.commit(self, items)
+        if any(item.kind == "queue" for item in items):
+            raise ValueError("this hub has no queue store")
+        self._check_topic_room([item.name for item in items])
+        return [self.publish(item.name, item.data, type=item.type, sender=item.sender, headers=item.headers,
+                             raw=item.raw) for item in items]
+
+    def _check_topic_room(self, topics: list[str]) -> None:
+        """Raise TooManyTopics before a batch whose new topics would not all fit (memory:
+        nothing yields between this check and the appends that follow)."""
+        limit = getattr(self.backend, "max_topics", 0)
+        if not limit or self.backend.name != "memory":
+            return
+        new = {topic for topic in topics if self.backend.last_cursor(topic) is None}
+        if len(new) > 1 and (self.backend.topic_count() or 0) + len(new) > limit:
+            self.observer.refused("topics")
+            raise TooManyTopics(limit, getattr(self.backend, "sweep_interval", 1.0))
 
     # -- reading ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import gevent
 
-from ..events import Cursor, Event
+from ..events import Cursor, Event, RawBody
 from . import TooManyTopics
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,8 @@ class MemoryBackend:
         self._claims[name] = now + ttl
         return True
 
-    def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event:
+    def append(self, topic: str, type: str, data: Any, sender: str | None, *,
+               headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
         """Store a new event at the end of the topic's history, then deliver it live.
 
         Raises:
@@ -156,7 +157,7 @@ class MemoryBackend:
             topics.move_to_end(topic)
         seq = state.next_seq
         state.next_seq += 1
-        event = Event(Cursor(self.epoch, (seq,)), topic, type, data, sender, now)
+        event = Event(Cursor(self.epoch, (seq,)), topic, type, data, sender, now, headers=headers, raw=raw)
         events = state.events
         events.append(event)
         if self.history_bytes is not None:

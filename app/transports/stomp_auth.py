@@ -27,7 +27,7 @@ and everyone publishes as the handshake session's guest name.
 from __future__ import annotations
 
 import hmac
-from typing import Callable
+from typing import Any, Callable
 
 from ..auth import Access, AccessError, AuthUnavailable, Forbidden, Identity, Unauthorized
 from ..stomp import TOKEN_EXPIRED, AccessDenied, AuthError, BrokerError, Credentials, Login, LoginHook, StompError
@@ -58,15 +58,15 @@ class StompGate:
 
     Args:
         access: the application's access control.
-        resolve: ``Destinations.resolve``: a destination -> ``("topic", name)``,
-            ``("app", name)`` or ``None``.
+        resolve: ``Destinations.resolve``: a destination -> its
+            :class:`~app.transports.stomp_destinations.Target`, or ``None``.
         handshake: the identity the WebSocket handshake proved, or ``None``.
         guest: the handshake session's guest name (the sender without a token).
         login, passcode: the shared STOMP credentials, if configured.
         metrics: where refusals are counted (``switchboard_auth_refusals_total``), if anywhere.
     """
 
-    def __init__(self, access: Access, resolve: Callable[[str], tuple[str, str] | None],
+    def __init__(self, access: Access, resolve: Callable[[str], Any],
                  handshake: Identity | None, guest: str, login: str | None = None, passcode: str | None = None,
                  metrics=None):
         self.access = access
@@ -156,11 +156,11 @@ class StompGate:
             AuthError: an anonymous client, or the token expired ("token expired").
             BrokerError: the decision hook is down (fail closed).
         """
-        resolved = self._resolve(destination)
-        if resolved is None or resolved[0] != "topic":
+        target = self._resolve(destination)
+        if target is None or target.kind not in ("topic",):
             return  # refused by the destination check, or an application handler's to decide
         try:
-            self.check(identity, action, resolved[1])
+            self.check(identity, action, target.permission)
         except AccessError as exc:
             raise self.refusal(exc, destination) from None
 

@@ -5,7 +5,8 @@ number; the reply echoes it, or carries ``"ref": null`` when the client gave non
 
     {"op": "subscribe",   "ref"?, "topic": "chat", "since"?: "<cursor>"}
     {"op": "unsubscribe", "ref"?, "topic": "chat"}
-    {"op": "publish",     "ref"?, "topic": "chat", "type"?: "message", "data": <any JSON>}
+    {"op": "publish",     "ref"?, "topic": "chat", "type"?: "message", "data": <any JSON>,
+                          "headers"?: {"x-name": "value"}}
     {"op": "ping",        "ref"?}
     {"op": "auth",        "ref"?, "token": "<JWT>"}   # sign in or refresh (see ws_auth.py)
 
@@ -49,7 +50,8 @@ Subscribing:
 
 Error codes: ``bad_json`` (not JSON), ``bad_message`` (not an object, ``op`` missing or
 not a string, a missing or unknown field, ``sender`` in a publish: the server sets it),
-``bad_ref``, ``unknown_op``, ``bad_topic``, ``bad_cursor``, ``bad_type``,
+``bad_ref``, ``unknown_op``, ``bad_topic``, ``bad_cursor``, ``bad_type``, ``bad_headers`` (see
+:func:`app.events.check_headers`),
 ``already_subscribed``, ``not_subscribed``, ``too_many_subscriptions`` (at most
 ``SWITCHBOARD_MAX_SUBSCRIPTIONS`` per connection, default :data:`MAX_SUBSCRIPTIONS`),
 ``rate_limited`` (a publish beyond ``SWITCHBOARD_PUBLISH_RATE``/``_BURST`` for this
@@ -103,8 +105,8 @@ from ..auth import AccessError
 from ..auth.tokens import MAX_TOKEN_BYTES
 from ..auth.web import access as app_access
 from ..errors import ApiError
-from ..events import (Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic, check_topic, check_type,
-                      parse_json)
+from ..events import (Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidHeaders, InvalidTopic,
+                      check_headers, check_topic, check_type, parse_json)
 from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed, TooManyTopics
 from ..identity import current_sender
 from ..limits import Limits, TokenBucket, topic_refusal
@@ -169,6 +171,7 @@ class Publish:
     topic: str
     type: str
     data: Any
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,15 @@ def _token(value: Any, ref: Any) -> str:
     return value
 
 
+def _headers(value: Any, ref: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ClientError("bad_headers", 'headers must be an object of strings, like {"x-trace": "abc"}', ref)
+    try:
+        return check_headers(value)
+    except InvalidHeaders as exc:
+        raise ClientError("bad_headers", str(exc), ref) from None
+
+
 def _type(value: Any, ref: Any) -> str:
     try:
         return check_type(value)
@@ -215,8 +227,9 @@ _OPS: dict[str, tuple[Callable[[dict, Any], Command], frozenset, frozenset]] = {
                   frozenset({"topic"}), frozenset({"since"})),
     "unsubscribe": (lambda m, ref: Unsubscribe(ref, m["topic"]),
                     frozenset({"topic"}), frozenset()),
-    "publish": (lambda m, ref: Publish(ref, m["topic"], _type(m.get("type", "message"), ref), m["data"]),
-                frozenset({"topic", "data"}), frozenset({"type"})),
+    "publish": (lambda m, ref: Publish(ref, m["topic"], _type(m.get("type", "message"), ref), m["data"],
+                                       _headers(m["headers"], ref) if "headers" in m else ()),
+                frozenset({"topic", "data"}), frozenset({"type", "headers"})),
     "ping": (lambda m, ref: Ping(ref), frozenset(), frozenset()),
     "auth": (lambda m, ref: Auth(ref, _token(m["token"], ref)), frozenset({"token"}), frozenset()),
 }
@@ -469,7 +482,7 @@ class Connection:
             raise ClientError("rate_limited",
                               f"at most {self._bucket.rate:g} publishes a second (bursts of {self._bucket.burst}) "
                               "per connection; this one was not published", cmd.ref, retry_after=round(wait, 3))
-        event = self.hub.publish(cmd.topic, cmd.data, type=cmd.type, sender=self.sender)
+        event = self.hub.publish(cmd.topic, cmd.data, type=cmd.type, sender=self.sender, headers=cmd.headers)
         if self._published is not None:
             self._published.inc()
         return ok(cmd.ref, topic=cmd.topic, id=event.id)
