@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence
 
-from ..events import Cursor, Event, Gap, Page, RawBody, check_topic, check_type
+from ..events import Cursor, Event, Gap, InvalidTopic, Page, RawBody, check_topic, check_type
 from .batch import Publication, check_publication
 from .subscription import Item, Subscription, SubscriptionClosed
+from .wildcard import PatternSubscription, pattern_problem
 
 __all__ = ["Hub", "Backend", "BackendUnavailable", "TooManyTopics", "Subscription", "SubscriptionClosed", "Item",
            "Gap", "Page", "Publication"]
@@ -123,6 +124,7 @@ class Hub:
         self.observer = observer or NullObserver()
         self.published = 0
         self._subs: dict[str, set[Subscription]] = {}
+        self._patterns: set[PatternSubscription] = set()  # wildcard subscriptions (app.hub.wildcard)
         self._closed_reason: str | None = None
         set_resync = getattr(backend, "set_resync", None)
         if set_resync is not None:
@@ -268,6 +270,25 @@ class Hub:
         self.observer.subscribed(topic)
         return sub
 
+    def subscribe_pattern(self, pattern: str) -> PatternSubscription:
+        """Start receiving the live events of every topic ``pattern`` matches (``chat.*``,
+        ``chat.#``; see :mod:`app.hub.wildcard`). No history is replayed.
+
+        Raises:
+            app.events.InvalidTopic: not a wildcard this hub takes.
+            SubscriptionClosed: the hub is shutting down.
+        """
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            raise InvalidTopic(problem)
+        if self._closed_reason is not None:
+            raise SubscriptionClosed(self._closed_reason)
+        sub = PatternSubscription(pattern, self.queue_size, self._forget_pattern, self.observer,
+                                  max_bytes=self.queue_bytes)
+        self._patterns.add(sub)
+        self.observer.subscribed(pattern)
+        return sub
+
     def status(self) -> dict:
         """The backend's name, whether it can serve now, and its epoch (for health checks)."""
         backend = self.backend
@@ -294,7 +315,7 @@ class Hub:
         """Live subscriptions in this process, for one topic or all."""
         if topic is not None:
             return len(self._subs.get(topic, ()))
-        return sum(len(subs) for subs in self._subs.values())
+        return sum(len(subs) for subs in self._subs.values()) + len(self._patterns)
 
     def topics(self) -> list[str]:
         """Topics with at least one local subscriber."""
@@ -340,7 +361,9 @@ class Hub:
                     starts[sub.topic] = start_for(sub.topic)
         for sub in subs:
             sub.resync(starts.get(sub.topic))
-        return len(subs)
+        for pattern_sub in list(self._patterns):
+            pattern_sub.resync()  # no history to read: a plain gap (app.hub.wildcard)
+        return len(subs) + len(self._patterns)
 
     def close(self, reason: str = "shutdown", *, backend: bool = True) -> None:
         """Close every subscription (waking their readers) and refuse new ones.
@@ -354,6 +377,8 @@ class Hub:
         for subs in list(self._subs.values()):
             for sub in list(subs):
                 sub.close(reason)
+        for pattern_sub in list(self._patterns):
+            pattern_sub.close(reason)
         if backend:
             self.backend.close()
 
@@ -369,6 +394,15 @@ class Hub:
             size = event.size  # measured once per event; each queue only adds it up
             for sub in tuple(subs):
                 sub.offer(event, size)
+        if self._patterns:
+            for pattern_sub in tuple(self._patterns):
+                if pattern_sub.matches(event.topic):
+                    pattern_sub.offer(event)
+
+    def _forget_pattern(self, sub: Subscription) -> None:
+        if sub in self._patterns:
+            self._patterns.discard(sub)  # type: ignore[arg-type]
+            self.observer.unsubscribed(sub.topic, sub.close_reason or "closed")
 
     def _forget(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.topic)

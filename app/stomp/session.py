@@ -493,6 +493,7 @@ class StompSession:
         tail: bytes | None = None,
         redelivered: bool = False,
         default_type: str | None = BLOB_TYPE,
+        destination: str | None = None,
     ) -> str | None:
         """Queue a MESSAGE frame for subscription ``sub_id``.
 
@@ -518,6 +519,8 @@ class StompSession:
                 modes ignore it (they keep the frame for NACK).
             redelivered: a shared queue's message delivered before (to anyone).
             default_type: the content-type said for a body that has none; ``None``: none.
+            destination: the ``destination`` header, when it is not the subscription's own
+                (a wildcard subscription's MESSAGE names the topic it came from).
 
         Returns:
             The new ``message-id``; or ``None`` when nothing was queued because
@@ -530,7 +533,7 @@ class StompSession:
         sub = self._subscriptions.get(sub_id)
         if self._state is not SessionState.CONNECTED or sub is None or not sub.window_open():
             return None
-        if tail is not None and sub.ack_mode == "auto" and not redelivered:
+        if tail is not None and sub.ack_mode == "auto" and not redelivered and destination is None:
             # Nothing is kept for a redelivery: write the per-subscription lines and the
             # shared tail; the same bytes serialize() writes for the frame built below.
             number = next(self._message_numbers)
@@ -541,7 +544,7 @@ class StompSession:
         frame_headers = [
             ("subscription", sub.sub_id),
             ("message-id", message_id),
-            ("destination", sub.destination),
+            ("destination", destination if destination is not None else sub.destination),
         ]
         if sub.ack_mode != "auto" and self._version == "1.2":
             # STOMP 1.2, "MESSAGE": client ack modes need an ack header, which the

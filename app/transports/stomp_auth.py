@@ -157,12 +157,41 @@ class StompGate:
             BrokerError: the decision hook is down (fail closed).
         """
         target = self._resolve(destination)
-        if target is None or target.kind not in ("topic",):
+        if target is None or target.kind == "app":
             return  # refused by the destination check, or an application handler's to decide
         try:
-            self.check(identity, action, target.permission)
+            if target.kind == "pattern":
+                if action == "subscribe":  # a SEND to a wildcard is refused by the broker
+                    self.check_pattern(identity, target.name)
+            elif target.kind == "user":
+                self._check_user(identity, action, target.user)
+            else:
+                self.check(identity, action, target.permission)
         except AccessError as exc:
             raise self.refusal(exc, destination) from None
+
+    def _check_user(self, identity: Identity, action: str, user: str | None) -> None:
+        # /user/queue/<name> is one's own: any identity but an anonymous one (when access
+        # control is on). /user/<sub>/queue/<name>: the user themself, or whoever may
+        # publish to user.<sub> (the user's private topic namespace).
+        if action == "subscribe":
+            if self.access.enabled and identity.anonymous:
+                self._count("unauthorized")
+                raise Unauthorized("sign in to use /user destinations: they are the signed-in user's own")
+            return
+        if user is not None and identity.sub is not None and identity.sub == user:
+            return
+        self.check(identity, "publish", f"user.{user}")
+
+    def check_pattern(self, identity: Identity, wildcard: str) -> None:
+        """Return if ``identity`` may subscribe to every topic ``wildcard`` matches; count and
+        raise a refusal (see :meth:`app.auth.Access.authorize_pattern`)."""
+        try:
+            self.access.authorize_pattern(identity, "subscribe", wildcard, "stomp")
+        except AccessError as exc:
+            if not (isinstance(exc, Unauthorized) and exc.expired):
+                self._count(exc.code)
+            raise
 
     def check(self, identity: Identity, action: str, topic: str) -> None:
         """Return if ``identity`` may ``action`` on ``topic``; count and raise a refusal.

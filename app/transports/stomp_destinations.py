@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass
 
 from ..events import TOPIC_RE
+from ..hub.wildcard import is_pattern, pattern_problem
 from ..stomp_handlers import Handlers
 
 __all__ = ["Destinations", "QUEUE_NAME_RE", "Target", "USER_SUB_RE", "user_topic"]
@@ -40,7 +41,6 @@ __all__ = ["Destinations", "QUEUE_NAME_RE", "Target", "USER_SUB_RE", "user_topic
 QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}\Z")
 #: A subject that can name a user destination: a topic word (no dot), at most 64 characters.
 USER_SUB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,63}\Z")
-_WORD_RE = re.compile(r"[A-Za-z0-9_:-]+\Z")
 
 
 def user_topic(sub: str, name: str) -> str:
@@ -102,7 +102,7 @@ class Destinations:
             if not destination.startswith(root):
                 continue
             rest = destination[len(root):]
-            if kind == "topic" and ("*" in rest or "#" in rest):
+            if kind == "topic" and is_pattern(rest):
                 return Target("pattern", rest)
             if kind == "user":
                 return self._user(rest)
@@ -136,7 +136,7 @@ class Destinations:
             if target.user is not None and not USER_SUB_RE.match(target.user):
                 return "not a user: 1-64 characters of A-Z a-z 0-9 _ : - (no dot, no slash)"
             if not QUEUE_NAME_RE.match(name) or not TOPIC_RE.match(user_topic("x" * 64, name)):
-                return "not a user destination name: 1-50 characters of A-Z a-z 0-9 . _ : -"
+                return "not a user destination name: 1-52 characters of A-Z a-z 0-9 . _ : -"
         if kind == "app" and name not in self.handlers:
             known = ", ".join(f"{self.app_prefix}/{n}" for n in self.handlers) or "none"
             return f"no application handler {name[:64]!r} (handlers: {known})"
@@ -146,27 +146,3 @@ class Destinations:
         """The session's ``shared_queue`` hook: true for ``/queue/...`` (its NACKs come back here)."""
         target = self.resolve(destination)
         return target is not None and target.kind == "queue"
-
-
-def pattern_problem(pattern: str) -> str | None:
-    """Why a wildcard topic is not one (``None`` when it is fine)."""
-    if len(pattern) > 128:
-        return "a wildcard is at most 128 characters"
-    words = pattern.split(".")
-    for index, word in enumerate(words):
-        if word == "#":
-            if index != len(words) - 1:
-                return "# (zero or more words) may only be the last word of a wildcard"
-        elif word != "*" and not _WORD_RE.match(word):
-            return f"wildcard word {word[:40]!r} must be *, # or letters, digits, _ : -"
-    return None
-
-
-def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """The topics a wildcard matches: ``*`` one word, a last ``#`` zero or more words."""
-    words = pattern.split(".")
-    parts = [r"[^.]+" if word == "*" else re.escape(word) for word in words if word != "#"]
-    body = r"\.".join(parts)
-    if words[-1] == "#":
-        body = rf"{body}(?:\..+)?" if parts else r".+"
-    return re.compile(body + r"\Z", re.DOTALL)

@@ -109,6 +109,9 @@ class StompPublisher:
                               f"At most {self._bucket.rate:g} SEND frames a second (bursts of {self._bucket.burst}) "
                               f"per connection; nothing was published. Reconnect after {wait:.1f} s or more.",
                               "rate-limit", limit="publish_rate")
+        if target.kind == "pattern":
+            raise Refusal("invalid destination", f"{send.destination!r} is a wildcard: it takes SUBSCRIBE only; "
+                          "SEND to one topic.")
         try:
             forced_type, data = decode_send_body(send.body, send.content_type)
             if target.kind == "app":

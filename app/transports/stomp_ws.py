@@ -91,7 +91,7 @@ from ..stomp import (
 from ..stomp import Limits as FrameLimits
 from ..stomp_handlers import Handlers, default_handlers
 from .stomp_auth import StompGate, shared_login
-from .stomp_destinations import Destinations, user_topic
+from .stomp_destinations import USER_SUB_RE, Destinations, user_topic
 from .stomp_mapping import BINARY_TYPE, BodyError, decode_send_body, encode_message, message_tail
 from .stomp_publish import RECONNECT_HINT, Refusal, StompPublisher
 from .wsio import (
@@ -280,11 +280,13 @@ class _Pump:
     """One SUBSCRIBE: its hub subscription, the greenlet feeding it to the session,
     and the signal that wakes that greenlet when an ACK reopens its window."""
 
-    __slots__ = ("sub_id", "subscription", "window", "greenlet")
+    __slots__ = ("sub_id", "subscription", "window", "greenlet", "destination")
 
-    def __init__(self, sub_id: str, subscription: Subscription) -> None:
+    def __init__(self, sub_id: str, subscription: Subscription, destination=None) -> None:
         self.sub_id = sub_id
         self.subscription = subscription
+        # event -> the MESSAGE's destination, when not the subscription's (a wildcard's topic)
+        self.destination = destination
         self.window = gevent.event.Event()
         self.greenlet: gevent.Greenlet | None = None
 
@@ -422,7 +424,9 @@ class Connection:
                 else:
                     body, headers = encode_message(item)
                     tail = message_tail(item, session.escapes_messages)
-                    if session.deliver(sub_id, body, headers, now=self._clock(), tail=tail, default_type=None):
+                    destination = pump.destination(item) if pump.destination is not None else None
+                    if session.deliver(sub_id, body, headers, now=self._clock(), tail=tail, default_type=None,
+                                       destination=destination):
                         delivered += 1
                 if delivered and not subscription.depth:  # the batch is written: count it first
                     self._count_delivered(delivered)
@@ -520,14 +524,25 @@ class Connection:
     def _on_subscribe(self, request_: Subscribe) -> None:
         receipt = _first(request_.headers, "receipt")
         target = self.broker.destinations.resolve(request_.destination)  # the session validated it
-        kind, topic = target.kind, target.name
-        if kind != "topic":
+        since = request_.last_event_id or None
+        if target.kind == "app":
             prefix = self.broker.destinations.topic_prefix
             self._fail("cannot subscribe to an application destination",
                        f"{request_.destination!r} takes SEND frames only; subscribe to {prefix}/<topic>.",
                        CLOSE_POLICY_VIOLATION, receipt)
             return
-        since = request_.last_event_id or None
+        if target.kind == "user" and target.user is not None:
+            own = f"{self.broker.destinations.user_prefix}{self.broker.destinations.queue_prefix}/{target.name}"
+            self._fail("cannot subscribe to another user's destination",
+                       f"{request_.destination!r} takes SEND frames only; subscribe to {own}, your own.",
+                       CLOSE_POLICY_VIOLATION, receipt)
+            return
+        if since is not None and target.kind == "pattern":
+            self._fail("a wildcard subscription takes no last-event-id",
+                       f"{request_.destination!r} follows several topics, live: there is no one position to resume "
+                       "from. Subscribe to each topic with its own last-event-id to resume.",
+                       CLOSE_POLICY_VIOLATION, receipt)
+            return
         if since is not None:
             try:
                 Cursor.parse(since)
@@ -535,13 +550,37 @@ class Connection:
                 self._fail("invalid last-event-id", f"{exc}. Resume with an event-id header of a MESSAGE.",
                            CLOSE_POLICY_VIOLATION, receipt)
                 return
+        destination = None
         try:
-            subscription = self.hub.subscribe(topic, since=since)
+            if target.kind == "pattern":
+                subscription = self.hub.subscribe_pattern(target.name)
+                prefix = self.broker.destinations.topic_prefix
+                destination = lambda event: f"{prefix}/{event.topic}"  # noqa: E731 - the concrete topic
+            elif target.kind == "user":
+                user = self.user_key()
+                if user is None or not USER_SUB_RE.match(user):
+                    self._fail("no user destination for this identity",
+                               "/user destinations are named after the signed-in user's sub, which must be 1-64 "
+                               "characters of A-Z a-z 0-9 _ : -.", CLOSE_POLICY_VIOLATION, receipt)
+                    return
+                subscription = self.hub.subscribe(user_topic(user, target.name), since=since)
+            else:
+                subscription = self.hub.subscribe(target.name, since=since)
         except SubscriptionClosed:
             self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, receipt)
             return
-        pump = self._pumps[request_.sub_id] = _Pump(request_.sub_id, subscription)
+        pump = self._pumps[request_.sub_id] = _Pump(request_.sub_id, subscription, destination)
         pump.greenlet = gevent.spawn(self._pump, pump)
+
+    def user_key(self) -> str | None:
+        """Whose ``/user/queue/...`` this connection reads: its token's sub, or without access
+        control its guest name."""
+        identity = self._identity()
+        if identity is not None and identity.sub is not None:
+            return identity.sub
+        if self.broker.access is None or not self.broker.access.enabled:
+            return self.sender
+        return None
 
     def _on_unsubscribe(self, request_: Unsubscribe) -> None:
         pump = self._pumps.pop(request_.sub_id, None)
