@@ -108,5 +108,9 @@ def metrics() -> Response:
         topics = None
     if topics is not None:
         registry.topics.set(topics)
+    try:
+        registry.show_queues(hub.queue_stats())
+    except BackendUnavailable:  # as above: the last reading stays
+        pass
     body, content_type = registry.render()
     return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})

@@ -19,11 +19,12 @@ from typing import Any, Callable, Protocol, Sequence
 
 from ..events import Cursor, Event, Gap, InvalidTopic, Page, RawBody, check_topic, check_type
 from .batch import Publication, check_publication
+from .queues import Consumer, QueueFull
 from .subscription import Item, Subscription, SubscriptionClosed
 from .wildcard import PatternSubscription, pattern_problem
 
 __all__ = ["Hub", "Backend", "BackendUnavailable", "TooManyTopics", "Subscription", "SubscriptionClosed", "Item",
-           "Gap", "Page", "Publication"]
+           "Gap", "Page", "Publication", "Consumer", "QueueFull"]
 
 
 class BackendUnavailable(Exception):
@@ -270,6 +271,42 @@ class Hub:
         self.observer.subscribed(topic)
         return sub
 
+    def enqueue(self, queue: str, data: Any, *, type: str = "message", sender: str | None = None,
+                headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
+        """Send a message to a work queue (:mod:`app.hub.queues`): kept until one consumer
+        has taken and acknowledged it.
+
+        Raises:
+            QueueFull: the queue (or the number of queues) is at its bound; nothing stored.
+            BackendUnavailable: the queue store cannot store it now.
+        """
+        (event,) = self.publish_batch([Publication("queue", queue, data, type, sender, headers, raw)])
+        return event
+
+    def consume(self, queue: str, prefetch: int) -> "Consumer":
+        """Start consuming a work queue, holding at most ``prefetch`` messages un-acknowledged.
+
+        Raises:
+            app.events.InvalidTopic: not a valid queue name.
+            SubscriptionClosed: the hub is shutting down.
+            QueueFull: a new queue beyond the number of queues held.
+            BackendUnavailable: the queue store cannot be reached.
+        """
+        check_topic(queue)
+        if self.queues is None:
+            raise ValueError("this hub has no queue store")
+        if self._closed_reason is not None:
+            raise SubscriptionClosed(self._closed_reason)
+        return self.queues.consume(queue, prefetch)
+
+    def queue_stats(self) -> dict:
+        """Each queue's waiting and in-flight messages (``{name: QueueStats}``); empty without queues.
+
+        Raises:
+            BackendUnavailable: the queue store cannot tell now.
+        """
+        return self.queues.stats() if self.queues is not None else {}
+
     def subscribe_pattern(self, pattern: str) -> PatternSubscription:
         """Start receiving the live events of every topic ``pattern`` matches (``chat.*``,
         ``chat.#``; see :mod:`app.hub.wildcard`). No history is replayed.
@@ -379,6 +416,8 @@ class Hub:
                 sub.close(reason)
         for pattern_sub in list(self._patterns):
             pattern_sub.close(reason)
+        if self.queues is not None:
+            self.queues.close(reason)  # consumers end; what they held goes back to its queue
         if backend:
             self.backend.close()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..auth import AccessError, Identity
 from ..events import InvalidEventType, InvalidTopic, check_topic, check_type
-from ..hub import BackendUnavailable, Hub, Publication, TooManyTopics
+from ..hub import BackendUnavailable, Hub, Publication, QueueFull, TooManyTopics
 from ..limits import TokenBucket, topic_refusal
 from ..stomp import Send
 from ..stomp_handlers import AppMessage, HandlerError
@@ -169,6 +169,9 @@ class StompPublisher:
             log.warning("STOMP publish failed: backend unavailable: %s", exc)
             raise Refusal("backend unavailable", f"The event store is unavailable: {exc}. " + RECONNECT_HINT,
                           internal=True) from None
+        except QueueFull as exc:  # counted by the queue store
+            raise Refusal("queue full", f"{exc}; nothing was published (nothing is dropped to make room). "
+                          "Try again once consumers have caught up.", "queue-full") from None
         except TooManyTopics as exc:  # counted by the hub
             refusal = topic_refusal(exc)
             raise Refusal("too many topics", f"{refusal.message[0].upper()}{refusal.message[1:]}; nothing was "

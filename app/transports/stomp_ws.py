@@ -70,7 +70,7 @@ from ..auth.web import access as app_access
 from ..config import Settings
 from ..errors import ApiError
 from ..events import Cursor, Gap, InvalidCursor
-from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed
+from ..hub import BackendUnavailable, Hub, QueueFull, Subscription, SubscriptionClosed
 from ..identity import current_sender
 from .. import limits as limits_module
 from ..limits import Limits
@@ -94,6 +94,8 @@ from .stomp_auth import StompGate, shared_login
 from .stomp_destinations import USER_SUB_RE, Destinations, user_topic
 from .stomp_mapping import BINARY_TYPE, BodyError, decode_send_body, encode_message, message_tail
 from .stomp_publish import RECONNECT_HINT, Refusal, StompPublisher
+from .stomp_queues import QueuePump
+from .stomp_queues import spawn as spawn_queue_pump
 from .wsio import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -214,7 +216,8 @@ class Broker:
                       access: Access | None = None) -> "Broker":
         """Build the broker the settings describe (prefixes, credentials, size limit)."""
         destinations = Destinations(settings.stomp_topic_prefix, settings.stomp_app_prefix,
-                                    handlers if handlers is not None else default_handlers())
+                                    handlers if handlers is not None else default_handlers(),
+                                    settings.stomp_queue_prefix, settings.stomp_user_prefix)
         config = StompConfig(
             # One limit for a WebSocket message and a STOMP frame: a frame that fits in one
             # message fits the parser too; one spread over several messages is cut at the same size.
@@ -223,6 +226,8 @@ class Broker:
             authenticate=shared_login(settings.stomp_login, settings.stomp_passcode),
             validate_destination=destinations.problem,
             max_subscriptions=settings.max_subscriptions,
+            shared_queue=destinations.shared_queue,
+            max_deliveries=settings.queue_max_deliveries,
         )
         return cls(hub, destinations, config, metrics, limits, access,
                    (settings.stomp_login, settings.stomp_passcode))
@@ -550,6 +555,9 @@ class Connection:
                 self._fail("invalid last-event-id", f"{exc}. Resume with an event-id header of a MESSAGE.",
                            CLOSE_POLICY_VIOLATION, receipt)
                 return
+        if target.kind == "queue":
+            self._consume(request_, target.name, receipt)
+            return
         destination = None
         try:
             if target.kind == "pattern":
@@ -571,6 +579,37 @@ class Connection:
             return
         pump = self._pumps[request_.sub_id] = _Pump(request_.sub_id, subscription, destination)
         pump.greenlet = gevent.spawn(self._pump, pump)
+
+    def _consume(self, request_: Subscribe, queue: str, receipt: str | None) -> None:
+        if request_.last_event_id:
+            self._fail("a queue subscription takes no last-event-id",
+                       f"{request_.destination!r} is a work queue: it keeps what no consumer has acknowledged, "
+                       "so there is nothing to resume.", CLOSE_POLICY_VIOLATION, receipt)
+            return
+        try:
+            consumer = self.hub.consume(queue, request_.window)
+        except SubscriptionClosed:
+            self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, receipt)
+            return
+        except QueueFull as exc:
+            self._fail("queue full", f"{exc}. Nothing was subscribed.", CLOSE_POLICY_VIOLATION, receipt,
+                       kind="queue-full")
+            return
+        except BackendUnavailable as exc:
+            self._fail("backend unavailable", f"The queue store is unavailable: {exc}. " + _RECONNECT_HINT,
+                       CLOSE_INTERNAL_ERROR, receipt)
+            return
+        pump = self._pumps[request_.sub_id] = QueuePump(request_.sub_id, consumer, request_.ack_mode == "auto")
+        spawn_queue_pump(pump, self.session, self._drain_written, self._clock, self._fail_internal,
+                         self._count_delivered)
+
+    def _drain_written(self) -> bool:
+        self._drain()
+        return not self._socket_dead
+
+    def _fail_internal(self, message: str, detail: str) -> None:
+        self._fail(message, detail, CLOSE_INTERNAL_ERROR)
+        self._drain()
 
     def user_key(self) -> str | None:
         """Whose ``/user/queue/...`` this connection reads: its token's sub, or without access
@@ -630,11 +669,18 @@ class Connection:
 
     def _on_ack(self, request_: Ack) -> None:
         pump = self._pumps.get(request_.sub_id)
-        if pump is not None:
+        if isinstance(pump, QueuePump):
+            pump.ack(request_.message_ids)  # acknowledged in the queue store
+        elif pump is not None:
             pump.window.set()
 
     def _on_nack(self, request_: Nack) -> None:
-        pass  # the session redelivered the messages itself; the window is unchanged
+        pump = self._pumps.get(request_.sub_id)
+        if isinstance(pump, QueuePump):
+            pump.nack(request_.message_ids)  # back to the queue, for another consumer
+        elif pump is not None and request_.dropped:
+            pump.window.set()  # a topic message NACKed too often: dropped, its slot is free
+        # Otherwise the session sent the topic messages again itself; the window is unchanged.
 
     def _on_closed(self, request_: Closed) -> None:
         if request_.error_kind is not None:
