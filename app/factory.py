@@ -51,9 +51,7 @@ def make_queues(settings: Settings, observer=None):
     if settings.redis_url:
         from .hub.redis_queues import RedisQueues
 
-        return RedisQueues(settings.redis_url, limits, observer=observer, prefix=settings.redis_prefix,
-                           history_size=settings.history_size, history_ttl=settings.history_ttl,
-                           history_bytes=settings.history_bytes, max_topics=settings.max_topics)
+        return RedisQueues(settings.redis_url, limits, observer=observer, prefix=settings.redis_prefix)
     return MemoryQueues(limits, observer=observer)
 
 

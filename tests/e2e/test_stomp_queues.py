@@ -4,8 +4,8 @@ Each message to exactly one consumer, round robin; kept until a consumer takes i
 with none subscribed; owned by its consumer until ACK in the client ack modes; NACK, a
 disconnect and the ack timeout put it back (``redelivered:true``, ``delivery-count``);
 after ``SWITCHBOARD_QUEUE_MAX_DELIVERIES`` it goes to ``<name>.dlq``; bounded, and counted
-in /metrics. The Redis store, and workers killed with messages in flight, are in
-test_queue_redis.py.
+in /metrics. Every test runs on the in-memory hub and on Redis (one worker; three workers,
+one of them killed with messages in flight, are in test_queue_workers.py).
 """
 
 from __future__ import annotations
@@ -18,18 +18,26 @@ import requests
 
 from tests.e2e.test_stomp_ws import Wire, build
 from tests.support.auth import auth_env, mint
+from tests.support.redis_server import RedisServer
 from tests.support.servers import Gunicorn
 from tests.support.timing import scaled, wait_until
 
 ACK_TIMEOUT = 1.5
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def server(request, tmp_path_factory):
+    """The same server on the in-memory hub, and on Redis (Streams consumer groups)."""
     env = {"SWITCHBOARD_QUEUE_MAX_DELIVERIES": "3", "SWITCHBOARD_QUEUE_MAX_MESSAGES": "5",
            "SWITCHBOARD_QUEUE_ACK_TIMEOUT": str(scaled(ACK_TIMEOUT))}
-    with Gunicorn(tmp_path_factory.mktemp("queues"), env=env) as running:
-        yield running
+    directory = tmp_path_factory.mktemp(f"queues-{request.param}")
+    if request.param == "memory":
+        with Gunicorn(directory, env=env) as running:
+            yield running
+        return
+    with RedisServer(directory / "redis") as redis_server:
+        with Gunicorn(directory, env={**env, "SWITCHBOARD_REDIS_URL": redis_server.url}) as running:
+            yield running
 
 
 @pytest.fixture

@@ -63,8 +63,7 @@ class Stores:
             server = self.request.getfixturevalue("redis_server")
             backend = RedisBackend(server.url, 1000, 3600.0, prefix=self.prefix, max_topics=self.max_topics,
                                    connect_timeout=scaled(1), reconnect_cap=0.3)
-            store = RedisQueues(server.url, self.limits, prefix=self.prefix, history_size=1000, history_ttl=3600.0,
-                                max_topics=self.max_topics, sweep_interval=0.05, block_ms=100,
+            store = RedisQueues(server.url, self.limits, prefix=self.prefix, sweep_interval=0.05, block_ms=100,
                                 heartbeat_ttl=scaled(0.6))
         hub = Hub(backend, queues=store)
         self.hubs.append(hub)
