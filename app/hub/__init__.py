@@ -19,12 +19,12 @@ from typing import Any, Callable, Protocol, Sequence
 
 from ..events import Cursor, Event, Gap, InvalidTopic, Page, RawBody, check_topic, check_type
 from .batch import Publication, check_publication
-from .queues import Consumer, QueueFull
+from .queues import Consumer, Delivery, QueueFull
 from .subscription import Item, Subscription, SubscriptionClosed
 from .wildcard import PatternSubscription, pattern_problem
 
 __all__ = ["Hub", "Backend", "BackendUnavailable", "TooManyTopics", "Subscription", "SubscriptionClosed", "Item",
-           "Gap", "Page", "Publication", "Consumer", "QueueFull"]
+           "Gap", "Page", "Publication", "Consumer", "Delivery", "QueueFull"]
 
 
 class BackendUnavailable(Exception):

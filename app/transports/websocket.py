@@ -9,6 +9,7 @@ number; the reply echoes it, or carries ``"ref": null`` when the client gave non
                           "headers"?: {"x-name": "value"}}
     {"op": "ping",        "ref"?}
     {"op": "auth",        "ref"?, "token": "<JWT>"}   # sign in or refresh (see ws_auth.py)
+    {"op": "consume" | "ack" | "nack" | "cancel" | "send", ...}   # work queues (see ws_queues.py)
 
 Server to client. Every client op gets exactly one reply, ``ok`` or ``error``::
 
@@ -112,6 +113,7 @@ from ..identity import current_sender
 from ..limits import Limits, TokenBucket, topic_refusal
 from ..metrics import Metrics
 from .ws_auth import WsAuth
+from .ws_queues import QUEUE_OPS, WsQueues
 from .wsio import (CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA,
                    ENVIRON_WEBSOCKET, WebSocket, WebSocketError)
 
@@ -232,6 +234,9 @@ _OPS: dict[str, tuple[Callable[[dict, Any], Command], frozenset, frozenset]] = {
                 frozenset({"topic", "data"}), frozenset({"type", "headers"})),
     "ping": (lambda m, ref: Ping(ref), frozenset(), frozenset()),
     "auth": (lambda m, ref: Auth(ref, _token(m["token"], ref)), frozenset({"token"}), frozenset()),
+    # Work queues (app/transports/ws_queues.py).
+    **{op: (lambda m, ref, build=build: build(m, ref, ClientError), required, optional)
+       for op, (build, required, optional) in QUEUE_OPS.items()},
 }
 _ENVELOPE = frozenset({"op", "ref"})
 
@@ -373,6 +378,8 @@ class Connection:
             Ping: self._ping,
             Auth: self._auth,
         }
+        self.queues = WsQueues(self, ClientError, ok)
+        self._handlers.update(self.queues.handlers())
 
     def with_access(self, access, identity, grace: float) -> "Connection":
         """Put this connection under access control, as ``identity`` (see ws_auth.py)."""
@@ -422,7 +429,9 @@ class Connection:
         except AccessError as exc:
             self._refused(exc.code)
             topic = getattr(command, "topic", None)
-            return error(ref, exc.code, exc.message, **({"topic": topic} if topic is not None else {}))
+            queue = getattr(command, "queue", None)
+            details = {"topic": topic} if topic is not None else {"queue": queue} if queue is not None else {}
+            return error(ref, exc.code, exc.message, **details)
         except ClientError as exc:
             return error(exc.ref if exc.ref is not None else ref, exc.code, exc.message, **exc.details)
         except BackendUnavailable as exc:
@@ -476,16 +485,27 @@ class Connection:
     def _publish(self, cmd: Publish) -> str:
         if self.auth is not None:
             self.auth.authorize("publish", cmd.topic)  # before the rate limit: a refusal costs no token
+        self.charge_publish(cmd.ref)
+        event = self.hub.publish(cmd.topic, cmd.data, type=cmd.type, sender=self.sender, headers=cmd.headers)
+        self.count_published()
+        return ok(cmd.ref, topic=cmd.topic, id=event.id)
+
+    def charge_publish(self, ref: Any) -> None:
+        """Take one publish from the connection's rate bucket, or refuse with ``rate_limited``."""
         wait = self._bucket.take() if self._bucket is not None else 0.0
         if wait:
             self.limits.rejected("publish_rate")
             raise ClientError("rate_limited",
                               f"at most {self._bucket.rate:g} publishes a second (bursts of {self._bucket.burst}) "
-                              "per connection; this one was not published", cmd.ref, retry_after=round(wait, 3))
-        event = self.hub.publish(cmd.topic, cmd.data, type=cmd.type, sender=self.sender, headers=cmd.headers)
+                              "per connection; this one was not published", ref, retry_after=round(wait, 3))
+
+    def count_published(self) -> None:
         if self._published is not None:
             self._published.inc()
-        return ok(cmd.ref, topic=cmd.topic, id=event.id)
+
+    def count_delivered(self, count: int) -> None:
+        if self._delivered is not None:
+            self._delivered.inc(count)
 
     def _ping(self, cmd: Ping) -> str:
         return ok(cmd.ref, time=time.time())
@@ -594,6 +614,7 @@ class Connection:
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
         self._to_start.clear()
+        self.queues.release()  # what its consumers hold goes back to their queues
         if self.auth is not None:
             self.auth.close()  # stops its timers; paused forwarders wake and see they are done
         for sub in subs:
