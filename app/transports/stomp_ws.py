@@ -573,7 +573,7 @@ class Connection:
                     return
                 subscription = self.hub.subscribe(user_topic(user, target.name), since=since)
             else:
-                subscription = self.hub.subscribe(target.name, since=since)
+                subscription = self.hub.subscribe(target.name, since=since, member=self.sender)
         except SubscriptionClosed:
             self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, receipt)
             return
