@@ -121,6 +121,9 @@ def init_app(app: Flask) -> None:
     ]
     for service in services:
         service.register(app)
+    from .. import sockjs_page  # the /sockjs page: its client uses the seed's mount
+
+    app.register_blueprint(sockjs_page.bp)
     app.extensions[EXTENSION] = services
     app.extensions["switchboard.stomp.seed"] = seed
     shutdown = app.extensions.get("switchboard.shutdown")
