@@ -53,6 +53,20 @@ def publish(topic: str) -> tuple[Response, int]:
     return response, 201
 
 
+@bp.get("/api/topics/<topic>/presence")
+def presence(topic: str) -> Response:
+    """Tell who is in the topic now: each user once, however many connections they hold."""
+    check_topic(topic)
+    authorize("subscribe", topic, "http")
+    hub = state.hub()
+    if not hub.presence.tracked(topic):
+        raise ApiError(404, "no_presence", f"topic {topic!r} has no presence (SWITCHBOARD_PRESENCE_TOPICS)")
+    members = hub.presence.members(topic)
+    response = jsonify(topic=topic, count=len(members), members=members)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.get("/api/whoami")
 def whoami() -> Response:
     """Tell the page who it is: its sender name and, with a token, its subject and permissions."""

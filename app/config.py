@@ -211,6 +211,15 @@ class Settings:
         "Topics held at once (0 = no limit): by this worker's in-memory hub, or with Redis by the "
         "deployment's Redis. A publish to a new topic beyond it: 429 too_many_topics. A topic with "
         "no subscriber and no event younger than SWITCHBOARD_HISTORY_TTL is forgotten.")
+    presence_topics: tuple[str, ...] = _setting(
+        "SWITCHBOARD_PRESENCE_TOPICS", ("chat",), _topic_patterns,
+        "Topic patterns that have presence (comma-separated, e.g. chat,room.*; empty: none): GET "
+        "/api/topics/<topic>/presence, and join and leave events (type presence) on the topic.")
+    presence_ttl: float = _setting(
+        "SWITCHBOARD_PRESENCE_TTL", 15.0, _seconds(0.5, 3600),
+        "Seconds presence outlives its last sign of life: a poller counts as present this long "
+        "after each poll, and a worker's entries in Redis expire this long after it last renewed "
+        "them (every quarter of it), so the users of a worker that died leave within 1.25 times it.")
     longpoll_timeout: float = _setting(
         "SWITCHBOARD_LONGPOLL_TIMEOUT", 25.0, _seconds(0.05, 3600),
         "Longest a long poll is parked (seconds); keep it below nginx's proxy_read_timeout.")

@@ -16,8 +16,11 @@ TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 _EPOCH_RE = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 _MAX_CURSOR_LEN = 100
 
-# Event types the transports use for their own signals; a publisher cannot take them.
-RESERVED_TYPES = frozenset({"gap", "error"})
+# The type of the join and leave events the server publishes (app/hub/presence.py).
+PRESENCE_TYPE = "presence"
+# Event types the transports use for their own signals, and the server's presence events;
+# a publisher cannot take them (a client cannot forge a join or a leave).
+RESERVED_TYPES = frozenset({"gap", "error", PRESENCE_TYPE})
 
 
 class InvalidTopic(ValueError):

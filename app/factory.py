@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, doctor_api, errors, i18n, limits as limits_module, pages, security
 from .auth import Access, AccessError, Unauthorized, demo as auth_demo, web as auth_web
+from .auth.patterns import PatternSet
 from .config import ConfigError, Settings
 from .hub import Hub
 from .hub.memory import MemoryBackend
@@ -127,8 +128,9 @@ def build_app(test_config=None) -> Flask:
     app.url_map.merge_slashes = False
 
     metrics = Metrics()
+    presence_topics = PatternSet(settings.presence_topics).allows if settings.presence_topics else None
     hub = Hub(make_backend(settings), queue_size=settings.queue_size, observer=HubObserver(metrics),
-              queue_bytes=settings.queue_bytes)
+              queue_bytes=settings.queue_bytes, presence_topics=presence_topics, presence_ttl=settings.presence_ttl)
     limits = Limits(settings, metrics)
     shutdown = Shutdown()
     app.extensions["switchboard.settings"] = settings

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from flask import session
+from flask import g, session
 
 _SID_RE = re.compile(r"[0-9a-f]{12}\Z")
 
@@ -22,5 +22,12 @@ def current_sender() -> str:
         sid = secrets.token_hex(6)
         session["sid"] = sid
         session.permanent = True
+        g.switchboard_new_sender = True
     return f"guest-{sid[:6]}"
+
+
+def sender_is_new() -> bool:
+    """Whether :func:`current_sender` made the caller's name in this request (no valid session
+    cookie came): a client that keeps no cookie is a new guest every time it asks."""
+    return bool(g.get("switchboard_new_sender"))
 

@@ -72,6 +72,8 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("replayed"),
     N_("history"),
     N_("History could not be loaded ({why}); showing new messages only."),
+    N_("(you)"),
+    N_("Who is here could not be loaded ({why})"),
     # static/js/polling.js
     N_("Some messages are gone from history (gap): showing what is kept."),
     N_("Polling every {ms} ms"),

@@ -71,6 +71,9 @@ class Metrics:
         self.auth_hook = Counter(
             "switchboard_auth_hook_decisions", "Decision-hook answers: allow, deny, error (failed closed), "
             "cached (answered from the cache)", ["result"], registry=r)
+        self.presence = Counter(
+            "switchboard_presence_events", "Presence events announced (join: a user's first connection "
+            "to a topic in the deployment, leave: their last one ended or expired)", ["action"], registry=r)
         # Memory: one worker's topics; Redis: the deployment's, the same in every worker (so max).
         self.topics = Gauge(
             "switchboard_topics", "Topics the event store holds (set when /metrics is read)",
@@ -162,3 +165,6 @@ class HubObserver:
 
     def refused(self, limit: str) -> None:
         self.metrics.limit_rejections.labels(limit).inc()
+
+    def presence(self, topic: str, action: str) -> None:
+        self.metrics.presence.labels(action).inc()

@@ -11,6 +11,9 @@ Typical use by a transport::
     with hub.subscribe("chat", since=cursor) as sub:      # streaming / long polling
         for item in iter(lambda: sub.get(timeout=15), ...):
             ...
+
+Presence (who is in a topic, :mod:`app.hub.presence`): a stream subscribes with
+``member=<its sender>`` and counts while open; a poll calls ``hub.presence.touch``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ class TooManyTopics(Exception):
         self.retry_after = retry_after
 
 
+# After the errors above, which the presence registry imports from here.
+from .presence import Presence  # noqa: E402
+
+
 class Backend(Protocol):
     """What the hub needs from a place that keeps history and fans events out."""
 
@@ -64,6 +71,7 @@ class Backend(Protocol):
     def acquire_lock(self, name: str, ttl: float) -> bool: ...
     def release_lock(self, name: str) -> None: ...
     def claim_once(self, name: str, ttl: float) -> bool: ...
+    # and the three presence methods of app.hub.presence.PresenceBackend.
 
     # ``append`` raises TooManyTopics for a new topic beyond the backend's topic limit.
     #
@@ -86,6 +94,7 @@ class HubObserver(Protocol):
     def replayed(self, count: int) -> None: ...
     def queue_depth(self, depth: int) -> None: ...
     def refused(self, limit: str) -> None: ...
+    def presence(self, topic: str, action: str) -> None: ...
 
 
 class NullObserver:
@@ -98,6 +107,7 @@ class NullObserver:
     def replayed(self, count): pass
     def queue_depth(self, depth): pass
     def refused(self, limit): pass
+    def presence(self, topic, action): pass
 
 
 class Hub:
@@ -109,16 +119,22 @@ class Hub:
         observer: told of subscriptions, publishes, gaps, replays, queue depth and refusals.
         queue_bytes: the live queue bound of every subscription in bytes of the events'
             JSON (``SWITCHBOARD_QUEUE_BYTES``); ``None``: events only.
+        presence_topics: ``presence_topics(topic)`` is true for the topics that have
+            presence (``SWITCHBOARD_PRESENCE_TOPICS``); ``None``: none has.
+        presence_ttl: seconds presence outlives its last sign of life
+            (``SWITCHBOARD_PRESENCE_TTL``; see :class:`~app.hub.presence.Presence`).
     """
 
     def __init__(self, backend: Backend, queue_size: int = 256, observer: HubObserver | None = None,
-                 queue_bytes: int | None = None):
+                 queue_bytes: int | None = None, *, presence_topics: Callable[[str], bool] | None = None,
+                 presence_ttl: float = 15.0):
         self.backend = backend
         self.queue_size = queue_size
         self.queue_bytes = queue_bytes
         self.observer = observer or NullObserver()
         self.published = 0
         self._subs: dict[str, set[Subscription]] = {}
+        self._members: dict[Subscription, Callable[[], None]] = {}  # presence held by a subscription
         self._closed_reason: str | None = None
         set_resync = getattr(backend, "set_resync", None)
         if set_resync is not None:
@@ -127,6 +143,8 @@ class Hub:
         if set_in_use is not None:
             set_in_use(self._subs.__contains__)  # _forget deletes a topic's entry with its last subscriber
         backend.start(self._dispatch)
+        self.presence = Presence(backend, presence_ttl, presence_topics, self._announced)
+        self.presence.start()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -191,7 +209,7 @@ class Hub:
             return Page(events, events[-1].id, gap)
         return Page(events, self._newest(topic) if gap else since, gap)
 
-    def subscribe(self, topic: str, since: str | None = None) -> Subscription:
+    def subscribe(self, topic: str, since: str | None = None, *, member: str | None = None) -> Subscription:
         """Start receiving a topic's events.
 
         The subscription is registered for live events before any history is read, so
@@ -202,6 +220,9 @@ class Hub:
             since: resume after this cursor: the events after it are replayed first
                 (preceded by a :class:`Gap` if some are lost), then live ones follow.
                 ``None`` or ``""``: live events only, from now on.
+            member: the sender of the client behind a stream: it counts as present in the
+                topic (if the topic has presence) until the subscription closes. Not for
+                a parked long poll, which holds nothing between polls (``presence.touch``).
 
         Returns:
             A :class:`Subscription`; close it when done.
@@ -222,6 +243,10 @@ class Hub:
                            max_bytes=self.queue_bytes)
         self._subs.setdefault(topic, set()).add(sub)
         self.observer.subscribed(topic)
+        if member is not None:
+            release = self.presence.hold(topic, member)
+            if release is not None:
+                self._members[sub] = release
         return sub
 
     def status(self) -> dict:
@@ -301,12 +326,16 @@ class Hub:
     def close(self, reason: str = "shutdown", *, backend: bool = True) -> None:
         """Close every subscription (waking their readers) and refuse new ones.
 
+        Presence stops first: what this process held is left to expire rather than
+        announced as leaving (see :meth:`Presence.close`).
+
         Args:
             reason: the :class:`SubscriptionClosed` reason their readers get.
             backend: close the backend too. A graceful stop passes False: requests
                 still in flight (a publish, a poll) keep using it until the process exits.
         """
         self._closed_reason = reason
+        self.presence.close()
         for subs in list(self._subs.values()):
             for sub in list(subs):
                 sub.close(reason)
@@ -326,7 +355,16 @@ class Hub:
             for sub in tuple(subs):
                 sub.offer(event, size)
 
+    def _announced(self, topic: str, action: str) -> None:
+        # A presence event the backend appended for this process: counted as published.
+        self.published += 1
+        self.observer.published(topic)
+        self.observer.presence(topic, action)
+
     def _forget(self, sub: Subscription) -> None:
+        release = self._members.pop(sub, None)
+        if release is not None:
+            release()
         subs = self._subs.get(sub.topic)
         if subs is not None and sub in subs:
             subs.discard(sub)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import gevent
 
-from ..events import Cursor, Event
+from ..events import PRESENCE_TYPE, Cursor, Event
 from . import TooManyTopics
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class MemoryBackend:
         # The highest sequence number any forgotten topic reached. A topic (re)created later
         # numbers its events after it; see _new_topic for why.
         self._forgotten_upto = 0
+        self._present: dict[str, dict[str, float]] = {}  # presence: topic -> sender -> joined at
         self._in_use: Callable[[str], bool] = lambda topic: False
         self._deliver: Callable[[Event], None] = lambda event: None
         self._sweeper: gevent.Greenlet | None = None
@@ -139,6 +140,44 @@ class MemoryBackend:
             return False
         self._claims[name] = now + ttl
         return True
+
+    # -- presence (app/hub/presence.py): one process, so its entries are the deployment's ----
+
+    def presence_update(self, updates, ttl: float) -> list[tuple[str, str, str]]:
+        """Hold the ``entering`` senders of each ``(topic, entering, leaving)`` and drop the
+        ``leaving`` ones; a sender's first hold appends a join, its last drop a leave.
+        Returns them as ``(topic, action, sender)``. Nothing expires: only this process holds
+        entries here, and it goes with them."""
+        announced = []
+        for topic, entering, leaving in updates:
+            held = self._present.setdefault(topic, {})
+            for sender in entering:
+                if sender not in held:
+                    held[sender] = self._clock()
+                    announced += self._announce(topic, "join", sender)
+            for sender in leaving:
+                if held.pop(sender, None) is not None:
+                    announced += self._announce(topic, "leave", sender)
+            if not held:
+                del self._present[topic]
+        return announced
+
+    def presence_sweep(self) -> list[tuple[str, str, str]]:
+        """Nothing expires in one process."""
+        return []
+
+    def presence_members(self, topic: str) -> list[tuple[str, float]]:
+        """``(sender, joined at)`` of the topic's present senders, oldest join first."""
+        return sorted(self._present.get(topic, {}).items(), key=lambda item: (item[1], item[0]))
+
+    def _announce(self, topic: str, action: str, sender: str) -> list[tuple[str, str, str]]:
+        try:
+            self.append(topic, PRESENCE_TYPE, {"action": action, "sender": sender}, sender)
+        except TooManyTopics:  # presence still counts; only its event is skipped
+            log.info("presence: no room for topic %s (SWITCHBOARD_MAX_TOPICS); %s of %s not announced",
+                     topic, action, sender)
+            return []
+        return [(topic, action, sender)]
 
     def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event:
         """Store a new event at the end of the topic's history, then deliver it live.

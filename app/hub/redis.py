@@ -50,6 +50,17 @@ the old life is told a gap rather than matched against the new numbers (see the 
 (an append adds one ZADD); at the limit, the entries of forgotten topics are removed
 and, if none were, the append is refused (:class:`~app.hub.TooManyTopics`).
 
+Presence (:mod:`app.hub.presence`). Each process holds one entry per (topic, sender) it
+has clients of, renewed every quarter ``SWITCHBOARD_PRESENCE_TTL`` and expiring a TTL after
+its last renewal. One script per topic adds, renews and drops a process's entries, keeps
+the holder counts, and appends (with the append's own code, in the same script) a join
+when a sender's count goes 0 -> 1 and a leave when it goes 1 -> 0: two workers cannot both
+announce the same join, and the events are in the order of the changes. Entries of a process
+that died are expired by the next script that touches the topic: every process sweeps the
+topics whose earliest expiry has passed (``<p>:presence-due``) every quarter TTL, and a read
+of the topic's presence sweeps it first; so its users leave within 1.25 TTL of its death.
+The presence keys do not expire: a live deployment deletes them when they empty.
+
 Atomicity. Each operation is one Lua script: an append stores the event *and* publishes
 it (with its id) in one step, so no subscriber hears an event that history lacks, and
 every worker hears the events of a topic in stream order. A read sees one consistent
@@ -164,52 +175,61 @@ local function trim_bytes(stream, floor)
 end
 """
 
-# KEYS: epoch, stream, meta, topics. ARGV: epoch candidate, history size, ttl ms, channel,
-# topic, body, key lifetime ms, history bytes (0: none), max topics (0: none).
+# Appends one event (the append script's body, also used by the presence script): stores
+# it, trims by count, age and bytes, renews the topic's keys and publishes it with its id.
+# Arguments: the stream, meta and topics keys, then history size, ttl ms, channel, topic,
+# body, key lifetime ms, history bytes (0: none), max topics (0: none).
 # Returns {epoch, id}, or {epoch, '', ms until a topic may be forgotten} when refused.
-_APPEND = _PRELUDE + _TRIM_BYTES + r"""
-local epoch = get_epoch()
-local now = now_ms()
-local body = ARGV[6]
-local lifetime = tonumber(ARGV[7])
-local max_topics = tonumber(ARGV[9])
-if max_topics > 0 then
-  -- A topic is held while its keys live: `lifetime` ms after its last append (its score).
-  if not redis.call('ZSCORE', KEYS[4], ARGV[5]) and redis.call('ZCARD', KEYS[4]) >= max_topics then
-    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('(%d', math.floor(now - lifetime)))
-    if redis.call('ZCARD', KEYS[4]) >= max_topics then
-      local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-      return {epoch, '', string.format('%d', math.max(0, tonumber(oldest[2]) + lifetime - now))}
+_APPEND_FUNCTION = _PRELUDE + _TRIM_BYTES + r"""
+local function append(stream, meta_key, topics, size, ttl, channel, topic, body, lifetime, max_bytes, max_topics)
+  local epoch = get_epoch()
+  local now = now_ms()
+  lifetime = tonumber(lifetime)
+  max_topics = tonumber(max_topics)
+  if max_topics > 0 then
+    -- A topic is held while its keys live: `lifetime` ms after its last append (its score).
+    if not redis.call('ZSCORE', topics, topic) and redis.call('ZCARD', topics) >= max_topics then
+      redis.call('ZREMRANGEBYSCORE', topics, '-inf', string.format('(%d', math.floor(now - lifetime)))
+      if redis.call('ZCARD', topics) >= max_topics then
+        local oldest = redis.call('ZRANGE', topics, 0, 0, 'WITHSCORES')
+        return {epoch, '', string.format('%d', math.max(0, tonumber(oldest[2]) + lifetime - now))}
+      end
+    end
+    redis.call('ZADD', topics, string.format('%d', math.floor(now)), topic)
+    redis.call('PEXPIRE', topics, lifetime)
+  end
+  local meta = redis.call('HMGET', meta_key, 'ms', 'seq', 'bytes', 'kept')
+  local last_ms, last_seq = tonumber(meta[1] or '0'), tonumber(meta[2] or '0')
+  local offset = tonumber(meta[3] or '0')
+  local ms = math.max(math.floor(now), last_ms)
+  local seq = last_seq + 1
+  local id = string.format('%d-%d', ms, seq)
+  redis.call('XADD', stream, 'MAXLEN', '~', size, id, 'b', body, 'o', string.format('%d', offset))
+  redis.call('XTRIM', stream, 'MINID', '~', string.format('%d', math.max(0, math.floor(now - tonumber(ttl)))))
+  local total = offset + #body
+  local fields = {'ms', string.format('%d', ms), 'seq', string.format('%d', seq), 'bytes', string.format('%d', total)}
+  max_bytes = tonumber(max_bytes)
+  if max_bytes > 0 then
+    -- Entries starting before `floor` are over the bound; the newest (at `offset`) stays.
+    local floor = math.min(total - max_bytes, offset)
+    if tonumber(meta[4] or '0') < floor then
+      fields[#fields + 1] = 'kept'
+      fields[#fields + 1] = string.format('%d', trim_bytes(stream, floor))
     end
   end
-  redis.call('ZADD', KEYS[4], string.format('%d', math.floor(now)), ARGV[5])
-  redis.call('PEXPIRE', KEYS[4], lifetime)
+  redis.call('HSET', meta_key, unpack(fields))
+  redis.call('HSETNX', meta_key, 'born', string.format('%d', ms))
+  redis.call('PEXPIRE', stream, lifetime)
+  redis.call('PEXPIRE', meta_key, lifetime)
+  redis.call('PUBLISH', channel, topic .. '\n' .. epoch .. '-' .. id .. '\n' .. body)
+  return {epoch, id}
 end
-local meta = redis.call('HMGET', KEYS[3], 'ms', 'seq', 'bytes', 'kept')
-local last_ms, last_seq = tonumber(meta[1] or '0'), tonumber(meta[2] or '0')
-local offset = tonumber(meta[3] or '0')
-local ms = math.max(math.floor(now), last_ms)
-local seq = last_seq + 1
-local id = string.format('%d-%d', ms, seq)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id, 'b', body, 'o', string.format('%d', offset))
-redis.call('XTRIM', KEYS[2], 'MINID', '~', string.format('%d', math.max(0, math.floor(now - tonumber(ARGV[3])))))
-local total = offset + #body
-local fields = {'ms', string.format('%d', ms), 'seq', string.format('%d', seq), 'bytes', string.format('%d', total)}
-local max_bytes = tonumber(ARGV[8])
-if max_bytes > 0 then
-  -- Entries starting before `floor` are over the bound; the newest (at `offset`) stays.
-  local floor = math.min(total - max_bytes, offset)
-  if tonumber(meta[4] or '0') < floor then
-    fields[#fields + 1] = 'kept'
-    fields[#fields + 1] = string.format('%d', trim_bytes(KEYS[2], floor))
-  end
-end
-redis.call('HSET', KEYS[3], unpack(fields))
-redis.call('HSETNX', KEYS[3], 'born', string.format('%d', ms))
-redis.call('PEXPIRE', KEYS[2], lifetime)
-redis.call('PEXPIRE', KEYS[3], lifetime)
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\n' .. epoch .. '-' .. id .. '\n' .. body)
-return {epoch, id}
+"""
+
+# KEYS: epoch, stream, meta, topics. ARGV: epoch candidate, history size, ttl ms, channel,
+# topic, body, key lifetime ms, history bytes (0: none), max topics (0: none).
+_APPEND = _APPEND_FUNCTION + r"""
+return append(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 """
 
 # Retained events from a stream id on: the age bound is the caller's start id, the count
@@ -369,6 +389,86 @@ return 0
 """
 
 
+# Presence (see the module docstring). KEYS: epoch, stream, meta, topics, entries, members,
+# holders, due. ARGV: epoch candidate, history size, ttl ms, channel, topic, key lifetime ms,
+# history bytes, max topics (the append's), then this process's token, the entries' ttl ms,
+# the number k of senders entering, k senders entering (or renewed), the senders leaving.
+# First expires the topic's entries whose time is up (a process that died), except those
+# renewed by this call. Returns {epoch, action, sender, ...}: the events appended.
+_PRESENCE = _APPEND_FUNCTION + r"""
+local topic, worker = ARGV[5], ARGV[9]
+local entry_ttl, entering = tonumber(ARGV[10]), tonumber(ARGV[11])
+local now = now_ms()
+local out = {get_epoch()}
+
+local function announce(action, sender)
+  local body = cjson.encode({type = 'presence', sender = sender, data = {action = action, sender = sender}})
+  local reply = append(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], topic, body, ARGV[6], ARGV[7], ARGV[8])
+  if reply[2] ~= '' then  -- else refused by the topic limit: presence still counts, unannounced
+    out[#out + 1] = action
+    out[#out + 1] = sender
+  end
+end
+
+-- holders counts a sender's entries (one per process); the first one joins, the last leaves.
+local function hold(sender)
+  if redis.call('HINCRBY', KEYS[7], sender, 1) == 1 then
+    redis.call('ZADD', KEYS[6], string.format('%d', math.floor(now)), sender)
+    announce('join', sender)
+  end
+end
+
+local function release(sender)
+  if redis.call('HINCRBY', KEYS[7], sender, -1) <= 0 then
+    redis.call('HDEL', KEYS[7], sender)
+    if redis.call('ZREM', KEYS[6], sender) == 1 then
+      announce('leave', sender)
+    end
+  end
+end
+
+local renewed = {}
+for i = 12, 11 + entering do
+  renewed[worker .. ':' .. ARGV[i]] = true
+end
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', string.format('%d', math.floor(now)))) do
+  if not renewed[entry] then  -- an entry is <token>:<sender>; tokens are hex
+    redis.call('ZREM', KEYS[5], entry)
+    release(string.sub(entry, string.find(entry, ':', 1, true) + 1))
+  end
+end
+local expires = string.format('%d', math.floor(now + entry_ttl))
+for i = 12, 11 + entering do
+  if redis.call('ZADD', KEYS[5], expires, worker .. ':' .. ARGV[i]) == 1 then
+    hold(ARGV[i])
+  end
+end
+for i = 12 + entering, #ARGV do
+  if redis.call('ZREM', KEYS[5], worker .. ':' .. ARGV[i]) == 1 then
+    release(ARGV[i])
+  end
+end
+-- The topic's next expiry, where every process's sweep looks for work.
+local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+if #first == 0 then
+  redis.call('ZREM', KEYS[8], topic)
+else
+  redis.call('ZADD', KEYS[8], first[2], topic)
+end
+return out
+"""
+
+# KEYS: due. ARGV: limit. The topics with an entry whose time is up.
+_PRESENCE_DUE = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', math.floor(now)), 'LIMIT', 0, ARGV[1])
+"""
+
+# Topics one sweep expires at most; the rest wait for the next one (a quarter ttl later).
+_SWEEP_TOPICS = 100
+
+
 class RedisBackend:
     """History in Redis Streams, live delivery through one Pub/Sub listener per process.
 
@@ -416,6 +516,7 @@ class RedisBackend:
         self.received = 0  # messages the listener has read
         self._epoch_key = f"{prefix}:epoch"
         self._topics_key = f"{prefix}:topics"
+        self._due_key = f"{prefix}:presence-due"
         self._ttl_ms = max(int(history_ttl * 1000), 1)
         # An idle topic's keys expire a second after its last event has: until then a
         # cursor into it is judged exactly (nothing missed, or a gap); after, it is a gap.
@@ -438,7 +539,7 @@ class RedisBackend:
         self._scripts = {name: self._redis.register_script(source) for name, source in (
             ("append", _APPEND), ("after", _READ_AFTER), ("latest", _READ_LATEST), ("stat", _STAT),
             ("position", _POSITION), ("clock", _CLOCK), ("acquire", _ACQUIRE), ("release", _RELEASE),
-            ("topic_count", _TOPIC_COUNT))}
+            ("topic_count", _TOPIC_COUNT), ("presence", _PRESENCE), ("presence_due", _PRESENCE_DUE))}
         self._deliver: Callable[[Event], None] = lambda event: None
         self._resync: Callable[..., int] | None = None
         self._listener: gevent.Greenlet | None = None
@@ -618,6 +719,86 @@ class RedisBackend:
         except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
             self._failed(exc)
         return bool(granted)
+
+    # -- presence (app/hub/presence.py) ----------------------------------------------------
+
+    def presence_update(self, updates, ttl: float) -> list[tuple[str, str, str]]:
+        """For each ``(topic, entering, leaving)``: this process holds (or renews) an entry of
+        each entering sender for ``ttl`` seconds and drops those of the leaving ones; a
+        sender's first entry in the deployment appends a join, its last a leave. One script
+        per topic, all in one round trip.
+
+        Returns:
+            The events appended, as ``(topic, action, sender)`` (leaves of other processes'
+            expired entries in these topics included).
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached (some updates may have been applied).
+        """
+        ttl_ms = max(int(ttl * 1000), 1)
+        return self._presence([(topic, list(entering), list(leaving)) for topic, entering, leaving in updates], ttl_ms)
+
+    def presence_sweep(self) -> list[tuple[str, str, str]]:
+        """Expire every process's entries whose time is up (a worker that died), in the topics
+        the due set names, at most ``_SWEEP_TOPICS`` of them; their leaves are appended.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        due = self._call("presence_due", [self._due_key], [_SWEEP_TOPICS])
+        return self._presence([(topic.decode("utf-8"), [], []) for topic in due], 0)
+
+    def presence_members(self, topic: str) -> list[tuple[str, float]]:
+        """``(sender, joined at)`` of the topic's present senders, oldest join first; the
+        topic's expired entries are swept first, so the answer agrees with the events.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        pipe = self._redis.pipeline(transaction=True)
+        self._scripts["presence"](keys=self._presence_keys(topic), args=self._presence_args(topic, 0, [], []),
+                                  client=pipe)
+        pipe.zrange(f"{self.prefix}:members:{topic}", 0, -1, withscores=True)
+        swept, members = self._execute(pipe)
+        self._epoch_from(swept[0])
+        return [(sender.decode("utf-8"), score / 1000) for sender, score in members]
+
+    def _presence(self, calls: list[tuple[str, list[str], list[str]]], ttl_ms: int) -> list[tuple[str, str, str]]:
+        if not calls:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for topic, entering, leaving in calls:
+            self._scripts["presence"](keys=self._presence_keys(topic),
+                                      args=self._presence_args(topic, ttl_ms, entering, leaving), client=pipe)
+        announced = []
+        for (topic, _, _), reply in zip(calls, self._execute(pipe)):
+            self._epoch_from(reply[0])
+            announced += [(topic, reply[i].decode("ascii"), reply[i + 1].decode("utf-8"))
+                          for i in range(1, len(reply), 2)]
+        return announced
+
+    def _presence_keys(self, topic: str) -> list[str]:
+        return [*self._topic_keys(topic), self._topics_key, f"{self.prefix}:presence:{topic}",
+                f"{self.prefix}:members:{topic}", f"{self.prefix}:holders:{topic}", self._due_key]
+
+    def _presence_args(self, topic: str, ttl_ms: int, entering: list[str], leaving: list[str]) -> list:
+        return [secrets.token_hex(6), self.history_size, self._ttl_ms, self.channel, topic, self._key_lifetime_ms,
+                self.history_bytes or 0, self.max_topics, self._token, ttl_ms, len(entering), *entering, *leaving]
+
+    def _execute(self, pipe) -> list:
+        """Run a pipeline; failures as :meth:`_call` reports them."""
+        try:
+            replies = pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
+            self._failed(exc)
+        except ResponseError as exc:
+            if not str(exc).startswith(_UNAVAILABLE_REPLIES):
+                raise
+            self._failed(exc)
+        finally:
+            pipe.reset()
+        self._commands_ok = True
+        return replies
 
     # -- the listener -------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from ..errors import ApiError
 from ..events import Event, Gap, Page, check_topic
 from ..hub import Hub, Item, Subscription, SubscriptionClosed
 from .cursor import compound_resume_cursor, format_compound, read_limit, resume_cursor
+from .polling import count_poll
 from .topics import TopicSet, authorize_topics, read_topics, start_positions
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def long_poll(topic: str) -> Response:
     timeout = read_timeout(request, state.settings().longpoll_timeout)
     token_left = identity.seconds_left()
     hub = state.hub()
+    count_poll(hub, [topic], identity, hold=timeout)  # present while parked, and a while after
 
     if since:
         page = hub.history(topic, since=since, limit=limit)
@@ -211,6 +213,7 @@ def multi_long_poll() -> Response:
     timeout = read_timeout(request, settings.longpoll_timeout)
     token_left = identity.seconds_left()
     hub = state.hub()
+    count_poll(hub, topics, identity, hold=timeout)
     # Every topic gets a position in the answer's cursor, even one without news: the next
     # poll then resumes it from here, not from whenever that poll comes.
     positions = start_positions(hub, topics, resume)

@@ -10,17 +10,32 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, jsonify, request
 
 from .. import state
+from ..auth import Identity
 from ..auth.web import authorize
+from ..hub import Hub
+from ..identity import sender_is_new
 from .cursor import read_limit, resume_cursor
 
 bp = Blueprint("polling", __name__)
 
 
+def count_poll(hub: Hub, topics: list[str], identity: Identity, hold: float = 0.0) -> None:
+    """Count a poll toward presence: the poller is present in each topic for ``hold`` (a long
+    poll's timeout) plus the presence TTL, renewed by its next poll. A client that sent
+    neither a session cookie nor a token is a new guest on every request: not counted."""
+    if identity.anonymous and sender_is_new():
+        return
+    for topic in topics:
+        hub.presence.touch(topic, identity.sender, hold)
+
+
 @bp.get("/api/topics/<topic>/events")
 def poll(topic: str) -> Response:
     """Return the events after ``since`` (or the newest ones), or 304 if nothing changed."""
-    authorize("subscribe", topic, "polling")
-    page = state.hub().history(topic, since=resume_cursor(request), limit=read_limit(request))
+    identity = authorize("subscribe", topic, "polling")
+    hub = state.hub()
+    page = hub.history(topic, since=resume_cursor(request), limit=read_limit(request))
+    count_poll(hub, [topic], identity)
     if page.cursor and not page.gap and page.cursor in request.if_none_match:
         response = Response(status=304)
     else:

@@ -255,7 +255,8 @@ def stream(topic: str) -> Response:
     identity = authorize("subscribe", topic, "sse")
     since = resume_cursor(request)
     opening = _opening(state.settings(), f"topic {topic}", identity)
-    return _respond(lambda: state.hub().subscribe(topic, since=since), _TopicFramer(since), opening, identity)
+    return _respond(lambda: state.hub().subscribe(topic, since=since, member=identity.sender), _TopicFramer(since),
+                    opening, identity)
 
 
 @bp.get("/api/stream")
@@ -269,7 +270,7 @@ def multi_stream() -> Response:
     positions = start_positions(hub, topics, resume)
     framer = _CompoundFramer(positions)
     opening = _opening(settings, "topics " + ", ".join(topics), identity, framer.position)
-    return _respond(lambda: TopicSet(hub, topics, positions), framer, opening, identity)
+    return _respond(lambda: TopicSet(hub, topics, positions, member=identity.sender), framer, opening, identity)
 
 
 def init_app(app: Flask) -> None:

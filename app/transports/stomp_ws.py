@@ -732,7 +732,7 @@ class Connection:
                            CLOSE_POLICY_VIOLATION, receipt)
                 return
         try:
-            subscription = self.hub.subscribe(topic, since=since)
+            subscription = self.hub.subscribe(topic, since=since, member=self.sender)
         except SubscriptionClosed:
             self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, receipt)
             return

@@ -95,18 +95,20 @@ class TopicSet:
         starts: topic -> the cursor to resume after (replayed, then live); a topic missing
             from it, or with an empty cursor, is live only.
         topics: every topic to follow, in order.
+        member: the client's sender, present in each topic while the set is open (a
+            stream's); ``None`` for a parked long poll (see :meth:`app.hub.Hub.subscribe`).
 
     Raises:
         SubscriptionClosed: the hub is shutting down (no subscription is left open).
     """
 
-    def __init__(self, hub: Hub, topics: list[str], starts: Mapping[str, str]):
+    def __init__(self, hub: Hub, topics: list[str], starts: Mapping[str, str], member: str | None = None):
         self._signal = Signal()
         self._subs: list[Subscription] = []
         self._turn = 0
         try:
             for topic in topics:
-                sub = hub.subscribe(topic, since=starts.get(topic) or None)
+                sub = hub.subscribe(topic, since=starts.get(topic) or None, member=member)
                 sub.wake_with(self._signal)
                 self._subs.append(sub)
         except BaseException:

@@ -438,7 +438,7 @@ class Connection:
             # published between this read and the subscription (seam rule), and the
             # client learns a cursor to resume from even before its first event.
             cursor = self.hub.history(cmd.topic, limit=1).cursor
-        sub = self.hub.subscribe(cmd.topic, since=cursor or None)
+        sub = self.hub.subscribe(cmd.topic, since=cursor or None, member=self.sender)
         self.subscriptions[cmd.topic] = sub
         greenlet = gevent.Greenlet(self._forward, sub)
         self._forwarders[sub] = greenlet

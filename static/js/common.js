@@ -322,10 +322,99 @@
     },
   };
 
-  /** The chat room of a page: renders events, sends what the user types. */
+  /** Who is here: the users in the chat's topic now, each once (GET .../presence), kept
+   *  current by the topic's presence events ({"action": "join" | "leave", "sender"}).
+   *
+   *  Call reload() once the page's stream or first poll is under way. Every presence event
+   *  the page receives after that point is applied in order on top of the answer; those that
+   *  arrive while the request is out wait for it, since the answer may predate them. Events
+   *  set a sender present or absent, so applying one the answer already counted changes
+   *  nothing, and a later event always wins. */
+  class PresenceList {
+    constructor(root) {
+      this.root = root;
+      this.list = root ? root.querySelector("[data-presence-list]") : null;
+      this.countEl = root ? root.querySelector("[data-presence-count]") : null;
+      this.members = new Map(); // sender -> since (server time of the join)
+      this.waiting = null; // events received while a reload is out
+      this.failure = null; // why the last reload failed, shown under the names
+    }
+
+    /** Ask the server who is here; a topic without presence (404) hides the list. */
+    async reload() {
+      if (!this.root) return;
+      const waiting = (this.waiting = []);
+      let answer = null;
+      try {
+        const res = await fetch(this.root.dataset.presenceUrl, { cache: "no-store" });
+        if (res.status === 404) {
+          this.root.hidden = true;
+          return;
+        }
+        if (!res.ok) throw await responseError(res);
+        answer = await res.json();
+        this.failure = null;
+      } catch (err) {
+        this.failure = err;
+      } finally {
+        if (this.waiting === waiting) { // not overtaken by a newer reload
+          this.waiting = null;
+          if (answer) this.members = new Map(answer.members.map((m) => [m.sender, m.since]));
+          for (const event of waiting) this.set(event);
+          this.render();
+        }
+      }
+    }
+
+    /** A presence event the page received (live or replayed on its stream). */
+    apply(event) {
+      if (this.waiting) {
+        this.waiting.push(event);
+        return;
+      }
+      this.set(event);
+      this.render();
+    }
+
+    set(event) {
+      const data = event.data || {};
+      if (typeof data.sender !== "string") return;
+      if (data.action === "join") this.members.set(data.sender, event.time);
+      else if (data.action === "leave") this.members.delete(data.sender);
+    }
+
+    render() {
+      if (!this.list) return;
+      const items = [...this.members].sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1)).map(([sender]) => {
+        const li = document.createElement("li");
+        li.translate = false; // a name, not words
+        li.textContent = sender;
+        if (sender === Switchboard.sender) {
+          li.classList.add("mine");
+          const you = document.createElement("span");
+          you.translate = true;
+          you.textContent = ` ${t("(you)")}`;
+          li.append(you);
+        }
+        return li;
+      });
+      if (this.failure) {
+        const li = document.createElement("li");
+        li.className = "problem";
+        li.append(tx("Who is here could not be loaded ({why})", { why: explain(this.failure) }));
+        items.push(li);
+      }
+      this.list.replaceChildren(...items);
+      if (this.countEl) this.countEl.textContent = `(${this.members.size})`;
+    }
+  }
+
+  /** The chat room of a page: renders events, sends what the user types. Presence events
+   *  go to its "who is here" list (chat.presence), not among the messages. */
   class ChatRoom {
     constructor(root, { onSend }) {
       this.list = root.querySelector("[data-messages]");
+      this.presence = new PresenceList(root.querySelector("[data-presence]"));
       this.statusEl = root.querySelector("[data-status]");
       this.form = root.querySelector("[data-chat-form]");
       this.input = this.form ? this.form.querySelector("input") : null;
@@ -363,10 +452,16 @@
       return true;
     }
 
-    /** Show one event; returns false if this id was already shown (no duplicates on screen). */
+    /** Show one event; returns false if this id was already shown (no duplicates on screen),
+     *  and for a presence event, which updates "who is here" instead (unless it comes from
+     *  the history read on entry: the list's own request answers for that time). */
     add(event, { replayed = false, history = false, delayMs = null } = {}) {
       if (this.seen.has(event.id)) return false;
       this.seen.add(event.id);
+      if (event.type === "presence") {
+        if (!history) this.presence.apply(event);
+        return false;
+      }
       const li = document.createElement("li");
       li.className = "message";
       li.dataset.id = event.id;

@@ -56,6 +56,7 @@
   /** Recent history on entry: the polling endpoint without `since` gives the newest events. */
   async function loadHistory() {
     show(await getPage(S.data.eventsUrl), { history: true });
+    chat.presence.reload(); // the polls after this cursor bring every change since
   }
 
   async function longPoll() {

@@ -44,6 +44,7 @@
           }
         }
         cursor = page.cursor;
+        if (first) chat.presence.reload(); // present from this poll on; later polls bring the changes
       } else {
         throw await S.responseError(res);
       }

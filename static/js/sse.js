@@ -70,6 +70,7 @@
       openedAt = S.clock.now();
       if (opens > 1) counters.add("reconnects");
       backoff.reset();
+      chat.presence.reload(); // the stream resumes after our cursor: it brings every change since
       if (backfill) {
         // No cursor to resume after: anything published between the history read and
         // this open would be missed, so read the newest history once more (no duplicates:
@@ -82,6 +83,7 @@
         : S.t("Connected (stream open)"), "ok");
     });
     es.addEventListener("message", (ev) => { if (es === source) onMessage(ev); });
+    es.addEventListener("presence", (ev) => { if (es === source) onMessage(ev); }); // joins and leaves
     es.addEventListener("gap", (ev) => { if (es === source) onGap(ev); });
     es.addEventListener("expired", (ev) => {
       // The token behind the cookie expired: the server ends the stream, and the browser

@@ -162,6 +162,7 @@
       if (lastEventId) headers["last-event-id"] = lastEventId;
       resumedAt = lastEventId && connections > 1 ? S.clock.now() : null;
       client.subscribe(subscribeTo, onMessage, headers);
+      chat.presence.reload(); // the subscription resumes after our event-id: it brings every change since
       stateEl.textContent = S.t("connected, STOMP {version}", { version: frame.headers.version });
       chat.status(lastEventId
         ? S.tx("Connected: subscribed to {destination} (resuming)", { destination: S.verbatim(subscribeTo) })

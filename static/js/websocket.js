@@ -97,6 +97,7 @@
     if (!cursor) cursor = reply.cursor || null;
     subscribed = true;
     backoff.reset();
+    chat.presence.reload(); // the subscription resumes after our cursor: it brings every change since
     showState(S.t("open, subscribed"));
     chat.status(S.tx("Connected: subscribed to {topic} over one WebSocket", { topic: S.verbatim(topic) }), "ok");
   }

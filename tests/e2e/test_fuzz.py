@@ -129,7 +129,7 @@ def is_cursor(value: Any) -> bool:
 
 
 def is_type(value: Any) -> bool:
-    return isinstance(value, str) and TYPE_RE.fullmatch(value) is not None and value not in ("gap", "error")
+    return isinstance(value, str) and TYPE_RE.fullmatch(value) is not None and value not in ("gap", "error", "presence")
 
 
 # ---------------------------------------------------------------- the server
@@ -393,7 +393,7 @@ ws_refs = (st.text(printable, max_size=20) | st.text(printable, min_size=250, ma
            | st.booleans() | st.none() | json_values)
 
 
-ws_types = st.sampled_from(["message", "gap", "error", "t.x", "chat:1"]) | st.text(printable, max_size=70) | json_values
+ws_types = st.sampled_from(["message", "gap", "error", "presence", "t.x", "chat:1"]) | st.text(printable, max_size=70) | json_values
 # field -> (its values, the chance in ten that a message has it)
 WS_FIELDS = {"ref": (ws_refs, 6), "topic": (topics, 8), "since": (cursor_like | json_values, 3), "type": (ws_types, 3),
              "data": (json_values, 6), "sender": (st.text(printable, max_size=8), 1)}
