@@ -13,7 +13,10 @@ as that JSON. So on this mount only, with no configuration:
   a blank one is dropped, as the seed's page sends whatever its input holds;
 * every chat event, from any page or transport, reaches ``/sub/chat`` subscribers with the
   body ``{"sender": "<name>", "message": "<text>"}``; other events keep the broker's
-  usual body (DESIGN.md §6), and every MESSAGE keeps its event headers.
+  usual body (DESIGN.md §6), and every MESSAGE keeps its event headers;
+* presence's join and leave events are not delivered: the seed's server has no presence, and
+  its page would show each as a chat line (a seed subscriber still counts as present in
+  ``chat`` for the other pages).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import dataclasses
 import json
 
 from ..config import Settings
-from ..events import Event
+from ..events import PRESENCE_TYPE, Event
 from ..hub import Hub
 from ..stomp.session import encode_message_tail
 from ..stomp_handlers import CHAT_TOPIC, AppMessage, Handlers, chat
@@ -78,6 +81,10 @@ def _tail(event: Event, escaped: bool) -> bytes:
     return event.encoded(key, lambda e: encode_message_tail(*seed_encode_message(e), escaped))
 
 
+def _is_presence(event: Event) -> bool:
+    return event.type == PRESENCE_TYPE
+
+
 def seed_broker(hub: Hub, settings: Settings, **services) -> Broker:
     """A broker on the app's hub with the seed's prefixes, handler and chat body.
 
@@ -91,4 +98,5 @@ def seed_broker(hub: Hub, settings: Settings, **services) -> Broker:
     broker = Broker.from_settings(hub, seed_settings, handlers=_seed_handlers(), **services)
     broker.encode_message = seed_encode_message
     broker.message_tail = _tail
+    broker.withholds = _is_presence
     return broker

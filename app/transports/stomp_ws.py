@@ -394,6 +394,9 @@ class Broker:
         # (app/transports/sockjs_seed.py: its chat body is {"sender", "message"}).
         self.encode_message: Callable[[Event], tuple[bytes, tuple[tuple[str, str], ...]]] = encode_message
         self.message_tail: Callable[[Event, bool], bytes] = message_tail
+        # Events this broker's subscribers never receive (None: all); the seed's mount has no
+        # presence, as the seed's Spring server has none (sockjs_seed.py).
+        self.withholds: Callable[[Event], bool] | None = None
 
     @classmethod
     def from_settings(cls, hub: Hub, settings: Settings, handlers: Handlers | None = None,
@@ -607,7 +610,7 @@ class Connection:
                         self._fail("slow consumer",
                                    f"This connection fell too far behind topic {item.topic!r}; events were lost. "
                                    + _RECONNECT_HINT, CLOSE_POLICY_VIOLATION, kind="slow-consumer")
-                else:
+                elif self.broker.withholds is None or not self.broker.withholds(item):
                     body, headers = self.broker.encode_message(item)
                     tail = self.broker.message_tail(item, session.escapes_messages)
                     if session.deliver(sub_id, body, headers, now=self._clock(), tail=tail):
