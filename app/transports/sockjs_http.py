@@ -77,6 +77,8 @@ class SessionContext:
         sender: the name stamped on what the session publishes.
         identity: what its credentials proved (``app.auth.Identity``), or ``None``.
         client: the client's address, for logs and per-address limits.
+        same_user: ``same_user(environ)`` tells whether a later request of the session comes
+            from whoever opened it (see ``sockjs_mounts.admission``); anyone, by default.
     """
 
     session_id: str
@@ -84,6 +86,7 @@ class SessionContext:
     sender: str
     identity: Any
     client: str
+    same_user: Callable[[Mapping], bool] = lambda environ: True
 
 
 #: ``admit(environ, transport, session_id, take_slot)`` -> ``(context, release)``: checks the
@@ -135,6 +138,7 @@ class SockJSService:
         self.clock = clock
         self.sessions: dict[str, SockJSChannel] = {}
         self._handlers: dict[SockJSChannel, gevent.Greenlet] = {}
+        self._contexts: dict[SockJSChannel, SessionContext] = {}  # of the registered sessions
         page = iframe_page(sockjs_url)
         self._iframe = page.encode("utf-8")
         self._iframe_etag = '"' + hashlib.sha256(self._iframe).hexdigest()[:32] + '"'
@@ -187,6 +191,7 @@ class SockJSService:
                                 on_expired=self._forget if register else None)
         if register:
             self.sessions[session_id] = channel
+            self._contexts[channel] = context
         self._handlers[channel] = gevent.spawn(self._run_handler, channel, context, release)
         return channel
 
@@ -203,6 +208,7 @@ class SockJSService:
                 channel.close(*GO_AWAY)
 
     def _forget(self, channel: SockJSChannel) -> None:
+        self._contexts.pop(channel, None)
         if self.sessions.get(channel.session_id) is channel:
             del self.sessions[channel.session_id]
 
@@ -313,7 +319,7 @@ class SockJSService:
                 return _text(500, '"callback" parameter required')
             if not valid_callback(callback):
                 return _text(500, 'invalid "callback" parameter')
-        channel = self.sessions.get(session_id)
+        channel = self._owned_session(session_id)
         if channel is None:
             try:
                 context, release = self.admit(request.environ, transport, session_id, True)
@@ -412,8 +418,17 @@ class SockJSService:
         return self._cors(Response("ok", content_type="text/plain; charset=UTF-8",
                                    headers=self._session_headers(transport)))
 
-    def _session_for_send(self, session_id: str) -> SockJSChannel:
+    def _owned_session(self, session_id: str) -> SockJSChannel | None:
+        """The session, unless this request is not from whoever opened it: then, as Spring
+        answers "the user for the session does not match the user for the request", a 404
+        (a session id travels in URLs, so logs show it; it must not let anyone else in)."""
         channel = self.sessions.get(session_id)
+        if channel is not None and not self._contexts[channel].same_user(request.environ):
+            raise NoSuchSession()
+        return channel
+
+    def _session_for_send(self, session_id: str) -> SockJSChannel:
+        channel = self._owned_session(session_id)
         if channel is None or channel.closed:
             raise NoSuchSession()
         channel.requests += 1

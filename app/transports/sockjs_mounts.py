@@ -19,12 +19,15 @@ Admission (:func:`admission`) for a session made by an HTTP request: one stream 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Callable, Mapping
+from urllib.parse import parse_qs
 
 from flask import Flask, url_for
 
 from .. import limits as limits_module
-from ..auth import Access
+from ..auth import Access, AccessError
 from ..identity import current_sender
 from ..limits import Limits
 from ..metrics import Metrics
@@ -51,10 +54,42 @@ def admission(limits: Limits, access: Access):
             if slot is not None:
                 slot.release()
             raise
-        context = SessionContext(session_id, transport, current_sender(), identity, limits.client(environ))
+        context = SessionContext(session_id, transport, current_sender(), identity, limits.client(environ),
+                                 _same_user(access, identity, environ))
         return context, (slot.release if slot is not None else _nothing)
 
     return admit
+
+
+def _same_user(access: Access, identity, environ: Mapping) -> Callable[[Mapping], bool]:
+    """Whether a later request of a session is its opener's: the same token subject again
+    (cookie or Bearer), or the same ticket in the query (sockjs-client repeats the URL's query
+    on every request; the ticket was spent opening the session, and logs redact it). An
+    anonymous session has no one to prove, as Spring's sessions without a principal."""
+    if identity is None or identity.sub is None:
+        return _anyone
+    if identity.via == "ticket":
+        opened_with = _ticket_digest(environ)
+        return lambda later: hmac.compare_digest(_ticket_digest(later), opened_with)
+    subject = identity.sub
+
+    def same_subject(later: Mapping) -> bool:
+        try:
+            proved = access.credentials(later)
+        except AccessError:
+            return False
+        return proved is not None and proved.sub == subject
+
+    return same_subject
+
+
+def _ticket_digest(environ: Mapping) -> bytes:
+    ticket = parse_qs(environ.get("QUERY_STRING", "")).get("ticket", [""])[0]
+    return hashlib.sha256(ticket.encode("utf-8")).digest()
+
+
+def _anyone(environ: Mapping) -> bool:
+    return True
 
 
 def _nothing() -> None:

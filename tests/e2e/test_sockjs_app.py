@@ -22,14 +22,15 @@ JSON = {"Content-Type": "application/json"}
 class XhrSession:
     """A SockJS session driven by hand over xhr polling (what sockjs-client's xhr-polling does)."""
 
-    def __init__(self, base: str, headers: dict | None = None, http: requests.Session | None = None):
+    def __init__(self, base: str, headers: dict | None = None, http: requests.Session | None = None, query: str = ""):
         self.url = f"{base}/000/{uuid.uuid4().hex}"
+        self.query = query  # repeated on every request, as sockjs-client repeats its URL's query
         self.http = http or requests.Session()
         self.headers = headers or {}
         self.messages: list[str] = []
 
     def post(self, suffix: str, body: str = "") -> requests.Response:
-        return self.http.post(self.url + suffix, data=body.encode("utf-8"), headers=self.headers,
+        return self.http.post(self.url + suffix + self.query, data=body.encode("utf-8"), headers=self.headers,
                               timeout=scaled(40))
 
     def open(self) -> requests.Response:
@@ -177,3 +178,31 @@ def test_access_control_on_sockjs(start_server):
     assert seed.next_message().startswith("RECEIPT")
     error = seed.next_message()
     assert error.startswith("ERROR") and "/pub/chat" in error
+
+
+def test_a_session_answers_only_whoever_opened_it(start_server):
+    # A session id travels in URLs, so access logs show it: it must not let anyone else in.
+    server = start_server(auth_env(SWITCHBOARD_ANONYMOUS_SUBSCRIBE="chat"))
+    token = mint("alice", subscribe=["secret"], publish=["secret"])
+    alice = XhrSession(server.url + "/ws-sockjs", headers=bearer(token))
+    alice.open()
+    intruder = json.dumps([json.dumps({"op": "publish", "ref": 1, "topic": "secret", "data": "forged"})])
+    bob = mint("bob", subscribe=["**"], publish=["**"])
+    for headers in ({}, bearer(bob), bearer("not.a-jwt")):
+        res = requests.post(alice.url + "/xhr_send", data=intruder, headers=headers, timeout=scaled(10))
+        assert res.status_code == 404, headers  # as Spring: the session's user is not the request's
+        assert requests.post(alice.url + "/xhr", headers=headers, timeout=scaled(10)).status_code == 404, headers
+    alice.send(json.dumps({"op": "ping", "ref": 2}))
+    assert json.loads(alice.next_message())["ref"] == 2  # nothing of the intruders reached the session
+    assert requests.get(server.url + "/api/topics/secret/events", headers=bearer(token),
+                        timeout=scaled(10)).json()["events"] == []
+    # Opened with a single-use ticket: later requests repeat the same ticket in the query.
+    res = requests.post(server.url + "/api/tickets", headers=bearer(token), timeout=scaled(10))
+    ticket = res.json()["ticket"]
+    by_ticket = XhrSession(server.url + "/ws-sockjs", query=f"?ticket={ticket}")
+    by_ticket.open()
+    for query in ("", "?ticket=another"):
+        res = requests.post(by_ticket.url + "/xhr_send" + query, data=intruder, timeout=scaled(10))
+        assert res.status_code == 404, query
+    by_ticket.send(json.dumps({"op": "ping", "ref": 3}))
+    assert json.loads(by_ticket.next_message())["ref"] == 3
