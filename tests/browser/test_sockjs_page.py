@@ -1,11 +1,14 @@
 """The /sockjs page in real Chromium: the seed's client (SockJS + stomp.js 2.3.3 on
-/websocket/stomp) forced onto each sockjs-client transport, chatting with the other pages."""
+/websocket/stomp) forced onto each sockjs-client transport, chatting with the other pages,
+straight to gunicorn and through the repo's nginx.conf."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.browser.helpers import ms, publish, send_chat, wait_chat_ready, wait_message
+from tests.support.nginx import Nginx
+from tests.support.servers import Gunicorn
 
 pytestmark = pytest.mark.browser
 
@@ -77,3 +80,28 @@ def test_the_picker_reconnects_on_the_chosen_transport(live_server, new_user):
     type_in_seed_page(page, "after switching")
     seed_line(page, "after switching")
     assert int(page.locator('[data-counter="requests"]').inner_text()) >= 3  # info, polls, a send
+
+
+@pytest.fixture(scope="module")
+def behind_nginx(tmp_path_factory):
+    """nginx.conf in front of its own gunicorn (which trusts the proxy's forwarded headers)."""
+    with Gunicorn(tmp_path_factory.mktemp("sockjs-page-nginx"), env={"SWITCHBOARD_BEHIND_PROXY": "1"}) as server:
+        nginx = Nginx(server.port).start()
+        yield nginx
+        nginx.stop()
+
+
+@pytest.mark.nginx
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_seed_page_chats_through_nginx_over_each_transport(behind_nginx, new_user, transport):
+    seed = open_seed_page(new_user(), behind_nginx.url, transport)
+    assert seed.locator("[data-transport]").inner_text() == transport
+    sse = new_user().new_page()
+    sse.goto(f"{behind_nginx.url}/sse")
+    wait_chat_ready(sse)
+    type_in_seed_page(seed, f"seed via nginx over {transport}")
+    assert seed.evaluate("document.body.dataset.sender") in wait_message(sse, f"seed via nginx over {transport}",
+                                                                         timeout=15).inner_text()
+    send_chat(sse, f"sse via nginx to {transport}")
+    sender = sse.evaluate("document.body.dataset.sender")
+    assert seed_line(seed, f"sse via nginx to {transport}") == f"{sender} >> sse via nginx to {transport}"
