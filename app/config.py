@@ -276,6 +276,18 @@ class Settings:
         "SWITCHBOARD_STOMP_HEARTBEAT_MS", (1000, 1000), _heart_beat,
         "The server's STOMP heart-beat floors (send,receive) in ms: it never sends heart-beats "
         "more often, nor asks the client for them more often; the client's offer decides above.")
+    sockjs_heartbeat: float = _setting(
+        "SWITCHBOARD_SOCKJS_HEARTBEAT", 25.0, _seconds(0.05, 3600),
+        "Seconds without a frame after which a SockJS session sends an h frame (SockJS's 25 s; "
+        "off once STOMP heart-beats are negotiated on it, as Spring does).")
+    sockjs_disconnect_delay: float = _setting(
+        "SWITCHBOARD_SOCKJS_DISCONNECT_DELAY", 5.0, _seconds(0.05, 3600),
+        "Seconds a SockJS session lives on without a receiving request (between two polls) before "
+        "it is closed and forgotten.")
+    sockjs_response_limit: int = _setting(
+        "SWITCHBOARD_SOCKJS_RESPONSE_LIMIT", 128 * 1024, _int(1, 1 << 30),
+        "Bytes one SockJS streaming response (xhr_streaming, eventsource, htmlfile) carries before it "
+        "ends and the client opens the next (the browser keeps the whole response in memory).")
     write_timeout: float = _setting(
         "SWITCHBOARD_WRITE_TIMEOUT", 30.0, _seconds(0, 3600),
         "Seconds one write to an HTTP client (an SSE chunk) may block before the connection is "

@@ -21,7 +21,7 @@ from .hub.memory_queues import MemoryQueues
 from .hub.queues import QueueLimits
 from .producers import start_producers
 from .metrics import HubObserver, Metrics, QueueObserver
-from .transports import TRANSPORTS
+from .transports import TRANSPORTS, sockjs_mounts
 from .limits import LimitExceeded, Limits
 from .transports.wsio import Refusal, WebSocketPolicy
 
@@ -172,7 +172,8 @@ def build_app(test_config=None) -> Flask:
     # Read by the WebSocket handler (app/transports/wsio.py) before it answers 101.
     app.switchboard_ws_policy = WebSocketPolicy(
         allowed_origins=settings.allowed_origins,
-        protocols={"/ws": (), "/stomp": ("v12.stomp", "v11.stomp", "v10.stomp")},
+        protocols={"/ws": (), "/stomp": ("v12.stomp", "v11.stomp", "v10.stomp"),
+                   **sockjs_mounts.websocket_protocols(app)},  # SockJS's WebSocket URLs
         max_message_bytes=settings.max_message_bytes,
         ping_interval=settings.ws_ping_interval,
         ping_timeout=max(settings.ws_ping_interval, 1.0),

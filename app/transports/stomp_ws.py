@@ -209,6 +209,13 @@ class Broker:
         self.access = access
         self.shared_login = shared_login
         self.connections: set[Connection] = set()
+        # How an event becomes a MESSAGE; the seed's /websocket/stomp mount swaps both
+        # (app/transports/sockjs_seed.py: its chat body is {"sender", "message"}).
+        self.encode_message: Callable[[Event], tuple[bytes, tuple[tuple[str, str], ...]]] = encode_message
+        self.message_tail: Callable[[Event, bool], bytes] = message_tail
+        # Events this broker's subscribers never receive (None: all); the seed's mount has no
+        # presence, as the seed's Spring server has none (sockjs_seed.py).
+        self.withholds: Callable[[Event], bool] | None = None
 
     @classmethod
     def from_settings(cls, hub: Hub, settings: Settings, handlers: Handlers | None = None,
@@ -232,19 +239,25 @@ class Broker:
         return cls(hub, destinations, config, metrics, limits, access,
                    (settings.stomp_login, settings.stomp_passcode))
 
-    def serve(self, ws, sender: str, client: str = "?", identity: Identity | None = None) -> None:
+    def serve(self, ws, sender: str, client: str = "?", identity: Identity | None = None,
+              transport: str = "stomp", on_connect: Callable[[Connect], None] | None = None) -> None:
         """Run one STOMP session on an open WebSocket until it ends; release everything.
 
         ``sender`` is the handshake session's guest name; ``identity`` what its cookie or
-        ticket proved, if anything (CONNECT may prove more: see stomp_auth.py).
+        ticket proved, if anything (CONNECT may prove more: see stomp_auth.py). ``ws`` is a
+        WebSocket or anything with its receive/send/close surface (a SockJS session:
+        app/transports/sockjs_channel.py); ``transport`` labels it in
+        ``switchboard_open_connections``, and ``on_connect`` hears the CONNECT (SockJS turns
+        its own heartbeats off when STOMP heart-beats are negotiated).
         """
         connection = Connection(self, ws, sender, client=client, identity=identity)
+        connection.on_connect = on_connect
         self.connections.add(connection)
         try:
             if self.metrics is None:
                 connection.run()
             else:
-                with self.metrics.connection("stomp"):
+                with self.metrics.connection(transport):
                     connection.run()
         finally:
             self.connections.discard(connection)
@@ -318,6 +331,7 @@ class Connection:
         self._guest = sender
         self.client = client
         self.error_kind: str | None = None  # a finer kind than "broker" for the ERRORs we raise, for metrics
+        self.on_connect: Callable[[Connect], None] | None = None  # told of the CONNECT (see Broker.serve)
         bucket = broker.limits.publish_bucket() if broker.limits is not None else None
         self._published = broker.metrics.publishes.labels("stomp") if broker.metrics is not None else None
         self._clock = clock
@@ -426,9 +440,9 @@ class Connection:
                         self._fail("slow consumer",
                                    f"This connection fell too far behind topic {item.topic!r}; events were lost. "
                                    + _RECONNECT_HINT, CLOSE_POLICY_VIOLATION, kind="slow-consumer")
-                else:
-                    body, headers = encode_message(item)
-                    tail = message_tail(item, session.escapes_messages)
+                elif self.broker.withholds is None or not self.broker.withholds(item):
+                    body, headers = self.broker.encode_message(item)
+                    tail = self.broker.message_tail(item, session.escapes_messages)
                     destination = pump.destination(item) if pump.destination is not None else None
                     if session.deliver(sub_id, body, headers, now=self._clock(), tail=tail, default_type=None,
                                        destination=destination):
@@ -525,6 +539,8 @@ class Connection:
         log.debug("STOMP %s connected: version %s, heart-beat %s", request_.session_id, request_.version,
                   request_.heart_beat)
         self._wake_timer.set()  # heart-beat deadlines exist from now on
+        if self.on_connect is not None:
+            self.on_connect(request_)
 
     def _on_subscribe(self, request_: Subscribe) -> None:
         receipt = _first(request_.headers, "receipt")
