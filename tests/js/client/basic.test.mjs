@@ -3,13 +3,14 @@
 // several topics on one connection, history on entry, a drop with events published
 // meanwhile (resumed once each, in order), unsubscribe.
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { after, afterEach, before, describe, test } from "node:test";
 
 import { SwitchboardError } from "../../../static/js/switchboard.js";
-import { Gunicorn, TRANSPORTS, client, follow, ids, publish, sleep, texts, waitFor } from "./support.mjs";
+import { Gunicorn, TRANSPORTS, client, closeClients, follow, ids, publish, sleep, texts, waitFor } from "./support.mjs";
 
 let server;
 before(async () => { server = await new Gunicorn().start(); });
+afterEach(closeClients);
 after(async () => { await server.close(); });
 
 let n = 0;

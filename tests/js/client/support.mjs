@@ -161,14 +161,23 @@ export async function publish(baseUrl, topic, data, headers = {}) {
   return res.json();
 }
 
-/** A Switchboard for Node (ws as its WebSocket), whose errors and states are recorded. */
+const open = new Set();
+
+/** A Switchboard for Node (ws as its WebSocket), whose errors and states are recorded.
+ *  closeClients() (each file's afterEach) closes it, even when its test failed. */
 export function client(url, options = {}) {
   const sb = new Switchboard(url, { WebSocket, ...options });
+  open.add(sb);
   sb.errors = [];
   sb.states = [];
   sb.on("error", (err) => sb.errors.push(err));
   sb.on("state", (detail) => sb.states.push(detail));
   return sb;
+}
+
+export function closeClients() {
+  for (const sb of open) sb.close();
+  open.clear();
 }
 
 /** Subscribe and keep what arrives: {sub, events, gaps, errors}. */
