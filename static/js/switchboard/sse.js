@@ -172,6 +172,9 @@ export class SseTransport extends HttpTransport {
         if (!this.proven || bytes === 0) {
           clearTimeout(firstBytes);
           this._prove(subs);
+          // Followed from here on: a topic still without a cursor is an empty one, and a
+          // reconnect reads what it got meanwhile (client.catchUp).
+          for (const sub of subs) sub._positioned = true;
         }
         bytes += chunk.value.byteLength;
         c._traffic({ type: "in", transport: this.name, kind: "stream", bytes: chunk.value.byteLength });
