@@ -263,7 +263,7 @@ export class Switchboard {
       T.start();
       return;
     }
-    this.catchUp(empty, name).then(() => { if (this._current === T && !T.ended) T.start(); });
+    this._catchUp(empty, name).then(() => { if (this._current === T && !T.ended) T.start(); });
   }
 
   _established(T) {
@@ -362,7 +362,7 @@ export class Switchboard {
    *  the whole history, as every event in it is newer than the subscription. Where a topic
    *  got a full page or more, the oldest may be gone: a gap first. A refusal or a network
    *  failure is reported and left to the transport, which meets it again. */
-  async catchUp(subs, transport) {
+  async _catchUp(subs, transport) {
     const limit = this.options.pageLimit;
     for (const sub of subs) {
       let page;

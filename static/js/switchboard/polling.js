@@ -36,7 +36,7 @@ export class LongPollTransport extends HttpTransport {
         if (res.status === 204 || res.status === 200) {
           this._prove(subs);
           const page = res.status === 200 ? res.json() : null;
-          if (empty.length) await c.catchUp(empty, this.name);
+          if (empty.length) await c._catchUp(empty, this.name);
           if (gen !== this.gen) continue;
           if (page) this._apply(subs.filter((sub) => !empty.includes(sub)), page);
         } else if (!(await this._refused(httpError(res, this.name), subs, state))) {

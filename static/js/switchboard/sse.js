@@ -173,7 +173,7 @@ export class SseTransport extends HttpTransport {
           clearTimeout(firstBytes);
           this._prove(subs);
           // Followed from here on: a topic still without a cursor is an empty one, and a
-          // reconnect reads what it got meanwhile (client.catchUp).
+          // reconnect reads what it got meanwhile (client._catchUp).
           for (const sub of subs) sub._positioned = true;
         }
         bytes += chunk.value.byteLength;
