@@ -36,8 +36,12 @@ export class SwitchboardError extends Error {
   readonly transport: TransportName | "http" | null;
   /** The server itself answered with this code (not a network failure). */
   readonly fromServer: boolean;
+  /** A WebSocket's close code and reason, when the failure was the socket closing. */
+  readonly closeCode: number | null;
+  readonly closeReason: string | null;
   constructor(code: string, message: string, details?: {
     status?: number; topic?: string; retryAfter?: number; transport?: string; fromServer?: boolean; cause?: unknown;
+    closeCode?: number; closeReason?: string;
   });
 }
 

@@ -11,6 +11,8 @@ export class SwitchboardError extends Error {
     this.retryAfter = details.retryAfter ?? null; // seconds, when the server said
     this.transport = details.transport ?? null;
     this.fromServer = Boolean(details.fromServer); // the server itself answered with this code
+    this.closeCode = details.closeCode ?? null; // a WebSocket's close code, when it closed
+    this.closeReason = details.closeReason ?? null;
   }
 }
 

@@ -257,7 +257,7 @@ export class WebSocketTransport {
     const why = ev.reason ? ` ${ev.reason}` : "";
     const codes = { 1001: "shutting_down", 1009: "too_large", 4001: "unauthorized" };
     const err = new SwitchboardError(codes[ev.code] || "network", `the WebSocket closed (${ev.code}${why})`,
-      { transport: this.name, fromServer: ev.code in codes });
+      { transport: this.name, fromServer: ev.code in codes, closeCode: ev.code, closeReason: ev.reason || "" });
     if (ev.code === 4001) this.client._tokens.stale = true; // its token expired: ask for a new one
     this._end(err, { immediate: ev.code === 4001 });
   }
