@@ -271,6 +271,11 @@ class Subscription:
         if self._observer is not None:
             self._observer.replayed(count)
 
+    def _epoch_moved(self, event: Event) -> bool:
+        """Whether ``event`` is of another epoch than the last one taken."""
+        last = self._last
+        return last is not None and event.cursor.epoch != last.epoch
+
     def _is_new(self, event: Event) -> bool:
         last = self._last
         return last is None or event.cursor.epoch != last.epoch or event.cursor.position > last.position
@@ -294,8 +299,7 @@ class Subscription:
             while self._queue:
                 event = self._queue.popleft()
                 self._queued_bytes -= event.size
-                last = self._last
-                if last is not None and event.cursor.epoch != last.epoch:
+                if self._epoch_moved(event):
                     # History's epoch changed under this subscription (Redis flushed, or a
                     # shard restarted empty): history, not the live feed, says what is lost.
                     self.resync()

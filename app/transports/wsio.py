@@ -144,6 +144,10 @@ of a message. The peer rarely sees this frame anyway: the code is for the logs.
 ENVIRON_WEBSOCKET = "wsgi.websocket"
 ENVIRON_PROTOCOL = "switchboard.ws_protocol"
 ENVIRON_REGISTRY = "switchboard.ws_registry"
+#: ``environ[ENVIRON_CLIENT_GONE]()`` is true once the client has closed its end of the
+#: connection: a parked request (a SockJS poll) asks it while it waits, since a WSGI server
+#: notices a gone client only when it writes.
+ENVIRON_CLIENT_GONE = "switchboard.client_gone"
 
 WEBSOCKET_VERSION = "13"
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -217,6 +221,24 @@ class WebSocketPolicy:
             raise ValueError("write_timeout must be > 0 or None")
         object.__setattr__(self, "allowed_origins", origins)
         object.__setattr__(self, "protocols", MappingProxyType(protocols))
+
+    def protocols_for(self, path: str) -> tuple[str, ...] | None:
+        """The sub-protocols spoken at ``path``, or ``None`` if it takes no WebSocket.
+
+        A key matches exactly, or segment by segment where its ``*`` stands for any one
+        non-empty segment without a dot (SockJS's ``/<prefix>/*/*/websocket`` session URLs).
+        """
+        found = self.protocols.get(path)
+        if found is not None:
+            return found
+        segments = path.split("/")
+        for pattern, offered in self.protocols.items():
+            parts = pattern.split("/")
+            if "*" in parts and len(parts) == len(segments) and all(
+                    part == segment or (part == "*" and segment and "." not in segment)
+                    for part, segment in zip(parts, segments)):
+                return offered
+        return None
 
 
 DEFAULT_POLICY = WebSocketPolicy()
@@ -349,7 +371,8 @@ def negotiate(environ, policy: WebSocketPolicy) -> Acceptance | Refusal:
         An :class:`Acceptance` or a :class:`Refusal`.
     """
     path = environ.get("PATH_INFO", "")
-    if path not in policy.protocols:
+    spoken = policy.protocols_for(path)
+    if spoken is None:
         return Refusal(404, "not_found", f"no WebSocket endpoint at {path}")
     if environ.get("REQUEST_METHOD") != "GET":
         return Refusal(405, "method_not_allowed", "a WebSocket handshake is a GET request", (("Allow", "GET"),))
@@ -380,13 +403,12 @@ def negotiate(environ, policy: WebSocketPolicy) -> Acceptance | Refusal:
     offered = _tokens(environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", ""))
     chosen = None
     if offered:
-        chosen = next((name for name in policy.protocols[path] if name in offered), None)
+        chosen = next((name for name in spoken if name in offered), None)
         if chosen is None:
-            spoken = ", ".join(policy.protocols[path]) or "none"
             return Refusal(
                 400,
                 "unsupported_subprotocol",
-                f"no offered sub-protocol is spoken at {path} (spoken: {spoken})",
+                f"no offered sub-protocol is spoken at {path} (spoken: {', '.join(spoken) or 'none'})",
             )
     return Acceptance(_accept_token(key), chosen)
 
@@ -937,8 +959,18 @@ class Handler(WebSocketHandler, PyWSGIHandler):
     def get_environ(self):
         environ = super().get_environ()
         environ[ENVIRON_REGISTRY] = self._registry()
+        environ[ENVIRON_CLIENT_GONE] = self._client_gone
         self._requests_read += 1
         return environ
+
+    def _client_gone(self) -> bool:
+        # Readable with nothing to read is the peer's FIN; readable with bytes is a next
+        # request already sent (pipelining), which is no hang-up.
+        try:
+            readable, _, _ = gevent.select.select([self.socket], [], [], 0)
+            return bool(readable) and self.socket.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def read_requestline(self):
         registry = self._registry()

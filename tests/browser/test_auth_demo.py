@@ -268,8 +268,10 @@ def test_socket_pages_explain_the_documented_refusals(live_server, new_user, con
     page.locator(".chat [data-status]", has_text="Refused with 401 (sign in): sign in to subscribe").wait_for(timeout=ms(10))
     wait_chat_ready(page, timeout=30)  # reconnected after its backoff, subscribed
     send_chat(page, "refused over /ws")
-    page.locator("li.notice", has_text="Not sent: Refused with 403 (not allowed): you may not publish to topic 'chat'") \
-        .wait_for(timeout=ms(10))
+    refused = page.locator("li.notice", has_text="Not sent: Refused with 403 (not allowed): you may not publish "
+                                                  "to topic 'chat'")
+    refused.wait_for(timeout=ms(10))
+    assert refused.count() == 1 and page.locator("li.message", has_text="refused over /ws").count() == 0
 
     def fake_stomp(ws):  # CONNECTED, then an ERROR for the SEND (then the server closes)
         def on_message(text):
@@ -288,8 +290,10 @@ def test_socket_pages_explain_the_documented_refusals(live_server, new_user, con
     stomp.goto(f"{live_server.url}/stomp")
     wait_chat_ready(stomp)
     send_chat(stomp, "refused over STOMP")
-    stomp.locator("li.notice", has_text="Not sent: Refused with 403 (not allowed): forbidden: you may not publish to /app/chat") \
-        .wait_for(timeout=ms(10))
+    refused = stomp.locator("li.notice", has_text="Not sent: Refused with 403 (not allowed): forbidden: you may "
+                                                   "not publish to /app/chat")
+    refused.wait_for(timeout=ms(10))
+    assert refused.count() == 1 and stomp.locator("li.message", has_text="refused over STOMP").count() == 0
 
 
 def test_signed_in_alice_chats_and_the_fetch_reader_sends_her_token(auth_server, new_user, console_errors):

@@ -66,11 +66,21 @@ def listener(wires, destination: str) -> Wire:
     return wire
 
 
-def refused_connect(wire: Wire, headers: dict, message: str) -> None:
+def refused_connect(wire: Wire, headers: dict, message: str) -> str:
+    """CONNECT with ``headers``: an ERROR with ``message`` and a body, then close 1008.
+    Returns the ERROR's message header."""
     wire.send_frame("CONNECT", {"accept-version": "1.2", "host": "localhost", **headers})
     error = wire.expect_error(message)
     assert error.body, "the ERROR body says why"
     assert wire.expect_close() == 1008
+    return error.get("message")
+
+
+def receives(server, wire: Wire, topic: str) -> bool:
+    """True when an event published to ``topic`` reaches ``wire`` (subscribed to it as "0")."""
+    event = publish(server.url, topic, "to the subscriber")
+    (message,) = wire.messages(1)
+    return message.get("event-id") == event["id"]
 
 
 def stomp_errors(base: str, kind: str) -> float:
@@ -136,20 +146,23 @@ class TestConnect:
             (before[0] + 1, before[1] + 1)
 
     def test_no_credentials_is_an_error_then_the_close(self, wires):
-        refused_connect(wires(), {}, "authentication failed")
+        assert refused_connect(wires(), {}, "authentication failed") == "authentication failed"
 
     def test_a_login_that_is_not_the_token_s_sub_is_refused(self, wires):
-        refused_connect(wires(), {"login": "bob", "passcode": mint("alice", **ALICE)}, "authentication failed")
+        assert refused_connect(wires(), {"login": "bob", "passcode": mint("alice", **ALICE)},
+                               "authentication failed") == "authentication failed"
 
     @pytest.mark.parametrize("login", [None, "", "alice"])
-    def test_the_login_may_be_absent_or_the_sub(self, wires, login):
+    def test_the_login_may_be_absent_or_the_sub(self, server, wires, login):
         headers = {} if login is None else {"login": login}
         wire = connected_as(wires, mint("alice", **ALICE), **headers)
         wire.subscribe("/topic/news")
+        assert receives(server, wire, "news")
 
-    def test_an_authorization_header_in_connect(self, wires):
+    def test_an_authorization_header_in_connect(self, server, wires):
         wire = connected_as(wires, Authorization=f"Bearer {mint('alice', **ALICE)}")
         wire.subscribe("/topic/news")
+        assert receives(server, wire, "news")
 
     def test_the_shared_login_still_works_and_gives_an_anonymous_session(self, wires):
         wire = connected_as(wires, **SHARED)
@@ -159,10 +172,11 @@ class TestConnect:
         assert wire.expect_close() == 1008
         refused_connect(wires(), {"login": SHARED["login"], "passcode": "wrong"}, "authentication failed")
 
-    def test_the_shared_login_with_a_cookie_is_the_cookie_s_identity(self, wires):
+    def test_the_shared_login_with_a_cookie_is_the_cookie_s_identity(self, server, wires):
         wire = wires(cookie=f"switchboard_token={mint('alice', **ALICE)}")
         wire.connect(**SHARED)
         wire.subscribe("/topic/news")
+        assert receives(server, wire, "news"), "alice's cookie may follow news; an anonymous session may not"
 
 
 # ---------------------------------------------------------------------- destinations

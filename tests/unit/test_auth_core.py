@@ -34,23 +34,27 @@ class TestTokenVerifier:
         assert identity.may("publish", "chat") and not identity.may("subscribe", "chat")
         assert 290 < identity.seconds_left() <= 300
 
-    @pytest.mark.parametrize("token, expired", [
-        (mint("alice", lifetime=-1), True),
-        (mint("alice", secret="x" * 40), False),
-        (mint("alice", audience="other"), False),
-        (mint("alice", audience=None), False),
-        (jwt.encode({"exp": int(time.time()) + 60, "aud": AUDIENCE}, SECRET, algorithm="HS256"), False),  # no sub
-        (jwt.encode({"sub": "a", "aud": AUDIENCE}, SECRET, algorithm="HS256"), False),  # no exp
-        (jwt.encode({"sub": "a", "exp": int(time.time()) + 60, "aud": AUDIENCE}, None, algorithm="none"), False),
-        (mint("alice", switchboard={"subscribe": "chat"}), False),  # not a list
-        (mint("alice", switchboard={"subscribe": ["a..b"]}), False),  # a bad pattern
-        (mint("alice", switchboard=["chat"]), False),
-        ("not.a.jwt", False),
-        ("x" * 9000, False),
-    ])
-    def test_a_failing_token_is_unauthorized_with_invalid_token(self, token, expired):
+    # Tokens are minted when the test runs, not when it is collected: a suite that takes
+    # longer than a token's lifetime must not turn "bad pattern" into "expired".
+    @pytest.mark.parametrize("make, expired", [
+        (lambda: mint("alice", lifetime=-1), True),
+        (lambda: mint("alice", secret="x" * 40), False),
+        (lambda: mint("alice", audience="other"), False),
+        (lambda: mint("alice", audience=None), False),
+        (lambda: jwt.encode({"exp": int(time.time()) + 60, "aud": AUDIENCE}, SECRET, algorithm="HS256"), False),
+        (lambda: jwt.encode({"sub": "a", "aud": AUDIENCE}, SECRET, algorithm="HS256"), False),
+        (lambda: jwt.encode({"sub": "a", "exp": int(time.time()) + 60, "aud": AUDIENCE}, None, algorithm="none"),
+         False),
+        (lambda: mint("alice", switchboard={"subscribe": "chat"}), False),
+        (lambda: mint("alice", switchboard={"subscribe": ["a..b"]}), False),
+        (lambda: mint("alice", switchboard=["chat"]), False),
+        (lambda: "not.a.jwt", False),
+        (lambda: "x" * 9000, False),
+    ], ids=["expired", "bad signature", "other audience", "no audience", "no sub", "no exp", "alg none",
+            "permissions not a list", "bad pattern", "permissions not an object", "not a jwt", "oversized"])
+    def test_a_failing_token_is_unauthorized_with_invalid_token(self, make, expired):
         with pytest.raises(Unauthorized) as caught:
-            self.verifier.verify(token, "bearer")
+            self.verifier.verify(make(), "bearer")
         assert caught.value.invalid_token and caught.value.expired is expired
 
     def test_only_an_hs256_secret_mints(self):

@@ -822,3 +822,39 @@ class TestOutages:
                 assert_next_is(hub, sub)
         finally:
             hub.close()
+
+
+def wildcard_options(hubs: Hubs) -> dict:
+    """A cluster serves wildcards only with shared routing (sharded Pub/Sub has no patterns;
+    with per-topic routing it refuses them: tests/unit/test_redis_routing.py)."""
+    return {"routing": "shared"} if hubs.kind == "cluster" else {}
+
+
+class TestWildcardSubscriptions:
+    def test_live_events_of_every_matching_topic_in_order(self, hubs):
+        hub = hubs.make(**wildcard_options(hubs))
+        with hub.subscribe_pattern("wc.*") as star, hub.subscribe_pattern("wc.#") as hash_:
+            for topic in ("wc", "wc.a", "wcx.a", "wc.a.b", "wc.b"):
+                hub.publish(topic, topic)
+            star_topics = [item.topic for item in take(star, 2)]
+            hash_topics = [item.topic for item in take(hash_, 4)]
+            if hubs.kind == "cluster":
+                # One order per shard: topics on different shards reach a worker over different
+                # paths (the cluster bus), so only each topic's own order holds across them.
+                star_topics, hash_topics = sorted(star_topics), sorted(hash_topics)
+            assert star_topics == ["wc.a", "wc.b"]
+            assert hash_topics == ["wc", "wc.a", "wc.a.b", "wc.b"]
+            marker = hub.publish("wc.z", "marker")
+            assert take(star, 1)[0].id == marker.id and take(hash_, 1)[0].id == marker.id
+        assert hub.subscriber_count() == 0
+
+    def test_an_overflowing_wildcard_gets_a_slow_gap_and_ends(self, hubs):
+        hub = hubs.make(queue_size=2, **wildcard_options(hubs))
+        sub = hub.subscribe_pattern("of.*")
+        for n in range(5):
+            hub.publish(f"of.{n}", n)
+        wait_for(lambda: sub.overflows, message="the queue to overflow")
+        items = take(sub, 3)
+        assert data(items) == [0, 1, ("gap", True)]
+        with pytest.raises(SubscriptionClosed):
+            sub.get(timeout=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from app.events import Event, Gap
+from app.events import Event, Gap, InvalidTopic
 from app.hub import Hub
 from tests.support.timing import scaled
 from tests.unit.test_backend_contract import (  # noqa: F401 (the server fixtures)
@@ -240,3 +240,30 @@ class TestManyTopicsManyWorkers:
             got = moving_got[key]
             assert [e.id for e in got] == [e.id for e in everything[:len(got)]], f"moving {key}"
             assert not any(isinstance(item, Gap) for item in got)
+
+
+class TestWildcards:
+    def test_a_wildcard_hears_the_topics_it_matches_once_each(self, workers):
+        """A wildcard subscription on one worker gets the matching topics' events published on
+        another, once each, even where the worker also subscribes to one of those topics (its
+        channel and the pattern both carry the event); on a cluster with per-topic routing it
+        is refused, with the reason."""
+        hub = workers.make()
+        other = workers.peer(hub)
+        if workers.kind == "cluster":
+            with pytest.raises(InvalidTopic, match="Redis Cluster"):
+                hub.subscribe_pattern("room.*")
+            return
+        wildcard = hub.subscribe_pattern("room.*")
+        plain = hub.subscribe("room.a")
+        sent = [other.publish(topic, n) for n, topic in enumerate(["room.a", "room.b", "hall", "room.b.c", "room.a"])]
+        marker = other.publish("room.z", "marker")
+        got = drain_until(wildcard, marker)
+        assert [e.id for e in got] == [sent[0].id, sent[1].id, sent[4].id, marker.id]
+        assert [e.id for e in take(plain, 2)] == [sent[0].id, sent[4].id]
+        wildcard.close()
+        heard = hub.backend.received
+        other.publish("room.b", "unheard")
+        marker = other.publish("room.a", "after")
+        assert take(plain, 1)[0].id == marker.id
+        assert hub.backend.received - heard == 1, "the pattern was dropped with its last subscription"

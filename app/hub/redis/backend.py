@@ -53,7 +53,7 @@ import secrets
 import time
 from typing import Any, Callable
 
-from ...events import Cursor, Event
+from ...events import Cursor, Event, RawBody, extras_from_stored, stored_extras
 from .. import BackendUnavailable, TooManyTopics
 from .client import RedisClient, RedisTarget
 from .feed import Feed, FeedHooks
@@ -246,7 +246,8 @@ class RedisBackend(RedisPresence):
 
     # -- history ------------------------------------------------------------------------
 
-    def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event:
+    def append(self, topic: str, type: str, data: Any, sender: str | None, *,
+               headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
         """Store a new event at the end of the topic's stream and publish it, atomically.
 
         Raises:
@@ -256,7 +257,7 @@ class RedisBackend(RedisPresence):
             TooManyTopics: ``topic`` is new and the deployment holds ``max_topics``
                 (nothing was stored).
         """
-        body = encode_body({"type": type, "sender": sender, "data": data})
+        body = encode_body({"type": type, "sender": sender, "data": data, **stored_extras(headers, raw)})
         in_script = self.max_topics if not self.keys.cluster else 0
         if self.max_topics and self.keys.cluster:
             self._count_topic(topic)
@@ -269,7 +270,7 @@ class RedisBackend(RedisPresence):
         if not event_id:
             raise TooManyTopics(self.max_topics, int(reply[2]) / 1000)
         ms, seq = id_parts(event_id)
-        return Event(Cursor(epoch, (ms, seq)), topic, type, data, sender, ms / 1000)
+        return Event(Cursor(epoch, (ms, seq)), topic, type, data, sender, ms / 1000, headers=headers, raw=raw)
 
     @property
     def _publish_command(self) -> str:
@@ -432,7 +433,7 @@ class RedisBackend(RedisPresence):
             ms, seq = id_parts(reply[i])
             fields = json.loads(reply[i + 1])
             events.append(Event(Cursor(epoch, (ms, seq)), topic, fields["type"], fields["data"], fields["sender"],
-                                ms / 1000))
+                                ms / 1000, **extras_from_stored(fields)))
         return events
 
 

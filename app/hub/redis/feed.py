@@ -42,7 +42,7 @@ import gevent.socket
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ...events import Cursor, Event
+from ...events import Cursor, Event, extras_from_stored
 from .. import BackendUnavailable
 from .keys import KeySpace
 
@@ -401,7 +401,8 @@ class Feed:
             cursor = Cursor.parse(cursor_text.decode("ascii"))
             fields = json.loads(body)
             ms = cursor.position[0]
-            event = Event(cursor, topic.decode("ascii"), fields["type"], fields["data"], fields["sender"], ms / 1000)
+            event = Event(cursor, topic.decode("ascii"), fields["type"], fields["data"], fields["sender"], ms / 1000,
+                          **extras_from_stored(fields))
         except (ValueError, KeyError) as exc:
             log.error("redis feed %s: dropped a malformed message (%s): %r", self.name, exc, payload[:200])
             return
