@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,6 +202,9 @@ async def _fanout(server, deployment, topics, seconds, kind, routing) -> dict:
         await asyncio.sleep(0.1)
     cpu_w, cpu_r, wall = cpu_seconds(workers) - cpu_w, cpu_seconds(deployment.pids) - cpu_r, time.monotonic() - wall
     delivered = sum(counts) - before
+    redis_status = [json.loads(urllib.request.urlopen(f"http://{HOST}:{server.port}/healthz", timeout=10).read())["redis"]
+                    for _ in range(8)]
+    warnings = (server.log_dir / f"{server.name}-{server.port}.log").read_text(errors="replace").count(" WARNING ")
     for transport in transports:
         transport.abort()
     return {"deployment": kind, "routing": routing, "streams": len(counts), "seconds": round(wall, 1),
@@ -208,7 +212,9 @@ async def _fanout(server, deployment, topics, seconds, kind, routing) -> dict:
             "delivered": delivered, "expected": expected,
             "worker_cpu_s": round(cpu_w, 2), "redis_cpu_s": round(cpu_r, 2),
             "worker_us_per_delivery": round(cpu_w / max(delivered, 1) * 1e6, 1),
-            "redis_us_per_publish": round(cpu_r / max(statuses.get(201, 1), 1) * 1e6, 1)}
+            "redis_us_per_publish": round(cpu_r / max(statuses.get(201, 1), 1) * 1e6, 1),
+            # A worker's feeds cut and resynced in the window would inflate both CPU figures.
+            "feed_reconnects": max(status["reconnects"] for status in redis_status), "log_warnings": warnings}
 
 
 def run_unserved(routing: str, unserved: int, seconds: float, workdir: Path) -> dict:
@@ -256,6 +262,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["fanout", "unserved"])
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--deployments", default="single,cluster")
+    parser.add_argument("--routings", default="shared,topic")
     parser.add_argument("--runs", type=int, default=3, help="runs of each configuration; the median is reported")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "scaleout.json"))
     args = parser.parse_args()
@@ -270,8 +278,8 @@ def main() -> None:
             # each of them rather than one.
             runs: dict[tuple[str, str], list[dict]] = {}
             for run in range(args.runs):
-                for kind in ("single", "cluster"):
-                    for routing in ("shared", "topic"):
+                for kind in args.deployments.split(","):
+                    for routing in args.routings.split(","):
                         row = run_fanout(kind, routing, args.seconds, workdir / f"{kind}-{routing}-{run}")
                         print(json.dumps(row), flush=True)
                         runs.setdefault((kind, routing), []).append(row)
