@@ -434,7 +434,11 @@ class RedisQueues:
     # -- the rest ----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, QueueStats]:
-        """Every queue of the deployment: waiting and in-flight messages."""
+        """Every queue of the deployment: waiting and in-flight messages (none on a cluster)."""
+        try:
+            self._check_not_cluster()
+        except InvalidTopic:
+            return {}
         reply = self._call("stats", [], [self.prefix])
         stats = {}
         for i in range(0, len(reply), 3):

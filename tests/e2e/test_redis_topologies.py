@@ -163,6 +163,13 @@ class TestCluster:
             assert f'switchboard_redis_shard_up{{shard="{address}"}} 1.0' in metrics, metrics[-2000:]
         assert "switchboard_redis_topics_routed" in metrics
 
+    def test_work_queues_are_refused_with_the_reason(self, on_cluster):
+        """Queues need one Redis or Sentinel (README "Redis Cluster"): a send says why, never a 500."""
+        res = requests.post(f"{on_cluster.url}/api/queues/jobs/messages", data='{"data": 1}',
+                            headers={**JSON, **ONE_SHOT}, timeout=scaled(5))
+        assert res.status_code == 400, res.text
+        assert "cluster" in res.json()["message"], res.json()
+
     @pytest.mark.soak
     def test_a_shard_killed_and_restarted_pauses_only_its_topics(self, tmp_path):
         """One shard is SIGKILLed under load and restarted (with its AOF): publishes to its
