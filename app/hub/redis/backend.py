@@ -156,6 +156,8 @@ class RedisBackend(RedisPresence):
         publishes answered 503) and the feeds keep trying.
         """
         self._deliver = deliver
+        if self.router is not None:
+            return  # started already (a second hub on this backend): only the receiver changes
         self.client.connect()
         if self.client.mode == "cluster" and not self.keys.cluster:
             self.keys = KeySpace(self.prefix, cluster=True, per_topic=self.routing == "topic")
