@@ -15,6 +15,7 @@ from . import api, doctor_api, errors, i18n, limits as limits_module, pages, sec
 from .auth import Access, AccessError, Unauthorized, demo as auth_demo, web as auth_web
 from .auth.patterns import PatternSet
 from .config import ConfigError, Settings
+from .delivery import Delivery
 from .hub import Hub
 from .hub.memory import MemoryBackend
 from .producers import start_producers
@@ -137,6 +138,10 @@ def build_app(test_config=None) -> Flask:
     app.extensions["switchboard.hub"] = hub
     app.extensions["switchboard.metrics"] = metrics
     app.extensions["switchboard.shutdown"] = shutdown
+    # The worker's one fan-out from subscriptions to sockets (app/delivery/).
+    delivered = {name: metrics.delivered.labels(name) for name in ("sse", "websocket", "stomp")}
+    app.extensions["switchboard.delivery"] = Delivery(
+        delivered=lambda transport, count: delivered[transport].inc(count))
 
     access = Access(settings, app.secret_key, hub.claim_once,
                     count_hook=lambda result: metrics.auth_hook.labels(result).inc())

@@ -66,6 +66,7 @@ from geventwebsocket.websocket import Stream
 from geventwebsocket.websocket import WebSocket as _StockWebSocket
 from gunicorn.workers.ggevent import PyWSGIHandler
 
+from ..server.raw_response import ENVIRON_RAW_RESPONSE, RawResponse
 from ._wsframes import (
     CLOSE_ABNORMAL,
     CLOSE_GOING_AWAY,
@@ -937,6 +938,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
     def get_environ(self):
         environ = super().get_environ()
         environ[ENVIRON_REGISTRY] = self._registry()
+        environ[ENVIRON_RAW_RESPONSE] = RawResponse(self)  # for a stream that writes its own body
         self._requests_read += 1
         return environ
 
