@@ -275,6 +275,13 @@ def machine() -> dict:
 
 async def main_async(args) -> int:
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick)
+    if args.subscribers:
+        cfg["fanout_subscribers"] = [int(n) for n in args.subscribers.split(",")]
+        cfg["burst_events"] = {n: cfg["burst_events"].get(n, 200) for n in cfg["fanout_subscribers"]}
+    if args.transports:
+        FANOUT_TRANSPORTS[:] = [t for t in args.transports.split(",")]
+    if args.paced_seconds:
+        cfg["paced_seconds"] = args.paced_seconds
     scenarios.SETTLE = 0.1 if args.quick else 0.3
     runs = args.runs or cfg["runs"]
     only = set(args.only.split(",")) if args.only else {"idle", "fanout", "redis", "overhead", "inbound"}
@@ -324,6 +331,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, help="runs to take the median of (default 3, quick 1)")
     parser.add_argument("--only", help="comma-separated: idle,fanout,redis,overhead,inbound; or 'profile' alone")
     parser.add_argument("--profile", action="store_true", help="also py-spy Switchboard under load")
+    parser.add_argument("--subscribers", help="fan-out sizes, comma-separated (default 100,1000; quick 1000)")
+    parser.add_argument("--transports", help="fan-out transports, comma-separated (default all streaming ones)")
+    parser.add_argument("--paced-seconds", type=float, help="length of the 50 events/s window")
     parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
     parser.add_argument("--name", help="output file stem (default latest, quick mode latest-quick)")
     parser.add_argument("--date", help="date written into the report (default today)")
