@@ -25,6 +25,7 @@ import gevent.event
 
 from ..events import Gap
 from ..hub import SubscriptionClosed
+from ..server.outbox import Outbox
 from .stream import Stream
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Feed:
             self.pending = True
             stream = self.stream
             stream._ready.append(self)
-            if stream._writer is None:
+            if not stream.outbox.has_writer:  # else it is readied once drained
                 stream.delivery.ready(stream)
 
     def clear(self) -> None:
@@ -124,10 +125,9 @@ class Delivery:
 
     # -- streams --------------------------------------------------------------------
 
-    def stream(self, sock, transport: str, client: str = "?", write_timeout: float | None = None,
-               on_written: Callable[[int], None] | None = None) -> Stream:
-        """A new :class:`Stream` on ``sock`` (its headers or handshake already sent)."""
-        stream = Stream(self, sock, transport, client, write_timeout, on_written)
+    def stream(self, outbox: Outbox, transport: str, client: str = "?") -> Stream:
+        """A new :class:`Stream` over a connection's ``outbox``."""
+        stream = Stream(self, outbox, transport, client)
         self._streams.add(stream)
         return stream
 
@@ -184,7 +184,7 @@ class Delivery:
         counts: dict[str, int] = {}
         oldest: dict[str, float] = {}
         for stream in ready:
-            if stream._writer is not None or stream.done.is_set():
+            if stream.outbox.has_writer or stream.done.is_set():
                 continue  # its writer re-readies it once drained
             events, first_time = self._pump(stream)
             if events:

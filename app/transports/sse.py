@@ -60,6 +60,7 @@ from ..errors import ApiError
 from ..events import Event, Gap, check_topic
 from ..hub import Subscription, SubscriptionClosed
 from ..metrics import Metrics
+from ..server.outbox import Outbox
 from ..server.raw_response import ENVIRON_RAW_RESPONSE, RawResponse
 from .cursor import compound_resume_cursor, format_compound, resume_cursor
 from .topics import TopicSet, authorize_topics, read_topics, start_positions
@@ -221,7 +222,8 @@ def _stream(raw: RawResponse, source: Subscription | TopicSet, framer: _Framer, 
         with metrics.connection("sse"):
             yield opening
             framer.chunked = raw.chunked
-            stream = delivery.stream(raw.socket, "sse", client, write_timeout, raw.written)
+            outbox = Outbox(raw.socket, f"{client} (sse)", write_timeout, raw.written)
+            stream = delivery.stream(outbox, "sse", client)
             try:
                 delivery.attach(stream, source, framer)
                 beat = heartbeat  # seconds until a heartbeat is due
@@ -243,6 +245,7 @@ def _stream(raw: RawResponse, source: Subscription | TopicSet, framer: _Framer, 
                             stream.write([framer.wrap(HEARTBEAT)])
             finally:
                 stream.close()
+                outbox.clear()
     finally:
         source.close()
 

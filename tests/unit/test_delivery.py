@@ -20,6 +20,7 @@ from app.delivery import Delivery
 from app.events import Gap
 from app.hub import Hub
 from app.hub.memory import MemoryBackend
+from app.server.outbox import Outbox
 from tests.support.timing import scaled
 
 BIG = "x" * 200_000  # larger than any socket buffer below: its send is partial
@@ -109,7 +110,7 @@ def connect(delivery, hub, topic, *, small=False, write_timeout=None, since=None
     if small:
         server.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 4096)
         client.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
-    stream = delivery.stream(server, "test", "peer", write_timeout=write_timeout)
+    stream = delivery.stream(Outbox(server, "peer", write_timeout), "test", "peer")
     framer = LineFramer()
     delivery.attach(stream, hub.subscribe(topic, since=since), framer)
     return stream, framer, Peer(client)
