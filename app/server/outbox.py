@@ -72,7 +72,7 @@ class Outbox:
         lost: the peer is gone; writes are dropped.
     """
 
-    __slots__ = ("name", "write_timeout", "on_drained", "on_lost", "last_write", "lost", "_sock", "_raw", "_buf",
+    __slots__ = ("name", "write_timeout", "on_drained", "on_lost", "last_write", "lost", "sealed", "_sock", "_raw", "_buf",
                  "_buffered", "_writer", "_on_written", "_drained")
 
     def __init__(self, sock, name: str = "?", write_timeout: float | None = None,
@@ -83,6 +83,7 @@ class Outbox:
         self.on_lost: list[Callable[[], None]] = []
         self.last_write = time.monotonic()
         self.lost = False
+        self.sealed = False  # see seal()
         self._sock = sock
         self._raw = _raw(sock)
         self._buf: deque = deque()
@@ -101,13 +102,13 @@ class Outbox:
         """Whether a writer greenlet exists (only while there is a backlog)."""
         return self._writer is not None
 
-    def write(self, pieces: Iterable) -> None:
+    def write(self, pieces: Iterable, *, last: bool = False) -> None:
         """Send ``pieces`` (bytes-like) after everything written before, without waiting.
 
         What the socket cannot take now is buffered and a writer greenlet drains it.
-        Does nothing once the peer is gone.
+        Does nothing once the peer is gone, or once sealed unless ``last``.
         """
-        if self.lost:
+        if self.lost or (self.sealed and not last):
             return
         if not isinstance(pieces, list):
             pieces = list(pieces)
@@ -139,6 +140,11 @@ class Outbox:
             if self._drained is not None:
                 self._drained.clear()
             self._writer = gevent.spawn(self._drain)
+
+    def seal(self) -> None:
+        """Take no more writes but those marked ``last`` (after a WebSocket's Close frame,
+        RFC 6455 5.5.1: no data frame follows it, whoever was about to write one)."""
+        self.sealed = True
 
     def wait_drained(self, timeout: float | None = None) -> bool:
         """Wait until there is no backlog (or the peer is gone); whether that happened."""

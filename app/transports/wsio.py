@@ -42,7 +42,6 @@ import enum
 import errno
 import hashlib
 import http
-import itertools
 import json
 import logging
 import signal
@@ -55,7 +54,6 @@ from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
-import gevent.lock
 import gevent.pool
 import gevent.select
 from gevent.pywsgi import WSGIHandler, WSGIServer
@@ -66,6 +64,7 @@ from geventwebsocket.websocket import Stream
 from geventwebsocket.websocket import WebSocket as _StockWebSocket
 from gunicorn.workers.ggevent import PyWSGIHandler
 
+from ..server.outbox import Outbox
 from ..server.raw_response import ENVIRON_RAW_RESPONSE, RawResponse
 from ._wsframes import (
     CLOSE_ABNORMAL,
@@ -148,6 +147,9 @@ ENVIRON_REGISTRY = "switchboard.ws_registry"
 
 WEBSOCKET_VERSION = "13"
 _ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+#: Bytes an application's send may leave unsent before it waits for the peer to read
+#: (the high-water mark of asyncio's transports, websockets' write limit).
+HIGH_WATER = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
 
@@ -443,7 +445,12 @@ class WebSocket(_StockWebSocket):
         "_state",
         "_sock",
         "_read",
-        "_send_lock",
+        "outbox",
+        "ping_interval",
+        "ping_timeout",
+        "_ping_due",
+        "_ping_sent",
+        "_pings",
         "_assembler",
         "_closed_event",
         "_reader",
@@ -462,7 +469,15 @@ class WebSocket(_StockWebSocket):
         self._state = State.OPEN
         self._sock = handler.socket
         self._read = handler.rfile.read
-        self._send_lock = gevent.lock.Semaphore(1)
+        # Every frame leaves through the outbox, in the order written, without waiting:
+        # replies, pings, Close frames, and the delivery layer's event frames.
+        self.outbox = Outbox(self._sock, f"WebSocket {self.path}")
+        self.outbox.on_lost.append(self._outbox_lost)
+        self.ping_interval = 0.0  # keepalive, run by the registry's one timer (see Registry)
+        self.ping_timeout = 0.0
+        self._ping_due = 0.0
+        self._ping_sent: float | None = None
+        self._pings = 0
         self._assembler = MessageAssembler(max_message_bytes)
         self._closed_event = gevent.event.Event()
         self._reader = None
@@ -571,51 +586,54 @@ class WebSocket(_StockWebSocket):
 
     # -- writing ------------------------------------------------------------------
 
-    def _write(self, data: bytes, timeout: float | None = None, *, closing: bool = False) -> None:
-        """Send ``data`` as one unit; ``timeout`` bounds the wait for the lock plus the send.
+    def _write(self, data: bytes, timeout: float | None = None, *, closing: bool = False, wait: bool = True) -> None:
+        """Queue ``data`` (whole frames) on the outbox, after everything written before.
+
+        The bytes leave at once if the socket takes them, else the outbox's writer sends
+        them. An application's send then waits (this greenlet only) while the backlog is
+        above :data:`HIGH_WATER`, so a peer that reads slowly slows its senders down
+        instead of growing the buffer; ``timeout`` bounds that wait. A Close frame and
+        keepalive pings never wait.
 
         Args:
             data: whole frames.
-            timeout: seconds for the lock plus the send; ``None`` waits as long as it takes.
+            timeout: seconds to wait for the backlog to drain below the high-water mark;
+                ``None`` waits as long as it takes.
             closing: ``data`` is our Close frame (or the answer to the peer's), which is
-                written in the CLOSING state; anything else is written only while OPEN.
+                written in the CLOSING state and seals the outbox (no frame after it);
+                anything else is written only while OPEN.
+            wait: whether to wait above the high-water mark (not for control frames).
 
         Raises:
-            WebSocketError: the lock was busy for ``timeout``; nothing was sent.
-            ConnectionClosed: the connection stopped being open while we waited for the
-                lock (nothing was sent: RFC 6455 5.5.1, no data frame after a Close
-                frame), or the socket failed, or the send itself ran out of time (part
-                of a frame may be out, so the connection is cut).
+            WebSocketError: the backlog did not drain within ``timeout`` (the frame is queued).
+            ConnectionClosed: the connection is not open (nothing was sent: RFC 6455
+                5.5.1, no data frame after a Close frame), or the socket failed.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._send_lock.acquire(timeout=timeout):
-            raise WebSocketError("timed out waiting to send")
-        try:
-            # Re-checked under the lock: close() may have written our Close frame while
-            # this sender waited for its turn.
-            if not closing and self._state is not State.OPEN:
-                raise ConnectionClosed("WebSocket is closed")
-            if deadline is None:
-                self._sock.sendall(data)
-            else:
-                with gevent.Timeout(max(0.0, deadline - time.monotonic()), _SendTimedOut):
-                    self._sock.sendall(data)
-        except _SendTimedOut:
-            self._cut()
-            raise ConnectionClosed("timed out sending: the peer reads nothing") from None
-        except OSError as exc:
+        if not closing and self._state is not State.OPEN:
+            raise ConnectionClosed("WebSocket is closed")
+        outbox = self.outbox
+        if outbox.lost:
             self._mark_closed(CLOSE_ABNORMAL, "connection lost")
-            raise ConnectionClosed(f"socket is dead: {exc}") from None
-        finally:
-            self._send_lock.release()
+            raise ConnectionClosed("socket is dead")
+        if closing:
+            outbox.write([data], last=True)
+            outbox.seal()
+            return
+        outbox.write([data])
+        if not wait or outbox.backlog <= HIGH_WATER:
+            return
+        if not outbox.wait_drained(timeout):
+            raise WebSocketError("timed out waiting to send: the peer reads too slowly")
+        if outbox.lost:
+            raise ConnectionClosed("socket is dead")
+
+    def _outbox_lost(self) -> None:
+        self._mark_closed(CLOSE_ABNORMAL, "connection lost")
 
     def _cut(self) -> None:
         """End the TCP connection now; wakes greenlets blocked reading or writing it."""
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._mark_closed(CLOSE_ABNORMAL, "connection cut")
+        self.outbox.cut()
 
     def _send_data(self, opcode: int, payload) -> None:
         if self._state is not State.OPEN:
@@ -624,7 +642,7 @@ class WebSocket(_StockWebSocket):
 
     def _send_control(self, opcode: int, payload: bytes) -> None:
         try:
-            self._write(encode_frame(opcode, payload))
+            self._write(encode_frame(opcode, payload), wait=False)
         except WebSocketError:
             pass  # the reader notices the dead connection next
 
@@ -679,7 +697,7 @@ class WebSocket(_StockWebSocket):
             raise ValueError("a ping payload has at most 125 bytes")
         if self._state is not State.OPEN:
             raise ConnectionClosed("WebSocket is closed")
-        self._write(encode_frame(OP_PING, bytes(payload)), timeout)
+        self._write(encode_frame(OP_PING, bytes(payload)), timeout, wait=False)
 
     # -- closing ------------------------------------------------------------------
 
@@ -749,6 +767,8 @@ class WebSocket(_StockWebSocket):
                     self._receive()
                 else:  # another greenlet is still in receive(): it reads the answer
                     self._closed_event.wait()
+            # Our last frames (the Close frame, say) leave before the TCP connection ends.
+            self.outbox.wait_drained()
             if self._linger and self._reader is None:
                 try:
                     self._sock.shutdown(socket.SHUT_WR)
@@ -768,11 +788,17 @@ class Registry:
 
     It also knows which HTTP connections sit idle between two requests (keep-alive), so
     a graceful stop can close them at once instead of waiting for the graceful timeout.
+
+    Keepalive for every open WebSocket comes from one timer greenlet per registry (per
+    worker), not one per socket: each tick pings the sockets whose ping is due and cuts
+    those that sent nothing within ``ping_timeout`` of their last ping.
     """
 
     def __init__(self):
         self._open: set[WebSocket] = set()
         self._idle: set[WSGIHandler] = set()
+        self._keepalive: gevent.Greenlet | None = None
+        self._tick = 1.0  # seconds between keepalive ticks: a quarter of the shortest interval seen
         self.closing = False
         """Set once shutdown began: new upgrade requests are answered 503, responses carry
         ``Connection: close`` and no further request is read on a kept-alive connection."""
@@ -785,11 +811,31 @@ class Registry:
         """How many WebSockets are open now."""
         return len(self._open)
 
-    def add(self, ws: WebSocket) -> None:
+    def add(self, ws: WebSocket, ping_interval: float = 0.0, ping_timeout: float = 0.0) -> None:
+        """Count ``ws`` as open; with ``ping_interval`` > 0 the registry's timer pings it
+        that often and cuts it after ``ping_timeout`` seconds without a frame after a ping."""
         self._open.add(ws)
+        if ping_interval > 0:
+            ws.ping_interval, ws.ping_timeout = ping_interval, ping_timeout
+            ws._ping_due = time.monotonic() + ping_interval
+            self._tick = min(self._tick, max(0.02, min(ping_interval, ping_timeout) / 4))
+            if self._keepalive is None:
+                self._keepalive = gevent.spawn(self._keep_alive)
 
     def discard(self, ws: WebSocket) -> None:
         self._open.discard(ws)
+
+    def _keep_alive(self) -> None:
+        """The keepalive timer: runs for the life of the process."""
+        while True:
+            gevent.sleep(self._tick)
+            now = time.monotonic()
+            for ws in list(self._open):
+                if ws.ping_interval > 0 and ws.state is State.OPEN:
+                    try:
+                        _keepalive_step(ws, now)
+                    except Exception:
+                        log.error("keepalive of WebSocket %s failed", ws.path, exc_info=True)
 
     @property
     def idle(self) -> int:
@@ -883,33 +929,26 @@ class _AppStatus:
         return self.status[:1] in ("4", "5")
 
 
-def _keepalive(ws: WebSocket, interval: float, timeout: float) -> None:
-    """Ping every ``interval``; cut a peer that sends nothing within ``timeout`` of a ping."""
-    counter = itertools.count(1)
-    next_ping = time.monotonic() + interval
-    while True:
-        gevent.sleep(max(0.0, next_ping - time.monotonic()))
-        if ws.state is not State.OPEN:
-            return
-        sent_at = time.monotonic()
-        try:
-            # A ping that cannot be written within ping_timeout (another send holds the
-            # lock, or the peer's receive window stays full) means the peer reads nothing.
-            ws.ping(next(counter).to_bytes(4, "big"), timeout=timeout)
-        except ConnectionClosed:
-            return  # already cut
-        except WebSocketError:
-            log.info("WebSocket %s: keepalive ping could not be sent in %ss", ws.path, timeout)
-            ws.abort(CLOSE_KEEPALIVE_TIMEOUT, "keepalive ping timeout")
-            return
-        gevent.sleep(timeout)
-        if ws.state is not State.OPEN:
-            return
-        if ws.last_received < sent_at:
+def _keepalive_step(ws: WebSocket, now: float) -> None:
+    """One keepalive tick for ``ws``: check the last ping's answer, send the next ping."""
+    sent = ws._ping_sent
+    if sent is not None:
+        if ws.last_received >= sent:  # any frame counts as an answer, not just the pong
+            ws._ping_sent = None
+        elif now - sent >= ws.ping_timeout:
+            # Also a peer that reads nothing: the ping waits behind the backlog it never
+            # reads, so no answer can come.
             log.info("WebSocket %s: keepalive ping timeout", ws.path)
             ws.abort(CLOSE_KEEPALIVE_TIMEOUT, "keepalive ping timeout")
             return
-        next_ping = sent_at + interval
+    if ws._ping_sent is None and now >= ws._ping_due:
+        ws._pings += 1
+        try:
+            ws.ping(ws._pings.to_bytes(4, "big"))
+        except WebSocketError:
+            return  # already closing or cut
+        ws._ping_sent = now
+        ws._ping_due = now + ws.ping_interval
 
 
 #: Read buffer of each connection's request stream, in bytes (gevent's default is 8 KiB):
@@ -1062,10 +1101,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         self._run_websocket(ws, policy, registry)
 
     def _run_websocket(self, ws: WebSocket, policy: WebSocketPolicy, registry: Registry) -> None:
-        registry.add(ws)
-        keepalive = None
-        if policy.ping_interval > 0:
-            keepalive = gevent.spawn(_keepalive, ws, policy.ping_interval, policy.ping_timeout)
+        registry.add(ws, policy.ping_interval, policy.ping_timeout)
         try:
             app_status = _AppStatus()
             try:
@@ -1086,8 +1122,6 @@ class Handler(WebSocketHandler, PyWSGIHandler):
                     ws.close(CLOSE_INTERNAL_ERROR, f"application answered {app_status.status}")
             ws.finish(policy.close_timeout)
         finally:
-            if keepalive is not None:
-                keepalive.kill(block=False)
             if ws.state is not State.CLOSED:
                 ws.abort()
             registry.discard(ws)
