@@ -19,7 +19,7 @@ from .delivery import Delivery
 from .hub import Hub
 from .hub.memory import MemoryBackend
 from .producers import start_producers
-from .metrics import HubObserver, Metrics
+from .metrics import STREAMING, HubObserver, Metrics
 from .transports import TRANSPORTS
 from .limits import LimitExceeded, Limits
 from .transports.wsio import Refusal, WebSocketPolicy
@@ -139,9 +139,11 @@ def build_app(test_config=None) -> Flask:
     app.extensions["switchboard.metrics"] = metrics
     app.extensions["switchboard.shutdown"] = shutdown
     # The worker's one fan-out from subscriptions to sockets (app/delivery/).
-    delivered = {name: metrics.delivered.labels(name) for name in ("sse", "websocket", "stomp")}
+    delivered = {name: metrics.delivered.labels(name) for name in STREAMING}
+    latency = {name: metrics.delivery_latency.labels(name) for name in STREAMING}
     app.extensions["switchboard.delivery"] = Delivery(
-        delivered=lambda transport, count: delivered[transport].inc(count))
+        delivered=lambda transport, count: delivered[transport].inc(count),
+        observe_latency=lambda transport, seconds: latency[transport].observe(seconds))
 
     access = Access(settings, app.secret_key, hub.claim_once,
                     count_hook=lambda result: metrics.auth_hook.labels(result).inc())

@@ -99,8 +99,11 @@ def hub():
 @pytest.fixture
 def delivery():
     counted: dict[str, int] = {}
-    delivery = Delivery(delivered=lambda transport, n: counted.__setitem__(transport, counted.get(transport, 0) + n))
+    latencies: list[tuple[str, float]] = []
+    delivery = Delivery(delivered=lambda transport, n: counted.__setitem__(transport, counted.get(transport, 0) + n),
+                        observe_latency=lambda transport, seconds: latencies.append((transport, seconds)))
     delivery.counted = counted
+    delivery.latencies = latencies
     yield delivery
     delivery.close()
 
@@ -147,6 +150,9 @@ def test_one_round_for_a_burst_and_one_event_framed_once(hub, delivery):
     events = [hub.publish("t", {"n": n}) for n in range(10)]
     settle(delivery)
     assert delivery.rounds == rounds + 1, "the burst was delivered in one round"
+    # Latency is observed once per round and transport, not per event or connection.
+    assert len(delivery.latencies) == 1 and delivery.latencies[0][0] == "test"
+    assert 0 <= delivery.latencies[0][1] < scaled(5)
     blobs = {id(event._cache["test-line"]) for event in events}
     assert len(blobs) == 10
     for _, _, peer in conns:
