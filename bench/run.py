@@ -293,7 +293,7 @@ async def main_async(args) -> int:
     started = time.time()
     if only == {"profile"}:
         log("profiling Switchboard under load (py-spy)")
-        profiles = await profile(cfg, out_dir)
+        profiles = await profile(cfg, out_dir, *([tuple(args.transports.split(","))] if args.transports else []))
         (out_dir / "profiles.json").write_text(json.dumps(profiles, indent=1) + "\n")
         log(f"wrote {out_dir}/profile-*.txt and profiles.json")
         return 0

@@ -269,7 +269,7 @@ def _respond(open_source: Callable[[], Subscription | TopicSet], framer: _Framer
     raw = request.environ.get(ENVIRON_RAW_RESPONSE)
     if raw is None:
         raise ApiError(501, "unsupported_server", "event streams need Switchboard's server: gunicorn with "
-                       "app.transports.wsio.Worker, or python wsgi.py")
+                       "app.server.lifecycle.Worker, or python wsgi.py")
     slot = limits.current().open_stream(request.environ, "sse")  # or 503/429
     try:
         source = open_source()
