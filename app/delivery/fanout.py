@@ -151,6 +151,14 @@ class Delivery:
             if self._loop is None:
                 self._loop = gevent.spawn(self._run)
 
+    def pace(self, timeout: float = 1.0) -> None:
+        """Let the fan-out catch up: called by a connection's reader after a bounded batch
+        of messages (each publish readies streams), so a flood from one publisher is paced
+        by delivery instead of starving it. Waits at most ``timeout`` seconds."""
+        gevent.sleep(0)  # others' turn (writers, other readers) even when nothing is ready
+        if not self.idle.is_set():
+            self.idle.wait(timeout)
+
     def forget(self, stream: Stream) -> None:
         self._streams.discard(stream)
         self._ready.pop(stream, None)
@@ -186,6 +194,8 @@ class Delivery:
         for stream in ready:
             if stream.outbox.has_writer or stream.done.is_set():
                 continue  # its writer re-readies it once drained
+            if stream.gate is not None and not stream.gate.is_set():
+                continue  # readied again when the gate opens
             events, first_time = self._pump(stream)
             if events:
                 transport = stream.transport

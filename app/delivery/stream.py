@@ -30,11 +30,13 @@ class Stream:
         client: who is on the other end, for log lines.
 
     Attributes:
+        gate: ``None``, or an event that must be set for anything to be delivered.
         done: set once the stream has ended and its last bytes are out (or the
             connection is gone). An SSE request greenlet waits on it, and owns nothing else.
     """
 
-    __slots__ = ("delivery", "outbox", "transport", "client", "done", "feeds", "_ending", "_ready", "__weakref__")
+    __slots__ = ("delivery", "outbox", "transport", "client", "done", "feeds", "gate", "_ending", "_ready",
+                 "__weakref__")
 
     def __init__(self, delivery: "Delivery", outbox: Outbox, transport: str, client: str = "?"):
         self.delivery = delivery
@@ -43,6 +45,9 @@ class Stream:
         self.client = client
         self.done = gevent.event.Event()
         self.feeds: list["Feed"] = []
+        # While set to an event that is not set, nothing is delivered (a /ws connection whose
+        # token expired); whoever sets it again calls ``delivery.ready(stream)``.
+        self.gate: gevent.event.Event | None = None
         self._ending = False
         self._ready: list["Feed"] = []  # feeds whose source has something, for the next round
         outbox.on_drained.append(self._drained)
