@@ -221,9 +221,10 @@ async def profile(cfg: dict, out_dir: Path, transports=("websocket", "sse", "sto
         async def body(server, transport=transport):
             worker = server.worker_pids()[0]
             topic = scenarios.new_topic("prof")
-            group = Group(server.host, server.port, server.transports[transport], topic, 1000)
-            await open_group(group, 1000)
-            await scenarios.wait_server_count(server, topic, 1000, 30, floor=1000)
+            subs = cfg.get("profile_subscribers", 1000)
+            group = Group(server.host, server.port, server.transports[transport], topic, subs)
+            await open_group(group, subs)
+            await scenarios.wait_server_count(server, topic, subs, 30, floor=subs)
             publisher = await open_publisher(server.host, server.port, server.publish_path.format(topic=topic),
                                              "switchboard", "/api/whoami")
             phases = {}
@@ -240,7 +241,7 @@ async def profile(cfg: dict, out_dir: Path, transports=("websocket", "sse", "sto
                 if phase_name == "burst":
                     await publisher.burst(base, count, 8, 60)
                 else:
-                    await publisher.paced(base, count, cfg["paced_rate"], 60)
+                    await publisher.paced(base, count, cfg["paced_rate"], 60, window=1)
                 dump = await asyncio.create_subprocess_exec(
                     str(py_spy), "dump", "--pid", str(worker), "--nonblocking",
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
@@ -255,7 +256,7 @@ async def profile(cfg: dict, out_dir: Path, transports=("websocket", "sse", "sto
                 await asyncio.wait_for(proc.wait(), 30)
                 summary = report.summarize_profile(raw) if raw.exists() else "py-spy wrote nothing"
                 (out_dir / f"profile-{transport}-{phase_name}.txt").write_text(
-                    f"Switchboard worker (pid {worker}), {phase_name} to 1,000 {transport} subscribers\n"
+                    f"Switchboard worker (pid {worker}), {phase_name} to {subs:,} {transport} subscribers\n"
                     f"{json.dumps(figures)}\n\n{summary}\n\npy-spy dump during the phase:\n{dump_text}")
                 raw.unlink(missing_ok=True)
                 phases[phase_name] = {"figures": figures, "top": summary.splitlines()[:14]}
@@ -276,6 +277,7 @@ def machine() -> dict:
 async def main_async(args) -> int:
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick)
     if args.subscribers:
+        cfg["profile_subscribers"] = int(args.subscribers.split(",")[0])
         cfg["fanout_subscribers"] = [int(n) for n in args.subscribers.split(",")]
         cfg["burst_events"] = {n: cfg["burst_events"].get(n, 200) for n in cfg["fanout_subscribers"]}
     if args.transports:
