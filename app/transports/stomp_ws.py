@@ -140,6 +140,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+PACE = 32
+"""WebSocket messages a session reads before it lets delivery run (see ``_read``)."""
+
 bp = Blueprint("stomp_ws", __name__)
 
 EXTENSION = "switchboard.stomp"
@@ -547,6 +550,7 @@ class Connection:
 
     def _read(self) -> None:
         session = self.session
+        handled = 0
         while not session.closed:
             message = self.ws.receive()
             if message is None:  # closed by the peer, by us, or lost
@@ -557,6 +561,11 @@ class Connection:
             data = message.encode("utf-8") if isinstance(message, str) else bytes(message)
             session.receive_data(data, self._clock())
             self._drain()
+            handled += 1
+            if handled % PACE == 0:
+                # A bounded batch read: the subscribers' pumps, woken by what it published,
+                # run before the next one (a flood must not starve delivery).
+                gevent.sleep(0)
 
     def _timer(self) -> None:
         session = self.session
