@@ -24,7 +24,7 @@ import gevent
 import gevent.event
 
 from ..events import Gap
-from ..hub import SubscriptionClosed
+from ..hub import BackendUnavailable, SubscriptionClosed
 from ..server.outbox import Outbox
 from .stream import Stream
 
@@ -51,8 +51,9 @@ class Framer(Protocol):
         how many were events."""
 
     def closed(self, reason: str, out: list) -> bool:
-        """The feed's source closed for ``reason`` ("shutdown", "slow consumer", "closed"):
-        append any last bytes to ``out``; return whether the whole stream ends."""
+        """The feed's source closed for ``reason`` ("shutdown", "slow consumer", "closed",
+        or "unavailable": a history read failed): append any last bytes to ``out``; return
+        whether the whole stream ends."""
 
 
 class Feed:
@@ -196,7 +197,12 @@ class Delivery:
                 continue  # its writer re-readies it once drained
             if stream.gate is not None and not stream.gate.is_set():
                 continue  # readied again when the gate opens
-            events, first_time = self._pump(stream)
+            try:
+                events, first_time = self._pump(stream)
+            except Exception:  # a framer's bug: end this stream, not the round
+                log.error("delivery to %s (%s) failed", stream.client, stream.transport, exc_info=True)
+                stream.close()
+                continue
             if events:
                 transport = stream.transport
                 counts[transport] = counts.get(transport, 0) + events
@@ -214,6 +220,16 @@ class Delivery:
         else:
             self._wake.set()
 
+    @staticmethod
+    def _closed(stream: Stream, feed: Feed, reason: str, out: list) -> bool:
+        """The feed's source ended: let the framer say its last words; whether the stream ends."""
+        feed.closed_reason = reason
+        try:
+            stream.feeds.remove(feed)
+        except ValueError:
+            pass
+        return feed.framer.closed(reason, out)
+
     def _pump(self, stream: Stream) -> tuple[int, float]:
         """Take one batch from each ready feed of ``stream``, frame it, write it once."""
         feeds, stream._ready = stream._ready, []
@@ -228,12 +244,13 @@ class Delivery:
             try:
                 items = feed.source.get_many(self.batch, 0)
             except SubscriptionClosed as exc:
-                feed.closed_reason = exc.reason
-                try:
-                    stream.feeds.remove(feed)
-                except ValueError:
-                    pass
-                ends = feed.framer.closed(exc.reason, out) or ends
+                ends = self._closed(stream, feed, exc.reason, out) or ends
+                continue
+            except BackendUnavailable as exc:  # a history read (replay or catch-up) failed
+                log.warning("delivery of %s to %s (%s) stopped: the event store is unavailable: %s",
+                            feed.topic or "a subscription", stream.client, stream.transport, exc)
+                feed.source.close()
+                ends = self._closed(stream, feed, "unavailable", out) or ends
                 continue
             if not items:
                 continue

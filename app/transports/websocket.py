@@ -561,7 +561,7 @@ class Connection:
             return error(None, "slow_consumer",
                          "this subscription fell behind further than history reaches and was dropped; "
                          "subscribe again with since", topic=sub.topic)
-        code = "shutting_down" if reason == "shutdown" else "subscription_closed"
+        code = {"shutdown": "shutting_down", "unavailable": "unavailable"}.get(reason, "subscription_closed")
         return error(None, code, f"subscription ended: {reason}", topic=sub.topic)
 
     def release(self) -> None:
