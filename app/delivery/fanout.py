@@ -39,7 +39,7 @@ class Source(Protocol):
     """What a feed reads: a :class:`~app.hub.Subscription` or a multi-topic set of them."""
 
     def wake_with(self, signal) -> None: ...
-    def get_many(self, max_items: int, timeout: float | None = None) -> list: ...
+    def take(self, max_items: int) -> list: ...
     def close(self) -> None: ...
 
 
@@ -144,13 +144,16 @@ class Delivery:
 
     def ready(self, stream: Stream) -> None:
         """Put ``stream`` on the next round (its feeds have items, or its backlog drained)."""
-        if stream not in self._ready:
-            self._ready[stream] = None
+        ready = self._ready
+        if stream in ready:
+            return
+        if not ready:  # the first of a round: wake the fan-out (once, not per stream)
             if self.idle.is_set():
                 self.idle.clear()
             self._wake.set()
             if self._loop is None:
                 self._loop = gevent.spawn(self._run)
+        ready[stream] = None
 
     def pace(self, timeout: float = 1.0) -> None:
         """Let the fan-out catch up: called by a connection's reader after a bounded batch
@@ -242,7 +245,7 @@ class Delivery:
             if feed.closed_reason is not None:
                 continue
             try:
-                items = feed.source.get_many(self.batch, 0)
+                items = feed.source.take(self.batch)
             except SubscriptionClosed as exc:
                 ends = self._closed(stream, feed, exc.reason, out) or ends
                 continue
@@ -256,17 +259,21 @@ class Delivery:
                 continue
             if len(items) >= self.batch:
                 feed.set()  # more may be waiting: another round, after the others' turn
+            # Items come in order, so the first event is the oldest (for the latency
+            # histogram); a slow consumer's gap is always the last item (its source closes).
             for item in items:
-                if isinstance(item, Gap):
-                    if item.slow:
-                        log.info("slow consumer dropped: client %s, transport %s, topic %s: fell behind its "
-                                 "queue and history", stream.client, stream.transport, item.topic)
-                elif item.time < first_time:
-                    first_time = item.time
+                if item.__class__ is not Gap:
+                    if item.time < first_time:
+                        first_time = item.time
+                    break
+            last = items[-1]
+            if last.__class__ is Gap and last.slow:
+                log.info("slow consumer dropped: client %s, transport %s, topic %s: fell behind its "
+                         "queue and history", stream.client, stream.transport, last.topic)
             events += feed.framer.frame(items, out)
         if ends:
             stream.end(out)
         elif out:
-            stream.write(out)
+            stream.outbox.write(out)  # the round skips done streams: no check needed
         return events, first_time
 

@@ -110,17 +110,18 @@ class Outbox:
         """
         if self.lost or (self.sealed and not last):
             return
-        if not isinstance(pieces, list):
+        if pieces.__class__ is not list:
             pieces = list(pieces)
-        if not pieces:
+        count = len(pieces)
+        if not count:
             return
         if self._writer is not None:  # behind a backlog: keep the order
-            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            data = pieces[0] if count == 1 else b"".join(pieces)
             self._buf.append(data)
             self._buffered += len(data)
             return
         try:
-            if len(pieces) == 1:
+            if count == 1:
                 sent = self._raw.send(pieces[0])
             else:
                 sent = self._raw.sendmsg(pieces)  # one system call, nothing joined
@@ -132,7 +133,7 @@ class Outbox:
         self.last_write = time.monotonic()
         if sent and self._on_written is not None:
             self._on_written(sent)
-        total = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
+        total = len(pieces[0]) if count == 1 else sum(map(len, pieces))
         if sent < total:
             rest = _rest(pieces, sent)
             self._buf.append(rest)
