@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 #: rounds (other streams' turns in between), each one send.
 BATCH = 100
 
+#: Streams one round pumps before it lets other greenlets run (a publish, a reader): a
+#: round over 10,000 connections would otherwise hold the worker for its whole length, and
+#: what is published meanwhile joins the batch of the streams not yet pumped.
+YIELD_EVERY = 256
+
 
 class Source(Protocol):
     """What a feed reads: a :class:`~app.hub.Subscription` or a multi-topic set of them."""
@@ -195,7 +200,9 @@ class Delivery:
         self.rounds += 1
         counts: dict[str, int] = {}
         oldest: dict[str, float] = {}
-        for stream in ready:
+        for index, stream in enumerate(ready):
+            if index and not index % YIELD_EVERY:
+                gevent.sleep(0)
             if stream.outbox.has_writer or stream.done.is_set():
                 continue  # its writer re-readies it once drained
             if stream.gate is not None and not stream.gate.is_set():
