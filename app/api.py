@@ -14,17 +14,17 @@ from . import state
 from .errors import ApiError
 from .auth.web import authorize, request_identity
 from .errors import error_response
-from .events import check_topic, parse_json
+from .events import InvalidHeaders, check_headers, check_topic, parse_json
 from .hub import BackendUnavailable
 
 bp = Blueprint("api", __name__)
 
-_PUBLISH_FIELDS = {"type", "data"}
+_PUBLISH_FIELDS = {"type", "data", "headers"}
 
 
 
-def read_publish_body() -> tuple[str, Any]:
-    """The ``(type, data)`` of a publish request, or an ApiError naming what is wrong."""
+def read_publish_body() -> tuple[str, Any, tuple[tuple[str, str], ...]]:
+    """The ``(type, data, headers)`` of a publish request, or an ApiError naming what is wrong."""
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the event as Content-Type: application/json")
     raw = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: werkzeug raises 413
@@ -40,7 +40,13 @@ def read_publish_body() -> tuple[str, Any]:
         raise ApiError(400, "bad_body", f"unknown field(s): {', '.join(sorted(unknown))}{hint}")
     if "data" not in body:
         raise ApiError(400, "bad_body", 'the body needs a "data" field')
-    return body.get("type", "message"), body["data"]
+    headers = body.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        raise ApiError(400, "bad_headers", 'headers must be an object of strings, like {"x-trace": "abc"}')
+    try:
+        return body.get("type", "message"), body["data"], check_headers(headers)
+    except InvalidHeaders as exc:
+        raise ApiError(400, "bad_headers", str(exc)) from None
 
 
 @bp.post("/api/topics/<topic>/events")
@@ -48,8 +54,8 @@ def publish(topic: str) -> tuple[Response, int]:
     """Publish one event; the sender is the caller's session, never the body."""
     check_topic(topic)
     identity = authorize("publish", topic, "http")
-    type_, data = read_publish_body()
-    event = state.hub().publish(topic, data, type=type_, sender=identity.sender)
+    type_, data, headers = read_publish_body()
+    event = state.hub().publish(topic, data, type=type_, sender=identity.sender, headers=headers)
     response = jsonify(event.to_dict())
     response.headers["Cache-Control"] = "no-store"
     return response, 201
@@ -121,5 +127,9 @@ def metrics() -> Response:
         topics = None
     if topics is not None:
         registry.topics.set(topics)
+    try:
+        registry.show_queues(hub.queue_stats())
+    except BackendUnavailable:  # as above: the last reading stays
+        pass
     body, content_type = registry.render()
     return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})

@@ -276,6 +276,18 @@ class Settings:
         "SWITCHBOARD_STOMP_HEARTBEAT_MS", (1000, 1000), _heart_beat,
         "The server's STOMP heart-beat floors (send,receive) in ms: it never sends heart-beats "
         "more often, nor asks the client for them more often; the client's offer decides above.")
+    sockjs_heartbeat: float = _setting(
+        "SWITCHBOARD_SOCKJS_HEARTBEAT", 25.0, _seconds(0.05, 3600),
+        "Seconds without a frame after which a SockJS session sends an h frame (SockJS's 25 s; "
+        "off once STOMP heart-beats are negotiated on it, as Spring does).")
+    sockjs_disconnect_delay: float = _setting(
+        "SWITCHBOARD_SOCKJS_DISCONNECT_DELAY", 5.0, _seconds(0.05, 3600),
+        "Seconds a SockJS session lives on without a receiving request (between two polls) before "
+        "it is closed and forgotten.")
+    sockjs_response_limit: int = _setting(
+        "SWITCHBOARD_SOCKJS_RESPONSE_LIMIT", 128 * 1024, _int(1, 1 << 30),
+        "Bytes one SockJS streaming response (xhr_streaming, eventsource, htmlfile) carries before it "
+        "ends and the client opens the next (the browser keeps the whole response in memory).")
     write_timeout: float = _setting(
         "SWITCHBOARD_WRITE_TIMEOUT", 30.0, _seconds(0, 3600),
         "Seconds one write to an HTTP client (an SSE chunk) may block before the connection is "
@@ -289,6 +301,30 @@ class Settings:
     stomp_topic_prefix: str = _setting(
         "SWITCHBOARD_STOMP_TOPIC_PREFIX", "/topic", _prefix,
         "STOMP destinations that are hub topics (Spring's /topic or the seed's /sub).")
+    stomp_queue_prefix: str = _setting(
+        "SWITCHBOARD_STOMP_QUEUE_PREFIX", "/queue", _prefix,
+        "STOMP destinations that are work queues (RabbitMQ's and Spring's /queue): each message to one consumer.")
+    stomp_user_prefix: str = _setting(
+        "SWITCHBOARD_STOMP_USER_PREFIX", "/user", _prefix,
+        "STOMP per-user destinations (Spring's /user): SUBSCRIBE <prefix>/queue/<name>, SEND "
+        "<prefix>/<sub>/queue/<name>.")
+    queue_max_messages: int = _setting(
+        "SWITCHBOARD_QUEUE_MAX_MESSAGES", 10_000, _int(1, 100_000_000),
+        "Messages one work queue holds, waiting and un-acknowledged together; a send beyond it: STOMP "
+        "ERROR \"queue full\", HTTP 429 queue_full (nothing dropped).")
+    queue_max_bytes: int = _setting(
+        "SWITCHBOARD_QUEUE_MAX_BYTES", 64 * 1024 * 1024, _int(1024, 1 << 40),
+        "Bytes one work queue holds (each message as its event's JSON), as SWITCHBOARD_QUEUE_MAX_MESSAGES.")
+    max_queues: int = _setting(
+        "SWITCHBOARD_MAX_QUEUES", 1000, _int(1, 1_000_000),
+        "Work queues held at once (dead-letter queues included); a send to a new one beyond it: 429 queue_full.")
+    queue_ack_timeout: float = _setting(
+        "SWITCHBOARD_QUEUE_ACK_TIMEOUT", 120.0, _seconds(0.05, 86400),
+        "Seconds a consumer may hold a queue message without ACK before it goes to another consumer.")
+    queue_max_deliveries: int = _setting(
+        "SWITCHBOARD_QUEUE_MAX_DELIVERIES", 5, _int(1, 1000),
+        "Deliveries of one queue message (NACK, disconnect, ack timeout each add one) before it goes to "
+        "<queue>.dlq; also how often a NACKed topic message is sent again before it is dropped.")
     stomp_login: str | None = _setting(
         "SWITCHBOARD_STOMP_LOGIN", None, _optional_text,
         "When set (with the passcode), STOMP CONNECT must carry this login.")
@@ -362,8 +398,9 @@ class Settings:
                 f"WEB_CONCURRENCY={self.web_concurrency} needs SWITCHBOARD_REDIS_URL: with the "
                 "in-memory hub each worker would have its own audience and a publish would reach "
                 "only the clients of the worker that took it. Set SWITCHBOARD_REDIS_URL or use one worker.")
-        if self.stomp_app_prefix == self.stomp_topic_prefix:
-            raise ConfigError("SWITCHBOARD_STOMP_APP_PREFIX and SWITCHBOARD_STOMP_TOPIC_PREFIX must differ")
+        prefixes = (self.stomp_app_prefix, self.stomp_topic_prefix, self.stomp_queue_prefix, self.stomp_user_prefix)
+        if len(set(prefixes)) != len(prefixes):
+            raise ConfigError("SWITCHBOARD_STOMP_APP_PREFIX, _TOPIC_PREFIX, _QUEUE_PREFIX and _USER_PREFIX must differ")
         keys = [name for name, value in (("SWITCHBOARD_AUTH_SECRET", self.auth_secret),
                                          ("SWITCHBOARD_AUTH_PUBLIC_KEY", self.auth_public_key),
                                          ("SWITCHBOARD_AUTH_JWKS_URL", self.auth_jwks_url)) if value]

@@ -5,11 +5,13 @@ Pure standard library: no Flask, gevent or sockets, so any layer may import it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 TOPIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
@@ -33,6 +35,117 @@ class InvalidCursor(ValueError):
 
 class InvalidEventType(ValueError):
     """An event type that is malformed or reserved."""
+
+
+class InvalidHeaders(ValueError):
+    """User-defined event headers that are malformed, reserved, or too many or too large."""
+
+
+#: User-defined headers an event may carry (a STOMP SEND's own headers, or the ``headers``
+#: object of an HTTP or ``/ws`` publish): at most this many, of at most this many bytes
+#: (names and values as UTF-8), each name an HTTP token of 1-128 characters.
+MAX_HEADERS = 32
+MAX_HEADER_BYTES = 4096
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}\Z")
+
+#: Header names the broker writes itself (STOMP frame and MESSAGE headers, the event's
+#: metadata): never user-defined. A STOMP SEND's headers by these names are the frame's
+#: own; an HTTP or /ws publish that names one is refused.
+RESERVED_HEADERS = frozenset({
+    "destination", "transaction", "receipt", "content-length", "content-type", "subscription", "message-id",
+    "ack", "redelivered", "delivery-count", "event-id", "event-type", "sender", "time", "gap", "id",
+    "last-event-id", "prefetch-count", "persistent-id",
+})
+
+
+def check_headers(headers: Mapping[str, Any] | Iterable[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
+    """The user-defined headers of a publish, checked, as ``(name, value)`` pairs in order.
+
+    Args:
+        headers: a JSON object of strings (HTTP, /ws) or ``(name, value)`` pairs (STOMP,
+            reserved names already left out); ``None`` for none.
+
+    Raises:
+        InvalidHeaders: not an object of strings, a name that is not a token or is
+            reserved, a value with NUL, or more than ``MAX_HEADERS`` / ``MAX_HEADER_BYTES``.
+    """
+    if headers is None:
+        return ()
+    if isinstance(headers, Mapping):
+        items = list(headers.items())
+    elif isinstance(headers, (list, tuple)):
+        items = list(headers)
+    else:
+        raise InvalidHeaders('headers must be an object of strings, like {"x-trace": "abc"}')
+    if len(items) > MAX_HEADERS:
+        raise InvalidHeaders(f"at most {MAX_HEADERS} headers")
+    size = 0
+    for name, value in items:
+        if not isinstance(name, str) or not HEADER_NAME_RE.match(name):
+            raise InvalidHeaders(f"header name {str(name)[:40]!r} must be 1-128 characters of "
+                                 "A-Z a-z 0-9 ! # $ % & ' * + . ^ _ ` | ~ -")
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidHeaders(f"header {name!r} is reserved: the server sets it")
+        if not isinstance(value, str) or "\x00" in value:
+            raise InvalidHeaders(f"header {name!r} must have a string value without NUL")
+        size += len(name.encode("utf-8", "surrogatepass")) + len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_HEADER_BYTES:
+        raise InvalidHeaders(f"headers may take at most {MAX_HEADER_BYTES} bytes in all")
+    return tuple((name, value) for name, value in items)
+
+
+@dataclass(frozen=True)
+class RawBody:
+    """The octets and content-type of a STOMP SEND, kept when the event's ``data`` would
+    not give them back exactly (JSON with its own whitespace, ``text/html;charset=utf-8``,
+    a body without a content-type): a STOMP subscriber gets these, other transports ``data``."""
+
+    octets: bytes
+    content_type: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (Redis): the text when it is UTF-8, else base64."""
+        try:
+            body: dict[str, Any] = {"t": self.octets.decode("utf-8")}
+        except UnicodeDecodeError:
+            body = {"b": base64.b64encode(self.octets).decode("ascii")}
+        body["ct"] = self.content_type
+        return body
+
+    @classmethod
+    def from_json(cls, stored: Any) -> "RawBody | None":
+        """Read :meth:`to_json`'s form back; ``None`` for anything else."""
+        if not isinstance(stored, dict):
+            return None
+        try:
+            octets = stored["t"].encode("utf-8") if "t" in stored else base64.b64decode(stored["b"], validate=True)
+        except (KeyError, AttributeError, TypeError, binascii.Error, ValueError):
+            return None
+        content_type = stored.get("ct")
+        return cls(octets, content_type if isinstance(content_type, str) else None)
+
+
+def stored_extras(headers: tuple[tuple[str, str], ...], raw: "RawBody | None") -> dict[str, Any]:
+    """The fields a backend stores beside ``type``, ``sender`` and ``data`` (none when empty)."""
+    extras: dict[str, Any] = {}
+    if headers:
+        extras["h"] = [list(pair) for pair in headers]
+    if raw is not None:
+        extras["r"] = raw.to_json()
+    return extras
+
+
+def extras_from_stored(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``headers`` and ``raw`` keyword arguments of :class:`Event` from stored fields."""
+    extras: dict[str, Any] = {}
+    pairs = fields.get("h")
+    if isinstance(pairs, list):
+        extras["headers"] = tuple((str(pair[0]), str(pair[1])) for pair in pairs
+                                  if isinstance(pair, list) and len(pair) == 2)
+    raw = RawBody.from_json(fields.get("r"))
+    if raw is not None:
+        extras["raw"] = raw
+    return extras
 
 
 def check_topic(name: object) -> str:
@@ -135,6 +248,11 @@ class Event:
     sender: str | None
     time: float
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _: KW_ONLY
+    #: User-defined headers (:func:`check_headers`), in the order they were sent.
+    headers: tuple[tuple[str, str], ...] = ()
+    #: A STOMP SEND's own octets and content-type, when ``data`` would not give them back.
+    raw: RawBody | None = None
 
     @property
     def id(self) -> str:
@@ -147,9 +265,19 @@ class Event:
             return text
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form of DESIGN.md §3."""
-        return {"id": self.id, "topic": self.topic, "type": self.type, "data": self.data,
+        """The JSON form of DESIGN.md §3, with ``headers`` (an object) when the event has some."""
+        body = {"id": self.id, "topic": self.topic, "type": self.type, "data": self.data,
                 "sender": self.sender, "time": self.time}
+        if self.headers:
+            body["headers"] = self.header_map()
+        return body
+
+    def header_map(self) -> dict[str, str]:
+        """The user-defined headers as an object; of a repeated name the first wins (STOMP 1.2)."""
+        mapped: dict[str, str] = {}
+        for name, value in self.headers:
+            mapped.setdefault(name, value)
+        return mapped
 
     def json(self) -> str:
         """The event as one line of compact JSON (no raw newlines, whatever the data holds)."""
@@ -168,7 +296,10 @@ class Event:
             text = self.json()
             # ASCII text (the common case) is known from a flag, without encoding it again;
             # surrogatepass: a lone surrogate in the data still has a length.
-            size = self._cache["size"] = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            if self.raw is not None:  # kept beside the JSON: it costs its octets too
+                size += len(self.raw.octets)
+            self._cache["size"] = size
             return size
 
     def encoded(self, fmt: str, encode: Callable[["Event"], Any]) -> Any:

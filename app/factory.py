@@ -11,16 +11,18 @@ from flask import Flask
 from gevent import monkey
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, doctor_api, errors, i18n, limits as limits_module, pages, security
+from . import api, doctor_api, errors, i18n, limits as limits_module, pages, queues_api, security
 from .auth import Access, AccessError, Unauthorized, demo as auth_demo, web as auth_web
 from .auth.patterns import PatternSet
 from .config import ConfigError, Settings
 from .delivery import Delivery
 from .hub import Hub
 from .hub.memory import MemoryBackend
+from .hub.memory_queues import MemoryQueues
+from .hub.queues import QueueLimits
 from .producers import start_producers
-from .metrics import STREAMING, HubObserver, Metrics
-from .transports import TRANSPORTS
+from .metrics import STREAMING, HubObserver, Metrics, QueueObserver
+from .transports import TRANSPORTS, sockjs_mounts
 from .limits import LimitExceeded, Limits
 from .server.handshake import Refusal, WebSocketPolicy
 from .server.hooks import ServerHooks
@@ -42,6 +44,18 @@ def make_backend(settings: Settings):
                             prefix=settings.redis_prefix)
     return MemoryBackend(settings.history_size, settings.history_ttl, history_bytes=settings.history_bytes,
                          max_topics=settings.max_topics)
+
+
+def make_queues(settings: Settings, observer=None):
+    """The work-queue store the settings ask for (app/hub/queues.py): in memory, or Redis Streams."""
+    limits = QueueLimits(max_messages=settings.queue_max_messages, max_bytes=settings.queue_max_bytes,
+                         max_queues=settings.max_queues, ack_timeout=settings.queue_ack_timeout,
+                         max_deliveries=settings.queue_max_deliveries)
+    if settings.redis_url:
+        from .hub.redis_queues import RedisQueues
+
+        return RedisQueues(settings.redis_url, limits, observer=observer, prefix=settings.redis_prefix)
+    return MemoryQueues(limits, observer=observer)
 
 
 class Shutdown:
@@ -132,7 +146,8 @@ def build_app(test_config=None) -> Flask:
     metrics = Metrics()
     presence_topics = PatternSet(settings.presence_topics).allows if settings.presence_topics else None
     hub = Hub(make_backend(settings), queue_size=settings.queue_size, observer=HubObserver(metrics),
-              queue_bytes=settings.queue_bytes, presence_topics=presence_topics, presence_ttl=settings.presence_ttl)
+              queue_bytes=settings.queue_bytes, queues=make_queues(settings, QueueObserver(metrics)),
+              presence_topics=presence_topics, presence_ttl=settings.presence_ttl)
     limits = Limits(settings, metrics)
     shutdown = Shutdown()
     app.extensions["switchboard.settings"] = settings
@@ -156,6 +171,7 @@ def build_app(test_config=None) -> Flask:
     auth_demo.init_app(app, settings)  # POST /api/demo/session, only with SWITCHBOARD_DEMO_USERS
     limits_module.init_app(app, limits)
     app.register_blueprint(api.bp)
+    app.register_blueprint(queues_api.bp)
     app.register_blueprint(pages.bp)
     doctor_api.init_app(app)  # the proxy doctor's endpoints (/api/doctor/...)
     for transport in TRANSPORTS:
@@ -164,7 +180,8 @@ def build_app(test_config=None) -> Flask:
     # Read by the WebSocket handler (app/server/handler.py) before it answers 101.
     policy = WebSocketPolicy(
         allowed_origins=settings.allowed_origins,
-        protocols={"/ws": (), "/stomp": ("v12.stomp", "v11.stomp", "v10.stomp")},
+        protocols={"/ws": (), "/stomp": ("v12.stomp", "v11.stomp", "v10.stomp"),
+                   **sockjs_mounts.websocket_protocols(app)},  # SockJS's WebSocket URLs
         max_message_bytes=settings.max_message_bytes,
         ping_interval=settings.ws_ping_interval,
         ping_timeout=max(settings.ws_ping_interval, 1.0),

@@ -205,7 +205,8 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("Publishing {rate} events per second"),
     N_("Start"),
     N_("Steady rate stopped"),
-    N_("All five dropped; publishing {n} events while they are offline…"),
+    N_("All panes dropped; publishing {n} events while they are offline…"),
+    N_("STOMP over SockJS"),
     N_("published while disconnected ({i}/{n})"),
     N_("Published {n} while offline; the panes are reconnecting…"),
     N_("Every pane recovered all {n} events it missed."),
@@ -361,4 +362,9 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     NP_("Done: {ok} ok, {n} problem, {unknown} could not tell.",
         "Done: {ok} ok, {n} problems, {unknown} could not tell."),
     N_("Stopped: {why}"),
+    # static/js/sockjs.js
+    N_("Connecting…"),
+    N_("Connected over {transport}"),
+    N_("Disconnected ({why}); reconnecting in {s} s"),
+    N_("Not connected yet: the message was not sent"),
 )

@@ -354,7 +354,7 @@ def init_app(app: Flask, limits: Limits) -> None:
 
     @app.before_request
     def http_publish_rate():
-        if request.endpoint == "api.publish":
+        if request.endpoint in ("api.publish", "queues_api.send", "queues_api.send_to_user"):
             limits.check_http_publish(request.environ)
 
     @app.after_request

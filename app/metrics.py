@@ -88,6 +88,24 @@ class Metrics:
             "switchboard_delivery_latency_seconds", "From an event being stored to its bytes being handed to the "
             "socket, by transport; observed once per delivery round (the oldest event of the round), not per event",
             ["transport"], buckets=LATENCY_BUCKETS, registry=r)
+        # Work queues (app/hub/queues.py). Depth and in-flight are read from the queue store
+        # when /metrics is scraped: with Redis every worker reads the same deployment-wide
+        # numbers, so the most recent reading is the one shown.
+        self.work_queue_depth = Gauge(
+            "switchboard_queue_depth", "Messages waiting in a work queue for a consumer", ["queue"],
+            multiprocess_mode="livemostrecent", registry=r)
+        self.work_queue_in_flight = Gauge(
+            "switchboard_queue_in_flight", "Messages of a work queue given to a consumer, not yet acknowledged",
+            ["queue"], multiprocess_mode="livemostrecent", registry=r)
+        self.queue_acked = Counter(
+            "switchboard_queue_acked", "Queue messages acknowledged (auto mode: written)", ["queue"], registry=r)
+        self.queue_redeliveries = Counter(
+            "switchboard_queue_redeliveries", "Queue messages put back for another consumer (NACK, disconnect, "
+            "crashed worker, ack timeout)", ["queue"], registry=r)
+        self.queue_dead_lettered = Counter(
+            "switchboard_queue_dead_lettered", "Queue messages moved to <queue>.dlq after their last delivery",
+            ["queue"], registry=r)
+        self._queues_shown: set[str] = set()
         self._high_water = 0
         # Every labelled series of the known transports exists from start-up, at 0, so a
         # dashboard's rate() has a series to work on before the first event flows.
@@ -118,6 +136,16 @@ class Metrics:
         if depth > self._high_water:
             self._high_water = depth
             self.queue_high_water.set(depth)
+
+    def show_queues(self, stats: dict) -> None:
+        """Set the queue gauges from ``{queue: QueueStats}``; a queue gone since shows 0."""
+        for name in self._queues_shown - set(stats):
+            self.work_queue_depth.labels(name).set(0)
+            self.work_queue_in_flight.labels(name).set(0)
+        for name, stat in stats.items():
+            self.work_queue_depth.labels(name).set(stat.depth)
+            self.work_queue_in_flight.labels(name).set(stat.in_flight)
+        self._queues_shown = set(stats)
 
     def watch_backend(self, backend, interval: float = 1.0):
         """Keep ``switchboard_backend_up{backend}`` current from a greenlet, every ``interval``.
@@ -189,3 +217,21 @@ class HubObserver:
 
     def presence(self, topic: str, action: str) -> None:
         self.metrics.presence.labels(action).inc()
+
+class QueueObserver:
+    """Adapts the queue store's events to metrics (app/hub/queues.py imports nothing here)."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def acked(self, queue: str, count: int) -> None:
+        self.metrics.queue_acked.labels(queue).inc(count)
+
+    def redelivered(self, queue: str, count: int) -> None:
+        self.metrics.queue_redeliveries.labels(queue).inc(count)
+
+    def dead_lettered(self, queue: str, count: int) -> None:
+        self.metrics.queue_dead_lettered.labels(queue).inc(count)
+
+    def refused(self, limit: str) -> None:
+        self.metrics.limit_rejections.labels(limit).inc()

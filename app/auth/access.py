@@ -26,6 +26,7 @@ from .hook import DecisionHook
 from .patterns import PatternSet
 from .tickets import TicketBook
 from .tokens import Identity, TokenVerifier
+from .wildcards import covers
 
 __all__ = ["Access", "COOKIE_NAME", "URL_TOKEN_PARAMS"]
 
@@ -172,6 +173,26 @@ class Access:
         if self.hook is not None and self.hook.allows(identity.sub or "", action, topic, transport):
             return
         raise Forbidden(action, topic)
+
+    def authorize_pattern(self, identity: Identity, action: str, wildcard: str, transport: str) -> None:
+        """Return if ``identity`` may ``action`` on every topic ``wildcard`` matches (``chat.*``,
+        ``chat.#``): its own patterns must cover them all (:mod:`app.auth.wildcards`), else the
+        decision hook is asked about the wildcard itself (``"topic": "chat.*"``).
+
+        Raises:
+            Unauthorized, Forbidden, AuthUnavailable: as :meth:`authorize`.
+        """
+        left = identity.seconds_left()
+        if left is not None and left <= 0:
+            raise Unauthorized("the token has expired", invalid_token=True, expired=True)
+        patterns = identity.subscribe if action == "subscribe" else identity.publish
+        if covers(patterns.patterns, identity.sub, wildcard):
+            return
+        if identity.anonymous:
+            raise Unauthorized(f"sign in to {action} to {wildcard!r}: anonymous clients may not")
+        if self.hook is not None and self.hook.allows(identity.sub or "", action, wildcard, transport):
+            return
+        raise Forbidden(action, wildcard)
 
     # -- cross-site requests -----------------------------------------------------------------
 

@@ -18,13 +18,16 @@ Presence (who is in a topic, :mod:`app.hub.presence`): a stream subscribes with
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
-from ..events import Cursor, Event, Gap, Page, check_topic, check_type
+from ..events import Cursor, Event, Gap, InvalidTopic, Page, RawBody, check_topic, check_type
+from .batch import Publication, check_publication
+from .queues import Consumer, Delivery, QueueFull
 from .subscription import Item, Subscription, SubscriptionClosed
+from .wildcard import PatternSubscription, pattern_problem
 
 __all__ = ["Hub", "Backend", "BackendUnavailable", "TooManyTopics", "Subscription", "SubscriptionClosed", "Item",
-           "Gap", "Page"]
+           "Gap", "Page", "Publication", "Consumer", "Delivery", "QueueFull"]
 
 
 class BackendUnavailable(Exception):
@@ -62,7 +65,8 @@ class Backend(Protocol):
     def close(self) -> None: ...
     @property
     def healthy(self) -> bool: ...
-    def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event: ...
+    def append(self, topic: str, type: str, data: Any, sender: str | None, *,
+               headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event: ...
     def read_after(self, topic: str, cursor: Cursor, limit: int) -> tuple[list[Event], bool]: ...
     def read_latest(self, topic: str, limit: int) -> list[Event]: ...
     def last_cursor(self, topic: str) -> Cursor | None: ...
@@ -123,17 +127,20 @@ class Hub:
             presence (``SWITCHBOARD_PRESENCE_TOPICS``); ``None``: none has.
         presence_ttl: seconds presence outlives its last sign of life
             (``SWITCHBOARD_PRESENCE_TTL``; see :class:`~app.hub.presence.Presence`).
+        queues: the work-queue store (:mod:`app.hub.queues`); ``None``: no queues.
     """
 
     def __init__(self, backend: Backend, queue_size: int = 256, observer: HubObserver | None = None,
-                 queue_bytes: int | None = None, *, presence_topics: Callable[[str], bool] | None = None,
-                 presence_ttl: float = 15.0):
+                 queue_bytes: int | None = None, queues=None, *,
+                 presence_topics: Callable[[str], bool] | None = None, presence_ttl: float = 15.0):
         self.backend = backend
+        self.queues = queues  # the work-queue store (app.hub.queues), or None
         self.queue_size = queue_size
         self.queue_bytes = queue_bytes
         self.observer = observer or NullObserver()
         self.published = 0
         self._subs: dict[str, set[Subscription]] = {}
+        self._patterns: set[PatternSubscription] = set()  # wildcard subscriptions (app.hub.wildcard)
         self._members: dict[Subscription, Callable[[], None]] = {}  # presence held by a subscription
         self._closed_reason: str | None = None
         set_resync = getattr(backend, "set_resync", None)
@@ -148,7 +155,8 @@ class Hub:
 
     # -- writing ------------------------------------------------------------------------
 
-    def publish(self, topic: str, data: Any, *, type: str = "message", sender: str | None = None) -> Event:
+    def publish(self, topic: str, data: Any, *, type: str = "message", sender: str | None = None,
+                headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
         """Append an event to the topic's history and deliver it to every subscriber.
 
         Args:
@@ -156,6 +164,9 @@ class Hub:
             data: any JSON-serialisable value.
             type: the event type (SSE ``event:`` field); ``message`` by default.
             sender: who sent it, as the transport established it (never from the body).
+            headers: user-defined headers (checked by :func:`app.events.check_headers`).
+            raw: a STOMP SEND's own octets and content-type, when ``data`` would not give
+                them back exactly.
 
         Returns:
             The stored event, with its cursor.
@@ -169,13 +180,49 @@ class Hub:
         check_topic(topic)
         check_type(type)
         try:
-            event = self.backend.append(topic, type, data, sender)
+            extras = {"headers": headers, "raw": raw} if headers or raw is not None else {}
+            event = self.backend.append(topic, type, data, sender, **extras)
         except TooManyTopics:
             self.observer.refused("topics")
             raise
         self.published += 1
         self.observer.published(topic)
         return event
+
+    def publish_batch(self, items: Sequence[Publication]) -> list[Event]:
+        """Publish several events (topics and queues) together, or none of them.
+
+        Every item is checked first (names, types, the topic limit, queue bounds), then all
+        are stored; see :mod:`app.hub.batch`.
+
+        Returns:
+            The stored events, in the order of ``items``.
+
+        Raises:
+            app.events.InvalidTopic, app.events.InvalidEventType: bad names (nothing stored).
+            TooManyTopics, QueueFull: a bound refused an item (nothing stored).
+            BackendUnavailable: the backend cannot store events now (nothing stored).
+        """
+        for item in items:
+            check_publication(item)
+        if self.queues is not None:
+            return self.queues.commit(self, items)
+        if any(item.kind == "queue" for item in items):
+            raise ValueError("this hub has no queue store")
+        self._check_topic_room([item.name for item in items])
+        return [self.publish(item.name, item.data, type=item.type, sender=item.sender, headers=item.headers,
+                             raw=item.raw) for item in items]
+
+    def _check_topic_room(self, topics: list[str]) -> None:
+        """Raise TooManyTopics before a batch whose new topics would not all fit (memory:
+        nothing yields between this check and the appends that follow)."""
+        limit = getattr(self.backend, "max_topics", 0)
+        if not limit or self.backend.name != "memory":
+            return
+        new = {topic for topic in topics if self.backend.last_cursor(topic) is None}
+        if len(new) > 1 and (self.backend.topic_count() or 0) + len(new) > limit:
+            self.observer.refused("topics")
+            raise TooManyTopics(limit, getattr(self.backend, "sweep_interval", 1.0))
 
     # -- reading ------------------------------------------------------------------------
 
@@ -249,6 +296,61 @@ class Hub:
                 self._members[sub] = release
         return sub
 
+    def enqueue(self, queue: str, data: Any, *, type: str = "message", sender: str | None = None,
+                headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
+        """Send a message to a work queue (:mod:`app.hub.queues`): kept until one consumer
+        has taken and acknowledged it.
+
+        Raises:
+            QueueFull: the queue (or the number of queues) is at its bound; nothing stored.
+            BackendUnavailable: the queue store cannot store it now.
+        """
+        (event,) = self.publish_batch([Publication("queue", queue, data, type, sender, headers, raw)])
+        return event
+
+    def consume(self, queue: str, prefetch: int) -> "Consumer":
+        """Start consuming a work queue, holding at most ``prefetch`` messages un-acknowledged.
+
+        Raises:
+            app.events.InvalidTopic: not a valid queue name.
+            SubscriptionClosed: the hub is shutting down.
+            QueueFull: a new queue beyond the number of queues held.
+            BackendUnavailable: the queue store cannot be reached.
+        """
+        check_topic(queue)
+        if self.queues is None:
+            raise ValueError("this hub has no queue store")
+        if self._closed_reason is not None:
+            raise SubscriptionClosed(self._closed_reason)
+        return self.queues.consume(queue, prefetch)
+
+    def queue_stats(self) -> dict:
+        """Each queue's waiting and in-flight messages (``{name: QueueStats}``); empty without queues.
+
+        Raises:
+            BackendUnavailable: the queue store cannot tell now.
+        """
+        return self.queues.stats() if self.queues is not None else {}
+
+    def subscribe_pattern(self, pattern: str) -> PatternSubscription:
+        """Start receiving the live events of every topic ``pattern`` matches (``chat.*``,
+        ``chat.#``; see :mod:`app.hub.wildcard`). No history is replayed.
+
+        Raises:
+            app.events.InvalidTopic: not a wildcard this hub takes.
+            SubscriptionClosed: the hub is shutting down.
+        """
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            raise InvalidTopic(problem)
+        if self._closed_reason is not None:
+            raise SubscriptionClosed(self._closed_reason)
+        sub = PatternSubscription(pattern, self.queue_size, self._forget_pattern, self.observer,
+                                  max_bytes=self.queue_bytes)
+        self._patterns.add(sub)
+        self.observer.subscribed(pattern)
+        return sub
+
     def status(self) -> dict:
         """The backend's name, whether it can serve now, and its epoch (for health checks)."""
         backend = self.backend
@@ -275,7 +377,7 @@ class Hub:
         """Live subscriptions in this process, for one topic or all."""
         if topic is not None:
             return len(self._subs.get(topic, ()))
-        return sum(len(subs) for subs in self._subs.values())
+        return sum(len(subs) for subs in self._subs.values()) + len(self._patterns)
 
     def topics(self) -> list[str]:
         """Topics with at least one local subscriber."""
@@ -321,7 +423,9 @@ class Hub:
                     starts[sub.topic] = start_for(sub.topic)
         for sub in subs:
             sub.resync(starts.get(sub.topic))
-        return len(subs)
+        for pattern_sub in list(self._patterns):
+            pattern_sub.resync()  # no history to read: a plain gap (app.hub.wildcard)
+        return len(subs) + len(self._patterns)
 
     def close(self, reason: str = "shutdown", *, backend: bool = True) -> None:
         """Close every subscription (waking their readers) and refuse new ones.
@@ -339,6 +443,10 @@ class Hub:
         for subs in list(self._subs.values()):
             for sub in list(subs):
                 sub.close(reason)
+        for pattern_sub in list(self._patterns):
+            pattern_sub.close(reason)
+        if self.queues is not None:
+            self.queues.close(reason)  # consumers end; what they held goes back to its queue
         if backend:
             self.backend.close()
 
@@ -354,6 +462,15 @@ class Hub:
             size = event.size  # measured once per event; each queue only adds it up
             for sub in tuple(subs):
                 sub.offer(event, size)
+        if self._patterns:
+            for pattern_sub in tuple(self._patterns):
+                if pattern_sub.matches(event.topic):
+                    pattern_sub.offer(event)
+
+    def _forget_pattern(self, sub: Subscription) -> None:
+        if sub in self._patterns:
+            self._patterns.discard(sub)  # type: ignore[arg-type]
+            self.observer.unsubscribed(sub.topic, sub.close_reason or "closed")
 
     def _announced(self, topic: str, action: str) -> None:
         # A presence event the backend appended for this process: counted as published.

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import gevent
 
-from ..events import PRESENCE_TYPE, Cursor, Event
+from ..events import PRESENCE_TYPE, Cursor, Event, RawBody
 from . import TooManyTopics
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,8 @@ class MemoryBackend:
             return []
         return [(topic, action, sender)]
 
-    def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event:
+    def append(self, topic: str, type: str, data: Any, sender: str | None, *,
+               headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
         """Store a new event at the end of the topic's history, then deliver it live.
 
         Raises:
@@ -195,7 +196,7 @@ class MemoryBackend:
             topics.move_to_end(topic)
         seq = state.next_seq
         state.next_seq += 1
-        event = Event(Cursor(self.epoch, (seq,)), topic, type, data, sender, now)
+        event = Event(Cursor(self.epoch, (seq,)), topic, type, data, sender, now, headers=headers, raw=raw)
         events = state.events
         events.append(event)
         if self.history_bytes is not None:

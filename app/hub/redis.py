@@ -109,7 +109,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from ..events import Cursor, Event
+from ..events import Cursor, Event, RawBody, extras_from_stored, stored_extras
 from . import BackendUnavailable, TooManyTopics
 
 log = logging.getLogger(__name__)
@@ -594,7 +594,8 @@ class RedisBackend:
 
     # -- history ------------------------------------------------------------------------
 
-    def append(self, topic: str, type: str, data: Any, sender: str | None) -> Event:
+    def append(self, topic: str, type: str, data: Any, sender: str | None, *,
+               headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
         """Store a new event at the end of the topic's stream and publish it, atomically.
 
         Raises:
@@ -603,7 +604,7 @@ class RedisBackend:
             TooManyTopics: ``topic`` is new and the deployment holds ``max_topics``
                 (nothing was stored).
         """
-        body = _encode_body({"type": type, "sender": sender, "data": data})
+        body = _encode_body({"type": type, "sender": sender, "data": data, **stored_extras(headers, raw)})
         reply = self._call("append", [*self._topic_keys(topic), self._topics_key],
                            [secrets.token_hex(6), self.history_size, self._ttl_ms, self.channel, topic, body,
                             self._key_lifetime_ms, self.history_bytes or 0, self.max_topics])
@@ -612,7 +613,7 @@ class RedisBackend:
         if not event_id:
             raise TooManyTopics(self.max_topics, int(reply[2]) / 1000)
         ms, seq = _id_parts(event_id)
-        return Event(Cursor(epoch, (ms, seq)), topic, type, data, sender, ms / 1000)
+        return Event(Cursor(epoch, (ms, seq)), topic, type, data, sender, ms / 1000, headers=headers, raw=raw)
 
     def read_after(self, topic: str, cursor: Cursor, limit: int) -> tuple[list[Event], bool]:
         """Events after ``cursor`` (at most ``limit``), and whether some were lost before them.
@@ -902,7 +903,8 @@ class RedisBackend:
             cursor = Cursor.parse(cursor_text.decode("ascii"))
             fields = json.loads(body)
             ms = cursor.position[0]
-            event = Event(cursor, topic.decode("ascii"), fields["type"], fields["data"], fields["sender"], ms / 1000)
+            event = Event(cursor, topic.decode("ascii"), fields["type"], fields["data"], fields["sender"], ms / 1000,
+                          **extras_from_stored(fields))
         except (ValueError, KeyError) as exc:
             log.error("redis listener: dropped a malformed message (%s): %r", exc, payload[:200])
             return
@@ -1007,7 +1009,7 @@ class RedisBackend:
             ms, seq = _id_parts(reply[i])
             fields = json.loads(reply[i + 1])
             events.append(Event(Cursor(epoch, (ms, seq)), topic, fields["type"], fields["data"], fields["sender"],
-                                ms / 1000))
+                                ms / 1000, **extras_from_stored(fields)))
         return events
 
     def _lock_key(self, name: str) -> str:

@@ -262,15 +262,13 @@ class Subscription:
                 or self.close_reason is not None):
             return self.get_many(max_items, 0)
         items: list[Item] = []
-        last = self._last
+        is_new = self._is_new  # the seam rule (a subclass may define it per topic)
         while queue and len(items) < max_items:
             event = queue.popleft()
             self._queued_bytes -= event.size
-            # Seam rule: skip what a replay already gave (see _is_new).
-            if last is None or event.cursor.epoch != last.epoch or event.cursor.position > last.position:
-                last = event.cursor
+            if is_new(event):  # skip what a replay already gave
+                self._last = event.cursor
                 items.append(event)
-        self._last = last
         return items
 
     def close(self, reason: str = "closed") -> None:

@@ -15,6 +15,7 @@ import logging
 import socket
 
 import gevent
+import gevent.select
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 ENVIRON_WEBSOCKET = "wsgi.websocket"
 ENVIRON_PROTOCOL = "switchboard.ws_protocol"
+#: ``environ[ENVIRON_CLIENT_GONE]()`` is true once the client has closed its end of the
+#: connection: a parked request (a SockJS poll) asks it while it waits, since a WSGI server
+#: notices a gone client only when it writes.
+ENVIRON_CLIENT_GONE = "switchboard.client_gone"
 
 
 class _SendTimedOut(Exception):
@@ -87,8 +92,18 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         environ = super().get_environ()
         environ[ENVIRON_REGISTRY] = self._registry()
         environ[ENVIRON_RAW_RESPONSE] = RawResponse(self)  # for a stream that writes its own body
+        environ[ENVIRON_CLIENT_GONE] = self._client_gone
         self._requests_read += 1
         return environ
+
+    def _client_gone(self) -> bool:
+        # Readable with nothing to read is the peer's FIN; readable with bytes is a next
+        # request already sent (pipelining), which is no hang-up.
+        try:
+            readable, _, _ = gevent.select.select([self.socket], [], [], 0)
+            return bool(readable) and self.socket.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def read_requestline(self):
         registry = self._registry()

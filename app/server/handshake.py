@@ -90,6 +90,24 @@ class WebSocketPolicy:
         object.__setattr__(self, "allowed_origins", origins)
         object.__setattr__(self, "protocols", MappingProxyType(protocols))
 
+    def protocols_for(self, path: str) -> tuple[str, ...] | None:
+        """The sub-protocols spoken at ``path``, or ``None`` if it takes no WebSocket.
+
+        A key matches exactly, or segment by segment where its ``*`` stands for any one
+        non-empty segment without a dot (SockJS's ``/<prefix>/*/*/websocket`` session URLs).
+        """
+        found = self.protocols.get(path)
+        if found is not None:
+            return found
+        segments = path.split("/")
+        for pattern, offered in self.protocols.items():
+            parts = pattern.split("/")
+            if "*" in parts and len(parts) == len(segments) and all(
+                    part == segment or (part == "*" and segment and "." not in segment)
+                    for part, segment in zip(parts, segments)):
+                return offered
+        return None
+
 
 DEFAULT_POLICY = WebSocketPolicy()
 """Used when the application hands the server no policy (:mod:`app.server.hooks`): no WebSocket anywhere."""
@@ -221,7 +239,8 @@ def negotiate(environ, policy: WebSocketPolicy) -> Acceptance | Refusal:
         An :class:`Acceptance` or a :class:`Refusal`.
     """
     path = environ.get("PATH_INFO", "")
-    if path not in policy.protocols:
+    spoken = policy.protocols_for(path)
+    if spoken is None:
         return Refusal(404, "not_found", f"no WebSocket endpoint at {path}")
     if environ.get("REQUEST_METHOD") != "GET":
         return Refusal(405, "method_not_allowed", "a WebSocket handshake is a GET request", (("Allow", "GET"),))
@@ -252,12 +271,11 @@ def negotiate(environ, policy: WebSocketPolicy) -> Acceptance | Refusal:
     offered = _tokens(environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", ""))
     chosen = None
     if offered:
-        chosen = next((name for name in policy.protocols[path] if name in offered), None)
+        chosen = next((name for name in spoken if name in offered), None)
         if chosen is None:
-            spoken = ", ".join(policy.protocols[path]) or "none"
             return Refusal(
                 400,
                 "unsupported_subprotocol",
-                f"no offered sub-protocol is spoken at {path} (spoken: {spoken})",
+                f"no offered sub-protocol is spoken at {path} (spoken: {', '.join(spoken) or 'none'})",
             )
     return Acceptance(_accept_token(key), chosen)

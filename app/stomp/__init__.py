@@ -6,8 +6,11 @@ and nothing from the rest of ``app``; ``tests/unit/test_stomp_sans_io.py`` prove
 * :mod:`.frames`: :class:`Frame`, header escaping, :func:`serialize`.
 * :mod:`.parser`: :class:`FrameParser` (bytes -> frames and heart-beats) and :class:`Limits`.
 * :mod:`.errors`: the :class:`StompError` family, each with a ``kind`` and an ERROR frame.
-* :mod:`.session`: :class:`StompSession`, one connection's state machine, its
-  :class:`StompConfig`, and the requests it makes of the broker.
+* :mod:`.session`: :class:`StompSession`, one connection's state machine, and its
+  :class:`StompConfig`.
+* :mod:`.requests`: what a session asks of the broker (:class:`Send`, :class:`Commit`, ...).
+* :mod:`.transactions`, :mod:`.acks`, :mod:`.messages`: the session's transactions, its
+  subscriptions' acknowledgments, and the MESSAGE headers it writes.
 * :mod:`.access`: the session's access hooks: who the CONNECT says the client is
   (:class:`Credentials` in, :class:`Login` out) and whether it may use a destination.
 """
@@ -45,6 +48,7 @@ from .session import (
     ACK_MODES,
     Ack,
     Closed,
+    Commit,
     Connect,
     LoginHook,
     Nack,
@@ -72,6 +76,7 @@ __all__ = [
     "BadEscape",
     "BrokerError",
     "Closed",
+    "Commit",
     "Connect",
     "ConnectTimeout",
     "Credentials",

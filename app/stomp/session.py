@@ -9,10 +9,16 @@ layer (``app/transports/stomp_ws.py``) drives it like this::
     # whenever the session's deadline passes (see next_deadline()):
     session.tick(now=clock())
     # after each of the calls above, and after deliver():
-    for request in session.requests():    # Connect, Subscribe, Send, Ack, Closed, ...
-        ...                               # map onto the hub
-    for chunk in session.data_to_send():  # one frame or one heart-beat each
+    while True:
+        requests = session.requests()     # Connect, Subscribe, Send, Commit, Ack, Closed, ...
+        for request in requests:
+            ...                           # act on the hub; on a refusal: session.send_error(...)
+        if requests:
+            session.confirm(now=clock())  # done: RECEIPTs go out, waiting frames go on
+        chunks = session.data_to_send()   # one frame or one heart-beat each
         ...                               # one WebSocket message per chunk
+        if not requests and not chunks:
+            break
     if session.closed:
         ...                               # close the WebSocket
     # when the hub has an event for subscription ``sub_id``:
@@ -21,10 +27,16 @@ layer (``app/transports/stomp_ws.py``) drives it like this::
     # when the socket goes away without a DISCONNECT:
     session.connection_lost()
 
+A frame that makes requests waits for the broker: its RECEIPT, and every frame the
+client sent after it, wait until :meth:`StompSession.confirm`. A broker that refuses it
+calls :meth:`StompSession.send_error`; then the ERROR is the last thing the client gets,
+and nothing sent after the refused frame is looked at (STOMP 1.2, "ERROR").
+
 Which client command is allowed in which state is the table :data:`_HANDLERS`;
 every failure is a :class:`~app.stomp.errors.StompError`, answered in one place
 (:meth:`StompSession._fail`) with an ERROR frame, after which the session is
-closed.
+closed. Transactions are :mod:`.transactions`' job, acknowledgments :mod:`.acks`',
+MESSAGE headers :mod:`.messages`'.
 """
 
 from __future__ import annotations
@@ -33,12 +45,12 @@ import enum
 import itertools
 import re
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Union
 
 from .access import TOKEN_EXPIRED, Authenticator, Authorizer, Credentials, from_login_hook, login_result
+from .acks import ACK_MODES, AckBook, SessionSubscription
 from .errors import (
     AuthError,
     BadDestination,
@@ -62,12 +74,16 @@ from .frames import (
     header_representable,
     serialize,
 )
+from .messages import BLOB_TYPE, encode_message_tail, event_header_lines
 from .parser import FrameParser, Limits
+from .requests import Ack, Closed, Commit, Connect, Nack, Request, Send, Subscribe, Unsubscribe
+from .transactions import Transactions
 
 __all__ = [
     "ACK_MODES",
     "Ack",
     "Closed",
+    "Commit",
     "Connect",
     "LoginHook",
     "Nack",
@@ -82,140 +98,9 @@ __all__ = [
     "encode_message_tail",
 ]
 
-#: STOMP 1.2, "SUBSCRIBE ack Header": the valid values; ``auto`` when absent.
-ACK_MODES = frozenset({"auto", "client", "client-individual"})
-
-# MESSAGE headers the session writes itself; deliver() drops extra headers by
-# these names, so a broker cannot forge or duplicate them.
-_RESERVED_MESSAGE_HEADERS = frozenset(
-    {"subscription", "message-id", "destination", "ack", "content-length", "redelivered"}
-)
-
 _HEART_BEAT = re.compile(r"\s*([0-9]{1,9})\s*,\s*([0-9]{1,9})\s*")
 _COUNT = re.compile(r"[0-9]{1,9}")
 
-
-# --- broker-facing requests (frozen, like h11's events) ------------------------------
-
-
-@dataclass(frozen=True)
-class Connect:
-    """The client connected; CONNECTED has been queued.
-
-    Attributes:
-        version: the negotiated STOMP version (``"1.0"``, ``"1.1"`` or ``"1.2"``).
-        login: the CONNECT ``login`` header, as accepted by the login hook.
-        host: the CONNECT ``host`` header, whatever it is (no virtual hosts here).
-        session_id: the ``session`` header sent in CONNECTED.
-        heart_beat: negotiated ``(client_to_server_ms, server_to_client_ms)``;
-            0 means none in that direction.
-        principal: who the authenticator said the client is (:mod:`.access`), or ``None``.
-    """
-
-    version: str
-    login: str | None
-    host: str | None
-    session_id: str
-    heart_beat: tuple[int, int]
-    principal: object = None
-
-
-@dataclass(frozen=True)
-class Subscribe:
-    """The client subscribed; deliver its messages with :meth:`StompSession.deliver`.
-
-    Attributes:
-        sub_id: the subscription id (STOMP 1.0 without ``id``: the destination).
-        destination: where to listen, e.g. ``/topic/chat``.
-        ack_mode: ``auto``, ``client`` or ``client-individual``.
-        last_event_id: the ``last-event-id`` header (resume after this cursor), or ``None``.
-        prefetch: the ``prefetch-count`` header, or ``None``. The session caps
-            unacknowledged messages at ``min(prefetch, max_unacked)`` in the
-            client ack modes (0 or absent: ``max_unacked``).
-        headers: every header of the SUBSCRIBE frame, for server-specific options.
-    """
-
-    sub_id: str
-    destination: str
-    ack_mode: str
-    last_event_id: str | None
-    prefetch: int | None
-    headers: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class Unsubscribe:
-    """The client removed a subscription; stop delivering to it.
-
-    Attributes:
-        sub_id: the subscription id.
-        destination: its destination.
-    """
-
-    sub_id: str
-    destination: str
-
-
-@dataclass(frozen=True)
-class Send:
-    """Publish a message the client sent (at once, or when its transaction committed).
-
-    Attributes:
-        destination: the SEND ``destination``.
-        body: the body octets.
-        content_type: the ``content-type`` header, or ``None`` (a binary blob).
-        headers: every header of the SEND frame (user-defined ones included).
-        transaction: the committed transaction it belonged to, or ``None``.
-    """
-
-    destination: str
-    body: bytes
-    content_type: str | None
-    headers: tuple[tuple[str, str], ...]
-    transaction: str | None = None
-
-
-@dataclass(frozen=True)
-class Ack:
-    """Messages were acknowledged; :meth:`StompSession.can_deliver` may now be true again.
-
-    Attributes:
-        sub_id: the subscription.
-        message_ids: the ``message-id`` of each message acknowledged, oldest first.
-    """
-
-    sub_id: str
-    message_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Nack:
-    """Messages were refused by the client and have been redelivered (informational).
-
-    Attributes:
-        sub_id: the subscription.
-        message_ids: the ``message-id`` of each message redelivered, oldest first.
-    """
-
-    sub_id: str
-    message_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Closed:
-    """The session is over: drop its subscriptions and close the connection.
-
-    Attributes:
-        reason: why, in a few words.
-        error_kind: the :attr:`StompError.kind` that closed it, or ``None`` for a
-            DISCONNECT or a lost connection.
-    """
-
-    reason: str
-    error_kind: str | None = None
-
-
-Request = Union[Connect, Subscribe, Unsubscribe, Send, Ack, Nack, Closed]
 
 #: ``hook(login, passcode) -> bool``: accept or reject a CONNECT's credentials.
 #: Either may be ``None`` when the header is absent. The hook may raise
@@ -260,6 +145,11 @@ class StompConfig:
             subscription; also the upper bound of ``prefetch-count``.
         max_transactions: transactions open at once per session.
         max_transaction_frames: frames held by one transaction before COMMIT.
+        max_deliveries: deliveries of one message to a topic subscription before a
+            NACK drops it instead of redelivering it (:mod:`.acks`).
+        shared_queue: ``hook(destination) -> bool``: true for a destination whose
+            subscribers share its messages (a work queue), so a NACKed message goes back
+            to the broker rather than to the same subscription; ``None``: none is.
     """
 
     limits: Limits = field(default_factory=Limits)
@@ -274,6 +164,8 @@ class StompConfig:
     max_unacked: int = 256
     max_transactions: int = 16
     max_transaction_frames: int = 1000
+    max_deliveries: int = 5
+    shared_queue: Callable[[str], bool] | None = None
 
     def __post_init__(self) -> None:
         """Validate the settings.
@@ -290,7 +182,8 @@ class StompConfig:
             raise ValueError(f"versions must be a non-empty subset of {SUPPORTED_VERSIONS}")
         if not header_representable("server", self.server_name, escaped=False):
             raise ValueError("server_name must not contain CR or LF")
-        for name in ("max_subscriptions", "max_unacked", "max_transactions", "max_transaction_frames"):
+        for name in ("max_subscriptions", "max_unacked", "max_transactions", "max_transaction_frames",
+                     "max_deliveries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
@@ -303,62 +196,10 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-def encode_message_tail(
-    body: bytes,
-    headers: Mapping[str, str] | Iterable[tuple[str, str]],
-    escaped: bool,
-) -> bytes:
-    """The part of a MESSAGE frame that depends only on the event, for :meth:`StompSession.deliver`.
-
-    The header lines :meth:`StompSession.deliver` would write for ``headers`` (the
-    reserved names and, unescaped, the unrepresentable headers dropped; a
-    ``content-type`` added for a non-empty body without one), ``content-length``,
-    the blank line, the body and the NUL. Build it once per event and escaping mode
-    and pass it to every session's ``deliver(..., tail=...)``.
-
-    Args:
-        body: the message body octets.
-        headers: the event's MESSAGE headers, as a mapping or ``(name, value)`` pairs.
-        escaped: :attr:`StompSession.escapes_messages` of the sessions it is for.
-
-    Returns:
-        The frame's bytes from the first event header to the NUL.
-    """
-    lines = []
-    has_type = False
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    for name, value in items:
-        name, value = str(name), str(value)
-        if name in _RESERVED_MESSAGE_HEADERS or not header_representable(name, value, escaped):
-            continue
-        if name == "content-type":
-            has_type = True
-        lines.append(f"{escape_header(name)}:{escape_header(value)}\n" if escaped else f"{name}:{value}\n")
-    if body and not has_type:
-        lines.append("content-type:application/octet-stream\n")
-    lines.append(f"content-length:{len(body)}\n\n")
-    return b"".join(("".join(lines).encode("utf-8"), bytes(body), b"\x00"))
-
-
-class _Subscription:
-    # Mutable bookkeeping for one subscription; never handed out.
-    __slots__ = ("sub_id", "destination", "ack_mode", "window", "pending", "message_head")
-
-    def __init__(self, sub_id: str, destination: str, ack_mode: str, window: int) -> None:
-        self.sub_id = sub_id
-        self.destination = destination
-        self.ack_mode = ack_mode
-        self.window = window
-        # message-id -> MESSAGE frame awaiting ACK/NACK, in the order sent.
-        self.pending: OrderedDict[str, Frame] = OrderedDict()
-        # The MESSAGE lines before and after the message-id number, once built (deliver's tail path).
-        self.message_head: tuple[bytes, bytes] | None = None
-
-
 class StompSession:
     """The server side of one STOMP connection, fed bytes and the time.
 
-    Inputs: :meth:`receive_data`, :meth:`tick`, :meth:`deliver`,
+    Inputs: :meth:`receive_data`, :meth:`confirm`, :meth:`tick`, :meth:`deliver`,
     :meth:`send_error`, :meth:`connection_lost`. Outputs: :meth:`data_to_send`
     (bytes for the client) and :meth:`requests` (work for the broker). Time is
     always passed in, in seconds, from any monotonic clock.
@@ -415,9 +256,13 @@ class StompSession:
         self._heart_beat = (0, 0)
         self._outgoing: list[bytes] = []
         self._requests: list[Request] = []
-        self._subscriptions: dict[str, _Subscription] = {}
-        self._ack_index: dict[str, str] = {}  # pending message-id -> subscription id
-        self._transactions: dict[str, list[Frame]] = {}
+        # The frame whose requests the broker is acting on: its receipt and what happens
+        # here once it is confirmed; None when no frame waits (see confirm()).
+        self._held: tuple[str | None, list[Callable[[], None]]] | None = None
+        self._after_confirm: list[Callable[[], None]] = []
+        self._subscriptions: dict[str, SessionSubscription] = {}
+        self._acks = AckBook(self.config.max_deliveries)
+        self._transactions = Transactions(self.config.max_transactions, self.config.max_transaction_frames)
         self._message_numbers = itertools.count(1)
         # Time bookkeeping, all in seconds of the caller's clock.
         self._started_at = now
@@ -455,6 +300,11 @@ class StompSession:
         """Negotiated ``(client_to_server_ms, server_to_client_ms)``; 0 = none."""
         return self._heart_beat
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a frame waits for the broker's :meth:`confirm`."""
+        return self._held is not None
+
     # --- outputs ----------------------------------------------------------------------
 
     def data_to_send(self) -> list[bytes]:
@@ -473,8 +323,9 @@ class StompSession:
 
         Returns:
             :class:`Connect`, :class:`Subscribe`, :class:`Unsubscribe`,
-            :class:`Send`, :class:`Ack`, :class:`Nack` and finally
-            :class:`Closed`, in the order the client's frames caused them.
+            :class:`Send`, :class:`Commit`, :class:`Ack`, :class:`Nack` and finally
+            :class:`Closed`, in the order the client's frames caused them. Act on them,
+            then call :meth:`confirm` (or :meth:`send_error` to refuse one).
         """
         requests, self._requests = self._requests, []
         return requests
@@ -485,8 +336,9 @@ class StompSession:
         """Process bytes received from the client.
 
         Any bytes, even part of a frame, count as a sign of life for heart-beating.
-        Frames are handled in order; a protocol error queues an ERROR frame and
-        closes the session, and the rest of ``data`` is ignored. Data received
+        Frames are handled in order until one makes requests of the broker: the frames
+        after it wait (buffered) for :meth:`confirm`. A protocol error queues an ERROR
+        frame and closes the session, and the rest of ``data`` is ignored. Data received
         after the session closed is ignored.
 
         Args:
@@ -499,10 +351,43 @@ class StompSession:
         self._advance(now)
         if data:
             self._last_received = now
-        frame: Frame | None = None
         try:
             self._parser.feed(data)
-            while not self.closed:
+        except StompError as err:
+            self._fail(err)
+            return
+        self._process()
+
+    def confirm(self, now: float | None = None) -> None:
+        """Tell the session that the broker has acted on every request handed out.
+
+        Call it after the requests of :meth:`requests` were carried out (unless one was
+        refused with :meth:`send_error`, which closes the session). The frame that made
+        them is then done: its RECEIPT is queued, a COMMIT's acknowledgments take effect
+        here (a NACKed topic message is sent again), and the frames the client sent after
+        it are processed, which may make new requests. Does nothing when nothing waits.
+
+        Args:
+            now: the current time in seconds, if known.
+        """
+        if now is not None:
+            self._advance(now)
+        held, self._held = self._held, None
+        if self.closed or held is None:
+            return
+        receipt, after = held
+        for action in after:
+            action()
+        if receipt is not None:
+            self._send_frame(Frame("RECEIPT", (("receipt-id", receipt),)))
+        self._process()
+
+    def _process(self) -> None:
+        # Handle buffered frames until one waits for the broker, the buffer is empty, or
+        # the session ends.
+        frame: Frame | None = None
+        try:
+            while not self.closed and self._held is None:
                 item = self._parser.next_item()
                 if item is None:
                     break
@@ -592,11 +477,11 @@ class StompSession:
             ``False`` when the session is not connected, the subscription does not
             exist (any more), or its ack mode is ``client``/``client-individual``
             and its prefetch window (``prefetch-count``, at most ``max_unacked``)
-            is full of unacknowledged messages. Wait for an :class:`Ack` request
-            for that subscription, then ask again.
+            is full of unacknowledged messages. Wait for an :class:`Ack` (or
+            :class:`Nack`) request for that subscription, then ask again.
         """
         sub = self._subscriptions.get(sub_id)
-        return self._state is SessionState.CONNECTED and sub is not None and self._window_open(sub)
+        return self._state is SessionState.CONNECTED and sub is not None and sub.window_open()
 
     def deliver(
         self,
@@ -606,18 +491,20 @@ class StompSession:
         *,
         now: float | None = None,
         tail: bytes | None = None,
+        redelivered: bool = False,
+        default_type: str | None = BLOB_TYPE,
+        destination: str | None = None,
     ) -> str | None:
         """Queue a MESSAGE frame for subscription ``sub_id``.
 
         The frame carries ``subscription``, a new unique ``message-id``, the
         subscription's ``destination``, in 1.2 with a client ack mode an ``ack``
-        header (equal to the message-id), then ``headers`` (e.g. ``event-id``,
-        ``event-type``, ``sender``, ``time``, ``content-type``; the reserved
-        names above are dropped, as are headers a 1.0 session cannot carry
-        unescaped), ``content-type: application/octet-stream`` if none was given
-        for a non-empty body, and ``content-length``. With a client ack mode the
-        message is kept until ACKed, and redelivered with ``redelivered:true``
-        when NACKed.
+        header (equal to the message-id), ``redelivered:true`` when asked, then
+        ``headers`` (e.g. ``event-id``, ``event-type``, ``sender``, ``time``,
+        ``content-type``, the SEND's user headers; see
+        :func:`~app.stomp.messages.event_header_lines` for what is dropped),
+        ``default_type`` as the content-type of a non-empty body without one, and
+        ``content-length``. With a client ack mode the message is kept until ACKed.
 
         Args:
             sub_id: the subscription id of a :class:`Subscribe` request.
@@ -625,11 +512,15 @@ class StompSession:
             headers: extra MESSAGE headers, as a mapping or ``(name, value)`` pairs.
             now: the current time in seconds; when given, the server heart-beat
                 timer restarts from it (the frame is a sign of life).
-            tail: ``encode_message_tail(body, headers, session.escapes_messages)``
-                of the same ``body`` and ``headers``, for a caller that delivers one
-                event to many sessions and builds it once. An ``auto`` subscription's
-                frame is then the per-subscription headers plus ``tail`` (the same
-                bytes); client ack modes ignore it (they keep the frame for NACK).
+            tail: ``encode_message_tail(body, headers, session.escapes_messages, default_type)``
+                of the same arguments, for a caller that delivers one event to many
+                sessions and builds it once. An ``auto`` subscription's frame is then
+                the per-subscription headers plus ``tail`` (the same bytes); client ack
+                modes ignore it (they keep the frame for NACK).
+            redelivered: a shared queue's message delivered before (to anyone).
+            default_type: the content-type said for a body that has none; ``None``: none.
+            destination: the ``destination`` header, when it is not the subscription's own
+                (a wildcard subscription's MESSAGE names the topic it came from).
 
         Returns:
             The new ``message-id``; or ``None`` when nothing was queued because
@@ -640,9 +531,9 @@ class StompSession:
         if now is not None:
             self._advance(now)
         sub = self._subscriptions.get(sub_id)
-        if self._state is not SessionState.CONNECTED or sub is None or not self._window_open(sub):
+        if self._state is not SessionState.CONNECTED or sub is None or not sub.window_open():
             return None
-        if tail is not None and sub.ack_mode == "auto":
+        if tail is not None and sub.ack_mode == "auto" and not redelivered and destination is None:
             # Nothing is kept for a redelivery: write the per-subscription lines and the
             # shared tail; the same bytes serialize() writes for the frame built below.
             number = next(self._message_numbers)
@@ -653,25 +544,18 @@ class StompSession:
         frame_headers = [
             ("subscription", sub.sub_id),
             ("message-id", message_id),
-            ("destination", sub.destination),
+            ("destination", destination if destination is not None else sub.destination),
         ]
         if sub.ack_mode != "auto" and self._version == "1.2":
             # STOMP 1.2, "MESSAGE": client ack modes need an ack header, which the
             # ACK/NACK id header must then match.
             frame_headers.append(("ack", message_id))
-        escaped = escapes_headers("MESSAGE", self._version)
-        items = headers.items() if isinstance(headers, Mapping) else headers
-        for name, value in items:
-            name, value = str(name), str(value)
-            if name not in _RESERVED_MESSAGE_HEADERS and header_representable(name, value, escaped):
-                frame_headers.append((name, value))
-        if body and not any(name == "content-type" for name, _ in frame_headers):
-            # STOMP 1.2, "Header content-type": without one the body is a binary blob; say so.
-            frame_headers.append(("content-type", "application/octet-stream"))
+        if redelivered:
+            frame_headers.append(("redelivered", "true"))
+        frame_headers += event_header_lines(headers, self.escapes_messages, body, default_type)
         frame = Frame("MESSAGE", tuple(frame_headers), bytes(body))
         if sub.ack_mode != "auto":
-            sub.pending[message_id] = frame
-            self._ack_index[message_id] = sub.sub_id
+            self._acks.track(sub, message_id, frame)
         self._send_frame(frame)
         return message_id
 
@@ -679,7 +563,9 @@ class StompSession:
         """End the session from the server side: queue an ERROR frame, then close.
 
         For broker-side failures (unknown destination, hub refused a publish,
-        server shutting down with a reconnect hint). Does nothing once closed.
+        server shutting down with a reconnect hint). Does nothing once closed. A frame
+        waiting for :meth:`confirm` is then never confirmed: nothing of it happens, and
+        nothing after it.
 
         Args:
             message: one line for the ERROR ``message`` header.
@@ -708,11 +594,18 @@ class StompSession:
         handler = _HANDLERS[self._state].get(frame.command)
         if handler is None or frame.command in _NOT_IN_VERSION.get(self._version, ()):
             raise self._unexpected(frame.command)
+        made = len(self._requests)
         handler(self, frame)
-        receipt = frame.get("receipt")
+        if self.closed:
+            return
         # STOMP 1.2, "Header receipt": any client frame other than CONNECT MAY ask
         # for one; DISCONNECT answers its own before closing.
-        if receipt is not None and frame.command not in ("CONNECT", "STOMP", "DISCONNECT"):
+        receipt = None if frame.command in ("CONNECT", "STOMP") else frame.get("receipt")
+        if len(self._requests) > made:
+            # The broker acts first; the RECEIPT (and every later frame) waits for confirm().
+            self._held = (receipt, self._after_confirm)
+            self._after_confirm = []
+        elif receipt is not None:
             self._send_frame(Frame("RECEIPT", (("receipt-id", receipt),)))
 
     def _unexpected(self, command: str) -> ProtocolViolation:
@@ -812,20 +705,13 @@ class StompSession:
         self._check_access("publish", destination)
         transaction = frame.get("transaction")
         if transaction is not None:
-            self._hold(transaction, frame)
+            self._transactions.hold(transaction, frame)  # checked now, published at COMMIT
         else:
-            self._do_send(frame, None)
+            self._requests.append(self._send_request(frame, None))
 
-    def _do_send(self, frame: Frame, transaction: str | None) -> None:
-        self._requests.append(
-            Send(
-                self._require(frame, "destination"),
-                frame.body,
-                frame.get("content-type"),
-                frame.headers,
-                transaction,
-            )
-        )
+    def _send_request(self, frame: Frame, transaction: str | None) -> Send:
+        return Send(self._require(frame, "destination"), frame.body, frame.get("content-type"), frame.headers,
+                    transaction)
 
     def _on_subscribe(self, frame: Frame) -> None:
         destination = self._require(frame, "destination")
@@ -852,9 +738,10 @@ class StompSession:
         self._check_destination(destination)
         self._check_access("subscribe", destination)
         window = min(prefetch or self.config.max_unacked, self.config.max_unacked)
-        self._subscriptions[sub_id] = _Subscription(sub_id, destination, ack_mode, window)
+        shared = bool(self.config.shared_queue and self.config.shared_queue(destination))
+        self._subscriptions[sub_id] = SessionSubscription(sub_id, destination, ack_mode, window, shared)
         self._requests.append(
-            Subscribe(sub_id, destination, ack_mode, frame.get("last-event-id"), prefetch, frame.headers)
+            Subscribe(sub_id, destination, ack_mode, frame.get("last-event-id"), prefetch, frame.headers, window)
         )
 
     def _missing_id(self, frame: Frame) -> MissingHeader:
@@ -885,115 +772,57 @@ class StompSession:
             raise ProtocolViolation("unknown subscription", f"No subscription {wanted[:200]!r}.")
         for gone in sub_ids:
             sub = self._subscriptions.pop(gone)
-            for message_id in sub.pending:
-                del self._ack_index[message_id]
+            self._acks.forget(sub)
             self._requests.append(Unsubscribe(sub.sub_id, sub.destination))
 
     def _on_ack(self, frame: Frame) -> None:
-        sub, message_id = self._resolve_ack(frame)
+        sub, message_id = self._acks.resolve(frame, self._version, self._subscriptions)
         transaction = frame.get("transaction")
         if transaction is not None:
-            self._hold(transaction, frame)  # checked now, applied at COMMIT
+            self._transactions.hold(transaction, frame)  # checked now, applied at COMMIT
         else:
-            self._settle(sub, message_id, nack=frame.command == "NACK")
+            self._requests.append(self._settle(sub, message_id, frame.command == "NACK", self._resend))
 
-    def _resolve_ack(self, frame: Frame) -> tuple[_Subscription, str]:
-        # Which pending message an ACK/NACK names depends on the version:
-        # 1.2 "id" (the MESSAGE's ack header), 1.1 "message-id" and
-        # "subscription", 1.0 "message-id" (subscription optional).
-        if self._version == "1.2":
-            message_id = self._require(frame, "id")
-            sub_id = self._ack_index.get(message_id)
-        else:
-            message_id = self._require(frame, "message-id")
-            if self._version == "1.1":
-                sub_id = self._require(frame, "subscription")
-                if sub_id not in self._subscriptions:
-                    raise ProtocolViolation("unknown subscription", f"No subscription {sub_id[:200]!r}.")
-            else:
-                sub_id = frame.get("subscription", self._ack_index.get(message_id))
-        sub = self._subscriptions.get(sub_id) if sub_id is not None else None
-        if sub is None or message_id not in sub.pending:
-            raise ProtocolViolation(
-                "bad ack id",
-                f"{frame.command} names {message_id[:200]!r}, which is not a message awaiting "
-                "acknowledgment on this connection.",
-            )
-        return sub, message_id
-
-    def _settle(self, sub: _Subscription, message_id: str, *, nack: bool) -> None:
-        if sub.ack_mode == "client":
-            # STOMP 1.2: in client mode an ACK (and a NACK) covers the message and
-            # every message sent to the subscription before it.
-            settled = []
-            for pending_id in sub.pending:
-                settled.append(pending_id)
-                if pending_id == message_id:
-                    break
-        else:
-            settled = [message_id]  # client-individual: this message only
-        frames = [sub.pending.pop(pending_id) for pending_id in settled]
+    def _settle(self, sub: SessionSubscription, message_id: str, nack: bool,
+                resend: Callable[[tuple[Frame, ...]], None]) -> Ack | Nack:
+        settled = self._acks.settle(sub, message_id, nack=nack)
         if not nack:
-            for pending_id in settled:
-                del self._ack_index[pending_id]
-            self._requests.append(Ack(sub.sub_id, tuple(settled)))
-            return
-        # NACK: redeliver to the same subscription, marked as such; each message
-        # goes back to the end of the pending order, as it is sent again now.
-        for pending_id, frame in zip(settled, frames):
-            headers = frame.headers if "redelivered" in frame else frame.headers + (("redelivered", "true"),)
-            again = Frame("MESSAGE", headers, frame.body)
-            sub.pending[pending_id] = again
-            self._send_frame(again)
-        self._requests.append(Nack(sub.sub_id, tuple(settled)))
+            return Ack(sub.sub_id, settled.message_ids)
+        if settled.resend:
+            resend(settled.resend)
+        return Nack(sub.sub_id, settled.message_ids, settled.dropped)
+
+    def _resend(self, frames: tuple[Frame, ...]) -> None:
+        for frame in frames:
+            self._send_frame(frame)
+
+    def _resend_on_confirm(self, frames: tuple[Frame, ...]) -> None:
+        self._after_confirm.append(lambda: self._resend(frames))
 
     def _on_begin(self, frame: Frame) -> None:
-        transaction = self._require(frame, "transaction")
-        if transaction in self._transactions:
-            raise ProtocolViolation(
-                "duplicate transaction", f"Transaction {transaction[:200]!r} is already open."
-            )
-        if len(self._transactions) >= self.config.max_transactions:
-            raise LimitExceeded(
-                "too many transactions", f"At most {self.config.max_transactions} may be open at once."
-            )
-        self._transactions[transaction] = []
+        self._transactions.begin(self._require(frame, "transaction"))
 
     def _on_commit(self, frame: Frame) -> None:
         transaction = self._require(frame, "transaction")
-        for held in self._end_transaction(transaction):
+        items: list[Send | Ack | Nack] = []
+        for held in self._transactions.end(transaction):
             if held.command == "SEND":
-                self._do_send(held, transaction)
+                items.append(self._send_request(held, transaction))
                 continue
             # An ACK/NACK was valid when received; an earlier cumulative ACK or an
             # UNSUBSCRIBE may since have settled its message: nothing left to do.
             message_id = held.get("id" if self._version == "1.2" else "message-id", "")
-            sub_id = self._ack_index.get(message_id)
+            sub_id = self._acks.index.get(message_id)
             sub = self._subscriptions.get(sub_id) if sub_id is not None else None
             if sub is not None and message_id in sub.pending:
-                self._settle(sub, message_id, nack=held.command == "NACK")
+                # Settled here at once (the broker's refusal closes the session anyway), but
+                # a NACKed topic message is sent again only once the COMMIT is confirmed.
+                items.append(self._settle(sub, message_id, held.command == "NACK", self._resend_on_confirm))
+        # One request, even for an empty transaction: its RECEIPT waits for the broker.
+        self._requests.append(Commit(transaction, tuple(items), frame.get("receipt")))
 
     def _on_abort(self, frame: Frame) -> None:
-        self._end_transaction(self._require(frame, "transaction"))
-
-    def _end_transaction(self, transaction: str) -> list[Frame]:
-        try:
-            return self._transactions.pop(transaction)
-        except KeyError:
-            raise ProtocolViolation(
-                "unknown transaction", f"No transaction {transaction[:200]!r} is open."
-            ) from None
-
-    def _hold(self, transaction: str, frame: Frame) -> None:
-        held = self._transactions.get(transaction)
-        if held is None:
-            raise ProtocolViolation("unknown transaction", f"No transaction {transaction[:200]!r} is open.")
-        if len(held) >= self.config.max_transaction_frames:
-            raise LimitExceeded(
-                "transaction too large",
-                f"A transaction may hold at most {self.config.max_transaction_frames} frames.",
-            )
-        held.append(frame)
+        self._transactions.end(self._require(frame, "transaction"))
 
     def _on_disconnect(self, frame: Frame) -> None:
         receipt = frame.get("receipt")
@@ -1011,15 +840,18 @@ class StompSession:
         self._close(error.message, error.kind)
 
     def _close(self, reason: str, error_kind: str | None) -> None:
-        # Open transactions are implicitly aborted (STOMP 1.2, "BEGIN").
+        # Open transactions are implicitly aborted (STOMP 1.2, "BEGIN"), and a frame that
+        # waited for the broker never happens.
         self._state = SessionState.CLOSED
         self.close_reason = reason
-        self._transactions.clear()
+        self._held = None
+        self._after_confirm = []
+        self._transactions.abort_all()
         self._subscriptions.clear()
-        self._ack_index.clear()
+        self._acks.clear()
         self._requests.append(Closed(reason, error_kind))
 
-    def _message_head(self, sub: _Subscription) -> tuple[bytes, bytes]:
+    def _message_head(self, sub: SessionSubscription) -> tuple[bytes, bytes]:
         # deliver()'s tail path: "MESSAGE", subscription and message-id up to the
         # number, then the destination line; the same lines serialize() writes.
         escaped = escapes_headers("MESSAGE", self._version)
@@ -1041,9 +873,6 @@ class StompSession:
         if self._heartbeat_every and self._clock is not None:
             # Any data is a sign of life, so the next heart-beat can wait.
             self._next_heartbeat_at = self._clock + self._heartbeat_every
-
-    def _window_open(self, sub: _Subscription) -> bool:
-        return sub.ack_mode == "auto" or len(sub.pending) < sub.window
 
     def _advance(self, now: float) -> None:
         self._clock = now if self._clock is None else max(self._clock, now)

@@ -4,6 +4,7 @@ Every module here exposes ``init_app(app)``, which registers its routes. Order d
 matter; ``create_app`` calls them all.
 """
 
-from . import longpoll, polling, sse, stomp_ws, websocket
+from . import longpoll, polling, sockjs_mounts, sse, stomp_ws, websocket
 
-TRANSPORTS = (polling, longpoll, sse, websocket, stomp_ws)
+# sockjs_mounts after stomp_ws: its STOMP mount shares that broker.
+TRANSPORTS = (polling, longpoll, sse, websocket, stomp_ws, sockjs_mounts)

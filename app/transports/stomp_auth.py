@@ -27,7 +27,7 @@ and everyone publishes as the handshake session's guest name.
 from __future__ import annotations
 
 import hmac
-from typing import Callable
+from typing import Any, Callable
 
 from ..auth import Access, AccessError, AuthUnavailable, Forbidden, Identity, Unauthorized
 from ..stomp import TOKEN_EXPIRED, AccessDenied, AuthError, BrokerError, Credentials, Login, LoginHook, StompError
@@ -58,15 +58,15 @@ class StompGate:
 
     Args:
         access: the application's access control.
-        resolve: ``Destinations.resolve``: a destination -> ``("topic", name)``,
-            ``("app", name)`` or ``None``.
+        resolve: ``Destinations.resolve``: a destination -> its
+            :class:`~app.transports.stomp_destinations.Target`, or ``None``.
         handshake: the identity the WebSocket handshake proved, or ``None``.
         guest: the handshake session's guest name (the sender without a token).
         login, passcode: the shared STOMP credentials, if configured.
         metrics: where refusals are counted (``switchboard_auth_refusals_total``), if anywhere.
     """
 
-    def __init__(self, access: Access, resolve: Callable[[str], tuple[str, str] | None],
+    def __init__(self, access: Access, resolve: Callable[[str], Any],
                  handshake: Identity | None, guest: str, login: str | None = None, passcode: str | None = None,
                  metrics=None):
         self.access = access
@@ -156,13 +156,42 @@ class StompGate:
             AuthError: an anonymous client, or the token expired ("token expired").
             BrokerError: the decision hook is down (fail closed).
         """
-        resolved = self._resolve(destination)
-        if resolved is None or resolved[0] != "topic":
+        target = self._resolve(destination)
+        if target is None or target.kind == "app":
             return  # refused by the destination check, or an application handler's to decide
         try:
-            self.check(identity, action, resolved[1])
+            if target.kind == "pattern":
+                if action == "subscribe":  # a SEND to a wildcard is refused by the broker
+                    self.check_pattern(identity, target.name)
+            elif target.kind == "user":
+                self._check_user(identity, action, target.user)
+            else:
+                self.check(identity, action, target.permission)
         except AccessError as exc:
             raise self.refusal(exc, destination) from None
+
+    def _check_user(self, identity: Identity, action: str, user: str | None) -> None:
+        # /user/queue/<name> is one's own: any identity but an anonymous one (when access
+        # control is on). /user/<sub>/queue/<name>: the user themself, or whoever may
+        # publish to user.<sub> (the user's private topic namespace).
+        if action == "subscribe":
+            if self.access.enabled and identity.anonymous:
+                self._count("unauthorized")
+                raise Unauthorized("sign in to use /user destinations: they are the signed-in user's own")
+            return
+        if user is not None and identity.sub is not None and identity.sub == user:
+            return
+        self.check(identity, "publish", f"user.{user}")
+
+    def check_pattern(self, identity: Identity, wildcard: str) -> None:
+        """Return if ``identity`` may subscribe to every topic ``wildcard`` matches; count and
+        raise a refusal (see :meth:`app.auth.Access.authorize_pattern`)."""
+        try:
+            self.access.authorize_pattern(identity, "subscribe", wildcard, "stomp")
+        except AccessError as exc:
+            if not (isinstance(exc, Unauthorized) and exc.expired):
+                self._count(exc.code)
+            raise
 
     def check(self, identity: Identity, action: str, topic: str) -> None:
         """Return if ``identity`` may ``action`` on ``topic``; count and raise a refusal.

@@ -11,32 +11,16 @@ A thin I/O adapter around the sans-I/O :class:`app.stomp.StompSession`:
 * hub events -> ``session.deliver``; a timer greenlet calls ``session.tick`` at
   ``session.next_deadline()`` (heart-beats, silent clients, CONNECT timeout).
 
-One lock serialises "handle the session's requests, then write what it queued", so
-frames leave in the order the session produced them, a publish happens before the
-RECEIPT of its SEND goes out, and a greenlet that queued a frame waits until it is
-written (a slow socket slows its own session, nobody else).
+One lock serialises "act on the session's requests, confirm them, then write what it
+queued", so frames leave in the order the session produced them, a publish happens before
+the RECEIPT of its SEND goes out, an ERROR is the last frame (the session looks at no frame
+sent after a refused one), and a greenlet that queued a frame waits until it is written (a
+slow socket slows its own session, nobody else).
 
-Destinations (prefixes are settings, so the seed's ``/pub`` + ``/sub`` work too):
-
-* ``/topic/<topic>``: the hub topic ``<topic>``, shared with HTTP, SSE and ``/ws``.
-  SUBSCRIBE listens; SEND publishes with the connection's sender.
-* ``/app/<name>``: SEND goes to the application handler ``name``
-  (:mod:`app.stomp_handlers`; the demo's ``chat`` publishes to topic ``chat``).
-  SUBSCRIBE is refused: application destinations take SEND only.
-* anything else: ERROR naming the destination (the session's ``validate_destination``
-  hook, so nothing is published and no RECEIPT is sent for it).
-
-Mapping (DESIGN.md §6). SEND body -> event data: parsed JSON for
-``content-type: application/json`` (or ``+json``), the text for ``text/*`` or no
-content-type. Anything else, or text that does not decode, is binary: it becomes an
-event of type ``binary`` with data ``{"base64": "...", "content-type": "..."}``, so
-every transport can carry it and STOMP subscribers get the original octets back.
-A SEND may name its event type with an ``event-type`` header (default ``message``).
-Event -> MESSAGE: a string is UTF-8 text with ``content-type: text/plain``, a
-``binary`` event is its octets with its content-type, anything else is JSON with
-``content-type: application/json``; headers ``event-id`` (the cursor to resume
-after), ``event-type``, ``sender`` (absent for server events) and ``time`` (unix
-seconds). Body and headers are built once per event, whatever the audience.
+Destinations are :mod:`app.transports.stomp_destinations`' (topics, wildcards, queues,
+``/user``, ``/app``); the frame <-> event mapping is :mod:`app.transports.stomp_mapping`'
+(bodies and user headers pass through); what a SEND or a COMMIT publishes, checked first
+and stored all together or not at all, is :mod:`app.transports.stomp_publish`'.
 
 Resume and gaps: SUBSCRIBE with ``last-event-id`` replays what came after it, then
 goes live, exactly once and in order (the hub's seam rule). A cursor too old (or
@@ -70,13 +54,9 @@ before wsio's own 1001).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -89,30 +69,33 @@ from ..auth import Access, AccessError, Identity
 from ..auth.web import access as app_access
 from ..config import Settings
 from ..errors import ApiError
-from ..events import TOPIC_RE, Cursor, Event, Gap, InvalidCursor, InvalidEventType, parse_json
-from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed, TooManyTopics
+from ..events import Cursor, Gap, InvalidCursor
+from ..hub import BackendUnavailable, Hub, QueueFull, Subscription, SubscriptionClosed
 from ..identity import current_sender
 from .. import limits as limits_module
-from ..limits import Limits, topic_refusal
+from ..limits import Limits
 from ..metrics import Metrics
 from ..stomp import (
     Ack,
     TOKEN_EXPIRED,
     Closed,
+    Commit,
     Connect,
-    Frame,
     Nack,
     Send,
     StompConfig,
     StompSession,
     Subscribe,
     Unsubscribe,
-    serialize,
 )
 from ..stomp import Limits as FrameLimits
-from ..stomp.session import encode_message_tail
-from ..stomp_handlers import AppMessage, HandlerError, Handlers, default_handlers
+from ..stomp_handlers import Handlers, default_handlers
 from .stomp_auth import StompGate, shared_login
+from .stomp_destinations import USER_SUB_RE, Destinations, user_topic
+from .stomp_mapping import BINARY_TYPE, BodyError, decode_send_body, encode_message, message_tail
+from .stomp_publish import RECONNECT_HINT, Refusal, StompPublisher
+from .stomp_queues import QueuePump
+from .stomp_queues import spawn as spawn_queue_pump
 from .wsio import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -154,9 +137,6 @@ EXTENSION = "switchboard.stomp"
 #: decides (stompjs asks 10000,10000).
 SERVER_HEART_BEAT = (1000, 1000)
 
-#: The event type of a SEND whose body is not text or JSON (see the module docstring).
-BINARY_TYPE = "binary"
-
 #: The WebSocket close code that follows each ERROR, by :attr:`StompError.kind`;
 #: ``None`` is a session that ended without an error (DISCONNECT).
 CLOSE_CODES: dict[str | None, int] = {
@@ -181,129 +161,7 @@ CLOSE_CODES: dict[str | None, int] = {
     "broker": CLOSE_POLICY_VIOLATION,
 }
 
-_RECONNECT_HINT = "Reconnect in a few seconds and SUBSCRIBE with last-event-id to resume where you stopped."
-
-
-# ------------------------------------------------------------------------ mapping
-
-
-class BodyError(Exception):
-    """A SEND body that cannot become event data (e.g. JSON that does not parse)."""
-
-    def __init__(self, message: str, detail: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
-
-
-
-def _split_content_type(content_type: str | None) -> tuple[str | None, dict[str, str]]:
-    if content_type is None:
-        return None, {}
-    mime, *params = content_type.split(";")
-    parsed = {}
-    for param in params:
-        key, _, value = param.partition("=")
-        parsed[key.strip().lower()] = value.strip().strip('"')
-    return mime.strip().lower(), parsed
-
-
-def decode_send_body(body: bytes, content_type: str | None) -> tuple[str | None, Any]:
-    """Turn a SEND body into event data (DESIGN.md §6).
-
-    Args:
-        body: the body octets.
-        content_type: the SEND ``content-type`` header, or ``None``.
-
-    Returns:
-        ``(event_type, data)``: ``event_type`` is :data:`BINARY_TYPE` for a binary
-        body and ``None`` otherwise (the caller picks the type).
-
-    Raises:
-        BodyError: the content-type says JSON and the body is not JSON.
-    """
-    mime, params = _split_content_type(content_type)
-    charset = params.get("charset", "utf-8")
-    if mime is not None and (mime == "application/json" or mime.endswith("+json")):
-        try:
-            return None, parse_json(body.decode(charset))
-        except (LookupError, ValueError) as exc:
-            raise BodyError("invalid JSON body", f"content-type is {content_type} but the body is not JSON: {exc}") from None
-    if mime is None or mime.startswith("text/"):
-        try:
-            return None, body.decode(charset)
-        except (LookupError, UnicodeDecodeError):
-            pass  # not text after all: carried as binary, octets intact
-    return BINARY_TYPE, {
-        "base64": base64.b64encode(body).decode("ascii"),
-        "content-type": content_type or "application/octet-stream",
-    }
-
-
-def _binary_payload(event: Event) -> tuple[bytes, str] | None:
-    data = event.data
-    if event.type != BINARY_TYPE or not isinstance(data, dict):
-        return None
-    encoded, content_type = data.get("base64"), data.get("content-type", "application/octet-stream")
-    if not isinstance(encoded, str) or not isinstance(content_type, str) or "\n" in content_type:
-        return None
-    try:
-        return base64.b64decode(encoded, validate=True), content_type
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _message_body(event: Event) -> tuple[bytes, str]:
-    binary = _binary_payload(event)
-    if binary is not None:
-        return binary
-    data = event.data
-    if isinstance(data, str):
-        try:
-            return data.encode("utf-8"), "text/plain"
-        except UnicodeEncodeError:
-            pass  # a lone surrogate (JSON allows "\ud800"): JSON escapes carry it losslessly
-    try:
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        return text.encode("utf-8"), "application/json"
-    except UnicodeEncodeError:
-        return json.dumps(data, separators=(",", ":")).encode("ascii"), "application/json"
-
-
-def _encode_event(event: Event) -> tuple[bytes, tuple[tuple[str, str], ...]]:
-    body, content_type = _message_body(event)
-    headers = [("event-id", event.id), ("event-type", event.type)]
-    if event.sender is not None:
-        headers.append(("sender", event.sender))
-    headers += [("time", repr(event.time)), ("content-type", content_type)]
-    return body, tuple(headers)
-
-
-def encode_message(event: Event) -> tuple[bytes, tuple[tuple[str, str], ...]]:
-    """The MESSAGE body and event headers for ``event``, built once per event.
-
-    Returns:
-        ``(body, headers)`` for :meth:`StompSession.deliver`; the session adds
-        ``subscription``, ``message-id``, ``destination``, ``ack`` and ``content-length``.
-    """
-    return event.encoded("stomp-message", _encode_event)
-
-
-def _tail_escaped(event: Event) -> bytes:
-    return encode_message_tail(*encode_message(event), True)
-
-
-def _tail_unescaped(event: Event) -> bytes:
-    return encode_message_tail(*encode_message(event), False)
-
-
-def message_tail(event: Event, escaped: bool) -> bytes:
-    """The event's part of every MESSAGE frame (headers, content-length, body, NUL), built once
-    per event and escaping mode (1.1/1.2 escape header values, 1.0 does not); see
-    :func:`app.stomp.session.encode_message_tail`."""
-    if escaped:
-        return event.encoded("stomp-tail-escaped", _tail_escaped)
-    return event.encoded("stomp-tail-unescaped", _tail_unescaped)
+_RECONNECT_HINT = RECONNECT_HINT
 
 
 _GAP_HEADERS = (("gap", "true"),)
@@ -325,45 +183,6 @@ def _first(headers: Iterable[tuple[str, str]], name: str) -> str | None:
         if key == name:
             return value
     return None
-
-
-# ------------------------------------------------------------------- destinations
-
-
-@dataclass(frozen=True)
-class Destinations:
-    """Where a STOMP destination leads: a hub topic or an application handler.
-
-    Attributes:
-        topic_prefix: e.g. ``/topic`` (``/sub`` in the seed).
-        app_prefix: e.g. ``/app`` (``/pub`` in the seed).
-        handlers: the application handlers.
-    """
-
-    topic_prefix: str
-    app_prefix: str
-    handlers: Handlers
-
-    def resolve(self, destination: str) -> tuple[str, str] | None:
-        """``("topic", topic)`` or ``("app", handler name)``; ``None`` if it leads nowhere."""
-        for kind, prefix in (("topic", self.topic_prefix), ("app", self.app_prefix)):
-            root = prefix + "/"
-            if destination.startswith(root):
-                return kind, destination[len(root):]
-        return None
-
-    def problem(self, destination: str) -> str | None:
-        """The session's ``validate_destination`` hook: why ``destination`` is refused, or ``None``."""
-        resolved = self.resolve(destination)
-        if resolved is None:
-            return f"unknown destination; use {self.topic_prefix}/<topic> or {self.app_prefix}/<handler>"
-        kind, name = resolved
-        if kind == "topic" and not TOPIC_RE.match(name):
-            return "not a topic: 1-128 characters of A-Z a-z 0-9 . _ : - (no slash), starting with a letter or digit"
-        if kind == "app" and name not in self.handlers:
-            known = ", ".join(f"{self.app_prefix}/{n}" for n in self.handlers) or "none"
-            return f"no application handler {name[:64]!r} (handlers: {known})"
-        return None
 
 
 # --------------------------------------------------------------------- the broker
@@ -393,6 +212,13 @@ class Broker:
         self.access = access
         self.shared_login = shared_login
         self.connections: set[Connection] = set()
+        # How an event becomes a MESSAGE; the seed's /websocket/stomp mount swaps both
+        # (app/transports/sockjs_seed.py: its chat body is {"sender", "message"}).
+        self.encode_message: Callable[[Event], tuple[bytes, tuple[tuple[str, str], ...]]] = encode_message
+        self.message_tail: Callable[[Event, bool], bytes] = message_tail
+        # Events this broker's subscribers never receive (None: all); the seed's mount has no
+        # presence, as the seed's Spring server has none (sockjs_seed.py).
+        self.withholds: Callable[[Event], bool] | None = None
 
     @classmethod
     def from_settings(cls, hub: Hub, settings: Settings, handlers: Handlers | None = None,
@@ -400,7 +226,8 @@ class Broker:
                       access: Access | None = None) -> "Broker":
         """Build the broker the settings describe (prefixes, credentials, size limit)."""
         destinations = Destinations(settings.stomp_topic_prefix, settings.stomp_app_prefix,
-                                    handlers if handlers is not None else default_handlers())
+                                    handlers if handlers is not None else default_handlers(),
+                                    settings.stomp_queue_prefix, settings.stomp_user_prefix)
         config = StompConfig(
             # One limit for a WebSocket message and a STOMP frame: a frame that fits in one
             # message fits the parser too; one spread over several messages is cut at the same size.
@@ -409,23 +236,31 @@ class Broker:
             authenticate=shared_login(settings.stomp_login, settings.stomp_passcode),
             validate_destination=destinations.problem,
             max_subscriptions=settings.max_subscriptions,
+            shared_queue=destinations.shared_queue,
+            max_deliveries=settings.queue_max_deliveries,
         )
         return cls(hub, destinations, config, metrics, limits, access,
                    (settings.stomp_login, settings.stomp_passcode))
 
-    def serve(self, ws, sender: str, client: str = "?", identity: Identity | None = None) -> None:
+    def serve(self, ws, sender: str, client: str = "?", identity: Identity | None = None,
+              transport: str = "stomp", on_connect: Callable[[Connect], None] | None = None) -> None:
         """Run one STOMP session on an open WebSocket until it ends; release everything.
 
         ``sender`` is the handshake session's guest name; ``identity`` what its cookie or
-        ticket proved, if anything (CONNECT may prove more: see stomp_auth.py).
+        ticket proved, if anything (CONNECT may prove more: see stomp_auth.py). ``ws`` is a
+        WebSocket or anything with its receive/send/close surface (a SockJS session:
+        app/transports/sockjs_channel.py); ``transport`` labels it in
+        ``switchboard_open_connections``, and ``on_connect`` hears the CONNECT (SockJS turns
+        its own heartbeats off when STOMP heart-beats are negotiated).
         """
         connection = Connection(self, ws, sender, client=client, identity=identity)
+        connection.on_connect = on_connect
         self.connections.add(connection)
         try:
             if self.metrics is None:
                 connection.run()
             else:
-                with self.metrics.connection("stomp"):
+                with self.metrics.connection(transport):
                     connection.run()
         finally:
             self.connections.discard(connection)
@@ -466,11 +301,13 @@ class _Pump:
     """One SUBSCRIBE: its hub subscription, the greenlet feeding it to the session,
     and the signal that wakes that greenlet when an ACK reopens its window."""
 
-    __slots__ = ("sub_id", "subscription", "window", "greenlet")
+    __slots__ = ("sub_id", "subscription", "window", "greenlet", "destination")
 
-    def __init__(self, sub_id: str, subscription: Subscription) -> None:
+    def __init__(self, sub_id: str, subscription: Subscription, destination=None) -> None:
         self.sub_id = sub_id
         self.subscription = subscription
+        # event -> the MESSAGE's destination, when not the subscription's (a wildcard's topic)
+        self.destination = destination
         self.window = gevent.event.Event()
         self.greenlet: gevent.Greenlet | None = None
 
@@ -497,7 +334,8 @@ class Connection:
         self._guest = sender
         self.client = client
         self.error_kind: str | None = None  # a finer kind than "broker" for the ERRORs we raise, for metrics
-        self._bucket = broker.limits.publish_bucket() if broker.limits is not None else None
+        self.on_connect: Callable[[Connect], None] | None = None  # told of the CONNECT (see Broker.serve)
+        bucket = broker.limits.publish_bucket() if broker.limits is not None else None
         self._published = broker.metrics.publishes.labels("stomp") if broker.metrics is not None else None
         self._clock = clock
         self.gate: StompGate | None = None
@@ -508,11 +346,12 @@ class Connection:
                                         authorize=self.gate.authorize)
         else:
             self.session = StompSession(broker.config, now=clock())
+        self.publisher = StompPublisher(self.hub, broker.destinations, lambda: self.sender, self._identity, bucket,
+                                        self.gate)
         self._lock = gevent.lock.Semaphore()
         self._pumps: dict[str, _Pump] = {}
         self._wake_timer = gevent.event.Event()
         self._close_code: int | None = None
-        self._withdrawn: list[str] = []  # receipt ids of frames the broker refused after all
         self._socket_dead = False
         self._delivered = broker.metrics.delivered.labels("stomp") if broker.metrics is not None else None
         self._dispatch: dict[type, Callable[[Any], None]] = {
@@ -520,6 +359,7 @@ class Connection:
             Subscribe: self._on_subscribe,
             Unsubscribe: self._on_unsubscribe,
             Send: self._on_send,
+            Commit: self._on_commit,
             Ack: self._on_ack,
             Nack: self._on_nack,
             Closed: self._on_closed,
@@ -530,6 +370,10 @@ class Connection:
         """The name stamped on what this connection publishes: its identity's, once connected."""
         principal = self.session.principal
         return principal.sender if isinstance(principal, Identity) else self._guest
+
+    def _identity(self) -> Identity | None:
+        principal = self.session.principal
+        return principal if isinstance(principal, Identity) else None
 
     # -- the three drivers ---------------------------------------------------------
 
@@ -605,10 +449,12 @@ class Connection:
                         self._fail("slow consumer",
                                    f"This connection fell too far behind topic {item.topic!r}; events were lost. "
                                    + _RECONNECT_HINT, CLOSE_POLICY_VIOLATION, kind="slow-consumer")
-                else:
-                    body, headers = encode_message(item)
-                    tail = message_tail(item, session.escapes_messages)
-                    if session.deliver(sub_id, body, headers, now=self._clock(), tail=tail):
+                elif self.broker.withholds is None or not self.broker.withholds(item):
+                    body, headers = self.broker.encode_message(item)
+                    tail = self.broker.message_tail(item, session.escapes_messages)
+                    destination = pump.destination(item) if pump.destination is not None else None
+                    if session.deliver(sub_id, body, headers, now=self._clock(), tail=tail, default_type=None,
+                                       destination=destination):
                         delivered += 1
                 if delivered and not subscription.depth:  # the batch is written: count it first
                     self._count_delivered(delivered)
@@ -640,16 +486,22 @@ class Connection:
     # -- requests and writes, one greenlet at a time ------------------------------
 
     def _drain(self) -> None:
-        """Handle the session's requests, then write what it queued, until both are empty."""
+        """Act on the session's requests, confirm them, write what it queued, until all is done.
+
+        A request refused with an ERROR ends the session: nothing of that frame happens,
+        and no request after it is looked at (the session handles no frame after it).
+        """
         session = self.session
         with self._lock:
             while True:
                 requests = session.requests()
                 for request_ in requests:
+                    if session.closed and not isinstance(request_, Closed):
+                        continue  # STOMP 1.2, "ERROR": nothing after it
                     self._dispatch[type(request_)](request_)
+                if requests:
+                    session.confirm(self._clock())
                 chunks = session.data_to_send()
-                if self._withdrawn:
-                    chunks = self._withdraw_receipts(chunks)
                 self._write(chunks)
                 if not requests and not chunks:
                     break
@@ -666,17 +518,6 @@ class Connection:
             except WebSocketError:
                 self._socket_dead = True
                 self.session.connection_lost("connection lost while sending")
-
-    def _withdraw_receipts(self, chunks: list[bytes]) -> list[bytes]:
-        # The session queues a frame's RECEIPT as soon as it has parsed it, before the
-        # broker acted on it. When the broker then refuses the frame (a body that is not
-        # JSON, a handler that says no), the RECEIPT is still unwritten here: drop it, so
-        # the client sees only the ERROR, which carries the same receipt-id (STOMP 1.2:
-        # a RECEIPT means the frame was processed successfully).
-        withdrawn = {serialize(Frame("RECEIPT", (("receipt-id", receipt),)), self.session.version)
-                     for receipt in self._withdrawn}
-        self._withdrawn.clear()
-        return [chunk for chunk in chunks if chunk not in withdrawn]
 
     def _close_socket(self) -> None:
         error = self.session.error
@@ -699,8 +540,6 @@ class Connection:
         if not self.session.closed:
             self.error_kind = kind
             self._close_code = code
-            if receipt_id is not None:
-                self._withdrawn.append(receipt_id)
             self.session.send_error(message, detail, receipt_id=receipt_id)
 
     # -- request handlers -----------------------------------------------------------
@@ -709,17 +548,31 @@ class Connection:
         log.debug("STOMP %s connected: version %s, heart-beat %s", request_.session_id, request_.version,
                   request_.heart_beat)
         self._wake_timer.set()  # heart-beat deadlines exist from now on
+        if self.on_connect is not None:
+            self.on_connect(request_)
 
     def _on_subscribe(self, request_: Subscribe) -> None:
         receipt = _first(request_.headers, "receipt")
-        kind, topic = self.broker.destinations.resolve(request_.destination)  # the session validated it
-        if kind != "topic":
+        target = self.broker.destinations.resolve(request_.destination)  # the session validated it
+        since = request_.last_event_id or None
+        if target.kind == "app":
             prefix = self.broker.destinations.topic_prefix
             self._fail("cannot subscribe to an application destination",
                        f"{request_.destination!r} takes SEND frames only; subscribe to {prefix}/<topic>.",
                        CLOSE_POLICY_VIOLATION, receipt)
             return
-        since = request_.last_event_id or None
+        if target.kind == "user" and target.user is not None:
+            own = f"{self.broker.destinations.user_prefix}{self.broker.destinations.queue_prefix}/{target.name}"
+            self._fail("cannot subscribe to another user's destination",
+                       f"{request_.destination!r} takes SEND frames only; subscribe to {own}, your own.",
+                       CLOSE_POLICY_VIOLATION, receipt)
+            return
+        if since is not None and target.kind == "pattern":
+            self._fail("a wildcard subscription takes no last-event-id",
+                       f"{request_.destination!r} follows several topics, live: there is no one position to resume "
+                       "from. Subscribe to each topic with its own last-event-id to resume.",
+                       CLOSE_POLICY_VIOLATION, receipt)
+            return
         if since is not None:
             try:
                 Cursor.parse(since)
@@ -727,13 +580,71 @@ class Connection:
                 self._fail("invalid last-event-id", f"{exc}. Resume with an event-id header of a MESSAGE.",
                            CLOSE_POLICY_VIOLATION, receipt)
                 return
+        if target.kind == "queue":
+            self._consume(request_, target.name, receipt)
+            return
+        destination = None
         try:
-            subscription = self.hub.subscribe(topic, since=since, member=self.sender)
+            if target.kind == "pattern":
+                subscription = self.hub.subscribe_pattern(target.name)
+                prefix = self.broker.destinations.topic_prefix
+                destination = lambda event: f"{prefix}/{event.topic}"  # noqa: E731 - the concrete topic
+            elif target.kind == "user":
+                user = self.user_key()
+                if user is None or not USER_SUB_RE.match(user):
+                    self._fail("no user destination for this identity",
+                               "/user destinations are named after the signed-in user's sub, which must be 1-64 "
+                               "characters of A-Z a-z 0-9 _ : -.", CLOSE_POLICY_VIOLATION, receipt)
+                    return
+                subscription = self.hub.subscribe(user_topic(user, target.name), since=since)
+            else:
+                subscription = self.hub.subscribe(target.name, since=since, member=self.sender)
         except SubscriptionClosed:
             self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, receipt)
             return
-        pump = self._pumps[request_.sub_id] = _Pump(request_.sub_id, subscription)
+        pump = self._pumps[request_.sub_id] = _Pump(request_.sub_id, subscription, destination)
         pump.greenlet = gevent.spawn(self._pump, pump)
+
+    def _consume(self, request_: Subscribe, queue: str, receipt: str | None) -> None:
+        if request_.last_event_id:
+            self._fail("a queue subscription takes no last-event-id",
+                       f"{request_.destination!r} is a work queue: it keeps what no consumer has acknowledged, "
+                       "so there is nothing to resume.", CLOSE_POLICY_VIOLATION, receipt)
+            return
+        try:
+            consumer = self.hub.consume(queue, request_.window)
+        except SubscriptionClosed:
+            self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, receipt)
+            return
+        except QueueFull as exc:
+            self._fail("queue full", f"{exc}. Nothing was subscribed.", CLOSE_POLICY_VIOLATION, receipt,
+                       kind="queue-full")
+            return
+        except BackendUnavailable as exc:
+            self._fail("backend unavailable", f"The queue store is unavailable: {exc}. " + _RECONNECT_HINT,
+                       CLOSE_INTERNAL_ERROR, receipt)
+            return
+        pump = self._pumps[request_.sub_id] = QueuePump(request_.sub_id, consumer, request_.ack_mode == "auto")
+        spawn_queue_pump(pump, self.session, self._drain_written, self._clock, self._fail_internal,
+                         self._count_delivered)
+
+    def _drain_written(self) -> bool:
+        self._drain()
+        return not self._socket_dead
+
+    def _fail_internal(self, message: str, detail: str) -> None:
+        self._fail(message, detail, CLOSE_INTERNAL_ERROR)
+        self._drain()
+
+    def user_key(self) -> str | None:
+        """Whose ``/user/queue/...`` this connection reads: its token's sub, or without access
+        control its guest name."""
+        identity = self._identity()
+        if identity is not None and identity.sub is not None:
+            return identity.sub
+        if self.broker.access is None or not self.broker.access.enabled:
+            return self.sender
+        return None
 
     def _on_unsubscribe(self, request_: Unsubscribe) -> None:
         pump = self._pumps.pop(request_.sub_id, None)
@@ -741,66 +652,60 @@ class Connection:
             pump.stop()
 
     def _on_send(self, request_: Send) -> None:
-        receipt = _first(request_.headers, "receipt")
-        kind, name = self.broker.destinations.resolve(request_.destination)  # the session validated it
-        wait = self._bucket.take() if self._bucket is not None else 0.0
-        if wait:
-            self.broker.limits.rejected("publish_rate")
-            self._fail("publish rate exceeded",
-                       f"At most {self._bucket.rate:g} SEND frames a second (bursts of {self._bucket.burst}) per "
-                       f"connection; this one was not published. Reconnect after {wait:.1f} s or more.",
-                       CLOSE_POLICY_VIOLATION, receipt, kind="rate-limit")
-            return
         try:
-            forced_type, data = decode_send_body(request_.body, request_.content_type)
-            if kind == "app":
-                headers = {}
-                for key, value in request_.headers:
-                    headers.setdefault(key, value)
-                identity = self.session.principal if isinstance(self.session.principal, Identity) else None
-                check = self.gate.checker(identity) if self.gate is not None and identity is not None else None
-                self._call_handler(name, AppMessage(request_.destination, name, data, headers, self.sender,
-                                                    identity, check), receipt)
-            else:
-                type_ = forced_type or _first(request_.headers, "event-type") or "message"
-                self.hub.publish(name, data, type=type_, sender=self.sender)
-                if self._published is not None:
-                    self._published.inc()
-        except (BodyError, HandlerError) as exc:
-            self._fail(exc.message, exc.detail, CLOSE_POLICY_VIOLATION, receipt)
-        except AccessError as exc:  # an application handler refused this identity
-            refusal = StompGate.refusal(exc, request_.destination)
-            self._fail(refusal.message, refusal.detail, CLOSE_POLICY_VIOLATION, receipt, kind=refusal.kind)
-        except InvalidEventType as exc:
-            self._fail("invalid event-type", str(exc), CLOSE_POLICY_VIOLATION, receipt)
-        except BackendUnavailable as exc:
-            log.warning("STOMP SEND to %s failed: backend unavailable: %s", request_.destination, exc)
-            self._fail("backend unavailable", f"The event store is unavailable: {exc}. " + _RECONNECT_HINT,
-                       CLOSE_INTERNAL_ERROR, receipt)
-        except TooManyTopics as exc:  # counted by the hub
-            refusal = topic_refusal(exc)
-            self._fail("too many topics", f"{refusal.message[0].upper()}{refusal.message[1:]}; this SEND was not "
-                       f"published. Reconnect after {refusal.retry_after} s or more.",
-                       CLOSE_POLICY_VIOLATION, receipt, kind="too-many-topics")
+            self._count_published(self.publisher.publish(self.publisher.prepare(request_)))
+        except Refusal as refusal:
+            self._refuse(refusal, request_.receipt)
 
-    def _call_handler(self, name: str, message: AppMessage, receipt: str | None) -> None:
-        handler = self.broker.destinations.handlers.get(name)
+    def _on_commit(self, request_: Commit) -> None:
+        # Every SEND of the transaction is checked before any is published; one batch then
+        # stores them all or none (app/transports/stomp_publish.py).
+        sends = [item for item in request_.items if isinstance(item, Send)]
+        publications = []
         try:
-            handler(self.hub, message)
-        except (HandlerError, BackendUnavailable, InvalidEventType, AccessError, TooManyTopics):
-            raise  # answered by _on_send
-        except Exception:  # a bug in application code: end this session, not the worker's others
-            log.error("STOMP handler %r failed on %s", name, message.destination, exc_info=True)
-            self._fail("internal error", f"The handler for {message.destination} failed.", CLOSE_INTERNAL_ERROR,
-                       receipt)
+            for number, item in enumerate(sends, 1):
+                try:
+                    publications += self.publisher.prepare(item)
+                except Refusal as refusal:
+                    raise refusal.within(f"COMMIT of transaction {request_.transaction!r} published nothing: "
+                                         f"SEND {number} of {len(sends)} (to {item.destination}) failed") from None
+            try:
+                self._count_published(self.publisher.publish(publications))
+            except Refusal as refusal:
+                raise refusal.within(f"COMMIT of transaction {request_.transaction!r} published nothing") from None
+        except Refusal as refusal:
+            self._refuse(refusal, request_.receipt)
+            return
+        for item in request_.items:
+            if isinstance(item, Ack):
+                self._on_ack(item)
+            elif isinstance(item, Nack):
+                self._on_nack(item)
+
+    def _refuse(self, refusal: Refusal, receipt: str | None) -> None:
+        if refusal.limit is not None and self.broker.limits is not None:
+            self.broker.limits.rejected(refusal.limit)
+        code = CLOSE_INTERNAL_ERROR if refusal.internal else CLOSE_POLICY_VIOLATION
+        self._fail(refusal.message, refusal.detail, code, receipt, kind=refusal.kind)
+
+    def _count_published(self, count: int) -> None:
+        if self._published is not None and count:
+            self._published.inc(count)
 
     def _on_ack(self, request_: Ack) -> None:
         pump = self._pumps.get(request_.sub_id)
-        if pump is not None:
+        if isinstance(pump, QueuePump):
+            pump.ack(request_.message_ids)  # acknowledged in the queue store
+        elif pump is not None:
             pump.window.set()
 
     def _on_nack(self, request_: Nack) -> None:
-        pass  # the session redelivered the messages itself; the window is unchanged
+        pump = self._pumps.get(request_.sub_id)
+        if isinstance(pump, QueuePump):
+            pump.nack(request_.message_ids)  # back to the queue, for another consumer
+        elif pump is not None and request_.dropped:
+            pump.window.set()  # a topic message NACKed too often: dropped, its slot is free
+        # Otherwise the session sent the topic messages again itself; the window is unchanged.
 
     def _on_closed(self, request_: Closed) -> None:
         if request_.error_kind is not None:

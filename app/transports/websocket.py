@@ -5,9 +5,11 @@ number; the reply echoes it, or carries ``"ref": null`` when the client gave non
 
     {"op": "subscribe",   "ref"?, "topic": "chat", "since"?: "<cursor>"}
     {"op": "unsubscribe", "ref"?, "topic": "chat"}
-    {"op": "publish",     "ref"?, "topic": "chat", "type"?: "message", "data": <any JSON>}
+    {"op": "publish",     "ref"?, "topic": "chat", "type"?: "message", "data": <any JSON>,
+                          "headers"?: {"x-name": "value"}}
     {"op": "ping",        "ref"?}
     {"op": "auth",        "ref"?, "token": "<JWT>"}   # sign in or refresh (see ws_auth.py)
+    {"op": "consume" | "ack" | "nack" | "cancel" | "send", ...}   # work queues (see ws_queues.py)
 
 Server to client. Every client op gets exactly one reply, ``ok`` or ``error``::
 
@@ -49,7 +51,8 @@ Subscribing:
 
 Error codes: ``bad_json`` (not JSON), ``bad_message`` (not an object, ``op`` missing or
 not a string, a missing or unknown field, ``sender`` in a publish: the server sets it),
-``bad_ref``, ``unknown_op``, ``bad_topic``, ``bad_cursor``, ``bad_type``,
+``bad_ref``, ``unknown_op``, ``bad_topic``, ``bad_cursor``, ``bad_type``, ``bad_headers`` (see
+:func:`app.events.check_headers`),
 ``already_subscribed``, ``not_subscribed``, ``too_many_subscriptions`` (at most
 ``SWITCHBOARD_MAX_SUBSCRIPTIONS`` per connection, default :data:`MAX_SUBSCRIPTIONS`),
 ``rate_limited`` (a publish beyond ``SWITCHBOARD_PUBLISH_RATE``/``_BURST`` for this
@@ -94,6 +97,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import gevent
+import gevent.pool
 from flask import Blueprint, Flask, request
 
 from .. import limits as limits_module, state
@@ -101,14 +106,16 @@ from ..auth import AccessError
 from ..auth.tokens import MAX_TOKEN_BYTES
 from ..auth.web import access as app_access
 from ..delivery import Delivery, Feed
+from ..delivery.channel import ChannelOutbox
 from ..errors import ApiError
-from ..events import (Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic, check_topic, check_type,
-                      parse_json)
+from ..events import (Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidHeaders, InvalidTopic,
+                      check_headers, check_topic, check_type, parse_json)
 from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed, TooManyTopics
 from ..identity import current_sender
 from ..limits import Limits, TokenBucket, topic_refusal
 from ..metrics import Metrics
 from .ws_auth import WsAuth
+from .ws_queues import QUEUE_OPS, WsQueues
 from .wsio import (CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, ENVIRON_WEBSOCKET, WebSocket,
                    WebSocketError)
 from ..server.frames import OP_TEXT, encode_frame
@@ -169,6 +176,7 @@ class Publish:
     topic: str
     type: str
     data: Any
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,15 @@ def _token(value: Any, ref: Any) -> str:
     return value
 
 
+def _headers(value: Any, ref: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ClientError("bad_headers", 'headers must be an object of strings, like {"x-trace": "abc"}', ref)
+    try:
+        return check_headers(value)
+    except InvalidHeaders as exc:
+        raise ClientError("bad_headers", str(exc), ref) from None
+
+
 def _type(value: Any, ref: Any) -> str:
     try:
         return check_type(value)
@@ -215,10 +232,14 @@ _OPS: dict[str, tuple[Callable[[dict, Any], Command], frozenset, frozenset]] = {
                   frozenset({"topic"}), frozenset({"since"})),
     "unsubscribe": (lambda m, ref: Unsubscribe(ref, m["topic"]),
                     frozenset({"topic"}), frozenset()),
-    "publish": (lambda m, ref: Publish(ref, m["topic"], _type(m.get("type", "message"), ref), m["data"]),
-                frozenset({"topic", "data"}), frozenset({"type"})),
+    "publish": (lambda m, ref: Publish(ref, m["topic"], _type(m.get("type", "message"), ref), m["data"],
+                                       _headers(m["headers"], ref) if "headers" in m else ()),
+                frozenset({"topic", "data"}), frozenset({"type", "headers"})),
     "ping": (lambda m, ref: Ping(ref), frozenset(), frozenset()),
     "auth": (lambda m, ref: Auth(ref, _token(m["token"], ref)), frozenset({"token"}), frozenset()),
+    # Work queues (app/transports/ws_queues.py).
+    **{op: (lambda m, ref, build=build: build(m, ref, ClientError), required, optional)
+       for op, (build, required, optional) in QUEUE_OPS.items()},
 }
 _ENVELOPE = frozenset({"op", "ref"})
 
@@ -333,18 +354,21 @@ class WsJsonFramer:
 
     def frame(self, items: list, out: list) -> int:
         events = 0
+        raw = self.connection._raw  # else a SockJS session: messages, not frames
         for item in items:
             if isinstance(item, Gap):
-                out.append(encode_frame(OP_TEXT, encode_gap(self.sub.topic)))
+                gap = encode_gap(self.sub.topic)
+                out.append(encode_frame(OP_TEXT, gap) if raw else gap)
             else:
-                out.append(item.encoded("ws-frame", _event_frame))
+                out.append(item.encoded("ws-frame", _event_frame) if raw else encode_event(item))
                 events += 1
         return events
 
     def closed(self, reason: str, out: list) -> bool:
         reply = self.connection.ended(self.sub, reason)
         if reply is not None:
-            out.append(encode_frame(OP_TEXT, reply.encode("utf-8")))
+            data = reply.encode("utf-8")
+            out.append(encode_frame(OP_TEXT, data) if self.connection._raw else data)
         return False  # the connection and its other subscriptions stay
 
 
@@ -382,9 +406,18 @@ class Connection:
         self._refusals = metrics.auth_refusals if metrics is not None else None
         self.subscriptions: dict[str, Subscription] = {}
         self.delivery = delivery if delivery is not None else Delivery()
-        self.stream = self.delivery.stream(ws.outbox, "websocket", client)
+        outbox = getattr(ws, "outbox", None)
+        self._raw = outbox is not None  # a WebSocket: events go out as frames built once
+        if outbox is None:  # a SockJS session: events go out as messages, replies with them
+            outbox = ChannelOutbox(ws)
+            self._reply = outbox.send
+        else:
+            self._reply = ws.send
+        self.stream = self.delivery.stream(outbox, "websocket", client)
         self._feeds: dict[Subscription, Feed] = {}
-        self._to_start: list[Subscription] = []  # subscriptions waiting for their "ok" to go out
+        # Subscriptions (and work-queue consumers' greenlets, ws_queues.py) waiting for their "ok" to go out.
+        self._to_start: list[Subscription | gevent.Greenlet] = []
+        self._consumers = gevent.pool.Group()  # the work-queue consumers' greenlets
         self._handlers: dict[type, Callable[[Any], str]] = {
             Subscribe: self._subscribe,
             Unsubscribe: self._unsubscribe,
@@ -392,6 +425,8 @@ class Connection:
             Ping: self._ping,
             Auth: self._auth,
         }
+        self.queues = WsQueues(self, ClientError, ok)
+        self._handlers.update(self.queues.handlers())
 
     def with_access(self, access, identity, grace: float) -> "Connection":
         """Put this connection under access control, as ``identity`` (see ws_auth.py)."""
@@ -424,7 +459,7 @@ class Connection:
                     continue  # receive() now reads the peer's Close and returns None
                 reply = self.handle(message)
                 try:
-                    self.ws.send(reply)
+                    self._reply(reply)
                 except WebSocketError:
                     return
                 # Only now may a new subscription's events go out: "ok" comes first.
@@ -450,7 +485,9 @@ class Connection:
         except AccessError as exc:
             self._refused(exc.code)
             topic = getattr(command, "topic", None)
-            return error(ref, exc.code, exc.message, **({"topic": topic} if topic is not None else {}))
+            queue = getattr(command, "queue", None)
+            details = {"topic": topic} if topic is not None else {"queue": queue} if queue is not None else {}
+            return error(ref, exc.code, exc.message, **details)
         except ClientError as exc:
             return error(exc.ref if exc.ref is not None else ref, exc.code, exc.message, **exc.details)
         except BackendUnavailable as exc:
@@ -484,7 +521,10 @@ class Connection:
         self._to_start.append(sub)  # delivered by run() once the reply is sent
         return ok(cmd.ref, topic=cmd.topic, cursor=cursor)
 
-    def _start(self, sub: Subscription) -> None:
+    def _start(self, sub: Subscription | gevent.Greenlet) -> None:
+        if isinstance(sub, gevent.Greenlet):  # a work-queue consumer: not on the delivery layer yet
+            self._consumers.start(sub)
+            return
         if self.subscriptions.get(sub.topic) is sub:  # not ended meanwhile
             self._feeds[sub] = self.delivery.attach(self.stream, sub, WsJsonFramer(self, sub), sub.topic)
 
@@ -504,16 +544,27 @@ class Connection:
     def _publish(self, cmd: Publish) -> str:
         if self.auth is not None:
             self.auth.authorize("publish", cmd.topic)  # before the rate limit: a refusal costs no token
+        self.charge_publish(cmd.ref)
+        event = self.hub.publish(cmd.topic, cmd.data, type=cmd.type, sender=self.sender, headers=cmd.headers)
+        self.count_published()
+        return ok(cmd.ref, topic=cmd.topic, id=event.id)
+
+    def charge_publish(self, ref: Any) -> None:
+        """Take one publish from the connection's rate bucket, or refuse with ``rate_limited``."""
         wait = self._bucket.take() if self._bucket is not None else 0.0
         if wait:
             self.limits.rejected("publish_rate")
             raise ClientError("rate_limited",
                               f"at most {self._bucket.rate:g} publishes a second (bursts of {self._bucket.burst}) "
-                              "per connection; this one was not published", cmd.ref, retry_after=round(wait, 3))
-        event = self.hub.publish(cmd.topic, cmd.data, type=cmd.type, sender=self.sender)
+                              "per connection; this one was not published", ref, retry_after=round(wait, 3))
+
+    def count_published(self) -> None:
         if self._published is not None:
             self._published.inc()
-        return ok(cmd.ref, topic=cmd.topic, id=event.id)
+
+    def count_delivered(self, count: int) -> None:
+        if self._delivered is not None:
+            self._delivered.inc(count)
 
     def _ping(self, cmd: Ping) -> str:
         return ok(cmd.ref, time=time.time())
@@ -544,7 +595,7 @@ class Connection:
         self._stop(sub)
         self._refused(refusal.code)
         try:
-            self.ws.send(error(None, refusal.code, f"subscription ended: {refusal.message}", topic=topic))
+            self._reply(error(None, refusal.code, f"subscription ended: {refusal.message}", topic=topic))
         except WebSocketError:
             pass  # gone: the reader notices
 
@@ -569,6 +620,9 @@ class Connection:
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
         self._to_start.clear()
+        self.queues.release()  # what its consumers hold goes back to their queues
+        self._consumers.join(timeout=1.0)  # they end at their consumer's close
+        self._consumers.kill(block=False)
         if self.auth is not None:
             self.auth.close()  # stops its timers
         self.stream.close()  # closes every feed's subscription

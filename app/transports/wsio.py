@@ -21,7 +21,7 @@ from ..server.frames import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_UNSUPPORTED_DATA,
 )
-from ..server.handler import ENVIRON_PROTOCOL, ENVIRON_WEBSOCKET, READ_BUFFER, Handler, Server
+from ..server.handler import ENVIRON_CLIENT_GONE, ENVIRON_PROTOCOL, ENVIRON_WEBSOCKET, READ_BUFFER, Handler, Server
 from ..server.handshake import (
     DEFAULT_POLICY,
     WEBSOCKET_VERSION,
@@ -50,6 +50,7 @@ __all__ = [
     "CLOSE_PROTOCOL_ERROR",
     "CLOSE_UNSUPPORTED_DATA",
     "DEFAULT_POLICY",
+    "ENVIRON_CLIENT_GONE",
     "ENVIRON_PROTOCOL",
     "ENVIRON_REGISTRY",
     "ENVIRON_WEBSOCKET",

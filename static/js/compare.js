@@ -1,4 +1,4 @@
-/* The compare page: one publisher, five panes receiving topic "compare" with five
+/* The compare page: one publisher, six panes receiving topic "compare" with six
  * techniques, a latency chart, a connection meter and a "drop all connections" test.
  *
  * Every pane keeps the id of the last event it got (its cursor) and hands it back when it
@@ -18,6 +18,7 @@
   const START_QUERY = "?limit=1"; // where the topic is now: every pane starts from there
   const COLORS = {
     polling: "#c45200", longpoll: "#8a6d00", sse: "#00845f", websocket: "#0061a3", stomp: "#9c3f8a",
+    sockjs: "#5b5b5b",
   };
 
   /** A WebSocket URL from a path or a ws: URL (url_for builds those), on this page's scheme. */
@@ -88,9 +89,9 @@
   // Each kind counts its HTTP requests in flight; "test" is the streams of the "ten streams
   // at once" section (connection-limit.js). Over HTTP/1.1 a request in flight holds one of
   // the browser's 6 connections to the host, or waits in its queue for one.
-  const HTTP_KINDS = ["polling", "longpoll", "sse", "publish", "test"];
+  const HTTP_KINDS = ["polling", "longpoll", "sse", "publish", "test", "sockjs"];
   const connections = {
-    now: { polling: 0, longpoll: 0, sse: 0, publish: 0, test: 0, websocket: 0, stomp: 0 },
+    now: { polling: 0, longpoll: 0, sse: 0, publish: 0, test: 0, websocket: 0, stomp: 0, sockjs: 0 },
     peak: 0,
     limit: 6, // per host over HTTP/1.1; none when the page came over HTTP/2 (showProtocol)
     set(kind, count) {
@@ -594,8 +595,8 @@
 
   /** STOMP over WebSocket with @stomp/stompjs; SUBSCRIBE carries last-event-id to resume. */
   class StompPane extends Pane {
-    constructor() {
-      super("stomp", t("STOMP"));
+    constructor(key = "stomp", label = t("STOMP")) {
+      super(key, label);
       this.url = webSocketUrl(D.stompUrl);
       this.destination = D.stompDestination;
       this.client = null;
@@ -614,7 +615,7 @@
       // One client per connection, automatic reconnect off: this pane decides when and
       // from where (its cursor) to reconnect, with the page's capped, jittered backoff.
       const client = new window.StompJs.Client({
-        webSocketFactory: () => countedWebSocket(this, this.url, ["v12.stomp", "v11.stomp", "v10.stomp"]),
+        webSocketFactory: () => this.socket(),
         reconnectDelay: 0,
         heartbeatIncoming: 10000,
         heartbeatOutgoing: 10000,
@@ -646,6 +647,9 @@
       client.activate();
     }
 
+    /** The socket the STOMP client speaks over. */
+    socket() { return countedWebSocket(this, this.url, ["v12.stomp", "v11.stomp", "v10.stomp"]); }
+
     onMessage(client, message) {
       if (client !== this.client) return;
       const h = message.headers;
@@ -674,6 +678,22 @@
         // No DISCONNECT frame: the socket just goes, as in a network failure.
         client.deactivate({ force: true }).catch(ignore);
       }
+    }
+  }
+
+  /** The same STOMP session over SockJS, forced onto xhr-streaming: one streaming response
+   * holds one of the browser's HTTP connections, and every frame the client sends (its
+   * SUBSCRIBE, its heart-beats) is a POST of its own. Bytes are SockJS's payload, framing included. */
+  class SockJSPane extends StompPane {
+    constructor() {
+      super("sockjs", t("STOMP over SockJS"));
+      this.url = new URL(D.sockjsUrl, location.href).href;
+    }
+
+    socket() {
+      const sock = new window.SockJS(this.url, null, { transports: ["xhr-streaming"] });
+      sock.addEventListener("message", (ev) => this.addBytes(S.byteLength(JSON.stringify([ev.data])) + 2)); // a[…]\n
+      return sock;
     }
   }
 
@@ -831,7 +851,8 @@
   // ---- the panes, the chart and the drop test ---------------------------------------
 
   const chartHost = document.querySelector("[data-chart]");
-  const panes = [new PollingPane(), new LongPollPane(), new SSEPane(), new WebSocketPane(), new StompPane()];
+  const panes = [new PollingPane(), new LongPollPane(), new SSEPane(), new WebSocketPane(), new StompPane(),
+                 new SockJSPane()];
   const chart = new S.LatencyChart(chartHost, panes.map((p) => ({ key: p.key, label: p.label, color: COLORS[p.key] })),
                                    { windowSec: 30, describedBy: "chart-help" });
   for (const pane of panes) pane.root.querySelector("h3").prepend(S.LatencyChart.swatch(COLORS[pane.key]), " ");
@@ -855,7 +876,7 @@
     dropButton.disabled = true;
     document.body.dataset.drop = "running";
     for (const pane of panes) pane.drop();
-    dropStatus.textContent = t("All five dropped; publishing {n} events while they are offline…", { n: count });
+    dropStatus.textContent = t("All panes dropped; publishing {n} events while they are offline…", { n: count });
     const ids = [];
     for (let i = 0; i < count; i += 1) {
       try {

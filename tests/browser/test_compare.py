@@ -1,4 +1,4 @@
-"""The compare page in Chromium: one event reaches all five panes, the numbers are numbers,
+"""The compare page in Chromium: one event reaches all six panes, the numbers are numbers,
 the page stays within the browser's six connections, and the drop test recovers every pane."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tests.browser.helpers import ms, pane_stats, publish
 
 pytestmark = pytest.mark.browser
 
-PANES = ("polling", "longpoll", "sse", "websocket", "stomp")
+PANES = ("polling", "longpoll", "sse", "websocket", "stomp", "sockjs")
 LATENCY_TEXT = re.compile(r"^\d+(\.\d)? m?s$")
 
 
@@ -33,7 +33,7 @@ def wait_received(page, counts: dict[str, int], timeout: float = 10) -> None:
         arg=counts, timeout=ms(timeout))
 
 
-def test_one_event_reaches_all_five_panes_with_numeric_latency(new_user, live_server, console_errors, screenshot):
+def test_one_event_reaches_all_six_panes_with_numeric_latency(new_user, live_server, console_errors, screenshot):
     page = new_user().new_page()
     open_compare(page, live_server.url)
     text = f"compare {uuid.uuid4().hex[:8]}"

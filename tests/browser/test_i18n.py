@@ -52,14 +52,14 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 PO = ROOT / "translations" / "ko" / "LC_MESSAGES" / "messages.po"
 MO = PO.with_suffix(".mo")
-PAGES = ("/", *(f"/{slug}" for slug in CHAT_PAGES), "/compare", "/doctor")
+PAGES = ("/", *(f"/{slug}" for slug in CHAT_PAGES), "/compare", "/doctor", "/sockjs")
 KOREAN = {"locale": "ko-KR"}  # Playwright sends Accept-Language: ko-KR
 
 # Names that stay as they are in Korean text: protocols, headers, APIs, products, code.
 ALLOWED = {
     # protocols, formats and their parts
     "HTTP", "HTTPS", "TCP", "JSON", "SSE", "STOMP", "WebSocket", "WebSockets", "EventSource",
-    "Server-Sent", "Events", "GET", "POST", "URL", "API", "EOL", "NUL", "ACK", "ID", "id",
+    "SockJS", "Server-Sent", "Events", "GET", "POST", "URL", "API", "EOL", "NUL", "ACK", "ID", "id",
     "Last-Event-ID", "Authorization", "Bearer", "Connection", "Upgrade", "Origin", "HttpOnly",
     "Not", "Modified", "Switching", "Protocols", "Service", "Unavailable", "Created",
     "CONNECT", "CONNECTED", "SUBSCRIBE", "SEND", "MESSAGE", "RECEIPT", "ERROR", "DISCONNECT",
@@ -72,6 +72,9 @@ ALLOWED = {
     "upstream", "proxy_http_version", "off", "no", "close", "upgrade", "ping", "Enter",
     # the proxy doctor's: headers, nginx directives, time sync, CI
     "X-Forwarded-For", "X-Forwarded-Proto", "location", "keepalive", "NTP", "chrony", "systemd-timesyncd", "CI",
+    # SockJS: its transports as sockjs-client names them, the iframe and JSONP techniques, its /info request
+    "websocket", "xhr-streaming", "xhr-polling", "eventsource", "htmlfile", "jsonp-polling", "iframe-eventsource",
+    "iframe-htmlfile", "iframe-xhr-polling", "iframe", "JSONP", "info",
     # the demo's topic names
     "chat", "compare", "ticks",
 }
@@ -277,6 +280,16 @@ def exercise(page, path: str, base_url: str) -> None:
         page.click("[data-run]")
         page.wait_for_selector("[data-summary][data-state=done]", timeout=ms(60))
         assert page.locator('[data-check][data-verdict="pending"], [data-check][data-verdict="running"]').count() == 0
+    elif path == "/sockjs":
+        # The seed's client over a forced fallback: status, transport, counters and frame log filled.
+        page.wait_for_selector(".chat [data-status][data-kind=ok]", timeout=ms(20))
+        page.select_option("#transport", "xhr-polling")
+        page.wait_for_function("() => document.querySelector('[data-transport]').textContent === 'xhr-polling'",
+                               timeout=ms(15))
+        page.wait_for_selector(".chat [data-status][data-kind=ok]", timeout=ms(20))
+        page.fill("#message", tag)
+        page.click("#send-message-button")
+        page.locator("#message-container li", has_text=tag).wait_for(timeout=ms(15))
     else:
         wait_chat_ready(page)
         text = f"{tag}"

@@ -169,7 +169,14 @@ class PyStomp(Records, stomp.ConnectionListener):
         elif op == "send":
             self.conn.send(fields["destination"], fields["body"], headers=headers)
         elif op == "ack":
-            self.conn.ack(fields["message"])  # STOMP 1.2: the MESSAGE's ack header is enough
+            self.conn.ack(fields["message"], **(fields.get("headers") or {}))  # STOMP 1.2: the ack header
+        elif op == "nack":
+            self.conn.nack(fields["message"], **(fields.get("headers") or {}))
+        elif op == "begin":
+            self.conn.begin(fields["transaction"])
+        elif op in ("commit", "abort"):
+            getattr(self.conn, op)(fields["transaction"], **({"receipt": fields["receipt"]} if fields.get("receipt")
+                                                             else {}))
         elif op == "disconnect":
             self.conn.disconnect()
         else:

@@ -305,7 +305,7 @@ class TestMessaging:
                                    "receipt": "s1"}, '{"n": 1, "t": "é"}')
         talker.expect_receipt("s1")
         (message,) = listener.messages(1)
-        body = '{"n":1,"t":"é"}'.encode()
+        body = '{"n": 1, "t": "é"}'.encode()  # the octets as sent, not re-serialized (issue #16)
         assert message.raw == (
             "MESSAGE\nsubscription:0\nmessage-id:{mid}\ndestination:/topic/msg-a\n"
             "event-id:{eid}\nevent-type:message\nsender:{sender}\ntime:{time}\n"
@@ -444,7 +444,8 @@ class TestMessaging:
 
 class TestDestinations:
     @pytest.mark.parametrize("command", ["SEND", "SUBSCRIBE"])
-    @pytest.mark.parametrize("destination", ["/queue/x", "/topic/a/b", "/topic/", "/app/nothing", "chat"])
+    @pytest.mark.parametrize("destination", ["/queue/", "/topic/a/b", "/topic/", "/app/nothing", "chat", "/user/x",
+                                             "/queue/a/b", "/topic/a.#.b"])
     def test_unknown_destination_gets_an_error_naming_it(self, clients, command, destination):
         client = clients()
         client.connect()

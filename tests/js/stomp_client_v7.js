@@ -18,7 +18,10 @@
 // Reads commands on stdin, one JSON object per line:
 //   {"op":"subscribe","destination":...,"id":...,"headers":{...},"receipt":...}
 //   {"op":"send","destination":...,"body":<text>|"base64":<octets>,"headers":{...},"receipt":...}
-//   {"op":"ack","message":<message-id>,"subscription":<id>} / {"op":"nack",...}
+//   {"op":"ack","message":<message-id>,"subscription":<id>,"headers":{...}} / {"op":"nack",...}
+//   {"op":"begin","transaction":<id>} / {"op":"commit"|"abort","transaction":<id>,"receipt":<id>}
+//     (COMMIT and ABORT with a receipt go through the library's frame writer: its
+//     Transaction object takes no headers)
 //   {"op":"disconnect"}
 // Exits when stdin ends, so a dead test never leaves it behind.
 "use strict";
@@ -100,10 +103,21 @@ const commands = {
     client.publish(params);
   },
   ack(cmd) {
-    client.ack(cmd.message, cmd.subscription);
+    client.ack(cmd.message, cmd.subscription, cmd.headers || {});
   },
   nack(cmd) {
-    client.nack(cmd.message, cmd.subscription);
+    client.nack(cmd.message, cmd.subscription, cmd.headers || {});
+  },
+  begin(cmd) {
+    client.begin(cmd.transaction);
+  },
+  commit(cmd) {
+    const headers = cmd.receipt ? { receipt: cmd.receipt } : {};
+    client._stompHandler._transmit({ command: "COMMIT", headers: { transaction: cmd.transaction, ...headers } });
+  },
+  abort(cmd) {
+    const headers = cmd.receipt ? { receipt: cmd.receipt } : {};
+    client._stompHandler._transmit({ command: "ABORT", headers: { transaction: cmd.transaction, ...headers } });
   },
   disconnect() {
     client.deactivate();

@@ -143,7 +143,7 @@ def no_upgrade_headers(config: str) -> str:
 
 
 def read_timeout_3s(config: str) -> str:
-    assert config.count("proxy_read_timeout 60s;") == 3
+    assert config.count("proxy_read_timeout 60s;") >= 3  # streams, long polls, WebSockets (and SockJS)
     return config.replace("proxy_read_timeout 60s;", "proxy_read_timeout 3s;")
 
 

@@ -785,3 +785,27 @@ class TestOutages:
                 assert_next_is(hub, sub)
         finally:
             hub.close()
+
+
+class TestWildcardSubscriptions:
+    def test_live_events_of_every_matching_topic_in_order(self, hubs):
+        hub = hubs.make()
+        with hub.subscribe_pattern("wc.*") as star, hub.subscribe_pattern("wc.#") as hash_:
+            for topic in ("wc", "wc.a", "wcx.a", "wc.a.b", "wc.b"):
+                hub.publish(topic, topic)
+            assert [item.topic for item in take(star, 2)] == ["wc.a", "wc.b"]
+            assert [item.topic for item in take(hash_, 4)] == ["wc", "wc.a", "wc.a.b", "wc.b"]
+            marker = hub.publish("wc.z", "marker")
+            assert take(star, 1)[0].id == marker.id and take(hash_, 1)[0].id == marker.id
+        assert hub.subscriber_count() == 0
+
+    def test_an_overflowing_wildcard_gets_a_slow_gap_and_ends(self, hubs):
+        hub = hubs.make(queue_size=2)
+        sub = hub.subscribe_pattern("of.*")
+        for n in range(5):
+            hub.publish(f"of.{n}", n)
+        wait_for(lambda: sub.overflows, message="the queue to overflow")
+        items = take(sub, 3)
+        assert data(items) == [0, 1, ("gap", True)]
+        with pytest.raises(SubscriptionClosed):
+            sub.get(timeout=0)

@@ -15,6 +15,7 @@ from app.stomp import (
     Ack,
     AuthError,
     Closed,
+    Commit,
     Connect,
     Frame,
     FrameParser,
@@ -35,15 +36,19 @@ from app.stomp.session import encode_message_tail
 class Client:
     """Drives a StompSession the way the WebSocket transport will."""
 
-    def __init__(self, config: StompConfig | None = None, now: float = 0.0) -> None:
+    def __init__(self, config: StompConfig | None = None, now: float = 0.0, auto_confirm: bool = True) -> None:
         self.session = StompSession(config, now=now, session_id="s1")
         self.now = now
         self.version: str | None = None  # the escaping this client uses
+        # As a broker that accepts every request would: confirm each frame that waits.
+        self.auto_confirm = auto_confirm
 
     def raw(self, data: bytes, now: float | None = None) -> None:
         if now is not None:
             self.now = now
         self.session.receive_data(data, now=self.now)
+        while self.auto_confirm and self.session.waiting:
+            self.session.confirm(self.now)
 
     def send(self, command: str, headers=(), body: bytes = b"", now: float | None = None) -> None:
         self.raw(serialize(Frame.build(command, headers, body), self.version), now)
@@ -696,8 +701,9 @@ class TestTransactions:
         client.send("SEND", {"destination": "/topic/b", "transaction": "tx1"}, b"2")
         assert client.requests() == []
         client.send("COMMIT", {"transaction": "tx1"})
-        requests = client.requests()
-        assert [(r.destination, r.body, r.transaction) for r in requests] == [
+        (commit,) = client.requests()
+        assert isinstance(commit, Commit) and commit.transaction == "tx1"
+        assert [(r.destination, r.body, r.transaction) for r in commit.items] == [
             ("/topic/a", b"1", "tx1"),
             ("/topic/b", b"2", "tx1"),
         ]
@@ -727,7 +733,7 @@ class TestTransactions:
         assert client.requests() == []
         assert not client.session.can_deliver("0")
         client.send("COMMIT", {"transaction": "t"})
-        assert client.requests() == [Ack("0", (m0,))]
+        assert client.requests() == [Commit("t", (Ack("0", (m0,)),))]
         assert client.session.can_deliver("0")
 
     def test_nack_in_transaction_redelivers_at_commit(self):
@@ -749,7 +755,7 @@ class TestTransactions:
         client.send("ACK", {"id": m0, "transaction": "t"})
         client.send("ACK", {"id": m1})  # cumulative, settles m0 too
         client.send("COMMIT", {"transaction": "t"})
-        assert client.requests() == [Ack("0", (m0, m1))]
+        assert client.requests() == [Ack("0", (m0, m1)), Commit("t", ())]
         assert not client.session.closed
 
     def test_bad_ack_in_transaction_fails_at_once(self):

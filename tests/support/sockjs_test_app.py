@@ -1,0 +1,66 @@
+"""The SockJS protocol test suite's services, on the SockJS layer alone (not the production app).
+
+Run: ``gunicorn -k app.transports.wsio.Worker tests.support.sockjs_test_app:app``.
+
+sockjs-protocol-0.3.3.py expects, under one base URL:
+
+* ``/echo``: every message comes back;
+* ``/close``: the session closes at once with ``c[3000,"Go away!"]``;
+* ``/disabled_websocket_echo``: ``/echo`` with WebSockets off (``/info`` says so);
+* ``/cookie_needed_echo``: ``/echo`` setting ``JSESSIONID`` (``/info``: ``cookie_needed``).
+
+Streaming responses end after 4096 bytes here (the suite's ``response_limit`` tests);
+timings come from ``SOCKJS_TEST_HEARTBEAT`` and ``SOCKJS_TEST_DISCONNECT_DELAY`` (seconds),
+so a test can watch heartbeats and timeouts without waiting 25 s.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from app.sockjs import GO_AWAY, SessionConfig
+from app.transports.sockjs_http import SessionContext, SockJSService
+from app.transports.wsio import WebSocketPolicy
+
+
+def _admit(environ, transport, session_id, take_slot):
+    return SessionContext(session_id, transport, "tester", None, environ.get("REMOTE_ADDR", "?")), lambda: None
+
+
+def echo(channel, context) -> None:
+    while True:
+        message = channel.receive()
+        if message is None:
+            return
+        channel.send(message)
+
+
+def close(channel, context) -> None:
+    channel.close(*GO_AWAY)
+
+
+def create_app(env=os.environ) -> Flask:
+    app = Flask(__name__)
+    app.url_map.merge_slashes = False  # as the production app: '//' is no greeting
+    config = SessionConfig(heartbeat_interval=float(env.get("SOCKJS_TEST_HEARTBEAT", "25")),
+                           disconnect_delay=float(env.get("SOCKJS_TEST_DISCONNECT_DELAY", "5")),
+                           response_limit=4096)
+    services = [
+        SockJSService("echo", "/echo", echo, _admit, config),
+        SockJSService("close", "/close", close, _admit, config),
+        SockJSService("wsoff", "/disabled_websocket_echo", echo, _admit, config, websocket=False),
+        SockJSService("cookie", "/cookie_needed_echo", echo, _admit, config, cookie_needed=True),
+    ]
+    protocols: dict[str, tuple[str, ...]] = {}
+    for service in services:
+        service.register(app)
+        protocols.update(service.websocket_paths())
+    origins = tuple(item for item in env.get("SOCKJS_TEST_ALLOWED_ORIGINS", "*").split(",") if item)
+    app.switchboard_ws_policy = WebSocketPolicy(allowed_origins=origins, protocols=protocols, ping_interval=0)
+    app.sockjs_services = services
+    return app
+
+
+app = create_app()
