@@ -55,6 +55,10 @@ class Framer(Protocol):
         """Append the bytes of ``items`` (events and gaps, in order) to ``out``; return
         how many were events."""
 
+    # Optional: ``room() -> int``, how many items the framer can take now (STOMP's prefetch
+    # window, a session busy writing); 0 takes nothing, and the framer sets the feed again
+    # when there is room. Without it a feed takes up to the delivery's batch.
+
     def closed(self, reason: str, out: list) -> bool:
         """The feed's source closed for ``reason`` ("shutdown", "slow consumer", "closed",
         or "unavailable": a history read failed): append any last bytes to ``out``; return
@@ -68,7 +72,7 @@ class Feed:
     :meth:`set`, which costs a list append, not a greenlet switch.
     """
 
-    __slots__ = ("stream", "source", "framer", "topic", "pending", "closed_reason")
+    __slots__ = ("stream", "source", "framer", "topic", "pending", "closed_reason", "room")
 
     def __init__(self, stream: Stream, source: Source, framer: Framer, topic: str | None = None):
         self.stream = stream
@@ -77,6 +81,7 @@ class Feed:
         self.topic = topic
         self.pending = False  # on the stream's ready list
         self.closed_reason: str | None = None
+        self.room: Callable[[], int] | None = getattr(framer, "room", None)
 
     def set(self) -> None:
         """The source may have an item: queue this feed for the next fan-out round."""
@@ -251,8 +256,13 @@ class Delivery:
             feed.pending = False
             if feed.closed_reason is not None:
                 continue
+            batch = self.batch
+            if feed.room is not None:
+                batch = min(batch, feed.room())
+                if batch <= 0:
+                    continue  # the framer sets the feed again when it has room
             try:
-                items = feed.source.take(self.batch)
+                items = feed.source.take(batch)
             except SubscriptionClosed as exc:
                 ends = self._closed(stream, feed, exc.reason, out) or ends
                 continue
@@ -264,7 +274,7 @@ class Delivery:
                 continue
             if not items:
                 continue
-            if len(items) >= self.batch:
+            if len(items) >= batch:
                 feed.set()  # more may be waiting: another round, after the others' turn
             # Items come in order, so the first event is the oldest (for the latency
             # histogram); a slow consumer's gap is always the last item (its source closes).

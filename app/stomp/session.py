@@ -483,6 +483,19 @@ class StompSession:
         sub = self._subscriptions.get(sub_id)
         return self._state is SessionState.CONNECTED and sub is not None and sub.window_open()
 
+    def room(self, sub_id: str, most: int) -> int:
+        """How many MESSAGEs subscription ``sub_id`` can take now, at most ``most``.
+
+        ``most`` in ``auto`` mode; in client modes what its prefetch window has left;
+        0 whenever :meth:`can_deliver` would say ``False``.
+        """
+        sub = self._subscriptions.get(sub_id)
+        if self._state is not SessionState.CONNECTED or sub is None:
+            return 0
+        if sub.ack_mode == "auto":
+            return most
+        return max(0, min(most, sub.window - len(sub.pending)))
+
     def deliver(
         self,
         sub_id: str,

@@ -145,6 +145,7 @@ def init_app(app: Flask) -> None:
     config = SessionConfig(settings.sockjs_heartbeat, settings.sockjs_disconnect_delay, settings.sockjs_response_limit)
     admit = admission(limits, access)
     seed = seed_broker(hub, settings, metrics=metrics, limits=limits, access=access)
+    seed.delivery = app.extensions["switchboard.delivery"]  # the worker's one fan-out
     common = dict(max_body=settings.max_message_bytes, write_timeout=settings.write_timeout or None,
                   sockjs_url="/static/vendor/sockjs-client/sockjs.min.js")
     services = [

@@ -5,9 +5,11 @@ A thin I/O adapter around the sans-I/O :class:`app.stomp.StompSession`:
 * WebSocket messages (text or binary) -> ``session.receive_data``;
 * ``session.data_to_send()`` -> one WebSocket message per chunk, text when the chunk
   is UTF-8, else binary (a MESSAGE whose body is not UTF-8);
-* session requests -> the hub: SUBSCRIBE opens a hub subscription served by one
-  greenlet, SEND publishes (or calls an application handler), ACK reopens a
-  prefetch window, the end of the session releases everything;
+* session requests -> the hub: SUBSCRIBE to a topic opens a hub subscription delivered
+  as a feed of the worker's delivery layer (:mod:`app.transports.stomp_delivery`, no
+  greenlet of its own; a work queue's consumer keeps its greenlet, stomp_queues.py), SEND
+  publishes (or calls an application handler), ACK reopens a prefetch window, the end of
+  the session releases everything;
 * hub events -> ``session.deliver``; a timer greenlet calls ``session.tick`` at
   ``session.next_deadline()`` (heart-beats, silent clients, CONNECT timeout).
 
@@ -30,7 +32,7 @@ ERROR "slow consumer", and is closed (1008).
 
 Flow control: in ``client``/``client-individual`` ack modes at most
 ``prefetch-count`` (capped by the session) messages are unacknowledged; while the
-window is full the subscription's greenlet stops taking from the hub, whose bounded
+window is full the delivery layer takes nothing from the hub, whose bounded
 queue and history catch-up absorb the backlog (or end in the slow-consumer rule).
 
 Closing: every ERROR is written, then the WebSocket closes with a code chosen by the
@@ -69,8 +71,8 @@ from ..auth import Access, AccessError, Identity
 from ..auth.web import access as app_access
 from ..config import Settings
 from ..errors import ApiError
-from ..events import Cursor, Gap, InvalidCursor
-from ..hub import BackendUnavailable, Hub, QueueFull, Subscription, SubscriptionClosed
+from ..events import Cursor, InvalidCursor
+from ..hub import BackendUnavailable, Hub, QueueFull, SubscriptionClosed
 from ..identity import current_sender
 from .. import limits as limits_module
 from ..limits import Limits
@@ -90,7 +92,10 @@ from ..stomp import (
 )
 from ..stomp import Limits as FrameLimits
 from ..stomp_handlers import Handlers, default_handlers
+from ..delivery import Delivery
+from ..delivery.channel import ChannelOutbox
 from .stomp_auth import StompGate, shared_login
+from .stomp_delivery import StompTopicFramer, is_utf8
 from .stomp_destinations import USER_SUB_RE, Destinations, user_topic
 from .stomp_mapping import BINARY_TYPE, BodyError, decode_send_body, encode_message, message_tail
 from .stomp_publish import RECONNECT_HINT, Refusal, StompPublisher
@@ -164,19 +169,6 @@ CLOSE_CODES: dict[str | None, int] = {
 _RECONNECT_HINT = RECONNECT_HINT
 
 
-_GAP_HEADERS = (("gap", "true"),)
-
-
-def _is_utf8(chunk: bytes) -> bool:
-    if chunk.isascii():
-        return True
-    try:
-        chunk.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _first(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     # STOMP 1.2, "Repeated Header Entries": the first one wins.
     for key, value in headers:
@@ -212,6 +204,7 @@ class Broker:
         self.access = access
         self.shared_login = shared_login
         self.connections: set[Connection] = set()
+        self.delivery = Delivery()  # init_app gives it the application's (one fan-out per worker)
         # How an event becomes a MESSAGE; the seed's /websocket/stomp mount swaps both
         # (app/transports/sockjs_seed.py: its chat body is {"sender", "message"}).
         self.encode_message: Callable[[Event], tuple[bytes, tuple[tuple[str, str], ...]]] = encode_message
@@ -297,27 +290,8 @@ class Broker:
         group.kill(block=False)
 
 
-class _Pump:
-    """One SUBSCRIBE: its hub subscription, the greenlet feeding it to the session,
-    and the signal that wakes that greenlet when an ACK reopens its window."""
-
-    __slots__ = ("sub_id", "subscription", "window", "greenlet", "destination")
-
-    def __init__(self, sub_id: str, subscription: Subscription, destination=None) -> None:
-        self.sub_id = sub_id
-        self.subscription = subscription
-        # event -> the MESSAGE's destination, when not the subscription's (a wildcard's topic)
-        self.destination = destination
-        self.window = gevent.event.Event()
-        self.greenlet: gevent.Greenlet | None = None
-
-    def stop(self) -> None:
-        self.subscription.close()  # wakes a get(); the greenlet sees SubscriptionClosed
-        self.window.set()
-
-
 class Connection:
-    """One WebSocket's STOMP session, driven by the reader, a timer and one greenlet per subscription.
+    """One WebSocket's STOMP session, driven by the reader, a timer and the worker's delivery layer.
 
     Args:
         broker: the application's broker.
@@ -349,7 +323,14 @@ class Connection:
         self.publisher = StompPublisher(self.hub, broker.destinations, lambda: self.sender, self._identity, bucket,
                                         self.gate)
         self._lock = gevent.lock.Semaphore()
-        self._pumps: dict[str, _Pump] = {}
+        self._pumps: dict[str, StompTopicFramer | QueuePump] = {}
+        # Topic subscriptions are feeds of the worker's delivery layer (stomp_delivery.py);
+        # every frame, theirs and the reader's, leaves through one outbox.
+        outbox = getattr(ws, "outbox", None)
+        self.raw = outbox is not None  # a WebSocket; else a SockJS session (messages, not frames)
+        self._channel = None if self.raw else ChannelOutbox(ws)
+        self.stream = broker.delivery.stream(outbox if self.raw else self._channel, "stomp", client)
+        self.deferred: set = set()  # feeds that found the session busy (see StompTopicFramer.room)
         self._wake_timer = gevent.event.Event()
         self._close_code: int | None = None
         self._socket_dead = False
@@ -388,7 +369,8 @@ class Connection:
                 if isinstance(request, Closed):
                     self._on_closed(request)
             self._release()
-            greenlets = [timer, *(p.greenlet for p in self._pumps.values() if p.greenlet is not None)]
+            self.stream.close()
+            greenlets = [timer, *(p.greenlet for p in self._pumps.values() if getattr(p, "greenlet", None) is not None)]
             self._pumps.clear()
             gevent.killall(greenlets, block=True, timeout=5)
 
@@ -407,9 +389,9 @@ class Connection:
             self._drain()
             handled += 1
             if handled % PACE == 0:
-                # A bounded batch read: the subscribers' pumps, woken by what it published,
-                # run before the next one (a flood must not starve delivery).
-                gevent.sleep(0)
+                # A bounded batch read: let delivery write what it published before the
+                # next one (a flood must not starve the subscribers).
+                self.broker.delivery.pace()
 
     def _timer(self) -> None:
         session = self.session
@@ -423,61 +405,6 @@ class Connection:
                 return
             session.tick(self._clock())
             self._drain()
-
-    def _pump(self, pump: _Pump) -> None:
-        session, sub_id, subscription = self.session, pump.sub_id, pump.subscription
-        delivered = 0  # counted once per drained batch, not per event (a metrics write each)
-        try:
-            while True:
-                while not session.can_deliver(sub_id):
-                    if delivered:
-                        self._count_delivered(delivered)
-                        delivered = 0
-                    if session.closed or subscription.closed:
-                        return
-                    # Window full (client ack modes): take nothing more from the hub;
-                    # its bounded queue and history catch-up hold the backlog.
-                    pump.window.clear()
-                    pump.window.wait()
-                item = subscription.get()
-                if isinstance(item, Gap):
-                    session.deliver(sub_id, b"", _GAP_HEADERS, now=self._clock())
-                    if item.slow:
-                        log.info("slow consumer dropped: client %s, transport stomp, topic %s: fell behind its "
-                                 "queue and history; sent MESSAGE gap:true, then ERROR and 1008",
-                                 self.client, item.topic)
-                        self._fail("slow consumer",
-                                   f"This connection fell too far behind topic {item.topic!r}; events were lost. "
-                                   + _RECONNECT_HINT, CLOSE_POLICY_VIOLATION, kind="slow-consumer")
-                elif self.broker.withholds is None or not self.broker.withholds(item):
-                    body, headers = self.broker.encode_message(item)
-                    tail = self.broker.message_tail(item, session.escapes_messages)
-                    destination = pump.destination(item) if pump.destination is not None else None
-                    if session.deliver(sub_id, body, headers, now=self._clock(), tail=tail, default_type=None,
-                                       destination=destination):
-                        delivered += 1
-                if delivered and not subscription.depth:  # the batch is written: count it first
-                    self._count_delivered(delivered)
-                    delivered = 0
-                self._drain()
-        except SubscriptionClosed as exc:
-            if exc.reason == "shutdown":
-                self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, kind="shutdown")
-                self._drain()
-            # "closed": UNSUBSCRIBE or the end of the session; "slow consumer": handled at its Gap.
-        except BackendUnavailable as exc:  # a history read (replay or catch-up) failed
-            log.warning("STOMP subscription to %s failed: backend unavailable: %s", subscription.topic, exc)
-            self._fail("backend unavailable", f"The event store is unavailable: {exc}. " + _RECONNECT_HINT,
-                       CLOSE_INTERNAL_ERROR)
-            self._drain()
-        except Exception:  # never leave a subscription silently dead: end the session instead
-            log.error("STOMP subscription to %s failed", subscription.topic, exc_info=True)
-            self._fail("internal error", "Delivering this subscription failed. " + _RECONNECT_HINT,
-                       CLOSE_INTERNAL_ERROR)
-            self._drain()
-        finally:
-            if delivered:
-                self._count_delivered(delivered)
 
     def _count_delivered(self, count: int) -> None:
         if self._delivered is not None:
@@ -507,6 +434,10 @@ class Connection:
                     break
             if session.closed and not self._socket_dead:
                 self._close_socket()
+        if self.deferred:  # feeds that found the session busy: their turn now
+            deferred, self.deferred = self.deferred, set()
+            for feed in deferred:
+                feed.set()
 
     def _write(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
@@ -514,7 +445,10 @@ class Connection:
                 return
             try:
                 # One message per frame or heart-beat; binary only for a non-UTF-8 body.
-                self.ws.send_encoded(chunk, binary=not _is_utf8(chunk))
+                if self._channel is not None:
+                    self._channel.send(chunk)  # in order with the delivery layer's MESSAGEs
+                else:
+                    self.ws.send_encoded(chunk, binary=not is_utf8(chunk))
             except WebSocketError:
                 self._socket_dead = True
                 self.session.connection_lost("connection lost while sending")
@@ -525,6 +459,14 @@ class Connection:
         reason = error.message if error is not None else (self.session.close_reason or "")
         self._socket_dead = True
         self.ws.close(code, reason)
+
+    def fail_and_drain(self, message: str, detail: str, kind: str | None) -> None:
+        """End the session from a delivery's news (a slow consumer, the shutdown, the store
+        down): ERROR with a reconnect hint, written after what is queued, then the close."""
+        code = {"slow-consumer": CLOSE_POLICY_VIOLATION, "shutdown": CLOSE_GOING_AWAY}.get(kind or "",
+                                                                                         CLOSE_INTERNAL_ERROR)
+        self._fail(message, detail + _RECONNECT_HINT, code, kind=kind)
+        self._drain()
 
     def shutdown(self) -> None:
         """End the session for a server shutdown: ERROR with a reconnect hint, then 1001."""
@@ -602,8 +544,8 @@ class Connection:
         except SubscriptionClosed:
             self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, receipt)
             return
-        pump = self._pumps[request_.sub_id] = _Pump(request_.sub_id, subscription, destination)
-        pump.greenlet = gevent.spawn(self._pump, pump)
+        framer = self._pumps[request_.sub_id] = StompTopicFramer(self, request_.sub_id, subscription, destination)
+        framer.feed = self.broker.delivery.attach(self.stream, subscription, framer, subscription.topic)
 
     def _consume(self, request_: Subscribe, queue: str, receipt: str | None) -> None:
         if request_.last_event_id:
@@ -697,14 +639,14 @@ class Connection:
         if isinstance(pump, QueuePump):
             pump.ack(request_.message_ids)  # acknowledged in the queue store
         elif pump is not None:
-            pump.window.set()
+            pump.window()
 
     def _on_nack(self, request_: Nack) -> None:
         pump = self._pumps.get(request_.sub_id)
         if isinstance(pump, QueuePump):
             pump.nack(request_.message_ids)  # back to the queue, for another consumer
         elif pump is not None and request_.dropped:
-            pump.window.set()  # a topic message NACKed too often: dropped, its slot is free
+            pump.window()  # a topic message NACKed too often: dropped, its slot is free
         # Otherwise the session sent the topic messages again itself; the window is unchanged.
 
     def _on_closed(self, request_: Closed) -> None:
@@ -748,6 +690,9 @@ def init_app(app: Flask) -> None:
     access = app.extensions.get("switchboard.access")
     broker = app.extensions[EXTENSION] = Broker.from_settings(hub, settings, metrics=metrics, limits=limits,
                                                               access=access)
+    delivery = app.extensions.get("switchboard.delivery")
+    if delivery is not None:
+        broker.delivery = delivery
     app.register_blueprint(bp)
     shutdown = app.extensions.get("switchboard.shutdown")
     if shutdown is not None:
