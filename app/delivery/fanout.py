@@ -121,8 +121,12 @@ class Delivery:
         batch: the most items one feed gives per round.
     """
 
-    def __init__(self, delivered: Callable[[str, int], None] | None = None,
-                 observe_latency: Callable[[str, float], None] | None = None, batch: int = BATCH):
+    def __init__(
+        self,
+        delivered: Callable[[str, int], None] | None = None,
+        observe_latency: Callable[[str, float], None] | None = None,
+        batch: int = BATCH,
+    ):
         self.batch = batch
         self._delivered = delivered
         self._observe_latency = observe_latency
@@ -267,8 +271,13 @@ class Delivery:
                 ends = self._closed(stream, feed, exc.reason, out) or ends
                 continue
             except BackendUnavailable as exc:  # a history read (replay or catch-up) failed
-                log.warning("delivery of %s to %s (%s) stopped: the event store is unavailable: %s",
-                            feed.topic or "a subscription", stream.client, stream.transport, exc)
+                log.warning(
+                    "delivery of %s to %s (%s) stopped: the event store is unavailable: %s",
+                    feed.topic or "a subscription",
+                    stream.client,
+                    stream.transport,
+                    exc,
+                )
                 feed.source.close()
                 ends = self._closed(stream, feed, "unavailable", out) or ends
                 continue
@@ -285,12 +294,15 @@ class Delivery:
                     break
             last = items[-1]
             if last.__class__ is Gap and last.slow:
-                log.info("slow consumer dropped: client %s, transport %s, topic %s: fell behind its "
-                         "queue and history", stream.client, stream.transport, last.topic)
+                log.info(
+                    "slow consumer dropped: client %s, transport %s, topic %s: fell behind its queue and history",
+                    stream.client,
+                    stream.transport,
+                    last.topic,
+                )
             events += feed.framer.frame(items, out)
         if ends:
             stream.end(out)
         elif out:
             stream.outbox.write(out)  # the round skips done streams: no check needed
         return events, first_time
-

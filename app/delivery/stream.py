@@ -35,8 +35,18 @@ class Stream:
             connection is gone). An SSE request greenlet waits on it, and owns nothing else.
     """
 
-    __slots__ = ("delivery", "outbox", "transport", "client", "done", "feeds", "gate", "_ending", "_ready",
-                 "__weakref__")
+    __slots__ = (
+        "delivery",
+        "outbox",
+        "transport",
+        "client",
+        "done",
+        "feeds",
+        "gate",
+        "_ending",
+        "_ready",
+        "__weakref__",
+    )
 
     def __init__(self, delivery: "Delivery", outbox: Outbox, transport: str, client: str = "?"):
         self.delivery = delivery

@@ -200,7 +200,7 @@ class MessageAssembler:
         self._opcode: int | None = None
         self._size = 0
         self._parts: list = []
-        self._decoder = None
+        self._decoder: codecs.BufferedIncrementalDecoder | None = None
 
     @property
     def room(self) -> int:

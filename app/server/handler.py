@@ -85,7 +85,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         super().__init__(sock, address, server, rfile)
         if rfile is None:
             # The request stream with a READ_BUFFER buffer instead of the default one.
-            self.rfile.close()  # releases its buffer; the socket stays open
+            self.rfile.close()  # type: ignore[has-type]  # releases its buffer; the socket stays open
             self.rfile = sock.makefile("rb", READ_BUFFER)
 
     def get_environ(self):
@@ -129,8 +129,12 @@ class Handler(WebSocketHandler, PyWSGIHandler):
             with gevent.Timeout(timeout, _SendTimedOut):
                 return super()._sendall(data)
         except _SendTimedOut:
-            log.info("cut %s %s: a write blocked for %ss (the client reads nothing)",
-                     self.client_address, self.environ.get("PATH_INFO"), timeout)
+            log.info(
+                "cut %s %s: a write blocked for %ss (the client reads nothing)",
+                self.client_address,
+                self.environ.get("PATH_INFO"),
+                timeout,
+            )
             try:
                 self.socket.shutdown(socket.SHUT_RDWR)  # part of a chunk may be out: no way back
             except OSError:
@@ -162,8 +166,9 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         registry = self._registry()
         policy = self._policy()
         if registry.closing:
-            decision = Refusal(503, "shutting_down", "the server is shutting down; reconnect shortly",
-                               (("Retry-After", "1"),))
+            decision: Acceptance | Refusal = Refusal(
+                503, "shutting_down", "the server is shutting down; reconnect shortly", (("Retry-After", "1"),)
+            )
         else:
             decision = negotiate(self.environ, policy)
         if isinstance(decision, Refusal):
@@ -199,7 +204,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         try:
             self.process_result()
         finally:
-            self.result = None
+            self.result = None  # type: ignore[assignment]
 
     def _accept(self, acceptance: Acceptance, policy: WebSocketPolicy, registry: Registry) -> None:
         ws = WebSocket(
@@ -250,7 +255,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
                 ws.abort()
             registry.discard(ws)
             self.environ[ENVIRON_WEBSOCKET] = None  # break the environ <-> websocket cycle
-            self.websocket = None
+            self.websocket = None  # type: ignore[assignment]
 
     def log_request(self):
         # gunicorn's access log when gunicorn runs us, gevent's format otherwise.

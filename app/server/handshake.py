@@ -102,9 +102,14 @@ class WebSocketPolicy:
         segments = path.split("/")
         for pattern, offered in self.protocols.items():
             parts = pattern.split("/")
-            if "*" in parts and len(parts) == len(segments) and all(
+            if (
+                "*" in parts
+                and len(parts) == len(segments)
+                and all(
                     part == segment or (part == "*" and segment and "." not in segment)
-                    for part, segment in zip(parts, segments)):
+                    for part, segment in zip(parts, segments, strict=True)
+                )
+            ):
                 return offered
         return None
 

@@ -16,8 +16,7 @@ from .registry import Registry
 log = logging.getLogger(__name__)
 
 
-def graceful_shutdown(application, registry: Registry, hook_timeout: float, close_timeout: float,
-                      servers=()) -> None:
+def graceful_shutdown(application, registry: Registry, hook_timeout: float, close_timeout: float, servers=()) -> None:
     """Stop one server process's connections in order, within about the two timeouts.
 
     1. Stop accepting (close ``servers``' listeners: with several workers, a client that
@@ -82,8 +81,14 @@ class Worker(GeventWebSocketWorker):
         super().handle_exit(sig, frame)
         self.ws_registry.closing = True
         # A signal handler must not block: the closing runs in its own greenlet.
-        gevent.spawn(graceful_shutdown, getattr(self, "wsgi", None), self.ws_registry, self._hook_timeout(),
-                     self._ws_close_timeout(), self._servers)
+        gevent.spawn(
+            graceful_shutdown,
+            getattr(self, "wsgi", None),
+            self.ws_registry,
+            self._hook_timeout(),
+            self._ws_close_timeout(),
+            self._servers,
+        )
 
     def handle_quit(self, sig, frame):
         self.ws_registry.closing = True

@@ -72,11 +72,26 @@ class Outbox:
         lost: the peer is gone; writes are dropped.
     """
 
-    __slots__ = ("name", "write_timeout", "on_drained", "on_lost", "last_write", "lost", "sealed", "_sock", "_raw", "_buf",
-                 "_buffered", "_writer", "_on_written", "_drained")
+    __slots__ = (
+        "name",
+        "write_timeout",
+        "on_drained",
+        "on_lost",
+        "last_write",
+        "lost",
+        "sealed",
+        "_sock",
+        "_raw",
+        "_buf",
+        "_buffered",
+        "_writer",
+        "_on_written",
+        "_drained",
+    )
 
-    def __init__(self, sock, name: str = "?", write_timeout: float | None = None,
-                 on_written: Callable[[int], None] | None = None):
+    def __init__(
+        self, sock, name: str = "?", write_timeout: float | None = None, on_written: Callable[[int], None] | None = None
+    ):
         self.name = name
         self.write_timeout = write_timeout or None
         self.on_drained: list[Callable[[], None]] = []
@@ -112,6 +127,7 @@ class Outbox:
             return
         if pieces.__class__ is not list:
             pieces = list(pieces)
+        assert isinstance(pieces, list)  # for the type checker; the check above made it one
         count = len(pieces)
         if not count:
             return

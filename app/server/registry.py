@@ -104,7 +104,9 @@ class Registry:
                 pass
         return ended
 
-    def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down", timeout: float = 5.0) -> int:
+    def close_all(
+        self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down", timeout: float = 5.0
+    ) -> int:
         """Close every open WebSocket with ``code`` and refuse new ones.
 
         All Close frames go out at once; then each peer has until ``timeout`` (from

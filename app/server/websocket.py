@@ -212,7 +212,7 @@ class WebSocket(_StockWebSocket):
         if self._state is State.OPEN:
             # RFC 6455 5.5.1: answer with a Close frame, echoing the peer's code.
             self._state = State.CLOSING
-            self.closed = True
+            self.closed = True  # type: ignore[misc]  # the stock class's attribute (its __slots__)
             try:
                 reply = close_payload(None if code == CLOSE_NO_STATUS else code)
                 self._write(encode_frame(OP_CLOSE, reply), self.close_timeout, closing=True)
@@ -226,7 +226,7 @@ class WebSocket(_StockWebSocket):
         """Fail the connection (RFC 6455 7.1.7): send our Close frame, read no more."""
         if self._state is State.OPEN:
             self._state = State.CLOSING
-            self.closed = True
+            self.closed = True  # type: ignore[misc]  # the stock class's attribute (its __slots__)
             try:
                 self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), self.close_timeout, closing=True)
             except WebSocketError:
@@ -238,7 +238,7 @@ class WebSocket(_StockWebSocket):
     def _mark_closed(self, code, reason) -> None:
         if self._state is not State.CLOSED:
             self._state = State.CLOSED
-            self.closed = True
+            self.closed = True  # type: ignore[misc]  # the stock class's attribute (its __slots__)
             if self.close_code is None:
                 self.close_code, self.close_reason = code, reason
             self._closed_event.set()
@@ -385,7 +385,7 @@ class WebSocket(_StockWebSocket):
             return
         reason = message.decode("utf-8", "replace") if isinstance(message, (bytes, bytearray)) else str(message or "")
         self._state = State.CLOSING
-        self.closed = True
+        self.closed = True  # type: ignore[misc]  # the stock class's attribute (its __slots__)
         self.close_code, self.close_reason = code, reason
         try:
             self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), self.close_timeout, closing=True)
@@ -409,12 +409,13 @@ class WebSocket(_StockWebSocket):
         """
         if code is not None and self._state is State.OPEN:
             self._state = State.CLOSING
-            self.closed = True
+            self.closed = True  # type: ignore[misc]  # the stock class's attribute (its __slots__)
             self.close_code, self.close_reason = code, reason
             try:
                 # Bounded: the peer we give up on may not be reading at all.
-                self._write(encode_frame(OP_CLOSE, close_payload(code, reason)), min(1.0, self.close_timeout),
-                            closing=True)
+                self._write(
+                    encode_frame(OP_CLOSE, close_payload(code, reason)), min(1.0, self.close_timeout), closing=True
+                )
             except WebSocketError:
                 pass
         self._cut()

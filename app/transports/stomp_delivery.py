@@ -67,8 +67,13 @@ class StompTopicFramer:
 
     __slots__ = ("connection", "sub_id", "subscription", "destination", "feed")
 
-    def __init__(self, connection: "Connection", sub_id: str, subscription: Subscription,
-                 destination: Callable[[Event], str] | None = None):
+    def __init__(
+        self,
+        connection: "Connection",
+        sub_id: str,
+        subscription: Subscription,
+        destination: Callable[[Event], str] | None = None,
+    ):
         self.connection = connection
         self.sub_id = sub_id
         self.subscription = subscription
@@ -116,16 +121,24 @@ class StompTopicFramer:
                 body, headers = broker.encode_message(item)
                 tail = broker.message_tail(item, session.escapes_messages)
                 destination = self.destination(item) if self.destination is not None else None
-                if session.deliver(self.sub_id, body, headers, now=now, tail=tail, default_type=None,
-                                   destination=destination):
+                if session.deliver(
+                    self.sub_id, body, headers, now=now, tail=tail, default_type=None, destination=destination
+                ):
                     delivered += 1
         chunks_out(session.data_to_send(), out, connection.raw)
         if slow is not None:
-            log.info("slow consumer dropped: client %s, transport stomp, topic %s: fell behind its queue and "
-                     "history; sent MESSAGE gap:true, then ERROR and 1008", connection.client, slow.topic)
-            gevent.spawn(connection.fail_and_drain, "slow consumer",
-                         f"This connection fell too far behind topic {slow.topic!r}; events were lost. ",
-                         "slow-consumer")
+            log.info(
+                "slow consumer dropped: client %s, transport stomp, topic %s: fell behind its queue and "
+                "history; sent MESSAGE gap:true, then ERROR and 1008",
+                connection.client,
+                slow.topic,
+            )
+            gevent.spawn(
+                connection.fail_and_drain,
+                "slow consumer",
+                f"This connection fell too far behind topic {slow.topic!r}; events were lost. ",
+                "slow-consumer",
+            )
         return delivered
 
     def closed(self, reason: str, out: list) -> bool:
@@ -133,6 +146,7 @@ class StompTopicFramer:
         if reason == "shutdown":
             gevent.spawn(self.connection.fail_and_drain, "server shutting down", "", "shutdown")
         elif reason == "unavailable":  # a history read (replay or catch-up) failed
-            gevent.spawn(self.connection.fail_and_drain, "backend unavailable",
-                         "The event store is unavailable. ", None)
+            gevent.spawn(
+                self.connection.fail_and_drain, "backend unavailable", "The event store is unavailable. ", None
+            )
         return False  # the session's own end closes the connection

@@ -14,8 +14,18 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..auth.tokens import MAX_TOKEN_BYTES
-from ..events import (Cursor, Event, InvalidCursor, InvalidEventType, InvalidHeaders, InvalidTopic, check_headers,
-                      check_topic, check_type, parse_json)
+from ..events import (
+    Cursor,
+    Event,
+    InvalidCursor,
+    InvalidEventType,
+    InvalidHeaders,
+    InvalidTopic,
+    check_headers,
+    check_topic,
+    check_type,
+    parse_json,
+)
 from .ws_queues import QUEUE_OPS
 
 MAX_REF_LENGTH = 256
@@ -92,8 +102,9 @@ def _since(value: Any, ref: Any) -> str | None:
 
 def _token(value: Any, ref: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_TOKEN_BYTES:
-        raise ClientError("bad_message", f"token must be a non-empty string of at most {MAX_TOKEN_BYTES} characters",
-                          ref)
+        raise ClientError(
+            "bad_message", f"token must be a non-empty string of at most {MAX_TOKEN_BYTES} characters", ref
+        )
     return value
 
 
@@ -115,21 +126,32 @@ def _type(value: Any, ref: Any) -> str:
 
 # op -> (builder, required fields, optional fields). Every op also accepts "op" and "ref".
 _OPS: dict[str, tuple[Callable[[dict, Any], Command], frozenset, frozenset]] = {
-    "subscribe": (lambda m, ref: Subscribe(ref, m["topic"], _since(m.get("since"), ref)),
-                  frozenset({"topic"}), frozenset({"since"})),
-    "unsubscribe": (lambda m, ref: Unsubscribe(ref, m["topic"]),
-                    frozenset({"topic"}), frozenset()),
-    "publish": (lambda m, ref: Publish(ref, m["topic"], _type(m.get("type", "message"), ref), m["data"],
-                                       _headers(m["headers"], ref) if "headers" in m else ()),
-                frozenset({"topic", "data"}), frozenset({"type", "headers"})),
+    "subscribe": (
+        lambda m, ref: Subscribe(ref, m["topic"], _since(m.get("since"), ref)),
+        frozenset({"topic"}),
+        frozenset({"since"}),
+    ),
+    "unsubscribe": (lambda m, ref: Unsubscribe(ref, m["topic"]), frozenset({"topic"}), frozenset()),
+    "publish": (
+        lambda m, ref: Publish(
+            ref,
+            m["topic"],
+            _type(m.get("type", "message"), ref),
+            m["data"],
+            _headers(m["headers"], ref) if "headers" in m else (),
+        ),
+        frozenset({"topic", "data"}),
+        frozenset({"type", "headers"}),
+    ),
     "ping": (lambda m, ref: Ping(ref), frozenset(), frozenset()),
     "auth": (lambda m, ref: Auth(ref, _token(m["token"], ref)), frozenset({"token"}), frozenset()),
     # Work queues (app/transports/ws_queues.py).
-    **{op: (lambda m, ref, build=build: build(m, ref, ClientError), required, optional)
-       for op, (build, required, optional) in QUEUE_OPS.items()},
+    **{
+        op: (lambda m, ref, build=build: build(m, ref, ClientError), required, optional)  # type: ignore[misc]
+        for op, (build, required, optional) in QUEUE_OPS.items()
+    },
 }
 _ENVELOPE = frozenset({"op", "ref"})
-
 
 
 def _read_ref(message: dict) -> Any:

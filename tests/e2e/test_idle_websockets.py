@@ -29,8 +29,14 @@ def greenlets(server) -> tuple[int, int]:
 
 @pytest.mark.soak
 def test_idle_websockets_hold_one_greenlet_each(tmp_path):
-    with Gunicorn(tmp_path, env={"SWITCHBOARD_TICKS": "0", "SWITCHBOARD_MAX_CONNECTIONS": "0",
-                                 "SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT": "0"}) as server:
+    with Gunicorn(
+        tmp_path,
+        env={
+            "SWITCHBOARD_TICKS": "0",
+            "SWITCHBOARD_MAX_CONNECTIONS": "0",
+            "SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT": "0",
+        },
+    ) as server:
         base, _ = greenlets(server)
         sockets = []
         try:

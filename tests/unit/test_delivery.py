@@ -39,8 +39,14 @@ class LineFramer:
                 out.append(b"gap slow=%d\n" % item.slow)
             else:
                 # Built once per event and shared by every connection, as the transports do.
-                out.append(item.encoded("test-line", lambda e: b"%s %s %s\n" % (
-                    e.id.encode(), str(e.data["n"]).encode(), e.data.get("pad", "").encode())))
+                out.append(
+                    item.encoded(
+                        "test-line",
+                        lambda e: (
+                            b"%s %s %s\n" % (e.id.encode(), str(e.data["n"]).encode(), e.data.get("pad", "").encode())
+                        ),
+                    )
+                )
                 events += 1
         return events
 
@@ -88,7 +94,6 @@ class Peer:
         return self.lines()
 
 
-
 @pytest.fixture
 def hub():
     hub = Hub(MemoryBackend(1000, 3600.0), queue_size=64)
@@ -100,8 +105,10 @@ def hub():
 def delivery():
     counted: dict[str, int] = {}
     latencies: list[tuple[str, float]] = []
-    delivery = Delivery(delivered=lambda transport, n: counted.__setitem__(transport, counted.get(transport, 0) + n),
-                        observe_latency=lambda transport, seconds: latencies.append((transport, seconds)))
+    delivery = Delivery(
+        delivered=lambda transport, n: counted.__setitem__(transport, counted.get(transport, 0) + n),
+        observe_latency=lambda transport, seconds: latencies.append((transport, seconds)),
+    )
     delivery.counted = counted
     delivery.latencies = latencies
     yield delivery
