@@ -123,8 +123,8 @@
         count: Number(headers["delivery-count"] || 1),
         redelivered: headers.redelivered === "true",
       };
-      job.label = job.number === null ? S.t("job {id}", { id: headers["message-id"] }) : S.t("job {id}", { id: job.number });
-      job.item = this.render(job);
+      job.label = S.t("job {id}", { id: job.number === null ? headers["message-id"] : job.number });
+      this.render(job);
       this.counters.add("received");
       if (job.redelivered) this.counters.add("redelivered");
       this.held.add(job);
@@ -132,7 +132,7 @@
     }
 
     render(job) {
-      const li = document.createElement("li");
+      const li = job.item = document.createElement("li");
       li.className = "job";
       li.dataset.job = `${job.batch}:${job.number === null ? job.message.headers["message-id"] : job.number}`;
       li.dataset.batch = job.batch;
@@ -160,7 +160,6 @@
       this.show(job, "held", S.t("held: waiting for this consumer's answer"));
       this.list.prepend(li);
       while (this.list.children.length > MAX_JOBS_SHOWN) this.list.lastElementChild.remove();
-      return li;
     }
 
     button(text, label, action, onClick) {
