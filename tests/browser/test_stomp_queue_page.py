@@ -14,7 +14,9 @@ from __future__ import annotations
 import pytest
 
 from tests.browser.helpers import ms
+from tests.browser.test_auth_demo import AUTH_ENV, REFUSALS_IN_CONSOLE, open_index, sign_in
 from tests.browser.test_i18n import assert_no_english
+from tests.support.servers import Gunicorn
 
 pytestmark = pytest.mark.browser
 
@@ -176,3 +178,38 @@ def test_the_work_queue_panels_in_korean(new_user, live_server, console_errors):
     page.click("[data-queue-send]")
     page.wait_for_selector("[data-queue-status][data-kind=ok]", timeout=ms(15))
     assert_no_english(page, "/compare after sending jobs to the queue")
+
+
+def test_with_access_control_anonymous_is_told_to_sign_in_and_alice_shares_the_queue(tmp_path, new_user,
+                                                                                    console_errors):
+    """As `make run-auth`: an anonymous visitor's consumers are refused (401, sign in) and do
+    not retry; alice's demo token may consume and send on both demo queues."""
+    console_errors.allow(*REFUSALS_IN_CONSOLE)
+    with Gunicorn(tmp_path, env=AUTH_ENV) as server:
+        context = new_user()
+        page = context.new_page()
+        page.goto(f"{server.url}/stomp")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('[data-consumer]')].every(c => c.dataset.state === 'refused')",
+            timeout=ms(15))
+        for consumer in ("1", "2"):
+            shown = page.locator(f'[data-consumer="{consumer}"] [data-consumer-status]').inner_text()
+            assert "Refused with 401 (sign in)" in shown and "/queue/jobs" in shown, shown
+
+        sign_in(open_index(context, server), "alice")
+        open_stomp(page, server.url)
+        page.check("[data-auto-ack]")
+        send_jobs(page, 4)
+        wait_jobs(page, "jobs.filter(j => j.state === 'acked').length >= 4")
+        assert sorted(j["job"] for j in jobs(page, batch_of(page))) == sorted(
+            f"{batch_of(page)}:{n}" for n in range(1, 5))
+
+        page.goto(f"{server.url}/compare")
+        page.wait_for_selector("body[data-ready=true]", timeout=ms(15))
+        page.fill("#queue-jobs", "4")
+        page.click("[data-queue-send]")
+        page.wait_for_selector("[data-queue-status][data-kind=ok]", timeout=ms(15))
+        page.wait_for_function(
+            """() => ['1', '2'].reduce((sum, n) =>
+                sum + Number(document.querySelector(`[data-queue-stat="${n}"]`).textContent), 0) === 4""",
+            timeout=ms(10))
