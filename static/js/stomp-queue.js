@@ -101,7 +101,15 @@
       this.refusal = null;
       const receipt = `queue-sub-${this.name}-${++nextReceipt}`;
       const ready = receiptOf(this.client, receipt, this.pending);
-      this.client.subscribe(destination, (message) => this.take(message), {
+      // stompjs only logs what a frame handler throws: say it as an error, where tests see it.
+      const take = (message) => {
+        try {
+          this.take(message);
+        } catch (err) {
+          console.error("work queue: a MESSAGE could not be shown", err);
+        }
+      };
+      this.client.subscribe(destination, take, {
         id: `queue-${this.name}`, ack: "client-individual", "prefetch-count": "1", receipt,
       });
       ready.then(() => {
