@@ -68,6 +68,7 @@ import gevent.pool
 from flask import Blueprint, Flask, current_app, request
 
 from ..auth import Access, AccessError, Identity
+from ..auth.demo import DEMO_QUEUES
 from ..auth.web import access as app_access
 from ..config import Settings
 from ..errors import ApiError
@@ -700,7 +701,11 @@ def init_app(app: Flask) -> None:
 
     @app.context_processor
     def stomp_chat_destinations() -> dict:
-        # For the STOMP page: where the demo chat listens and sends, with this app's prefixes.
+        # For the STOMP page: where the demo chat listens and sends, and the work queue its
+        # two consumers share, with this app's prefixes.
         destinations = broker.destinations
+        queue = f"{destinations.queue_prefix}/{DEMO_QUEUES['stomp']}"
         return {"stomp_chat": {"subscribe": f"{destinations.topic_prefix}/chat",
-                               "send": f"{destinations.app_prefix}/chat"}}
+                               "send": f"{destinations.app_prefix}/chat"},
+                "stomp_queue": {"destination": queue, "dlq": f"{queue}.dlq",
+                                "max_deliveries": settings.queue_max_deliveries}}

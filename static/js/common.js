@@ -290,6 +290,17 @@
     }
   }
 
+  /** A switchboard.js error (SwitchboardError) as the page's own kinds: a Refusal for 401 and
+   *  403 (codes unauthorized, forbidden), a ServerError for any other code the server gave;
+   *  a network failure or a timeout stays as it is (explain() shows its message). */
+  function fromClientError(err) {
+    if (!err || err.name !== "SwitchboardError") return err;
+    if (err.code === "forbidden" || err.status === 403) return new Refusal(403, err.code, err.message);
+    if (err.code === "unauthorized" || err.status === 401) return new Refusal(401, err.code, err.message);
+    if (err.fromServer) return new ServerError(err.status, err.code, err.message);
+    return err;
+  }
+
   /** Any error, for a status line (a string or a fragment): a refusal's reason, a server
    *  error's code and message, the page's own text, or what the browser said. */
   function explain(err) {
@@ -539,7 +550,7 @@
     sender: body.dataset.sender,
     data: body.dataset,
     Backoff, Counters, ChatRoom, clock, publishHTTP, formatBytes, byteLength, sleep,
-    Refusal, ServerError, PageError, responseError, streamError, explain, demoToken,
+    Refusal, ServerError, PageError, responseError, streamError, explain, fromClientError, demoToken,
     lang: catalog.lang, t, tn, tx, verbatim, join, codeName,
   };
   window.Switchboard = Switchboard;

@@ -1,111 +1,90 @@
-/* Long polling: ask "anything after my cursor?" and let the server hold the question until
- * there is an answer (200) or the hold time runs out (204), then ask again at once.
+/* Long polling, through switchboard.js with the transport forced to "long-polling": ask
+ * "anything after my cursor?" and let the server hold the question until there is an answer
+ * (200) or the hold time runs out (204), then ask again at once.
  *
  * The cursor is what makes it lossless: an event published while no request is parked
- * (between an answer and the next request) is returned by that next request. Errors back
- * off with capped exponential delays and jitter, never a hot retry loop. */
-(function () {
-  "use strict";
-  const S = window.Switchboard;
-  const counters = new S.Counters();
-  const chat = new S.ChatRoom(document.querySelector(".chat"), {
-    onSend: (text) => S.publishHTTP(S.data.publishUrl, { text }),
-  });
-  const slider = document.getElementById("hold");
-  const holdLabel = document.querySelector("[data-hold-label]");
-  const backoff = new S.Backoff(500, 15000);
-  let holdSeconds = Number(slider.value);
-  let cursor = null; // null: not known yet; "": the topic had no event when the page opened
-  let controller = null;
-  let stopped = false;
+ * (between an answer and the next request) is returned by that next request. The library
+ * keeps it, reads the recent history on entry, and backs off with capped exponential delays
+ * and jitter on errors, never a hot retry loop. This page shows the requests it makes. */
+import { Switchboard as Client } from "./switchboard.js";
 
-  slider.addEventListener("input", () => {
-    holdSeconds = Number(slider.value);
-    holdLabel.textContent = String(holdSeconds);
-  });
-
-  async function getPage(url, holdMs = 0) {
-    controller = new AbortController();
-    // A connection that died without a word (a network change) would hang forever:
-    // give up a while after the server's longest hold and try again.
-    const watchdog = setTimeout(() => controller.abort(), holdMs + 15000);
+const S = window.Switchboard;
+const topic = S.data.topic;
+const counters = new S.Counters();
+const slider = document.getElementById("hold");
+const holdLabel = document.querySelector("[data-hold-label]");
+const chat = new S.ChatRoom(document.querySelector(".chat"), {
+  onSend: async (text) => {
     try {
-      const res = await fetch(url, { cache: "no-store", signal: controller.signal });
-      if (res.status === 204) return null;
-      if (!res.ok) throw await S.responseError(res);
-      const text = await res.text();
-      counters.add("bytes", S.byteLength(text));
-      return JSON.parse(text);
-    } finally {
-      clearTimeout(watchdog);
+      await client.publish(topic, { text });
+    } catch (err) {
+      throw S.fromClientError(err);
     }
-  }
+  },
+});
 
-  function show(page, { history = false } = {}) {
-    if (page.gap) chat.notice(S.t("Some messages are gone from history (gap): showing what is kept."));
-    for (const event of page.events) {
-      const delayMs = history ? null : S.clock.delayMs(event);
-      if (chat.add(event, { history, delayMs })) {
-        counters.add("messages");
-        if (delayMs !== null) counters.set("delay", `${delayMs} ms`);
-      }
-    }
-    cursor = page.cursor;
-  }
+let client = null;
+let cursor = null; // the last id delivered: where a page back from the bfcache resumes
 
-  /** Recent history on entry: the polling endpoint without `since` gives the newest events. */
-  async function loadHistory() {
-    show(await getPage(S.data.eventsUrl), { history: true });
-    chat.presence.reload(); // the polls after this cursor bring every change since
-  }
+function holdSeconds() { return Number(slider.value); }
 
-  async function longPoll() {
-    const params = new URLSearchParams({ timeout: String(holdSeconds) });
-    if (cursor) params.set("since", cursor);
+slider.addEventListener("input", () => {
+  holdLabel.textContent = String(holdSeconds());
+  if (client) client.options.longPollTimeout = holdSeconds(); // from the next request on
+});
+
+function onTraffic(t) {
+  if (t.kind !== "long-poll") return;
+  if (t.type === "start") {
     counters.add("requests");
-    chat.status(S.t("Waiting for news (held up to {s} s)…", { s: holdSeconds }), "ok");
-    const page = await getPage(`${S.data.longPollUrl}?${params}`, holdSeconds * 1000);
-    if (page === null) {
-      counters.add("timeouts");
-      return;
-    }
-    counters.add("answers");
-    if (!cursor) {
-      // The topic was empty on entry, so there was no cursor to wait after: re-read the
-      // newest history, which holds this answer and anything published just before it.
-      show(await getPage(S.data.eventsUrl));
-      return;
-    }
-    show(page);
+    chat.status(S.t("Waiting for news (held up to {s} s)…", { s: holdSeconds() }), "ok");
+  } else if (t.type === "end") {
+    if (t.status === 200) counters.add("answers");
+    else if (t.status === 204) counters.add("timeouts");
+    counters.add("bytes", t.bytes);
   }
+}
 
-  async function run() {
-    await S.clock.measure();
-    while (!stopped) {
-      try {
-        if (cursor === null) await loadHistory();
-        await longPoll();
-        backoff.reset();
-      } catch (err) {
-        if (stopped) return;
-        counters.add("errors");
-        const wait = backoff.next();
-        const then = S.t("; retrying in {s} s", { s: (wait / 1000).toFixed(1) });
-        if (!chat.refused(err, then)) chat.status(S.join(S.tx("Request failed ({why})", { why: S.explain(err) }), then), "error");
-        await S.sleep(wait);
-      }
-    }
+function onState({ state, retryIn, error }) {
+  if (state !== "reconnecting" || retryIn === undefined || !error) return;
+  counters.add("errors");
+  const then = S.t("; retrying in {s} s", { s: (retryIn / 1000).toFixed(1) });
+  const why = S.fromClientError(error);
+  if (!chat.refused(why, then)) chat.status(S.join(S.tx("Request failed ({why})", { why: S.explain(why) }), then), "error");
+}
+
+function onEvent(event, { history }) {
+  cursor = event.id;
+  const delayMs = history ? null : S.clock.delayMs(event);
+  if (chat.add(event, { history, delayMs })) {
+    counters.add("messages");
+    if (delayMs !== null) counters.set("delay", `${delayMs} ms`);
   }
+}
 
-  window.addEventListener("pagehide", () => {
-    stopped = true;
-    if (controller) controller.abort();
+function start() {
+  client = new Client(location.origin, { transports: ["long-polling"], longPollTimeout: holdSeconds(),
+    backoff: { base: 500, cap: 15000 } });
+  client.on("traffic", onTraffic);
+  client.on("state", onState);
+  client.on("error", () => {}); // shown by the state that follows it, or by the subscription's onError
+  client.subscribe(topic, {
+    since: cursor || undefined,
+    history: cursor ? undefined : 50,
+    onEvent,
+    onGap: () => chat.notice(S.t("Some messages are gone from history (gap): showing what is kept.")),
+    onError: (err) => chat.refused(S.fromClientError(err)),
+    // The polls after this cursor bring every change since.
+    onState: ({ state }) => { if (state === "subscribed") chat.presence.reload(); },
   });
-  window.addEventListener("pageshow", (ev) => {
-    if (ev.persisted && stopped) { // back from the bfcache: resume with the cursor we had
-      stopped = false;
-      run();
-    }
-  });
-  run();
-})();
+}
+
+window.addEventListener("pagehide", () => {
+  if (client) client.close();
+  client = null;
+});
+window.addEventListener("pageshow", (ev) => {
+  if (ev.persisted && !client) start(); // back from the bfcache: resume with the cursor we had
+});
+
+S.clock.measure().then(start);
