@@ -41,6 +41,7 @@ __all__ = [
     "ProtocolViolation",
     "StompError",
     "UnsupportedVersion",
+    "require_header",
 ]
 
 
@@ -183,3 +184,15 @@ class BrokerError(StompError):
     """The server side ends the session (unknown destination, shutting down, ...)."""
 
     kind = "broker"
+
+
+def require_header(frame: Frame, name: str) -> str:
+    """The value of ``frame``'s header ``name``.
+
+    Raises:
+        MissingHeader: the frame has no such header.
+    """
+    value = frame.get(name)
+    if value is None:
+        raise MissingHeader(f"missing header {name!r}", f"{frame.command} frames require a {name!r} header.")
+    return value
