@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import ProtocolViolation, UnsupportedVersion
+from .errors import ConnectTimeout, HeartbeatTimeout, ProtocolViolation, StompError, UnsupportedVersion
 from .frames import SUPPORTED_VERSIONS, Frame
 
 __all__ = ["HeartBeats", "agree_heart_beat", "connected_frame", "negotiate_version", "parse_heart_beat"]
@@ -129,6 +129,37 @@ class HeartBeats:
             self.next_at = now + self.every
             return True
         return False
+
+    def connect_deadline(self, connect_timeout: float | None) -> float | None:
+        """When CONNECT must have arrived, or ``None`` (no timeout, or the start is not known yet)."""
+        if self.started_at is None or connect_timeout is None:
+            return None
+        return self.started_at + connect_timeout
+
+    def overdue(self, now: float, connecting: bool, connect_timeout: float | None,
+                client_interval_ms: int) -> StompError | None:
+        """The timeout that has expired at ``now``, if any.
+
+        While ``connecting``, no CONNECT within ``connect_timeout``; after, a client
+        silent for longer than its heart-beat interval (``client_interval_ms``) allows.
+        """
+        if connecting:
+            deadline = self.connect_deadline(connect_timeout)
+            if deadline is not None and now >= deadline:
+                return ConnectTimeout(
+                    "no CONNECT frame received",
+                    f"A session must start with CONNECT within {connect_timeout} s.",
+                )
+            return None
+        if self.silent_too_long(now):
+            # STOMP 1.2, "Heart-beating": after a window of at least <n> ms
+            # without data, the receiver MAY consider the connection as dead.
+            return HeartbeatTimeout(
+                "heart-beat timeout",
+                f"Nothing received for {self.silence_limit:g} s; "
+                f"heart-beats were expected every {client_interval_ms} ms.",
+            )
+        return None
 
     def deadlines(self) -> list[float]:
         """When the client's silence runs out and when the next heart-beat is due, as scheduled."""

@@ -53,13 +53,12 @@ from .errors import (
     AuthError,
     BadDestination,
     BrokerError,
-    ConnectTimeout,
-    HeartbeatTimeout,
     ProtocolViolation,
     StompError,
     require_header,
+    unexpected_command,
 )
-from .frames import CLIENT_COMMANDS, EOL, SERVER_COMMANDS, Frame, escapes_headers, serialize
+from .frames import EOL, Frame, escapes_headers, serialize
 from .messages import BLOB_TYPE, encode_message_tail, message_frame, message_from_tail, message_head
 from .negotiation import HeartBeats, agree_heart_beat, connected_frame, negotiate_version, parse_heart_beat
 from .parser import FrameParser
@@ -312,28 +311,11 @@ class StompSession:
             self._fail(AuthError(TOKEN_EXPIRED, "The credentials this session was opened with have "
                                     "expired. Reconnect with a new token."))
             return
-        if self._state is SessionState.AWAITING_CONNECT:
-            deadline = self.next_deadline()
-            if deadline is not None and now >= deadline:
-                self._fail(
-                    ConnectTimeout(
-                        "no CONNECT frame received",
-                        f"A session must start with CONNECT within {self.config.connect_timeout} s.",
-                    )
-                )
-            return
-        if self._time.silent_too_long(now):
-            # STOMP 1.2, "Heart-beating": after a window of at least <n> ms
-            # without data, the receiver MAY consider the connection as dead.
-            self._fail(
-                HeartbeatTimeout(
-                    "heart-beat timeout",
-                    f"Nothing received for {self._time.silence_limit:g} s; "
-                    f"heart-beats were expected every {self._heart_beat[0]} ms.",
-                )
-            )
-            return
-        if self._time.beat_due(now):
+        connecting = self._state is SessionState.AWAITING_CONNECT
+        overdue = self._time.overdue(now, connecting, self.config.connect_timeout, self._heart_beat[0])
+        if overdue is not None:
+            self._fail(overdue)
+        elif not connecting and self._time.beat_due(now):
             # STOMP 1.2: "if the sender has no real STOMP frame to send, it MUST send an EOL".
             self._outgoing.append(EOL)
 
@@ -348,9 +330,7 @@ class StompSession:
         if self.closed:
             return None
         if self._state is SessionState.AWAITING_CONNECT:
-            if self._time.started_at is None or self.config.connect_timeout is None:
-                return None
-            return self._time.started_at + self.config.connect_timeout
+            return self._time.connect_deadline(self.config.connect_timeout)
         deadlines = [] if self._expires_at is None else [self._expires_at]
         deadlines += self._time.deadlines()
         return min(deadlines) if deadlines else None
@@ -483,7 +463,7 @@ class StompSession:
     def _handle_frame(self, frame: Frame) -> None:
         handler = _HANDLERS[self._state].get(frame.command)
         if handler is None or frame.command in _NOT_IN_VERSION.get(self._version, ()):
-            raise self._unexpected(frame.command)
+            raise unexpected_command(frame.command, self._state is SessionState.AWAITING_CONNECT, self._version)
         made = len(self._requests)
         handler(self, frame)
         if self.closed:
@@ -497,24 +477,6 @@ class StompSession:
             self._after_confirm = []
         elif receipt is not None:
             self._send_frame(Frame("RECEIPT", (("receipt-id", receipt),)))
-
-    def _unexpected(self, command: str) -> ProtocolViolation:
-        shown = repr(command[:32])
-        if command in SERVER_COMMANDS:
-            return ProtocolViolation(
-                "server frame from client", f"{shown} frames are sent by the server only."
-            )
-        if command not in CLIENT_COMMANDS:
-            return ProtocolViolation("unknown command", f"{shown} is not a STOMP command.")
-        if self._state is SessionState.AWAITING_CONNECT:
-            return ProtocolViolation(
-                "frame before CONNECT", f"Expected CONNECT or STOMP, received {shown}."
-            )
-        if command in ("CONNECT", "STOMP"):
-            return ProtocolViolation("already connected", f"Received a second {shown} frame.")
-        return ProtocolViolation(
-            "command not in this version", f"{shown} is not part of STOMP {self._version}."
-        )
 
     def _check_destination(self, destination: str) -> None:
         hook = self.config.validate_destination
@@ -664,7 +626,7 @@ class StompSession:
 
 
 # Which client commands each state accepts, and who handles them. A command
-# missing from a state's row is refused with an ERROR (see _unexpected).
+# missing from a state's row is refused with an ERROR (see errors.unexpected_command).
 _HANDLERS: dict[SessionState, dict[str, Callable[[StompSession, Frame], None]]] = {
     SessionState.AWAITING_CONNECT: {
         "CONNECT": StompSession._on_connect,
