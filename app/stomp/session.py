@@ -35,8 +35,9 @@ and nothing sent after the refused frame is looked at (STOMP 1.2, "ERROR").
 Which client command is allowed in which state is the table :data:`_HANDLERS`;
 every failure is a :class:`~app.stomp.errors.StompError`, answered in one place
 (:meth:`StompSession._fail`) with an ERROR frame, after which the session is
-closed. Transactions are :mod:`.transactions`' job, acknowledgments :mod:`.acks`',
-MESSAGE headers :mod:`.messages`'.
+closed. Settings are :mod:`.config`'s, CONNECT negotiation and the heart-beat clock
+:mod:`.negotiation`'s, SUBSCRIBE/UNSUBSCRIBE checks :mod:`.subscriptions`', transactions
+:mod:`.transactions`', acknowledgments :mod:`.acks`', every MESSAGE :mod:`.messages`'.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ from .errors import (
     AuthError,
     BadDestination,
     BrokerError,
-    ProtocolViolation,
     StompError,
     require_header,
     unexpected_command,
