@@ -92,7 +92,12 @@ class StompConfig:
             raise ValueError(f"versions must be a non-empty subset of {SUPPORTED_VERSIONS}")
         if not header_representable("server", self.server_name, escaped=False):
             raise ValueError("server_name must not contain CR or LF")
-        for name in ("max_subscriptions", "max_unacked", "max_transactions", "max_transaction_frames",
-                     "max_deliveries"):
+        for name in (
+            "max_subscriptions",
+            "max_unacked",
+            "max_transactions",
+            "max_transaction_frames",
+            "max_deliveries",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

@@ -136,8 +136,9 @@ class HeartBeats:
             return None
         return self.started_at + connect_timeout
 
-    def overdue(self, now: float, connecting: bool, connect_timeout: float | None,
-                client_interval_ms: int) -> StompError | None:
+    def overdue(
+        self, now: float, connecting: bool, connect_timeout: float | None, client_interval_ms: int
+    ) -> StompError | None:
         """The timeout that has expired at ``now``, if any.
 
         While ``connecting``, no CONNECT within ``connect_timeout``; after, a client
