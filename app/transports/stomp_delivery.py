@@ -27,7 +27,7 @@ from ..hub import Subscription
 from ..server.frames import OP_BINARY, OP_TEXT, encode_frame
 
 if TYPE_CHECKING:
-    from .stomp_ws import Connection
+    from .stomp_connection import Connection
 
 log = logging.getLogger(__name__)
 
