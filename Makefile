@@ -148,11 +148,19 @@ lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy $(TYPED_PATHS)
 
+# The suite runs in two parts: everything but the soak tests on TEST_JOBS processes
+# (pytest-xdist; a test file stays on one process, so its module fixtures start once), then
+# the soak tests one at a time, alone, because they measure a loaded server (shutdown under
+# load, memory, churn). Exit status 5 is "no test selected" (PYTEST_ARGS chose none of them).
+TEST_JOBS ?= 2
+PYTEST_PARALLEL = $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile
+
 test: system-deps $(VENV)/.dev-installed node-deps lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PYTEST_PARALLEL) -m "not soak" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -m soak $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-fast: system-deps $(VENV)/.dev-installed node-deps lint
-	$(PY) -m pytest -m "not soak" $(PYTEST_ARGS)
+	$(PYTEST_PARALLEL) -m "not soak" $(PYTEST_ARGS)
 
 # Benchmarks (bench/README.md): Switchboard vs Nchan vs Flask-SocketIO, server on core 0,
 # load on core 1. Installs what it needs: nginx + Debian's nchan module + redis-server
