@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 NGINX ?= $(shell command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 TLS_DIR := .run/nginx/tls
 
-.PHONY: run run-auth run-nginx run-redis run-cluster test test-fast system-deps node-deps clean help bench bench-quick translations pot
+.PHONY: run run-auth run-nginx run-redis run-cluster test test-fast lint system-deps node-deps clean help bench bench-quick translations pot
 
 help:
 	@echo "make run        serve the demo on http://127.0.0.1:8000 (in-memory hub, one worker)"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench      benchmarks vs Nchan and Flask-SocketIO (bench-quick: under a minute)"
 	@echo "make test       install everything the tests need, then run them all"
 	@echo "make test-fast  the same, skipping the long soak tests"
+	@echo "make lint       ruff and mypy (pyproject.toml) over the code held to them"
 	@echo "make translations  extract the pages' messages, update translations/ko, compile the .mo"
 
 $(VENV)/.run-installed: requirements.txt
@@ -166,11 +167,31 @@ tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.js
 
 node-deps: tests/js/node_modules/.installed
 
-test: system-deps $(VENV)/.dev-installed node-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+# ruff (lint and format) and mypy, settings in pyproject.toml, over the code held to them so
+# far (the delivery and server layers and what came with them); widen LINT_PATHS as files are touched.
+LINT_PATHS := app/delivery app/server app/transports/ws_protocol.py app/transports/stomp_delivery.py \
+	tests/unit/test_delivery.py tests/unit/test_layers.py tests/unit/test_metrics_start.py \
+	tests/e2e/test_flood.py tests/e2e/test_idle_websockets.py
+TYPED_PATHS := app/delivery app/server app/transports/ws_protocol.py app/transports/stomp_delivery.py
 
-test-fast: system-deps $(VENV)/.dev-installed node-deps
-	$(PY) -m pytest -m "not soak" $(PYTEST_ARGS)
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy $(TYPED_PATHS)
+
+# The suite runs in two parts: everything but the soak tests on TEST_JOBS processes
+# (pytest-xdist; a test file stays on one process, so its module fixtures start once), then
+# the soak tests one at a time, alone, because they measure a loaded server (shutdown under
+# load, memory, churn). Exit status 5 is "no test selected" (PYTEST_ARGS chose none of them).
+TEST_JOBS ?= 2
+PYTEST_PARALLEL = $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile
+
+test: system-deps $(VENV)/.dev-installed node-deps lint
+	$(PYTEST_PARALLEL) -m "not soak" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -m soak $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-fast: system-deps $(VENV)/.dev-installed node-deps lint
+	$(PYTEST_PARALLEL) -m "not soak" $(PYTEST_ARGS)
 
 # Benchmarks (bench/README.md): Switchboard vs Nchan vs Flask-SocketIO, server on core 0,
 # load on core 1. Installs what it needs: nginx + Debian's nchan module + redis-server

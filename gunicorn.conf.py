@@ -34,7 +34,7 @@ bind = os.environ.get("SWITCHBOARD_BIND", f"127.0.0.1:{_settings.port}")
 
 # Our subclass of gevent-websocket's worker: it uses the handler that checks Origin,
 # negotiates STOMP sub-protocols and enforces message limits *before* the 101.
-worker_class = "app.transports.wsio.Worker"
+worker_class = "app.server.lifecycle.Worker"
 
 # One worker with the in-memory hub; several only with Redis (checked in on_starting).
 workers = _settings.web_concurrency
@@ -51,13 +51,13 @@ timeout = 30
 # Time a worker gets after SIGTERM to close its streams before it is killed. It needs far
 # less: it stops accepting, closes idle keep-alive connections, and the app's shutdown hook
 # ends each stream its own way (SSE: a last jittered retry:, long polls: 204, STOMP: ERROR
-# then 1001, /ws: 1001); see app/transports/wsio.py graceful_shutdown. Clients resume with
+# then 1001, /ws: 1001); see app/server/lifecycle.py graceful_shutdown. Clients resume with
 # their cursors. A HUP reload stops the old workers the same way.
 graceful_timeout = 10
 
 # No `keepalive` here: gunicorn's setting does not reach gevent's pywsgi server, which
 # keeps an idle connection (nginx's upstream pool, a browser) open until the client
-# closes it. On shutdown the worker closes idle connections at once (app/transports/wsio.py).
+# closes it. On shutdown the worker closes idle connections at once (app/server/registry.py).
 
 # Logs to stderr; the access log is off by default because polling makes it noisy.
 accesslog = os.environ.get("SWITCHBOARD_ACCESS_LOG") or None

@@ -14,7 +14,7 @@ from app import create_app  # noqa: E402
 app = create_app()
 
 if __name__ == "__main__":
-    from app.transports.wsio import serve_dev
+    from app.server.lifecycle import serve_dev
 
     port = app.extensions["switchboard.settings"].port
     print(f"Switchboard development server on http://127.0.0.1:{port}/ (Ctrl-C stops)")

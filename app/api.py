@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import hmac
 import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from gevent import Greenlet
 
 from . import state
 from .errors import ApiError
@@ -100,6 +102,9 @@ def healthz() -> tuple[Response, int]:
     }
     if "details" in status:  # Redis: mode, routing, each shard's connection, resubscribes, failovers
         body["redis"] = status["details"]
+    if request.args.get("greenlets") == "1":
+        # On request only (a heap walk): the live greenlets of this worker, for capacity tests.
+        body["greenlets"] = sum(1 for obj in gc.get_objects() if isinstance(obj, Greenlet) and not obj.dead)
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"
     return response, 200

@@ -15,15 +15,17 @@ from . import api, doctor_api, errors, i18n, limits as limits_module, pages, que
 from .auth import Access, AccessError, Unauthorized, demo as auth_demo, web as auth_web
 from .auth.patterns import PatternSet
 from .config import ConfigError, Settings
+from .delivery import Delivery
 from .hub import Hub
 from .hub.memory import MemoryBackend
 from .hub.memory_queues import MemoryQueues
 from .hub.queues import QueueLimits
 from .producers import start_producers
-from .metrics import HubObserver, Metrics, QueueObserver
+from .metrics import STREAMING, HubObserver, Metrics, QueueObserver
 from .transports import TRANSPORTS, sockjs_mounts
 from .limits import LimitExceeded, Limits
-from .transports.wsio import Refusal, WebSocketPolicy
+from .server.handshake import Refusal, WebSocketPolicy
+from .server.hooks import ServerHooks
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,8 @@ def make_queues(settings: Settings, observer=None):
 class Shutdown:
     """What the application does when its server process begins a graceful stop.
 
-    ``create_app`` sets ``app.switchboard_shutdown`` to one of these; the gunicorn
-    worker class (app/transports/wsio.py) calls it on SIGTERM, before it sends 1001 to
+    ``create_app`` hands one of these to the server (``app.switchboard_server``, :mod:`app.server.hooks`); the gunicorn
+    worker class (app/server/lifecycle.py) calls it on SIGTERM, before it sends 1001 to
     the WebSockets still open. Callbacks run in the order they were added, each given
     the seconds left; one that fails is logged and the next still runs. Transports add
     theirs in ``init_app``; the hub's closing comes last (see :func:`build_app`).
@@ -154,6 +156,12 @@ def build_app(test_config=None) -> Flask:
     app.extensions["switchboard.hub"] = hub
     app.extensions["switchboard.metrics"] = metrics
     app.extensions["switchboard.shutdown"] = shutdown
+    # The worker's one fan-out from subscriptions to sockets (app/delivery/).
+    delivered = {name: metrics.delivered.labels(name) for name in STREAMING}
+    latency = {name: metrics.delivery_latency.labels(name) for name in STREAMING}
+    app.extensions["switchboard.delivery"] = Delivery(
+        delivered=lambda transport, count: delivered[transport].inc(count),
+        observe_latency=lambda transport, seconds: latency[transport].observe(seconds))
 
     access = Access(settings, app.secret_key, hub.claim_once,
                     count_hook=lambda result: metrics.auth_hook.labels(result).inc())
@@ -171,8 +179,8 @@ def build_app(test_config=None) -> Flask:
     for transport in TRANSPORTS:
         transport.init_app(app)
 
-    # Read by the WebSocket handler (app/transports/wsio.py) before it answers 101.
-    app.switchboard_ws_policy = WebSocketPolicy(
+    # Read by the WebSocket handler (app/server/handler.py) before it answers 101.
+    policy = WebSocketPolicy(
         allowed_origins=settings.allowed_origins,
         protocols={"/ws": (), "/stomp": ("v12.stomp", "v11.stomp", "v10.stomp"),
                    **sockjs_mounts.websocket_protocols(app)},  # SockJS's WebSocket URLs
@@ -192,13 +200,13 @@ def build_app(test_config=None) -> Flask:
     # an ERROR frame to every session). Then the producers give up their lock, so a
     # worker that stays takes over at once, and the hub closes every subscription with
     # reason "shutdown": SSE streams end with a last jittered retry:, parked long polls
-    # answer 204, /ws subscriptions end; wsio then sends 1001 to the WebSockets left.
+    # answer 204, /ws subscriptions end; the worker (app/server/lifecycle.py) then sends 1001 to the WebSockets left.
     shutdown.add("producers", lambda timeout: [producer.stop() for producer in producers])
     # The backend stays open: a publish or a poll still in flight may need it until the
     # process exits (closing Redis's pool under them would fail them, or lose the answer
     # of a publish that was stored).
     shutdown.add("hub", lambda timeout: hub.close("shutdown", backend=False))
-    app.switchboard_shutdown = shutdown
+    app.switchboard_server = ServerHooks(policy=policy, shutdown=shutdown)  # what the server reads of us
 
     if settings.behind_proxy:
         # One trusted hop (nginx): X-Forwarded-For/-Proto/-Host become the request's own.

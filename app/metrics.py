@@ -18,10 +18,16 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
 TRANSPORTS = ("polling", "long-polling", "sse", "websocket", "stomp")
+# The streaming transports, which the delivery layer (app/delivery/) writes for.
+STREAMING = ("sse", "websocket", "stomp")
+# The ways a client publishes (switchboard_publishes_total{transport}).
+PUBLISH_TRANSPORTS = ("http", "websocket", "stomp")
+# Delivery latency buckets, in seconds: from a loopback write to a worker that fell behind.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def multiprocess_enabled() -> bool:
@@ -93,6 +99,10 @@ class Metrics:
         self.redis_failovers = Counter(
             "switchboard_redis_failovers", "Failovers seen: a new primary behind Sentinel, or slots of routed "
             "topics that moved to another cluster node", registry=r)
+        self.delivery_latency = Histogram(
+            "switchboard_delivery_latency_seconds", "From an event being stored to its bytes being handed to the "
+            "socket, by transport; observed once per delivery round (the oldest event of the round), not per event",
+            ["transport"], buckets=LATENCY_BUCKETS, registry=r)
         # Work queues (app/hub/queues.py). Depth and in-flight are read from the queue store
         # when /metrics is scraped: with Redis every worker reads the same deployment-wide
         # numbers, so the most recent reading is the one shown.
@@ -113,6 +123,17 @@ class Metrics:
         self._queues_shown: set[str] = set()
         self._high_water = 0
         self._redis_counts = {"resubscribes": 0, "reconnects": 0, "failovers": 0}
+        # Every labelled series of the known transports exists from start-up, at 0, so a
+        # dashboard's rate() has a series to work on before the first event flows.
+        for transport in TRANSPORTS:
+            self.connections.labels(transport)
+            self.delivered.labels(transport)
+        for transport in STREAMING:
+            self.delivery_latency.labels(transport)
+        for transport in PUBLISH_TRANSPORTS:
+            self.publishes.labels(transport)
+        for kind in ("resume", "slow"):
+            self.gaps.labels(kind)
 
     # -- called by transports -----------------------------------------------------------
 

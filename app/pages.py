@@ -10,7 +10,7 @@ from flask_babel import LazyString, lazy_gettext as _l
 
 from . import state
 from .auth import AccessError
-from .auth.demo import demo_topics
+from .auth.demo import DEMO_QUEUES, demo_topics
 from .auth.web import request_identity
 from .identity import current_sender
 
@@ -172,7 +172,8 @@ def index():
 @bp.get("/compare")
 def compare():
     """Show the five transports side by side."""
-    return render_template("compare.html", techniques=TECHNIQUES, sender=page_sender())
+    return render_template("compare.html", techniques=TECHNIQUES, sender=page_sender(),
+                           compare_queue=DEMO_QUEUES["compare"])
 
 
 @bp.get("/doctor")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import current_app
 
 from .config import Settings
+from .delivery import Delivery
 from .hub import Hub
 from .metrics import Metrics
 
@@ -22,3 +23,8 @@ def settings() -> Settings:
 def metrics() -> Metrics:
     """The application's metrics."""
     return current_app.extensions["switchboard.metrics"]
+
+
+def delivery() -> Delivery:
+    """The application's delivery layer (the worker's fan-out)."""
+    return current_app.extensions["switchboard.delivery"]

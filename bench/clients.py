@@ -763,9 +763,11 @@ class Publisher(asyncio.Protocol):
                 await self.drained.wait()
         await asyncio.wait_for(run(), timeout)
 
-    async def paced(self, base: int, count: int, rate: float, timeout: float) -> None:
-        """Publish ``count`` events at ``rate`` per second (on schedule, not after each answer)."""
-        self.window = 64
+    async def paced(self, base: int, count: int, rate: float, timeout: float, window: int = 64) -> None:
+        """Publish ``count`` events at ``rate`` per second, on schedule, with at most
+        ``window`` unanswered: 1 is a single closed-loop publisher (the next event only
+        after the last was acknowledged, so a server that falls behind slows it down)."""
+        self.window = window
         loop = asyncio.get_running_loop()
         async def run():
             start = loop.time()

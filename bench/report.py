@@ -123,6 +123,25 @@ def build(runs: list[list[dict]], meta: dict) -> dict:
             "out_of_order": sum(s["out_of_order"] + p["out_of_order"] for s, p in zip(sat, paced)),
             "runs": len(rows),
         }
+        # The single closed-loop publisher (bench runs from before it existed have none).
+        closed = [r["closed_loop"] for r in rows if "closed_loop" in r]
+        entry.update({
+            "paced_server_us_per_delivery": _median([p.get("server_us_per_delivery") for p in paced]),
+            "paced_server_cpu": _median([p["server_cpu"] for p in paced]),
+            "paced_client_cpu": _median([p["client_cpu"] for p in paced]),
+            "paced_delivered_per_s": _median([p["delivered"] / p["seconds"] if p.get("seconds") else None
+                                              for p in paced]),
+        })
+        if closed:
+            entry.update({
+                "closed_loop_deliveries_per_s": _median([c["deliveries_per_s"] for c in closed]),
+                "closed_loop_events_per_s": _median([c["events_per_s"] for c in closed]),
+                "closed_loop_server_us_per_delivery": _median([c["server_us_per_delivery"] for c in closed]),
+                "closed_loop_client_cpu": _median([c["client_cpu"] for c in closed]),
+                "closed_loop_p99_ms": _median([c["p99_ms"] for c in closed]),
+            })
+            for field in ("lost", "duplicated", "out_of_order"):
+                entry[field] += sum(c[field] for c in closed)
         fanout_summary.setdefault(key, {})[str(subs)] = entry
         t = transports[key]
         t.setdefault("deliveries_per_s", {})[str(subs)] = entry["deliveries_per_s"]
@@ -289,6 +308,19 @@ def table(doc: dict) -> str:
     out.append("  * the client core was saturated: the figure is a lower bound for that server "
                "(a starred p99: the latency includes the client's own queueing)")
     out.append("  /srv-CPU-s: deliveries per second of server CPU at S=1000 (fair when the client is the limit)")
+    out.append("")
+    out.append("Single publisher: closed loop (next event after the last ack) as fast as acked, and 50 events/s "
+               "on schedule; server CPU per delivered event; load generator CPU share")
+    out.append(f"{'server/transport':<31}{'S':>6}{'ev/s':>8}{'deliv/s':>10}{'us/deliv':>10}{'lg CPU':>8}"
+               f"{'| 50/s us/deliv':>15}{'srv CPU':>8}{'lg CPU':>8}{'p99 ms':>9}")
+    for key, by_s in doc["fanout"].items():
+        for subs, e in sorted(by_s.items(), key=lambda kv: int(kv[0])):
+            out.append(f"{key:<31}{subs:>6}{_n(e.get('closed_loop_events_per_s')):>8}"
+                       f"{_n(e.get('closed_loop_deliveries_per_s')):>10}"
+                       f"{_n(e.get('closed_loop_server_us_per_delivery'), 1):>10}"
+                       f"{_n(e.get('closed_loop_client_cpu'), 2):>8}"
+                       f"{_n(e.get('paced_server_us_per_delivery'), 1):>15}{_n(e.get('paced_server_cpu'), 2):>8}"
+                       f"{_n(e.get('paced_client_cpu'), 2):>8}{_n(e.get('p99_ms'), 1):>9}")
     out.append("")
     levels = sorted({int(lvl) for v in doc["idle"].values() for lvl in v})
     out.append("Idle memory: KB per open connection (RSS of all server processes minus the baseline)")

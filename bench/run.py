@@ -221,9 +221,10 @@ async def profile(cfg: dict, out_dir: Path, transports=("websocket", "sse", "sto
         async def body(server, transport=transport):
             worker = server.worker_pids()[0]
             topic = scenarios.new_topic("prof")
-            group = Group(server.host, server.port, server.transports[transport], topic, 1000)
-            await open_group(group, 1000)
-            await scenarios.wait_server_count(server, topic, 1000, 30, floor=1000)
+            subs = cfg.get("profile_subscribers", 1000)
+            group = Group(server.host, server.port, server.transports[transport], topic, subs)
+            await open_group(group, subs)
+            await scenarios.wait_server_count(server, topic, subs, 30, floor=subs)
             publisher = await open_publisher(server.host, server.port, server.publish_path.format(topic=topic),
                                              "switchboard", "/api/whoami")
             phases = {}
@@ -240,7 +241,7 @@ async def profile(cfg: dict, out_dir: Path, transports=("websocket", "sse", "sto
                 if phase_name == "burst":
                     await publisher.burst(base, count, 8, 60)
                 else:
-                    await publisher.paced(base, count, cfg["paced_rate"], 60)
+                    await publisher.paced(base, count, cfg["paced_rate"], 60, window=1)
                 dump = await asyncio.create_subprocess_exec(
                     str(py_spy), "dump", "--pid", str(worker), "--nonblocking",
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
@@ -255,7 +256,7 @@ async def profile(cfg: dict, out_dir: Path, transports=("websocket", "sse", "sto
                 await asyncio.wait_for(proc.wait(), 30)
                 summary = report.summarize_profile(raw) if raw.exists() else "py-spy wrote nothing"
                 (out_dir / f"profile-{transport}-{phase_name}.txt").write_text(
-                    f"Switchboard worker (pid {worker}), {phase_name} to 1,000 {transport} subscribers\n"
+                    f"Switchboard worker (pid {worker}), {phase_name} to {subs:,} {transport} subscribers\n"
                     f"{json.dumps(figures)}\n\n{summary}\n\npy-spy dump during the phase:\n{dump_text}")
                 raw.unlink(missing_ok=True)
                 phases[phase_name] = {"figures": figures, "top": summary.splitlines()[:14]}
@@ -275,6 +276,14 @@ def machine() -> dict:
 
 async def main_async(args) -> int:
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick)
+    if args.subscribers:
+        cfg["profile_subscribers"] = int(args.subscribers.split(",")[0])
+        cfg["fanout_subscribers"] = [int(n) for n in args.subscribers.split(",")]
+        cfg["burst_events"] = {n: cfg["burst_events"].get(n, 200) for n in cfg["fanout_subscribers"]}
+    if args.transports:
+        FANOUT_TRANSPORTS[:] = [t for t in args.transports.split(",")]
+    if args.paced_seconds:
+        cfg["paced_seconds"] = args.paced_seconds
     scenarios.SETTLE = 0.1 if args.quick else 0.3
     runs = args.runs or cfg["runs"]
     only = set(args.only.split(",")) if args.only else {"idle", "fanout", "redis", "overhead", "inbound"}
@@ -286,7 +295,7 @@ async def main_async(args) -> int:
     started = time.time()
     if only == {"profile"}:
         log("profiling Switchboard under load (py-spy)")
-        profiles = await profile(cfg, out_dir)
+        profiles = await profile(cfg, out_dir, *([tuple(args.transports.split(","))] if args.transports else []))
         (out_dir / "profiles.json").write_text(json.dumps(profiles, indent=1) + "\n")
         log(f"wrote {out_dir}/profile-*.txt and profiles.json")
         return 0
@@ -324,6 +333,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, help="runs to take the median of (default 3, quick 1)")
     parser.add_argument("--only", help="comma-separated: idle,fanout,redis,overhead,inbound; or 'profile' alone")
     parser.add_argument("--profile", action="store_true", help="also py-spy Switchboard under load")
+    parser.add_argument("--subscribers", help="fan-out sizes, comma-separated (default 100,1000; quick 1000)")
+    parser.add_argument("--transports", help="fan-out transports, comma-separated (default all streaming ones)")
+    parser.add_argument("--paced-seconds", type=float, help="length of the 50 events/s window")
     parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
     parser.add_argument("--name", help="output file stem (default latest, quick mode latest-quick)")
     parser.add_argument("--date", help="date written into the report (default today)")

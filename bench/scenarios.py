@@ -74,6 +74,14 @@ class Meter:
                 "others_on_server_core": round(others_server, 2), "others_on_client_core": round(others_client, 2)}
 
 
+def server_us_per_delivery(cpu: dict, delivered: int) -> float | None:
+    """Server CPU microseconds per delivered event over a window (``Meter.read``'s share
+    times its wall time)."""
+    if not delivered:
+        return None
+    return round(cpu["server_cpu"] * cpu["seconds"] / delivered * 1e6, 1)
+
+
 def latency_ms(samples) -> dict:
     if samples is None or not len(samples):
         return {"p50_ms": None, "p99_ms": None, "max_ms": None, "samples": 0}
@@ -132,8 +140,14 @@ async def idle(server: Server, transport: str, levels: list[int], settle: float 
 
 
 async def fanout(server: Server, transport: str, subscribers: int, burst: int, paced: int,
-                 rate: float = 50.0, window: int = 8, timeout: float = 60) -> dict:
-    """Saturation then fixed-rate fan-out to ``subscribers`` on one topic."""
+                 rate: float = 50.0, window: int = 8, timeout: float = 60, closed_loop: int | None = None) -> dict:
+    """Saturation (pipelined ``window`` deep, then a single closed-loop publisher) and
+    fixed-rate fan-out (the closed-loop publisher on schedule) to ``subscribers`` on one topic.
+
+    The closed-loop publisher sends the next event only after the last was acknowledged,
+    so events reach the server one by one and are not batched for it: what a moderate
+    real load looks like, and what sets the latency."""
+    closed_loop = burst if closed_loop is None else closed_loop
     spec = server.transports[transport]
     topic = new_topic("fan")
     group = Group(server.host, server.port, spec, topic, subscribers)
@@ -168,27 +182,55 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
         in_window = summary["delivered"]
         result["saturation"] = {
             **summary, **cpu, "publish_statuses": dict(publisher.statuses), "delivered_in_window": in_window,
-            "deliveries_per_s": round(in_window / cpu["seconds"]),
+            "deliveries_per_s": round(in_window / cpu["seconds"]), "window": window,
+            "server_us_per_delivery": server_us_per_delivery(cpu, in_window),
             "bytes_per_event": round((group.wire.bytes_in + group.wire.bytes_out) / max(1, in_window), 1),
         }
 
-        # Fixed rate: latency from the event's publish time to its arrival.
+        # Saturation again with one closed-loop publisher: the next event after the last ack.
+        base = burst
+        closed_phase = None
+        if closed_loop:
+            await asyncio.sleep(SETTLE)
+            phase = closed_phase = group.new_phase(base, closed_loop, latency=True)
+            group.wire.reset()
+            meter = Meter(server)
+            try:
+                await publisher.burst(base, closed_loop, 1, timeout)
+                await asyncio.wait_for(phase.done.wait(), timeout)
+            except asyncio.TimeoutError:
+                result["closed_loop_timeout"] = True
+            end = phase.last_arrival or time.time()
+            cpu = meter.read(end)
+            summary = phase.summary()
+            result["closed_loop"] = {
+                **summary, **cpu, "window": 1, **latency_ms(phase.latency),
+                "deliveries_per_s": round(summary["delivered"] / cpu["seconds"]),
+                "events_per_s": round(closed_loop / cpu["seconds"], 1),
+                "server_us_per_delivery": server_us_per_delivery(cpu, summary["delivered"]),
+            }
+            base += closed_loop
+
+        # Fixed rate, single closed-loop publisher: latency from the event's publish time to its arrival.
         await asyncio.sleep(SETTLE)
-        phase = group.new_phase(burst, paced, latency=True)
+        phase = group.new_phase(base, paced, latency=True)
         group.wire.reset()
         meter = Meter(server)
         try:
-            await publisher.paced(burst, paced, rate, timeout)
+            await publisher.paced(base, paced, rate, timeout, window=1)
             await asyncio.wait_for(phase.done.wait(), 10)
         except asyncio.TimeoutError:
             result["paced_timeout"] = True
         cpu = meter.read()
         summary = phase.summary()
         # Stragglers of the burst may have arrived during the paced phase: count them now.
-        result["saturation"].update({k: v for k, v in burst_phase.summary().items()
-                                     if k in ("delivered", "lost", "late", "duplicated", "out_of_order")})
+        stragglers = ("delivered", "lost", "late", "duplicated", "out_of_order")
+        result["saturation"].update({k: v for k, v in burst_phase.summary().items() if k in stragglers})
+        if closed_phase is not None:
+            result["closed_loop"].update({k: v for k, v in closed_phase.summary().items() if k in stragglers})
         result["paced"] = {
-            **summary, **cpu, "rate": rate, **latency_ms(phase.latency),
+            **summary, **cpu, "rate": rate, **latency_ms(phase.latency), "window": 1,
+            "server_us_per_delivery": server_us_per_delivery(cpu, summary["delivered"]),
             "requests_per_event": round(group.wire.requests / max(1, summary["delivered"]), 3),
             "bytes_per_event": round((group.wire.bytes_in + group.wire.bytes_out) / max(1, summary["delivered"]), 1),
         }

@@ -53,11 +53,12 @@ def serve(variant: str, port: int) -> None:
 
     from gevent.pywsgi import WSGIServer
 
+    from app.server.hooks import ServerHooks
     from app.transports import wsio
 
     class CountingApp:
-        switchboard_ws_policy = wsio.WebSocketPolicy(
-            protocols={"/bench": ()}, max_message_bytes=1 << 20, ping_interval=0)
+        switchboard_server = ServerHooks(policy=wsio.WebSocketPolicy(
+            protocols={"/bench": ()}, max_message_bytes=1 << 20, ping_interval=0))
 
         def __call__(self, environ, start_response):
             ws = environ.get("wsgi.websocket")

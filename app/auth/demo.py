@@ -8,6 +8,8 @@ What a demo token allows (``switchboard`` claim):
 
 - subscribe: ``chat``, ``ticks``, ``user.{sub}`` (the user's private topic);
   publish: ``chat``, ``user.{sub}``.
+- both, on the demo pages' work queues (:data:`DEMO_QUEUES`: the STOMP page's two consumers
+  and the compare page's), as ``queue.<name>``: consume needs subscribe, send needs publish.
 - The first demo user (alice in ``make run-auth``) is also the only member of
   :data:`MEMBERS_ROOM`, to follow and to post. So alice and bob see different things: each
   is refused the other's private topic (403), and bob is refused the members room (403).
@@ -25,10 +27,12 @@ from ..errors import ApiError
 from ..events import parse_json
 from . import web
 
-__all__ = ["DEMO_TOKEN_SECONDS", "MEMBERS_ROOM", "demo_claims", "demo_topics", "init_app"]
+__all__ = ["DEMO_QUEUES", "DEMO_TOKEN_SECONDS", "MEMBERS_ROOM", "demo_claims", "demo_topics", "init_app"]
 
 DEMO_TOKEN_SECONDS = 15 * 60  # short: a demo token is a bearer of alice's name for its whole life
 MEMBERS_ROOM = "room.members"
+#: The work queues the demo pages consume from, by page: /stomp's two consumers, /compare's.
+DEMO_QUEUES = {"stomp": "jobs", "compare": "compare.jobs"}
 
 bp = Blueprint("auth_demo", __name__)
 
@@ -36,8 +40,9 @@ bp = Blueprint("auth_demo", __name__)
 def demo_claims(name: str, users: Sequence[str], now: float, audience: str | None = None,
                 issuer: str | None = None) -> dict:
     """The claims of ``name``'s demo token (see the module docstring for what they allow)."""
-    subscribe = ["chat", "ticks", "user.{sub}"]
-    publish = ["chat", "user.{sub}"]
+    queues = [f"queue.{name}" for name in DEMO_QUEUES.values()]
+    subscribe = ["chat", "ticks", "user.{sub}", *queues]
+    publish = ["chat", "user.{sub}", *queues]
     if users and name == users[0]:
         subscribe.append(MEMBERS_ROOM)
         publish.append(MEMBERS_ROOM)

@@ -248,6 +248,29 @@ class Subscription:
             self._report_replayed()
         return items
 
+    def take(self, max_items: int) -> list[Item]:
+        """Take what is ready now, up to ``max_items``, without waiting: :meth:`get_many`
+        with ``timeout=0``, for a reader that is woken by :meth:`wake_with` (the delivery
+        layer). The common case, live events and nothing else to do, skips the general
+        path; the seam rule is applied all the same.
+
+        Raises:
+            SubscriptionClosed: as :meth:`get_many`.
+        """
+        queue = self._queue
+        if (not queue or self._pending or self._syncing or self._overflow or self._gap is not None
+                or self.close_reason is not None):
+            return self.get_many(max_items, 0)
+        items: list[Item] = []
+        is_new = self._is_new  # the seam rule (a subclass may define it per topic)
+        while queue and len(items) < max_items:
+            event = queue.popleft()
+            self._queued_bytes -= event.size
+            if is_new(event):  # skip what a replay already gave
+                self._last = event.cursor
+                items.append(event)
+        return items
+
     def close(self, reason: str = "closed") -> None:
         """End the subscription and wake a waiting :meth:`get`. Idempotent."""
         if self.close_reason is not None:

@@ -6,11 +6,13 @@ and nothing from the rest of ``app``; ``tests/unit/test_stomp_sans_io.py`` prove
 * :mod:`.frames`: :class:`Frame`, header escaping, :func:`serialize`.
 * :mod:`.parser`: :class:`FrameParser` (bytes -> frames and heart-beats) and :class:`Limits`.
 * :mod:`.errors`: the :class:`StompError` family, each with a ``kind`` and an ERROR frame.
-* :mod:`.session`: :class:`StompSession`, one connection's state machine, and its
-  :class:`StompConfig`.
+* :mod:`.session`: :class:`StompSession`, one connection's state machine; :mod:`.config`:
+  its :class:`StompConfig`.
 * :mod:`.requests`: what a session asks of the broker (:class:`Send`, :class:`Commit`, ...).
-* :mod:`.transactions`, :mod:`.acks`, :mod:`.messages`: the session's transactions, its
-  subscriptions' acknowledgments, and the MESSAGE headers it writes.
+* :mod:`.negotiation`: CONNECT's version and heart-beats, and the session's clock.
+* :mod:`.subscriptions`, :mod:`.acks`, :mod:`.transactions`: SUBSCRIBE/UNSUBSCRIBE, the
+  subscriptions' acknowledgments, the session's transactions.
+* :mod:`.messages`: the one writer of every MESSAGE frame.
 * :mod:`.access`: the session's access hooks: who the CONNECT says the client is
   (:class:`Credentials` in, :class:`Login` out) and whether it may use a destination.
 """

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
-from .frames import Frame
+from .frames import CLIENT_COMMANDS, SERVER_COMMANDS, Frame
 
 __all__ = [
     "AccessDenied",
@@ -41,6 +41,8 @@ __all__ = [
     "ProtocolViolation",
     "StompError",
     "UnsupportedVersion",
+    "require_header",
+    "unexpected_command",
 ]
 
 
@@ -183,3 +185,35 @@ class BrokerError(StompError):
     """The server side ends the session (unknown destination, shutting down, ...)."""
 
     kind = "broker"
+
+
+def require_header(frame: Frame, name: str) -> str:
+    """The value of ``frame``'s header ``name``.
+
+    Raises:
+        MissingHeader: the frame has no such header.
+    """
+    value = frame.get(name)
+    if value is None:
+        raise MissingHeader(f"missing header {name!r}", f"{frame.command} frames require a {name!r} header.")
+    return value
+
+
+def unexpected_command(command: str, connecting: bool, version: str | None) -> ProtocolViolation:
+    """The error for a client frame the session's state (or version) does not accept.
+
+    Args:
+        command: the frame's command.
+        connecting: whether the session still waits for CONNECT.
+        version: the negotiated version, or ``None``.
+    """
+    shown = repr(command[:32])
+    if command in SERVER_COMMANDS:
+        return ProtocolViolation("server frame from client", f"{shown} frames are sent by the server only.")
+    if command not in CLIENT_COMMANDS:
+        return ProtocolViolation("unknown command", f"{shown} is not a STOMP command.")
+    if connecting:
+        return ProtocolViolation("frame before CONNECT", f"Expected CONNECT or STOMP, received {shown}.")
+    if command in ("CONNECT", "STOMP"):
+        return ProtocolViolation("already connected", f"Received a second {shown} frame.")
+    return ProtocolViolation("command not in this version", f"{shown} is not part of STOMP {version}.")

@@ -1,18 +1,33 @@
-"""MESSAGE frames: the headers a session writes itself, and the part shared by every session.
+"""MESSAGE frames: the one writer of every MESSAGE a session sends.
 
 A MESSAGE is the per-subscription lines (``subscription``, ``message-id``,
 ``destination``, ``ack``, ``redelivered``) followed by the event's own headers and body,
 which are the same for every subscriber of one event in one escaping mode: the broker
-builds that tail once (:func:`encode_message_tail`) and hands it to every session.
+builds that tail once (:func:`encode_message_tail`) and hands it to every session, which
+puts its own lines in front (:func:`message_head`, :func:`message_from_tail`). A MESSAGE
+that is kept for a redelivery, or differs per subscription, is a whole :class:`Frame`
+(:func:`message_frame`), serialized with the same rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from .frames import escape_header, header_representable
+from .frames import Frame, escape_header, escapes_headers, header_representable
 
-__all__ = ["BLOB_TYPE", "RESERVED_MESSAGE_HEADERS", "encode_message_tail", "event_header_lines"]
+if TYPE_CHECKING:
+    from .acks import SessionSubscription
+
+__all__ = [
+    "BLOB_TYPE",
+    "RESERVED_MESSAGE_HEADERS",
+    "encode_message_tail",
+    "event_header_lines",
+    "message_frame",
+    "message_from_tail",
+    "message_head",
+]
 
 #: MESSAGE headers the session writes itself; headers by these names given for an event
 #: are dropped, so a broker (or a SEND's user headers) cannot forge or duplicate them.
@@ -77,3 +92,55 @@ def encode_message_tail(
     ]
     lines.append(f"content-length:{len(body)}\n\n")
     return b"".join(("".join(lines).encode("utf-8"), bytes(body), b"\x00"))
+
+
+def message_head(sub: SessionSubscription, session_id: str, escaped: bool) -> tuple[bytes, bytes]:
+    """The per-subscription lines of ``sub``'s MESSAGEs, around the message number; kept on ``sub``.
+
+    "MESSAGE", ``subscription`` and ``message-id`` up to the number, then the
+    ``destination`` line: the same lines :func:`~.frames.serialize` writes.
+
+    Raises:
+        ValueError: a value cannot be written in this escaping mode.
+    """
+    lines = []
+    for name, value in (("subscription", sub.sub_id), ("message-id", f"{session_id}-1"),
+                        ("destination", sub.destination)):
+        if not header_representable(name, value, escaped):
+            raise ValueError(f"header {name!r}: {value!r} cannot be written in this frame")
+        lines.append(f"{escape_header(name)}:{escape_header(value)}" if escaped else f"{name}:{value}")
+    before = "MESSAGE\n" + lines[0] + "\n" + lines[1][:-1]  # up to the message number
+    head = sub.message_head = (before.encode("utf-8"), ("\n" + lines[2] + "\n").encode("utf-8"))
+    return head
+
+
+def message_from_tail(head: tuple[bytes, bytes], number: int, tail: bytes) -> bytes:
+    """A whole MESSAGE: :func:`message_head`'s lines around ``number``, then :func:`encode_message_tail`'s."""
+    return b"%s%d%s%s" % (head[0], number, head[1], tail)
+
+
+def message_frame(
+    sub: SessionSubscription,
+    message_id: str,
+    body: bytes,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    version: str | None,
+    *,
+    redelivered: bool = False,
+    default_type: str | None = BLOB_TYPE,
+    destination: str | None = None,
+) -> Frame:
+    """The MESSAGE frame for ``sub`` (see :meth:`StompSession.deliver` for the headers)."""
+    frame_headers = [
+        ("subscription", sub.sub_id),
+        ("message-id", message_id),
+        ("destination", destination if destination is not None else sub.destination),
+    ]
+    if sub.ack_mode != "auto" and version == "1.2":
+        # STOMP 1.2, "MESSAGE": client ack modes need an ack header, which the
+        # ACK/NACK id header must then match.
+        frame_headers.append(("ack", message_id))
+    if redelivered:
+        frame_headers.append(("redelivered", "true"))
+    frame_headers += event_header_lines(headers, escapes_headers("MESSAGE", version), body, default_type)
+    return Frame("MESSAGE", tuple(frame_headers), bytes(body))

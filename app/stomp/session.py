@@ -35,48 +35,35 @@ and nothing sent after the refused frame is looked at (STOMP 1.2, "ERROR").
 Which client command is allowed in which state is the table :data:`_HANDLERS`;
 every failure is a :class:`~app.stomp.errors.StompError`, answered in one place
 (:meth:`StompSession._fail`) with an ERROR frame, after which the session is
-closed. Transactions are :mod:`.transactions`' job, acknowledgments :mod:`.acks`',
-MESSAGE headers :mod:`.messages`'.
+closed. Settings are :mod:`.config`'s, CONNECT negotiation and the heart-beat clock
+:mod:`.negotiation`'s, SUBSCRIBE/UNSUBSCRIBE checks :mod:`.subscriptions`', transactions
+:mod:`.transactions`', acknowledgments :mod:`.acks`', every MESSAGE :mod:`.messages`'.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
-import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Union
 
 from .access import TOKEN_EXPIRED, Authenticator, Authorizer, Credentials, from_login_hook, login_result
 from .acks import ACK_MODES, AckBook, SessionSubscription
+from .config import LoginHook, StompConfig, accept_all
 from .errors import (
     AuthError,
     BadDestination,
     BrokerError,
-    ConnectTimeout,
-    HeartbeatTimeout,
-    LimitExceeded,
-    MissingHeader,
-    ProtocolViolation,
     StompError,
-    UnsupportedVersion,
+    require_header,
+    unexpected_command,
 )
-from .frames import (
-    CLIENT_COMMANDS,
-    EOL,
-    SERVER_COMMANDS,
-    SUPPORTED_VERSIONS,
-    Frame,
-    escape_header,
-    escapes_headers,
-    header_representable,
-    serialize,
-)
-from .messages import BLOB_TYPE, encode_message_tail, event_header_lines
-from .parser import FrameParser, Limits
+from .frames import EOL, Frame, escapes_headers, serialize
+from .messages import BLOB_TYPE, encode_message_tail, message_frame, message_from_tail, message_head
+from .negotiation import HeartBeats, agree_heart_beat, connected_frame, negotiate_version, parse_heart_beat
+from .parser import FrameParser
 from .requests import Ack, Closed, Commit, Connect, Nack, Request, Send, Subscribe, Unsubscribe
+from .subscriptions import open_subscription, subscriptions_closed
 from .transactions import Transactions
 
 __all__ = [
@@ -97,96 +84,6 @@ __all__ = [
     "accept_all",
     "encode_message_tail",
 ]
-
-_HEART_BEAT = re.compile(r"\s*([0-9]{1,9})\s*,\s*([0-9]{1,9})\s*")
-_COUNT = re.compile(r"[0-9]{1,9}")
-
-
-#: ``hook(login, passcode) -> bool``: accept or reject a CONNECT's credentials.
-#: Either may be ``None`` when the header is absent. The hook may raise
-#: :class:`~app.stomp.errors.AuthError` to choose the ERROR message.
-LoginHook = Callable[[Union[str, None], Union[str, None]], bool]
-
-
-def accept_all(login: str | None, passcode: str | None) -> bool:
-    """Accept any credentials (the default login hook).
-
-    Args:
-        login: the CONNECT ``login`` header, or ``None``.
-        passcode: the CONNECT ``passcode`` header, or ``None``.
-
-    Returns:
-        Always ``True``.
-    """
-    return True
-
-
-@dataclass(frozen=True)
-class StompConfig:
-    """Settings for one :class:`StompSession`.
-
-    Attributes:
-        limits: inbound frame size limits (STOMP 1.2, "Size Limits").
-        heart_beat: the server's ``(sx, sy)`` in ms for the CONNECTED
-            ``heart-beat`` header: the smallest interval at which it can send
-            heart-beats, and the interval at which it wants them; 0 = none.
-        heartbeat_margin: a client expected to send every ``n`` ms is
-            disconnected after ``n * heartbeat_margin`` ms of silence
-            (STOMP 1.2: "the receiver SHOULD be tolerant and take into account
-            an error margin").
-        connect_timeout: seconds a client may take to send CONNECT, or ``None``.
-        authenticate: the login hook, see :data:`LoginHook`.
-        validate_destination: ``hook(destination) -> error message or None``,
-            applied to SEND and SUBSCRIBE destinations; ``None`` accepts all.
-        server_name: the CONNECTED ``server`` header.
-        versions: the versions offered, a subset of ``("1.0", "1.1", "1.2")``.
-        max_subscriptions: open subscriptions allowed per session.
-        max_unacked: unacknowledged messages per ``client``/``client-individual``
-            subscription; also the upper bound of ``prefetch-count``.
-        max_transactions: transactions open at once per session.
-        max_transaction_frames: frames held by one transaction before COMMIT.
-        max_deliveries: deliveries of one message to a topic subscription before a
-            NACK drops it instead of redelivering it (:mod:`.acks`).
-        shared_queue: ``hook(destination) -> bool``: true for a destination whose
-            subscribers share its messages (a work queue), so a NACKed message goes back
-            to the broker rather than to the same subscription; ``None``: none is.
-    """
-
-    limits: Limits = field(default_factory=Limits)
-    heart_beat: tuple[int, int] = (10000, 10000)
-    heartbeat_margin: float = 2.0
-    connect_timeout: float | None = 30.0
-    authenticate: LoginHook = accept_all
-    validate_destination: Callable[[str], str | None] | None = None
-    server_name: str = "Switchboard"
-    versions: tuple[str, ...] = SUPPORTED_VERSIONS
-    max_subscriptions: int = 256
-    max_unacked: int = 256
-    max_transactions: int = 16
-    max_transaction_frames: int = 1000
-    max_deliveries: int = 5
-    shared_queue: Callable[[str], bool] | None = None
-
-    def __post_init__(self) -> None:
-        """Validate the settings.
-
-        Raises:
-            ValueError: a setting is out of range or a version is not supported.
-        """
-        sx, sy = self.heart_beat
-        if min(sx, sy) < 0:
-            raise ValueError("heart_beat values must be >= 0 ms")
-        if self.heartbeat_margin < 1:
-            raise ValueError("heartbeat_margin must be >= 1")
-        if not self.versions or not set(self.versions) <= set(SUPPORTED_VERSIONS):
-            raise ValueError(f"versions must be a non-empty subset of {SUPPORTED_VERSIONS}")
-        if not header_representable("server", self.server_name, escaped=False):
-            raise ValueError("server_name must not contain CR or LF")
-        for name in ("max_subscriptions", "max_unacked", "max_transactions", "max_transaction_frames",
-                     "max_deliveries"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-
 
 class SessionState(enum.Enum):
     """Where a session is in its life (see :data:`_HANDLERS`)."""
@@ -264,13 +161,7 @@ class StompSession:
         self._acks = AckBook(self.config.max_deliveries)
         self._transactions = Transactions(self.config.max_transactions, self.config.max_transaction_frames)
         self._message_numbers = itertools.count(1)
-        # Time bookkeeping, all in seconds of the caller's clock.
-        self._started_at = now
-        self._clock = now
-        self._last_received = now
-        self._silence_limit = 0.0  # close after this much client silence; 0 = never
-        self._heartbeat_every = 0.0  # send an EOL after this much server silence; 0 = never
-        self._next_heartbeat_at = 0.0
+        self._time = HeartBeats(now)  # connect timeout, client silence, server heart-beats
 
     # --- state ------------------------------------------------------------------------
 
@@ -350,7 +241,7 @@ class StompSession:
             return
         self._advance(now)
         if data:
-            self._last_received = now
+            self._time.last_received = now
         try:
             self._parser.feed(data)
         except StompError as err:
@@ -391,7 +282,7 @@ class StompSession:
                 item = self._parser.next_item()
                 if item is None:
                     break
-                if isinstance(item, Frame):  # a HEARTBEAT needs nothing beyond _last_received
+                if isinstance(item, Frame):  # a HEARTBEAT needs nothing beyond last_received
                     frame = item
                     self._handle_frame(item)
                     frame = None
@@ -420,31 +311,13 @@ class StompSession:
             self._fail(AuthError(TOKEN_EXPIRED, "The credentials this session was opened with have "
                                     "expired. Reconnect with a new token."))
             return
-        if self._state is SessionState.AWAITING_CONNECT:
-            deadline = self.next_deadline()
-            if deadline is not None and now >= deadline:
-                self._fail(
-                    ConnectTimeout(
-                        "no CONNECT frame received",
-                        f"A session must start with CONNECT within {self.config.connect_timeout} s.",
-                    )
-                )
-            return
-        if self._silence_limit and now >= self._last_received + self._silence_limit:
-            # STOMP 1.2, "Heart-beating": after a window of at least <n> ms
-            # without data, the receiver MAY consider the connection as dead.
-            self._fail(
-                HeartbeatTimeout(
-                    "heart-beat timeout",
-                    f"Nothing received for {self._silence_limit:g} s; "
-                    f"heart-beats were expected every {self._heart_beat[0]} ms.",
-                )
-            )
-            return
-        if self._heartbeat_every and now >= self._next_heartbeat_at:
+        connecting = self._state is SessionState.AWAITING_CONNECT
+        overdue = self._time.overdue(now, connecting, self.config.connect_timeout, self._heart_beat[0])
+        if overdue is not None:
+            self._fail(overdue)
+        elif not connecting and self._time.beat_due(now):
             # STOMP 1.2: "if the sender has no real STOMP frame to send, it MUST send an EOL".
             self._outgoing.append(EOL)
-            self._next_heartbeat_at = now + self._heartbeat_every
 
     def next_deadline(self) -> float | None:
         """Tell when :meth:`tick` must next be called.
@@ -457,14 +330,9 @@ class StompSession:
         if self.closed:
             return None
         if self._state is SessionState.AWAITING_CONNECT:
-            if self._started_at is None or self.config.connect_timeout is None:
-                return None
-            return self._started_at + self.config.connect_timeout
+            return self._time.connect_deadline(self.config.connect_timeout)
         deadlines = [] if self._expires_at is None else [self._expires_at]
-        if self._silence_limit and self._last_received is not None:
-            deadlines.append(self._last_received + self._silence_limit)
-        if self._heartbeat_every:
-            deadlines.append(self._next_heartbeat_at)
+        deadlines += self._time.deadlines()
         return min(deadlines) if deadlines else None
 
     def can_deliver(self, sub_id: str) -> bool:
@@ -482,6 +350,19 @@ class StompSession:
         """
         sub = self._subscriptions.get(sub_id)
         return self._state is SessionState.CONNECTED and sub is not None and sub.window_open()
+
+    def room(self, sub_id: str, most: int) -> int:
+        """How many MESSAGEs subscription ``sub_id`` can take now, at most ``most``.
+
+        ``most`` in ``auto`` mode; in client modes what its prefetch window has left;
+        0 whenever :meth:`can_deliver` would say ``False``.
+        """
+        sub = self._subscriptions.get(sub_id)
+        if self._state is not SessionState.CONNECTED or sub is None:
+            return 0
+        if sub.ack_mode == "auto":
+            return most
+        return max(0, min(most, sub.window - len(sub.pending)))
 
     def deliver(
         self,
@@ -537,23 +418,12 @@ class StompSession:
             # Nothing is kept for a redelivery: write the per-subscription lines and the
             # shared tail; the same bytes serialize() writes for the frame built below.
             number = next(self._message_numbers)
-            head = sub.message_head or self._message_head(sub)
-            self._send_bytes(b"%s%d%s%s" % (head[0], number, head[1], tail))
+            head = sub.message_head or message_head(sub, self.session_id, self.escapes_messages)
+            self._send_bytes(message_from_tail(head, number, tail))
             return f"{self.session_id}-{number}"
         message_id = f"{self.session_id}-{next(self._message_numbers)}"
-        frame_headers = [
-            ("subscription", sub.sub_id),
-            ("message-id", message_id),
-            ("destination", destination if destination is not None else sub.destination),
-        ]
-        if sub.ack_mode != "auto" and self._version == "1.2":
-            # STOMP 1.2, "MESSAGE": client ack modes need an ack header, which the
-            # ACK/NACK id header must then match.
-            frame_headers.append(("ack", message_id))
-        if redelivered:
-            frame_headers.append(("redelivered", "true"))
-        frame_headers += event_header_lines(headers, self.escapes_messages, body, default_type)
-        frame = Frame("MESSAGE", tuple(frame_headers), bytes(body))
+        frame = message_frame(sub, message_id, body, headers, self._version, redelivered=redelivered,
+                              default_type=default_type, destination=destination)
         if sub.ack_mode != "auto":
             self._acks.track(sub, message_id, frame)
         self._send_frame(frame)
@@ -593,7 +463,7 @@ class StompSession:
     def _handle_frame(self, frame: Frame) -> None:
         handler = _HANDLERS[self._state].get(frame.command)
         if handler is None or frame.command in _NOT_IN_VERSION.get(self._version, ()):
-            raise self._unexpected(frame.command)
+            raise unexpected_command(frame.command, self._state is SessionState.AWAITING_CONNECT, self._version)
         made = len(self._requests)
         handler(self, frame)
         if self.closed:
@@ -608,32 +478,6 @@ class StompSession:
         elif receipt is not None:
             self._send_frame(Frame("RECEIPT", (("receipt-id", receipt),)))
 
-    def _unexpected(self, command: str) -> ProtocolViolation:
-        shown = repr(command[:32])
-        if command in SERVER_COMMANDS:
-            return ProtocolViolation(
-                "server frame from client", f"{shown} frames are sent by the server only."
-            )
-        if command not in CLIENT_COMMANDS:
-            return ProtocolViolation("unknown command", f"{shown} is not a STOMP command.")
-        if self._state is SessionState.AWAITING_CONNECT:
-            return ProtocolViolation(
-                "frame before CONNECT", f"Expected CONNECT or STOMP, received {shown}."
-            )
-        if command in ("CONNECT", "STOMP"):
-            return ProtocolViolation("already connected", f"Received a second {shown} frame.")
-        return ProtocolViolation(
-            "command not in this version", f"{shown} is not part of STOMP {self._version}."
-        )
-
-    def _require(self, frame: Frame, name: str) -> str:
-        value = frame.get(name)
-        if value is None:
-            raise MissingHeader(
-                f"missing header {name!r}", f"{frame.command} frames require a {name!r} header."
-            )
-        return value
-
     def _check_destination(self, destination: str) -> None:
         hook = self.config.validate_destination
         problem = hook(destination) if hook is not None else None
@@ -645,64 +489,33 @@ class StompSession:
         if self._authorize is not None:
             self._authorize(self.principal, action, destination)
 
+    def _check_use(self, action: str, destination: str) -> None:
+        self._check_destination(destination)
+        self._check_access(action, destination)
+
     def _on_connect(self, frame: Frame) -> None:
-        version = self._negotiate(frame.get("accept-version"))
+        version = negotiate_version(frame.get("accept-version"), self.config.versions)
         # STOMP 1.0 has no heart-beating; 1.1 introduced the header.
-        cx, cy = (0, 0) if version == "1.0" else self._parse_heart_beat(frame.get("heart-beat"))
+        client_beats = (0, 0) if version == "1.0" else parse_heart_beat(frame.get("heart-beat"))
         login = frame.get("login")
         accepted = login_result(self._authenticate(Credentials(login, frame.get("passcode"), frame.headers)))
         self.principal = accepted.principal
         if accepted.expires_in is not None:
-            self._expires_at = self._clock + accepted.expires_in
-        sx, sy = (0, 0) if version == "1.0" else self.config.heart_beat
-        # STOMP 1.2, "Heart-beating": client to server there are none if cx or sy
-        # is 0, else one every MAX(cx, sy) ms; the other way, the same with sx, cy.
-        client_to_server = max(cx, sy) if cx and sy else 0
-        server_to_client = max(sx, cy) if sx and cy else 0
-        self._heart_beat = (client_to_server, server_to_client)
-        self._silence_limit = client_to_server / 1000 * self.config.heartbeat_margin
-        self._heartbeat_every = server_to_client / 1000
+            self._expires_at = self._time.clock + accepted.expires_in  # type: ignore[operator]
+        server_beats = (0, 0) if version == "1.0" else self.config.heart_beat
+        self._heart_beat = agree_heart_beat(client_beats, server_beats)
+        self._time.start(self._heart_beat, self.config.heartbeat_margin)
         self._version = version
         self._parser.version = version  # the frames that follow use its escaping rules
         self._state = SessionState.CONNECTED
-        headers = [("version", version)]
-        if version != "1.0":
-            headers.append(("heart-beat", f"{sx},{sy}"))
-        headers += [("session", self.session_id), ("server", self.config.server_name)]
-        self._send_frame(Frame("CONNECTED", tuple(headers)))
+        self._send_frame(connected_frame(version, server_beats, self.session_id, self.config.server_name))
         self._requests.append(
             Connect(version, login, frame.get("host"), self.session_id, self._heart_beat, self.principal)
         )
 
-    def _negotiate(self, accept_version: str | None) -> str:
-        # STOMP 1.2, "Protocol Negotiation": no accept-version means 1.0 only;
-        # else the highest version both sides have in common.
-        offered = {"1.0"} if accept_version is None else {v.strip() for v in accept_version.split(",")}
-        common = [v for v in SUPPORTED_VERSIONS if v in offered and v in self.config.versions]
-        if not common:
-            supported = self.config.versions
-            raise UnsupportedVersion(
-                "no common protocol version",
-                f"Supported protocol versions are {' '.join(supported)}",
-                headers=[("version", ",".join(supported))],
-            )
-        return common[-1]
-
-    def _parse_heart_beat(self, value: str | None) -> tuple[int, int]:
-        # STOMP 1.2: a missing header is "heart-beat:0,0"; else two integers.
-        if value is None:
-            return 0, 0
-        match = _HEART_BEAT.fullmatch(value)
-        if match is None:
-            raise ProtocolViolation(
-                "invalid heart-beat header", f"Expected two integers like '10000,10000', got {value[:64]!r}."
-            )
-        return int(match.group(1)), int(match.group(2))
-
     def _on_send(self, frame: Frame) -> None:
-        destination = self._require(frame, "destination")
-        self._check_destination(destination)
-        self._check_access("publish", destination)
+        destination = require_header(frame, "destination")
+        self._check_use("publish", destination)
         transaction = frame.get("transaction")
         if transaction is not None:
             self._transactions.hold(transaction, frame)  # checked now, published at COMMIT
@@ -710,67 +523,17 @@ class StompSession:
             self._requests.append(self._send_request(frame, None))
 
     def _send_request(self, frame: Frame, transaction: str | None) -> Send:
-        return Send(self._require(frame, "destination"), frame.body, frame.get("content-type"), frame.headers,
+        return Send(require_header(frame, "destination"), frame.body, frame.get("content-type"), frame.headers,
                     transaction)
 
     def _on_subscribe(self, frame: Frame) -> None:
-        destination = self._require(frame, "destination")
-        sub_id = frame.get("id")
-        if sub_id is None:
-            if self._version != "1.0":
-                raise self._missing_id(frame)
-            sub_id = destination  # STOMP 1.0: the id is optional; the destination names it
-        if sub_id in self._subscriptions:
-            raise ProtocolViolation(
-                "duplicate subscription id",
-                f"Subscription {sub_id[:200]!r} already exists; ids must differ within a connection.",
-            )
-        ack_mode = frame.get("ack", "auto")
-        if ack_mode not in ACK_MODES:
-            raise ProtocolViolation(
-                "invalid ack mode", f"ack must be auto, client or client-individual, not {ack_mode[:64]!r}."
-            )
-        prefetch = self._parse_count(frame, "prefetch-count")
-        if len(self._subscriptions) >= self.config.max_subscriptions:
-            raise LimitExceeded(
-                "too many subscriptions", f"At most {self.config.max_subscriptions} per connection."
-            )
-        self._check_destination(destination)
-        self._check_access("subscribe", destination)
-        window = min(prefetch or self.config.max_unacked, self.config.max_unacked)
-        shared = bool(self.config.shared_queue and self.config.shared_queue(destination))
-        self._subscriptions[sub_id] = SessionSubscription(sub_id, destination, ack_mode, window, shared)
-        self._requests.append(
-            Subscribe(sub_id, destination, ack_mode, frame.get("last-event-id"), prefetch, frame.headers, window)
-        )
-
-    def _missing_id(self, frame: Frame) -> MissingHeader:
-        return MissingHeader("missing header 'id'", f"{frame.command} frames require an 'id' header.")
-
-    def _parse_count(self, frame: Frame, name: str) -> int | None:
-        value = frame.get(name)
-        if value is None:
-            return None
-        if not _COUNT.fullmatch(value):
-            raise ProtocolViolation(
-                f"invalid {name}", f"{name} must be a non-negative integer, not {value[:64]!r}."
-            )
-        return int(value)
+        sub, request = open_subscription(frame, self._version, self._subscriptions, self.config,
+                                         lambda destination: self._check_use("subscribe", destination))
+        self._subscriptions[sub.sub_id] = sub
+        self._requests.append(request)
 
     def _on_unsubscribe(self, frame: Frame) -> None:
-        sub_id = frame.get("id")
-        if sub_id is None:
-            if self._version != "1.0":
-                raise self._missing_id(frame)
-            # STOMP 1.0: UNSUBSCRIBE "requires either a destination header or an id header".
-            destination = self._require(frame, "destination")
-            sub_ids = [s.sub_id for s in self._subscriptions.values() if s.destination == destination]
-        else:
-            sub_ids = [sub_id] if sub_id in self._subscriptions else []
-        if not sub_ids:
-            wanted = sub_id if sub_id is not None else frame.get("destination", "")
-            raise ProtocolViolation("unknown subscription", f"No subscription {wanted[:200]!r}.")
-        for gone in sub_ids:
+        for gone in subscriptions_closed(frame, self._version, self._subscriptions):
             sub = self._subscriptions.pop(gone)
             self._acks.forget(sub)
             self._requests.append(Unsubscribe(sub.sub_id, sub.destination))
@@ -800,10 +563,10 @@ class StompSession:
         self._after_confirm.append(lambda: self._resend(frames))
 
     def _on_begin(self, frame: Frame) -> None:
-        self._transactions.begin(self._require(frame, "transaction"))
+        self._transactions.begin(require_header(frame, "transaction"))
 
     def _on_commit(self, frame: Frame) -> None:
-        transaction = self._require(frame, "transaction")
+        transaction = require_header(frame, "transaction")
         items: list[Send | Ack | Nack] = []
         for held in self._transactions.end(transaction):
             if held.command == "SEND":
@@ -822,7 +585,7 @@ class StompSession:
         self._requests.append(Commit(transaction, tuple(items), frame.get("receipt")))
 
     def _on_abort(self, frame: Frame) -> None:
-        self._transactions.end(self._require(frame, "transaction"))
+        self._transactions.end(require_header(frame, "transaction"))
 
     def _on_disconnect(self, frame: Frame) -> None:
         receipt = frame.get("receipt")
@@ -851,39 +614,19 @@ class StompSession:
         self._acks.clear()
         self._requests.append(Closed(reason, error_kind))
 
-    def _message_head(self, sub: SessionSubscription) -> tuple[bytes, bytes]:
-        # deliver()'s tail path: "MESSAGE", subscription and message-id up to the
-        # number, then the destination line; the same lines serialize() writes.
-        escaped = escapes_headers("MESSAGE", self._version)
-        lines = []
-        for name, value in (("subscription", sub.sub_id), ("message-id", f"{self.session_id}-1"),
-                            ("destination", sub.destination)):
-            if not header_representable(name, value, escaped):
-                raise ValueError(f"header {name!r}: {value!r} cannot be written in this frame")
-            lines.append(f"{escape_header(name)}:{escape_header(value)}" if escaped else f"{name}:{value}")
-        before = "MESSAGE\n" + lines[0] + "\n" + lines[1][:-1]  # up to the message number
-        head = sub.message_head = (before.encode("utf-8"), ("\n" + lines[2] + "\n").encode("utf-8"))
-        return head
-
     def _send_frame(self, frame: Frame) -> None:
         self._send_bytes(serialize(frame, self._version))
 
     def _send_bytes(self, data: bytes) -> None:
         self._outgoing.append(data)
-        if self._heartbeat_every and self._clock is not None:
-            # Any data is a sign of life, so the next heart-beat can wait.
-            self._next_heartbeat_at = self._clock + self._heartbeat_every
+        self._time.sent()
 
     def _advance(self, now: float) -> None:
-        self._clock = now if self._clock is None else max(self._clock, now)
-        if self._started_at is None:
-            self._started_at = now
-        if self._last_received is None:
-            self._last_received = now
+        self._time.advance(now)
 
 
 # Which client commands each state accepts, and who handles them. A command
-# missing from a state's row is refused with an ERROR (see _unexpected).
+# missing from a state's row is refused with an ERROR (see errors.unexpected_command).
 _HANDLERS: dict[SessionState, dict[str, Callable[[StompSession, Frame], None]]] = {
     SessionState.AWAITING_CONNECT: {
         "CONNECT": StompSession._on_connect,

@@ -123,6 +123,10 @@ class SockJSChannel:
             self.core.send(payload)
         self._changed.set()
 
+    def has_room(self) -> bool:
+        """Whether a send now would not wait (the session is open and below the high-water mark)."""
+        return not self.core.closed and self.core.pending_bytes < HIGH_WATER
+
     def _wait_for_room(self) -> None:
         if self.core.closed:
             raise ChannelClosed("the SockJS session has ended")

@@ -50,7 +50,8 @@ from ..errors import ApiError, error_response
 from ..sockjs import (GO_AWAY, WIRES, Attach, BrokenJson, NoSuchSession, PayloadExpected, SessionConfig, SockJSError,
                       decode_messages, iframe_page, valid_callback)
 from .sockjs_channel import SockJSChannel
-from .wsio import DEFAULT_POLICY, ENVIRON_CLIENT_GONE, origin_allowed
+from ..server.hooks import hooks_of
+from .wsio import ENVIRON_CLIENT_GONE, origin_allowed
 
 __all__ = ["Admission", "SessionContext", "SockJSService"]
 
@@ -261,7 +262,7 @@ class SockJSService:
     def _origin_refusal(self) -> Response | None:
         # The same check as a WebSocket handshake's (wsio.origin_allowed): a page of another
         # site may not drive a session with this visitor's cookies.
-        policy = getattr(current_app, "switchboard_ws_policy", DEFAULT_POLICY)
+        policy = hooks_of(current_app).policy
         if origin_allowed(request.environ, policy):
             return None
         return self._cors(error_response(403, "forbidden_origin", "this origin may not open a SockJS session here"))

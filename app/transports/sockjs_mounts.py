@@ -113,12 +113,13 @@ def stomp_handler(broker: stomp_ws.Broker) -> Callable:
     return handle
 
 
-def ws_handler(hub, metrics: Metrics, limits: Limits, access: Access, grace: float) -> Callable:
+def ws_handler(hub, metrics: Metrics, limits: Limits, access: Access, grace: float, delivery=None) -> Callable:
     """A ``/ws`` JSON-ops connection on each SockJS session."""
 
     def handle(channel, context: SessionContext) -> None:
         identity = context.identity or access.anonymous(context.sender)
-        connection = websocket.Connection(channel, hub, identity.sender, metrics, limits, context.client)
+        connection = websocket.Connection(channel, hub, identity.sender, metrics, limits, context.client,
+                                          delivery)
         connection.with_access(access, identity, grace)
         with metrics.connection(f"sockjs-{context.transport}"):
             connection.run()
@@ -144,6 +145,7 @@ def init_app(app: Flask) -> None:
     config = SessionConfig(settings.sockjs_heartbeat, settings.sockjs_disconnect_delay, settings.sockjs_response_limit)
     admit = admission(limits, access)
     seed = seed_broker(hub, settings, metrics=metrics, limits=limits, access=access)
+    seed.delivery = app.extensions["switchboard.delivery"]  # the worker's one fan-out
     common = dict(max_body=settings.max_message_bytes, write_timeout=settings.write_timeout or None,
                   sockjs_url="/static/vendor/sockjs-client/sockjs.min.js")
     services = [
@@ -151,7 +153,8 @@ def init_app(app: Flask) -> None:
                       protocols=STOMP_PROTOCOLS, **common),
         SockJSService("seed", "/websocket/stomp", stomp_handler(seed), admit, config, protocols=STOMP_PROTOCOLS,
                       **common),
-        SockJSService("ws", "/ws-sockjs", ws_handler(hub, metrics, limits, access, settings.auth_refresh_grace),
+        SockJSService("ws", "/ws-sockjs", ws_handler(hub, metrics, limits, access, settings.auth_refresh_grace,
+                                                      app.extensions["switchboard.delivery"]),
                       admit, config, **common),
     ]
     for service in services:

@@ -46,6 +46,7 @@ import json
 import logging
 import random
 import re
+import time
 from typing import Callable, Iterator
 
 from flask import Blueprint, Flask, Request, Response, request
@@ -54,10 +55,13 @@ from .. import limits, state
 from ..auth import Identity
 from ..auth.web import authorize
 from ..config import Settings
+from ..delivery import Delivery
 from ..errors import ApiError
 from ..events import Event, Gap, check_topic
 from ..hub import Subscription, SubscriptionClosed
 from ..metrics import Metrics
+from ..server.outbox import Outbox
+from ..server.raw_response import ENVIRON_RAW_RESPONSE, RawResponse
 from .cursor import compound_resume_cursor, format_compound, resume_cursor
 from .topics import TopicSet, authorize_topics, read_topics, start_positions
 
@@ -70,8 +74,6 @@ HEARTBEAT = b": ping\n\n"
 # The last block of a stream whose token expired. EventSource then reconnects without a
 # valid token (the cookie's Max-Age ended with it) and gets 401, which stops it.
 EXPIRED = b'event: expired\ndata: {"error":"unauthorized","message":"the token has expired"}\n\n'
-# Most events one write carries; a backlog larger than this leaves in several writes.
-BATCH = 100
 # The spread of the last retry: on shutdown, in ms (see the module docstring, 6).
 SHUTDOWN_JITTER_MS = 2000
 # RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token.
@@ -130,21 +132,55 @@ def shutdown_retry(retry_ms: int) -> bytes:
     return b"retry: %d\n: server shutting down, reconnect with Last-Event-ID\n\n" % delay
 
 
-class _TopicFramer:
-    """Frames a one-topic stream: each event's ``id`` is its own cursor."""
+def _chunk(block: bytes) -> bytes:
+    # RFC 9112 7.1: chunk-size in hex, CRLF, the data, CRLF.
+    return b"%x\r\n%s\r\n" % (len(block), block)
+
+
+def _chunked_event(event: Event) -> bytes:
+    return _chunk(encode_event(event))
+
+
+class _Framer:
+    """An SSE stream's wire format for the delivery layer (:class:`app.delivery.Framer`):
+    each block in its own HTTP chunk when the response is chunked (HTTP/1.1), as is
+    otherwise (HTTP/1.0: the body ends with the connection)."""
+
+    chunked = True  # set from the server's choice once the headers are out
+    retry_ms = 2000
+
+    def wrap(self, block: bytes) -> bytes:
+        return _chunk(block) if self.chunked else block
+
+    def closed(self, reason: str, out: list) -> bool:
+        # After a slow-consumer gap (already framed) or on shutdown: the stream ends;
+        # EventSource reconnects with Last-Event-ID.
+        if reason == "shutdown":
+            out.append(self.wrap(shutdown_retry(self.retry_ms)))
+        return True
+
+
+class _TopicFramer(_Framer):
+    """Frames a one-topic stream: each event's ``id`` is its own cursor. The chunk of an
+    event is built once and shared by every client (``Event.encoded``)."""
 
     def __init__(self, since: str | None):
         self.position = since  # the id of the last event written (or the client's own)
 
-    def event(self, event: Event) -> tuple[bytes, ...]:
-        self.position = event.id
-        return (event.encoded("sse", encode_event),)  # built once, shared by all
+    def frame(self, items: list, out: list) -> int:
+        events = 0
+        chunked = self.chunked
+        for item in items:
+            if isinstance(item, Gap):
+                out.append(self.wrap(encode_gap(item, self.position)))
+            else:
+                self.position = item.id
+                out.append(item.encoded("sse-chunk", _chunked_event) if chunked else item.encoded("sse", encode_event))
+                events += 1
+        return events
 
-    def gap(self, gap: Gap) -> bytes:
-        return encode_gap(gap, self.position)
 
-
-class _CompoundFramer:
+class _CompoundFramer(_Framer):
     """Frames a multi-topic stream: each event's ``id`` is the compound cursor after it,
     so the ``Last-Event-ID`` of a reconnect resumes every topic."""
 
@@ -155,58 +191,61 @@ class _CompoundFramer:
     def position(self) -> str | None:
         return format_compound(self.positions) or None
 
-    def event(self, event: Event) -> tuple[bytes | memoryview, ...]:
-        self.positions[event.topic] = event.id
-        block = event.encoded("sse", encode_event)  # the one-topic block, built once, shared
-        # Its own id line swapped for this client's compound cursor. A view: nothing is
-        # copied before the one join of the whole write.
-        fields = memoryview(block)[len(b"id: \n") + len(event.id):]
-        return b"id: %s\n" % format_compound(self.positions).encode("ascii"), fields
+    def frame(self, items: list, out: list) -> int:
+        events = 0
+        for item in items:
+            if isinstance(item, Gap):
+                out.append(self.wrap(encode_gap(item, self.position)))
+                continue
+            self.positions[item.topic] = item.id
+            # The one-topic chunk, built once and shared, with its chunk header and id line
+            # swapped for this client's compound cursor: a view, nothing copied.
+            shared = item.encoded("sse-chunk", _chunked_event)
+            skip = shared.index(b"\r\n") + len(b"\r\nid: \n") + len(item.id)
+            fields = memoryview(shared)[skip:-2]
+            id_line = b"id: %s\n" % format_compound(self.positions).encode("ascii")
+            if self.chunked:
+                out += (b"%x\r\n%s" % (len(id_line) + len(fields), id_line), fields, b"\r\n")
+            else:
+                out += (id_line, fields)
+            events += 1
+        return events
 
-    def gap(self, gap: Gap) -> bytes:
-        return encode_gap(gap, self.position)
 
-
-def _stream(source: Subscription | TopicSet, framer: _TopicFramer | _CompoundFramer, opening: bytes,
-            heartbeat: float, metrics: Metrics, retry_ms: int = 2000, client: str = "?",
-            identity: Identity | None = None) -> Iterator[bytes]:
-    delivered = metrics.delivered.labels("sse")
+def _stream(raw: RawResponse, source: Subscription | TopicSet, framer: _Framer, opening: bytes,
+            heartbeat: float, metrics: Metrics, delivery: Delivery, write_timeout: float | None,
+            client: str = "?", identity: Identity | None = None) -> Iterator[bytes]:
+    # The headers and the opening go out through WSGI; after that the delivery layer
+    # writes the body to the socket itself, and this request greenlet only waits: for
+    # the stream's end, or the next heartbeat.
     try:
         with metrics.connection("sse"):
             yield opening
-            while True:
-                wait = heartbeat
-                left = identity.seconds_left() if identity is not None else None
-                if left is not None:
-                    if left <= 0:  # a stream never outlives its token
-                        yield EXPIRED
+            framer.chunked = raw.chunked
+            outbox = Outbox(raw.socket, f"{client} (sse)", write_timeout, raw.written)
+            stream = delivery.stream(outbox, "sse", client)
+            try:
+                delivery.attach(stream, source, framer)
+                beat = heartbeat  # seconds until a heartbeat is due
+                while True:
+                    left = identity.seconds_left() if identity is not None else None
+                    if left is not None and left <= 0 and stream.open:
+                        stream.end([framer.wrap(EXPIRED)])  # a stream never outlives its token
+                    wait = beat if left is None or left <= 0 else min(beat, left)
+                    if stream.done.wait(wait):
                         return
-                    wait = min(heartbeat, left)
-                try:
-                    items = source.get_many(BATCH, wait)
-                except SubscriptionClosed as exc:
-                    # After a slow-consumer gap (already written) or on shutdown: end the
-                    # stream; EventSource reconnects with Last-Event-ID.
-                    if exc.reason == "shutdown":
-                        yield shutdown_retry(retry_ms)
-                    return
-                if not items:
-                    if left is None or left > heartbeat:
-                        yield HEARTBEAT
-                    continue
-                blocks: list[bytes | memoryview] = []
-                events = 0
-                for item in items:
-                    if isinstance(item, Gap):
-                        blocks.append(framer.gap(item))
-                        if item.slow:
-                            log.info("slow consumer dropped: client %s, transport sse, topic %s: fell behind "
-                                     "its queue and history; sent event: gap, ending the stream", client, item.topic)
+                    silence = time.monotonic() - stream.last_write
+                    if stream.backlog or not stream.open:
+                        beat = heartbeat  # a writer is at work; its bytes are the sign of life
+                    elif silence < heartbeat:
+                        beat = heartbeat - silence
                     else:
-                        blocks.extend(framer.event(item))
-                        events += 1
-                yield b"".join(blocks)
-                delivered.inc(events)
+                        beat = heartbeat
+                        if left is None or left > heartbeat:
+                            stream.write([framer.wrap(HEARTBEAT)])
+            finally:
+                stream.close()
+                outbox.clear()
     finally:
         source.close()
 
@@ -223,10 +262,14 @@ def _opening(settings: Settings, what: str, identity: Identity, position: str | 
     return (text + "\n").encode("ascii", "replace")
 
 
-def _respond(open_source: Callable[[], Subscription | TopicSet], framer: _TopicFramer | _CompoundFramer,
+def _respond(open_source: Callable[[], Subscription | TopicSet], framer: _Framer,
              opening: bytes, identity: Identity) -> Response:
     """Admit the stream (connection limits), open its subscriptions, and answer with it."""
     settings = state.settings()
+    raw = request.environ.get(ENVIRON_RAW_RESPONSE)
+    if raw is None:
+        raise ApiError(501, "unsupported_server", "event streams need Switchboard's server: gunicorn with "
+                       "app.server.lifecycle.Worker, or python wsgi.py")
     slot = limits.current().open_stream(request.environ, "sse")  # or 503/429
     try:
         source = open_source()
@@ -237,8 +280,9 @@ def _respond(open_source: Callable[[], Subscription | TopicSet], framer: _TopicF
     except BaseException:
         slot.release()
         raise
-    stream_body = _stream(source, framer, opening, settings.sse_heartbeat, state.metrics(),
-                          settings.sse_retry_ms, slot.client, identity)
+    framer.retry_ms = settings.sse_retry_ms
+    stream_body = _stream(raw, source, framer, opening, settings.sse_heartbeat, state.metrics(),
+                          state.delivery(), settings.write_timeout or None, slot.client, identity)
     response = Response(stream_body, status=200, content_type=CONTENT_TYPE)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each write on at once

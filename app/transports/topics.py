@@ -115,6 +115,18 @@ class TopicSet:
             self.close()
             raise
 
+    def take(self, max_items: int) -> list[Item]:
+        """Take what is ready now, up to ``max_items``, without waiting (see
+        :meth:`app.hub.Subscription.take`)."""
+        return self.get_many(max_items, 0)
+
+    def wake_with(self, signal) -> None:
+        """Have every subscription set ``signal`` instead of the set's own (see
+        :meth:`app.hub.Subscription.wake_with`): for a reader that takes with ``timeout=0``."""
+        self._signal = signal
+        for sub in self._subs:
+            sub.wake_with(signal)
+
     def get_many(self, max_items: int, timeout: float | None = None) -> list[Item]:
         """Wait up to ``timeout`` for an item of any topic, then take what is ready, up to
         ``max_items``, in publication order across topics (each topic in its own order).

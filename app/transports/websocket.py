@@ -1,5 +1,9 @@
 """``/ws``: the hub over one WebSocket, as JSON ops (one JSON object per text message).
 
+This module is the connection (reading, replies, subscriptions as delivery feeds, access
+control); the protocol itself, parsing and building the ops without I/O, is
+:mod:`app.transports.ws_protocol`.
+
 Client to server (every op may carry ``ref``, a string of at most 256 characters or a
 number; the reply echoes it, or carries ``"ref": null`` when the client gave none)::
 
@@ -78,23 +82,20 @@ name, else the session of the handshake's cookie (:func:`app.identity.current_se
 a publish cannot set it. A handshake without the cookie gets a fresh guest name for
 that connection (an upgrade response cannot set a cookie).
 
-Writing: each subscription has one *forwarder* greenlet that drains its bounded queue
-with ``get_many`` (one wake-up, everything queued, without waiting in between) and
-writes each event's ``"ws"`` encoding, built once per event and shared by every
-connection, all of one wake-up's events with one ``send_many`` (one lock, one write).
-wsio's send lock keeps frames whole when a forwarder and the reader (sending replies)
-write at once. A slow socket only stalls its own
-forwarders; the hub only ever offers to queues. When the connection ends, every
-subscription is closed and every forwarder joined before the view returns.
+Writing: a connection has one greenlet, its reader. Its subscriptions are feeds of the
+delivery layer (:mod:`app.delivery`): the worker's fan-out greenlet takes their events and
+writes each one's WebSocket frame, built once per event and shared by every connection,
+straight into the socket's outbox; a writer greenlet exists only while the socket has a
+backlog. Replies go through the same outbox, so nothing interleaves. A slow socket only
+delays its own feeds; the hub only ever offers to queues. The reader reads a bounded batch
+of messages, then lets delivery catch up (:meth:`app.delivery.Delivery.pace`), so a
+publisher's flood slows the publisher instead of starving its readers.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import gevent
@@ -103,19 +104,22 @@ from flask import Blueprint, Flask, request
 
 from .. import limits as limits_module, state
 from ..auth import AccessError
-from ..auth.tokens import MAX_TOKEN_BYTES
 from ..auth.web import access as app_access
+from ..delivery import Delivery, Feed
+from ..delivery.channel import ChannelOutbox
 from ..errors import ApiError
-from ..events import (Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidHeaders, InvalidTopic,
-                      check_headers, check_topic, check_type, parse_json)
+from ..events import (Event, Gap)
 from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed, TooManyTopics
 from ..identity import current_sender
 from ..limits import Limits, TokenBucket, topic_refusal
 from ..metrics import Metrics
 from .ws_auth import WsAuth
-from .ws_queues import QUEUE_OPS, WsQueues
-from .wsio import (CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA,
-                   ENVIRON_WEBSOCKET, WebSocket, WebSocketError)
+from .ws_protocol import (Auth, ClientError, Ping, Publish, Subscribe, Unsubscribe, encode_event,
+                          encode_gap, error, ok, parse)
+from .ws_queues import WsQueues
+from .wsio import (CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, ENVIRON_WEBSOCKET, WebSocket,
+                   WebSocketError)
+from ..server.frames import OP_TEXT, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -123,215 +127,45 @@ bp = Blueprint("websocket", __name__)
 
 MAX_SUBSCRIPTIONS = 100
 """Topics one connection may follow at once, unless ``SWITCHBOARD_MAX_SUBSCRIPTIONS``
-says otherwise; each costs a queue and a greenlet."""
+says otherwise; each costs a queue."""
 
-MAX_REF_LENGTH = 256
-
-FORWARDER_JOIN_TIMEOUT = 5.0
-"""Seconds the view waits, after the socket closed, for its forwarders to stop."""
+PACE = 32
+"""Messages the reader handles before it lets delivery catch up (see the module docstring)."""
 
 
-# ----------------------------------------------------------------------- errors
+def _event_frame(event: Event) -> bytes:
+    return encode_frame(OP_TEXT, encode_event(event))
 
 
-class ClientError(Exception):
-    """A message the server cannot act on; answered with an ``error`` op, never a close.
+class WsJsonFramer:
+    """One ``/ws`` subscription's wire format for the delivery layer
+    (:class:`app.delivery.Framer`): each event as the WebSocket frame of its ``event`` op,
+    built once per event and shared by every connection."""
 
-    Attributes:
-        code: the stable ``error`` code.
-        message: the human text.
-        ref: the client's ``ref`` when it could be read, else ``None``.
-    """
+    __slots__ = ("connection", "sub")
 
-    def __init__(self, code: str, message: str, ref: Any = None, **details: Any):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.ref = ref
-        self.details = details
+    def __init__(self, connection: "Connection", sub: Subscription):
+        self.connection = connection
+        self.sub = sub
 
+    def frame(self, items: list, out: list) -> int:
+        events = 0
+        raw = self.connection._raw  # else a SockJS session: messages, not frames
+        for item in items:
+            if isinstance(item, Gap):
+                gap = encode_gap(self.sub.topic)
+                out.append(encode_frame(OP_TEXT, gap) if raw else gap)
+            else:
+                out.append(item.encoded("ws-frame", _event_frame) if raw else encode_event(item))
+                events += 1
+        return events
 
-# ---------------------------------------------------------------------- client ops
-
-
-@dataclass(frozen=True)
-class Subscribe:
-    ref: Any
-    topic: str
-    since: str | None
-
-
-@dataclass(frozen=True)
-class Unsubscribe:
-    ref: Any
-    topic: str
-
-
-@dataclass(frozen=True)
-class Publish:
-    ref: Any
-    topic: str
-    type: str
-    data: Any
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class Ping:
-    ref: Any
-
-
-@dataclass(frozen=True)
-class Auth:
-    ref: Any
-    token: str
-
-
-Command = Subscribe | Unsubscribe | Publish | Ping | Auth
-
-
-def _since(value: Any, ref: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    try:
-        Cursor.parse(value)
-    except InvalidCursor as exc:
-        raise ClientError("bad_cursor", f"since: {exc}", ref) from None
-    return value
-
-
-def _token(value: Any, ref: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_TOKEN_BYTES:
-        raise ClientError("bad_message", f"token must be a non-empty string of at most {MAX_TOKEN_BYTES} characters",
-                          ref)
-    return value
-
-
-def _headers(value: Any, ref: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict):
-        raise ClientError("bad_headers", 'headers must be an object of strings, like {"x-trace": "abc"}', ref)
-    try:
-        return check_headers(value)
-    except InvalidHeaders as exc:
-        raise ClientError("bad_headers", str(exc), ref) from None
-
-
-def _type(value: Any, ref: Any) -> str:
-    try:
-        return check_type(value)
-    except InvalidEventType as exc:
-        raise ClientError("bad_type", str(exc), ref) from None
-
-
-# op -> (builder, required fields, optional fields). Every op also accepts "op" and "ref".
-_OPS: dict[str, tuple[Callable[[dict, Any], Command], frozenset, frozenset]] = {
-    "subscribe": (lambda m, ref: Subscribe(ref, m["topic"], _since(m.get("since"), ref)),
-                  frozenset({"topic"}), frozenset({"since"})),
-    "unsubscribe": (lambda m, ref: Unsubscribe(ref, m["topic"]),
-                    frozenset({"topic"}), frozenset()),
-    "publish": (lambda m, ref: Publish(ref, m["topic"], _type(m.get("type", "message"), ref), m["data"],
-                                       _headers(m["headers"], ref) if "headers" in m else ()),
-                frozenset({"topic", "data"}), frozenset({"type", "headers"})),
-    "ping": (lambda m, ref: Ping(ref), frozenset(), frozenset()),
-    "auth": (lambda m, ref: Auth(ref, _token(m["token"], ref)), frozenset({"token"}), frozenset()),
-    # Work queues (app/transports/ws_queues.py).
-    **{op: (lambda m, ref, build=build: build(m, ref, ClientError), required, optional)
-       for op, (build, required, optional) in QUEUE_OPS.items()},
-}
-_ENVELOPE = frozenset({"op", "ref"})
-
-
-
-def _read_ref(message: dict) -> Any:
-    ref = message.get("ref")
-    if ref is None:
-        return None
-    if isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH:
-        return ref
-    # Any int: math.isfinite() raises OverflowError beyond a double (a 400-digit ref).
-    if (isinstance(ref, int) and not isinstance(ref, bool)) or (isinstance(ref, float) and math.isfinite(ref)):
-        return ref
-    raise ClientError("bad_ref", f"ref must be a string of at most {MAX_REF_LENGTH} characters or a number")
-
-
-def parse(text: str) -> Command:
-    """Read one client message.
-
-    Args:
-        text: the text of one WebSocket message.
-
-    Returns:
-        The command it asks for, its fields checked (topic, cursor, type).
-
-    Raises:
-        ClientError: the message is not a valid op; ``ref`` is set when it was readable.
-    """
-    try:
-        message = parse_json(text)
-    except ValueError as exc:
-        raise ClientError("bad_json", f"not valid JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise ClientError("bad_message", 'a message is a JSON object like {"op": "subscribe", "topic": "chat"}')
-    ref = _read_ref(message)
-    op = message.get("op")
-    if not isinstance(op, str):
-        raise ClientError("bad_message", 'the message needs an "op" string', ref)
-    try:
-        build, required, optional = _OPS[op]
-    except KeyError:
-        raise ClientError("unknown_op", f"unknown op {op[:40]!r}; known: {', '.join(_OPS)}", ref) from None
-    missing = required - message.keys()
-    if missing:
-        raise ClientError("bad_message", f"{op} needs field(s): {', '.join(sorted(missing))}", ref)
-    unknown = message.keys() - required - optional - _ENVELOPE
-    if unknown:
-        hint = " (the server sets the sender)" if "sender" in unknown else ""
-        raise ClientError("bad_message", f"unknown field(s) for {op}: {', '.join(sorted(unknown))}{hint}", ref)
-    if "topic" in required:
-        try:
-            check_topic(message["topic"])
-        except InvalidTopic as exc:
-            raise ClientError("bad_topic", str(exc), ref) from None
-    return build(message, ref)
-
-
-# ---------------------------------------------------------------------- server ops
-
-
-def _dumps(value: dict) -> str:
-    # ASCII-only: a ref may hold a lone surrogate (JSON allows "\ud800"), which has no
-    # UTF-8 form; escaped, it is still the same JSON string.
-    return json.dumps(value, separators=(",", ":"))
-
-
-def ok(ref: Any, **details: Any) -> str:
-    """The text of an ``ok`` reply."""
-    return _dumps({"op": "ok", "ref": ref, **details})
-
-
-def error(ref: Any, code: str, message: str, **details: Any) -> str:
-    """The text of an ``error`` reply."""
-    return _dumps({"op": "error", "ref": ref, "error": code, "message": message, **details})
-
-
-def _encode_event(event: Event) -> bytes:
-    # event.json() is '{"id":...}' (compact, one line, cached): splice the op in front.
-    try:
-        return ('{"op":"event",' + event.json()[1:]).encode("utf-8")
-    except UnicodeEncodeError:
-        # The data holds a lone surrogate (published as "\ud800"): no UTF-8 form, so
-        # send it escaped, as valid JSON, rather than fail every subscriber.
-        return _dumps({"op": "event", **event.to_dict()}).encode("ascii")
-
-
-def encode_event(event: Event) -> bytes:
-    """The UTF-8 text of an ``event`` op; built once per event, shared by every socket."""
-    return event.encoded("ws", _encode_event)
-
-
-def encode_gap(topic: str) -> bytes:
-    """The UTF-8 text of a ``gap`` op."""
-    return _dumps({"op": "gap", "topic": topic}).encode("utf-8")
+    def closed(self, reason: str, out: list) -> bool:
+        reply = self.connection.ended(self.sub, reason)
+        if reply is not None:
+            data = reply.encode("utf-8")
+            out.append(encode_frame(OP_TEXT, data) if self.connection._raw else data)
+        return False  # the connection and its other subscriptions stay
 
 
 # ---------------------------------------------------------------------- connection
@@ -354,7 +188,7 @@ class Connection:
     """
 
     def __init__(self, ws: WebSocket, hub: Hub, sender: str, metrics: Metrics | None = None,
-                 limits: Limits | None = None, client: str = "?"):
+                 limits: Limits | None = None, client: str = "?", delivery: Delivery | None = None):
         self.ws = ws
         self.hub = hub
         self._sender = sender
@@ -367,10 +201,19 @@ class Connection:
         self._published = metrics.publishes.labels("websocket") if metrics is not None else None
         self._refusals = metrics.auth_refusals if metrics is not None else None
         self.subscriptions: dict[str, Subscription] = {}
-        self._forwarders: dict[Subscription, gevent.Greenlet] = {}
-        self._paused: set[Subscription] = set()  # forwarders waiting for a token refresh
-        self._group = gevent.pool.Group()
-        self._to_start: list[gevent.Greenlet] = []  # forwarders waiting for their "ok" to go out
+        self.delivery = delivery if delivery is not None else Delivery()
+        outbox = getattr(ws, "outbox", None)
+        self._raw = outbox is not None  # a WebSocket: events go out as frames built once
+        if outbox is None:  # a SockJS session: events go out as messages, replies with them
+            outbox = ChannelOutbox(ws)
+            self._reply = outbox.send
+        else:
+            self._reply = ws.send
+        self.stream = self.delivery.stream(outbox, "websocket", client)
+        self._feeds: dict[Subscription, Feed] = {}
+        # Subscriptions (and work-queue consumers' greenlets, ws_queues.py) waiting for their "ok" to go out.
+        self._to_start: list[Subscription | gevent.Greenlet] = []
+        self._consumers = gevent.pool.Group()  # the work-queue consumers' greenlets
         self._handlers: dict[type, Callable[[Any], str]] = {
             Subscribe: self._subscribe,
             Unsubscribe: self._unsubscribe,
@@ -384,6 +227,9 @@ class Connection:
     def with_access(self, access, identity, grace: float) -> "Connection":
         """Put this connection under access control, as ``identity`` (see ws_auth.py)."""
         self.auth = WsAuth(access, identity, grace, self.ws, self._refused)
+        # No event goes out while the token is expired; a refresh lets them through again.
+        self.stream.gate = self.auth.live
+        self.auth.on_live = lambda: self.delivery.ready(self.stream)
         return self
 
     def _refused(self, code: str) -> None:
@@ -397,6 +243,7 @@ class Connection:
 
     def run(self) -> None:
         """Serve the connection until it closes; release everything it held."""
+        handled = 0
         try:
             while True:
                 message = self.ws.receive()
@@ -408,12 +255,17 @@ class Connection:
                     continue  # receive() now reads the peer's Close and returns None
                 reply = self.handle(message)
                 try:
-                    self.ws.send(reply)
+                    self._reply(reply)
                 except WebSocketError:
                     return
                 # Only now may a new subscription's events go out: "ok" comes first.
                 while self._to_start:
-                    self._group.start(self._to_start.pop(0))
+                    self._start(self._to_start.pop(0))
+                handled += 1
+                if handled % PACE == 0:
+                    # A bounded batch read: let delivery write what it brought before the
+                    # next one (a flood of publishes must not starve the subscribers).
+                    self.delivery.pace()
         finally:
             self.release()
 
@@ -462,25 +314,28 @@ class Connection:
             cursor = self.hub.history(cmd.topic, limit=1).cursor
         sub = self.hub.subscribe(cmd.topic, since=cursor or None, member=self.sender)
         self.subscriptions[cmd.topic] = sub
-        greenlet = gevent.Greenlet(self._forward, sub)
-        self._forwarders[sub] = greenlet
-        greenlet.link(lambda _, sub=sub: self._forwarders.pop(sub, None))
-        self._to_start.append(greenlet)  # started by run() once the reply is sent
+        self._to_start.append(sub)  # delivered by run() once the reply is sent
         return ok(cmd.ref, topic=cmd.topic, cursor=cursor)
+
+    def _start(self, sub: Subscription | gevent.Greenlet) -> None:
+        if isinstance(sub, gevent.Greenlet):  # a work-queue consumer: not on the delivery layer yet
+            self._consumers.start(sub)
+            return
+        if self.subscriptions.get(sub.topic) is sub:  # not ended meanwhile
+            self._feeds[sub] = self.delivery.attach(self.stream, sub, WsJsonFramer(self, sub), sub.topic)
 
     def _unsubscribe(self, cmd: Unsubscribe) -> str:
         sub = self.subscriptions.pop(cmd.topic, None)
         if sub is None:
             raise ClientError("not_subscribed", f"not subscribed to {cmd.topic!r}", cmd.ref)
-        sub.close()
-        forwarder = self._forwarders.get(sub)
-        if forwarder is not None and forwarder.started:
-            if sub in self._paused:
-                forwarder.kill()  # waiting for a token refresh, between two writes: nothing half-sent
-            else:
-                # It stops after the event it is writing, if any: no event after the reply.
-                forwarder.join()
+        self._stop(sub)  # what was written is before the reply; nothing follows it
         return ok(cmd.ref, topic=cmd.topic)
+
+    def _stop(self, sub: Subscription) -> None:
+        feed = self._feeds.pop(sub, None)
+        if feed is not None:
+            feed.detach()
+        sub.close()
 
     def _publish(self, cmd: Publish) -> str:
         if self.auth is not None:
@@ -533,98 +388,42 @@ class Connection:
         if self.subscriptions.get(topic) is not sub:
             return
         del self.subscriptions[topic]
-        sub.close()
+        self._stop(sub)
         self._refused(refusal.code)
         try:
-            self.ws.send(error(None, refusal.code, f"subscription ended: {refusal.message}", topic=topic))
+            self._reply(error(None, refusal.code, f"subscription ended: {refusal.message}", topic=topic))
         except WebSocketError:
             pass  # gone: the reader notices
 
-    # -- forwarding -----------------------------------------------------------------
+    # -- delivery -------------------------------------------------------------------
 
-    def _forward(self, sub: Subscription) -> None:
-        """Drain one subscription into the socket until it or the socket closes."""
-        topic = sub.topic
-        send_many = self.ws.send_many
-        batch = max(self.hub.queue_size, 1)
-        sent = 0
-        try:
-            while True:
-                if sent and self._delivered is not None:
-                    self._delivered.inc(sent)
-                sent = 0
-                try:
-                    items = sub.get_many(batch)
-                except SubscriptionClosed as exc:
-                    self._ended(sub, exc.reason)
-                    return
-                if self.auth is not None and not self.auth.live.is_set():
-                    self._paused.add(sub)  # the token expired: wait for a refresh (or the end)
-                    try:
-                        self.auth.live.wait()
-                    finally:
-                        self._paused.discard(sub)
-                if self.subscriptions.get(topic) is not sub:
-                    return  # unsubscribed (or the connection ended) meanwhile
-                # Everything this wake-up found goes out in one write (one lock, one sendall).
-                payloads, events, slow = [], 0, False
-                for item in items:
-                    if isinstance(item, Gap):
-                        payloads.append(encode_gap(topic))
-                        if item.slow:
-                            slow = True
-                            break
-                    else:
-                        payloads.append(encode_event(item))
-                        events += 1
-                send_many(payloads)
-                sent = events
-                if slow:
-                    self._ended(sub, "slow consumer")
-                    return
-        except WebSocketError:
-            return  # the socket is gone; the reader notices and releases everything
-        except Exception:
-            log.error("WebSocket forwarder for %r failed", topic, exc_info=True)
-            self.ws.close(CLOSE_INTERNAL_ERROR, "internal error")
-        finally:
-            if sent and self._delivered is not None:
-                self._delivered.inc(sent)
-
-    def _ended(self, sub: Subscription, reason: str) -> None:
-        """The hub ended a subscription: forget it and tell the client, unless it was us."""
+    def ended(self, sub: Subscription, reason: str) -> str | None:
+        """The hub ended a subscription (its feed says so): forget it, and return the
+        error op to tell the client, unless the connection ended it itself."""
+        self._feeds.pop(sub, None)
         if self.subscriptions.get(sub.topic) is not sub:
-            return
+            return None
         del self.subscriptions[sub.topic]
-        sub.close()
         if reason == "slow consumer":
-            log.info("slow consumer dropped: client %s, transport websocket, topic %s: fell behind its queue "
-                     "and history; sent gap and error slow_consumer, the connection stays open",
-                     self.client, sub.topic)
-            reply = error(None, "slow_consumer",
-                          "this subscription fell behind further than history reaches and was dropped; "
-                          "subscribe again with since", topic=sub.topic)
-        else:
-            code = "shutting_down" if reason == "shutdown" else "subscription_closed"
-            reply = error(None, code, f"subscription ended: {reason}", topic=sub.topic)
-        self.ws.send(reply)
+            return error(None, "slow_consumer",
+                         "this subscription fell behind further than history reaches and was dropped; "
+                         "subscribe again with since", topic=sub.topic)
+        code = {"shutdown": "shutting_down", "unavailable": "unavailable"}.get(reason, "subscription_closed")
+        return error(None, code, f"subscription ended: {reason}", topic=sub.topic)
 
     def release(self) -> None:
-        """Close every subscription and stop every forwarder (idempotent)."""
+        """Close every subscription and end delivery to the socket (idempotent)."""
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
         self._to_start.clear()
         self.queues.release()  # what its consumers hold goes back to their queues
+        self._consumers.join(timeout=1.0)  # they end at their consumer's close
+        self._consumers.kill(block=False)
         if self.auth is not None:
-            self.auth.close()  # stops its timers; paused forwarders wake and see they are done
+            self.auth.close()  # stops its timers
+        self.stream.close()  # closes every feed's subscription
         for sub in subs:
             sub.close()
-        if not self._group.join(timeout=FORWARDER_JOIN_TIMEOUT):
-            # A forwarder is stuck writing to a peer that reads nothing: cut the socket,
-            # which fails its send, rather than kill it halfway through a frame.
-            self.ws.abort()
-            if not self._group.join(timeout=1.0):
-                self._group.kill(block=False)
 
 
 # ---------------------------------------------------------------------------- views
@@ -651,7 +450,8 @@ def connect():
     except AccessError as exc:  # only if no admission hook ran (a server without our policy)
         ws.close(CLOSE_POLICY_VIOLATION, exc.message[:120])
         return "", 204
-    connection = Connection(ws, state.hub(), identity.sender, metrics, limits, limits.client(request.environ))
+    connection = Connection(ws, state.hub(), identity.sender, metrics, limits, limits.client(request.environ),
+                            state.delivery())
     connection.with_access(access, identity, state.settings().auth_refresh_grace)
     with metrics.connection("websocket"):
         connection.run()

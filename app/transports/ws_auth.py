@@ -75,6 +75,8 @@ class WsAuth:
         self.live = gevent.event.Event()
         """Set while events may be delivered; cleared from expiry until a refresh."""
         self.live.set()
+        self.on_live: Callable[[], None] | None = None
+        """Called whenever :attr:`live` is set again (delivery resumes)."""
         self._ws = ws
         self._refused = refused
         self._other_ops = 0
@@ -123,12 +125,17 @@ class WsAuth:
     def resume(self) -> None:
         """After :meth:`sign_in`: deliver again (paused since the expiry, if any)."""
         if self.state is WsAuthState.SIGNED_IN:  # not if the new token ran out meanwhile
-            self.live.set()
+            self._set_live()
 
     def close(self) -> None:
         """Stop the timers and release paused forwarders (the connection ended)."""
         self._stop_timer()
+        self._set_live()
+
+    def _set_live(self) -> None:
         self.live.set()
+        if self.on_live is not None:
+            self.on_live()
 
     # -- timers (their callbacks run in the event loop: they must not block) --------------
 

@@ -76,6 +76,16 @@ export interface SwitchboardOptions {
   pollInterval?: number;
   /** Events per poll or long-poll answer (default 100). */
   pageLimit?: number;
+  /** Read the SSE stream with EventSource when no token is sent (a session cookie, or anonymous):
+   *  the first connection carries ?last_event_id=, and the browser reconnects by itself with the
+   *  Last-Event-ID header. Default false (fetch, which can send Authorization). */
+  eventSource?: boolean;
+  /** An EventSource constructor (Node: the `eventsource` package). Default: globalThis.EventSource. */
+  EventSource?: unknown;
+  /** Event types an EventSource listens to ("gap" always). Default ["message", "presence"]. */
+  eventTypes?: string[];
+  /** EventSource: send cookies to another origin (default false). */
+  withCredentials?: boolean;
 }
 
 export interface DeliveryInfo {
@@ -122,10 +132,15 @@ export interface StateDetail {
   retryIn?: number;
   error?: SwitchboardError;
   dropped?: boolean;
+  /** EventSource is reconnecting by itself (eventSource: true), sending this Last-Event-ID. */
+  browser?: boolean;
+  lastEventId?: string;
 }
 
 export interface TrafficDetail {
-  type: "start" | "end" | "in" | "out";
+  type: "start" | "end" | "in" | "out" | "open";
+  /** "eventsource" when an SSE stream is read with EventSource. */
+  reader?: "eventsource";
   transport: TransportName | "http";
   kind: string;
   url?: string;

@@ -25,7 +25,9 @@
  *   an `auth` op on /ws, refreshed before it expires (and at once on {"op": "expired"});
  *   `Authorization: Bearer` on every HTTP request, the SSE stream included (it is read with
  *   fetch(), which can send headers; EventSource cannot), reopened with a new token before
- *   the old one runs out.
+ *   the old one runs out. With `eventSource: true` and no token (a session cookie, or
+ *   anonymous) the stream is read with EventSource instead, which reconnects by itself
+ *   with Last-Event-ID (switchboard/eventsource.js).
  * - Every failure is a SwitchboardError with the server's code (`forbidden`,
  *   `rate_limited`, ...) or one of this file's own (`network`, `timeout`, `disconnected`,
  *   `closed`, `token_failed`, `bad_reply`): publish() rejects with it, a subscription's
@@ -33,7 +35,8 @@
  *   listener it goes to console.warn, and an exception thrown by an application callback is
  *   rethrown (asynchronously, so the connection carries on).
  *
- * Node 20: pass `WebSocket` (the `ws` package); fetch is built in. */
+ * Node 20: pass `WebSocket` (the `ws` package), and `EventSource` (the `eventsource` package)
+ * to use `eventSource: true`; fetch is built in. */
 
 import { SwitchboardError, httpError, networkError } from "./switchboard/errors.js";
 import { LongPollTransport, PollingTransport } from "./switchboard/polling.js";
@@ -58,6 +61,9 @@ const DEFAULTS = Object.freeze({
   longPollTimeout: 25, // s a long poll may be held (the server caps it)
   pollInterval: 1000, // ms between two rounds of interval polling
   pageLimit: 100, // events per poll or long-poll answer
+  eventSource: false, // read SSE with the platform's EventSource when no Authorization header is needed
+  eventTypes: ["message", "presence"], // the event types an EventSource listens to ("gap" always)
+  withCredentials: false, // EventSource: send cookies to another origin
 });
 const KNOWN_TRANSPORTS = ["websocket", "sse", "long-polling", "polling"];
 const TOPIC = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -83,6 +89,7 @@ export class Switchboard {
     this.url = new URL(url || "/", here).href;
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
     this._fetch = options.fetch || ((...args) => globalThis.fetch(...args));
+    this._EventSource = options.EventSource || globalThis.EventSource;
     const wanted = options.transports || DEFAULTS.transports;
     for (const name of wanted) {
       if (!KNOWN_TRANSPORTS.includes(name)) throw new SwitchboardError("bad_option", `unknown transport ${name}`);

@@ -349,7 +349,9 @@ def test_demo_endpoint_mints_and_refuses(auth_server, live_server):
     answer = res.json()
     assert answer["sub"] == "bob" and answer["expires_in"] == DEMO_TOKEN_SECONDS
     claims = jwt.decode(answer["token"], SECRET, algorithms=["HS256"])
-    assert claims["switchboard"] == {"subscribe": ["chat", "ticks", "user.{sub}"], "publish": ["chat", "user.{sub}"]}
+    queues = ["queue.jobs", "queue.compare.jobs"]  # the STOMP and compare pages' work queues
+    assert claims["switchboard"] == {"subscribe": ["chat", "ticks", "user.{sub}", *queues],
+                                     "publish": ["chat", "user.{sub}", *queues]}
     set_cookie = res.headers["Set-Cookie"]
     assert set_cookie.startswith(f"{COOKIE}={answer['token']};")
     assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie and "Path=/" in set_cookie

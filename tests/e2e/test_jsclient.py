@@ -30,6 +30,7 @@ FILES = {
     "basic.test.mjs": ((), 120),
     "restart.test.mjs": ((pytest.mark.redis,), 180),
     "access.test.mjs": ((), 120),
+    "eventsource.test.mjs": ((), 120),
     "churn.test.mjs": ((pytest.mark.soak, pytest.mark.redis), 240),
 }
 

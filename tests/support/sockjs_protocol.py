@@ -37,7 +37,7 @@ class SockJSTestServer:
     def start(self) -> "SockJSTestServer":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-k", "app.transports.wsio.Worker", "-b", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "gunicorn", "-k", "app.server.lifecycle.Worker", "-b", f"127.0.0.1:{self.port}",
              "-w", "1", "--no-control-socket", "--graceful-timeout", "5", "tests.support.sockjs_test_app:app"],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(self._ready, timeout=30, interval=0.05, message=f"SockJS test app on {self.url}")

@@ -1,6 +1,6 @@
 """The SockJS protocol test suite's services, on the SockJS layer alone (not the production app).
 
-Run: ``gunicorn -k app.transports.wsio.Worker tests.support.sockjs_test_app:app``.
+Run: ``gunicorn -k app.server.lifecycle.Worker tests.support.sockjs_test_app:app``.
 
 sockjs-protocol-0.3.3.py expects, under one base URL:
 
@@ -22,7 +22,8 @@ from flask import Flask
 
 from app.sockjs import GO_AWAY, SessionConfig
 from app.transports.sockjs_http import SessionContext, SockJSService
-from app.transports.wsio import WebSocketPolicy
+from app.server.handshake import WebSocketPolicy
+from app.server.hooks import ServerHooks
 
 
 def _admit(environ, transport, session_id, take_slot):
@@ -58,7 +59,9 @@ def create_app(env=os.environ) -> Flask:
         service.register(app)
         protocols.update(service.websocket_paths())
     origins = tuple(item for item in env.get("SOCKJS_TEST_ALLOWED_ORIGINS", "*").split(",") if item)
-    app.switchboard_ws_policy = WebSocketPolicy(allowed_origins=origins, protocols=protocols, ping_interval=0)
+    # What the server layer reads of an application (app/server/hooks.py).
+    app.switchboard_server = ServerHooks(
+        policy=WebSocketPolicy(allowed_origins=origins, protocols=protocols, ping_interval=0))
     app.sockjs_services = services
     return app
 

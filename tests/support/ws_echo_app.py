@@ -1,7 +1,7 @@
 """A tiny WSGI application for testing ``app.transports.wsio`` under real gunicorn.
 
 Run: ``gunicorn -k app.transports.wsio.Worker tests.support.ws_echo_app:app``.
-Its ``switchboard_ws_policy`` comes from ``WS_ECHO_*`` environment variables (see
+Its policy (``switchboard_server``) comes from ``WS_ECHO_*`` environment variables (see
 ``policy_from_env``), so each test server can have its own limits and timings.
 
 HTTP (no upgrade):
@@ -28,6 +28,7 @@ import os
 
 import gevent
 
+from app.server.hooks import ServerHooks
 from app.transports.wsio import (
     ENVIRON_PROTOCOL,
     ENVIRON_WEBSOCKET,
@@ -65,7 +66,7 @@ class EchoApp:
     """The WSGI callable; one instance per worker process."""
 
     def __init__(self, policy: WebSocketPolicy):
-        self.switchboard_ws_policy = policy
+        self.switchboard_server = ServerHooks(policy=policy)
 
     def __call__(self, environ, start_response):
         ws = environ.get(ENVIRON_WEBSOCKET)

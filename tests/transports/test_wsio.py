@@ -25,9 +25,9 @@ import pytest
 import requests
 import websocket
 
-from app.transports import _wsframes as frames
+from app.server import frames
 from app.transports import wsio
-from app.transports._wsframes import (
+from app.server.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,

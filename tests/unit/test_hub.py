@@ -427,3 +427,28 @@ class TestHistoryBytes:
     def test_size_is_the_events_utf8_json(self):
         event = make_hub().publish("t", {"text": "héllo \ud800"})
         assert event.size == len(event.json().encode("utf-8", "surrogatepass"))
+
+
+def test_take_applies_the_seam_rule_on_its_fast_path():
+    hub = make_hub(queue_size=8)
+    first = hub.publish("t", 0)
+    for n in range(1, 4):
+        hub.publish("t", n)
+    sub = hub.subscribe("t", since=first.id)
+    hub.publish("t", 4)  # queued live while history still has to be replayed
+    taken = sub.take(2) + sub.take(10)  # a replay page, then the rest
+    hub.publish("t", 5)
+    taken += sub.take(10)  # live only: the fast path
+    assert seqs(taken) == [2, 3, 4, 5, 6]
+    assert sub.take(10) == []
+    sub.close()
+    with pytest.raises(SubscriptionClosed):
+        sub.take(10)
+
+
+def test_take_after_an_overflow_catches_up_from_history():
+    hub = make_hub(queue_size=2)
+    sub = hub.subscribe("t")
+    for n in range(6):
+        hub.publish("t", n)  # the queue holds 2, the rest is read back from history
+    assert seqs(sub.take(100)) == [1, 2, 3, 4, 5, 6]

@@ -1,6 +1,8 @@
-/* switchboard.js, part: Server-Sent Events of every topic on one stream, read with fetch(). */
+/* switchboard.js, part: Server-Sent Events of every topic on one stream, read with fetch()
+ * (or with the platform's EventSource, when asked for and no header is needed: eventsource.js). */
 
 import { SwitchboardError, httpError, networkError } from "./errors.js";
+import { eventSourceStream } from "./eventsource.js";
 import { HttpTransport } from "./http.js";
 import { compound, eventOf, parseCompound } from "./util.js";
 
@@ -43,7 +45,7 @@ export class SseParser {
   }
 }
 
-/** Server-Sent Events of every topic on one stream, read with fetch(). */
+/** Server-Sent Events of every topic on one stream, read with fetch() or EventSource. */
 export class SseTransport extends HttpTransport {
   constructor(client) {
     super(client, "sse");
@@ -82,6 +84,10 @@ export class SseTransport extends HttpTransport {
     const c = this.client;
     const token = await c._tokens.get();
     if (gen !== this.gen) return "again";
+    // No Authorization header to send (a cookie, or anonymous): EventSource can read it.
+    if (!token && c.options.eventSource && typeof c._EventSource === "function") {
+      return eventSourceStream(this, subs, gen, state, c._EventSource);
+    }
     const headers = { Accept: "text/event-stream" };
     const resume = compound(subs);
     if (resume) headers["Last-Event-ID"] = resume;

@@ -4,7 +4,7 @@ This module reads frames through a ``read(n)`` callable, joins fragments into
 messages and encodes the server's frames. It never touches a socket, gevent or
 gevent-websocket, so it can be tested with ``io.BytesIO(...).read``. Every way a
 peer can break the protocol raises :class:`FrameError` carrying the close code to
-send; :mod:`app.transports.wsio` turns it into a Close frame in one place.
+send; :mod:`app.server.websocket` turns it into a Close frame in one place.
 
 Two properties the I/O layer relies on:
 
@@ -200,7 +200,7 @@ class MessageAssembler:
         self._opcode: int | None = None
         self._size = 0
         self._parts: list = []
-        self._decoder = None
+        self._decoder: codecs.BufferedIncrementalDecoder | None = None
 
     @property
     def room(self) -> int:

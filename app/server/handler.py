@@ -1,0 +1,276 @@
+"""The pywsgi handler: plain HTTP to the application, WebSocket upgrades decided before 101.
+
+One :class:`Handler` per connection, used by the gunicorn worker and the development
+server alike. An upgrade is decided by :func:`~app.server.handshake.negotiate` with the
+application's policy; after ``101`` the application runs with ``environ["wsgi.websocket"]``
+and the handler completes the closing handshake when it returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import http
+import json
+import logging
+import socket
+
+import gevent
+import gevent.select
+from gevent.pywsgi import WSGIHandler, WSGIServer
+from geventwebsocket.handler import WebSocketHandler
+from gunicorn.workers.ggevent import PyWSGIHandler
+
+from .frames import CLOSE_INTERNAL_ERROR
+from .handshake import WEBSOCKET_VERSION, Acceptance, Refusal, WebSocketPolicy, is_websocket_request, negotiate
+from .hooks import hooks_of
+from .raw_response import ENVIRON_RAW_RESPONSE, RawResponse
+from .registry import ENVIRON_REGISTRY, Registry
+from .websocket import State, WebSocket
+
+log = logging.getLogger(__name__)
+
+ENVIRON_WEBSOCKET = "wsgi.websocket"
+ENVIRON_PROTOCOL = "switchboard.ws_protocol"
+#: ``environ[ENVIRON_CLIENT_GONE]()`` is true once the client has closed its end of the
+#: connection: a parked request (a SockJS poll) asks it while it waits, since a WSGI server
+#: notices a gone client only when it writes.
+ENVIRON_CLIENT_GONE = "switchboard.client_gone"
+
+
+class _SendTimedOut(Exception):
+    """Raised by a gevent.Timeout around a plain HTTP write."""
+
+
+class _AppStatus:
+    """The ``start_response`` the application gets after 101: its status line has
+    nowhere to go, but an error status (say Werkzeug's 404 for a route not declared
+    with ``websocket=True``) is kept so the socket closes with a reason, not silently.
+    """
+
+    __slots__ = ("status",)
+
+    def __init__(self):
+        self.status = ""
+
+    def __call__(self, status, headers, exc_info=None):
+        self.status = status
+        return self.write
+
+    @staticmethod
+    def write(data):
+        return None
+
+    @property
+    def failed(self) -> bool:
+        return self.status[:1] in ("4", "5")
+
+
+#: Read buffer of each connection's request stream, in bytes (gevent's default is 8 KiB):
+#: an idle keep-alive, SSE or WebSocket connection holds it the whole time it waits.
+#: Reads larger than the buffer (big bodies, big WebSocket frames) bypass it.
+READ_BUFFER = 1024
+
+
+class Handler(WebSocketHandler, PyWSGIHandler):
+    """gevent-websocket's handler with every decision taken before ``101``.
+
+    Plain HTTP requests go to the application unchanged. Upgrade requests are
+    decided by :func:`negotiate` with the application's policy (:func:`~app.server.hooks.hooks_of`);
+    a refusal is an HTTP error with a JSON body ``{"error", "message"}``.
+    """
+
+    _requests_read = 0  # on this connection (one handler per connection)
+
+    def __init__(self, sock, address, server, rfile=None):
+        super().__init__(sock, address, server, rfile)
+        if rfile is None:
+            # The request stream with a READ_BUFFER buffer instead of the default one.
+            self.rfile.close()  # type: ignore[has-type]  # releases its buffer; the socket stays open
+            self.rfile = sock.makefile("rb", READ_BUFFER)
+
+    def get_environ(self):
+        environ = super().get_environ()
+        environ[ENVIRON_REGISTRY] = self._registry()
+        environ[ENVIRON_RAW_RESPONSE] = RawResponse(self)  # for a stream that writes its own body
+        environ[ENVIRON_CLIENT_GONE] = self._client_gone
+        self._requests_read += 1
+        return environ
+
+    def _client_gone(self) -> bool:
+        # Readable with nothing to read is the peer's FIN; readable with bytes is a next
+        # request already sent (pipelining), which is no hang-up.
+        try:
+            readable, _, _ = gevent.select.select([self.socket], [], [], 0)
+            return bool(readable) and self.socket.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def read_requestline(self):
+        registry = self._registry()
+        if registry.closing:
+            if self._requests_read:
+                return ""  # shutting down: read no further request; the connection closes
+            # A connection accepted just before the listener closed gets its one answer,
+            # if its request comes promptly.
+            with gevent.Timeout(1.0, False):
+                return super().read_requestline()
+            return ""
+        registry._idle.add(self)
+        try:
+            return super().read_requestline()
+        finally:
+            registry._idle.discard(self)
+
+    def _sendall(self, data):
+        timeout = self._policy().write_timeout
+        if timeout is None or getattr(self, "websocket", None) is not None:
+            return super()._sendall(data)
+        try:
+            with gevent.Timeout(timeout, _SendTimedOut):
+                return super()._sendall(data)
+        except _SendTimedOut:
+            log.info(
+                "cut %s %s: a write blocked for %ss (the client reads nothing)",
+                self.client_address,
+                self.environ.get("PATH_INFO"),
+                timeout,
+            )
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)  # part of a chunk may be out: no way back
+            except OSError:
+                pass
+            # EPIPE: pywsgi then closes the connection quietly; a streaming generator's
+            # finally runs (an SSE stream releases its subscription).
+            raise BrokenPipeError(errno.EPIPE, f"write timed out after {timeout}s") from None
+
+    def start_response(self, status, headers, exc_info=None):
+        if self._registry().closing and not str(status).startswith("101"):
+            # Tell the client this connection ends after this response (RFC 9112 9.6),
+            # so it opens a new one, to a worker that is not stopping, for the next request.
+            headers = [(name, value) for name, value in headers if name.lower() != "connection"]
+            headers.append(("Connection", "close"))
+        return super().start_response(status, headers, exc_info)
+
+    def _registry(self) -> Registry:
+        registry = getattr(self.server, "ws_registry", None)
+        if registry is None:  # a plain gevent WSGIServer: give it one
+            registry = self.server.ws_registry = Registry()
+        return registry
+
+    def _policy(self) -> WebSocketPolicy:
+        return hooks_of(self.application).policy
+
+    def run_application(self):
+        if not is_websocket_request(self.environ):
+            return WSGIHandler.run_application(self)
+        registry = self._registry()
+        policy = self._policy()
+        if registry.closing:
+            decision: Acceptance | Refusal = Refusal(
+                503, "shutting_down", "the server is shutting down; reconnect shortly", (("Retry-After", "1"),)
+            )
+        else:
+            decision = negotiate(self.environ, policy)
+        if isinstance(decision, Refusal):
+            return self._refuse(decision)
+        release = None
+        if policy.admit is not None:
+            admitted = policy.admit(self.environ)
+            if isinstance(admitted, Refusal):
+                return self._refuse(admitted)
+            release = admitted
+        try:
+            return self._accept(decision, policy, registry)
+        finally:
+            if release is not None:
+                release()
+
+    def _refuse(self, refusal: Refusal) -> None:
+        log.info("WebSocket refused %s %s: %s", refusal.status, self.environ.get("PATH_INFO"), refusal.message)
+        body = json.dumps({"error": refusal.error, "message": refusal.message}).encode("utf-8")
+        # A refused upgrade ends the connection: the client may have meant to speak
+        # WebSocket right after its request.
+        self.close_connection = True
+        upgrade = refusal.status == 426
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Connection", "Upgrade, close" if upgrade else "close"),
+            *refusal.headers,
+        ]
+        self.start_response(f"{refusal.status} {http.HTTPStatus(refusal.status).phrase}", headers)
+        self.result = [body]
+        try:
+            self.process_result()
+        finally:
+            self.result = None  # type: ignore[assignment]
+
+    def _accept(self, acceptance: Acceptance, policy: WebSocketPolicy, registry: Registry) -> None:
+        ws = WebSocket(
+            self.environ,
+            self,
+            subprotocol=acceptance.subprotocol,
+            max_message_bytes=policy.max_message_bytes,
+            close_timeout=policy.close_timeout,
+        )
+        self.websocket = ws
+        self.environ.update(
+            {
+                ENVIRON_WEBSOCKET: ws,
+                "wsgi.websocket_version": WEBSOCKET_VERSION,
+                ENVIRON_PROTOCOL: acceptance.subprotocol,
+            }
+        )
+        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", acceptance.accept)]
+        if acceptance.subprotocol is not None:
+            headers.append(("Sec-WebSocket-Protocol", acceptance.subprotocol))
+        self.start_response("101 Switching Protocols", headers)
+        self.write(b"")  # sends the 101 now
+        self._run_websocket(ws, policy, registry)
+
+    def _run_websocket(self, ws: WebSocket, policy: WebSocketPolicy, registry: Registry) -> None:
+        registry.add(ws, policy.ping_interval, policy.ping_timeout)
+        try:
+            app_status = _AppStatus()
+            try:
+                result = self.application(self.environ, app_status)
+                try:
+                    for _ in result:
+                        pass
+                finally:
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+            except Exception:
+                log.error("WebSocket application failed on %s", ws.path, exc_info=True)
+                ws.close(CLOSE_INTERNAL_ERROR, "internal error")
+            else:
+                if app_status.failed and ws.state is State.OPEN:
+                    log.warning("WebSocket application answered %r on %s", app_status.status, ws.path)
+                    ws.close(CLOSE_INTERNAL_ERROR, f"application answered {app_status.status}")
+            ws.finish(policy.close_timeout)
+        finally:
+            if ws.state is not State.CLOSED:
+                ws.abort()
+            registry.discard(ws)
+            self.environ[ENVIRON_WEBSOCKET] = None  # break the environ <-> websocket cycle
+            self.websocket = None  # type: ignore[assignment]
+
+    def log_request(self):
+        # gunicorn's access log when gunicorn runs us, gevent's format otherwise.
+        # Unlike gevent-websocket we also log 101s: the line then shows the session length.
+        if hasattr(self.server.log, "access"):
+            PyWSGIHandler.log_request(self)
+        else:
+            WSGIHandler.log_request(self)
+
+
+class Server(WSGIServer):
+    """gevent's WSGI server with a :class:`Registry` of its open WebSockets."""
+
+    handler_class = Handler
+
+    def __init__(self, *args, ws_registry: Registry | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ws_registry = ws_registry if ws_registry is not None else Registry()
