@@ -283,6 +283,11 @@ class Delivery:
                 continue
             if not items:
                 continue
+            if feed.closed_reason is not None:
+                # take() read history (it may wait on the store), and meanwhile the
+                # connection let go of this feed and told its client so: nothing of it
+                # may follow that reply.
+                continue
             if len(items) >= batch:
                 feed.set()  # more may be waiting: another round, after the others' turn
             # Items come in order, so the first event is the oldest (for the latency
@@ -301,6 +306,11 @@ class Delivery:
                     last.topic,
                 )
             events += feed.framer.frame(items, out)
+            if out and not ends:
+                # Out before the next feed's take(), which may wait on a history read:
+                # a reply the connection sends meanwhile must not overtake these events.
+                stream.outbox.write(out)
+                out = []
         if ends:
             stream.end(out)
         elif out:

@@ -278,3 +278,73 @@ def test_a_backlog_larger_than_a_batch_leaves_over_several_rounds_in_order(hub, 
     settle(delivery)
     assert delivery.rounds - rounds == 4
     assert ids(peer.read_lines(35)) == [str(n).encode() for n in range(35)]
+
+
+class TakeThatWaits:
+    """A subscription whose take() waits once after reading, as a history read from Redis
+    does; while it waits, ``meanwhile`` runs in another greenlet (a connection's reader)."""
+
+    def __init__(self, subscription, meanwhile):
+        self.subscription = subscription
+        self.meanwhile = meanwhile
+
+    def take(self, max_items):
+        items = self.subscription.take(max_items)
+        if items and self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            gevent.spawn(meanwhile).join()
+        return items
+
+    def __getattr__(self, name):
+        return getattr(self.subscription, name)
+
+
+def rest_of(peer, quiet=0.2):
+    """What else the peer received: read until nothing came for ``quiet`` seconds."""
+    while True:
+        data = None
+        with gevent.Timeout(scaled(quiet), False):
+            data = peer.sock.recv(1 << 20)
+        if not data:
+            return peer.lines()
+        peer.buf += data
+
+
+def test_nothing_of_a_feed_follows_the_reply_that_let_it_go_while_its_take_waited(hub, delivery):
+    server, client = gevent.socket.socketpair()
+    stream = delivery.stream(Outbox(server, "peer", None), "test", "peer")
+    peer = Peer(client)
+    feeds = {}
+
+    def unsubscribe():  # the reader: let the feed go, then say so
+        feeds["t"].detach()
+        stream.outbox.write([b"reply\n"])
+
+    feeds["t"] = delivery.attach(stream, TakeThatWaits(hub.subscribe("t"), unsubscribe), LineFramer())
+    gevent.sleep(0)
+    hub.publish("t", {"n": 1})
+    settle(delivery)
+    assert rest_of(peer) == [b"reply"], "an event taken before the unsubscribe went out after its reply"
+
+
+def test_a_feed_written_in_a_round_is_out_before_another_feed_waits(hub, delivery):
+    server, client = gevent.socket.socketpair()
+    stream = delivery.stream(Outbox(server, "peer", None), "test", "peer")
+    peer = Peer(client)
+    feeds = {}
+
+    def unsubscribe_a():  # while b's take waits: a is let go, and the client told
+        feeds["a"].detach()
+        stream.outbox.write([b"reply\n"])
+
+    feeds["a"] = delivery.attach(stream, hub.subscribe("a"), LineFramer())
+    feeds["b"] = delivery.attach(stream, TakeThatWaits(hub.subscribe("b"), unsubscribe_a), LineFramer())
+    gevent.sleep(0)
+    settle(delivery)
+    hub.publish("a", {"n": 1})
+    hub.publish("b", {"n": 2})
+    settle(delivery)
+    lines = rest_of(peer)
+    assert b"reply" in lines and len(lines) == 3, lines
+    a_event = next(i for i, line in enumerate(lines) if line != b"reply" and ids([line]) == [b"1"])
+    assert a_event < lines.index(b"reply"), f"a's event came after the reply that ended a: {lines}"
