@@ -179,11 +179,11 @@ class TestCluster:
         with RedisClusterServers(tmp_path / "cluster", appendonly=True) as cluster:
             server = Gunicorn(tmp_path, env={**SERVER_ENV, "SWITCHBOARD_REDIS_URL": cluster.url}).start()
             try:
-                self._shard_outage(server, cluster)
+                self._check_shard_outage(server, cluster)
             finally:
                 server.stop()
 
-    def _shard_outage(self, server: Gunicorn, cluster: RedisClusterServers) -> None:
+    def _check_shard_outage(self, server: Gunicorn, cluster: RedisClusterServers) -> None:
         topics = topics_per_node(cluster, 1)
         victim_topic, others = topics[1], [topics[0], topics[2]]
         subscribers = {topic: list(subscribers_on_workers(server, topic, None, SSESubscriber, wanted=2).values())
@@ -241,11 +241,11 @@ class TestSentinel:
                    "SWITCHBOARD_REDIS_SENTINEL_MASTER": group.master_name}
             server = Gunicorn(tmp_path, env=env).start()
             try:
-                self._failover(server, group)
+                self._check_failover(server, group)
             finally:
                 server.stop()
 
-    def _failover(self, server: Gunicorn, group: SentinelGroup) -> None:
+    def _check_failover(self, server: Gunicorn, group: SentinelGroup) -> None:
         topic = "failover"
         res = requests.post(f"{server.url}/api/topics/{topic}/events", data='{"data": "start"}',
                             headers={**JSON, **ONE_SHOT}, timeout=scaled(5))

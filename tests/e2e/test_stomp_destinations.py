@@ -90,7 +90,7 @@ class TestWildcards:
     def test_bad_wildcards(self, clients, destination):
         client = clients()
         client.send_frame("SUBSCRIBE", {"id": "0", "destination": destination})
-        client.expect_error("invalid destination")
+        assert client.expect_error().get("message") == "invalid destination"
 
 
 class TestUserDestinations:
