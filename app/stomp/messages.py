@@ -1,7 +1,10 @@
 """MESSAGE frames: the one writer of every MESSAGE a session sends.
 
-A MESSAGE is the per-subscription lines (``subscription``, ``message-id``,
-``destination``, ``ack``, ``redelivered``) followed by the event's own headers and body,
+A MESSAGE is the per-subscription lines (``subscription``, a new unique ``message-id``,
+``destination``, in 1.2 with a client ack mode ``ack`` equal to the message-id,
+``redelivered:true`` when asked) followed by the event's own headers (``event-id``,
+``event-type``, ``sender``, ``time``, ``content-type``, the SEND's user headers; the
+default type for a non-empty body without one; ``content-length``) and body,
 which are the same for every subscriber of one event in one escaping mode: the broker
 builds that tail once (:func:`encode_message_tail`) and hands it to every session, which
 puts its own lines in front (:func:`message_head`, :func:`message_from_tail`). A MESSAGE

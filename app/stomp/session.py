@@ -376,16 +376,9 @@ class StompSession:
         default_type: str | None = BLOB_TYPE,
         destination: str | None = None,
     ) -> str | None:
-        """Queue a MESSAGE frame for subscription ``sub_id``.
-
-        The frame carries ``subscription``, a new unique ``message-id``, the
-        subscription's ``destination``, in 1.2 with a client ack mode an ``ack``
-        header (equal to the message-id), ``redelivered:true`` when asked, then
-        ``headers`` (e.g. ``event-id``, ``event-type``, ``sender``, ``time``,
-        ``content-type``, the SEND's user headers; see
-        :func:`~app.stomp.messages.event_header_lines` for what is dropped),
-        ``default_type`` as the content-type of a non-empty body without one, and
-        ``content-length``. With a client ack mode the message is kept until ACKed.
+        """Queue a MESSAGE frame for subscription ``sub_id`` (its headers, in order, are
+        described in :mod:`app.stomp.messages`, which writes every MESSAGE). With a client
+        ack mode the message is kept until ACKed.
 
         Args:
             sub_id: the subscription id of a :class:`Subscribe` request.
