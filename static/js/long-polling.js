@@ -6,7 +6,7 @@
  * (between an answer and the next request) is returned by that next request. The library
  * keeps it, reads the recent history on entry, and backs off with capped exponential delays
  * and jitter on errors, never a hot retry loop. This page shows the requests it makes. */
-import { Switchboard as Client } from "./switchboard.js";
+import { followChat } from "./chat-follow.js";
 
 const S = window.Switchboard;
 const topic = S.data.topic;
@@ -16,21 +16,19 @@ const holdLabel = document.querySelector("[data-hold-label]");
 const chat = new S.ChatRoom(document.querySelector(".chat"), {
   onSend: async (text) => {
     try {
-      await client.publish(topic, { text });
+      await follower.client.publish(topic, { text });
     } catch (err) {
       throw S.fromClientError(err);
     }
   },
 });
 
-let client = null;
-let cursor = null; // the last id delivered: where a page back from the bfcache resumes
 
 function holdSeconds() { return Number(slider.value); }
 
 slider.addEventListener("input", () => {
   holdLabel.textContent = String(holdSeconds());
-  if (client) client.options.longPollTimeout = holdSeconds(); // from the next request on
+  if (follower.client) follower.client.options.longPollTimeout = holdSeconds(); // from the next request on
 });
 
 function onTraffic(t) {
@@ -53,38 +51,6 @@ function onState({ state, retryIn, error }) {
   if (!chat.refused(why, then)) chat.status(S.join(S.tx("Request failed ({why})", { why: S.explain(why) }), then), "error");
 }
 
-function onEvent(event, { history }) {
-  cursor = event.id;
-  const delayMs = history ? null : S.clock.delayMs(event);
-  if (chat.add(event, { history, delayMs })) {
-    counters.add("messages");
-    if (delayMs !== null) counters.set("delay", `${delayMs} ms`);
-  }
-}
-
-function start() {
-  client = new Client(location.origin, { transports: ["long-polling"], longPollTimeout: holdSeconds(),
-    backoff: { base: 500, cap: 15000 } });
-  client.on("traffic", onTraffic);
-  client.on("state", onState);
-  client.on("error", () => {}); // shown by the state that follows it, or by the subscription's onError
-  client.subscribe(topic, {
-    since: cursor || undefined,
-    history: cursor ? undefined : 50,
-    onEvent,
-    onGap: () => chat.notice(S.t("Some messages are gone from history (gap): showing what is kept.")),
-    onError: (err) => chat.refused(S.fromClientError(err)),
-    // The polls after this cursor bring every change since.
-    onState: ({ state }) => { if (state === "subscribed") chat.presence.reload(); },
-  });
-}
-
-window.addEventListener("pagehide", () => {
-  if (client) client.close();
-  client = null;
-});
-window.addEventListener("pageshow", (ev) => {
-  if (ev.persisted && !client) start(); // back from the bfcache: resume with the cursor we had
-});
-
-S.clock.measure().then(start);
+const follower = followChat({ topic, chat, counters, onTraffic, onState,
+  options: () => ({ transports: ["long-polling"], longPollTimeout: holdSeconds(),
+    backoff: { base: 500, cap: 15000 } }) });
