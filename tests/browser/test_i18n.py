@@ -403,6 +403,10 @@ def test_english_is_the_default(options, new_user, live_server, console_errors):
     assert page.locator('.language a[aria-current="true"]').inner_text() == "English"
 
 
+# While the switch's redirect is being followed there is a moment with no document element yet.
+HTML_LANG_IS = "lang => document.documentElement !== null && document.documentElement.lang === lang"
+
+
 def test_the_switch_overrides_accept_language_and_is_remembered(korean_user, new_user, live_server, console_errors):
     context = korean_user()
     page = context.new_page()
@@ -410,8 +414,9 @@ def test_the_switch_overrides_accept_language_and_is_remembered(korean_user, new
     assert page.evaluate("document.documentElement.lang") == "ko"
     assert page.locator("h1").inner_text() == "다섯 가지 기법 비교"
 
-    page.locator('.language a[lang="en"]').click()
-    page.wait_for_function("document.documentElement.lang === 'en'", timeout=ms(10))
+    with page.expect_navigation(wait_until="load", timeout=ms(10)):
+        page.locator('.language a[lang="en"]').click()
+    page.wait_for_function(HTML_LANG_IS, arg="en", timeout=ms(10))
     assert page.url == f"{live_server.url}/compare", "the switch comes back to the same page"
     assert page.locator("h1").inner_text() == "Compare the five techniques"
     cookie = next(c for c in context.cookies() if c["name"] == "lang")
@@ -430,8 +435,9 @@ def test_the_switch_overrides_accept_language_and_is_remembered(korean_user, new
     # And back: an English browser chooses Korean.
     english = new_user(locale="en-US").new_page()
     english.goto(f"{live_server.url}/websocket?from=test")
-    english.locator('.language a[lang="ko"]').click()
-    english.wait_for_function("document.documentElement.lang === 'ko'", timeout=ms(10))
+    with english.expect_navigation(wait_until="load", timeout=ms(10)):
+        english.locator('.language a[lang="ko"]').click()
+    english.wait_for_function(HTML_LANG_IS, arg="ko", timeout=ms(10))
     assert english.url == f"{live_server.url}/websocket?from=test"
     wait_chat_ready(english)
     assert "연결됨" in english.locator(".chat [data-status]").inner_text()
