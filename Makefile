@@ -167,11 +167,9 @@ tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.js
 
 node-deps: tests/js/node_modules/.installed
 
-# ruff (lint and format) and mypy, settings in pyproject.toml, over the code held to them so
-# far (the delivery and server layers and what came with them); widen LINT_PATHS as files are touched.
-LINT_PATHS := app/delivery app/server app/transports/ws_protocol.py app/transports/stomp_delivery.py \
-	tests/unit/test_delivery.py tests/unit/test_layers.py tests/unit/test_metrics_start.py \
-	tests/e2e/test_flood.py tests/e2e/test_idle_websockets.py
+# ruff (lint and format) over app/, tests/ and bench/, and mypy over the typed packages;
+# settings in pyproject.toml.
+LINT_PATHS := app tests bench wsgi.py gunicorn.conf.py
 TYPED_PATHS := app/delivery app/server app/transports/ws_protocol.py app/transports/stomp_delivery.py
 
 lint: $(VENV)/.dev-installed

@@ -86,7 +86,8 @@ def on_starting(server):
         sys.exit(
             f"switchboard: {server.cfg.workers} workers need SWITCHBOARD_REDIS_URL; with the "
             "in-memory hub each worker has its own audience and a publish reaches only the "
-            "clients of the worker that took it. Use one worker or configure Redis.")
+            "clients of the worker that took it. Use one worker or configure Redis."
+        )
 
 
 def child_exit(server, worker):

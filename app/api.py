@@ -11,16 +11,14 @@ from flask import Blueprint, Response, jsonify, request
 from gevent import Greenlet
 
 from . import state
-from .errors import ApiError
 from .auth.web import authorize, request_identity
-from .errors import error_response
+from .errors import ApiError, error_response
 from .events import InvalidHeaders, check_headers, check_topic, parse_json
 from .hub import BackendUnavailable
 
 bp = Blueprint("api", __name__)
 
 _PUBLISH_FIELDS = {"type", "data", "headers"}
-
 
 
 def read_publish_body() -> tuple[str, Any, tuple[tuple[str, str], ...]]:
@@ -80,9 +78,14 @@ def whoami() -> Response:
     """Tell the page who it is: its sender name and, with a token, its subject and permissions."""
     identity = request_identity()
     left = identity.seconds_left()
-    response = jsonify(sender=identity.sender, sub=identity.sub, via=identity.via,
-                       expires_in=None if left is None else max(0, int(left)),
-                       subscribe=list(identity.subscribe.patterns), publish=list(identity.publish.patterns))
+    response = jsonify(
+        sender=identity.sender,
+        sub=identity.sub,
+        via=identity.via,
+        expires_in=None if left is None else max(0, int(left)),
+        subscribe=list(identity.subscribe.patterns),
+        publish=list(identity.publish.patterns),
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -117,8 +120,12 @@ def metrics() -> Response:
     if expected is not None:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-            return error_response(401, "unauthorized", "/metrics needs SWITCHBOARD_METRICS_TOKEN as a Bearer token",
-                                  {"WWW-Authenticate": 'Bearer realm="metrics"'})
+            return error_response(
+                401,
+                "unauthorized",
+                "/metrics needs SWITCHBOARD_METRICS_TOKEN as a Bearer token",
+                {"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
     hub = state.hub()
     registry = state.metrics()
     status = hub.status()

@@ -198,13 +198,11 @@ def idle_stream() -> Response:
 def slow_poll() -> Response:
     """Answer only after ``seconds`` of silence, to show whether a proxy times out a parked long poll."""
     settings = state.settings()
-    seconds = _number("seconds", min(settings.longpoll_timeout + 2, settings.doctor_max_wait),
-                      settings.doctor_max_wait)
+    seconds = _number("seconds", min(settings.longpoll_timeout + 2, settings.doctor_max_wait), settings.doctor_max_wait)
     received = time.time()
     with limits.current().open_doctor_stream(request.environ):
         if _stopping().wait(seconds):
-            raise ApiError(503, "shutting_down", "the server is shutting down; try again shortly",
-                           {"Retry-After": "1"})
+            raise ApiError(503, "shutting_down", "the server is shutting down; try again shortly", {"Retry-After": "1"})
     response = jsonify(held=seconds, received=received, time=time.time())
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -13,8 +13,13 @@ from .hub import BackendUnavailable
 log = logging.getLogger(__name__)
 
 _CODES = {
-    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-    415: "unsupported_media_type", 429: "too_many_requests", 503: "unavailable",
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
 }
 
 
@@ -57,8 +62,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(BackendUnavailable)
     def unavailable(exc):
-        return error_response(503, "backend_unavailable", f"the event store is unavailable: {exc}",
-                              {"Retry-After": "1"})
+        return error_response(
+            503, "backend_unavailable", f"the event store is unavailable: {exc}", {"Retry-After": "1"}
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

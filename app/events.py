@@ -51,11 +51,29 @@ HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}\Z")
 #: Header names the broker writes itself (STOMP frame and MESSAGE headers, the event's
 #: metadata): never user-defined. A STOMP SEND's headers by these names are the frame's
 #: own; an HTTP or /ws publish that names one is refused.
-RESERVED_HEADERS = frozenset({
-    "destination", "transaction", "receipt", "content-length", "content-type", "subscription", "message-id",
-    "ack", "redelivered", "delivery-count", "event-id", "event-type", "sender", "time", "gap", "id",
-    "last-event-id", "prefetch-count", "persistent-id",
-})
+RESERVED_HEADERS = frozenset(
+    {
+        "destination",
+        "transaction",
+        "receipt",
+        "content-length",
+        "content-type",
+        "subscription",
+        "message-id",
+        "ack",
+        "redelivered",
+        "delivery-count",
+        "event-id",
+        "event-type",
+        "sender",
+        "time",
+        "gap",
+        "id",
+        "last-event-id",
+        "prefetch-count",
+        "persistent-id",
+    }
+)
 
 
 def check_headers(headers: Mapping[str, Any] | Iterable[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
@@ -82,8 +100,9 @@ def check_headers(headers: Mapping[str, Any] | Iterable[tuple[str, str]] | None)
     size = 0
     for name, value in items:
         if not isinstance(name, str) or not HEADER_NAME_RE.match(name):
-            raise InvalidHeaders(f"header name {str(name)[:40]!r} must be 1-128 characters of "
-                                 "A-Z a-z 0-9 ! # $ % & ' * + . ^ _ ` | ~ -")
+            raise InvalidHeaders(
+                f"header name {str(name)[:40]!r} must be 1-128 characters of A-Z a-z 0-9 ! # $ % & ' * + . ^ _ ` | ~ -"
+            )
         if name.lower() in RESERVED_HEADERS:
             raise InvalidHeaders(f"header {name!r} is reserved: the server sets it")
         if not isinstance(value, str) or "\x00" in value:
@@ -140,8 +159,9 @@ def extras_from_stored(fields: Mapping[str, Any]) -> dict[str, Any]:
     extras: dict[str, Any] = {}
     pairs = fields.get("h")
     if isinstance(pairs, list):
-        extras["headers"] = tuple((str(pair[0]), str(pair[1])) for pair in pairs
-                                  if isinstance(pair, list) and len(pair) == 2)
+        extras["headers"] = tuple(
+            (str(pair[0]), str(pair[1])) for pair in pairs if isinstance(pair, list) and len(pair) == 2
+        )
     raw = RawBody.from_json(fields.get("r"))
     if raw is not None:
         extras["raw"] = raw
@@ -228,7 +248,11 @@ class Cursor:
             raise InvalidCursor("not a cursor")
         epoch, _, rest = text.partition("-")
         parts = rest.split("-") if rest else []
-        if not _EPOCH_RE.match(epoch) or not 1 <= len(parts) <= 2 or not all(p.isascii() and p.isdigit() for p in parts):
+        if (
+            not _EPOCH_RE.match(epoch)
+            or not 1 <= len(parts) <= 2
+            or not all(p.isascii() and p.isdigit() for p in parts)
+        ):
             raise InvalidCursor(f"{text[:40]!r} is not a cursor issued by this server")
         return cls(epoch, tuple(int(p) for p in parts))
 
@@ -266,8 +290,14 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of DESIGN.md §3, with ``headers`` (an object) when the event has some."""
-        body = {"id": self.id, "topic": self.topic, "type": self.type, "data": self.data,
-                "sender": self.sender, "time": self.time}
+        body = {
+            "id": self.id,
+            "topic": self.topic,
+            "type": self.type,
+            "data": self.data,
+            "sender": self.sender,
+            "time": self.time,
+        }
         if self.headers:
             body["headers"] = self.header_map()
         return body

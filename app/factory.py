@@ -11,21 +11,24 @@ from flask import Flask
 from gevent import monkey
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, doctor_api, errors, i18n, limits as limits_module, pages, queues_api, security
-from .auth import Access, AccessError, Unauthorized, demo as auth_demo, web as auth_web
+from . import api, doctor_api, errors, i18n, pages, queues_api, security
+from . import limits as limits_module
+from .auth import Access, AccessError, Unauthorized
+from .auth import demo as auth_demo
+from .auth import web as auth_web
 from .auth.patterns import PatternSet
-from .config import ConfigError, Settings
+from .config import Settings
 from .delivery import Delivery
 from .hub import Hub
 from .hub.memory import MemoryBackend
 from .hub.memory_queues import MemoryQueues
 from .hub.queues import QueueLimits
-from .producers import start_producers
-from .metrics import STREAMING, HubObserver, Metrics, QueueObserver
-from .transports import TRANSPORTS, sockjs_mounts
 from .limits import LimitExceeded, Limits
+from .metrics import STREAMING, HubObserver, Metrics, QueueObserver
+from .producers import start_producers
 from .server.handshake import Refusal, WebSocketPolicy
 from .server.hooks import ServerHooks
+from .transports import TRANSPORTS, sockjs_mounts
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +40,48 @@ def make_backend(settings: Settings):
     if settings.redis_enabled:
         from .hub.redis import RedisBackend
 
-        return RedisBackend(settings.redis_url, settings.history_size, settings.history_ttl,
-                            history_bytes=settings.history_bytes, max_topics=settings.max_topics,
-                            prefix=settings.redis_prefix, cluster=settings.redis_cluster,
-                            sentinels=settings.redis_sentinels, sentinel_master=settings.redis_sentinel_master,
-                            min_replicas=settings.redis_min_replicas, replica_timeout=settings.redis_replica_timeout,
-                            routing=settings.redis_routing)
-    return MemoryBackend(settings.history_size, settings.history_ttl, history_bytes=settings.history_bytes,
-                         max_topics=settings.max_topics)
+        return RedisBackend(
+            settings.redis_url,
+            settings.history_size,
+            settings.history_ttl,
+            history_bytes=settings.history_bytes,
+            max_topics=settings.max_topics,
+            prefix=settings.redis_prefix,
+            cluster=settings.redis_cluster,
+            sentinels=settings.redis_sentinels,
+            sentinel_master=settings.redis_sentinel_master,
+            min_replicas=settings.redis_min_replicas,
+            replica_timeout=settings.redis_replica_timeout,
+            routing=settings.redis_routing,
+        )
+    return MemoryBackend(
+        settings.history_size,
+        settings.history_ttl,
+        history_bytes=settings.history_bytes,
+        max_topics=settings.max_topics,
+    )
 
 
 def make_queues(settings: Settings, observer=None):
     """The work-queue store the settings ask for (app/hub/queues.py): in memory, or Redis Streams."""
-    limits = QueueLimits(max_messages=settings.queue_max_messages, max_bytes=settings.queue_max_bytes,
-                         max_queues=settings.max_queues, ack_timeout=settings.queue_ack_timeout,
-                         max_deliveries=settings.queue_max_deliveries)
+    limits = QueueLimits(
+        max_messages=settings.queue_max_messages,
+        max_bytes=settings.queue_max_bytes,
+        max_queues=settings.max_queues,
+        ack_timeout=settings.queue_ack_timeout,
+        max_deliveries=settings.queue_max_deliveries,
+    )
     if settings.redis_enabled:
         from .hub.redis_queues import RedisQueues
 
-        return RedisQueues(settings.redis_url, limits, observer=observer, prefix=settings.redis_prefix,
-                           sentinels=settings.redis_sentinels, sentinel_master=settings.redis_sentinel_master)
+        return RedisQueues(
+            settings.redis_url,
+            limits,
+            observer=observer,
+            prefix=settings.redis_prefix,
+            sentinels=settings.redis_sentinels,
+            sentinel_master=settings.redis_sentinel_master,
+        )
     return MemoryQueues(limits, observer=observer)
 
 
@@ -147,9 +172,15 @@ def build_app(test_config=None) -> Flask:
 
     metrics = Metrics()
     presence_topics = PatternSet(settings.presence_topics).allows if settings.presence_topics else None
-    hub = Hub(make_backend(settings), queue_size=settings.queue_size, observer=HubObserver(metrics),
-              queue_bytes=settings.queue_bytes, queues=make_queues(settings, QueueObserver(metrics)),
-              presence_topics=presence_topics, presence_ttl=settings.presence_ttl)
+    hub = Hub(
+        make_backend(settings),
+        queue_size=settings.queue_size,
+        observer=HubObserver(metrics),
+        queue_bytes=settings.queue_bytes,
+        queues=make_queues(settings, QueueObserver(metrics)),
+        presence_topics=presence_topics,
+        presence_ttl=settings.presence_ttl,
+    )
     limits = Limits(settings, metrics)
     shutdown = Shutdown()
     app.extensions["switchboard.settings"] = settings
@@ -161,10 +192,12 @@ def build_app(test_config=None) -> Flask:
     latency = {name: metrics.delivery_latency.labels(name) for name in STREAMING}
     app.extensions["switchboard.delivery"] = Delivery(
         delivered=lambda transport, count: delivered[transport].inc(count),
-        observe_latency=lambda transport, seconds: latency[transport].observe(seconds))
+        observe_latency=lambda transport, seconds: latency[transport].observe(seconds),
+    )
 
-    access = Access(settings, app.secret_key, hub.claim_once,
-                    count_hook=lambda result: metrics.auth_hook.labels(result).inc())
+    access = Access(
+        settings, app.secret_key, hub.claim_once, count_hook=lambda result: metrics.auth_hook.labels(result).inc()
+    )
 
     errors.init_app(app)
     security.init_app(app)
@@ -182,8 +215,11 @@ def build_app(test_config=None) -> Flask:
     # Read by the WebSocket handler (app/server/handler.py) before it answers 101.
     policy = WebSocketPolicy(
         allowed_origins=settings.allowed_origins,
-        protocols={"/ws": (), "/stomp": ("v12.stomp", "v11.stomp", "v10.stomp"),
-                   **sockjs_mounts.websocket_protocols(app)},  # SockJS's WebSocket URLs
+        protocols={
+            "/ws": (),
+            "/stomp": ("v12.stomp", "v11.stomp", "v10.stomp"),
+            **sockjs_mounts.websocket_protocols(app),
+        },  # SockJS's WebSocket URLs
         max_message_bytes=settings.max_message_bytes,
         ping_interval=settings.ws_ping_interval,
         ping_timeout=max(settings.ws_ping_interval, 1.0),

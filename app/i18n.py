@@ -92,8 +92,9 @@ def switch(code: str) -> Response:
     if code not in LANGUAGES:
         abort(404)
     response = redirect(safe_next(request.args.get("next")), code=303)
-    response.set_cookie(COOKIE, code, max_age=COOKIE_SECONDS, path="/", samesite="Lax",
-                        httponly=True, secure=request.is_secure)
+    response.set_cookie(
+        COOKIE, code, max_age=COOKIE_SECONDS, path="/", samesite="Lax", httponly=True, secure=request.is_secure
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -107,8 +108,13 @@ def init_app(app: Flask) -> None:
 
     @app.context_processor
     def language_helpers() -> dict:
-        return {"current_language": current_language, "languages": LANGUAGES, "language_names": NAMES,
-                "js_catalog": js_catalog, "here": here}
+        return {
+            "current_language": current_language,
+            "languages": LANGUAGES,
+            "language_names": NAMES,
+            "js_catalog": js_catalog,
+            "here": here,
+        }
 
     @app.after_request
     def vary_by_language(response: Response) -> Response:

@@ -30,4 +30,3 @@ def sender_is_new() -> bool:
     """Whether :func:`current_sender` made the caller's name in this request (no valid session
     cookie came): a client that keeps no cookie is a new guest every time it asks."""
     return bool(g.get("switchboard_new_sender"))
-

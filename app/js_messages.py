@@ -105,7 +105,9 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("Not listening: the server stops ticking once nobody listens."),
     N_("Listen to ticks"),
     # static/js/sse-fetch.js
-    N_("Filled in with {user}'s demo token from the index page's sign-in (kept in this tab's sessionStorage: a demo shortcut; a real page keeps tokens out of scripts' reach)."),
+    N_(
+        "Filled in with {user}'s demo token from the index page's sign-in (kept in this tab's sessionStorage: a demo shortcut; a real page keeps tokens out of scripts' reach)."
+    ),
     N_("{start}…{end} ({n} chars)"),
     N_("{type} #{id} from {sender}: {text}"),
     N_("{type} #{id}: {data}"),
@@ -164,15 +166,17 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("(counted)"),
     N_("Offline: {total} events are being published without this pane…"),
     N_("Recovering: {back} of {total} missed events back…"),
-    NP_("Recovered {n} missed event with {how}.",
-        "Recovered {n} missed events with {how}."),
-    NP_("Recovered {n} missed event.",
-        "Recovered {n} missed events."),
-    NP_("Recovered {n} missed event by re-reading the newest events (no cursor).",
-        "Recovered {n} missed events by re-reading the newest events (no cursor)."),
+    NP_("Recovered {n} missed event with {how}.", "Recovered {n} missed events with {how}."),
+    NP_("Recovered {n} missed event.", "Recovered {n} missed events."),
+    NP_(
+        "Recovered {n} missed event by re-reading the newest events (no cursor).",
+        "Recovered {n} missed events by re-reading the newest events (no cursor).",
+    ),
     N_("Gap: {missed} of {total} events were no longer in the server's history."),
     N_("Missed {missed} of {total} events: they never came back."),
-    N_("Missed {missed} of {total} events: it reconnected without its last event id, so the server had nothing to replay."),
+    N_(
+        "Missed {missed} of {total} events: it reconnected without its last event id, so the server had nothing to replay."
+    ),
     N_("Interval polling"),
     N_("Poll failed ({why})"),
     N_("Long polling"),
@@ -218,17 +222,18 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("reconnecting"),
     N_("refused by the server"),
     N_("Stream {n}: {how}"),
-    NP_("Closed the {n} test stream.",
-        "Closed the {n} test streams."),
+    NP_("Closed the {n} test stream.", "Closed the {n} test streams."),
     N_("No test streams open."),
     N_("{open} open, {waiting} waiting, {refused} refused by the server (see its limits)."),
     N_("All {open} open over {protocol}: one connection carries every stream, and the page's other requests too."),
     N_("All {open} open over {protocol}."),
     N_("{open} open, {waiting} still opening…"),
-    N_("{open} open, {waiting} waiting. Over {protocol} the browser keeps at most 6 connections "
-       "to this host: the panes above hold some (their long poll and SSE stream), these streams "
-       "the rest, and every other request to this host now queues until one is freed. Close the "
-       "test streams to free them."),
+    N_(
+        "{open} open, {waiting} waiting. Over {protocol} the browser keeps at most 6 connections "
+        "to this host: the panes above hold some (their long poll and SSE stream), these streams "
+        "the rest, and every other request to this host now queues until one is freed. Close the "
+        "test streams to free them."
+    ),
     N_("Close the test streams"),
     # static/js/index-auth.js
     N_("nothing"),
@@ -242,7 +247,9 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("no token"),
     N_("Signed in as {user}: the token travels in an HttpOnly cookie (document.cookie cannot see it)."),
     N_("Not signed in: you get what anonymous visitors may do."),
-    N_(" Your cookie holds a token the server no longer accepts (expired, or signed with the key of an earlier start): sign in again, or sign out to clear it."),
+    N_(
+        " Your cookie holds a token the server no longer accepts (expired, or signed with the key of an earlier start): sign in again, or sign out to clear it."
+    ),
     N_("Who am I? {why}."),
     N_("{sender}: {text} (#{id})"),
     N_("connecting…"),
@@ -274,8 +281,10 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("{s} s"),
     N_("{url} answered {status}"),
     N_("{protocol} with Connection: {connection}"),
-    N_("the app was spoken to in {said}: every request opens and closes an upstream connection, "
-       "and keep-alive and chunked streaming are lost (the study notes' HTTP/1.0 pitfall)"),
+    N_(
+        "the app was spoken to in {said}: every request opens and closes an upstream connection, "
+        "and keep-alive and chunked streaming are lost (the study notes' HTTP/1.0 pitfall)"
+    ),
     N_("the app's server read the request as {protocol}"),
     N_("reuse could not be seen"),
     N_("the upstream connection was reused"),
@@ -283,8 +292,10 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("the app was spoken to in {said}, keep-alive; {reuse}"),
     N_("the proxy passes the client's own header on instead of adding its hop"),
     N_("nothing in front adds its own hop"),
-    N_("the app trusts X-Forwarded-For, and a forged {address} became the client address: {how}; "
-       "anyone can dodge the per-client limits"),
+    N_(
+        "the app trusts X-Forwarded-For, and a forged {address} became the client address: {how}; "
+        "anyone can dodge the per-client limits"
+    ),
     N_("a proxy answers (Server: {server}) but no X-Forwarded-* reach the app: it sees every client as {client}"),
     N_("the app trusts X-Forwarded-* but none arrived"),
     N_("no X-Forwarded-* arrived and none are trusted: a direct connection; the app sees you as {client}"),
@@ -292,15 +303,19 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("the app sees {seen} where you used {used}: X-Forwarded-Proto is {proto}"),
     N_("missing"),
     N_("the app answers for host {seen} where you used {used}: its WebSocket Origin check compares against it"),
-    N_("{headers} reach the app and are trusted: it sees you as {client} over {scheme}; a forged "
-       "X-Forwarded-For is ignored"),
+    N_(
+        "{headers} reach the app and are trusted: it sees you as {client} over {scheme}; a forged "
+        "X-Forwarded-For is ignored"
+    ),
     N_("the server's clock is {offset} ms from this browser's (±{rtt} ms)"),
     N_("{said}; the pages take it out of their latency figures"),
     N_("{said}: every latency figure measured against it is off by that much"),
     N_("no answer within {s} s"),
     N_("closed (code {code})"),
-    N_("{path}: the socket {how} before it opened, so no 101 came back: the proxy drops the "
-       "Upgrade and Connection headers (the browser does not show the status; {command} does)"),
+    N_(
+        "{path}: the socket {how} before it opened, so no 101 came back: the proxy drops the "
+        "Upgrade and Connection headers (the browser does not show the status; {command} does)"
+    ),
     N_("/ws answered 101 but the socket then closed (code {code}): frames do not pass"),
     N_("/ws answered 101, but the ping got {reply}"),
     N_("101 Switching Protocols, and a ping op went both ways in {time}"),
@@ -314,39 +329,48 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("the stream ended before any event arrived"),
     N_("the stream was cut after {n} of {total} events"),
     N_("the wait ran out after {n} of {total} events"),
-    N_("{n} events sent {interval} apart arrived a median {gap} apart, the first after {first} "
-       "s: each event is passed on at once"),
-    N_("{n} events sent {interval} apart over {over} arrived in one clump after {after}: the "
-       "proxy buffers the stream"),
+    N_(
+        "{n} events sent {interval} apart arrived a median {gap} apart, the first after {first} "
+        "s: each event is passed on at once"
+    ),
+    N_("{n} events sent {interval} apart over {over} arrived in one clump after {after}: the proxy buffers the stream"),
     N_("(in the SSE location, above {setting} ({s} s))"),
     N_("the idle stream could not be opened"),
-    N_("a silent stream survived {s} s, longer than the server's heartbeat ({heartbeat} s): "
-       "quiet streams stay open"),
+    N_("a silent stream survived {s} s, longer than the server's heartbeat ({heartbeat} s): quiet streams stay open"),
     N_("a silent stream survived {s} s, but heartbeats come every {heartbeat} s: wait longer than that to know"),
     N_("nothing came and nothing ended within {s} s and the grace time"),
-    N_("a silent stream was cut after {after}; heartbeats come every {heartbeat} s, so every "
-       "quiet stream is cut and reconnects"),
-    N_("a silent stream was cut after {after}, later than the heartbeat ({heartbeat} s) that "
-       "keeps real streams talking"),
+    N_(
+        "a silent stream was cut after {after}; heartbeats come every {heartbeat} s, so every "
+        "quiet stream is cut and reconnects"
+    ),
+    N_(
+        "a silent stream was cut after {after}, later than the heartbeat ({heartbeat} s) that "
+        "keeps real streams talking"
+    ),
     N_("(in the long-poll location, above {setting} ({s} s))"),
     N_("a response held silent for {s} s came back, longer than a long poll is parked ({longpoll} s)"),
-    N_("a response held {s} s came back, but long polls are parked up to {longpoll} s: wait "
-       "longer than that to know"),
+    N_("a response held {s} s came back, but long polls are parked up to {longpoll} s: wait longer than that to know"),
     N_("the server refused the slow poll ({status}); try again later"),
     N_("answered {status}"),
     N_("closed the connection"),
-    N_("the proxy {what} after {after} of silence; a long poll is parked up to {longpoll} s, so "
-       "idle polls fail instead of answering 204"),
+    N_(
+        "the proxy {what} after {after} of silence; a long poll is parked up to {longpoll} s, so "
+        "idle polls fail instead of answering 204"
+    ),
     N_("the proxy {what} after {after}, later than a long poll is parked ({longpoll} s)"),
     N_("the slow poll answered {status} after {after}"),
     N_("{failed} of {total} held requests failed (a limit, or the proxy); try again later"),
     N_("an unknown version"),
     N_("{n} of {total} requests went at once, the others waited for a free connection"),
     N_("all {total} requests went at once"),
-    N_("this browser uses HTTP/1.1: {measured}, so at most 6 streams per host across all tabs "
-       "(SSE, long polls); HTTP/2 lifts that"),
-    N_("HTTP/1.1, but only {n} requests went at once: other tabs or requests hold the rest of "
-       "this browser's 6 connections to this host"),
+    N_(
+        "this browser uses HTTP/1.1: {measured}, so at most 6 streams per host across all tabs "
+        "(SSE, long polls); HTTP/2 lifts that"
+    ),
+    N_(
+        "HTTP/1.1, but only {n} requests went at once: other tabs or requests hold the rest of "
+        "this browser's 6 connections to this host"
+    ),
     N_("HTTP/1.1, yet {measured}: this browser allows more than 6 per host"),
     N_("this browser uses {name}: {measured} over one connection; no per-host limit of 6"),
     N_("{name}, but {measured}: the server limits concurrent streams"),
@@ -354,8 +378,10 @@ JS_MESSAGES: tuple[str | tuple[str, str], ...] = (
     N_("the check failed: {why}"),
     N_("Running…"),
     N_("the echo endpoint did not answer; nothing else can be checked"),
-    NP_("Done: {ok} ok, {n} problem, {unknown} could not tell.",
-        "Done: {ok} ok, {n} problems, {unknown} could not tell."),
+    NP_(
+        "Done: {ok} ok, {n} problem, {unknown} could not tell.",
+        "Done: {ok} ok, {n} problems, {unknown} could not tell.",
+    ),
     N_("Stopped: {why}"),
     # static/js/sockjs.js
     N_("Connecting…"),

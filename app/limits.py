@@ -51,8 +51,16 @@ from .errors import ApiError, error_response
 from .hub import TooManyTopics
 from .metrics import Metrics
 
-__all__ = ["DoctorSlot", "LimitExceeded", "Limits", "Slot", "TokenBucket", "client_address", "init_app",
-           "topic_refusal"]
+__all__ = [
+    "DoctorSlot",
+    "LimitExceeded",
+    "Limits",
+    "Slot",
+    "TokenBucket",
+    "client_address",
+    "init_app",
+    "topic_refusal",
+]
 
 
 class LimitExceeded(ApiError):
@@ -74,9 +82,14 @@ def topic_refusal(exc: TooManyTopics) -> LimitExceeded:
     """The one wording of a refused new topic, for every transport: HTTP renders it as a
     429 with ``Retry-After``, ``/ws`` as an ``error`` op (code, message, ``retry_after``),
     STOMP as an ``ERROR`` frame. The hub has already counted it (limit ``topics``)."""
-    return LimitExceeded("topics", 429, "too_many_topics",
-                         f"this server holds its maximum of {exc.limit} topics; publish to an existing topic, "
-                         "or retry when idle topics have been forgotten", exc.retry_after)
+    return LimitExceeded(
+        "topics",
+        429,
+        "too_many_topics",
+        f"this server holds its maximum of {exc.limit} topics; publish to an existing topic, "
+        "or retry when idle topics have been forgotten",
+        exc.retry_after,
+    )
 
 
 def client_address(environ: Mapping, behind_proxy: bool) -> str:
@@ -177,8 +190,7 @@ class Limits:
     # Client addresses with a publish bucket kept at most; full buckets go first.
     MAX_TRACKED_ADDRESSES = 10_000
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic):
         self.max_connections = settings.max_connections
         self.max_per_client = settings.max_connections_per_client
         self.max_subscriptions = settings.max_subscriptions
@@ -215,15 +227,23 @@ class Limits:
         client = self.client(environ)
         if self.max_connections and self.open >= self.max_connections:
             self.rejected("connections")
-            raise LimitExceeded("connections", 503, "too_many_connections",
-                                f"this server holds its maximum of {self.max_connections} open connections; "
-                                "try again shortly", random.uniform(1, 5))  # spread the retries
+            raise LimitExceeded(
+                "connections",
+                503,
+                "too_many_connections",
+                f"this server holds its maximum of {self.max_connections} open connections; try again shortly",
+                random.uniform(1, 5),
+            )  # spread the retries
         held = self._per_client.get(client, 0)
         if self.max_per_client and held >= self.max_per_client:
             self.rejected("client_connections")
-            raise LimitExceeded("client_connections", 429, "too_many_client_connections",
-                                f"your address holds its maximum of {self.max_per_client} open connections; "
-                                "close one first", 5)
+            raise LimitExceeded(
+                "client_connections",
+                429,
+                "too_many_client_connections",
+                f"your address holds its maximum of {self.max_per_client} open connections; close one first",
+                5,
+            )
         self.open += 1
         self._per_client[client] = held + 1
         return Slot(self, client, transport)
@@ -257,9 +277,14 @@ class Limits:
         wait = self._take(self._address_buckets, self.client(environ), self.publish_rate, self.publish_burst)
         if wait:
             self.rejected("publish_rate")
-            raise LimitExceeded("publish_rate", 429, "rate_limited",
-                                f"at most {self.publish_rate:g} publishes a second (bursts of {self.publish_burst}) "
-                                "per client; slow down", wait)
+            raise LimitExceeded(
+                "publish_rate",
+                429,
+                "rate_limited",
+                f"at most {self.publish_rate:g} publishes a second (bursts of {self.publish_burst}) "
+                "per client; slow down",
+                wait,
+            )
 
     def _take(self, buckets: dict[str, TokenBucket], client: str, rate: float, burst: int) -> float:
         """Take a token from ``client``'s bucket in ``buckets``: 0.0, or the seconds to wait."""
@@ -292,9 +317,14 @@ class Limits:
         wait = self._take(self._doctor_buckets, self.client(environ), self.doctor_rate, self.doctor_burst)
         if wait:
             self.rejected("doctor_rate")
-            raise LimitExceeded("doctor_rate", 429, "rate_limited",
-                                f"the proxy doctor answers at most {self.doctor_rate:g} requests a second "
-                                f"(bursts of {self.doctor_burst}) per client; run it again later", wait)
+            raise LimitExceeded(
+                "doctor_rate",
+                429,
+                "rate_limited",
+                f"the proxy doctor answers at most {self.doctor_rate:g} requests a second "
+                f"(bursts of {self.doctor_burst}) per client; run it again later",
+                wait,
+            )
 
     def open_doctor_stream(self, environ: Mapping) -> DoctorSlot:
         """Admit one held doctor response: the address's doctor share first, then the stream limits.
@@ -309,9 +339,13 @@ class Limits:
         held = self._doctor_held.get(client, 0)
         if self.max_doctor_streams and held >= self.max_doctor_streams:
             self.rejected("doctor_streams")
-            raise LimitExceeded("doctor_streams", 429, "too_many_doctor_streams",
-                                f"your address holds its maximum of {self.max_doctor_streams} open doctor "
-                                "checks; wait for them to end", 5)
+            raise LimitExceeded(
+                "doctor_streams",
+                429,
+                "too_many_doctor_streams",
+                f"your address holds its maximum of {self.max_doctor_streams} open doctor checks; wait for them to end",
+                5,
+            )
         self.open_stream(environ, "doctor")  # counted; the DoctorSlot below gives it back
         self._doctor_held[client] = held + 1
         return DoctorSlot(self, client, "doctor")

@@ -18,8 +18,15 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 TRANSPORTS = ("polling", "long-polling", "sse", "websocket", "stomp")
 # The streaming transports, which the delivery layer (app/delivery/) writes for.
@@ -40,86 +47,153 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.connections = Gauge(
-            "switchboard_open_connections", "Open streaming connections (SSE, WebSocket, STOMP) and parked long polls",
-            ["transport"], multiprocess_mode="livesum", registry=r)
+            "switchboard_open_connections",
+            "Open streaming connections (SSE, WebSocket, STOMP) and parked long polls",
+            ["transport"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.subscriptions = Gauge(
-            "switchboard_subscriptions", "Live hub subscriptions", multiprocess_mode="livesum", registry=r)
+            "switchboard_subscriptions", "Live hub subscriptions", multiprocess_mode="livesum", registry=r
+        )
         self.long_polls_parked = Gauge(
-            "switchboard_long_polls_parked", "Long-poll requests waiting for an event",
-            multiprocess_mode="livesum", registry=r)
+            "switchboard_long_polls_parked",
+            "Long-poll requests waiting for an event",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.queue_high_water = Gauge(
-            "switchboard_queue_depth_high_water", "Deepest any subscriber queue has been",
-            multiprocess_mode="max", registry=r)
+            "switchboard_queue_depth_high_water",
+            "Deepest any subscriber queue has been",
+            multiprocess_mode="max",
+            registry=r,
+        )
         self.backend_up = Gauge(
-            "switchboard_backend_up", "1 when the event store (memory or Redis) is reachable",
-            ["backend"], multiprocess_mode="livemin", registry=r)
-        self.published = Counter(
-            "switchboard_events_published", "Events published (any transport)", registry=r)
+            "switchboard_backend_up",
+            "1 when the event store (memory or Redis) is reachable",
+            ["backend"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.published = Counter("switchboard_events_published", "Events published (any transport)", registry=r)
         self.publishes = Counter(
-            "switchboard_publishes", "Events published by clients, by the transport they came in on "
+            "switchboard_publishes",
+            "Events published by clients, by the transport they came in on "
             "(http, websocket, stomp); server producers are only in switchboard_events_published_total",
-            ["transport"], registry=r)
-        self.delivered = Counter(
-            "switchboard_events_delivered", "Events written to clients", ["transport"], registry=r)
+            ["transport"],
+            registry=r,
+        )
+        self.delivered = Counter("switchboard_events_delivered", "Events written to clients", ["transport"], registry=r)
         self.replayed = Counter(
-            "switchboard_events_replayed", "Events delivered from history (resume or catch-up)", registry=r)
+            "switchboard_events_replayed", "Events delivered from history (resume or catch-up)", registry=r
+        )
         self.gaps = Counter(
-            "switchboard_gaps", "Gaps signalled to clients (history lost or another epoch)", ["kind"], registry=r)
+            "switchboard_gaps", "Gaps signalled to clients (history lost or another epoch)", ["kind"], registry=r
+        )
         self.slow_consumer_drops = Counter(
-            "switchboard_slow_consumer_drops", "Subscribers dropped for falling behind history", registry=r)
+            "switchboard_slow_consumer_drops", "Subscribers dropped for falling behind history", registry=r
+        )
         self.stomp_errors = Counter(
-            "switchboard_stomp_errors", "STOMP ERROR frames sent, by kind", ["kind"], registry=r)
+            "switchboard_stomp_errors", "STOMP ERROR frames sent, by kind", ["kind"], registry=r
+        )
         self.limit_rejections = Counter(
-            "switchboard_limit_rejections", "Requests or messages refused by a limit", ["limit"], registry=r)
+            "switchboard_limit_rejections", "Requests or messages refused by a limit", ["limit"], registry=r
+        )
         self.auth_refusals = Counter(
-            "switchboard_auth_refusals", "Requests, ops and frames refused by access control, by error code "
-            "and transport", ["code", "transport"], registry=r)
+            "switchboard_auth_refusals",
+            "Requests, ops and frames refused by access control, by error code and transport",
+            ["code", "transport"],
+            registry=r,
+        )
         self.auth_hook = Counter(
-            "switchboard_auth_hook_decisions", "Decision-hook answers: allow, deny, error (failed closed), "
-            "cached (answered from the cache)", ["result"], registry=r)
+            "switchboard_auth_hook_decisions",
+            "Decision-hook answers: allow, deny, error (failed closed), cached (answered from the cache)",
+            ["result"],
+            registry=r,
+        )
         self.presence = Counter(
-            "switchboard_presence_events", "Presence events announced (join: a user's first connection "
-            "to a topic in the deployment, leave: their last one ended or expired)", ["action"], registry=r)
+            "switchboard_presence_events",
+            "Presence events announced (join: a user's first connection "
+            "to a topic in the deployment, leave: their last one ended or expired)",
+            ["action"],
+            registry=r,
+        )
         # Memory: one worker's topics; Redis: the deployment's, the same in every worker (so max).
         self.topics = Gauge(
-            "switchboard_topics", "Topics the event store holds (set when /metrics is read)",
-            multiprocess_mode="livemax", registry=r)
+            "switchboard_topics",
+            "Topics the event store holds (set when /metrics is read)",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         # Redis only: the live feeds (one per primary: "main" off a cluster, host:port on one).
         self.redis_shard_up = Gauge(
-            "switchboard_redis_shard_up", "1 while this worker's Pub/Sub connection to the shard is subscribed "
-            "with every topic it routes there confirmed", ["shard"], multiprocess_mode="livemin", registry=r)
+            "switchboard_redis_shard_up",
+            "1 while this worker's Pub/Sub connection to the shard is subscribed "
+            "with every topic it routes there confirmed",
+            ["shard"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
         self.redis_topics_routed = Gauge(
-            "switchboard_redis_topics_routed", "Topics the workers subscribe to on Redis (per-topic routing: "
-            "the topics with a local subscriber)", multiprocess_mode="livesum", registry=r)
+            "switchboard_redis_topics_routed",
+            "Topics the workers subscribe to on Redis (per-topic routing: the topics with a local subscriber)",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.redis_resubscribes = Counter(
-            "switchboard_redis_resubscribes", "Topic subscriptions sent again after a cut of a Pub/Sub connection",
-            registry=r)
+            "switchboard_redis_resubscribes",
+            "Topic subscriptions sent again after a cut of a Pub/Sub connection",
+            registry=r,
+        )
         self.redis_reconnects = Counter(
-            "switchboard_redis_reconnects", "Pub/Sub connections that came back after a cut", registry=r)
+            "switchboard_redis_reconnects", "Pub/Sub connections that came back after a cut", registry=r
+        )
         self.redis_failovers = Counter(
-            "switchboard_redis_failovers", "Failovers seen: a new primary behind Sentinel, or slots of routed "
-            "topics that moved to another cluster node", registry=r)
+            "switchboard_redis_failovers",
+            "Failovers seen: a new primary behind Sentinel, or slots of routed "
+            "topics that moved to another cluster node",
+            registry=r,
+        )
         self.delivery_latency = Histogram(
-            "switchboard_delivery_latency_seconds", "From an event being stored to its bytes being handed to the "
+            "switchboard_delivery_latency_seconds",
+            "From an event being stored to its bytes being handed to the "
             "socket, by transport; observed once per delivery round (the oldest event of the round), not per event",
-            ["transport"], buckets=LATENCY_BUCKETS, registry=r)
+            ["transport"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         # Work queues (app/hub/queues.py). Depth and in-flight are read from the queue store
         # when /metrics is scraped: with Redis every worker reads the same deployment-wide
         # numbers, so the most recent reading is the one shown.
         self.work_queue_depth = Gauge(
-            "switchboard_queue_depth", "Messages waiting in a work queue for a consumer", ["queue"],
-            multiprocess_mode="livemostrecent", registry=r)
+            "switchboard_queue_depth",
+            "Messages waiting in a work queue for a consumer",
+            ["queue"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
         self.work_queue_in_flight = Gauge(
-            "switchboard_queue_in_flight", "Messages of a work queue given to a consumer, not yet acknowledged",
-            ["queue"], multiprocess_mode="livemostrecent", registry=r)
+            "switchboard_queue_in_flight",
+            "Messages of a work queue given to a consumer, not yet acknowledged",
+            ["queue"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
         self.queue_acked = Counter(
-            "switchboard_queue_acked", "Queue messages acknowledged (auto mode: written)", ["queue"], registry=r)
+            "switchboard_queue_acked", "Queue messages acknowledged (auto mode: written)", ["queue"], registry=r
+        )
         self.queue_redeliveries = Counter(
-            "switchboard_queue_redeliveries", "Queue messages put back for another consumer (NACK, disconnect, "
-            "crashed worker, ack timeout)", ["queue"], registry=r)
+            "switchboard_queue_redeliveries",
+            "Queue messages put back for another consumer (NACK, disconnect, crashed worker, ack timeout)",
+            ["queue"],
+            registry=r,
+        )
         self.queue_dead_lettered = Counter(
-            "switchboard_queue_dead_lettered", "Queue messages moved to <queue>.dlq after their last delivery",
-            ["queue"], registry=r)
+            "switchboard_queue_dead_lettered",
+            "Queue messages moved to <queue>.dlq after their last delivery",
+            ["queue"],
+            registry=r,
+        )
         self._queues_shown: set[str] = set()
         self._high_water = 0
         self._redis_counts = {"resubscribes": 0, "reconnects": 0, "failovers": 0}
@@ -194,8 +268,11 @@ class Metrics:
         for shard in status.get("shards", ()):
             self.redis_shard_up.labels(shard["node"]).set(1 if shard["state"] == "up" else 0)
         self.redis_topics_routed.set(status.get("topics_routed", 0))
-        for name, counter in (("resubscribes", self.redis_resubscribes), ("reconnects", self.redis_reconnects),
-                              ("failovers", self.redis_failovers)):
+        for name, counter in (
+            ("resubscribes", self.redis_resubscribes),
+            ("reconnects", self.redis_reconnects),
+            ("failovers", self.redis_failovers),
+        ):
             now = status.get(name, 0)
             if now > self._redis_counts[name]:
                 counter.inc(now - self._redis_counts[name])
@@ -249,6 +326,7 @@ class HubObserver:
 
     def presence(self, topic: str, action: str) -> None:
         self.metrics.presence.labels(action).inc()
+
 
 class QueueObserver:
     """Adapts the queue store's events to metrics (app/hub/queues.py imports nothing here)."""

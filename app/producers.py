@@ -53,8 +53,9 @@ class TicksProducer:
         clock: monotonic time source; tests pass a fake one to drive :meth:`step`.
     """
 
-    def __init__(self, hub, interval: float = 1.0, ttl: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, hub, interval: float = 1.0, ttl: float | None = None, clock: Callable[[], float] = time.monotonic
+    ):
         self.hub = hub
         self.interval = interval
         self.ttl = ttl if ttl is not None else 5 * interval

@@ -35,8 +35,9 @@ def queue_envelope(event) -> dict:
 
 def _check_queue(name: str) -> None:
     if not QUEUE_NAME_RE.match(name):
-        raise ApiError(400, "bad_queue", "a queue is 1-100 characters of A-Z a-z 0-9 . _ : - and starts with a "
-                                         "letter or digit")
+        raise ApiError(
+            400, "bad_queue", "a queue is 1-100 characters of A-Z a-z 0-9 . _ : - and starts with a letter or digit"
+        )
 
 
 @bp.post("/api/queues/<name>/messages")
@@ -48,8 +49,9 @@ def send(name: str) -> tuple[Response, int]:
     try:
         event = state.hub().enqueue(name, data, type=type_, sender=identity.sender, headers=headers)
     except QueueFull as exc:
-        return error_response(429, "queue_full", f"{exc}; nothing was stored (nothing is dropped to make room)",
-                              {"Retry-After": "1"})
+        return error_response(
+            429, "queue_full", f"{exc}; nothing was stored (nothing is dropped to make room)", {"Retry-After": "1"}
+        )
     response = jsonify(queue_envelope(event))
     response.headers["Cache-Control"] = "no-store"
     return response, 201

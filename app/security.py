@@ -13,17 +13,19 @@ from flask import Flask, Response, request
 def content_security_policy(host: str) -> str:
     """The CSP for pages served to ``host`` (``Host`` header, port included)."""
     # 'self' covers ws:/wss: to the same host only in newer browsers; name them explicitly.
-    return "; ".join((
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        f"connect-src 'self' ws://{host} wss://{host}",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ))
+    return "; ".join(
+        (
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            f"connect-src 'self' ws://{host} wss://{host}",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        )
+    )
 
 
 def init_app(app: Flask) -> None:

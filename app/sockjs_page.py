@@ -29,5 +29,4 @@ SOCKJS_TRANSPORTS = (
 @bp.get("/sockjs")
 def sockjs():
     """Show the seed's chat client over SockJS, with a transport picker and wire counters."""
-    return render_template("sockjs.html", techniques=TECHNIQUES, sender=page_sender(),
-                           transports=SOCKJS_TRANSPORTS)
+    return render_template("sockjs.html", techniques=TECHNIQUES, sender=page_sender(), transports=SOCKJS_TRANSPORTS)

@@ -33,7 +33,7 @@ SEQ_RE = re.compile(rb'"s":(\d+)')
 TIME_RES = {
     "switchboard": re.compile(rb'"time":([0-9.]+)'),
     "raw": re.compile(rb'"t":([0-9.]+)'),
-    "stomp": re.compile(rb'\ntime:([0-9.]+)'),
+    "stomp": re.compile(rb"\ntime:([0-9.]+)"),
 }
 CURSOR_RE = re.compile(rb'"cursor":"([^"]*)"')
 EVENTS_RE = re.compile(rb'"events":\[\]')
@@ -153,8 +153,16 @@ class Phase:
 class Group:
     """Shared state of the clients of one transport on one topic."""
 
-    def __init__(self, host: str, port: int, spec: dict, topic: str, count: int,
-                 poll_interval: float = 1.0, longpoll_timeout: int = 20):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        spec: dict,
+        topic: str,
+        count: int,
+        poll_interval: float = 1.0,
+        longpoll_timeout: int = 20,
+    ):
         self.host, self.port, self.spec, self.topic, self.size = host, port, spec, topic, count
         self.path = spec["path"].format(topic=topic)
         self.fmt = spec["format"]
@@ -206,8 +214,8 @@ class Dechunker:
 
     def __init__(self):
         self.buf = b""
-        self.left = 0     # data bytes still to take from the current chunk
-        self.skip = 0     # CRLF bytes after a chunk's data still to drop
+        self.left = 0  # data bytes still to take from the current chunk
+        self.skip = 0  # CRLF bytes after a chunk's data still to drop
         self.finished = False
 
     def feed(self, data: bytes) -> bytes:
@@ -222,7 +230,7 @@ class Dechunker:
                 continue
             if self.left:
                 take = min(self.left, n - pos)
-                out.append(buf[pos:pos + take])
+                out.append(buf[pos : pos + take])
                 self.left -= take
                 pos += take
                 if not self.left:
@@ -273,12 +281,12 @@ class HttpReader:
                 elif end < 0:
                     return
                 else:
-                    raw, self.buf = self.buf[:end + 2], self.buf[end + 7:]
+                    raw, self.buf = self.buf[: end + 2], self.buf[end + 7 :]
                     body = Dechunker().feed(raw + b"0\r\n\r\n")
             else:
                 if len(self.buf) < self.need:
                     return
-                body, self.buf = self.buf[:self.need], self.buf[self.need:]
+                body, self.buf = self.buf[: self.need], self.buf[self.need :]
             status, headers = self.head
             self.head = None
             self.on_response(status, headers, body)
@@ -302,8 +310,10 @@ def ws_frame(opcode: int, payload: bytes) -> bytes:
 
 def ws_handshake(host: str, port: int, path: str, protocol: str | None = None) -> bytes:
     extra = f"Sec-WebSocket-Protocol: {protocol}\r\n" if protocol else ""
-    return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: c3dpdGNoYm9hcmRiZW5jaA==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: c3dpdGNoYm9hcmRiZW5jaA==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
 
 
 # ---------------------------------------------------------------------- subscribers
@@ -375,8 +385,10 @@ class SSE(Subscriber):
         g = self.group
         self.head_done = False
         self.dechunk: Dechunker | None = None
-        self.send(f"GET {g.path} HTTP/1.1\r\nHost: {g.host}:{g.port}\r\nAccept: text/event-stream\r\n"
-                  f"Cache-Control: no-cache\r\n\r\n".encode())
+        self.send(
+            f"GET {g.path} HTTP/1.1\r\nHost: {g.host}:{g.port}\r\nAccept: text/event-stream\r\n"
+            f"Cache-Control: no-cache\r\n\r\n".encode()
+        )
         g.wire.requests += 1
 
     def data_received(self, data: bytes) -> None:
@@ -404,7 +416,7 @@ class SSE(Subscriber):
         if cut < 0:
             self.buf = buf
             return
-        self.buf = buf[cut + 2:]
+        self.buf = buf[cut + 2 :]
         self.deliver(buf[:cut])
 
 
@@ -448,15 +460,15 @@ class WebSocketBase(Subscriber):
             if length == 126:
                 if n - pos < 4:
                     break
-                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
             elif length == 127:
                 if n - pos < 10:
                     break
-                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
             end = pos + head + length
             if end > n:
                 break
-            payload = buf[pos + head:end]
+            payload = buf[pos + head : end]
             pos = end
             opcode = b0 & 0x0F
             if opcode in (0x0, 0x1, 0x2):
@@ -512,8 +524,10 @@ class Stomp(WebSocketBase):
         if not self.ready.done():
             for message in messages:
                 if message.startswith(b"CONNECTED"):
-                    self.send_text(f"SUBSCRIBE\nid:0\ndestination:/topic/{self.group.topic}\nack:auto\n"
-                                   f"receipt:sub-0\n\n\x00".encode())
+                    self.send_text(
+                        f"SUBSCRIBE\nid:0\ndestination:/topic/{self.group.topic}\nack:auto\n"
+                        f"receipt:sub-0\n\n\x00".encode()
+                    )
                 elif message.startswith(b"RECEIPT"):
                     self.set_ready()
                 elif message.startswith(b"ERROR"):
@@ -597,8 +611,9 @@ class LongPoll(Subscriber):
             if found:
                 self.cursor = found.group(1).decode()
         else:
-            self.nchan_headers = (f"If-Modified-Since: {headers.get('last-modified', '')}\r\n"
-                                  f"If-None-Match: {headers.get('etag', '')}\r\n")
+            self.nchan_headers = (
+                f"If-Modified-Since: {headers.get('last-modified', '')}\r\nIf-None-Match: {headers.get('etag', '')}\r\n"
+            )
 
     def after_response(self, status: int, headers: dict, body: bytes) -> None:
         self.request()
@@ -637,12 +652,16 @@ class Poll(LongPoll):
 
 
 SUBSCRIBERS = {
-    ("sse", "switchboard"): SSE, ("sse", "raw"): SSE,
-    ("ws", "switchboard"): SwitchboardWS, ("ws", "raw"): RawWS,
+    ("sse", "switchboard"): SSE,
+    ("sse", "raw"): SSE,
+    ("ws", "switchboard"): SwitchboardWS,
+    ("ws", "raw"): RawWS,
     ("stomp", "switchboard"): Stomp,
     ("socketio", "switchboard"): SocketIOClient,
-    ("longpoll", "switchboard"): LongPoll, ("longpoll", "raw"): LongPoll,
-    ("poll", "switchboard"): Poll, ("poll", "raw"): Poll,
+    ("longpoll", "switchboard"): LongPoll,
+    ("longpoll", "raw"): LongPoll,
+    ("poll", "switchboard"): Poll,
+    ("poll", "raw"): Poll,
 }
 
 
@@ -661,7 +680,8 @@ async def open_group(group: Group, count: int, concurrency: int = 200, timeout: 
                 return False
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: cls(group, index), group.host, group.port), left)
+                    loop.create_connection(lambda: cls(group, index), group.host, group.port), left
+                )
                 group.conns.append(proto)
                 await asyncio.wait_for(asyncio.shield(proto.ready), max(0.1, deadline - loop.time()))
                 return True
@@ -738,8 +758,10 @@ class Publisher(asyncio.Protocol):
         stamp = f'{{"s":{seq},"t":{time.time():.6f}}}'
         body = (stamp if self.fmt == "raw" else f'{{"data":{stamp}}}').encode()
         cookie = f"Cookie: {self.cookie}\r\n" if self.cookie else ""
-        return (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n{cookie}\r\n").encode() + body
+        return (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{cookie}\r\n"
+        ).encode() + body
 
     async def send(self, seq: int) -> None:
         while self.outstanding >= self.window:
@@ -756,11 +778,13 @@ class Publisher(asyncio.Protocol):
     async def burst(self, base: int, count: int, window: int, timeout: float) -> None:
         """Publish ``count`` events as fast as the server answers, ``window`` in flight."""
         self.window = window
+
         async def run():
             for seq in range(base, base + count):
                 await self.send(seq)
             if self.outstanding:
                 await self.drained.wait()
+
         await asyncio.wait_for(run(), timeout)
 
     async def paced(self, base: int, count: int, rate: float, timeout: float, window: int = 64) -> None:
@@ -769,6 +793,7 @@ class Publisher(asyncio.Protocol):
         after the last was acknowledged, so a server that falls behind slows it down)."""
         self.window = window
         loop = asyncio.get_running_loop()
+
         async def run():
             start = loop.time()
             for i in range(count):
@@ -778,6 +803,7 @@ class Publisher(asyncio.Protocol):
                 await self.send(base + i)
             if self.outstanding:
                 await self.drained.wait()
+
         await asyncio.wait_for(run(), timeout)
 
     def close(self) -> None:

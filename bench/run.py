@@ -28,11 +28,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import uvloop  # noqa: E402
-
 import report  # noqa: E402
 import scenarios  # noqa: E402
 import servers  # noqa: E402
+import uvloop  # noqa: E402
 from servers import APP_PYTHON, ROOT, Nchan, Redis, SocketIO, Switchboard  # noqa: E402
 
 SERVER_CORE, CLIENT_CORE = 0, 1
@@ -130,11 +129,21 @@ async def one_run(cfg: dict, only: set[str], include_nchan: bool, run_index: int
             rows = []
             for subs in cfg["fanout_subscribers"]:
                 try:
-                    rows.append(await scenarios.fanout(server, transport, subs, cfg["burst_events"][subs], paced,
-                                                       cfg["paced_rate"]))
+                    rows.append(
+                        await scenarios.fanout(
+                            server, transport, subs, cfg["burst_events"][subs], paced, cfg["paced_rate"]
+                        )
+                    )
                 except Exception as exc:
-                    rows.append({"scenario": "fanout", "server": server.name, "transport": transport,
-                                 "subscribers": subs, "error": repr(exc)})
+                    rows.append(
+                        {
+                            "scenario": "fanout",
+                            "server": server.name,
+                            "transport": transport,
+                            "subscribers": subs,
+                            "error": repr(exc),
+                        }
+                    )
             return rows
 
         for transport in FANOUT_TRANSPORTS:
@@ -151,22 +160,41 @@ async def one_run(cfg: dict, only: set[str], include_nchan: bool, run_index: int
         await asyncio.to_thread(redis.start)
         try:
             for workers in (1, 4):
+
                 async def over_redis(server):
                     rows = []
                     for transport in cfg["redis_transports"]:
                         try:
-                            rows.append(await scenarios.fanout(server, transport, subs, cfg["burst_events"][subs],
-                                                               paced, cfg["paced_rate"]))
+                            rows.append(
+                                await scenarios.fanout(
+                                    server, transport, subs, cfg["burst_events"][subs], paced, cfg["paced_rate"]
+                                )
+                            )
                         except Exception as exc:
-                            rows.append({"scenario": "fanout", "server": server.name, "transport": transport,
-                                         "subscribers": subs, "error": repr(exc)})
+                            rows.append(
+                                {
+                                    "scenario": "fanout",
+                                    "server": server.name,
+                                    "transport": transport,
+                                    "subscribers": subs,
+                                    "error": repr(exc),
+                                }
+                            )
                     return rows
+
                 try:
                     for row in await with_server(Switchboard, over_redis, workers=workers, redis_url=redis.url):
                         keep(row)
                 except Exception as exc:
-                    keep({"scenario": "fanout", "server": f"switchboard-redis-{workers}w", "transport": "*",
-                          "subscribers": subs, "error": repr(exc)})
+                    keep(
+                        {
+                            "scenario": "fanout",
+                            "server": f"switchboard-redis-{workers}w",
+                            "transport": "*",
+                            "subscribers": subs,
+                            "error": repr(exc),
+                        }
+                    )
         finally:
             await asyncio.to_thread(redis.stop)
 
@@ -178,20 +206,37 @@ async def one_run(cfg: dict, only: set[str], include_nchan: bool, run_index: int
                 if transport not in cls.transports:
                     continue
                 try:
-                    keep(await with_server(cls, lambda s, t=transport: scenarios.overhead(
-                        s, t, o["subscribers"], o["rate"], o["duration"], o["interval"])))
+                    keep(
+                        await with_server(
+                            cls,
+                            lambda s, t=transport: scenarios.overhead(
+                                s, t, o["subscribers"], o["rate"], o["duration"], o["interval"]
+                            ),
+                        )
+                    )
                 except Exception as exc:
                     keep({"scenario": "overhead", "server": cls.name, "transport": transport, "error": repr(exc)})
 
     if "inbound" in only:
         log("inbound")
         for transport in ("websocket", "stomp"):
-            for label, (size, count) in cfg["inbound"].items():
+            for _label, (size, count) in cfg["inbound"].items():
                 try:
-                    keep(await with_server(Switchboard, lambda s, t=transport: scenarios.inbound(s, t, size, count)))
+                    keep(
+                        await with_server(
+                            Switchboard, lambda s, t=transport, n=size, c=count: scenarios.inbound(s, t, n, c)
+                        )
+                    )
                 except Exception as exc:
-                    keep({"scenario": "inbound", "server": "switchboard", "transport": transport, "size": size,
-                          "error": repr(exc)})
+                    keep(
+                        {
+                            "scenario": "inbound",
+                            "server": "switchboard",
+                            "transport": transport,
+                            "size": size,
+                            "error": repr(exc),
+                        }
+                    )
         keep(await asyncio.to_thread(ws_inbound_run, cfg["quick"]))
     return results
 
@@ -200,8 +245,18 @@ def ws_inbound_run(quick: bool) -> dict:
     """bench/ws_inbound.py (stock gevent-websocket vs wsio receive path), pinned the same way."""
     out = ROOT / ".run" / "bench" / "ws_inbound.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = [str(APP_PYTHON), str(HERE / "ws_inbound.py"), "--json", str(out), "--variants", "stock,wsio",
-               "--server-cpu", str(SERVER_CORE), "--client-cpu", str(CLIENT_CORE)] + (["--quick"] if quick else [])
+    command = [
+        str(APP_PYTHON),
+        str(HERE / "ws_inbound.py"),
+        "--json",
+        str(out),
+        "--variants",
+        "stock,wsio",
+        "--server-cpu",
+        str(SERVER_CORE),
+        "--client-cpu",
+        str(CLIENT_CORE),
+    ] + (["--quick"] if quick else [])
     try:
         subprocess.run(command, cwd=ROOT, check=True, timeout=300, capture_output=True)
         data = json.loads(out.read_text())
@@ -218,6 +273,7 @@ async def profile(cfg: dict, out_dir: Path, transports=("websocket", "sse", "sto
     py_spy = Path(sys.executable).parent / "py-spy"
     found = {}
     for transport in transports:
+
         async def body(server, transport=transport):
             worker = server.worker_pids()[0]
             topic = scenarios.new_topic("prof")
@@ -225,16 +281,30 @@ async def profile(cfg: dict, out_dir: Path, transports=("websocket", "sse", "sto
             group = Group(server.host, server.port, server.transports[transport], topic, subs)
             await open_group(group, subs)
             await scenarios.wait_server_count(server, topic, subs, 30, floor=subs)
-            publisher = await open_publisher(server.host, server.port, server.publish_path.format(topic=topic),
-                                             "switchboard", "/api/whoami")
+            publisher = await open_publisher(
+                server.host, server.port, server.publish_path.format(topic=topic), "switchboard", "/api/whoami"
+            )
             phases = {}
             base = 0
             for phase_name, count, seconds in (("burst", 1000, 6), ("paced", 250, 6)):
                 raw = out_dir / f"profile-{transport}-{phase_name}.collapsed"
                 proc = await asyncio.create_subprocess_exec(
-                    str(py_spy), "record", "--pid", str(worker), "--duration", str(seconds), "--rate", "250",
-                    "--nonblocking", "--format", "raw", "--output", str(raw),
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                    str(py_spy),
+                    "record",
+                    "--pid",
+                    str(worker),
+                    "--duration",
+                    str(seconds),
+                    "--rate",
+                    "250",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
                 await asyncio.sleep(0.5)
                 phase = group.new_phase(base, count, latency=phase_name == "paced")
                 meter = scenarios.Meter(server)
@@ -243,35 +313,51 @@ async def profile(cfg: dict, out_dir: Path, transports=("websocket", "sse", "sto
                 else:
                     await publisher.paced(base, count, cfg["paced_rate"], 60, window=1)
                 dump = await asyncio.create_subprocess_exec(
-                    str(py_spy), "dump", "--pid", str(worker), "--nonblocking",
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+                    str(py_spy),
+                    "dump",
+                    "--pid",
+                    str(worker),
+                    "--nonblocking",
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
                 dump_text = (await dump.communicate())[0].decode(errors="replace")
                 try:
                     await asyncio.wait_for(phase.done.wait(), 30)
                 except asyncio.TimeoutError:
                     pass
-                figures = {**phase.summary(), **meter.read(phase.last_arrival or None),
-                           **scenarios.latency_ms(phase.latency)}
+                figures = {
+                    **phase.summary(),
+                    **meter.read(phase.last_arrival or None),
+                    **scenarios.latency_ms(phase.latency),
+                }
                 figures["deliveries_per_s"] = round(figures["delivered"] / figures["seconds"])
                 await asyncio.wait_for(proc.wait(), 30)
                 summary = report.summarize_profile(raw) if raw.exists() else "py-spy wrote nothing"
                 (out_dir / f"profile-{transport}-{phase_name}.txt").write_text(
                     f"Switchboard worker (pid {worker}), {phase_name} to {subs:,} {transport} subscribers\n"
-                    f"{json.dumps(figures)}\n\n{summary}\n\npy-spy dump during the phase:\n{dump_text}")
+                    f"{json.dumps(figures)}\n\n{summary}\n\npy-spy dump during the phase:\n{dump_text}"
+                )
                 raw.unlink(missing_ok=True)
                 phases[phase_name] = {"figures": figures, "top": summary.splitlines()[:14]}
                 base += count
             publisher.close()
             close_group(group)
             return phases
+
         found[transport] = await with_server(Switchboard, body)
     return found
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-            "server_core": SERVER_CORE, "client_core": CLIENT_CORE,
-            "pinned": len(os.sched_getaffinity(0)) == 1}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "server_core": SERVER_CORE,
+        "client_core": CLIENT_CORE,
+        "pinned": len(os.sched_getaffinity(0)) == 1,
+    }
 
 
 async def main_async(args) -> int:
@@ -303,13 +389,21 @@ async def main_async(args) -> int:
     for index in range(runs):
         log(f"run {index + 1} of {runs}")
         all_runs.append(await one_run(cfg, only, include_nchan, index))
-    doc = report.build(all_runs, {
-        "date": args.date or datetime.date.today().isoformat(), "mode": "quick" if args.quick else "full",
-        "runs": runs, "machine": machine(), "config": {k: (str(v) if isinstance(v, dict) else v) for k, v in cfg.items()},
-        "nchan": include_nchan, "redis_backend": redis_backend_available(), "nice": args.nice,
-        "switchboard_env": servers.BENCH_LIMITS,
-        "wall_seconds": None,
-    })
+    doc = report.build(
+        all_runs,
+        {
+            "date": args.date or datetime.date.today().isoformat(),
+            "mode": "quick" if args.quick else "full",
+            "runs": runs,
+            "machine": machine(),
+            "config": {k: (str(v) if isinstance(v, dict) else v) for k, v in cfg.items()},
+            "nchan": include_nchan,
+            "redis_backend": redis_backend_available(),
+            "nice": args.nice,
+            "switchboard_env": servers.BENCH_LIMITS,
+            "wall_seconds": None,
+        },
+    )
     if args.profile:
         log("profiling Switchboard under load (py-spy)")
         doc["profiles"] = await profile(cfg, out_dir)
@@ -339,9 +433,13 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
     parser.add_argument("--name", help="output file stem (default latest, quick mode latest-quick)")
     parser.add_argument("--date", help="date written into the report (default today)")
-    parser.add_argument("--nice", type=int, default=0,
-                        help="niceness for the servers and the load generator (e.g. -5 on a machine "
-                             "busy with other work; needs root for negative values)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness for the servers and the load generator (e.g. -5 on a machine "
+        "busy with other work; needs root for negative values)",
+    )
     args = parser.parse_args()
     try:
         os.sched_setaffinity(0, {CLIENT_CORE})

@@ -85,9 +85,11 @@ async def open_streams(port: int, topics: list[str], per_topic: int) -> tuple[li
         async with gate:
             ready = loop.create_future()
             transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: Stream(counts, index, ready), HOST, port), 30)
-            transport.write(f"GET /api/topics/{topic}/stream HTTP/1.1\r\nHost: {HOST}\r\n"
-                            "Accept: text/event-stream\r\n\r\n".encode())
+                loop.create_connection(lambda: Stream(counts, index, ready), HOST, port), 30
+            )
+            transport.write(
+                f"GET /api/topics/{topic}/stream HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n\r\n".encode()
+            )
             transports.append(transport)
             await asyncio.wait_for(ready, 30)
 
@@ -113,8 +115,11 @@ async def publish(ports: list[int], topics: list[str], rate: float, seconds: flo
                     return
                 body = json.dumps({"data": {"n": n}}).encode()
                 topic = topics[n % len(topics)] if len(topics) > 1 else topics[0]
-                writer.write(f"POST /api/topics/{topic}/events HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: "
-                             f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+                writer.write(
+                    f"POST /api/topics/{topic}/events HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: "
+                    f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
                 status = int(head.split(b" ", 2)[1])
                 length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
@@ -202,19 +207,30 @@ async def _fanout(server, deployment, topics, seconds, kind, routing) -> dict:
         await asyncio.sleep(0.1)
     cpu_w, cpu_r, wall = cpu_seconds(workers) - cpu_w, cpu_seconds(deployment.pids) - cpu_r, time.monotonic() - wall
     delivered = sum(counts) - before
-    redis_status = [json.loads(urllib.request.urlopen(f"http://{HOST}:{server.port}/healthz", timeout=10).read())["redis"]
-                    for _ in range(8)]
+    redis_status = [
+        json.loads(urllib.request.urlopen(f"http://{HOST}:{server.port}/healthz", timeout=10).read())["redis"]
+        for _ in range(8)
+    ]
     warnings = (server.log_dir / f"{server.name}-{server.port}.log").read_text(errors="replace").count(" WARNING ")
     for transport in transports:
         transport.abort()
-    return {"deployment": kind, "routing": routing, "streams": len(counts), "seconds": round(wall, 1),
-            "published": statuses.get(201, 0), "refused": sum(v for k, v in statuses.items() if k != 201),
-            "delivered": delivered, "expected": expected,
-            "worker_cpu_s": round(cpu_w, 2), "redis_cpu_s": round(cpu_r, 2),
-            "worker_us_per_delivery": round(cpu_w / max(delivered, 1) * 1e6, 1),
-            "redis_us_per_publish": round(cpu_r / max(statuses.get(201, 1), 1) * 1e6, 1),
-            # A worker's feeds cut and resynced in the window would inflate both CPU figures.
-            "feed_reconnects": max(status["reconnects"] for status in redis_status), "log_warnings": warnings}
+    return {
+        "deployment": kind,
+        "routing": routing,
+        "streams": len(counts),
+        "seconds": round(wall, 1),
+        "published": statuses.get(201, 0),
+        "refused": sum(v for k, v in statuses.items() if k != 201),
+        "delivered": delivered,
+        "expected": expected,
+        "worker_cpu_s": round(cpu_w, 2),
+        "redis_cpu_s": round(cpu_r, 2),
+        "worker_us_per_delivery": round(cpu_w / max(delivered, 1) * 1e6, 1),
+        "redis_us_per_publish": round(cpu_r / max(statuses.get(201, 1), 1) * 1e6, 1),
+        # A worker's feeds cut and resynced in the window would inflate both CPU figures.
+        "feed_reconnects": max(status["reconnects"] for status in redis_status),
+        "log_warnings": warnings,
+    }
 
 
 def run_unserved(routing: str, unserved: int, seconds: float, workdir: Path) -> dict:
@@ -246,10 +262,15 @@ async def _unserved(host_a, host_b, unserved, seconds, routing) -> dict:
     cpu, wall = cpu_seconds(worker) - cpu, time.monotonic() - wall
     for transport in transports:
         transport.abort()
-    return {"routing": routing, "unserved_topics": unserved, "unserved_events_per_s": 0.5 * unserved,
-            "served_published": results[0].get(201, 0), "delivered": sum(counts) - before,
-            "unserved_published": results[1].get(201, 0) if others else 0,
-            "worker_cpu_per_s": round(cpu / wall, 3)}
+    return {
+        "routing": routing,
+        "unserved_topics": unserved,
+        "unserved_events_per_s": 0.5 * unserved,
+        "served_published": results[0].get(201, 0),
+        "delivered": sum(counts) - before,
+        "unserved_published": results[1].get(201, 0) if others else 0,
+        "worker_cpu_per_s": round(cpu / wall, 3),
+    }
 
 
 def median_row(rows: list[dict], key: str) -> dict:
@@ -269,8 +290,14 @@ def main() -> None:
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})  # the load generator on core 1, the servers on core 0
-    results: dict = {"machine": os.uname().nodename, "cores": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M"),
-                     "seconds": args.seconds, "fanout": [], "unserved": []}
+    results: dict = {
+        "machine": os.uname().nodename,
+        "cores": os.cpu_count(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "seconds": args.seconds,
+        "fanout": [],
+        "unserved": [],
+    }
     with tempfile.TemporaryDirectory(prefix="scaleout-") as tmp:
         workdir = Path(tmp)
         if args.only in (None, "fanout"):
@@ -295,11 +322,15 @@ def main() -> None:
             results["unserved"] = [median_row(rows, "worker_cpu_per_s") for rows in runs.values()]
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     for row in results["fanout"]:
-        print(f"{row['deployment']:8} {row['routing']:7} worker {row['worker_us_per_delivery']:7.1f} us/delivery "
-              f"(runs {row['worker_us_per_delivery_runs']}), redis {row['redis_us_per_publish']:6.1f} us/publish")
+        print(
+            f"{row['deployment']:8} {row['routing']:7} worker {row['worker_us_per_delivery']:7.1f} us/delivery "
+            f"(runs {row['worker_us_per_delivery_runs']}), redis {row['redis_us_per_publish']:6.1f} us/publish"
+        )
     for row in results["unserved"]:
-        print(f"{row['routing']:7} unserved topics {row['unserved_topics']:5}: worker {row['worker_cpu_per_s']:.3f} "
-              f"CPU s/s (runs {row['worker_cpu_per_s_runs']})")
+        print(
+            f"{row['routing']:7} unserved topics {row['unserved_topics']:5}: worker {row['worker_cpu_per_s']:.3f} "
+            f"CPU s/s (runs {row['worker_cpu_per_s_runs']})"
+        )
     print(f"written to {args.out}")
 
 

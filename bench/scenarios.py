@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from clients import Group, close_group, open_group, open_publisher
 from servers import Server, core_busy
 
@@ -69,9 +68,14 @@ class Meter:
         # Other processes on our cores (the machines are shared): busy time that is not ours.
         others_server = max(0.0, share.get(SERVER_CORE, 0.0) - server)
         others_client = max(0.0, share.get(CLIENT_CORE, 0.0) - client)
-        return {"seconds": round(wall, 3), "client_cpu": round(client, 2), "server_cpu": round(server, 2),
-                "client_saturated": client >= SATURATED,
-                "others_on_server_core": round(others_server, 2), "others_on_client_core": round(others_client, 2)}
+        return {
+            "seconds": round(wall, 3),
+            "client_cpu": round(client, 2),
+            "server_cpu": round(server, 2),
+            "client_saturated": client >= SATURATED,
+            "others_on_server_core": round(others_server, 2),
+            "others_on_client_core": round(others_client, 2),
+        }
 
 
 def server_us_per_delivery(cpu: dict, delivered: int) -> float | None:
@@ -87,8 +91,12 @@ def latency_ms(samples) -> dict:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None, "samples": 0}
     values = np.frombuffer(samples, dtype=np.float64) * 1000.0
     p50, p99 = np.percentile(values, [50, 99])
-    return {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2),
-            "max_ms": round(float(values.max()), 2), "samples": int(values.size)}
+    return {
+        "p50_ms": round(float(p50), 2),
+        "p99_ms": round(float(p99), 2),
+        "max_ms": round(float(values.max()), 2),
+        "samples": int(values.size),
+    }
 
 
 async def wait_server_count(server: Server, topic: str, count: int, timeout: float, floor: int = 0) -> int:
@@ -124,13 +132,21 @@ async def idle(server: Server, transport: str, levels: list[int], settle: float 
             counted = await wait_server_count(server, topic, level + before, 60, floor=level) - before
             await asyncio.sleep(settle)
             rss = server.rss_kb()
-            results.append({
-                "scenario": "idle", "server": server.name, "transport": transport, "connections": level,
-                "ready": total_ready,
-                "server_counted": counted, "open_seconds": round(time.time() - started, 2),
-                "baseline_kb": baseline, "rss_kb": rss,
-                "kb_per_conn": round((rss - baseline) / level, 2), "errors": group.wire.errors,
-            })
+            results.append(
+                {
+                    "scenario": "idle",
+                    "server": server.name,
+                    "transport": transport,
+                    "connections": level,
+                    "ready": total_ready,
+                    "server_counted": counted,
+                    "open_seconds": round(time.time() - started, 2),
+                    "baseline_kb": baseline,
+                    "rss_kb": rss,
+                    "kb_per_conn": round((rss - baseline) / level, 2),
+                    "errors": group.wire.errors,
+                }
+            )
     finally:
         close_group(group)
     return results
@@ -139,8 +155,17 @@ async def idle(server: Server, transport: str, levels: list[int], settle: float 
 # ---------------------------------------------------------------------- 2. fan-out
 
 
-async def fanout(server: Server, transport: str, subscribers: int, burst: int, paced: int,
-                 rate: float = 50.0, window: int = 8, timeout: float = 60, closed_loop: int | None = None) -> dict:
+async def fanout(
+    server: Server,
+    transport: str,
+    subscribers: int,
+    burst: int,
+    paced: int,
+    rate: float = 50.0,
+    window: int = 8,
+    timeout: float = 60,
+    closed_loop: int | None = None,
+) -> dict:
     """Saturation (pipelined ``window`` deep, then a single closed-loop publisher) and
     fixed-rate fan-out (the closed-loop publisher on schedule) to ``subscribers`` on one topic.
 
@@ -163,8 +188,13 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
             result["error"] = f"only {ready} of {subscribers} subscribers ready"
             return result
         cookie = "/api/whoami" if spec["format"] == "switchboard" and server.name.startswith("switchboard") else None
-        publisher = await open_publisher(server.host, server.port, server.publish_path.format(topic=topic),
-                                         "raw" if spec["format"] == "raw" else "switchboard", cookie)
+        publisher = await open_publisher(
+            server.host,
+            server.port,
+            server.publish_path.format(topic=topic),
+            "raw" if spec["format"] == "raw" else "switchboard",
+            cookie,
+        )
         await asyncio.sleep(SETTLE)
 
         # Saturation: publish as fast as the server answers; time to the last delivery.
@@ -181,8 +211,12 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
         summary = phase.summary()
         in_window = summary["delivered"]
         result["saturation"] = {
-            **summary, **cpu, "publish_statuses": dict(publisher.statuses), "delivered_in_window": in_window,
-            "deliveries_per_s": round(in_window / cpu["seconds"]), "window": window,
+            **summary,
+            **cpu,
+            "publish_statuses": dict(publisher.statuses),
+            "delivered_in_window": in_window,
+            "deliveries_per_s": round(in_window / cpu["seconds"]),
+            "window": window,
             "server_us_per_delivery": server_us_per_delivery(cpu, in_window),
             "bytes_per_event": round((group.wire.bytes_in + group.wire.bytes_out) / max(1, in_window), 1),
         }
@@ -204,7 +238,10 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
             cpu = meter.read(end)
             summary = phase.summary()
             result["closed_loop"] = {
-                **summary, **cpu, "window": 1, **latency_ms(phase.latency),
+                **summary,
+                **cpu,
+                "window": 1,
+                **latency_ms(phase.latency),
                 "deliveries_per_s": round(summary["delivered"] / cpu["seconds"]),
                 "events_per_s": round(closed_loop / cpu["seconds"], 1),
                 "server_us_per_delivery": server_us_per_delivery(cpu, summary["delivered"]),
@@ -229,7 +266,11 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
         if closed_phase is not None:
             result["closed_loop"].update({k: v for k, v in closed_phase.summary().items() if k in stragglers})
         result["paced"] = {
-            **summary, **cpu, "rate": rate, **latency_ms(phase.latency), "window": 1,
+            **summary,
+            **cpu,
+            "rate": rate,
+            **latency_ms(phase.latency),
+            "window": 1,
             "server_us_per_delivery": server_us_per_delivery(cpu, summary["delivered"]),
             "requests_per_event": round(group.wire.requests / max(1, summary["delivered"]), 3),
             "bytes_per_event": round((group.wire.bytes_in + group.wire.bytes_out) / max(1, summary["delivered"]), 1),
@@ -244,15 +285,23 @@ async def fanout(server: Server, transport: str, subscribers: int, burst: int, p
 # ---------------------------------------------------------------------- 3. polling overhead
 
 
-async def overhead(server: Server, transport: str, subscribers: int, rate: float, duration: float,
-                   interval: float) -> dict:
+async def overhead(
+    server: Server, transport: str, subscribers: int, rate: float, duration: float, interval: float
+) -> dict:
     """Requests and bytes per delivered event for polling styles at ``rate`` events/s."""
     spec = server.transports[transport]
     topic = new_topic("ovh")
     group = Group(server.host, server.port, spec, topic, subscribers, poll_interval=interval)
     count = int(rate * duration)
-    result = {"scenario": "overhead", "server": server.name, "transport": transport, "subscribers": subscribers,
-              "rate": rate, "interval_s": interval, "events": count}
+    result = {
+        "scenario": "overhead",
+        "server": server.name,
+        "transport": transport,
+        "subscribers": subscribers,
+        "rate": rate,
+        "interval_s": interval,
+        "events": count,
+    }
     publisher = None
     try:
         before = max(0, await asyncio.to_thread(server.subscribers, topic))
@@ -260,8 +309,13 @@ async def overhead(server: Server, transport: str, subscribers: int, rate: float
         if spec["kind"] != "poll":
             await wait_server_count(server, topic, before + subscribers, 30, floor=subscribers)
         cookie = "/api/whoami" if server.name.startswith("switchboard") else None
-        publisher = await open_publisher(server.host, server.port, server.publish_path.format(topic=topic),
-                                         "raw" if spec["format"] == "raw" else "switchboard", cookie)
+        publisher = await open_publisher(
+            server.host,
+            server.port,
+            server.publish_path.format(topic=topic),
+            "raw" if spec["format"] == "raw" else "switchboard",
+            cookie,
+        )
         await asyncio.sleep(interval + 0.2)
         phase = group.new_phase(0, count, latency=True)
         group.wire.reset()
@@ -274,10 +328,16 @@ async def overhead(server: Server, transport: str, subscribers: int, rate: float
         cpu = meter.read()
         summary = phase.summary()
         delivered = max(1, summary["delivered"])
-        result.update(ready=ready, **summary, **cpu, **latency_ms(phase.latency),
-                      requests=group.wire.requests, bytes=group.wire.bytes_in + group.wire.bytes_out,
-                      requests_per_event=round(group.wire.requests / delivered, 3),
-                      bytes_per_event=round((group.wire.bytes_in + group.wire.bytes_out) / delivered, 1))
+        result.update(
+            ready=ready,
+            **summary,
+            **cpu,
+            **latency_ms(phase.latency),
+            requests=group.wire.requests,
+            bytes=group.wire.bytes_in + group.wire.bytes_out,
+            requests_per_event=round(group.wire.requests / delivered, 3),
+            bytes_per_event=round((group.wire.bytes_in + group.wire.bytes_out) / delivered, 1),
+        )
     finally:
         if publisher is not None:
             publisher.close()
@@ -323,7 +383,9 @@ def _inbound_blocking(port: int, transport: str, size: int, count: int) -> dict:
         failed = lambda text: '"op":"error"' in text  # noqa: E731
     else:
         sock, rfile = ws_inbound.open_socket(port, "/stomp", "v12.stomp")
-        sock.sendall(ws_inbound.client_frame(0x1, b"CONNECT\naccept-version:1.2\nhost:127.0.0.1\nheart-beat:0,0\n\n\x00"))
+        sock.sendall(
+            ws_inbound.client_frame(0x1, b"CONNECT\naccept-version:1.2\nhost:127.0.0.1\nheart-beat:0,0\n\n\x00")
+        )
         reply = read_message(sock, rfile)
         if not reply.startswith("CONNECTED"):
             raise RuntimeError(f"STOMP CONNECT answered {reply[:200]!r}")
@@ -359,17 +421,29 @@ def _inbound_blocking(port: int, transport: str, size: int, count: int) -> dict:
     finally:
         rfile.close()
         sock.close()
-    return {"messages": count, "message_bytes": len(message), "seconds": round(elapsed, 4),
-            "msgs_per_s": round(count / elapsed), "mb_per_s": round(count * len(message) / elapsed / 1e6, 2),
-            "errors": errors, "client_cpu": round(cpu / elapsed, 2)}
+    return {
+        "messages": count,
+        "message_bytes": len(message),
+        "seconds": round(elapsed, 4),
+        "msgs_per_s": round(count / elapsed),
+        "mb_per_s": round(count * len(message) / elapsed / 1e6, 2),
+        "errors": errors,
+        "client_cpu": round(cpu / elapsed, 2),
+    }
 
 
 async def inbound(server: Server, transport: str, size: int, count: int) -> dict:
     s0, t0 = server.cpu_seconds(), time.time()
     result = await asyncio.to_thread(_inbound_blocking, server.port, transport, size, count)
     server_cpu = (server.cpu_seconds() - s0) / max(1e-6, time.time() - t0)
-    return {"scenario": "inbound", "server": server.name, "transport": transport, "size": size,
-            **result, "server_cpu": round(server_cpu, 2)}
+    return {
+        "scenario": "inbound",
+        "server": server.name,
+        "transport": transport,
+        "size": size,
+        **result,
+        "server_cpu": round(server_cpu, 2),
+    }
 
 
 def port_open(host: str, port: int) -> bool:

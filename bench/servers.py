@@ -172,8 +172,13 @@ class Server:
     def start(self, timeout: float = 30) -> "Server":
         self._log = open(self.log_dir / f"{self.name}-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
-            pin_prefix(self.core) + self.command(), cwd=self.cwd(), env=self.environment(),
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            pin_prefix(self.core) + self.command(),
+            cwd=self.cwd(),
+            env=self.environment(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while not self.ready():
             if self.proc.poll() is not None:
@@ -248,8 +253,14 @@ class Switchboard(Server):
     }
     publish_path = "/api/topics/{topic}/events"
 
-    def __init__(self, core: int | None = 0, log_dir: Path = RUN_DIR, workers: int = 1,
-                 redis_url: str | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        core: int | None = 0,
+        log_dir: Path = RUN_DIR,
+        workers: int = 1,
+        redis_url: str | None = None,
+        env: dict[str, str] | None = None,
+    ):
         super().__init__(core, log_dir)
         self.workers = workers
         self.redis_url = redis_url
@@ -261,9 +272,15 @@ class Switchboard(Server):
         return [str(APP_PYTHON), "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 
     def environment(self) -> dict[str, str]:
-        env = {**os.environ, "PORT": str(self.port), "WEB_CONCURRENCY": str(self.workers),
-               "SWITCHBOARD_LOG_LEVEL": "WARNING", "SWITCHBOARD_TICKS": "0", "PYTHONUNBUFFERED": "1",
-               **BENCH_LIMITS}
+        env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(self.workers),
+            "SWITCHBOARD_LOG_LEVEL": "WARNING",
+            "SWITCHBOARD_TICKS": "0",
+            "PYTHONUNBUFFERED": "1",
+            **BENCH_LIMITS,
+        }
         if self.redis_url:
             env["SWITCHBOARD_REDIS_URL"] = self.redis_url
         env.update(self.extra_env)
@@ -309,8 +326,7 @@ class Nchan(Server):
         return [nginx, "-p", str(self.prefix) + "/", "-c", "nchan.conf", "-e", "error.log"]
 
     def subscribers(self, topic: str) -> int:
-        status, body = http_get(f"http://{self.host}:{self.port}/pub?id={topic}",
-                                headers={"Accept": "text/json"})
+        status, body = http_get(f"http://{self.host}:{self.port}/pub?id={topic}", headers={"Accept": "text/json"})
         if status == 404:
             return 0
         if status != 200:
@@ -332,9 +348,26 @@ class SocketIO(Server):
     publish_path = "/publish/{topic}"
 
     def command(self) -> list[str]:
-        return [str(BENCH_PYTHON), "-m", "gunicorn", "-k", "geventwebsocket.gunicorn.workers.GeventWebSocketWorker",
-                "-w", "1", "--worker-connections", "20000", "--backlog", "4096", "-b", f"{self.host}:{self.port}",
-                "--log-level", "warning", "--keep-alive", "60", "socketio_app:app"]
+        return [
+            str(BENCH_PYTHON),
+            "-m",
+            "gunicorn",
+            "-k",
+            "geventwebsocket.gunicorn.workers.GeventWebSocketWorker",
+            "-w",
+            "1",
+            "--worker-connections",
+            "20000",
+            "--backlog",
+            "4096",
+            "-b",
+            f"{self.host}:{self.port}",
+            "--log-level",
+            "warning",
+            "--keep-alive",
+            "60",
+            "socketio_app:app",
+        ]
 
     def cwd(self) -> Path:
         return ROOT / "bench" / "anchors"
@@ -350,8 +383,21 @@ class Redis(Server):
     name = "redis"
 
     def command(self) -> list[str]:
-        return ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"]
+        return [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--loglevel",
+            "warning",
+        ]
 
     def ready(self) -> bool:
         try:

@@ -36,8 +36,17 @@ sys.path.insert(0, str(ROOT))
 from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.support.servers import Gunicorn, free_port  # noqa: E402
 
-TRANSPORTS = ("websocket", "xhr-streaming", "eventsource", "iframe-eventsource", "htmlfile", "iframe-htmlfile",
-              "xhr-polling", "iframe-xhr-polling", "jsonp-polling")
+TRANSPORTS = (
+    "websocket",
+    "xhr-streaming",
+    "eventsource",
+    "iframe-eventsource",
+    "htmlfile",
+    "iframe-htmlfile",
+    "xhr-polling",
+    "iframe-xhr-polling",
+    "jsonp-polling",
+)
 REQUEST_LINE = re.compile(rb"(?:GET|POST|OPTIONS|HEAD) (/\S*) HTTP/1\.[01]\r\n")
 SOCKJS_PREFIX = b"/websocket/stomp"
 
@@ -98,8 +107,12 @@ class CountingProxy:
 
 
 def publish(base: str, text: str) -> None:
-    res = requests.post(f"{base}/api/topics/chat/events", data=json.dumps({"data": {"text": text}}),
-                        headers={"Content-Type": "application/json"}, timeout=10)
+    res = requests.post(
+        f"{base}/api/topics/chat/events",
+        data=json.dumps({"data": {"text": text}}),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
     res.raise_for_status()
 
 
@@ -142,23 +155,30 @@ def measure(browser, server: Gunicorn, transport: str, n: int) -> dict:
             page.click("#send-message-button")
             assert shown(page, f"out {tag} {i}"), f"{transport}: message {i} did not come back"
         sent = proxy.snapshot()
-        return {"transport": page.locator("[data-transport]").inner_text(), "open_requests": open_requests,
-                "receive": per_message(opened, received, n), "send": per_message(received, sent, n)}
+        return {
+            "transport": page.locator("[data-transport]").inner_text(),
+            "open_requests": open_requests,
+            "receive": per_message(opened, received, n),
+            "send": per_message(received, sent, n),
+        }
     finally:
         context.close()
         proxy.close()
 
 
 def table(results: dict[str, dict], n: int) -> str:
-    lines = [f"SockJS transports in Chromium (sockjs-client 1.6.1, stomp.js 2.3.3), {n} messages each way;",
-             "bytes on the wire incl. HTTP headers; 'send' includes the message's own echo",
-             f"{'transport':<20}{'open req':>9}{'recv req/msg':>14}{'recv B/msg':>12}"
-             f"{'send req/msg':>14}{'send B/msg':>12}"]
+    lines = [
+        f"SockJS transports in Chromium (sockjs-client 1.6.1, stomp.js 2.3.3), {n} messages each way;",
+        "bytes on the wire incl. HTTP headers; 'send' includes the message's own echo",
+        f"{'transport':<20}{'open req':>9}{'recv req/msg':>14}{'recv B/msg':>12}{'send req/msg':>14}{'send B/msg':>12}",
+    ]
     for name, r in results.items():
         rec, snd = r["receive"], r["send"]
-        lines.append(f"{name:<20}{r['open_requests']:>9}{rec['requests']:>14.2f}"
-                     f"{rec['bytes_up'] + rec['bytes_down']:>12.0f}{snd['requests']:>14.2f}"
-                     f"{snd['bytes_up'] + snd['bytes_down']:>12.0f}")
+        lines.append(
+            f"{name:<20}{r['open_requests']:>9}{rec['requests']:>14.2f}"
+            f"{rec['bytes_up'] + rec['bytes_down']:>12.0f}{snd['requests']:>14.2f}"
+            f"{snd['bytes_up'] + snd['bytes_down']:>12.0f}"
+        )
     return "\n".join(lines)
 
 

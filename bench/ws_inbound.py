@@ -57,8 +57,9 @@ def serve(variant: str, port: int) -> None:
     from app.transports import wsio
 
     class CountingApp:
-        switchboard_server = ServerHooks(policy=wsio.WebSocketPolicy(
-            protocols={"/bench": ()}, max_message_bytes=1 << 20, ping_interval=0))
+        switchboard_server = ServerHooks(
+            policy=wsio.WebSocketPolicy(protocols={"/bench": ()}, max_message_bytes=1 << 20, ping_interval=0)
+        )
 
         def __call__(self, environ, start_response):
             ws = environ.get("wsgi.websocket")
@@ -109,7 +110,8 @@ def open_socket(port: int, path: str = "/bench", protocol: str | None = None) ->
     offer = f"Sec-WebSocket-Protocol: {protocol}\r\n" if protocol else ""
     sock.sendall(
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n".encode())
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n".encode()
+    )
     rfile = sock.makefile("rb")
     status = rfile.readline()
     if b" 101 " not in status:
@@ -209,7 +211,11 @@ def main() -> None:
     workloads = {
         "text 64 KiB": (0x1, text_64k, int(8000 * scale)),
         "binary 64 KiB": (0x2, os.urandom(64 * 1024), int(8000 * scale)),
-        "text 100 B": (0x1, b'{"op":"publish","topic":"chat","data":{"text":"' + b"x" * 50 + b'"}}', int(300_000 * scale)),
+        "text 100 B": (
+            0x1,
+            b'{"op":"publish","topic":"chat","data":{"text":"' + b"x" * 50 + b'"}}',
+            int(300_000 * scale),
+        ),
     }
     # The pure-Python variants are much slower: fewer messages (same rate), so that every
     # run lasts a fraction of a second to a second. (factor for 64 KiB, factor for small)

@@ -6,5 +6,18 @@ from .errors import AccessError, AuthUnavailable, CrossOrigin, Forbidden, TokenI
 from .patterns import InvalidPattern, PatternSet, check_pattern
 from .tokens import Identity, TokenVerifier
 
-__all__ = ["Access", "AccessError", "AuthUnavailable", "COOKIE_NAME", "CrossOrigin", "Forbidden", "Identity",
-           "InvalidPattern", "PatternSet", "TokenInUrl", "TokenVerifier", "Unauthorized", "check_pattern"]
+__all__ = [
+    "Access",
+    "AccessError",
+    "AuthUnavailable",
+    "COOKIE_NAME",
+    "CrossOrigin",
+    "Forbidden",
+    "Identity",
+    "InvalidPattern",
+    "PatternSet",
+    "TokenInUrl",
+    "TokenVerifier",
+    "Unauthorized",
+    "check_pattern",
+]

@@ -61,8 +61,13 @@ class Access:
         count_hook: ``count(result)`` for each decision the hook makes or its cache answers.
     """
 
-    def __init__(self, settings, secret_key: str, claim_once: Callable[[str, float], bool],
-                 count_hook: Callable[[str], None] = lambda result: None):
+    def __init__(
+        self,
+        settings,
+        secret_key: str,
+        claim_once: Callable[[str, float], bool],
+        count_hook: Callable[[str], None] = lambda result: None,
+    ):
         self.enabled = settings.auth_enabled
         self.allowed_origins = tuple(settings.allowed_origins)
         self.verifier: TokenVerifier | None = None
@@ -73,16 +78,23 @@ class Access:
                 with open(settings.auth_public_key, "rb") as handle:
                     public_key = handle.read()
             self.verifier = TokenVerifier(
-                secret=settings.auth_secret, public_key_pem=public_key, jwks_url=settings.auth_jwks_url,
-                audience=settings.auth_audience, issuer=settings.auth_issuer)
+                secret=settings.auth_secret,
+                public_key_pem=public_key,
+                jwks_url=settings.auth_jwks_url,
+                audience=settings.auth_audience,
+                issuer=settings.auth_issuer,
+            )
             if settings.auth_hook_url:
-                self.hook = DecisionHook(settings.auth_hook_url, settings.auth_hook_timeout,
-                                         settings.auth_hook_ttl, count_hook)
+                self.hook = DecisionHook(
+                    settings.auth_hook_url, settings.auth_hook_timeout, settings.auth_hook_ttl, count_hook
+                )
         everything = ("**",) if not self.enabled else ()
         self._anonymous_subscribe = PatternSet(
-            settings.anonymous_subscribe if settings.anonymous_subscribe is not None else everything)
+            settings.anonymous_subscribe if settings.anonymous_subscribe is not None else everything
+        )
         self._anonymous_publish = PatternSet(
-            settings.anonymous_publish if settings.anonymous_publish is not None else everything)
+            settings.anonymous_publish if settings.anonymous_publish is not None else everything
+        )
         self.tickets = TicketBook(secret_key, claim_once, settings.auth_ticket_ttl)
         self._verified: dict[str, Identity] = {}  # token -> its identity, while it lives
 
@@ -90,8 +102,14 @@ class Access:
 
     def anonymous(self, sender: str) -> Identity:
         """The identity of a client with no credentials (the guest name from its session)."""
-        return Identity(sender, None, self._anonymous_subscribe, self._anonymous_publish,
-                        None, "anonymous" if self.enabled else "open")
+        return Identity(
+            sender,
+            None,
+            self._anonymous_subscribe,
+            self._anonymous_publish,
+            None,
+            "anonymous" if self.enabled else "open",
+        )
 
     def verify(self, token: str, via: str) -> Identity:
         """The identity a token proves.
@@ -207,15 +225,19 @@ class Access:
         """
         site = environ.get("HTTP_SEC_FETCH_SITE")
         if site is not None and site not in ("same-origin", "none"):
-            raise CrossOrigin(f"a cookie-authenticated request from another site ({site}) is refused; "
-                              "send the token as a Bearer header instead")
+            raise CrossOrigin(
+                f"a cookie-authenticated request from another site ({site}) is refused; "
+                "send the token as a Bearer header instead"
+            )
         origin = environ.get("HTTP_ORIGIN")
         if origin is None or origin == "null" and site == "same-origin":
             return
         own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
         if origin.rstrip("/") != own and origin.rstrip("/") not in self.allowed_origins:
-            raise CrossOrigin(f"a cookie-authenticated request from origin {origin!r} is refused; "
-                              "send the token as a Bearer header instead")
+            raise CrossOrigin(
+                f"a cookie-authenticated request from origin {origin!r} is refused; "
+                "send the token as a Bearer header instead"
+            )
 
     def cookie_max_age(self, identity: Identity, now: float | None = None) -> int:
         """Seconds the session cookie may live: never past the token's exp, nor past

@@ -37,8 +37,9 @@ DEMO_QUEUES = {"stomp": "jobs", "compare": "compare.jobs"}
 bp = Blueprint("auth_demo", __name__)
 
 
-def demo_claims(name: str, users: Sequence[str], now: float, audience: str | None = None,
-                issuer: str | None = None) -> dict:
+def demo_claims(
+    name: str, users: Sequence[str], now: float, audience: str | None = None, issuer: str | None = None
+) -> dict:
     """The claims of ``name``'s demo token (see the module docstring for what they allow)."""
     queues = [f"queue.{name}" for name in DEMO_QUEUES.values()]
     subscribe = ["chat", "ticks", "user.{sub}", *queues]
@@ -46,8 +47,12 @@ def demo_claims(name: str, users: Sequence[str], now: float, audience: str | Non
     if users and name == users[0]:
         subscribe.append(MEMBERS_ROOM)
         publish.append(MEMBERS_ROOM)
-    claims = {"sub": name, "iat": int(now), "exp": int(now) + DEMO_TOKEN_SECONDS,
-              "switchboard": {"subscribe": subscribe, "publish": publish}}
+    claims = {
+        "sub": name,
+        "iat": int(now),
+        "exp": int(now) + DEMO_TOKEN_SECONDS,
+        "switchboard": {"subscribe": subscribe, "publish": publish},
+    }
     # The server checks aud and iss when they are configured: the demo's tokens must pass too.
     if audience:
         claims["aud"] = audience
@@ -70,7 +75,7 @@ def _requested_user(users: Sequence[str]) -> str:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
     name = body.get("user") if isinstance(body, dict) else None
     if not isinstance(name, str) or name not in users:
-        raise ApiError(400, "unknown_user", f"the demo users are {', '.join(users)}; send {{\"user\": \"<one of them>\"}}")
+        raise ApiError(400, "unknown_user", f'the demo users are {", ".join(users)}; send {{"user": "<one of them>"}}')
     return name
 
 
@@ -81,8 +86,9 @@ def open_demo_session() -> Response:
     access.check_same_origin(request.environ)  # a cookie-setting POST: refuse other sites (CSRF)
     settings = state.settings()
     name = _requested_user(settings.demo_users)
-    token = access.verifier.mint(demo_claims(name, settings.demo_users, time.time(),
-                                             settings.auth_audience, settings.auth_issuer))
+    token = access.verifier.mint(
+        demo_claims(name, settings.demo_users, time.time(), settings.auth_audience, settings.auth_issuer)
+    )
     identity = access.verify(token, "cookie")
     # The token is in the body too, for the SSE page's fetch() reader (a Bearer header): a
     # demo shortcut. A real page keeps a token out of reach of scripts, in the cookie only.

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 __all__ = ["AccessError", "AuthUnavailable", "CrossOrigin", "Forbidden", "TokenInUrl", "Unauthorized"]
 
-THREE_WAYS = ("send it as 'Authorization: Bearer <token>', or POST it to /api/session for an HttpOnly "
-              "cookie, or exchange it at POST /api/tickets for a single-use ?ticket=")
+THREE_WAYS = (
+    "send it as 'Authorization: Bearer <token>', or POST it to /api/session for an HttpOnly "
+    "cookie, or exchange it at POST /api/tickets for a single-use ?ticket="
+)
 
 
 class AccessError(Exception):

@@ -53,9 +53,14 @@ class DecisionHook:
         clock: time source (seconds).
     """
 
-    def __init__(self, url: str, timeout: float, ttl: float,
-                 count: Callable[[str], None] = lambda result: None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        ttl: float,
+        count: Callable[[str], None] = lambda result: None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.url = url
         self.timeout = timeout
         self.ttl = ttl
@@ -115,8 +120,9 @@ class DecisionHook:
 
     def _ask(self, sub: str, action: str, topic: str, transport: str) -> bool:
         body = json.dumps({"action": action, "topic": topic, "sub": sub, "transport": transport}).encode()
-        request = urllib.request.Request(self.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         started = time.monotonic()
         try:
             # urllib's timeout bounds each read; gevent's bounds the whole answer, so a hook

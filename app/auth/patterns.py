@@ -43,8 +43,9 @@ def check_pattern(pattern: str) -> str:
             if index != len(segments) - 1:
                 raise InvalidPattern(f"{pattern!r}: ** may only be the last segment")
         elif segment != "*" and not _LITERAL_RE.match(segment):
-            raise InvalidPattern(f"{pattern!r}: segment {segment!r} must be *, ** or letters, digits, _ : - "
-                                 "and {sub}")
+            raise InvalidPattern(
+                f"{pattern!r}: segment {segment!r} must be *, ** or letters, digits, _ : - and {{sub}}"
+            )
     return pattern
 
 

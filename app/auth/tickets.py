@@ -46,9 +46,12 @@ class TicketBook:
         expires_in = int(self.ttl if left is None else max(0.0, min(self.ttl, left)))
         payload = {
             "n": secrets.token_urlsafe(16),
-            "sub": identity.sub, "sender": identity.sender,
-            "s": list(identity.subscribe.patterns), "p": list(identity.publish.patterns),
-            "exp": identity.expires_at, "until": time.time() + expires_in,
+            "sub": identity.sub,
+            "sender": identity.sender,
+            "s": list(identity.subscribe.patterns),
+            "p": list(identity.publish.patterns),
+            "exp": identity.expires_at,
+            "until": time.time() + expires_in,
         }
         return self._serializer.dumps(payload), expires_in
 
@@ -64,8 +67,9 @@ class TicketBook:
         try:
             payload = self._serializer.loads(ticket, max_age=self.ttl)
         except SignatureExpired:
-            raise Unauthorized("the ticket has expired; get a new one from POST /api/tickets",
-                               invalid_token=True, expired=True) from None
+            raise Unauthorized(
+                "the ticket has expired; get a new one from POST /api/tickets", invalid_token=True, expired=True
+            ) from None
         except BadSignature:
             raise Unauthorized("the ticket is not valid", invalid_token=True) from None
         try:

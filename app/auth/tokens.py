@@ -87,20 +87,25 @@ def identity_from_claims(claims: dict[str, Any], via: str) -> Identity:
     sender = name if isinstance(name, str) and 0 < len(name) <= 64 else sub
     grants = claims.get(CLAIM, {})
     if not isinstance(grants, dict):
-        raise Unauthorized(f"the token's {CLAIM} claim must be an object "
-                           '{"subscribe": [...], "publish": [...]}', invalid_token=True)
+        raise Unauthorized(
+            f'the token\'s {CLAIM} claim must be an object {{"subscribe": [...], "publish": [...]}}', invalid_token=True
+        )
     sets = {}
     for action in ("subscribe", "publish"):
         patterns = grants.get(action, [])
-        if (not isinstance(patterns, list) or len(patterns) > MAX_PATTERNS
-                or not all(isinstance(p, str) for p in patterns)):
-            raise Unauthorized(f"the token's {CLAIM}.{action} must be a list of at most {MAX_PATTERNS} "
-                               "topic patterns", invalid_token=True)
+        if (
+            not isinstance(patterns, list)
+            or len(patterns) > MAX_PATTERNS
+            or not all(isinstance(p, str) for p in patterns)
+        ):
+            raise Unauthorized(
+                f"the token's {CLAIM}.{action} must be a list of at most {MAX_PATTERNS} topic patterns",
+                invalid_token=True,
+            )
         try:
             sets[action] = PatternSet(patterns, sub)
         except InvalidPattern as exc:
-            raise Unauthorized(f"the token's {CLAIM}.{action} has a bad pattern: {exc}",
-                               invalid_token=True) from None
+            raise Unauthorized(f"the token's {CLAIM}.{action} has a bad pattern: {exc}", invalid_token=True) from None
     try:
         # PyJWT checked that int(exp) works; float() of an int past 1e308 does not.
         expires_at = float(claims["exp"])
@@ -120,9 +125,16 @@ class TokenVerifier:
         jwks_timeout: seconds a JWKS fetch may take.
     """
 
-    def __init__(self, *, secret: str | None = None, public_key_pem: bytes | None = None,
-                 jwks_url: str | None = None, audience: str | None = None, issuer: str | None = None,
-                 jwks_timeout: float = 5.0):
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        public_key_pem: bytes | None = None,
+        jwks_url: str | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+        jwks_timeout: float = 5.0,
+    ):
         self.audience = audience
         self.issuer = issuer
         self._jwks = None
@@ -144,8 +156,7 @@ class TokenVerifier:
         elif jwks_url:
             # The set is cached for JWKS_LIFESPAN; an unknown kid refetches it at most once per
             # JWKS_REFRESH_COOLDOWN (see _jwks_key), so random kids cannot hammer the endpoint.
-            self._jwks = jwt.PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=JWKS_LIFESPAN,
-                                         timeout=jwks_timeout)
+            self._jwks = jwt.PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=JWKS_LIFESPAN, timeout=jwks_timeout)
             self._jwks_lock = threading.Lock()
             self._jwks_refreshed = -math.inf
             self._key = None
@@ -168,8 +179,13 @@ class TokenVerifier:
             key, algorithms = self._jwks_key(token)
         try:
             claims = jwt.decode(
-                token, key, algorithms=algorithms, audience=self.audience, issuer=self.issuer,
-                options={"require": ["sub", "exp"], "verify_aud": self.audience is not None})
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["sub", "exp"], "verify_aud": self.audience is not None},
+            )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired", invalid_token=True, expired=True) from None
         except (jwt.PyJWTError, ValueError, TypeError) as exc:

@@ -74,8 +74,15 @@ def _no_store(response: Response) -> Response:
 
 def set_token_cookie(response: Response, token: str, identity: Identity) -> None:
     """Put ``token`` in the HttpOnly cookie, for no longer than the token lives."""
-    response.set_cookie(COOKIE_NAME, token, max_age=access().cookie_max_age(identity), path="/",
-                        secure=request.is_secure, httponly=True, samesite="Strict")
+    response.set_cookie(
+        COOKIE_NAME,
+        token,
+        max_age=access().cookie_max_age(identity),
+        path="/",
+        secure=request.is_secure,
+        httponly=True,
+        samesite="Strict",
+    )
 
 
 @bp.post("/api/session")

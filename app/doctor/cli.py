@@ -18,30 +18,48 @@ from typing import Sequence
 from .checks import CHECKS, PROBLEM, UNKNOWN, Options, Result, measure_echo
 from .wire import Target
 
-EPILOG = """checks: """ + ", ".join(CHECKS) + """
+EPILOG = (
+    """checks: """
+    + ", ".join(CHECKS)
+    + """
 
 Each line reads: verdict, check, what was measured and what it means, and the line that
 fixes it (or keeps it right). Every wait is bounded: the idle stream and the slow poll
 default to the server's heartbeat and long-poll timeout plus 2 s, at most the server's
 SWITCHBOARD_DOCTOR_MAX_WAIT (120 s)."""
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m app.doctor", description="Check the reverse proxy in front of a Switchboard server.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m app.doctor",
+        description="Check the reverse proxy in front of a Switchboard server.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("url", help="the server's base URL as browsers reach it, e.g. https://their.host/")
     parser.add_argument("--only", metavar="CHECKS", help="comma-separated checks to run (default: all)")
     parser.add_argument("--skip", metavar="CHECKS", help="comma-separated checks to leave out")
     parser.add_argument("--events", type=int, default=6, help="buffering: events in the timed stream (2-50; 6)")
-    parser.add_argument("--interval", type=float, default=0.5,
-                        help="buffering: seconds between them (0.05-2; 0.5)")
-    parser.add_argument("--idle-seconds", type=float, metavar="S",
-                        help="idle-cut: how long the stream stays silent (default: the heartbeat + 2 s)")
-    parser.add_argument("--poll-seconds", type=float, metavar="S",
-                        help="long-poll: how long the answer is held (default: the long-poll timeout + 2 s)")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds allowed to connect and for quick answers, and the grace after a wait (10)")
+    parser.add_argument("--interval", type=float, default=0.5, help="buffering: seconds between them (0.05-2; 0.5)")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        metavar="S",
+        help="idle-cut: how long the stream stays silent (default: the heartbeat + 2 s)",
+    )
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        metavar="S",
+        help="long-poll: how long the answer is held (default: the long-poll timeout + 2 s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds allowed to connect and for quick answers, and the grace after a wait (10)",
+    )
     parser.add_argument("--origin", help="the Origin sent with the WebSocket upgrades (default: the URL's own)")
     parser.add_argument("--insecure", action="store_true", help="https: do not verify the certificate")
     parser.add_argument("--strict", action="store_true", help="exit 1 also when a check could not tell")
@@ -94,8 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"doctor: {exc}", file=sys.stderr)
         return 2
-    options = Options(events=args.events, interval=args.interval, idle_seconds=args.idle_seconds,
-                      poll_seconds=args.poll_seconds, timeout=args.timeout, origin=args.origin)
+    options = Options(
+        events=args.events,
+        interval=args.interval,
+        idle_seconds=args.idle_seconds,
+        poll_seconds=args.poll_seconds,
+        timeout=args.timeout,
+        origin=args.origin,
+    )
     try:
         results = run(target, options, args.checks, out=None if args.json else sys.stdout)
     except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -104,7 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))
     counts = {verdict: sum(r.verdict == verdict for r in results) for verdict in ("ok", PROBLEM, UNKNOWN)}
-    print(f"doctor: {counts['ok']} ok, {counts[PROBLEM]} problem(s), {counts[UNKNOWN]} could not tell "
-          f"({target.origin}{target.prefix})", file=sys.stderr)
+    print(
+        f"doctor: {counts['ok']} ok, {counts[PROBLEM]} problem(s), {counts[UNKNOWN]} could not tell "
+        f"({target.origin}{target.prefix})",
+        file=sys.stderr,
+    )
     failed = {PROBLEM, UNKNOWN} if args.strict else {PROBLEM}
     return 1 if any(result.verdict in failed for result in results) else 0

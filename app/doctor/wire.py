@@ -23,8 +23,18 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
-__all__ = ["Echo", "Reply", "SseEvent", "StreamReading", "Target", "WsClient", "WsHandshake",
-           "get", "read_sse", "ws_connect"]
+__all__ = [
+    "Echo",
+    "Reply",
+    "SseEvent",
+    "StreamReading",
+    "Target",
+    "WsClient",
+    "WsHandshake",
+    "get",
+    "read_sse",
+    "ws_connect",
+]
 
 USER_AGENT = "switchboard-doctor/1"
 # RFC 6455 1.3: the GUID a server appends to Sec-WebSocket-Key before hashing.
@@ -98,9 +108,9 @@ class Reply:
     status: int
     headers: Mapping[str, str]
     body: bytes
-    sent: float      # time.time() when the request left
+    sent: float  # time.time() when the request left
     received: float  # time.time() when the whole answer was in
-    elapsed: float   # monotonic seconds between the two
+    elapsed: float  # monotonic seconds between the two
 
     def json(self):
         return json.loads(self.body)
@@ -116,8 +126,14 @@ def get(conn: http.client.HTTPConnection, path: str, headers: Mapping[str, str] 
     conn.request("GET", path, headers={"User-Agent": USER_AGENT, **(headers or {})})
     response = conn.getresponse()
     body = response.read()
-    return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body,
-                 sent, time.time(), time.monotonic() - start)
+    return Reply(
+        response.status,
+        {k.lower(): v for k, v in response.getheaders()},
+        body,
+        sent,
+        time.time(),
+        time.monotonic() - start,
+    )
 
 
 @dataclass(frozen=True)
@@ -221,8 +237,16 @@ def read_sse(target: Target, path: str, until: str, within: float) -> StreamRead
     conn = target.connection(timeout=within)
     try:
         try:
-            conn.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept": "text/event-stream",
-                                               "Accept-Encoding": "gzip", "Cache-Control": "no-cache"})
+            conn.request(
+                "GET",
+                path,
+                headers={
+                    "User-Agent": USER_AGENT,
+                    "Accept": "text/event-stream",
+                    "Accept-Encoding": "gzip",
+                    "Cache-Control": "no-cache",
+                },
+            )
             response = conn.getresponse()
         except (socket.timeout, TimeoutError):
             reading.ended, reading.ended_at = "timeout", time.monotonic() - start
@@ -371,14 +395,22 @@ class WsClient:
         self.sock.close()
 
 
-def ws_connect(target: Target, path: str, origin: str, protocols: Iterable[str] = (),
-               within: float = 10.0) -> WsHandshake:
+def ws_connect(
+    target: Target, path: str, origin: str, protocols: Iterable[str] = (), within: float = 10.0
+) -> WsHandshake:
     """Ask for a WebSocket at ``path``, as a browser on ``origin`` would."""
     result = WsHandshake()
     key = base64.b64encode(os.urandom(16)).decode("ascii")
-    lines = [f"GET {path} HTTP/1.1", f"Host: {target.host_header}", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-             f"Origin: {origin}", f"User-Agent: {USER_AGENT}"]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {target.host_header}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        f"Origin: {origin}",
+        f"User-Agent: {USER_AGENT}",
+    ]
     protocols = list(protocols)
     if protocols:
         lines.append("Sec-WebSocket-Protocol: " + ", ".join(protocols))

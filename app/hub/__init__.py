@@ -26,8 +26,21 @@ from .queues import Consumer, Delivery, QueueFull
 from .subscription import Item, Subscription, SubscriptionClosed
 from .wildcard import PatternSubscription, pattern_problem
 
-__all__ = ["Hub", "Backend", "BackendUnavailable", "TooManyTopics", "Subscription", "SubscriptionClosed", "Item",
-           "Gap", "Page", "Publication", "Consumer", "Delivery", "QueueFull"]
+__all__ = [
+    "Hub",
+    "Backend",
+    "BackendUnavailable",
+    "TooManyTopics",
+    "Subscription",
+    "SubscriptionClosed",
+    "Item",
+    "Gap",
+    "Page",
+    "Publication",
+    "Consumer",
+    "Delivery",
+    "QueueFull",
+]
 
 
 class BackendUnavailable(Exception):
@@ -65,8 +78,16 @@ class Backend(Protocol):
     def close(self) -> None: ...
     @property
     def healthy(self) -> bool: ...
-    def append(self, topic: str, type: str, data: Any, sender: str | None, *,
-               headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event: ...
+    def append(
+        self,
+        topic: str,
+        type: str,
+        data: Any,
+        sender: str | None,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        raw: RawBody | None = None,
+    ) -> Event: ...
     def read_after(self, topic: str, cursor: Cursor, limit: int) -> tuple[list[Event], bool]: ...
     def read_latest(self, topic: str, limit: int) -> list[Event]: ...
     def last_cursor(self, topic: str) -> Cursor | None: ...
@@ -75,6 +96,7 @@ class Backend(Protocol):
     def acquire_lock(self, name: str, ttl: float) -> bool: ...
     def release_lock(self, name: str) -> None: ...
     def claim_once(self, name: str, ttl: float) -> bool: ...
+
     # and the three presence methods of app.hub.presence.PresenceBackend.
 
     # ``append`` raises TooManyTopics for a new topic beyond the backend's topic limit.
@@ -112,14 +134,29 @@ class HubObserver(Protocol):
 class NullObserver:
     """An observer that ignores everything (the default)."""
 
-    def subscribed(self, topic): pass
-    def unsubscribed(self, topic, reason): pass
-    def published(self, topic): pass
-    def gap(self, topic, slow): pass
-    def replayed(self, count): pass
-    def queue_depth(self, depth): pass
-    def refused(self, limit): pass
-    def presence(self, topic, action): pass
+    def subscribed(self, topic):
+        pass
+
+    def unsubscribed(self, topic, reason):
+        pass
+
+    def published(self, topic):
+        pass
+
+    def gap(self, topic, slow):
+        pass
+
+    def replayed(self, count):
+        pass
+
+    def queue_depth(self, depth):
+        pass
+
+    def refused(self, limit):
+        pass
+
+    def presence(self, topic, action):
+        pass
 
 
 class Hub:
@@ -138,9 +175,17 @@ class Hub:
         queues: the work-queue store (:mod:`app.hub.queues`); ``None``: no queues.
     """
 
-    def __init__(self, backend: Backend, queue_size: int = 256, observer: HubObserver | None = None,
-                 queue_bytes: int | None = None, queues=None, *,
-                 presence_topics: Callable[[str], bool] | None = None, presence_ttl: float = 15.0):
+    def __init__(
+        self,
+        backend: Backend,
+        queue_size: int = 256,
+        observer: HubObserver | None = None,
+        queue_bytes: int | None = None,
+        queues=None,
+        *,
+        presence_topics: Callable[[str], bool] | None = None,
+        presence_ttl: float = 15.0,
+    ):
         self.backend = backend
         self.queues = queues  # the work-queue store (app.hub.queues), or None
         self.queue_size = queue_size
@@ -167,8 +212,16 @@ class Hub:
 
     # -- writing ------------------------------------------------------------------------
 
-    def publish(self, topic: str, data: Any, *, type: str = "message", sender: str | None = None,
-                headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
+    def publish(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        type: str = "message",
+        sender: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        raw: RawBody | None = None,
+    ) -> Event:
         """Append an event to the topic's history and deliver it to every subscriber.
 
         Args:
@@ -222,8 +275,10 @@ class Hub:
         if any(item.kind == "queue" for item in items):
             raise ValueError("this hub has no queue store")
         self._check_topic_room([item.name for item in items])
-        return [self.publish(item.name, item.data, type=item.type, sender=item.sender, headers=item.headers,
-                             raw=item.raw) for item in items]
+        return [
+            self.publish(item.name, item.data, type=item.type, sender=item.sender, headers=item.headers, raw=item.raw)
+            for item in items
+        ]
 
     def _check_topic_room(self, topics: list[str]) -> None:
         """Raise TooManyTopics before a batch whose new topics would not all fit (memory:
@@ -298,8 +353,9 @@ class Hub:
         def read_after(after: Cursor, limit: int) -> tuple[list[Event], bool]:
             return self.backend.read_after(topic, after, limit)
 
-        sub = Subscription(topic, cursor, read_after, self.queue_size, self._forget, self.observer,
-                           max_bytes=self.queue_bytes)
+        sub = Subscription(
+            topic, cursor, read_after, self.queue_size, self._forget, self.observer, max_bytes=self.queue_bytes
+        )
         self._subs.setdefault(topic, set()).add(sub)
         self.observer.subscribed(topic)
         if self._watch is not None:
@@ -312,8 +368,16 @@ class Hub:
                 self._members[sub] = release
         return sub
 
-    def enqueue(self, queue: str, data: Any, *, type: str = "message", sender: str | None = None,
-                headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
+    def enqueue(
+        self,
+        queue: str,
+        data: Any,
+        *,
+        type: str = "message",
+        sender: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        raw: RawBody | None = None,
+    ) -> Event:
         """Send a message to a work queue (:mod:`app.hub.queues`): kept until one consumer
         has taken and acknowledged it.
 
@@ -360,12 +424,15 @@ class Hub:
         if problem is not None:
             raise InvalidTopic(problem)
         if not getattr(self.backend, "wildcards", True):
-            raise InvalidTopic("wildcard subscriptions are not available on a Redis Cluster with per-topic routing "
-                               "(sharded Pub/Sub has no pattern subscription); subscribe to each topic")
+            raise InvalidTopic(
+                "wildcard subscriptions are not available on a Redis Cluster with per-topic routing "
+                "(sharded Pub/Sub has no pattern subscription); subscribe to each topic"
+            )
         if self._closed_reason is not None:
             raise SubscriptionClosed(self._closed_reason)
-        sub = PatternSubscription(pattern, self.queue_size, self._forget_pattern, self.observer,
-                                  max_bytes=self.queue_bytes)
+        sub = PatternSubscription(
+            pattern, self.queue_size, self._forget_pattern, self.observer, max_bytes=self.queue_bytes
+        )
         self._patterns.add(sub)
         self.observer.subscribed(pattern)
         if self._watch_pattern is not None:

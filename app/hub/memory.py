@@ -74,9 +74,17 @@ class MemoryBackend:
 
     name = "memory"
 
-    def __init__(self, history_size: int, history_ttl: float,
-                 clock: Callable[[], float] = time.time, epoch: str | None = None, *,
-                 history_bytes: int | None = None, max_topics: int = 0, sweep_interval: float | None = None):
+    def __init__(
+        self,
+        history_size: int,
+        history_ttl: float,
+        clock: Callable[[], float] = time.time,
+        epoch: str | None = None,
+        *,
+        history_bytes: int | None = None,
+        max_topics: int = 0,
+        sweep_interval: float | None = None,
+    ):
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.history_bytes = history_bytes
@@ -174,13 +182,22 @@ class MemoryBackend:
         try:
             self.append(topic, PRESENCE_TYPE, {"action": action, "sender": sender}, sender)
         except TooManyTopics:  # presence still counts; only its event is skipped
-            log.info("presence: no room for topic %s (SWITCHBOARD_MAX_TOPICS); %s of %s not announced",
-                     topic, action, sender)
+            log.info(
+                "presence: no room for topic %s (SWITCHBOARD_MAX_TOPICS); %s of %s not announced", topic, action, sender
+            )
             return []
         return [(topic, action, sender)]
 
-    def append(self, topic: str, type: str, data: Any, sender: str | None, *,
-               headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
+    def append(
+        self,
+        topic: str,
+        type: str,
+        data: Any,
+        sender: str | None,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        raw: RawBody | None = None,
+    ) -> Event:
         """Store a new event at the end of the topic's history, then deliver it live.
 
         Raises:
@@ -344,8 +361,9 @@ class MemoryBackend:
             self.sweep(SWEEP_SLICE)  # idle topics the sweeper has not reached yet make room first
         if self.max_topics and len(self._topics) >= self.max_topics:
             oldest = next(iter(self._topics.values()))
-            raise TooManyTopics(self.max_topics, max(oldest.touched + self.history_ttl - now, 0.0)
-                                + self.sweep_interval)
+            raise TooManyTopics(
+                self.max_topics, max(oldest.touched + self.history_ttl - now, 0.0) + self.sweep_interval
+            )
         return _Topic(self._forgotten_upto + 1, now)
 
     def _drop_oldest(self, state: _Topic) -> None:

@@ -19,8 +19,7 @@ import gevent
 
 from ..events import Cursor, Event
 from .batch import Publication
-from .queues import (Consumer, Delivery, NullQueueObserver, QueueFull, QueueLimits, QueueObserver, QueueStats,
-                     dlq_name)
+from .queues import Consumer, Delivery, NullQueueObserver, QueueFull, QueueLimits, QueueObserver, QueueStats, dlq_name
 from .subscription import SubscriptionClosed
 
 __all__ = ["MemoryQueues"]
@@ -72,9 +71,14 @@ class MemoryQueues:
 
     name = "memory"
 
-    def __init__(self, limits: QueueLimits, observer: QueueObserver | None = None,
-                 clock: Callable[[], float] = time.monotonic, epoch: str | None = None,
-                 sweep_interval: float | None = None):
+    def __init__(
+        self,
+        limits: QueueLimits,
+        observer: QueueObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        epoch: str | None = None,
+        sweep_interval: float | None = None,
+    ):
         self.limits = limits
         self.observer = observer or NullQueueObserver()
         self.epoch = epoch or secrets.token_hex(6)
@@ -117,15 +121,26 @@ class MemoryQueues:
         stored = []
         for item in items:
             if item.kind == "topic":
-                stored.append(hub.publish(item.name, item.data, type=item.type, sender=item.sender,
-                                          headers=item.headers, raw=item.raw))
+                stored.append(
+                    hub.publish(
+                        item.name, item.data, type=item.type, sender=item.sender, headers=item.headers, raw=item.raw
+                    )
+                )
             else:
                 stored.append(self._enqueue(item))
         return stored
 
     def _enqueue(self, item: Publication) -> Event:
-        event = Event(Cursor(self.epoch, (next(self._numbers),)), item.name, item.type, item.data, item.sender,
-                      time.time(), headers=item.headers, raw=item.raw)
+        event = Event(
+            Cursor(self.epoch, (next(self._numbers),)),
+            item.name,
+            item.type,
+            item.data,
+            item.sender,
+            time.time(),
+            headers=item.headers,
+            raw=item.raw,
+        )
         queue = self._queue(item.name)
         message = _Message(event)
         queue.ready.append(message)
@@ -186,8 +201,16 @@ class MemoryQueues:
             queue.bytes -= message.size
             dead = self._queue(dlq_name(queue.name))
             event = message.event  # the same message (same id), now of the dead-letter queue
-            message.event = Event(event.cursor, dead.name, event.type, event.data, event.sender, event.time,
-                                  headers=event.headers, raw=event.raw)
+            message.event = Event(
+                event.cursor,
+                dead.name,
+                event.type,
+                event.data,
+                event.sender,
+                event.time,
+                headers=event.headers,
+                raw=event.raw,
+            )
             dead.ready.append(message)
             dead.bytes += message.size
             message.count = 0  # delivered afresh from the dead-letter queue
@@ -234,8 +257,12 @@ class MemoryQueues:
                 if consumer.take_back(event_id) is None:
                     continue
                 del queue.in_flight[event_id]
-                log.info("queue %s: message %s not acknowledged within %g s; put back", queue.name, event_id,
-                         self.limits.ack_timeout)
+                log.info(
+                    "queue %s: message %s not acknowledged within %g s; put back",
+                    queue.name,
+                    event_id,
+                    self.limits.ack_timeout,
+                )
                 self._put_back(queue, message)
                 taken += 1
             if expired:
@@ -277,6 +304,7 @@ class MemoryQueues:
 
 def _size(item: Publication) -> int:
     # The bytes a message counts for, before it is stored (the event's size, as stored).
-    probe = Event(Cursor("0", (0,)), item.name, item.type, item.data, item.sender, 0.0, headers=item.headers,
-                  raw=item.raw)
+    probe = Event(
+        Cursor("0", (0,)), item.name, item.type, item.data, item.sender, 0.0, headers=item.headers, raw=item.raw
+    )
     return probe.size

@@ -50,8 +50,9 @@ Announced = tuple[str, str, str]  # (topic, "join" | "leave", sender)
 class PresenceBackend(Protocol):
     """The backend's part of presence (see the module docstring)."""
 
-    def presence_update(self, updates: Sequence[tuple[str, Sequence[str], Sequence[str]]],
-                        ttl: float) -> list[Announced]: ...
+    def presence_update(
+        self, updates: Sequence[tuple[str, Sequence[str], Sequence[str]]], ttl: float
+    ) -> list[Announced]: ...
     def presence_sweep(self) -> list[Announced]: ...
     def presence_members(self, topic: str) -> list[tuple[str, float]]: ...
 
@@ -71,9 +72,14 @@ class Presence:
         clock: a monotonic clock in seconds.
     """
 
-    def __init__(self, backend: PresenceBackend, ttl: float, tracked: Callable[[str], bool] | None = None,
-                 announced: Callable[[str, str], None] = lambda topic, action: None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        backend: PresenceBackend,
+        ttl: float,
+        tracked: Callable[[str], bool] | None = None,
+        announced: Callable[[str, str], None] = lambda topic, action: None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.backend = backend
         self.ttl = ttl
         self.interval = ttl / 4  # renewals and sweeps: an entry survives three missed renewals

@@ -37,8 +37,7 @@ from ..events import Event
 from .batch import Publication
 from .subscription import SubscriptionClosed
 
-__all__ = ["Consumer", "Delivery", "QueueFull", "QueueLimits", "QueueObserver", "QueueStats", "QueueStore",
-           "dlq_name"]
+__all__ = ["Consumer", "Delivery", "QueueFull", "QueueLimits", "QueueObserver", "QueueStats", "QueueStore", "dlq_name"]
 
 #: The suffix of a queue's dead-letter queue.
 DLQ_SUFFIX = ".dlq"
@@ -125,10 +124,17 @@ class QueueObserver(Protocol):
 
 
 class NullQueueObserver:
-    def acked(self, queue, count): pass
-    def redelivered(self, queue, count): pass
-    def dead_lettered(self, queue, count): pass
-    def refused(self, limit): pass
+    def acked(self, queue, count):
+        pass
+
+    def redelivered(self, queue, count):
+        pass
+
+    def dead_lettered(self, queue, count):
+        pass
+
+    def refused(self, limit):
+        pass
 
 
 class QueueStore(Protocol):
@@ -159,8 +165,13 @@ class Consumer:
         on_close: called once when it closes, after its messages were released.
     """
 
-    def __init__(self, queue: str, prefetch: int, settle: Callable[["Consumer", str, object, str], bool],
-                 on_close: Callable[["Consumer"], None] = lambda consumer: None):
+    def __init__(
+        self,
+        queue: str,
+        prefetch: int,
+        settle: Callable[["Consumer", str, object, str], bool],
+        on_close: Callable[["Consumer"], None] = lambda consumer: None,
+    ):
         self.queue = queue
         self.prefetch = max(1, prefetch)
         self.close_reason: str | None = None

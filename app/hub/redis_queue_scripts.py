@@ -60,7 +60,9 @@ end
 """
 
 # ARGV: prefix, queue, entry id, owner. 1 when acknowledged, 0 when no longer the owner's.
-ACK = _COMMON + r"""
+ACK = (
+    _COMMON
+    + r"""
 local stream = ARGV[1] .. ':q:' .. ARGV[2]
 if owner_of(stream, ARGV[3]) ~= ARGV[4] then return 0 end
 local f = fields_of(stream, ARGV[3])
@@ -69,17 +71,23 @@ redis.call('XDEL', stream, ARGV[3])
 if f then redis.call('HINCRBY', ARGV[1] .. ':qm:' .. ARGV[2], 'bytes', -tonumber(f['s'])) end
 return 1
 """
+)
 
 # ARGV: prefix, queue, entry id, owner, max deliveries. 'back', 'dead', or 'not-yours'.
-PUT_BACK = _COMMON + r"""
+PUT_BACK = (
+    _COMMON
+    + r"""
 local stream = ARGV[1] .. ':q:' .. ARGV[2]
 if owner_of(stream, ARGV[3]) ~= ARGV[4] then return 'not-yours' end
 return requeue(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5]))
 """
+)
 
 # ARGV: prefix, ack timeout ms, max deliveries, batch. For every queue: what a dead worker
 # held, and what was held past the ack timeout, goes back. Returns {queue, outcome, ...}.
-REAP = _COMMON + r"""
+REAP = (
+    _COMMON
+    + r"""
 local prefix, timeout, max, batch = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
 for _, name in ipairs(redis.call('SMEMBERS', prefix .. ':queues')) do
@@ -108,6 +116,7 @@ for _, name in ipairs(redis.call('SMEMBERS', prefix .. ':queues')) do
 end
 return out
 """
+)
 
 # ARGV: prefix. {queue, length, pending, ...}
 STATS = r"""
@@ -127,13 +136,18 @@ return out
 # The event backend's append (app/hub/redis/scripts.py) as a function of its own KEYS and ARGV, so a
 # batch appends each topic event exactly as a single publish does. Its prelude reads the
 # global KEYS[1] and ARGV[1]: a batch passes the epoch key and an epoch candidate there too.
-_APPEND_BODY = _APPEND[len(_PRELUDE + _TRIM_BYTES):]
+_APPEND_BODY = _APPEND[len(_PRELUDE + _TRIM_BYTES) :]
 _APPEND_FN = "local function append_one(KEYS, ARGV)\n" + _APPEND_BODY + "\nend\n"
 
 # KEYS[1]: the epoch key. ARGV[1]: an epoch candidate, ARGV[2]: the batch as JSON.
 # Returns {'ok', epoch, id, ...} (one id per item), {'full', queue, bound, limit} or
 # {'topics', ms until one may be forgotten}.
-COMMIT = _PRELUDE + _TRIM_BYTES + _COMMON + _APPEND_FN + r"""
+COMMIT = (
+    _PRELUDE
+    + _TRIM_BYTES
+    + _COMMON
+    + _APPEND_FN
+    + r"""
 local spec = cjson.decode(ARGV[2])
 local prefix = spec['prefix']
 local queues_key = prefix .. ':queues'
@@ -204,3 +218,4 @@ for _, op in ipairs(spec['ops']) do
 end
 return out
 """
+)

@@ -116,10 +116,20 @@ class RedisQueues:
 
     name = "redis"
 
-    def __init__(self, url: str | None, limits: QueueLimits, observer: QueueObserver | None = None, *,
-                 prefix: str = "switchboard", sweep_interval: float = 1.0, heartbeat_ttl: float = 5.0,
-                 block_ms: int = 2000, socket_timeout: float = 5.0, sentinels: tuple[tuple[str, int], ...] = (),
-                 sentinel_master: str | None = None):
+    def __init__(
+        self,
+        url: str | None,
+        limits: QueueLimits,
+        observer: QueueObserver | None = None,
+        *,
+        prefix: str = "switchboard",
+        sweep_interval: float = 1.0,
+        heartbeat_ttl: float = 5.0,
+        block_ms: int = 2000,
+        socket_timeout: float = 5.0,
+        sentinels: tuple[tuple[str, int], ...] = (),
+        sentinel_master: str | None = None,
+    ):
         self.url = url
         self.limits = limits
         self.observer = observer or NullQueueObserver()
@@ -128,20 +138,34 @@ class RedisQueues:
         self.sweep_interval = sweep_interval
         self.heartbeat_ttl = heartbeat_ttl
         self.block_ms = block_ms
-        options = dict(protocol=2, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
-                       retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        options = dict(
+            protocol=2,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
         if sentinels:  # the primary as the sentinels name it, followed through failovers
             sentinel = Sentinel(list(sentinels), socket_timeout=2.0, socket_connect_timeout=2.0, protocol=2)
             self._pool = SentinelConnectionPool(sentinel_master, sentinel, max_connections=32, **options)
             self._fetch_pool = SentinelConnectionPool(sentinel_master, sentinel, **options)
         else:
-            self._pool = redis.BlockingConnectionPool.from_url(url, max_connections=32, timeout=socket_timeout,
-                                                               **options)
+            self._pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=32, timeout=socket_timeout, **options
+            )
             self._fetch_pool = redis.ConnectionPool.from_url(url, **options)  # one unpooled connection per fetcher
         self._redis = redis.Redis(connection_pool=self._pool)
         self._cluster: bool | None = None if not sentinels else False
-        self._scripts = {name: self._redis.register_script(source) for name, source in (
-            ("ack", ACK), ("put_back", PUT_BACK), ("reap", REAP), ("stats", STATS), ("commit", COMMIT))}
+        self._scripts = {
+            name: self._redis.register_script(source)
+            for name, source in (
+                ("ack", ACK),
+                ("put_back", PUT_BACK),
+                ("reap", REAP),
+                ("stats", STATS),
+                ("commit", COMMIT),
+            )
+        }
         self._locals: dict[str, _Local] = {}
         self._closed_reason: str | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -161,8 +185,10 @@ class RedisQueues:
             except redis.RedisError as exc:
                 raise BackendUnavailable(f"Redis cannot be reached: {exc}") from exc
         if self._cluster:
-            raise InvalidTopic("work queues need one Redis server or Sentinel; this deployment's Redis is a "
-                               "cluster, where only topics are available")
+            raise InvalidTopic(
+                "work queues need one Redis server or Sentinel; this deployment's Redis is a "
+                "cluster, where only topics are available"
+            )
 
     def _start(self) -> None:
         # Lazily, in the worker: the heartbeat exists before this worker first reads a group.
@@ -231,22 +257,35 @@ class RedisQueues:
         backend = hub.backend
         ops, bodies = [], []
         for item in items:
-            body = _encode_body({"type": item.type, "sender": item.sender, "data": item.data,
-                                 **_extras(item)})
+            body = _encode_body({"type": item.type, "sender": item.sender, "data": item.data, **_extras(item)})
             bodies.append(body)
             if item.kind == "queue":
-                ops.append({"k": "q", "name": item.name, "b": body.decode("utf-8", "surrogatepass"),
-                            "s": _size(item)})
+                ops.append({"k": "q", "name": item.name, "b": body.decode("utf-8", "surrogatepass"), "s": _size(item)})
             else:  # the event backend's own append, its KEYS and ARGV (app/hub/redis/scripts.py)
                 keys = [*backend._topic_keys(item.name), backend.keys.topics_for(item.name)]
-                args = [secrets.token_hex(6), backend.history_size, backend._ttl_ms, backend.keys.channel(item.name),
-                        item.name, body.decode("utf-8", "surrogatepass"), backend._key_lifetime_ms,
-                        backend.history_bytes or 0, backend.max_topics, backend._publish_command]
+                args = [
+                    secrets.token_hex(6),
+                    backend.history_size,
+                    backend._ttl_ms,
+                    backend.keys.channel(item.name),
+                    item.name,
+                    body.decode("utf-8", "surrogatepass"),
+                    backend._key_lifetime_ms,
+                    backend.history_bytes or 0,
+                    backend.max_topics,
+                    backend._publish_command,
+                ]
                 ops.append({"k": "t", "K": keys, "A": args})
-        spec = {"prefix": self.prefix, "ops": ops, "max_queues": self.limits.max_queues,
-                "max_messages": self.limits.max_messages, "max_bytes": self.limits.max_bytes,
-                "max_topics": backend.max_topics, "topics_key": backend.keys.topics,
-                "lifetime": backend._key_lifetime_ms}
+        spec = {
+            "prefix": self.prefix,
+            "ops": ops,
+            "max_queues": self.limits.max_queues,
+            "max_messages": self.limits.max_messages,
+            "max_bytes": self.limits.max_bytes,
+            "max_topics": backend.max_topics,
+            "topics_key": backend.keys.topics,
+            "lifetime": backend._key_lifetime_ms,
+        }
         reply = self._call("commit", [backend.keys.epoch("")], [secrets.token_hex(6), json.dumps(spec)])
         status = reply[0].decode()
         if status == "full":
@@ -261,11 +300,31 @@ class RedisQueues:
         for item, raw_id in zip(items, reply[2:]):
             ms, seq = (int(part) for part in raw_id.decode().split("-"))
             if item.kind == "queue":
-                stored.append(Event(Cursor(QUEUE_EPOCH, (ms, seq)), item.name, item.type, item.data, item.sender,
-                                    ms / 1000, headers=item.headers, raw=item.raw))
+                stored.append(
+                    Event(
+                        Cursor(QUEUE_EPOCH, (ms, seq)),
+                        item.name,
+                        item.type,
+                        item.data,
+                        item.sender,
+                        ms / 1000,
+                        headers=item.headers,
+                        raw=item.raw,
+                    )
+                )
             else:
-                stored.append(Event(Cursor(epoch, (ms, seq)), item.name, item.type, item.data, item.sender,
-                                    ms / 1000, headers=item.headers, raw=item.raw))
+                stored.append(
+                    Event(
+                        Cursor(epoch, (ms, seq)),
+                        item.name,
+                        item.type,
+                        item.data,
+                        item.sender,
+                        ms / 1000,
+                        headers=item.headers,
+                        raw=item.raw,
+                    )
+                )
                 hub.published += 1
                 hub.observer.published(item.name)
         return stored
@@ -322,8 +381,9 @@ class RedisQueues:
             if done:
                 self.observer.acked(consumer.queue, 1)
             return done
-        outcome = self._call("put_back", [], [self.prefix, consumer.queue, ref, self.token,
-                                              self.limits.max_deliveries]).decode()
+        outcome = self._call(
+            "put_back", [], [self.prefix, consumer.queue, ref, self.token, self.limits.max_deliveries]
+        ).decode()
         self._count(consumer.queue, outcome)
         return outcome != "not-yours"
 
@@ -349,8 +409,19 @@ class RedisQueues:
                     if conn is None:
                         conn = self._fetch_pool.make_connection()
                         conn.connect()
-                    conn.send_command("XREADGROUP", "GROUP", "g", self.token, "COUNT", room, "BLOCK", self.block_ms,
-                                      "STREAMS", stream, ">")
+                    conn.send_command(
+                        "XREADGROUP",
+                        "GROUP",
+                        "g",
+                        self.token,
+                        "COUNT",
+                        room,
+                        "BLOCK",
+                        self.block_ms,
+                        "STREAMS",
+                        stream,
+                        ">",
+                    )
                     if not conn.can_read(0):
                         gevent.socket.wait_read(conn._sock.fileno(), self.block_ms / 1000 + 5)
                     reply = conn.read_response()
@@ -369,7 +440,7 @@ class RedisQueues:
                         log.warning("queue %s: fetching failed (%s); retrying", local.name, exc)
                     gevent.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
                     continue
-                for entry_id, flat in (reply[0][1] if reply else ()):
+                for entry_id, flat in reply[0][1] if reply else ():
                     self._hand_out(local, entry_id.decode(), flat)
         except Exception:  # a bug: log it; the reaper puts back what this worker holds
             log.error("queue %s: fetcher failed", local.name, exc_info=True)
@@ -386,8 +457,12 @@ class RedisQueues:
         delivery = Delivery(_event(local.name, entry_id, fields), int(fields.get("n", b"0")) + 1)
         with_room = [c for c in local.consumers if c.room > 0]
         if not with_room:  # a consumer left meanwhile: back for someone else
-            self._count(local.name, self._call("put_back", [], [self.prefix, local.name, entry_id, self.token,
-                                                               self.limits.max_deliveries]).decode())
+            self._count(
+                local.name,
+                self._call(
+                    "put_back", [], [self.prefix, local.name, entry_id, self.token, self.limits.max_deliveries]
+                ).decode(),
+            )
             return
         start = local.turn % len(local.consumers)
         order = local.consumers[start:] + local.consumers[:start]
@@ -407,15 +482,21 @@ class RedisQueues:
             for entry_id, (consumer, event_id, deadline) in list(local.deadlines.items()):
                 if deadline <= now and consumer.take_back(event_id) is not None:
                     local.deadlines.pop(entry_id, None)
-                    log.info("queue %s: message %s not acknowledged within %g s; put back", local.name, event_id,
-                             self.limits.ack_timeout)
-                    outcome = self._call("put_back", [], [self.prefix, local.name, entry_id, self.token,
-                                                          self.limits.max_deliveries]).decode()
+                    log.info(
+                        "queue %s: message %s not acknowledged within %g s; put back",
+                        local.name,
+                        event_id,
+                        self.limits.ack_timeout,
+                    )
+                    outcome = self._call(
+                        "put_back", [], [self.prefix, local.name, entry_id, self.token, self.limits.max_deliveries]
+                    ).decode()
                     self._count(local.name, outcome)
                     moved += 1
                     local.room.set()
-        reply = self._call("reap", [], [self.prefix, max(int(self.limits.ack_timeout * 1000), 1),
-                                        self.limits.max_deliveries, 100])
+        reply = self._call(
+            "reap", [], [self.prefix, max(int(self.limits.ack_timeout * 1000), 1), self.limits.max_deliveries, 100]
+        )
         for i in range(0, len(reply), 2):
             self._count(reply[i].decode(), reply[i + 1].decode())
             moved += 1
@@ -458,8 +539,9 @@ def _extras(item: Publication) -> dict:
 
 
 def _size(item: Publication) -> int:
-    probe = Event(Cursor("0", (0,)), item.name, item.type, item.data, item.sender, 0.0, headers=item.headers,
-                  raw=item.raw)
+    probe = Event(
+        Cursor("0", (0,)), item.name, item.type, item.data, item.sender, 0.0, headers=item.headers, raw=item.raw
+    )
     return probe.size
 
 
@@ -468,5 +550,12 @@ def _event(queue: str, entry_id: str, fields: dict) -> Event:
     first = fields.get("m")
     ms, seq = (int(part) for part in (first.decode() if first else entry_id).split("-"))
     sent = int(fields.get("t", b"0")) / 1000 or ms / 1000
-    return Event(Cursor(QUEUE_EPOCH, (ms, seq)), queue, body["type"], body["data"], body["sender"], sent,
-                 **extras_from_stored(body))
+    return Event(
+        Cursor(QUEUE_EPOCH, (ms, seq)),
+        queue,
+        body["type"],
+        body["data"],
+        body["sender"],
+        sent,
+        **extras_from_stored(body),
+    )

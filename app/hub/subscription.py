@@ -54,9 +54,16 @@ class Subscription:
                 item = sub.get(timeout=15)     # Event, Gap, or None on timeout
     """
 
-    def __init__(self, topic: str, since: Cursor | None, read_after: ReadAfter,
-                 maxsize: int, on_close: Callable[["Subscription"], None], observer=None,
-                 max_bytes: int | None = None):
+    def __init__(
+        self,
+        topic: str,
+        since: Cursor | None,
+        read_after: ReadAfter,
+        maxsize: int,
+        on_close: Callable[["Subscription"], None],
+        observer=None,
+        max_bytes: int | None = None,
+    ):
         self.topic = topic
         self.maxsize = maxsize
         self.max_bytes = max_bytes  # None: bounded by events only
@@ -99,7 +106,8 @@ class Subscription:
         # An empty queue takes one event of any size: a single event larger than the
         # bound would otherwise always overflow, costing a history read for nothing.
         if len(queued) >= self.maxsize or (
-                self.max_bytes is not None and queued and self._queued_bytes + size > self.max_bytes):
+            self.max_bytes is not None and queued and self._queued_bytes + size > self.max_bytes
+        ):
             self._overflow = True
             self.overflows += 1
         else:
@@ -258,8 +266,14 @@ class Subscription:
             SubscriptionClosed: as :meth:`get_many`.
         """
         queue = self._queue
-        if (not queue or self._pending or self._syncing or self._overflow or self._gap is not None
-                or self.close_reason is not None):
+        if (
+            not queue
+            or self._pending
+            or self._syncing
+            or self._overflow
+            or self._gap is not None
+            or self.close_reason is not None
+        ):
             return self.get_many(max_items, 0)
         items: list[Item] = []
         is_new = self._is_new  # the seam rule (a subclass may define it per topic)

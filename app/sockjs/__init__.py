@@ -5,13 +5,41 @@ redis or socket (tests/unit/test_sockjs_sans_io.py proves it); the transports in
 """
 
 from .errors import BrokenJson, NoSuchSession, PayloadExpected, SockJSError
-from .framing import (HEARTBEAT_FRAME, OPEN_FRAME, WIRES, Wire, close_frame, decode_messages, encode_json,
-                      iframe_page, message_frame, valid_callback)
+from .framing import (
+    HEARTBEAT_FRAME,
+    OPEN_FRAME,
+    WIRES,
+    Wire,
+    close_frame,
+    decode_messages,
+    encode_json,
+    iframe_page,
+    message_frame,
+    valid_callback,
+)
 from .session import ANOTHER_CONNECTION, GO_AWAY, INTERRUPTED, TRANSITIONS, Attach, SessionConfig, SockJSSession, State
 
 __all__ = [
-    "ANOTHER_CONNECTION", "GO_AWAY", "HEARTBEAT_FRAME", "INTERRUPTED", "OPEN_FRAME", "TRANSITIONS", "WIRES",
-    "Attach", "BrokenJson", "NoSuchSession", "PayloadExpected", "SessionConfig", "SockJSError", "SockJSSession",
-    "State", "Wire", "close_frame", "decode_messages", "encode_json", "iframe_page", "message_frame",
+    "ANOTHER_CONNECTION",
+    "GO_AWAY",
+    "HEARTBEAT_FRAME",
+    "INTERRUPTED",
+    "OPEN_FRAME",
+    "TRANSITIONS",
+    "WIRES",
+    "Attach",
+    "BrokenJson",
+    "NoSuchSession",
+    "PayloadExpected",
+    "SessionConfig",
+    "SockJSError",
+    "SockJSSession",
+    "State",
+    "Wire",
+    "close_frame",
+    "decode_messages",
+    "encode_json",
+    "iframe_page",
+    "message_frame",
     "valid_callback",
 ]

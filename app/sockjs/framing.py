@@ -140,18 +140,33 @@ def _no_prelude(callback: str) -> str:
 
 
 WIRES: dict[str, Wire] = {
-    "xhr": Wire(False, "application/javascript; charset=UTF-8", _no_prelude,
-                lambda frame, callback: frame + "\n"),
+    "xhr": Wire(False, "application/javascript; charset=UTF-8", _no_prelude, lambda frame, callback: frame + "\n"),
     # 2 KiB of "h" first: some browsers deliver nothing of an XHR response before that.
-    "xhr_streaming": Wire(True, "application/javascript; charset=UTF-8", lambda callback: "h" * 2048 + "\n",
-                          lambda frame, callback: frame + "\n"),
+    "xhr_streaming": Wire(
+        True,
+        "application/javascript; charset=UTF-8",
+        lambda callback: "h" * 2048 + "\n",
+        lambda frame, callback: frame + "\n",
+    ),
     # A newline first: Opera once needed one before the first event.
-    "eventsource": Wire(True, "text/event-stream; charset=UTF-8", lambda callback: "\r\n",
-                        lambda frame, callback: "data: " + frame + "\r\n\r\n"),
-    "htmlfile": Wire(True, "text/html; charset=UTF-8", htmlfile_prelude,
-                     lambda frame, callback: "<script>\np(" + encode_json(frame) + ");\n</script>\r\n"),
-    "jsonp": Wire(False, "application/javascript; charset=UTF-8", _no_prelude,
-                  lambda frame, callback: callback + "(" + encode_json(frame) + ");\r\n"),
+    "eventsource": Wire(
+        True,
+        "text/event-stream; charset=UTF-8",
+        lambda callback: "\r\n",
+        lambda frame, callback: "data: " + frame + "\r\n\r\n",
+    ),
+    "htmlfile": Wire(
+        True,
+        "text/html; charset=UTF-8",
+        htmlfile_prelude,
+        lambda frame, callback: "<script>\np(" + encode_json(frame) + ");\n</script>\r\n",
+    ),
+    "jsonp": Wire(
+        False,
+        "application/javascript; charset=UTF-8",
+        _no_prelude,
+        lambda frame, callback: callback + "(" + encode_json(frame) + ");\r\n",
+    ),
 }
 
 

@@ -68,19 +68,19 @@ class SessionConfig:
 
 
 class State(enum.Enum):
-    NEW = "new"            # made by a receiving request; the open frame not yet written
-    OPEN = "open"          # open frame written; messages flow
-    CLOSING = "closing"    # closed (by the application or an interrupt); close frame not yet written
-    CLOSED = "closed"      # close frame written; served again to every later receiver
-    EXPIRED = "expired"    # no receiver for the disconnect delay: forget the session
+    NEW = "new"  # made by a receiving request; the open frame not yet written
+    OPEN = "open"  # open frame written; messages flow
+    CLOSING = "closing"  # closed (by the application or an interrupt); close frame not yet written
+    CLOSED = "closed"  # close frame written; served again to every later receiver
+    EXPIRED = "expired"  # no receiver for the disconnect delay: forget the session
 
 
 class Attach(enum.Enum):
     """The answer to :meth:`SockJSSession.attach`."""
 
-    RECEIVE = "receive"      # this request is the session's receiver: write frames()
-    BUSY = "busy"            # another receiver holds it: answer c[2010,...] and end
-    CLOSED = "closed"        # the session has ended: answer its close frame and end
+    RECEIVE = "receive"  # this request is the session's receiver: write frames()
+    BUSY = "busy"  # another receiver holds it: answer c[2010,...] and end
+    CLOSED = "closed"  # the session has ended: answer its close frame and end
 
 
 # (state, event) -> next state. Events: "written-open" (the open frame went out), "close"
@@ -116,12 +116,12 @@ class SockJSSession:
         self._outgoing: list[str] = []
         self._outgoing_bytes = 0
         self._incoming: deque[str] = deque()
-        self._receiver = 0          # the id of the attached receiver, 0 for none
+        self._receiver = 0  # the id of the attached receiver, 0 for none
         self._last_receiver = 0
-        self._idle_since = now      # when the last receiver left (or the session was made)
-        self._last_write = now      # when a frame last went to a receiver
+        self._idle_since = now  # when the last receiver left (or the session was made)
+        self._last_write = now  # when a frame last went to a receiver
         self._heartbeat_due = False
-        self._open_pending = True   # the open frame goes first, even to a session closed at once
+        self._open_pending = True  # the open frame goes first, even to a session closed at once
 
     # -- state ----------------------------------------------------------------------------
 

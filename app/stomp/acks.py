@@ -92,8 +92,9 @@ class AckBook:
     def clear(self) -> None:
         self.index.clear()
 
-    def resolve(self, frame: Frame, version: str | None,
-                subscriptions: dict[str, SessionSubscription]) -> tuple[SessionSubscription, str]:
+    def resolve(
+        self, frame: Frame, version: str | None, subscriptions: dict[str, SessionSubscription]
+    ) -> tuple[SessionSubscription, str]:
         """The subscription and message an ACK or NACK names.
 
         Raises:

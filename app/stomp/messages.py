@@ -43,8 +43,12 @@ RESERVED_MESSAGE_HEADERS = frozenset(
 BLOB_TYPE = "application/octet-stream"
 
 
-def event_header_lines(headers: Mapping[str, str] | Iterable[tuple[str, str]], escaped: bool,
-                       body: bytes, default_type: str | None = BLOB_TYPE) -> list[tuple[str, str]]:
+def event_header_lines(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    escaped: bool,
+    body: bytes,
+    default_type: str | None = BLOB_TYPE,
+) -> list[tuple[str, str]]:
     """The event's MESSAGE headers as they will be written, in order.
 
     The reserved names are dropped, and so are headers this escaping mode cannot carry
@@ -107,8 +111,11 @@ def message_head(sub: SessionSubscription, session_id: str, escaped: bool) -> tu
         ValueError: a value cannot be written in this escaping mode.
     """
     lines = []
-    for name, value in (("subscription", sub.sub_id), ("message-id", f"{session_id}-1"),
-                        ("destination", sub.destination)):
+    for name, value in (
+        ("subscription", sub.sub_id),
+        ("message-id", f"{session_id}-1"),
+        ("destination", sub.destination),
+    ):
         if not header_representable(name, value, escaped):
             raise ValueError(f"header {name!r}: {value!r} cannot be written in this frame")
         lines.append(f"{escape_header(name)}:{escape_header(value)}" if escaped else f"{name}:{value}")

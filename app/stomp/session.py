@@ -85,6 +85,7 @@ __all__ = [
     "encode_message_tail",
 ]
 
+
 class SessionState(enum.Enum):
     """Where a session is in its life (see :data:`_HANDLERS`)."""
 
@@ -308,8 +309,12 @@ class StompSession:
             return
         self._advance(now)
         if self._expires_at is not None and now >= self._expires_at:
-            self._fail(AuthError(TOKEN_EXPIRED, "The credentials this session was opened with have "
-                                    "expired. Reconnect with a new token."))
+            self._fail(
+                AuthError(
+                    TOKEN_EXPIRED,
+                    "The credentials this session was opened with have expired. Reconnect with a new token.",
+                )
+            )
             return
         connecting = self._state is SessionState.AWAITING_CONNECT
         overdue = self._time.overdue(now, connecting, self.config.connect_timeout, self._heart_beat[0])
@@ -415,8 +420,16 @@ class StompSession:
             self._send_bytes(message_from_tail(head, number, tail))
             return f"{self.session_id}-{number}"
         message_id = f"{self.session_id}-{next(self._message_numbers)}"
-        frame = message_frame(sub, message_id, body, headers, self._version, redelivered=redelivered,
-                              default_type=default_type, destination=destination)
+        frame = message_frame(
+            sub,
+            message_id,
+            body,
+            headers,
+            self._version,
+            redelivered=redelivered,
+            default_type=default_type,
+            destination=destination,
+        )
         if sub.ack_mode != "auto":
             self._acks.track(sub, message_id, frame)
         self._send_frame(frame)
@@ -516,12 +529,18 @@ class StompSession:
             self._requests.append(self._send_request(frame, None))
 
     def _send_request(self, frame: Frame, transaction: str | None) -> Send:
-        return Send(require_header(frame, "destination"), frame.body, frame.get("content-type"), frame.headers,
-                    transaction)
+        return Send(
+            require_header(frame, "destination"), frame.body, frame.get("content-type"), frame.headers, transaction
+        )
 
     def _on_subscribe(self, frame: Frame) -> None:
-        sub, request = open_subscription(frame, self._version, self._subscriptions, self.config,
-                                         lambda destination: self._check_use("subscribe", destination))
+        sub, request = open_subscription(
+            frame,
+            self._version,
+            self._subscriptions,
+            self.config,
+            lambda destination: self._check_use("subscribe", destination),
+        )
         self._subscriptions[sub.sub_id] = sub
         self._requests.append(request)
 
@@ -539,8 +558,9 @@ class StompSession:
         else:
             self._requests.append(self._settle(sub, message_id, frame.command == "NACK", self._resend))
 
-    def _settle(self, sub: SessionSubscription, message_id: str, nack: bool,
-                resend: Callable[[tuple[Frame, ...]], None]) -> Ack | Nack:
+    def _settle(
+        self, sub: SessionSubscription, message_id: str, nack: bool, resend: Callable[[tuple[Frame, ...]], None]
+    ) -> Ack | Nack:
         settled = self._acks.settle(sub, message_id, nack=nack)
         if not nack:
             return Ack(sub.sub_id, settled.message_ids)

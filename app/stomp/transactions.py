@@ -57,8 +57,7 @@ class Transactions:
         if held is None:
             raise ProtocolViolation("unknown transaction", f"No transaction {transaction[:200]!r} is open.")
         if len(held) >= self.max_frames:
-            raise LimitExceeded("transaction too large",
-                                f"A transaction may hold at most {self.max_frames} frames.")
+            raise LimitExceeded("transaction too large", f"A transaction may hold at most {self.max_frames} frames.")
         held.append(frame)
 
     def end(self, transaction: str) -> list[Frame]:

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 from flask import Request
 
 from ..errors import ApiError
-from ..events import Cursor, InvalidCursor, TOPIC_RE
+from ..events import TOPIC_RE, Cursor, InvalidCursor
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -34,8 +34,7 @@ _SEPARATOR = "~"
 def _resume_value(request: Request) -> str | None:
     # WHATWG HTML: EventSource sends Last-Event-ID on a reconnect; it wins over the URL's
     # own last_event_id, which a page sets once for its first connection.
-    for value in (request.headers.get("Last-Event-ID"), request.args.get("last_event_id"),
-                  request.args.get("since")):
+    for value in (request.headers.get("Last-Event-ID"), request.args.get("last_event_id"), request.args.get("since")):
         if value is not None:
             return value
     return None

@@ -83,8 +83,9 @@ def _no_content() -> Response:
     return response
 
 
-def _park(open_source: Callable[[], Subscription | TopicSet], limit: int, timeout: float,
-          token_left: float | None) -> tuple[list[Item], str]:
+def _park(
+    open_source: Callable[[], Subscription | TopicSet], limit: int, timeout: float, token_left: float | None
+) -> tuple[list[Item], str]:
     """Admit a parked poll (connection limits), open its subscriptions and wait on them.
 
     Returns:
@@ -95,8 +96,9 @@ def _park(open_source: Callable[[], Subscription | TopicSet], limit: int, timeou
         source = open_source()
     except SubscriptionClosed:
         slot.release()
-        raise ApiError(503, "shutting_down", "the server is shutting down; poll again shortly",
-                       {"Retry-After": "1"}) from None
+        raise ApiError(
+            503, "shutting_down", "the server is shutting down; poll again shortly", {"Retry-After": "1"}
+        ) from None
     except BaseException:
         slot.release()
         raise
@@ -122,8 +124,12 @@ def _nothing(identity: Identity, token_left: float | None) -> Response:
 
 def _log_slow(items: list[Item], client: str) -> None:
     for topic in sorted({item.topic for item in items if isinstance(item, Gap) and item.slow}):
-        log.info("slow consumer dropped: client %s, transport long-polling, topic %s: its queue and history "
-                 "overflowed while parked; answered gap:true", client, topic)
+        log.info(
+            "slow consumer dropped: client %s, transport long-polling, topic %s: its queue and history "
+            "overflowed while parked; answered gap:true",
+            client,
+            topic,
+        )
 
 
 @bp.get("/api/topics/<topic>/long-poll")
@@ -166,8 +172,14 @@ def _compound_answer(items: list[Item], positions: dict[str, str]) -> Response:
         positions[event.topic] = event.id
     gaps = list(dict.fromkeys(item.topic for item in items if isinstance(item, Gap)))
     state.metrics().delivered.labels("long-polling").inc(len(events))
-    response = jsonify({"events": [event.to_dict() for event in events], "cursor": format_compound(positions),
-                        "gap": bool(gaps), "gaps": gaps})
+    response = jsonify(
+        {
+            "events": [event.to_dict() for event in events],
+            "cursor": format_compound(positions),
+            "gap": bool(gaps),
+            "gaps": gaps,
+        }
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -71,9 +71,15 @@ class SockJSChannel:
         on_expired: called once when the session is forgotten (the table drops it).
     """
 
-    def __init__(self, session_id: str, transport: str, config: SessionConfig, write_timeout: float | None = 30.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 on_expired: Callable[["SockJSChannel"], None] | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        transport: str,
+        config: SessionConfig,
+        write_timeout: float | None = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_expired: Callable[["SockJSChannel"], None] | None = None,
+    ) -> None:
         self.session_id = session_id
         self.transport = transport
         self.core = SockJSSession(session_id, config, clock())
@@ -81,13 +87,13 @@ class SockJSChannel:
         self.close_code: int | None = None
         self._clock = clock
         self._on_expired = on_expired
-        self._changed = gevent.event.Event()   # a frame may be ready for the receiver
-        self._inbox = gevent.event.Event()     # the client sent something, or the session ended
-        self._room = gevent.event.Event()      # pending messages fell below HIGH_WATER
+        self._changed = gevent.event.Event()  # a frame may be ready for the receiver
+        self._inbox = gevent.event.Event()  # the client sent something, or the session ended
+        self._room = gevent.event.Event()  # pending messages fell below HIGH_WATER
         self._room.set()
         self._timer_wake = gevent.event.Event()
         self._buffer: deque[str] = deque()
-        self.requests = 0                      # HTTP requests of this session (the page's counters)
+        self.requests = 0  # HTTP requests of this session (the page's counters)
         self.timer = gevent.spawn(self._run_timer)
 
     # -- the connection object's side (what a WebSocket offers) -----------------------------
@@ -134,8 +140,9 @@ class SockJSChannel:
             return
         self._room.clear()
         if not self._room.wait(self.write_timeout) and not self.core.closed:
-            log.info("SockJS session %s cut: nothing received its messages for %ss", self.session_id,
-                     self.write_timeout)
+            log.info(
+                "SockJS session %s cut: nothing received its messages for %ss", self.session_id, self.write_timeout
+            )
             self.abort()
         if self.core.closed:
             raise ChannelClosed("the SockJS session has ended")

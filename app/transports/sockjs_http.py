@@ -47,10 +47,21 @@ from flask import Flask, Response, current_app, request
 
 from ..auth import AccessError
 from ..errors import ApiError, error_response
-from ..sockjs import (GO_AWAY, WIRES, Attach, BrokenJson, NoSuchSession, PayloadExpected, SessionConfig, SockJSError,
-                      decode_messages, iframe_page, valid_callback)
-from .sockjs_channel import SockJSChannel
 from ..server.hooks import hooks_of
+from ..sockjs import (
+    GO_AWAY,
+    WIRES,
+    Attach,
+    BrokenJson,
+    NoSuchSession,
+    PayloadExpected,
+    SessionConfig,
+    SockJSError,
+    decode_messages,
+    iframe_page,
+    valid_callback,
+)
+from .sockjs_channel import SockJSChannel
 from .wsio import ENVIRON_CLIENT_GONE, origin_allowed
 
 __all__ = ["Admission", "SessionContext", "SockJSService"]
@@ -118,11 +129,22 @@ class SockJSService:
         protocols: the WebSocket sub-protocols spoken on its WebSocket URLs.
     """
 
-    def __init__(self, name: str, prefix: str, handler: Handler, admit: Admission, config: SessionConfig, *,
-                 websocket: bool = True, cookie_needed: bool = False,
-                 sockjs_url: str = "/static/vendor/sockjs-client/sockjs.min.js", max_body: int = 1024 * 1024,
-                 write_timeout: float | None = 30.0, protocols: tuple[str, ...] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        prefix: str,
+        handler: Handler,
+        admit: Admission,
+        config: SessionConfig,
+        *,
+        websocket: bool = True,
+        cookie_needed: bool = False,
+        sockjs_url: str = "/static/vendor/sockjs-client/sockjs.min.js",
+        max_body: int = 1024 * 1024,
+        write_timeout: float | None = 30.0,
+        protocols: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not prefix.startswith("/") or prefix.endswith("/"):
             raise ValueError(f"a SockJS prefix starts with '/' and does not end with one: {prefix!r}")
         self.name = name
@@ -145,8 +167,11 @@ class SockJSService:
         self._iframe_etag = '"' + hashlib.sha256(self._iframe).hexdigest()[:32] + '"'
         # The iframe page's one inline script, allowed by its hash (our pages' CSP allows none).
         script = page.split("<script>", 1)[1].split("</script>", 1)[0]
-        self._iframe_csp = ("default-src 'self'; script-src 'self' 'sha256-"
-                            + _b64(hashlib.sha256(script.encode("utf-8")).digest()) + "'; frame-ancestors 'self'")
+        self._iframe_csp = (
+            "default-src 'self'; script-src 'self' 'sha256-"
+            + _b64(hashlib.sha256(script.encode("utf-8")).digest())
+            + "'; frame-ancestors 'self'"
+        )
         # (method, handler) per transport; OPTIONS is answered for the CORS ones.
         self._transports: dict[str, tuple[str, Callable[[str, str], Response]]] = {
             "xhr": ("POST", self._receive),
@@ -172,10 +197,18 @@ class SockJSService:
         app.add_url_rule(self.prefix + "/", f"{endpoint}_greeting_slash", self._greeting, methods=methods)
         app.add_url_rule(self.prefix + "/<path:rest>", f"{endpoint}_route", self._route, methods=methods)
         if self.websocket:
-            app.add_url_rule(self.prefix + "/<server>/<session>/websocket", f"{endpoint}_websocket",
-                             lambda server, session: sockjs_ws.serve_framed(self, session), websocket=True)
-            app.add_url_rule(self.prefix + "/websocket", f"{endpoint}_raw_websocket",
-                             lambda: sockjs_ws.serve_raw(self), websocket=True)
+            app.add_url_rule(
+                self.prefix + "/<server>/<session>/websocket",
+                f"{endpoint}_websocket",
+                lambda server, session: sockjs_ws.serve_framed(self, session),
+                websocket=True,
+            )
+            app.add_url_rule(
+                self.prefix + "/websocket",
+                f"{endpoint}_raw_websocket",
+                lambda: sockjs_ws.serve_raw(self),
+                websocket=True,
+            )
 
     def websocket_paths(self) -> dict[str, tuple[str, ...]]:
         """The WebSocket policy's entries for this service (``*`` is one URL segment)."""
@@ -185,11 +218,23 @@ class SockJSService:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def open_session(self, session_id: str, transport: str, context: SessionContext,
-                     release: Callable[[], None], register: bool = True) -> SockJSChannel:
+    def open_session(
+        self,
+        session_id: str,
+        transport: str,
+        context: SessionContext,
+        release: Callable[[], None],
+        register: bool = True,
+    ) -> SockJSChannel:
         """Make a session and start its handler; ``register``: reachable by later requests."""
-        channel = SockJSChannel(session_id, transport, self.config, self.write_timeout, self.clock,
-                                on_expired=self._forget if register else None)
+        channel = SockJSChannel(
+            session_id,
+            transport,
+            self.config,
+            self.write_timeout,
+            self.clock,
+            on_expired=self._forget if register else None,
+        )
         if register:
             self.sessions[session_id] = channel
             self._contexts[channel] = context
@@ -272,9 +317,14 @@ class SockJSService:
             return self._options("OPTIONS, GET")
         if request.method != "GET":
             return _method_not_allowed("OPTIONS, GET")
-        response = current_app.json.response({
-            "websocket": self.websocket, "cookie_needed": self.cookie_needed, "origins": ["*:*"],
-            "entropy": secrets.randbits(32)})
+        response = current_app.json.response(
+            {
+                "websocket": self.websocket,
+                "cookie_needed": self.cookie_needed,
+                "origins": ["*:*"],
+                "entropy": secrets.randbits(32),
+            }
+        )
         response.content_type = "application/json; charset=UTF-8"
         response.headers["Cache-Control"] = NOT_CACHED
         return self._cors(response)
@@ -349,8 +399,9 @@ class SockJSService:
         response = Response(stream, content_type=wire.content_type, headers=headers, direct_passthrough=True)
         if transport == "htmlfile":
             # Its frames are inline <script>s of our own JSON and a checked callback name.
-            response.headers["Content-Security-Policy"] = "default-src 'none'; script-src 'unsafe-inline'; " \
-                                                          "frame-ancestors 'self'"
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'none'; script-src 'unsafe-inline'; frame-ancestors 'self'"
+            )
             response.headers["X-Frame-Options"] = "SAMEORIGIN"
         return self._cors(response)
 
@@ -369,8 +420,14 @@ class SockJSService:
         finally:
             channel.detach(receiver, interrupted)
 
-    def _stream(self, channel: SockJSChannel, receiver: int, prelude: str, wrap: Callable[[str], str],
-                gone: Callable[[], bool] | None) -> Iterator[bytes]:
+    def _stream(
+        self,
+        channel: SockJSChannel,
+        receiver: int,
+        prelude: str,
+        wrap: Callable[[str], str],
+        gone: Callable[[], bool] | None,
+    ) -> Iterator[bytes]:
         """A streaming response: the prelude, then frames until the close frame or the size limit."""
         interrupted = True  # until the response ends on our terms
         sent = 0
@@ -400,8 +457,9 @@ class SockJSService:
         if isinstance(body, Response):
             return body
         channel.deliver(decode_messages(_text_of(body)))
-        response = Response(status=204, content_type="text/plain; charset=UTF-8",
-                            headers=self._session_headers(transport))
+        response = Response(
+            status=204, content_type="text/plain; charset=UTF-8", headers=self._session_headers(transport)
+        )
         return self._cors(response)
 
     def _jsonp_send(self, session_id: str, transport: str) -> Response:
@@ -416,8 +474,9 @@ class SockJSService:
                 raise PayloadExpected()
             text = values[0]
         channel.deliver(decode_messages(text))
-        return self._cors(Response("ok", content_type="text/plain; charset=UTF-8",
-                                   headers=self._session_headers(transport)))
+        return self._cors(
+            Response("ok", content_type="text/plain; charset=UTF-8", headers=self._session_headers(transport))
+        )
 
     def _owned_session(self, session_id: str) -> SockJSChannel | None:
         """The session, unless this request is not from whoever opened it: then, as Spring
@@ -448,8 +507,12 @@ class SockJSService:
         limits = current_app.extensions.get("switchboard.limits")
         if limits is not None:
             limits.rejected("message_size")
-        response = error_response(413, "too_large", f"a send body is at most {self.max_body} bytes; nothing of "
-                                                    "this one was delivered, and the session stays open")
+        response = error_response(
+            413,
+            "too_large",
+            f"a send body is at most {self.max_body} bytes; nothing of "
+            "this one was delivered, and the session stays open",
+        )
         response.headers["Connection"] = "close"  # the unread rest of the body must not become a request
         return self._cors(response)
 
@@ -506,8 +569,9 @@ def _text_of(body: bytes) -> str:
 
 
 def _text(status: int, text: str) -> Response:
-    return Response(text, status=status, content_type="text/plain; charset=UTF-8",
-                    headers={"Cache-Control": NOT_CACHED})
+    return Response(
+        text, status=status, content_type="text/plain; charset=UTF-8", headers={"Cache-Control": NOT_CACHED}
+    )
 
 
 def _not_found() -> Response:

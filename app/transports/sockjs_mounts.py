@@ -54,8 +54,14 @@ def admission(limits: Limits, access: Access):
             if slot is not None:
                 slot.release()
             raise
-        context = SessionContext(session_id, transport, current_sender(), identity, limits.client(environ),
-                                 _same_user(access, identity, environ))
+        context = SessionContext(
+            session_id,
+            transport,
+            current_sender(),
+            identity,
+            limits.client(environ),
+            _same_user(access, identity, environ),
+        )
         return context, (slot.release if slot is not None else _nothing)
 
     return admit
@@ -102,13 +108,21 @@ def stomp_handler(broker: stomp_ws.Broker) -> Callable:
     def handle(channel, context: SessionContext) -> None:
         on_connect = None
         if isinstance(channel, SockJSChannel):
+
             def on_connect(connect) -> None:
                 # As Spring: once the server sends STOMP heart-beats, SockJS's own "h" frames
                 # are redundant bytes.
                 if connect.heart_beat[1] > 0:
                     channel.disable_heartbeat()
-        broker.serve(channel, context.sender, context.client, context.identity,
-                     transport=f"sockjs-{context.transport}", on_connect=on_connect)
+
+        broker.serve(
+            channel,
+            context.sender,
+            context.client,
+            context.identity,
+            transport=f"sockjs-{context.transport}",
+            on_connect=on_connect,
+        )
 
     return handle
 
@@ -118,8 +132,7 @@ def ws_handler(hub, metrics: Metrics, limits: Limits, access: Access, grace: flo
 
     def handle(channel, context: SessionContext) -> None:
         identity = context.identity or access.anonymous(context.sender)
-        connection = websocket.Connection(channel, hub, identity.sender, metrics, limits, context.client,
-                                          delivery)
+        connection = websocket.Connection(channel, hub, identity.sender, metrics, limits, context.client, delivery)
         connection.with_access(access, identity, grace)
         with metrics.connection(f"sockjs-{context.transport}"):
             connection.run()
@@ -146,16 +159,34 @@ def init_app(app: Flask) -> None:
     admit = admission(limits, access)
     seed = seed_broker(hub, settings, metrics=metrics, limits=limits, access=access)
     seed.delivery = app.extensions["switchboard.delivery"]  # the worker's one fan-out
-    common = dict(max_body=settings.max_message_bytes, write_timeout=settings.write_timeout or None,
-                  sockjs_url="/static/vendor/sockjs-client/sockjs.min.js")
+    common = dict(
+        max_body=settings.max_message_bytes,
+        write_timeout=settings.write_timeout or None,
+        sockjs_url="/static/vendor/sockjs-client/sockjs.min.js",
+    )
     services = [
-        SockJSService("stomp", "/stomp-sockjs", stomp_handler(app.extensions[stomp_ws.EXTENSION]), admit, config,
-                      protocols=STOMP_PROTOCOLS, **common),
-        SockJSService("seed", "/websocket/stomp", stomp_handler(seed), admit, config, protocols=STOMP_PROTOCOLS,
-                      **common),
-        SockJSService("ws", "/ws-sockjs", ws_handler(hub, metrics, limits, access, settings.auth_refresh_grace,
-                                                      app.extensions["switchboard.delivery"]),
-                      admit, config, **common),
+        SockJSService(
+            "stomp",
+            "/stomp-sockjs",
+            stomp_handler(app.extensions[stomp_ws.EXTENSION]),
+            admit,
+            config,
+            protocols=STOMP_PROTOCOLS,
+            **common,
+        ),
+        SockJSService(
+            "seed", "/websocket/stomp", stomp_handler(seed), admit, config, protocols=STOMP_PROTOCOLS, **common
+        ),
+        SockJSService(
+            "ws",
+            "/ws-sockjs",
+            ws_handler(
+                hub, metrics, limits, access, settings.auth_refresh_grace, app.extensions["switchboard.delivery"]
+            ),
+            admit,
+            config,
+            **common,
+        ),
     ]
     for service in services:
         service.register(app)

@@ -93,8 +93,9 @@ def seed_broker(hub: Hub, settings: Settings, **services) -> Broker:
         settings: the application's settings; only the prefixes change.
         services: ``metrics``, ``limits``, ``access``, as :meth:`Broker.from_settings` takes them.
     """
-    seed_settings = dataclasses.replace(settings, stomp_topic_prefix=SEED_TOPIC_PREFIX,
-                                        stomp_app_prefix=SEED_APP_PREFIX)
+    seed_settings = dataclasses.replace(
+        settings, stomp_topic_prefix=SEED_TOPIC_PREFIX, stomp_app_prefix=SEED_APP_PREFIX
+    )
     broker = Broker.from_settings(hub, seed_settings, handlers=_seed_handlers(), **services)
     broker.encode_message = seed_encode_message
     broker.message_tail = _tail

@@ -112,8 +112,9 @@ def _identity(req: Request, identity: Identity) -> str:
     """
     if identity.via != "open":
         left = identity.seconds_left()
-        return (f"you are {identity.sender} ({identity.via}" +
-                (f", token expires in {int(left)} s)" if left is not None else ")"))
+        return f"you are {identity.sender} ({identity.via}" + (
+            f", token expires in {int(left)} s)" if left is not None else ")"
+        )
     who = f"you are {identity.sender} (session cookie)"
     header = req.headers.get("Authorization")
     if header is None:
@@ -122,8 +123,10 @@ def _identity(req: Request, identity: Identity) -> str:
     if match is None:
         return who + "; an Authorization header came but is not a Bearer token, ignored"
     token = match.group(1)
-    return who + (f"; Authorization: Bearer token of {len(token)} characters received, "
-                  f"starting {token[:6]!r} (not verified: demo only)")
+    return who + (
+        f"; Authorization: Bearer token of {len(token)} characters received, "
+        f"starting {token[:6]!r} (not verified: demo only)"
+    )
 
 
 def shutdown_retry(retry_ms: int) -> bytes:
@@ -212,9 +215,18 @@ class _CompoundFramer(_Framer):
         return events
 
 
-def _stream(raw: RawResponse, source: Subscription | TopicSet, framer: _Framer, opening: bytes,
-            heartbeat: float, metrics: Metrics, delivery: Delivery, write_timeout: float | None,
-            client: str = "?", identity: Identity | None = None) -> Iterator[bytes]:
+def _stream(
+    raw: RawResponse,
+    source: Subscription | TopicSet,
+    framer: _Framer,
+    opening: bytes,
+    heartbeat: float,
+    metrics: Metrics,
+    delivery: Delivery,
+    write_timeout: float | None,
+    client: str = "?",
+    identity: Identity | None = None,
+) -> Iterator[bytes]:
     # The headers and the opening go out through WSGI; after that the delivery layer
     # writes the body to the socket itself, and this request greenlet only waits: for
     # the stream's end, or the next heartbeat.
@@ -254,35 +266,52 @@ def _opening(settings: Settings, what: str, identity: Identity, position: str | 
     """The first bytes: ``retry:``, a comment naming the stream and the client, and on a
     multi-topic stream an ``id:`` with the compound cursor it starts from (a block without
     data: EventSource keeps the id as its last event id and dispatches nothing)."""
-    text = (f"retry: {settings.sse_retry_ms}\n"
-            f": switchboard stream of {what}, heartbeat every {settings.sse_heartbeat:g} s; "
-            f"{_identity(request, identity)}\n")
+    text = (
+        f"retry: {settings.sse_retry_ms}\n"
+        f": switchboard stream of {what}, heartbeat every {settings.sse_heartbeat:g} s; "
+        f"{_identity(request, identity)}\n"
+    )
     if position:
         text += f"id: {position}\n"
     return (text + "\n").encode("ascii", "replace")
 
 
-def _respond(open_source: Callable[[], Subscription | TopicSet], framer: _Framer,
-             opening: bytes, identity: Identity) -> Response:
+def _respond(
+    open_source: Callable[[], Subscription | TopicSet], framer: _Framer, opening: bytes, identity: Identity
+) -> Response:
     """Admit the stream (connection limits), open its subscriptions, and answer with it."""
     settings = state.settings()
     raw = request.environ.get(ENVIRON_RAW_RESPONSE)
     if raw is None:
-        raise ApiError(501, "unsupported_server", "event streams need Switchboard's server: gunicorn with "
-                       "app.server.lifecycle.Worker, or python wsgi.py")
+        raise ApiError(
+            501,
+            "unsupported_server",
+            "event streams need Switchboard's server: gunicorn with app.server.lifecycle.Worker, or python wsgi.py",
+        )
     slot = limits.current().open_stream(request.environ, "sse")  # or 503/429
     try:
         source = open_source()
     except SubscriptionClosed:
         slot.release()
-        raise ApiError(503, "shutting_down", "the server is shutting down; reconnect shortly",
-                       {"Retry-After": "1"}) from None
+        raise ApiError(
+            503, "shutting_down", "the server is shutting down; reconnect shortly", {"Retry-After": "1"}
+        ) from None
     except BaseException:
         slot.release()
         raise
     framer.retry_ms = settings.sse_retry_ms
-    stream_body = _stream(raw, source, framer, opening, settings.sse_heartbeat, state.metrics(),
-                          state.delivery(), settings.write_timeout or None, slot.client, identity)
+    stream_body = _stream(
+        raw,
+        source,
+        framer,
+        opening,
+        settings.sse_heartbeat,
+        state.metrics(),
+        state.delivery(),
+        settings.write_timeout or None,
+        slot.client,
+        identity,
+    )
     response = Response(stream_body, status=200, content_type=CONTENT_TYPE)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each write on at once
@@ -299,8 +328,12 @@ def stream(topic: str) -> Response:
     identity = authorize("subscribe", topic, "sse")
     since = resume_cursor(request)
     opening = _opening(state.settings(), f"topic {topic}", identity)
-    return _respond(lambda: state.hub().subscribe(topic, since=since, member=identity.sender), _TopicFramer(since),
-                    opening, identity)
+    return _respond(
+        lambda: state.hub().subscribe(topic, since=since, member=identity.sender),
+        _TopicFramer(since),
+        opening,
+        identity,
+    )
 
 
 @bp.get("/api/stream")

@@ -30,8 +30,17 @@ import hmac
 from typing import Any, Callable
 
 from ..auth import Access, AccessError, AuthUnavailable, Forbidden, Identity, Unauthorized
-from ..stomp import TOKEN_EXPIRED, AccessDenied, AuthError, BrokerError, Credentials, Login, LoginHook, StompError
-from ..stomp import accept_all
+from ..stomp import (
+    TOKEN_EXPIRED,
+    AccessDenied,
+    AuthError,
+    BrokerError,
+    Credentials,
+    Login,
+    LoginHook,
+    StompError,
+    accept_all,
+)
 
 __all__ = ["StompGate", "shared_login"]
 
@@ -66,9 +75,16 @@ class StompGate:
         metrics: where refusals are counted (``switchboard_auth_refusals_total``), if anywhere.
     """
 
-    def __init__(self, access: Access, resolve: Callable[[str], Any],
-                 handshake: Identity | None, guest: str, login: str | None = None, passcode: str | None = None,
-                 metrics=None):
+    def __init__(
+        self,
+        access: Access,
+        resolve: Callable[[str], Any],
+        handshake: Identity | None,
+        guest: str,
+        login: str | None = None,
+        passcode: str | None = None,
+        metrics=None,
+    ):
         self.access = access
         self._resolve = resolve
         self._handshake = handshake
@@ -124,8 +140,10 @@ class StompGate:
             self._check_shared(credentials)  # fails: nothing was given
         anonymous = self.access.anonymous(self._guest)
         if not (anonymous.subscribe or anonymous.publish):
-            raise Unauthorized("this server needs a token: send it as the CONNECT passcode or as an "
-                               "'Authorization: Bearer <token>' CONNECT header")
+            raise Unauthorized(
+                "this server needs a token: send it as the CONNECT passcode or as an "
+                "'Authorization: Bearer <token>' CONNECT header"
+            )
         return anonymous
 
     def _verified(self, token: str, login: str | None) -> Identity:

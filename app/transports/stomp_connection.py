@@ -22,6 +22,7 @@ import gevent.lock
 import gevent.pool
 
 from ..auth import Identity
+from ..delivery.channel import ChannelOutbox
 from ..events import Cursor, InvalidCursor
 from ..hub import BackendUnavailable, QueueFull, SubscriptionClosed
 from ..stomp import (
@@ -35,7 +36,6 @@ from ..stomp import (
     Subscribe,
     Unsubscribe,
 )
-from ..delivery.channel import ChannelOutbox
 from .stomp_auth import StompGate
 from .stomp_delivery import StompTopicFramer, is_utf8
 from .stomp_destinations import USER_SUB_RE, user_topic
@@ -108,8 +108,15 @@ class Connection:
         clock: a monotonic clock in seconds.
     """
 
-    def __init__(self, broker: Broker, ws, sender: str, clock: Callable[[], float] = time.monotonic,
-                 client: str = "?", identity: Identity | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        ws,
+        sender: str,
+        clock: Callable[[], float] = time.monotonic,
+        client: str = "?",
+        identity: Identity | None = None,
+    ) -> None:
         self.broker = broker
         self.hub = broker.hub
         self.ws = ws
@@ -122,14 +129,22 @@ class Connection:
         self._clock = clock
         self.gate: StompGate | None = None
         if broker.access is not None:
-            self.gate = StompGate(broker.access, broker.destinations.resolve, identity, sender, *broker.shared_login,
-                                  metrics=broker.metrics)
-            self.session = StompSession(broker.config, now=clock(), authenticate=self.gate.authenticate,
-                                        authorize=self.gate.authorize)
+            self.gate = StompGate(
+                broker.access,
+                broker.destinations.resolve,
+                identity,
+                sender,
+                *broker.shared_login,
+                metrics=broker.metrics,
+            )
+            self.session = StompSession(
+                broker.config, now=clock(), authenticate=self.gate.authenticate, authorize=self.gate.authorize
+            )
         else:
             self.session = StompSession(broker.config, now=clock())
-        self.publisher = StompPublisher(self.hub, broker.destinations, lambda: self.sender, self._identity, bucket,
-                                        self.gate)
+        self.publisher = StompPublisher(
+            self.hub, broker.destinations, lambda: self.sender, self._identity, bucket, self.gate
+        )
         self._lock = gevent.lock.Semaphore()
         self._pumps: dict[str, StompTopicFramer | QueuePump] = {}
         # Topic subscriptions are feeds of the worker's delivery layer (stomp_delivery.py);
@@ -271,8 +286,9 @@ class Connection:
     def fail_and_drain(self, message: str, detail: str, kind: str | None) -> None:
         """End the session from a delivery's news (a slow consumer, the shutdown, the store
         down): ERROR with a reconnect hint, written after what is queued, then the close."""
-        code = {"slow-consumer": CLOSE_POLICY_VIOLATION, "shutdown": CLOSE_GOING_AWAY}.get(kind or "",
-                                                                                         CLOSE_INTERNAL_ERROR)
+        code = {"slow-consumer": CLOSE_POLICY_VIOLATION, "shutdown": CLOSE_GOING_AWAY}.get(
+            kind or "", CLOSE_INTERNAL_ERROR
+        )
         self._fail(message, detail + _RECONNECT_HINT, code, kind=kind)
         self._drain()
 
@@ -281,8 +297,9 @@ class Connection:
         self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, kind="shutdown")
         self._drain()
 
-    def _fail(self, message: str, detail: str, code: int, receipt_id: str | None = None,
-              kind: str | None = None) -> None:
+    def _fail(
+        self, message: str, detail: str, code: int, receipt_id: str | None = None, kind: str | None = None
+    ) -> None:
         """End the session from the broker's side with an ERROR; the socket closes with ``code``.
 
         ``kind`` names the error in ``switchboard_stomp_errors_total`` (else "broker").
@@ -295,8 +312,9 @@ class Connection:
     # -- request handlers -----------------------------------------------------------
 
     def _on_connect(self, request_: Connect) -> None:
-        log.debug("STOMP %s connected: version %s, heart-beat %s", request_.session_id, request_.version,
-                  request_.heart_beat)
+        log.debug(
+            "STOMP %s connected: version %s, heart-beat %s", request_.session_id, request_.version, request_.heart_beat
+        )
         self._wake_timer.set()  # heart-beat deadlines exist from now on
         if self.on_connect is not None:
             self.on_connect(request_)
@@ -307,28 +325,41 @@ class Connection:
         since = request_.last_event_id or None
         if target.kind == "app":
             prefix = self.broker.destinations.topic_prefix
-            self._fail("cannot subscribe to an application destination",
-                       f"{request_.destination!r} takes SEND frames only; subscribe to {prefix}/<topic>.",
-                       CLOSE_POLICY_VIOLATION, receipt)
+            self._fail(
+                "cannot subscribe to an application destination",
+                f"{request_.destination!r} takes SEND frames only; subscribe to {prefix}/<topic>.",
+                CLOSE_POLICY_VIOLATION,
+                receipt,
+            )
             return
         if target.kind == "user" and target.user is not None:
             own = f"{self.broker.destinations.user_prefix}{self.broker.destinations.queue_prefix}/{target.name}"
-            self._fail("cannot subscribe to another user's destination",
-                       f"{request_.destination!r} takes SEND frames only; subscribe to {own}, your own.",
-                       CLOSE_POLICY_VIOLATION, receipt)
+            self._fail(
+                "cannot subscribe to another user's destination",
+                f"{request_.destination!r} takes SEND frames only; subscribe to {own}, your own.",
+                CLOSE_POLICY_VIOLATION,
+                receipt,
+            )
             return
         if since is not None and target.kind == "pattern":
-            self._fail("a wildcard subscription takes no last-event-id",
-                       f"{request_.destination!r} follows several topics, live: there is no one position to resume "
-                       "from. Subscribe to each topic with its own last-event-id to resume.",
-                       CLOSE_POLICY_VIOLATION, receipt)
+            self._fail(
+                "a wildcard subscription takes no last-event-id",
+                f"{request_.destination!r} follows several topics, live: there is no one position to resume "
+                "from. Subscribe to each topic with its own last-event-id to resume.",
+                CLOSE_POLICY_VIOLATION,
+                receipt,
+            )
             return
         if since is not None:
             try:
                 Cursor.parse(since)
             except InvalidCursor as exc:
-                self._fail("invalid last-event-id", f"{exc}. Resume with an event-id header of a MESSAGE.",
-                           CLOSE_POLICY_VIOLATION, receipt)
+                self._fail(
+                    "invalid last-event-id",
+                    f"{exc}. Resume with an event-id header of a MESSAGE.",
+                    CLOSE_POLICY_VIOLATION,
+                    receipt,
+                )
                 return
         if target.kind == "queue":
             self._consume(request_, target.name, receipt)
@@ -342,9 +373,13 @@ class Connection:
             elif target.kind == "user":
                 user = self.user_key()
                 if user is None or not USER_SUB_RE.match(user):
-                    self._fail("no user destination for this identity",
-                               "/user destinations are named after the signed-in user's sub, which must be 1-64 "
-                               "characters of A-Z a-z 0-9 _ : -.", CLOSE_POLICY_VIOLATION, receipt)
+                    self._fail(
+                        "no user destination for this identity",
+                        "/user destinations are named after the signed-in user's sub, which must be 1-64 "
+                        "characters of A-Z a-z 0-9 _ : -.",
+                        CLOSE_POLICY_VIOLATION,
+                        receipt,
+                    )
                     return
                 subscription = self.hub.subscribe(user_topic(user, target.name), since=since)
             else:
@@ -357,9 +392,13 @@ class Connection:
 
     def _consume(self, request_: Subscribe, queue: str, receipt: str | None) -> None:
         if request_.last_event_id:
-            self._fail("a queue subscription takes no last-event-id",
-                       f"{request_.destination!r} is a work queue: it keeps what no consumer has acknowledged, "
-                       "so there is nothing to resume.", CLOSE_POLICY_VIOLATION, receipt)
+            self._fail(
+                "a queue subscription takes no last-event-id",
+                f"{request_.destination!r} is a work queue: it keeps what no consumer has acknowledged, "
+                "so there is nothing to resume.",
+                CLOSE_POLICY_VIOLATION,
+                receipt,
+            )
             return
         try:
             consumer = self.hub.consume(queue, request_.window)
@@ -367,16 +406,22 @@ class Connection:
             self._fail("server shutting down", _RECONNECT_HINT, CLOSE_GOING_AWAY, receipt)
             return
         except QueueFull as exc:
-            self._fail("queue full", f"{exc}. Nothing was subscribed.", CLOSE_POLICY_VIOLATION, receipt,
-                       kind="queue-full")
+            self._fail(
+                "queue full", f"{exc}. Nothing was subscribed.", CLOSE_POLICY_VIOLATION, receipt, kind="queue-full"
+            )
             return
         except BackendUnavailable as exc:
-            self._fail("backend unavailable", f"The queue store is unavailable: {exc}. " + _RECONNECT_HINT,
-                       CLOSE_INTERNAL_ERROR, receipt)
+            self._fail(
+                "backend unavailable",
+                f"The queue store is unavailable: {exc}. " + _RECONNECT_HINT,
+                CLOSE_INTERNAL_ERROR,
+                receipt,
+            )
             return
         pump = self._pumps[request_.sub_id] = QueuePump(request_.sub_id, consumer, request_.ack_mode == "auto")
-        spawn_queue_pump(pump, self.session, self._drain_written, self._clock, self._fail_internal,
-                         self._count_delivered)
+        spawn_queue_pump(
+            pump, self.session, self._drain_written, self._clock, self._fail_internal, self._count_delivered
+        )
 
     def _drain_written(self) -> bool:
         self._drain()
@@ -417,8 +462,10 @@ class Connection:
                 try:
                     publications += self.publisher.prepare(item)
                 except Refusal as refusal:
-                    raise refusal.within(f"COMMIT of transaction {request_.transaction!r} published nothing: "
-                                         f"SEND {number} of {len(sends)} (to {item.destination}) failed") from None
+                    raise refusal.within(
+                        f"COMMIT of transaction {request_.transaction!r} published nothing: "
+                        f"SEND {number} of {len(sends)} (to {item.destination}) failed"
+                    ) from None
             try:
                 self._count_published(self.publisher.publish(publications))
             except Refusal as refusal:
@@ -459,8 +506,7 @@ class Connection:
 
     def _on_closed(self, request_: Closed) -> None:
         if request_.error_kind is not None:
-            log.info("STOMP session %s ended: %s (%s)", self.session.session_id, request_.reason,
-                     request_.error_kind)
+            log.info("STOMP session %s ended: %s (%s)", self.session.session_id, request_.reason, request_.error_kind)
         self._release()
         self._wake_timer.set()
 

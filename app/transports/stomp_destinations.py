@@ -96,12 +96,16 @@ class Destinations:
 
     def resolve(self, destination: str) -> Target | None:
         """Where ``destination`` leads, or ``None`` when it leads nowhere (see :meth:`problem`)."""
-        for kind, prefix in (("topic", self.topic_prefix), ("queue", self.queue_prefix),
-                             ("user", self.user_prefix), ("app", self.app_prefix)):
+        for kind, prefix in (
+            ("topic", self.topic_prefix),
+            ("queue", self.queue_prefix),
+            ("user", self.user_prefix),
+            ("app", self.app_prefix),
+        ):
             root = prefix + "/"
             if not destination.startswith(root):
                 continue
-            rest = destination[len(root):]
+            rest = destination[len(root) :]
             if kind == "topic" and is_pattern(rest):
                 return Target("pattern", rest)
             if kind == "user":
@@ -112,19 +116,21 @@ class Destinations:
     def _user(self, rest: str) -> Target | None:
         queue = self.queue_prefix.lstrip("/") + "/"
         if rest.startswith(queue):
-            return Target("user", rest[len(queue):])  # SUBSCRIBE /user/queue/<name>: one's own
+            return Target("user", rest[len(queue) :])  # SUBSCRIBE /user/queue/<name>: one's own
         sub, slash, tail = rest.partition("/")
         if slash and tail.startswith(queue):
-            return Target("user", tail[len(queue):], sub)
+            return Target("user", tail[len(queue) :], sub)
         return None
 
     def problem(self, destination: str) -> str | None:
         """The session's ``validate_destination`` hook: why ``destination`` is refused, or ``None``."""
         target = self.resolve(destination)
         if target is None:
-            return (f"unknown destination; use {self.topic_prefix}/<topic>, {self.queue_prefix}/<queue>, "
-                    f"{self.user_prefix}{self.queue_prefix}/<name>, {self.user_prefix}/<user>{self.queue_prefix}/<name> "
-                    f"or {self.app_prefix}/<handler>")
+            return (
+                f"unknown destination; use {self.topic_prefix}/<topic>, {self.queue_prefix}/<queue>, "
+                f"{self.user_prefix}{self.queue_prefix}/<name>, {self.user_prefix}/<user>{self.queue_prefix}/<name> "
+                f"or {self.app_prefix}/<handler>"
+            )
         kind, name = target.kind, target.name
         if kind == "topic" and not TOPIC_RE.match(name):
             return "not a topic: 1-128 characters of A-Z a-z 0-9 . _ : - (no slash), starting with a letter or digit"

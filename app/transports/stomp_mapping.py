@@ -29,8 +29,7 @@ from typing import Any
 from ..events import RESERVED_HEADERS, Event, InvalidHeaders, RawBody, check_headers, parse_json
 from ..stomp.messages import encode_message_tail
 
-__all__ = ["BINARY_TYPE", "BodyError", "decode_send_body", "encode_message", "message_tail", "raw_body",
-           "send_headers"]
+__all__ = ["BINARY_TYPE", "BodyError", "decode_send_body", "encode_message", "message_tail", "raw_body", "send_headers"]
 
 #: The event type of a SEND whose body is not text or JSON (see the module docstring).
 BINARY_TYPE = "binary"
@@ -76,7 +75,9 @@ def decode_send_body(body: bytes, content_type: str | None) -> tuple[str | None,
         try:
             return None, parse_json(body.decode(charset))
         except (LookupError, ValueError) as exc:
-            raise BodyError("invalid JSON body", f"content-type is {content_type} but the body is not JSON: {exc}") from None
+            raise BodyError(
+                "invalid JSON body", f"content-type is {content_type} but the body is not JSON: {exc}"
+            ) from None
     if mime is None or mime.startswith("text/"):
         try:
             return None, body.decode(charset)
@@ -99,8 +100,9 @@ def send_headers(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str],
     try:
         return check_headers(mine)
     except InvalidHeaders as exc:
-        raise BodyError("invalid headers", f"{exc}. The frame's own headers ({', '.join(sorted(RESERVED_HEADERS))}) "
-                        "do not count.") from None
+        raise BodyError(
+            "invalid headers", f"{exc}. The frame's own headers ({', '.join(sorted(RESERVED_HEADERS))}) do not count."
+        ) from None
 
 
 def _binary_payload(type_: str, data: Any) -> tuple[bytes, str] | None:

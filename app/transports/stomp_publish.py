@@ -44,8 +44,9 @@ class Refusal(Exception):
         limit: the ``switchboard_limit_rejections_total`` label to count, if any.
     """
 
-    def __init__(self, message: str, detail: str, kind: str | None = None, *, internal: bool = False,
-                 limit: str | None = None) -> None:
+    def __init__(
+        self, message: str, detail: str, kind: str | None = None, *, internal: bool = False, limit: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
@@ -65,8 +66,16 @@ class _Recorder:
     def __init__(self) -> None:
         self.noted: list[Publication] = []
 
-    def publish(self, topic: str, data: Any, *, type: str = "message", sender: str | None = None,
-                headers: tuple[tuple[str, str], ...] = (), raw=None) -> None:
+    def publish(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        type: str = "message",
+        sender: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        raw=None,
+    ) -> None:
         check_topic(topic)
         check_type(type)
         self.noted.append(Publication("topic", topic, data, type, sender, headers, raw))
@@ -85,9 +94,15 @@ class StompPublisher:
         gate: the connection's access gate (for handlers' checks), or ``None``.
     """
 
-    def __init__(self, hub: Hub, destinations: Destinations, sender: Callable[[], str],
-                 identity: Callable[[], Identity | None], bucket: TokenBucket | None = None,
-                 gate: StompGate | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        destinations: Destinations,
+        sender: Callable[[], str],
+        identity: Callable[[], Identity | None],
+        bucket: TokenBucket | None = None,
+        gate: StompGate | None = None,
+    ) -> None:
         self.hub = hub
         self.destinations = destinations
         self._sender = sender
@@ -105,13 +120,18 @@ class StompPublisher:
         if self._bucket is not None:
             wait = self._bucket.take()
             if wait:
-                raise Refusal("publish rate exceeded",
-                              f"At most {self._bucket.rate:g} SEND frames a second (bursts of {self._bucket.burst}) "
-                              f"per connection; nothing was published. Reconnect after {wait:.1f} s or more.",
-                              "rate-limit", limit="publish_rate")
+                raise Refusal(
+                    "publish rate exceeded",
+                    f"At most {self._bucket.rate:g} SEND frames a second (bursts of {self._bucket.burst}) "
+                    f"per connection; nothing was published. Reconnect after {wait:.1f} s or more.",
+                    "rate-limit",
+                    limit="publish_rate",
+                )
         if target.kind == "pattern":
-            raise Refusal("invalid destination", f"{send.destination!r} is a wildcard: it takes SUBSCRIBE only; "
-                          "SEND to one topic.")
+            raise Refusal(
+                "invalid destination",
+                f"{send.destination!r} is a wildcard: it takes SUBSCRIBE only; SEND to one topic.",
+            )
         try:
             forced_type, data = decode_send_body(send.body, send.content_type)
             if target.kind == "app":
@@ -120,8 +140,9 @@ class StompPublisher:
             headers = send_headers(send.headers)
             raw = raw_body(send.body, send.content_type, type_, data)
             if target.kind == "user":
-                item = Publication("topic", user_topic(target.user, target.name), data, type_, self._sender(),
-                                   headers, raw)
+                item = Publication(
+                    "topic", user_topic(target.user, target.name), data, type_, self._sender(), headers, raw
+                )
             else:
                 item = Publication(target.kind, target.name, data, type_, self._sender(), headers, raw)
             check_type(item.type)
@@ -167,15 +188,24 @@ class StompPublisher:
             self.hub.publish_batch(items)
         except BackendUnavailable as exc:
             log.warning("STOMP publish failed: backend unavailable: %s", exc)
-            raise Refusal("backend unavailable", f"The event store is unavailable: {exc}. " + RECONNECT_HINT,
-                          internal=True) from None
+            raise Refusal(
+                "backend unavailable", f"The event store is unavailable: {exc}. " + RECONNECT_HINT, internal=True
+            ) from None
         except QueueFull as exc:  # counted by the queue store
-            raise Refusal("queue full", f"{exc}; nothing was published (nothing is dropped to make room). "
-                          "Try again once consumers have caught up.", "queue-full") from None
+            raise Refusal(
+                "queue full",
+                f"{exc}; nothing was published (nothing is dropped to make room). "
+                "Try again once consumers have caught up.",
+                "queue-full",
+            ) from None
         except TooManyTopics as exc:  # counted by the hub
             refusal = topic_refusal(exc)
-            raise Refusal("too many topics", f"{refusal.message[0].upper()}{refusal.message[1:]}; nothing was "
-                          f"published. Reconnect after {refusal.retry_after} s or more.", "too-many-topics") from None
+            raise Refusal(
+                "too many topics",
+                f"{refusal.message[0].upper()}{refusal.message[1:]}; nothing was "
+                f"published. Reconnect after {refusal.retry_after} s or more.",
+                "too-many-topics",
+            ) from None
         return len(items)
 
 

@@ -69,12 +69,22 @@ class QueuePump:
             event_id = self._ids.pop(message_id, None)
             if event_id is not None and not how(event_id):
                 # Taken back after the ack timeout (and maybe given to someone else): late.
-                log.info("queue %s: %s of message %s came after it was taken back", self.consumer.queue,
-                         how.__name__.upper(), event_id)
+                log.info(
+                    "queue %s: %s of message %s came after it was taken back",
+                    self.consumer.queue,
+                    how.__name__.upper(),
+                    event_id,
+                )
         self.window.set()
 
-    def run(self, session: StompSession, deliver_done: Callable[[], bool], clock: Callable[[], float],
-            fail: Callable[[str, str], None], count: Callable[[int], None]) -> None:
+    def run(
+        self,
+        session: StompSession,
+        deliver_done: Callable[[], bool],
+        clock: Callable[[], float],
+        fail: Callable[[str, str], None],
+        count: Callable[[int], None],
+    ) -> None:
         """Deliver until the consumer or the session ends.
 
         Args:
@@ -96,8 +106,9 @@ class QueuePump:
                 delivery = consumer.get()
                 body, headers = encode_message(delivery.event)
                 headers = (*headers, ("delivery-count", str(delivery.count)))
-                message_id = session.deliver(sub_id, body, headers, now=clock(), redelivered=delivery.redelivered,
-                                             default_type=None)
+                message_id = session.deliver(
+                    sub_id, body, headers, now=clock(), redelivered=delivery.redelivered, default_type=None
+                )
                 if message_id is None:  # the subscription ended meanwhile: the close gives it back
                     consumer.nack(delivery.event.id)
                     continue
@@ -111,8 +122,11 @@ class QueuePump:
             pass  # UNSUBSCRIBE, the end of the session, or the store's shutdown
         except BackendUnavailable as exc:
             log.warning("STOMP queue consumer of %s failed: backend unavailable: %s", consumer.queue, exc)
-            fail("backend unavailable", f"The queue store is unavailable: {exc}. Reconnect and SUBSCRIBE again; "
-                 "messages not acknowledged go to another consumer.")
+            fail(
+                "backend unavailable",
+                f"The queue store is unavailable: {exc}. Reconnect and SUBSCRIBE again; "
+                "messages not acknowledged go to another consumer.",
+            )
         finally:
             consumer.close()
 

@@ -67,14 +67,16 @@ import gevent.lock
 import gevent.pool
 from flask import Blueprint, Flask, current_app, request
 
+from .. import limits as limits_module
 from ..auth import Access, AccessError, Identity
 from ..auth.demo import DEMO_QUEUES
 from ..auth.web import access as app_access
 from ..config import Settings
+from ..delivery import Delivery
 from ..errors import ApiError
+from ..events import Event
 from ..hub import Hub
 from ..identity import current_sender
-from .. import limits as limits_module
 from ..limits import Limits
 from ..metrics import Metrics
 from ..stomp import (
@@ -84,7 +86,6 @@ from ..stomp import (
 )
 from ..stomp import Limits as FrameLimits
 from ..stomp_handlers import Handlers, default_handlers
-from ..delivery import Delivery
 from .stomp_auth import shared_login
 from .stomp_connection import CLOSE_CODES, PACE, Connection
 from .stomp_destinations import Destinations
@@ -138,9 +139,16 @@ class Broker:
         shared_login: the shared ``(login, passcode)`` (SWITCHBOARD_STOMP_LOGIN/_PASSCODE).
     """
 
-    def __init__(self, hub: Hub, destinations: Destinations, config: StompConfig,
-                 metrics: Metrics | None = None, limits: Limits | None = None, access: Access | None = None,
-                 shared_login: tuple[str | None, str | None] = (None, None)) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        destinations: Destinations,
+        config: StompConfig,
+        metrics: Metrics | None = None,
+        limits: Limits | None = None,
+        access: Access | None = None,
+        shared_login: tuple[str | None, str | None] = (None, None),
+    ) -> None:
         self.hub = hub
         self.destinations = destinations
         self.config = config
@@ -159,13 +167,23 @@ class Broker:
         self.withholds: Callable[[Event], bool] | None = None
 
     @classmethod
-    def from_settings(cls, hub: Hub, settings: Settings, handlers: Handlers | None = None,
-                      metrics: Metrics | None = None, limits: Limits | None = None,
-                      access: Access | None = None) -> "Broker":
+    def from_settings(
+        cls,
+        hub: Hub,
+        settings: Settings,
+        handlers: Handlers | None = None,
+        metrics: Metrics | None = None,
+        limits: Limits | None = None,
+        access: Access | None = None,
+    ) -> "Broker":
         """Build the broker the settings describe (prefixes, credentials, size limit)."""
-        destinations = Destinations(settings.stomp_topic_prefix, settings.stomp_app_prefix,
-                                    handlers if handlers is not None else default_handlers(),
-                                    settings.stomp_queue_prefix, settings.stomp_user_prefix)
+        destinations = Destinations(
+            settings.stomp_topic_prefix,
+            settings.stomp_app_prefix,
+            handlers if handlers is not None else default_handlers(),
+            settings.stomp_queue_prefix,
+            settings.stomp_user_prefix,
+        )
         config = StompConfig(
             # One limit for a WebSocket message and a STOMP frame: a frame that fits in one
             # message fits the parser too; one spread over several messages is cut at the same size.
@@ -177,11 +195,17 @@ class Broker:
             shared_queue=destinations.shared_queue,
             max_deliveries=settings.queue_max_deliveries,
         )
-        return cls(hub, destinations, config, metrics, limits, access,
-                   (settings.stomp_login, settings.stomp_passcode))
+        return cls(hub, destinations, config, metrics, limits, access, (settings.stomp_login, settings.stomp_passcode))
 
-    def serve(self, ws, sender: str, client: str = "?", identity: Identity | None = None,
-              transport: str = "stomp", on_connect: Callable[[Connect], None] | None = None) -> None:
+    def serve(
+        self,
+        ws,
+        sender: str,
+        client: str = "?",
+        identity: Identity | None = None,
+        transport: str = "stomp",
+        on_connect: Callable[[Connect], None] | None = None,
+    ) -> None:
         """Run one STOMP session on an open WebSocket until it ends; release everything.
 
         ``sender`` is the handshake session's guest name; ``identity`` what its cookie or
@@ -214,8 +238,9 @@ class Broker:
         if self.limits is not None:
             if error is not None and error.message == "too many subscriptions":
                 self.limits.rejected("subscriptions")
-            elif (error is not None and error.message == "frame too large") or \
-                    connection.ws.close_code == CLOSE_MESSAGE_TOO_BIG:
+            elif (
+                error is not None and error.message == "frame too large"
+            ) or connection.ws.close_code == CLOSE_MESSAGE_TOO_BIG:
                 self.limits.rejected("message_size")
 
     def shutdown(self, timeout: float) -> None:
@@ -233,7 +258,6 @@ class Broker:
             group.spawn(connection.shutdown)
         group.join(timeout=timeout)
         group.kill(block=False)
-
 
 
 # -------------------------------------------------------------------------- view
@@ -263,8 +287,9 @@ def init_app(app: Flask) -> None:
     metrics = app.extensions.get("switchboard.metrics")
     limits = app.extensions.get(limits_module.EXTENSION)
     access = app.extensions.get("switchboard.access")
-    broker = app.extensions[EXTENSION] = Broker.from_settings(hub, settings, metrics=metrics, limits=limits,
-                                                              access=access)
+    broker = app.extensions[EXTENSION] = Broker.from_settings(
+        hub, settings, metrics=metrics, limits=limits, access=access
+    )
     delivery = app.extensions.get("switchboard.delivery")
     if delivery is not None:
         broker.delivery = delivery
@@ -279,7 +304,11 @@ def init_app(app: Flask) -> None:
         # two consumers share, with this app's prefixes.
         destinations = broker.destinations
         queue = f"{destinations.queue_prefix}/{DEMO_QUEUES['stomp']}"
-        return {"stomp_chat": {"subscribe": f"{destinations.topic_prefix}/chat",
-                               "send": f"{destinations.app_prefix}/chat"},
-                "stomp_queue": {"destination": queue, "dlq": f"{queue}.dlq",
-                                "max_deliveries": settings.queue_max_deliveries}}
+        return {
+            "stomp_chat": {"subscribe": f"{destinations.topic_prefix}/chat", "send": f"{destinations.app_prefix}/chat"},
+            "stomp_queue": {
+                "destination": queue,
+                "dlq": f"{queue}.dlq",
+                "max_deliveries": settings.queue_max_deliveries,
+            },
+        }

@@ -39,8 +39,11 @@ def read_topics(req: Request, maximum: int) -> list[str]:
         raise ApiError(400, "bad_topic", "name the topics to follow: ?topic=a&topic=b")
     if len(topics) > maximum:
         limits.current().rejected("stream_topics")
-        raise ApiError(400, "too_many_topics",
-                       f"at most {maximum} topics per request (SWITCHBOARD_MAX_STREAM_TOPICS); {len(topics)} given")
+        raise ApiError(
+            400,
+            "too_many_topics",
+            f"at most {maximum} topics per request (SWITCHBOARD_MAX_STREAM_TOPICS); {len(topics)} given",
+        )
     for topic in topics:
         try:
             check_topic(topic)

@@ -102,24 +102,42 @@ import gevent
 import gevent.pool
 from flask import Blueprint, Flask, request
 
-from .. import limits as limits_module, state
+from .. import limits as limits_module
+from .. import state
 from ..auth import AccessError
 from ..auth.web import access as app_access
 from ..delivery import Delivery, Feed
 from ..delivery.channel import ChannelOutbox
 from ..errors import ApiError
-from ..events import (Event, Gap)
+from ..events import Event, Gap
 from ..hub import BackendUnavailable, Hub, Subscription, SubscriptionClosed, TooManyTopics
 from ..identity import current_sender
 from ..limits import Limits, TokenBucket, topic_refusal
 from ..metrics import Metrics
-from .ws_auth import WsAuth
-from .ws_protocol import (Auth, ClientError, Ping, Publish, Subscribe, Unsubscribe, encode_event,
-                          encode_gap, error, ok, parse)
-from .ws_queues import WsQueues
-from .wsio import (CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, ENVIRON_WEBSOCKET, WebSocket,
-                   WebSocketError)
 from ..server.frames import OP_TEXT, encode_frame
+from .ws_auth import WsAuth
+from .ws_protocol import (
+    Auth,
+    ClientError,
+    Ping,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+    encode_event,
+    encode_gap,
+    error,
+    ok,
+    parse,
+)
+from .ws_queues import WsQueues
+from .wsio import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_UNSUPPORTED_DATA,
+    ENVIRON_WEBSOCKET,
+    WebSocket,
+    WebSocketError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +205,16 @@ class Connection:
     it every op is allowed and ``sender`` never changes.
     """
 
-    def __init__(self, ws: WebSocket, hub: Hub, sender: str, metrics: Metrics | None = None,
-                 limits: Limits | None = None, client: str = "?", delivery: Delivery | None = None):
+    def __init__(
+        self,
+        ws: WebSocket,
+        hub: Hub,
+        sender: str,
+        metrics: Metrics | None = None,
+        limits: Limits | None = None,
+        client: str = "?",
+        delivery: Delivery | None = None,
+    ):
         self.ws = ws
         self.hub = hub
         self._sender = sender
@@ -302,8 +328,9 @@ class Connection:
         if len(self.subscriptions) >= self.max_subscriptions:
             if self.limits is not None:
                 self.limits.rejected("subscriptions")
-            raise ClientError("too_many_subscriptions",
-                              f"a connection follows at most {self.max_subscriptions} topics", cmd.ref)
+            raise ClientError(
+                "too_many_subscriptions", f"a connection follows at most {self.max_subscriptions} topics", cmd.ref
+            )
         if self.auth is not None:
             self.auth.authorize("subscribe", cmd.topic)
         cursor = cmd.since
@@ -350,9 +377,13 @@ class Connection:
         wait = self._bucket.take() if self._bucket is not None else 0.0
         if wait:
             self.limits.rejected("publish_rate")
-            raise ClientError("rate_limited",
-                              f"at most {self._bucket.rate:g} publishes a second (bursts of {self._bucket.burst}) "
-                              "per connection; this one was not published", ref, retry_after=round(wait, 3))
+            raise ClientError(
+                "rate_limited",
+                f"at most {self._bucket.rate:g} publishes a second (bursts of {self._bucket.burst}) "
+                "per connection; this one was not published",
+                ref,
+                retry_after=round(wait, 3),
+            )
 
     def count_published(self) -> None:
         if self._published is not None:
@@ -375,8 +406,9 @@ class Connection:
         finally:
             self.auth.resume()  # after a refresh the paused forwarders carry on where they stopped
         left = identity.seconds_left()
-        return ok(cmd.ref, sub=identity.sub, sender=identity.sender,
-                  expires_in=None if left is None else max(0, int(left)))
+        return ok(
+            cmd.ref, sub=identity.sub, sender=identity.sender, expires_in=None if left is None else max(0, int(left))
+        )
 
     def _recheck(self, topic: str, sub: Subscription) -> None:
         """End a subscription that the connection's new token does not cover."""
@@ -405,9 +437,13 @@ class Connection:
             return None
         del self.subscriptions[sub.topic]
         if reason == "slow consumer":
-            return error(None, "slow_consumer",
-                         "this subscription fell behind further than history reaches and was dropped; "
-                         "subscribe again with since", topic=sub.topic)
+            return error(
+                None,
+                "slow_consumer",
+                "this subscription fell behind further than history reaches and was dropped; "
+                "subscribe again with since",
+                topic=sub.topic,
+            )
         code = {"shutdown": "shutting_down", "unavailable": "unavailable"}.get(reason, "subscription_closed")
         return error(None, code, f"subscription ended: {reason}", topic=sub.topic)
 
@@ -430,9 +466,13 @@ class Connection:
 
 
 def _upgrade_required() -> ApiError:
-    return ApiError(426, "upgrade_required",
-                    "/ws is a WebSocket endpoint: open it with new WebSocket(\"ws://host/ws\") "
-                    "(an HTTP/1.1 GET with Upgrade: websocket)", {"Upgrade": "websocket"})
+    return ApiError(
+        426,
+        "upgrade_required",
+        '/ws is a WebSocket endpoint: open it with new WebSocket("ws://host/ws") '
+        "(an HTTP/1.1 GET with Upgrade: websocket)",
+        {"Upgrade": "websocket"},
+    )
 
 
 @bp.route("/ws", websocket=True)
@@ -450,8 +490,9 @@ def connect():
     except AccessError as exc:  # only if no admission hook ran (a server without our policy)
         ws.close(CLOSE_POLICY_VIOLATION, exc.message[:120])
         return "", 204
-    connection = Connection(ws, state.hub(), identity.sender, metrics, limits, limits.client(request.environ),
-                            state.delivery())
+    connection = Connection(
+        ws, state.hub(), identity.sender, metrics, limits, limits.client(request.environ), state.delivery()
+    )
     connection.with_access(access, identity, state.settings().auth_refresh_grace)
     with metrics.connection("websocket"):
         connection.run()

@@ -66,8 +66,14 @@ class WsAuth:
         refused: ``refused(code)`` counts a refusal (``switchboard_auth_refusals_total``).
     """
 
-    def __init__(self, access: Access, identity: Identity, grace: float, ws: WebSocket,
-                 refused: Callable[[str], None] = lambda code: None):
+    def __init__(
+        self,
+        access: Access,
+        identity: Identity,
+        grace: float,
+        ws: WebSocket,
+        refused: Callable[[str], None] = lambda code: None,
+    ):
         self.access = access
         self.identity = identity
         self.grace = grace
@@ -111,12 +117,15 @@ class WsAuth:
         """
         refresh = self.state is WsAuthState.EXPIRED or (self.state is WsAuthState.SIGNED_IN and self._other_ops)
         if not refresh and self._other_ops:
-            raise AuthOpRefused("op auth is accepted as the first op of a connection, or to refresh a token; "
-                                "reconnect to sign in")
+            raise AuthOpRefused(
+                "op auth is accepted as the first op of a connection, or to refresh a token; reconnect to sign in"
+            )
         identity = self.access.verify(token, "op")
         if refresh and identity.sub != self.identity.sub:
-            raise AuthOpRefused(f"a refresh must carry a token for the same sub ({self.identity.sub!r}); "
-                                "reconnect to sign in as someone else")
+            raise AuthOpRefused(
+                f"a refresh must carry a token for the same sub ({self.identity.sub!r}); "
+                "reconnect to sign in as someone else"
+            )
         self.identity = identity
         self.state = WsAuthState.SIGNED_IN
         self._arm()  # the new token's expiry; after an expiry this also ends the grace (no 4001)
@@ -183,8 +192,7 @@ class WsAuth:
             return  # refreshed meanwhile
         message = 'the token has expired; send {"op": "auth", "token": ...} with a new one to carry on'
         try:
-            self._ws.send(json.dumps({"op": "expired", "grace": self.grace, "message": message},
-                                     separators=(",", ":")))
+            self._ws.send(json.dumps({"op": "expired", "grace": self.grace, "message": message}, separators=(",", ":")))
         except WebSocketError:
             pass  # gone: the reader releases everything
 

@@ -79,8 +79,9 @@ class Send:
 
 def _queue(value: Any, ref: Any, error) -> str:
     if not isinstance(value, str) or not QUEUE_NAME_RE.match(value):
-        raise error("bad_queue", "a queue is 1-100 characters of A-Z a-z 0-9 . _ : - and starts with a letter or "
-                                 "digit", ref)
+        raise error(
+            "bad_queue", "a queue is 1-100 characters of A-Z a-z 0-9 . _ : - and starts with a letter or digit", ref
+        )
     return value
 
 
@@ -115,8 +116,11 @@ def _send(m: dict, ref: Any, error) -> Send:
 
 #: op -> (builder(message, ref, error), required fields, optional fields), as websocket.py's table.
 QUEUE_OPS = {
-    "consume": (lambda m, ref, e: Consume(ref, _queue(m["queue"], ref, e), _prefetch(m.get("prefetch"), ref, e)),
-                frozenset({"queue"}), frozenset({"prefetch"})),
+    "consume": (
+        lambda m, ref, e: Consume(ref, _queue(m["queue"], ref, e), _prefetch(m.get("prefetch"), ref, e)),
+        frozenset({"queue"}),
+        frozenset({"prefetch"}),
+    ),
     "ack": (lambda m, ref, e: Ack(ref, _id(m["id"], ref, e)), frozenset({"id"}), frozenset()),
     "nack": (lambda m, ref, e: Nack(ref, _id(m["id"], ref, e)), frozenset({"id"}), frozenset()),
     "cancel": (lambda m, ref, e: Cancel(ref, _queue(m["queue"], ref, e)), frozenset({"queue"}), frozenset()),
@@ -127,8 +131,15 @@ QUEUE_OPS = {
 def encode_message(delivery: Delivery) -> str:
     """The ``message`` op of one delivery."""
     event = delivery.event
-    body = {"op": "message", "queue": event.topic, "id": event.id, "type": event.type, "data": event.data,
-            "sender": event.sender, "time": event.time}
+    body = {
+        "op": "message",
+        "queue": event.topic,
+        "id": event.id,
+        "type": event.type,
+        "data": event.data,
+        "sender": event.sender,
+        "time": event.time,
+    }
     if event.headers:
         body["headers"] = event.header_map()
     body["delivery_count"] = delivery.count
@@ -163,8 +174,11 @@ class WsQueues:
         if len(connection.subscriptions) + len(self.consumers) >= connection.max_subscriptions:
             if connection.limits is not None:
                 connection.limits.rejected("subscriptions")
-            raise self._error("too_many_subscriptions",
-                              f"a connection follows at most {connection.max_subscriptions} topics and queues", cmd.ref)
+            raise self._error(
+                "too_many_subscriptions",
+                f"a connection follows at most {connection.max_subscriptions} topics and queues",
+                cmd.ref,
+            )
         if connection.auth is not None:
             connection.auth.authorize("subscribe", f"queue.{cmd.queue}")
         try:
@@ -187,8 +201,12 @@ class WsQueues:
         consumer = self._holders.pop(message_id, None)
         done = consumer is not None and (consumer.ack(message_id) if how == "ack" else consumer.nack(message_id))
         if not done:
-            raise self._error("not_held", f"this connection holds no message {message_id[:100]!r} (never given, "
-                                          "already settled, or taken back after the ack timeout)", ref)
+            raise self._error(
+                "not_held",
+                f"this connection holds no message {message_id[:100]!r} (never given, "
+                "already settled, or taken back after the ack timeout)",
+                ref,
+            )
 
     def cancel(self, cmd: Cancel) -> str:
         consumer = self.consumers.pop(cmd.queue, None)
@@ -203,8 +221,9 @@ class WsQueues:
             connection.auth.authorize("publish", f"queue.{cmd.queue}")
         connection.charge_publish(cmd.ref)
         try:
-            event = connection.hub.enqueue(cmd.queue, cmd.data, type=cmd.type, sender=connection.sender,
-                                           headers=cmd.headers)
+            event = connection.hub.enqueue(
+                cmd.queue, cmd.data, type=cmd.type, sender=connection.sender, headers=cmd.headers
+            )
         except QueueFull as exc:
             raise self._error("queue_full", f"{exc}; nothing was stored", cmd.ref) from None
         connection.count_published()

@@ -50,8 +50,14 @@ def disconnect(*_args):
 def publish(topic):
     """Emit one event to the topic's room, stamped like a Switchboard event."""
     body = request.get_json()
-    event = {"id": str(next(_ids)), "topic": topic, "type": "message", "data": body["data"],
-             "sender": None, "time": time.time()}
+    event = {
+        "id": str(next(_ids)),
+        "topic": topic,
+        "type": "message",
+        "data": body["data"],
+        "sender": None,
+        "time": time.time(),
+    }
     socketio.emit("event", event, to=topic)
     return jsonify(event), 201
 

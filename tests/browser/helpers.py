@@ -10,14 +10,31 @@ import requests
 from tests.support.timing import scaled
 
 CHROMIUM = os.environ.get("SWITCHBOARD_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 740}
 CHAT_PAGES = ("polling", "long-polling", "sse", "websocket", "stomp")
 # Controls that must have an accessible name, by their computed ARIA role.
-CONTROL_ROLES = {"textbox", "searchbox", "button", "slider", "checkbox", "radio", "spinbutton",
-                 "combobox", "listbox", "switch", "link"}
+CONTROL_ROLES = {
+    "textbox",
+    "searchbox",
+    "button",
+    "slider",
+    "checkbox",
+    "radio",
+    "spinbutton",
+    "combobox",
+    "listbox",
+    "switch",
+    "link",
+}
 
 
 def ms(seconds: float) -> float:
@@ -30,8 +47,12 @@ def publish(base_url: str, topic: str, data, session: requests.Session | None = 
     if session is None:
         with requests.Session() as own:  # closed at once: an idle keep-alive would slow the server's stop
             return publish(base_url, topic, data, own)
-    res = session.post(f"{base_url}/api/topics/{topic}/events", data=json.dumps({"data": data}),
-                       headers={"Content-Type": "application/json"}, timeout=scaled(10))
+    res = session.post(
+        f"{base_url}/api/topics/{topic}/events",
+        data=json.dumps({"data": data}),
+        headers={"Content-Type": "application/json"},
+        timeout=scaled(10),
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
@@ -43,7 +64,8 @@ def wait_chat_ready(page, timeout: float = 15) -> None:
             const status = document.querySelector('.chat [data-status]');
             return status && status.dataset.kind && status.dataset.kind !== 'error';
         }""",
-        timeout=ms(timeout))
+        timeout=ms(timeout),
+    )
 
 
 def whoami(page) -> str:
@@ -125,7 +147,8 @@ def focus_is_visible(page) -> bool:
             const style = getComputedStyle(el);
             const outline = style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) > 0;
             return outline || style.boxShadow !== 'none';
-        }""")
+        }"""
+    )
 
 
 def pane_stats(page) -> dict[str, dict[str, str]]:
@@ -134,4 +157,5 @@ def pane_stats(page) -> dict[str, dict[str, str]]:
         """() => Object.fromEntries([...document.querySelectorAll('[data-pane]')].map(pane => [
             pane.dataset.pane,
             Object.fromEntries([...pane.querySelectorAll('[data-stat]')].map(dd => [dd.dataset.stat, dd.dataset.value ?? ''])),
-        ]))""")
+        ]))"""
+    )

@@ -39,8 +39,8 @@ def shoot_index(page, base_url: str, out: Path) -> None:
 def shoot_compare(page, base_url: str, out: Path) -> None:
     page.goto(f"{base_url}/compare")
     page.wait_for_function(
-        "() => [...document.querySelectorAll('[data-pane]')].every(p => p.dataset.state === 'open')",
-        timeout=15_000)
+        "() => [...document.querySelectorAll('[data-pane]')].every(p => p.dataset.state === 'open')", timeout=15_000
+    )
     page.fill("#rate", "4")
     page.click("[data-rate-toggle]")  # start the steady rate
     page.wait_for_timeout(STEADY_SECONDS * 1000 // 2)
@@ -62,10 +62,12 @@ def main(out_dir: Path) -> None:
     errors = []
     with tempfile.TemporaryDirectory() as logs, Gunicorn(Path(logs)) as server, sync_playwright() as playwright:
         for lang, options in LANGUAGES.items():
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                 args=[*CHROMIUM_ARGS, *options["args"]])
-            page = browser.new_page(viewport={"width": WIDTH, "height": 900}, device_scale_factor=1,
-                                    locale=options["locale"])
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *options["args"]]
+            )
+            page = browser.new_page(
+                viewport={"width": WIDTH, "height": 900}, device_scale_factor=1, locale=options["locale"]
+            )
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
             shoot_index(page, server.url, out_dir / f"index-{lang}.png")
             shoot_compare(page, server.url, out_dir / f"compare-{lang}.png")

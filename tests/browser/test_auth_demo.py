@@ -59,9 +59,16 @@ def auth_server(tmp_path_factory):
 def mint(sub: str, *, subscribe=(), publish=(), lifetime: float = 300) -> str:
     """A token for ``sub`` signed with the server's key, made here as an application would."""
     now = int(time.time())
-    return jwt.encode({"sub": sub, "iat": now, "exp": now + int(lifetime),
-                       "switchboard": {"subscribe": list(subscribe), "publish": list(publish)}},
-                      SECRET, algorithm="HS256")
+    return jwt.encode(
+        {
+            "sub": sub,
+            "iat": now,
+            "exp": now + int(lifetime),
+            "switchboard": {"subscribe": list(subscribe), "publish": list(publish)},
+        },
+        SECRET,
+        algorithm="HS256",
+    )
 
 
 def open_index(context, server):
@@ -101,7 +108,9 @@ def stream_status(page, path: str) -> int:
                 clearTimeout(timer);
                 controller.abort();
             }
-        }""", path)
+        }""",
+        path,
+    )
 
 
 def ws_reply(page, op: dict) -> dict:
@@ -119,10 +128,13 @@ def ws_reply(page, op: dict) -> dict:
                 resolve(message);
             };
             ws.onclose = (ev) => { clearTimeout(timer); reject(new Error(`closed with ${ev.code} before a reply`)); };
-        })""", op)
+        })""",
+        op,
+    )
 
 
 # ------------------------------------------------------------------- the cookie
+
 
 def test_sign_in_sets_an_httponly_cookie_that_eventsource_carries(auth_server, new_user, console_errors):
     console_errors.allow(*REFUSALS_IN_CONSOLE)
@@ -153,9 +165,12 @@ def test_sign_in_sets_an_httponly_cookie_that_eventsource_carries(auth_server, n
     # What an application publishes to alice with a Bearer token reaches the page's stream.
     text = f"for alice only {uuid.uuid4().hex[:8]}"
     with requests.Session() as http:
-        res = http.post(f"{auth_server.url}/api/topics/user.alice/events", json={"data": {"text": text}},
-                        headers={"Authorization": f"Bearer {mint('alice', publish=['user.{sub}'])}"},
-                        timeout=scaled(10))
+        res = http.post(
+            f"{auth_server.url}/api/topics/user.alice/events",
+            json={"data": {"text": text}},
+            headers={"Authorization": f"Bearer {mint('alice', publish=['user.{sub}'])}"},
+            timeout=scaled(10),
+        )
     assert res.status_code == 201, res.text
     assert res.json()["sender"] == "alice"
     page.locator('[data-probe="user.alice"] [data-last-event]', has_text=text).wait_for(timeout=ms(10))
@@ -181,6 +196,7 @@ def test_websocket_carries_the_cookie(auth_server, new_user, console_errors):
 
 
 # ------------------------------------------------------------------- 401 vs 403
+
 
 def test_the_panel_tells_401_from_403(auth_server, new_user, console_errors, screenshot):
     console_errors.allow(*REFUSALS_IN_CONSOLE)
@@ -213,19 +229,31 @@ def test_the_panel_tells_401_from_403(auth_server, new_user, console_errors, scr
 
     # An expired token in the cookie is a 401 too, and the panel says what to do.
     late = new_user()
-    late.add_cookies([{"name": COOKIE, "value": mint("alice", subscribe=["**"], lifetime=-60),
-                       "url": auth_server.url, "httpOnly": True, "sameSite": "Strict"}])
+    late.add_cookies(
+        [
+            {
+                "name": COOKIE,
+                "value": mint("alice", subscribe=["**"], lifetime=-60),
+                "url": auth_server.url,
+                "httpOnly": True,
+                "sameSite": "Strict",
+            }
+        ]
+    )
     page = open_index(late, auth_server)
     shown = page.locator('[data-auth-status][data-kind="error"]').inner_text()
     assert "401 (sign in)" in shown and "expired" in shown and "sign out" in shown
     assert "expired" in result(page, "user.alice", "subscribe", "401")
 
 
-@pytest.mark.parametrize("slug", [
-    *(slug for slug in CHAT_PAGES if slug not in ("websocket", "stomp")),
-    "websocket",
-    "stomp",
-])
+@pytest.mark.parametrize(
+    "slug",
+    [
+        *(slug for slug in CHAT_PAGES if slug not in ("websocket", "stomp")),
+        "websocket",
+        "stomp",
+    ],
+)
 def test_chat_pages_say_why_a_post_is_refused(slug, auth_server, new_user, console_errors):
     console_errors.allow(*REFUSALS_IN_CONSOLE)
     page = new_user().new_page()
@@ -253,23 +281,42 @@ def test_socket_pages_explain_the_documented_refusals(live_server, new_user, con
         def on_message(text):
             op = json.loads(text)
             if op["op"] == "subscribe" and number == 1:
-                ws.send(json.dumps({"op": "error", "ref": op["ref"], "error": "unauthorized",
-                                    "message": "sign in to subscribe to topic 'chat': anonymous clients may not"}))
+                ws.send(
+                    json.dumps(
+                        {
+                            "op": "error",
+                            "ref": op["ref"],
+                            "error": "unauthorized",
+                            "message": "sign in to subscribe to topic 'chat': anonymous clients may not",
+                        }
+                    )
+                )
             elif op["op"] == "subscribe":
                 ws.send(json.dumps({"op": "ok", "ref": op["ref"], "cursor": ""}))
             elif op["op"] == "publish":
-                ws.send(json.dumps({"op": "error", "ref": op["ref"], "error": "forbidden",
-                                    "message": "you may not publish to topic 'chat'"}))
+                ws.send(
+                    json.dumps(
+                        {
+                            "op": "error",
+                            "ref": op["ref"],
+                            "error": "forbidden",
+                            "message": "you may not publish to topic 'chat'",
+                        }
+                    )
+                )
 
         ws.on_message(on_message)
 
     page.route_web_socket("**/ws", fake_ws)
     page.goto(f"{live_server.url}/websocket")
-    page.locator(".chat [data-status]", has_text="Refused with 401 (sign in): sign in to subscribe").wait_for(timeout=ms(10))
+    page.locator(".chat [data-status]", has_text="Refused with 401 (sign in): sign in to subscribe").wait_for(
+        timeout=ms(10)
+    )
     wait_chat_ready(page, timeout=30)  # reconnected after its backoff, subscribed
     send_chat(page, "refused over /ws")
-    refused = page.locator("li.notice", has_text="Not sent: Refused with 403 (not allowed): you may not publish "
-                                                  "to topic 'chat'")
+    refused = page.locator(
+        "li.notice", has_text="Not sent: Refused with 403 (not allowed): you may not publish to topic 'chat'"
+    )
     refused.wait_for(timeout=ms(10))
     assert refused.count() == 1 and page.locator("li.message", has_text="refused over /ws").count() == 0
 
@@ -279,8 +326,9 @@ def test_socket_pages_explain_the_documented_refusals(live_server, new_user, con
             if command in ("CONNECT", "STOMP"):
                 ws.send("CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00")
             elif command == "SEND":
-                ws.send("ERROR\nmessage:forbidden: you may not publish to /app/chat\ncontent-type:text/plain\n\n"
-                        "refused\x00")
+                ws.send(
+                    "ERROR\nmessage:forbidden: you may not publish to /app/chat\ncontent-type:text/plain\n\nrefused\x00"
+                )
                 ws.close()
 
         ws.on_message(on_message)
@@ -290,8 +338,9 @@ def test_socket_pages_explain_the_documented_refusals(live_server, new_user, con
     stomp.goto(f"{live_server.url}/stomp")
     wait_chat_ready(stomp)
     send_chat(stomp, "refused over STOMP")
-    refused = stomp.locator("li.notice", has_text="Not sent: Refused with 403 (not allowed): forbidden: you may "
-                                                   "not publish to /app/chat")
+    refused = stomp.locator(
+        "li.notice", has_text="Not sent: Refused with 403 (not allowed): forbidden: you may not publish to /app/chat"
+    )
     refused.wait_for(timeout=ms(10))
     assert refused.count() == 1 and stomp.locator("li.message", has_text="refused over STOMP").count() == 0
 
@@ -320,6 +369,7 @@ def test_signed_in_alice_chats_and_the_fetch_reader_sends_her_token(auth_server,
 
 # ------------------------------------------------------------------- without a key
 
+
 def test_without_a_key_there_is_no_sign_in_and_every_page_works(live_server, new_user, console_errors):
     page = new_user().new_page()
     page.goto(f"{live_server.url}/")
@@ -336,10 +386,15 @@ def test_without_a_key_there_is_no_sign_in_and_every_page_works(live_server, new
 
 # ------------------------------------------------------------------- the demo endpoint
 
+
 def demo_session(server, body, **headers) -> requests.Response:
     with requests.Session() as http:
-        return http.post(f"{server.url}/api/demo/session", data=json.dumps(body),
-                         headers={"Content-Type": "application/json", **headers}, timeout=scaled(10))
+        return http.post(
+            f"{server.url}/api/demo/session",
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json", **headers},
+            timeout=scaled(10),
+        )
 
 
 def test_demo_endpoint_mints_and_refuses(auth_server, live_server):
@@ -350,8 +405,10 @@ def test_demo_endpoint_mints_and_refuses(auth_server, live_server):
     assert answer["sub"] == "bob" and answer["expires_in"] == DEMO_TOKEN_SECONDS
     claims = jwt.decode(answer["token"], SECRET, algorithms=["HS256"])
     queues = ["queue.jobs", "queue.compare.jobs"]  # the STOMP and compare pages' work queues
-    assert claims["switchboard"] == {"subscribe": ["chat", "ticks", "user.{sub}", *queues],
-                                     "publish": ["chat", "user.{sub}", *queues]}
+    assert claims["switchboard"] == {
+        "subscribe": ["chat", "ticks", "user.{sub}", *queues],
+        "publish": ["chat", "user.{sub}", *queues],
+    }
     set_cookie = res.headers["Set-Cookie"]
     assert set_cookie.startswith(f"{COOKIE}={answer['token']};")
     assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie and "Path=/" in set_cookie

@@ -47,8 +47,9 @@ def test_two_users_chat_and_resume_after_a_drop(slug, new_user, proxy, live_serv
     console_errors.allow_network()
     proxy.down()
     with requests.Session() as third_party:
-        published = [publish(live_server.url, "chat", {"text": f"{slug} while away {n} {tag}"}, third_party)
-                     for n in range(3)]
+        published = [
+            publish(live_server.url, "chat", {"text": f"{slug} while away {n} {tag}"}, third_party) for n in range(3)
+        ]
     proxy.wait_refused(2)  # the pages noticed and tried to come back
     proxy.up()
 

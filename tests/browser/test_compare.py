@@ -22,7 +22,8 @@ def open_compare(page, base_url):
     page.wait_for_function(
         """() => document.body.dataset.ready === 'true'
               && [...document.querySelectorAll('[data-pane]')].every(p => p.dataset.state === 'open')""",
-        timeout=ms(15))
+        timeout=ms(15),
+    )
 
 
 def wait_received(page, counts: dict[str, int], timeout: float = 10) -> None:
@@ -30,7 +31,9 @@ def wait_received(page, counts: dict[str, int], timeout: float = 10) -> None:
     page.wait_for_function(
         """(want) => Object.entries(want).every(([key, n]) =>
               document.querySelector(`[data-pane="${key}"] [data-stat="received"]`).dataset.value === String(n))""",
-        arg=counts, timeout=ms(timeout))
+        arg=counts,
+        timeout=ms(timeout),
+    )
 
 
 def test_one_event_reaches_all_six_panes_with_numeric_latency(new_user, live_server, console_errors, screenshot):

@@ -37,7 +37,8 @@ def run_doctor(page, url: str) -> dict[str, tuple[str, str, str]]:
     rows = page.eval_on_selector_all(
         "[data-check]",
         "rows => rows.map(r => [r.dataset.check, r.dataset.verdict, r.querySelector('[data-explain]').textContent,"
-        " r.querySelector('[data-fix]').textContent])")
+        " r.querySelector('[data-fix]').textContent])",
+    )
     return {name: (verdict, explanation, fix) for name, verdict, explanation, fix in rows}
 
 

@@ -87,8 +87,7 @@ def test_ten_sse_streams_open_at_once_over_http2(tls_proxy, new_user, console_er
     page.evaluate(OPEN_STREAMS, [path, STREAMS])
     page.wait_for_function(f"() => ({OPENED})() === {STREAMS}", timeout=ms(5))
     event = publish(tls_proxy.url, topic_of(path), "to all ten")
-    page.wait_for_function("(id) => window.streams.every(s => s.events.includes(id))", arg=event["id"],
-                           timeout=ms(5))
+    page.wait_for_function("(id) => window.streams.every(s => s.events.includes(id))", arg=event["id"], timeout=ms(5))
 
     # A stream's Resource Timing entry appears when it ends: close them, then read how they went.
     page.evaluate("() => window.streams.forEach(s => s.source.close())")
@@ -97,7 +96,10 @@ def test_ten_sse_streams_open_at_once_over_http2(tls_proxy, new_user, console_er
         """([url, count]) => {
             const entries = performance.getEntriesByName(url);
             return entries.length === count && entries.map(e => e.nextHopProtocol);
-        }""", arg=[url, STREAMS], timeout=ms(5)).json_value()
+        }""",
+        arg=[url, STREAMS],
+        timeout=ms(5),
+    ).json_value()
     assert protocols == ["h2"] * STREAMS
 
 
@@ -112,8 +114,9 @@ def test_over_http11_the_seventh_stream_waits_until_one_closes(tls_proxy, new_us
     # Synchronise on an event, not a sleep: once the six open streams have it, the other
     # four have still had nothing at all: their requests never left the browser.
     event = publish(tls_proxy.url, topic_of(path), "to the six")
-    page.wait_for_function("(id) => window.streams.filter(s => s.events.includes(id)).length === 6",
-                           arg=event["id"], timeout=ms(5))
+    page.wait_for_function(
+        "(id) => window.streams.filter(s => s.events.includes(id)).length === 6", arg=event["id"], timeout=ms(5)
+    )
     state = page.evaluate("() => window.streams.map(s => [s.opened, s.events.length, s.source.readyState])")
     assert state == [[True, 1, 1]] * 6 + [[False, 0, 0]] * 4, state  # readyState 0: CONNECTING
 
@@ -155,24 +158,30 @@ def test_websocket_and_stomp_through_the_tls_port(tls_proxy):
 
 # ---------------------------------------------------------------- the compare page's section
 
+
 def open_compare(page, url: str) -> None:
     page.goto(f"{url}/compare")
     page.wait_for_function(
         """() => document.body.dataset.ready === 'true'
               && [...document.querySelectorAll('[data-pane]')].every(p => p.dataset.state === 'open')""",
-        timeout=ms(15))
+        timeout=ms(15),
+    )
 
 
 def wait_received(page, n: int, timeout: float = 10) -> None:
     page.wait_for_function(
         """(n) => [...document.querySelectorAll('[data-pane] [data-stat="received"]')]
-              .every(dd => dd.dataset.value === String(n))""", arg=n, timeout=ms(timeout))
+              .every(dd => dd.dataset.value === String(n))""",
+        arg=n,
+        timeout=ms(timeout),
+    )
 
 
 def limit_stats(page) -> dict[str, str]:
     return page.evaluate(
         """() => Object.fromEntries([...document.querySelectorAll('[data-limit-stat]')]
-              .map(dd => [dd.dataset.limitStat, dd.textContent]))""")
+              .map(dd => [dd.dataset.limitStat, dd.textContent]))"""
+    )
 
 
 def test_compare_page_over_http2_opens_all_ten(tls_proxy, new_user, console_errors, screenshot):
@@ -183,8 +192,9 @@ def test_compare_page_over_http2_opens_all_ten(tls_proxy, new_user, console_erro
     assert "h2" in page.locator('[data-conn="protocol"]').inner_text()
 
     page.click("[data-limit-toggle]")
-    page.wait_for_function(f"() => document.querySelector('[data-limit-stat=open]').textContent === '{STREAMS}'",
-                           timeout=ms(5))
+    page.wait_for_function(
+        f"() => document.querySelector('[data-limit-stat=open]').textContent === '{STREAMS}'", timeout=ms(5)
+    )
     assert limit_stats(page) == {"open": str(STREAMS), "waiting": "0", "protocol": "h2"}
     assert page.locator('.stream-slots li[data-state="open"]').count() == STREAMS
     status = page.locator("[data-limit-status]").inner_text()
@@ -192,15 +202,18 @@ def test_compare_page_over_http2_opens_all_ten(tls_proxy, new_user, console_erro
     # The meter is redrawn on the page's render tick: wait for the tick that counts the streams.
     page.wait_for_function(
         f"() => Number(document.querySelector('.connections [data-conn=http]').textContent) >= {STREAMS + 2}",
-        timeout=ms(5))
+        timeout=ms(5),
+    )
     meter = page.locator(".connections p").first.inner_text()
-    assert "all on one HTTP/2 connection" in meter and int(page.locator('.connections [data-conn="http"]')
-                                                           .inner_text()) >= STREAMS + 2, meter
+    assert (
+        "all on one HTTP/2 connection" in meter
+        and int(page.locator('.connections [data-conn="http"]').inner_text()) >= STREAMS + 2
+    ), meter
     # The streams are real: an event on their topic reaches all ten.
     publish(tls_proxy.url, "connection-test", "hello, ten")
     page.wait_for_function(
-        "() => [...document.querySelectorAll('.stream-slots li')].every(li => li.dataset.events === '1')",
-        timeout=ms(5))
+        "() => [...document.querySelectorAll('.stream-slots li')].every(li => li.dataset.events === '1')", timeout=ms(5)
+    )
     screenshot(page, "compare-http2-ten-streams")
     page.set_viewport_size(PHONE)
     assert_no_horizontal_scroll(page)  # ten stream boxes fit a phone
@@ -220,13 +233,16 @@ def test_compare_page_over_http11_shows_streams_waiting(tls_proxy, new_user, con
     # four test streams open; the meter shows all six in use and more requests queued.
     page.wait_for_function(
         """() => document.querySelector('.connections [data-conn="http"]').textContent === '6'
-              && Number(document.querySelector('[data-limit-stat=open]').textContent) >= 1""", timeout=ms(5))
+              && Number(document.querySelector('[data-limit-stat=open]').textContent) >= 1""",
+        timeout=ms(5),
+    )
     # An event on the test topic reaches the open streams; the waiting ones still have nothing.
     publish(tls_proxy.url, "connection-test", "hello, the open ones")
     page.wait_for_function(
         """() => [...document.querySelectorAll('.stream-slots li[data-state=open]')]
               .every(li => li.dataset.events === '1')""",
-        timeout=ms(5))
+        timeout=ms(5),
+    )
     stats = limit_stats(page)
     open_, waiting = int(stats["open"]), int(stats["waiting"])
     assert open_ + waiting == STREAMS and 1 <= open_ <= 4 and stats["protocol"] == "http/1.1", stats

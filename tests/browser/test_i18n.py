@@ -58,25 +58,118 @@ KOREAN = {"locale": "ko-KR"}  # Playwright sends Accept-Language: ko-KR
 # Names that stay as they are in Korean text: protocols, headers, APIs, products, code.
 ALLOWED = {
     # protocols, formats and their parts
-    "HTTP", "HTTPS", "TCP", "JSON", "SSE", "STOMP", "WebSocket", "WebSockets", "EventSource",
-    "SockJS", "Server-Sent", "Events", "GET", "POST", "URL", "API", "EOL", "NUL", "ACK", "ID", "id",
-    "Last-Event-ID", "Authorization", "Bearer", "Connection", "Upgrade", "Origin", "HttpOnly",
-    "Not", "Modified", "Switching", "Protocols", "Service", "Unavailable", "Created",
-    "CONNECT", "CONNECTED", "SUBSCRIBE", "SEND", "MESSAGE", "RECEIPT", "ERROR", "DISCONNECT",
-    "X-Accel-Buffering", "retry", "ms", "KB", "MB", "B",
+    "HTTP",
+    "HTTPS",
+    "TCP",
+    "JSON",
+    "SSE",
+    "STOMP",
+    "WebSocket",
+    "WebSockets",
+    "EventSource",
+    "SockJS",
+    "Server-Sent",
+    "Events",
+    "GET",
+    "POST",
+    "URL",
+    "API",
+    "EOL",
+    "NUL",
+    "ACK",
+    "ID",
+    "id",
+    "Last-Event-ID",
+    "Authorization",
+    "Bearer",
+    "Connection",
+    "Upgrade",
+    "Origin",
+    "HttpOnly",
+    "Not",
+    "Modified",
+    "Switching",
+    "Protocols",
+    "Service",
+    "Unavailable",
+    "Created",
+    "CONNECT",
+    "CONNECTED",
+    "SUBSCRIBE",
+    "SEND",
+    "MESSAGE",
+    "RECEIPT",
+    "ERROR",
+    "DISCONNECT",
+    "X-Accel-Buffering",
+    "retry",
+    "ms",
+    "KB",
+    "MB",
+    "B",
     # browser and library APIs, tools, products
-    "fetch", "fetch-event-source", "setTimeout", "setInterval", "onmessage", "addEventListener",
-    "sessionStorage", "document", "cookie", "Resource", "Timing", "DeferredResult", "Spring",
-    "setAllowedOrigins", "EnableWebSocketMessageBroker", "stompjs", "stomp", "py", "greenlet",
-    "nginx", "Redis", "Chrome", "Microsoft", "Switchboard", "Can", "I", "use", "English",
-    "upstream", "proxy_http_version", "off", "no", "close", "upgrade", "ping", "Enter",
+    "fetch",
+    "fetch-event-source",
+    "setTimeout",
+    "setInterval",
+    "onmessage",
+    "addEventListener",
+    "sessionStorage",
+    "document",
+    "cookie",
+    "Resource",
+    "Timing",
+    "DeferredResult",
+    "Spring",
+    "setAllowedOrigins",
+    "EnableWebSocketMessageBroker",
+    "stompjs",
+    "stomp",
+    "py",
+    "greenlet",
+    "nginx",
+    "Redis",
+    "Chrome",
+    "Microsoft",
+    "Switchboard",
+    "Can",
+    "I",
+    "use",
+    "English",
+    "upstream",
+    "proxy_http_version",
+    "off",
+    "no",
+    "close",
+    "upgrade",
+    "ping",
+    "Enter",
     # the proxy doctor's: headers, nginx directives, time sync, CI
-    "X-Forwarded-For", "X-Forwarded-Proto", "location", "keepalive", "NTP", "chrony", "systemd-timesyncd", "CI",
+    "X-Forwarded-For",
+    "X-Forwarded-Proto",
+    "location",
+    "keepalive",
+    "NTP",
+    "chrony",
+    "systemd-timesyncd",
+    "CI",
     # SockJS: its transports as sockjs-client names them, the iframe and JSONP techniques, its /info request
-    "websocket", "xhr-streaming", "xhr-polling", "eventsource", "htmlfile", "jsonp-polling", "iframe-eventsource",
-    "iframe-htmlfile", "iframe-xhr-polling", "iframe", "JSONP", "info",
+    "websocket",
+    "xhr-streaming",
+    "xhr-polling",
+    "eventsource",
+    "htmlfile",
+    "jsonp-polling",
+    "iframe-eventsource",
+    "iframe-htmlfile",
+    "iframe-xhr-polling",
+    "iframe",
+    "JSONP",
+    "info",
     # the demo's topic names
-    "chat", "compare", "ticks",
+    "chat",
+    "compare",
+    "ticks",
 }
 # A Latin word: letters, maybe joined by hyphens or apostrophes ("Last-Event-ID", "don't").
 WORD = re.compile(r"^[A-Za-z]+(?:[-'’][A-Za-z]+)*$")
@@ -140,6 +233,7 @@ def assert_no_english(page, context: str) -> None:
 
 # ----------------------------------------------------------------- the catalog (no browser)
 
+
 def catalog():
     with PO.open("rb") as f:
         return read_po(f, locale="ko")
@@ -180,8 +274,9 @@ def test_every_msgid_has_a_korean_translation():
 def test_catalog_is_up_to_date_with_the_sources(tmp_path):
     pot = tmp_path / "messages.pot"
     # The Makefile's own extraction command (`make translations` runs the same).
-    subprocess.run(["make", "-s", "--no-print-directory", "pot", f"POT={pot}"], cwd=ROOT, check=True,
-                   timeout=scaled(120))
+    subprocess.run(
+        ["make", "-s", "--no-print-directory", "pot", f"POT={pot}"], cwd=ROOT, check=True, timeout=scaled(120)
+    )
     with pot.open("rb") as f:
         extracted = {m.id for m in read_po(f) if m.id}
     translated = {m.id for m in catalog() if m.id}
@@ -213,16 +308,28 @@ def test_javascript_takes_its_strings_from_the_one_list():
     assert listed - used == set(), "msgids app/js_messages.py lists but no script uses"
 
 
-@pytest.mark.parametrize("target, expected", [
-    ("/compare", "/compare"), ("/sse?x=1", "/sse?x=1"), ("/", "/"), (None, "/"), ("", "/"),
-    ("//evil.example/x", "/"), ("https://evil.example/", "/"), ("/\\evil.example", "/"),
-    ("javascript:alert(1)", "/"), ("evil.example", "/"), ("/\r\nSet-Cookie: x=1", "/"),
-])
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        ("/compare", "/compare"),
+        ("/sse?x=1", "/sse?x=1"),
+        ("/", "/"),
+        (None, "/"),
+        ("", "/"),
+        ("//evil.example/x", "/"),
+        ("https://evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        ("javascript:alert(1)", "/"),
+        ("evil.example", "/"),
+        ("/\r\nSet-Cookie: x=1", "/"),
+    ],
+)
 def test_the_switch_only_goes_back_to_this_site(target, expected):
     assert safe_next(target) == expected
 
 
 # ----------------------------------------------------------------- Chromium in Korean
+
 
 @pytest.fixture(scope="module")
 def ko_browser(browser):
@@ -258,7 +365,8 @@ def exercise(page, path: str, base_url: str) -> None:
         page.wait_for_function(
             """() => document.body.dataset.ready === 'true'
                   && [...document.querySelectorAll('[data-pane]')].every(p => p.dataset.state === 'open')""",
-            timeout=ms(15))
+            timeout=ms(15),
+        )
         page.click("[data-publish-one]")
         page.wait_for_selector("[data-publisher-status][data-kind=ok]", timeout=ms(10))
         page.fill("#drop-count", "1")
@@ -269,7 +377,8 @@ def exercise(page, path: str, base_url: str) -> None:
         page.wait_for_function(
             """() => document.querySelectorAll('.stream-slots li[data-state]').length === 10
                   && Number(document.querySelector('[data-limit-stat=open]').textContent) >= 1""",
-            timeout=ms(10))
+            timeout=ms(10),
+        )
         assert_no_english(page, "/compare with ten test streams")
         page.click("[data-limit-toggle]")  # closed: the status says how many it closed
         page.wait_for_selector(".stream-slots li", state="detached", timeout=ms(10))
@@ -284,8 +393,9 @@ def exercise(page, path: str, base_url: str) -> None:
         # The seed's client over a forced fallback: status, transport, counters and frame log filled.
         page.wait_for_selector(".chat [data-status][data-kind=ok]", timeout=ms(20))
         page.select_option("#transport", "xhr-polling")
-        page.wait_for_function("() => document.querySelector('[data-transport]').textContent === 'xhr-polling'",
-                               timeout=ms(15))
+        page.wait_for_function(
+            "() => document.querySelector('[data-transport]').textContent === 'xhr-polling'", timeout=ms(15)
+        )
         page.wait_for_selector(".chat [data-status][data-kind=ok]", timeout=ms(20))
         page.fill("#message", tag)
         page.click("#send-message-button")
@@ -337,11 +447,13 @@ def test_the_compare_page_over_http2_in_korean(korean_user, tmp_path, console_er
             page.wait_for_function(
                 """() => document.body.dataset.ready === 'true'
                       && [...document.querySelectorAll('[data-pane]')].every(p => p.dataset.state === 'open')""",
-                timeout=ms(15))
+                timeout=ms(15),
+            )
             assert "h2" in page.locator('[data-conn="protocol"]').inner_text()
             page.click("[data-limit-toggle]")
-            page.wait_for_function("() => document.querySelector('[data-limit-stat=open]').textContent === '10'",
-                                   timeout=ms(10))
+            page.wait_for_function(
+                "() => document.querySelector('[data-limit-stat=open]').textContent === '10'", timeout=ms(10)
+            )
             meter = page.locator(".connections p").first.inner_text()
             assert "HTTP/2 연결 하나" in meter, meter
             assert_no_english(page, "/compare over HTTP/2 with ten test streams")
@@ -350,8 +462,12 @@ def test_the_compare_page_over_http2_in_korean(korean_user, tmp_path, console_er
             nginx.stop()
 
 
-AUTH_ENV = {"SWITCHBOARD_AUTH_SECRET": "i18n-" + uuid.uuid4().hex * 2, "SWITCHBOARD_DEMO_USERS": "alice,bob",
-            "SWITCHBOARD_ANONYMOUS_SUBSCRIBE": "chat,ticks", "SWITCHBOARD_ANONYMOUS_PUBLISH": ""}
+AUTH_ENV = {
+    "SWITCHBOARD_AUTH_SECRET": "i18n-" + uuid.uuid4().hex * 2,
+    "SWITCHBOARD_DEMO_USERS": "alice,bob",
+    "SWITCHBOARD_ANONYMOUS_SUBSCRIBE": "chat,ticks",
+    "SWITCHBOARD_ANONYMOUS_PUBLISH": "",
+}
 
 
 @pytest.fixture(scope="module")
@@ -391,6 +507,7 @@ def test_the_demo_sign_in_in_korean(auth_server, korean_user, console_errors):
 
 
 # ----------------------------------------------------------------- English, and the switch
+
 
 @pytest.mark.parametrize("options", [{}, {"locale": "en-US"}, {"locale": "fr-FR"}], ids=["default", "en-US", "fr-FR"])
 def test_english_is_the_default(options, new_user, live_server, console_errors):
@@ -445,14 +562,16 @@ def test_the_switch_overrides_accept_language_and_is_remembered(korean_user, new
 
 def test_the_switch_endpoint(live_server):
     with requests.Session() as http:
-        res = http.get(f"{live_server.url}/lang/ko", params={"next": "/stomp"}, allow_redirects=False,
-                       timeout=scaled(10))
+        res = http.get(
+            f"{live_server.url}/lang/ko", params={"next": "/stomp"}, allow_redirects=False, timeout=scaled(10)
+        )
         assert res.status_code == 303 and res.headers["Location"] == "/stomp"
         assert res.headers["Cache-Control"] == "no-store"
         assert "lang=ko" in res.headers["Set-Cookie"] and "HttpOnly" in res.headers["Set-Cookie"]
         for evil in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
-            res = http.get(f"{live_server.url}/lang/en", params={"next": evil}, allow_redirects=False,
-                           timeout=scaled(10))
+            res = http.get(
+                f"{live_server.url}/lang/en", params={"next": evil}, allow_redirects=False, timeout=scaled(10)
+            )
             assert (res.status_code, res.headers["Location"]) == (303, "/"), evil
         assert http.get(f"{live_server.url}/lang/fr", allow_redirects=False, timeout=scaled(10)).status_code == 404
         korean = {"Accept-Language": "ko-KR,ko;q=0.9"}
@@ -463,7 +582,8 @@ def test_the_switch_endpoint(live_server):
         assert '<html lang="ko">' in page.text
         assert {"Accept-Language", "Cookie"} <= {v.strip() for v in page.headers["Vary"].split(",")}
         # API answers stay English whatever the page language.
-        api = http.get(f"{live_server.url}/api/topics/bad%20topic/events", headers={"Accept-Language": "ko"},
-                       timeout=scaled(10))
+        api = http.get(
+            f"{live_server.url}/api/topics/bad%20topic/events", headers={"Accept-Language": "ko"}, timeout=scaled(10)
+        )
         assert api.status_code == 400 and api.json()["error"] == "bad_topic"
         assert re.search(r"[a-z]", api.json()["message"]) and not re.search(r"[가-힣]", api.json()["message"])

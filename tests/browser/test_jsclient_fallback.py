@@ -42,11 +42,14 @@ def both(config: str) -> str:
     return buffering_with_gzip(no_upgrade_headers(config))
 
 
-@pytest.mark.parametrize("edit, expected, first_error", [
-    pytest.param(None, "websocket", None, id="shipped"),
-    pytest.param(no_upgrade_headers, "sse", "websocket", id="no-upgrade"),
-    pytest.param(both, "long-polling", "sse", id="no-upgrade-and-buffering"),
-])
+@pytest.mark.parametrize(
+    "edit, expected, first_error",
+    [
+        pytest.param(None, "websocket", None, id="shipped"),
+        pytest.param(no_upgrade_headers, "sse", "websocket", id="no-upgrade"),
+        pytest.param(both, "long-polling", "sse", id="no-upgrade-and-buffering"),
+    ],
+)
 def test_fallback_ends_on_a_working_transport(app_server, new_user, console_errors, edit, expected, first_error):
     if edit is not None:
         console_errors.allow_network()  # the refused socket, the abandoned stream

@@ -12,9 +12,9 @@ import uuid
 import pytest
 
 from tests.browser.helpers import (
+    CHAT_PAGES,
     DESKTOP,
     PHONE,
-    CHAT_PAGES,
     assert_no_horizontal_scroll,
     focus_is_visible,
     ms,
@@ -68,7 +68,8 @@ def test_compare_page_small_screen_keyboard_and_labels(new_user, live_server, co
     page.keyboard.press("Enter")
     page.wait_for_function(
         """() => [...document.querySelectorAll('[data-stat="received"]')].every(dd => Number(dd.dataset.value) >= 1)""",
-        timeout=ms(10))
+        timeout=ms(10),
+    )
     tab_to(page, "[data-drop]")
     assert focus_is_visible(page)
     check_layout(page)  # with numbers and chart dots in place

@@ -1,4 +1,4 @@
-""""Who is here" on the chat pages, in Chromium: two users see each other, and one who leaves goes.
+""" "Who is here" on the chat pages, in Chromium: two users see each other, and one who leaves goes.
 
 Each chat page is watched by one user while the other uses the next page in the list, so every
 page is both the one showing the list and the one whose user comes and goes. The server is
@@ -31,8 +31,9 @@ def server(tmp_path_factory):
 
 def present(page) -> list[str]:
     """The names in the page's "who is here" list (its "(you)" mark left out)."""
-    return page.eval_on_selector_all("[data-presence-list] li:not(.problem)",
-                                     "items => items.map(li => li.firstChild.textContent)")
+    return page.eval_on_selector_all(
+        "[data-presence-list] li:not(.problem)", "items => items.map(li => li.firstChild.textContent)"
+    )
 
 
 def wait_present(page, names: set[str], timeout: float = 15) -> None:
@@ -41,7 +42,10 @@ def wait_present(page, names: set[str], timeout: float = 15) -> None:
             const shown = [...document.querySelectorAll('[data-presence-list] li:not(.problem)')]
                 .map(li => li.firstChild.textContent);
             return shown.length === names.length && names.every(name => shown.includes(name));
-        }""", arg=sorted(names), timeout=ms(timeout))
+        }""",
+        arg=sorted(names),
+        timeout=ms(timeout),
+    )
 
 
 @pytest.mark.parametrize("slug", CHAT_PAGES)

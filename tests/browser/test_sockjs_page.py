@@ -13,8 +13,17 @@ from tests.support.servers import Gunicorn
 pytestmark = pytest.mark.browser
 
 # Every transport sockjs-client 1.6 has; the iframe ones run inside a hidden same-origin iframe.
-TRANSPORTS = ("websocket", "xhr-streaming", "eventsource", "iframe-eventsource", "htmlfile", "iframe-htmlfile",
-              "xhr-polling", "iframe-xhr-polling", "jsonp-polling")
+TRANSPORTS = (
+    "websocket",
+    "xhr-streaming",
+    "eventsource",
+    "iframe-eventsource",
+    "htmlfile",
+    "iframe-htmlfile",
+    "xhr-polling",
+    "iframe-xhr-polling",
+    "jsonp-polling",
+)
 
 
 def open_seed_page(context, base: str, transport: str):
@@ -73,8 +82,9 @@ def test_the_seed_page_and_the_other_pages_see_each_other(live_server, new_user)
 def test_the_picker_reconnects_on_the_chosen_transport(live_server, new_user):
     page = open_seed_page(new_user(), live_server.url, "websocket")
     page.select_option("#transport", "xhr-polling")
-    page.wait_for_function("() => document.querySelector('[data-transport]').textContent === 'xhr-polling'",
-                           timeout=ms(15))
+    page.wait_for_function(
+        "() => document.querySelector('[data-transport]').textContent === 'xhr-polling'", timeout=ms(15)
+    )
     page.wait_for_function("() => document.querySelector('[data-status]').dataset.kind === 'ok'", timeout=ms(15))
     assert page.url.endswith("/sockjs?transport=xhr-polling")
     type_in_seed_page(page, "after switching")
@@ -100,8 +110,10 @@ def test_the_seed_page_chats_through_nginx_over_each_transport(behind_nginx, new
     sse.goto(f"{behind_nginx.url}/sse")
     wait_chat_ready(sse)
     type_in_seed_page(seed, f"seed via nginx over {transport}")
-    assert seed.evaluate("document.body.dataset.sender") in wait_message(sse, f"seed via nginx over {transport}",
-                                                                         timeout=15).inner_text()
+    assert (
+        seed.evaluate("document.body.dataset.sender")
+        in wait_message(sse, f"seed via nginx over {transport}", timeout=15).inner_text()
+    )
     send_chat(sse, f"sse via nginx to {transport}")
     sender = sse.evaluate("document.body.dataset.sender")
     assert seed_line(seed, f"sse via nginx to {transport}") == f"{sender} >> sse via nginx to {transport}"

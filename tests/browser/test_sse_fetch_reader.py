@@ -22,8 +22,14 @@ TOKEN = "token-for-the-fetch-reader"
 def test_sends_authorization_and_resumes_with_last_event_id(new_user, proxy, live_server, console_errors):
     page = new_user().new_page()
     sent = []  # the fetch reader's stream requests: the only ones with an Authorization header
-    page.on("request", lambda request: sent.append(request.headers)
-            if "/api/topics/chat/stream" in request.url and "authorization" in request.headers else None)
+    page.on(
+        "request",
+        lambda request: (
+            sent.append(request.headers)
+            if "/api/topics/chat/stream" in request.url and "authorization" in request.headers
+            else None
+        ),
+    )
     page.goto(f"{proxy.url}/sse")
     wait_chat_ready(page)
     page.fill("#fetch-token", TOKEN)
@@ -31,7 +37,8 @@ def test_sends_authorization_and_resumes_with_last_event_id(new_user, proxy, liv
     log = page.locator("[data-fetch-log]")
     # The server acknowledges the header in its opening comment (access control is off here).
     log.locator("[data-kind=comment]", has_text=f"Bearer token of {len(TOKEN)} characters received").wait_for(
-        timeout=ms(10))
+        timeout=ms(10)
+    )
     assert sent and sent[0]["authorization"] == f"Bearer {TOKEN}"
     assert "last-event-id" not in sent[0], "a first connection has nothing to resume from"
 

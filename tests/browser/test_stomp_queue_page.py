@@ -27,7 +27,8 @@ def open_stomp(page, base_url: str) -> None:
     page.goto(f"{base_url}/stomp")
     page.wait_for_function(
         "() => [...document.querySelectorAll('[data-consumer]')].every(c => c.dataset.state === 'ready')",
-        timeout=ms(15))
+        timeout=ms(15),
+    )
 
 
 def batch_of(page) -> str:
@@ -49,7 +50,8 @@ def jobs(page, batch: str) -> list[dict]:
             .map(li => ({consumer: li.closest('[data-consumer]').dataset.consumer, job: li.dataset.job,
                          state: li.dataset.state, redelivered: li.dataset.redelivered,
                          count: Number(li.dataset.deliveryCount), text: li.innerText}))""",
-        batch)
+        batch,
+    )
 
 
 def wait_jobs(page, predicate: str, timeout: float = 10) -> None:
@@ -62,7 +64,8 @@ def wait_jobs(page, predicate: str, timeout: float = 10) -> None:
                 count: Number(li.dataset.deliveryCount)}}));
             return {predicate};
         }}""",
-        timeout=ms(timeout))
+        timeout=ms(timeout),
+    )
 
 
 def counter(page, consumer: str, key: str) -> int:
@@ -79,8 +82,9 @@ def assert_counters_match_lists(page) -> None:
         assert counter(page, consumer, "redelivered") == redelivered, consumer
 
 
-def test_each_job_goes_to_one_consumer_and_a_nack_comes_back_redelivered(new_user, live_server, console_errors,
-                                                                        screenshot):
+def test_each_job_goes_to_one_consumer_and_a_nack_comes_back_redelivered(
+    new_user, live_server, console_errors, screenshot
+):
     page = new_user().new_page()
     open_stomp(page, live_server.url)
 
@@ -111,11 +115,13 @@ def test_each_job_goes_to_one_consumer_and_a_nack_comes_back_redelivered(new_use
     assert back.get_attribute("data-redelivered") == "true"
     assert back.get_attribute("data-delivery-count") == "2"
     assert "redelivered:true" in back.inner_text() and "delivery-count:2" in back.inner_text()
-    assert page.locator(f'[data-consumer="{first}"] li.job[data-job="{batch}:7"]').get_attribute(
-        "data-state") == "nacked"
+    assert (
+        page.locator(f'[data-consumer="{first}"] li.job[data-job="{batch}:7"]').get_attribute("data-state") == "nacked"
+    )
     back.locator("[data-action=ack]").click()
-    page.wait_for_selector(f'[data-consumer="{other}"] li.job[data-job="{batch}:7"][data-state="acked"]',
-                           timeout=ms(10))
+    page.wait_for_selector(
+        f'[data-consumer="{other}"] li.job[data-job="{batch}:7"][data-state="acked"]', timeout=ms(10)
+    )
     screenshot(page, "stomp-queue-nack")
 
     # A consumer that disconnects while it holds a job: the job goes to the other one.
@@ -126,8 +132,10 @@ def test_each_job_goes_to_one_consumer_and_a_nack_comes_back_redelivered(new_use
     other = "2" if holder == "1" else "1"
     page.click(f'[data-consumer="{holder}"] [data-consumer-toggle]')
     page.wait_for_selector(f'[data-consumer="{holder}"][data-state="off"]', timeout=ms(10))
-    assert page.locator(f'[data-consumer="{holder}"] li.job[data-job="{batch}:8"]').get_attribute(
-        "data-state") == "given-back"
+    assert (
+        page.locator(f'[data-consumer="{holder}"] li.job[data-job="{batch}:8"]').get_attribute("data-state")
+        == "given-back"
+    )
     back = page.locator(f'[data-consumer="{other}"] li.job[data-job="{batch}:8"]')
     back.wait_for(timeout=ms(10))
     assert back.get_attribute("data-redelivered") == "true" and back.get_attribute("data-delivery-count") == "2"
@@ -154,7 +162,8 @@ def test_the_compare_page_shares_a_work_queue_between_two_consumers(new_user, li
             const stat = (key) => Number(document.querySelector(`[data-queue-stat="${key}"]`).textContent);
             return stat('sent') === 10 && stat('1') + stat('2') === 10;
         }""",
-        timeout=ms(10))
+        timeout=ms(10),
+    )
     taken = [int(page.locator(f'[data-queue-stat="{n}"]').inner_text()) for n in ("1", "2")]
     assert all(n >= 1 for n in taken), f"both consumers took a share: {taken}"
     # The topic panes are untouched: the meter still counts only their two WebSockets.
@@ -180,8 +189,9 @@ def test_the_work_queue_panels_in_korean(new_user, live_server, console_errors):
     assert_no_english(page, "/compare after sending jobs to the queue")
 
 
-def test_with_access_control_anonymous_is_told_to_sign_in_and_alice_shares_the_queue(tmp_path, new_user,
-                                                                                    console_errors):
+def test_with_access_control_anonymous_is_told_to_sign_in_and_alice_shares_the_queue(
+    tmp_path, new_user, console_errors
+):
     """As `make run-auth`: an anonymous visitor's consumers are refused (401, sign in) and do
     not retry; alice's demo token may consume and send on both demo queues."""
     console_errors.allow(*REFUSALS_IN_CONSOLE)
@@ -191,7 +201,8 @@ def test_with_access_control_anonymous_is_told_to_sign_in_and_alice_shares_the_q
         page.goto(f"{server.url}/stomp")
         page.wait_for_function(
             "() => [...document.querySelectorAll('[data-consumer]')].every(c => c.dataset.state === 'refused')",
-            timeout=ms(15))
+            timeout=ms(15),
+        )
         for consumer in ("1", "2"):
             shown = page.locator(f'[data-consumer="{consumer}"] [data-consumer-status]').inner_text()
             assert "Refused with 401 (sign in)" in shown and "/queue/jobs" in shown, shown
@@ -202,7 +213,8 @@ def test_with_access_control_anonymous_is_told_to_sign_in_and_alice_shares_the_q
         send_jobs(page, 4)
         wait_jobs(page, "jobs.filter(j => j.state === 'acked').length >= 4")
         assert sorted(j["job"] for j in jobs(page, batch_of(page))) == sorted(
-            f"{batch_of(page)}:{n}" for n in range(1, 5))
+            f"{batch_of(page)}:{n}" for n in range(1, 5)
+        )
 
         page.goto(f"{server.url}/compare")
         page.wait_for_selector("body[data-ready=true]", timeout=ms(15))
@@ -212,4 +224,5 @@ def test_with_access_control_anonymous_is_told_to_sign_in_and_alice_shares_the_q
         page.wait_for_function(
             """() => ['1', '2'].reduce((sum, n) =>
                 sum + Number(document.querySelector(`[data-queue-stat="${n}"]`).textContent), 0) === 4""",
-            timeout=ms(10))
+            timeout=ms(10),
+        )

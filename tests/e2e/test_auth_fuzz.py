@@ -52,9 +52,11 @@ from tests.support.timing import scaled
 SECRET = secrets.token_urlsafe(40)
 RSA = rsa_key()
 ENV = {"SWITCHBOARD_TICKS": "0", "SWITCHBOARD_PUBLISH_RATE": "0"}
-FUZZ = settings(max_examples=int(os.environ.get("SWITCHBOARD_FUZZ_EXAMPLES", "120")), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("SWITCHBOARD_FUZZ_EXAMPLES", "120")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 SERVER_FAILURES = re.compile(r"Traceback|Error handling request|unhandled error|\" 5\d\d ")
 TOPIC = "fz.a"
 HEADER_LIMIT = 60_000
@@ -130,7 +132,7 @@ def rs_target(tmp_path_factory):
 def check_server(target: Target) -> None:
     assert target.server.worker_pids() == target.workers, "the worker died and was replaced"
     match = SERVER_FAILURES.search(target.server.log())
-    assert match is None, target.server.log()[max(0, match.start() - 2000):match.start() + 2000]
+    assert match is None, target.server.log()[max(0, match.start() - 2000) : match.start() + 2000]
 
 
 # ------------------------------------------------------------------ sending a token
@@ -141,17 +143,20 @@ def send(target: Target, token: str, topic: str = TOPIC) -> dict[str, requests.R
     base = target.server.url
     header = {"Authorization": f"Bearer {token}"}
     answers = {
-        "publish": requests.post(f"{base}/api/topics/{topic}/events", json={"data": 1}, headers=header,
-                                 timeout=scaled(10)),
-        "poll": requests.get(f"{base}/api/topics/{topic}/events", params={"limit": 1}, headers=header,
-                             timeout=scaled(10)),
+        "publish": requests.post(
+            f"{base}/api/topics/{topic}/events", json={"data": 1}, headers=header, timeout=scaled(10)
+        ),
+        "poll": requests.get(
+            f"{base}/api/topics/{topic}/events", params={"limit": 1}, headers=header, timeout=scaled(10)
+        ),
         "session": requests.post(f"{base}/api/session", json={"token": token}, timeout=scaled(10)),
     }
     for what, res in answers.items():
         assert res.status_code < 500, f"{what}: {res.status_code} {res.text[:300]}"
         if res.status_code >= 400:
-            assert res.headers.get("Content-Type", "").startswith("application/json"), \
+            assert res.headers.get("Content-Type", "").startswith("application/json"), (
                 f"{what}: {res.status_code} {res.headers} {res.text[:300]!r} for {token[:200]!r}"
+            )
             body = res.json()
             assert set(body) == {"error", "message"}, body
             assert res.status_code in (400, 401, 403, 431), (what, res.status_code, body)
@@ -177,10 +182,18 @@ def assert_only_verified_tokens_pass(target: Target, token: str) -> dict[str, re
 # ------------------------------------------------------------------ strategies
 
 
-JSON_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
-ANY_JSON = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
-                        | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=8)
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+ANY_JSON = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
 PATTERN_PIECES = st.sampled_from(["fz", "a", "b", "*", "**", "{sub}", "x{sub}", "", "a/b", "é", " ", "#", "fz-1"])
 PATTERN = st.lists(PATTERN_PIECES, min_size=1, max_size=4).map(".".join)
 TOPICS = st.sampled_from(["fz.a", "fz.b", "fz.a.b", "a", "fz", "alice", "fz.alice", "xalice.a", "a.b.c"])
@@ -194,19 +207,33 @@ def odd_claims(draw) -> dict:
     payload: dict[str, Any] = {}
     for name, strategy in (
         ("sub", st.one_of(SUBS, ANY_JSON, st.text(min_size=250, max_size=300))),
-        ("exp", st.one_of(st.integers(now + 600, now + 10**6), st.integers(now - 10**6, now - 60),
-                          st.sampled_from([10**20, 10**400, 2**63, -(2**63), 253402300800]),
-                          st.floats(allow_nan=False), st.text(max_size=12), ANY_JSON)),
+        (
+            "exp",
+            st.one_of(
+                st.integers(now + 600, now + 10**6),
+                st.integers(now - 10**6, now - 60),
+                st.sampled_from([10**20, 10**400, 2**63, -(2**63), 253402300800]),
+                st.floats(allow_nan=False),
+                st.text(max_size=12),
+                ANY_JSON,
+            ),
+        ),
         ("nbf", st.one_of(st.integers(now - 100, now + 100), ANY_JSON)),
         ("iat", st.one_of(st.integers(now - 100, now + 100), ANY_JSON)),
         ("name", st.one_of(st.text(max_size=80), ANY_JSON)),
-        ("aud", ANY_JSON), ("iss", ANY_JSON),
-        ("switchboard", st.one_of(
-            st.fixed_dictionaries({"publish": st.lists(PATTERN, max_size=4)},
-                                  optional={"subscribe": st.lists(PATTERN, max_size=4)}),
-            st.fixed_dictionaries({}, optional={"publish": ANY_JSON, "subscribe": ANY_JSON}),
-            st.lists(st.text(max_size=5), max_size=300).map(lambda p: {"publish": p}),
-            ANY_JSON)),
+        ("aud", ANY_JSON),
+        ("iss", ANY_JSON),
+        (
+            "switchboard",
+            st.one_of(
+                st.fixed_dictionaries(
+                    {"publish": st.lists(PATTERN, max_size=4)}, optional={"subscribe": st.lists(PATTERN, max_size=4)}
+                ),
+                st.fixed_dictionaries({}, optional={"publish": ANY_JSON, "subscribe": ANY_JSON}),
+                st.lists(st.text(max_size=5), max_size=300).map(lambda p: {"publish": p}),
+                ANY_JSON,
+            ),
+        ),
     ):
         if draw(st.booleans()) or name in ("sub", "exp") and draw(st.integers(0, 9)) > 0:
             payload[name] = draw(strategy)
@@ -223,25 +250,43 @@ def mutated(draw, target: Target) -> str:
     token = target.sign({"sub": draw(SUBS), "exp": VALID_EXP, "switchboard": GRANTS})
     for _ in range(draw(st.integers(1, 3))):
         parts = token.split(".")
-        kind = draw(st.sampled_from(["flip", "flip", "alg", "drop-sig", "cut", "extend", "swap", "segments",
-                                     "huge", "resign-payload"]))
+        kind = draw(
+            st.sampled_from(
+                ["flip", "flip", "alg", "drop-sig", "cut", "extend", "swap", "segments", "huge", "resign-payload"]
+            )
+        )
         if kind == "flip" and token:
             index = draw(st.integers(0, len(token) - 1))
-            token = token[:index] + draw(st.sampled_from(ODD_CHARS)) + token[index + 1:]
+            token = token[:index] + draw(st.sampled_from(ODD_CHARS)) + token[index + 1 :]
         elif kind == "alg" and len(parts) == 3:
-            alg = draw(st.sampled_from(["none", "None", "NONE", "HS256", "RS256", "ES256", "HS512", "PS256",
-                                        "hs256", "rs256", "", "HS256 "]))
+            alg = draw(
+                st.sampled_from(
+                    [
+                        "none",
+                        "None",
+                        "NONE",
+                        "HS256",
+                        "RS256",
+                        "ES256",
+                        "HS512",
+                        "PS256",
+                        "hs256",
+                        "rs256",
+                        "",
+                        "HS256 ",
+                    ]
+                )
+            )
             header = {"alg": alg, "typ": "JWT"} if draw(st.booleans()) else {"alg": alg}
             token = ".".join([b64url(json.dumps(header).encode()), parts[1], parts[2]])
         elif kind == "drop-sig" and len(parts) >= 2:
             token = f"{parts[0]}.{parts[1]}." if draw(st.booleans()) else f"{parts[0]}.{parts[1]}"
         elif kind == "cut":
-            token = token[:draw(st.integers(0, max(0, len(token) - 1)))]
+            token = token[: draw(st.integers(0, max(0, len(token) - 1)))]
         elif kind == "extend":
             token += draw(st.text(alphabet=ODD_CHARS, min_size=1, max_size=20))
         elif kind == "swap" and len(parts) == 3:
-            other = target.sign({"sub": "mallory", "exp": VALID_EXP,
-                                 "switchboard": {"publish": ["**"]}}).split(".")
+            other = target.sign({"sub": "mallory", "exp": VALID_EXP, "switchboard": {"publish": ["**"]}}).split(".")
             token = ".".join([parts[0], other[1], parts[2]])  # mallory's claims under alice's signature
         elif kind == "segments":
             token = ".".join(parts + draw(st.lists(st.sampled_from(parts + ["", "e30"]), min_size=1, max_size=3)))
@@ -292,16 +337,22 @@ def test_mutated_tokens_rs256(rs_target, data):
 
 
 @FUZZ
-@given(variant=st.sampled_from(["pem", "strip", "crlf", "der", "n", "jwk"]), sub=SUBS,
-       extra=st.dictionaries(st.sampled_from(["kid", "typ", "jwk", "x5c"]), JSON_SCALARS, max_size=2))
+@given(
+    variant=st.sampled_from(["pem", "strip", "crlf", "der", "n", "jwk"]),
+    sub=SUBS,
+    extra=st.dictionaries(st.sampled_from(["kid", "typ", "jwk", "x5c"]), JSON_SCALARS, max_size=2),
+)
 def test_algorithm_confusion_is_never_accepted(rs_target, variant, sub, extra):
     from cryptography.hazmat.primitives import serialization
 
     pem = public_pem(RSA)
     secret = {
-        "pem": pem, "strip": pem.strip(), "crlf": pem.replace(b"\n", b"\r\n"),
-        "der": RSA.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo),
+        "pem": pem,
+        "strip": pem.strip(),
+        "crlf": pem.replace(b"\n", b"\r\n"),
+        "der": RSA.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
         "n": RSA.public_key().public_numbers().n.to_bytes(256, "big"),
         "jwk": jwt.algorithms.RSAAlgorithm.to_jwk(RSA.public_key()).encode(),
     }[variant]
@@ -324,10 +375,13 @@ def test_odd_claims_with_a_valid_signature(hs_target, payload, topic):
     sub, exp, grants = payload.get("sub"), payload.get("exp"), payload.get("switchboard")
     now = time.time()
     predictable = (
-        isinstance(sub, str) and 0 < len(sub) <= 256
-        and type(exp) is int and now + 30 < exp < 2**53
+        isinstance(sub, str)
+        and 0 < len(sub) <= 256
+        and type(exp) is int
+        and now + 30 < exp < 2**53
         and set(payload) <= {"sub", "exp", "switchboard", "name"}
-        and isinstance(grants, dict) and set(grants) <= {"publish", "subscribe"}
+        and isinstance(grants, dict)
+        and set(grants) <= {"publish", "subscribe"}
         and all(well_formed(grants.get(action, [])) for action in ("publish", "subscribe"))
     )
     if not predictable:
@@ -344,9 +398,13 @@ def test_odd_claims_with_a_valid_signature(hs_target, payload, topic):
 
 
 @FUZZ
-@given(garbage=st.one_of(st.text(alphabet=ODD_CHARS, min_size=1, max_size=200),
-                         st.text(min_size=1, max_size=50).filter(lambda t: all(ord(c) < 256 for c in t)),
-                         st.binary(min_size=1, max_size=60).map(lambda b: b64url(b) + "." + b64url(b) + "." + b64url(b))))
+@given(
+    garbage=st.one_of(
+        st.text(alphabet=ODD_CHARS, min_size=1, max_size=200),
+        st.text(min_size=1, max_size=50).filter(lambda t: all(ord(c) < 256 for c in t)),
+        st.binary(min_size=1, max_size=60).map(lambda b: b64url(b) + "." + b64url(b) + "." + b64url(b)),
+    )
+)
 def test_garbage_is_never_accepted(hs_target, garbage):
     token = garbage.strip().replace("\r", "").replace("\n", "") or "x"
     answers = send(hs_target, token)
@@ -357,6 +415,10 @@ def test_a_header_past_the_server_limit(hs_target):
     """gevent's pywsgi refuses a header line over 64 KiB itself, before the app: a bare 400
     (no JSON body; that answer is the server layer's, not access control's). Not a 5xx."""
     for size in (9000, 60_000, 70_000, 200_000):
-        res = requests.post(f"{hs_target.server.url}/api/topics/{TOPIC}/events", json={"data": 1},
-                            headers={"Authorization": "Bearer " + "a" * size}, timeout=scaled(10))
+        res = requests.post(
+            f"{hs_target.server.url}/api/topics/{TOPIC}/events",
+            json={"data": 1},
+            headers={"Authorization": "Bearer " + "a" * size},
+            timeout=scaled(10),
+        )
         assert res.status_code == (401 if size < 65_000 else 400), size

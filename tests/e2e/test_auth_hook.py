@@ -34,8 +34,12 @@ from tests.support.wsclients import JsonClient, ws_url
 
 SECRET = secrets.token_urlsafe(40)
 HOOK_TIMEOUT = scaled(0.5)
-BASE_ENV = {"SWITCHBOARD_TICKS": "0", "SWITCHBOARD_PUBLISH_RATE": "0", "SWITCHBOARD_AUTH_SECRET": SECRET,
-            "SWITCHBOARD_AUTH_HOOK_TIMEOUT": str(HOOK_TIMEOUT)}
+BASE_ENV = {
+    "SWITCHBOARD_TICKS": "0",
+    "SWITCHBOARD_PUBLISH_RATE": "0",
+    "SWITCHBOARD_AUTH_SECRET": SECRET,
+    "SWITCHBOARD_AUTH_HOOK_TIMEOUT": str(HOOK_TIMEOUT),
+}
 
 
 class Hook:
@@ -95,8 +99,10 @@ def hook():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, hook):
-    with Gunicorn(tmp_path_factory.mktemp("hook"), env={**BASE_ENV, "SWITCHBOARD_AUTH_HOOK_URL": hook.server.url + "/decide",
-                                                        "SWITCHBOARD_AUTH_HOOK_TTL": "60"}) as running:
+    with Gunicorn(
+        tmp_path_factory.mktemp("hook"),
+        env={**BASE_ENV, "SWITCHBOARD_AUTH_HOOK_URL": hook.server.url + "/decide", "SWITCHBOARD_AUTH_HOOK_TTL": "60"},
+    ) as running:
         yield running
 
 
@@ -107,13 +113,18 @@ def token(sub: str, subscribe=("mine.*",), publish=("mine.*",)) -> str:
 
 def publish(server, bearer: str | None, topic: str, data="x") -> requests.Response:
     headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-    return requests.post(f"{server.url}/api/topics/{topic}/events", json={"data": data}, headers=headers,
-                         timeout=scaled(10))
+    return requests.post(
+        f"{server.url}/api/topics/{topic}/events", json={"data": data}, headers=headers, timeout=scaled(10)
+    )
 
 
 def poll(server, bearer: str, topic: str, path: str = "events", **params) -> requests.Response:
-    return requests.get(f"{server.url}/api/topics/{topic}/{path}", params=params,
-                        headers={"Authorization": f"Bearer {bearer}"}, timeout=scaled(10))
+    return requests.get(
+        f"{server.url}/api/topics/{topic}/{path}",
+        params=params,
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=scaled(10),
+    )
 
 
 def hook_decisions(server) -> dict[str, float]:
@@ -146,8 +157,9 @@ class TestAnswers:
         assert request.headers["Content-Type"] == "application/json"
         assert set(request.json()) == {"action", "topic", "sub", "transport"}
 
-    @pytest.mark.parametrize("path, transport, params", [
-        ("events", "polling", {}), ("long-poll", "long-polling", {"timeout": 0.1})])
+    @pytest.mark.parametrize(
+        "path, transport, params", [("events", "polling", {}), ("long-poll", "long-polling", {"timeout": 0.1})]
+    )
     def test_subscribe_actions_name_their_transport(self, server, hook, path, transport, params):
         topic, sub = unique("allow-"), unique("u")
         res = poll(server, token(sub), topic, path, **params)
@@ -233,8 +245,7 @@ class TestFailsClosed:
 
     def test_down(self, tmp_path_factory):
         url = f"http://127.0.0.1:{free_port()}/decide"  # nothing listens there
-        with Gunicorn(tmp_path_factory.mktemp("hook-down"),
-                      env={**BASE_ENV, "SWITCHBOARD_AUTH_HOOK_URL": url}) as down:
+        with Gunicorn(tmp_path_factory.mktemp("hook-down"), env={**BASE_ENV, "SWITCHBOARD_AUTH_HOOK_URL": url}) as down:
             topic, sub = unique("allow-"), unique("u")
             started = time.monotonic()
             assert_unavailable(publish(down, token(sub), topic))
@@ -272,13 +283,19 @@ class TestCache:
             assert publish(server, token(bob), topic).status_code == 201
             assert poll(server, token(alice), topic).status_code == 200
         assert sorted((c["sub"], c["action"]) for c in hook.calls(topic)) == sorted(
-            [(alice, "publish"), (bob, "publish"), (alice, "subscribe")])
+            [(alice, "publish"), (bob, "publish"), (alice, "subscribe")]
+        )
 
     def test_after_the_ttl_the_hook_is_asked_again(self, tmp_path_factory, hook):
         ttl = scaled(1.5)
-        with Gunicorn(tmp_path_factory.mktemp("hook-ttl"),
-                      env={**BASE_ENV, "SWITCHBOARD_AUTH_HOOK_URL": hook.server.url + "/decide",
-                           "SWITCHBOARD_AUTH_HOOK_TTL": str(ttl)}) as short:
+        with Gunicorn(
+            tmp_path_factory.mktemp("hook-ttl"),
+            env={
+                **BASE_ENV,
+                "SWITCHBOARD_AUTH_HOOK_URL": hook.server.url + "/decide",
+                "SWITCHBOARD_AUTH_HOOK_TTL": str(ttl),
+            },
+        ) as short:
             topic, sub = unique("allow-"), unique("u")
             bearer = token(sub)
             started = time.monotonic()
@@ -312,8 +329,9 @@ class TestCache:
             with requests.Session() as http:
                 http.headers["Authorization"] = f"Bearer {bearer}"
                 for n in range(messages):
-                    res = http.post(f"{server.url}/api/topics/{room}/events", json={"data": {"text": f"m{n}"}},
-                                    timeout=scaled(10))
+                    res = http.post(
+                        f"{server.url}/api/topics/{room}/events", json={"data": {"text": f"m{n}"}}, timeout=scaled(10)
+                    )
                     if res.status_code != 201:
                         failures.append(res.text)
                     if http.get(f"{server.url}/api/topics/{room}/events", timeout=scaled(10)).status_code != 200:

@@ -30,14 +30,19 @@ def server(tmp_path_factory):
 
 
 def publish(base: str, topic: str, data, headers=None) -> requests.Response:
-    return requests.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}),
-                         headers={**JSON, **(headers or {})}, timeout=scaled(10))
+    return requests.post(
+        f"{base}/api/topics/{topic}/events",
+        data=json.dumps({"data": data}),
+        headers={**JSON, **(headers or {})},
+        timeout=scaled(10),
+    )
 
 
 def history(base: str, topic: str) -> list:
     """Every event of ``topic``, read with a token that may read everything."""
-    res = requests.get(f"{base}/api/topics/{topic}/events", headers=bearer(mint("auditor", subscribe=["**"])),
-                       timeout=scaled(10))
+    res = requests.get(
+        f"{base}/api/topics/{topic}/events", headers=bearer(mint("auditor", subscribe=["**"])), timeout=scaled(10)
+    )
     assert res.status_code == 200, res.text
     return [event["data"] for event in res.json()["events"]]
 
@@ -45,8 +50,12 @@ def history(base: str, topic: str) -> list:
 # (credentials, the status, the error code, whether WWW-Authenticate says invalid_token)
 BAD = {
     "no token": ({}, 401, "unauthorized", False),
-    "bad signature": (bearer(mint("alice", **ALICE, secret="another-secret-of-at-least-32-bytes!!")), 401,
-                      "unauthorized", True),
+    "bad signature": (
+        bearer(mint("alice", **ALICE, secret="another-secret-of-at-least-32-bytes!!")),
+        401,
+        "unauthorized",
+        True,
+    ),
     "expired": (bearer(mint("alice", **ALICE, lifetime=-5)), 401, "unauthorized", True),
     "wrong audience": (bearer(mint("alice", **ALICE, audience="someone-else")), 401, "unauthorized", True),
     "not a bearer": ({"Authorization": "Basic YWxpY2U6cHc="}, 401, "unauthorized", True),
@@ -82,15 +91,15 @@ class TestEveryTransportRefuses:
 
     def test_polling(self, server, case):
         headers, status, code, invalid = BAD[case]
-        res = requests.get(f"{server.url}/api/topics/{self.topic(case)}/events", headers=headers,
-                           timeout=scaled(10))
+        res = requests.get(f"{server.url}/api/topics/{self.topic(case)}/events", headers=headers, timeout=scaled(10))
         check_refusal(res, status, code, invalid)
 
     def test_long_poll(self, server, case):
         headers, status, code, invalid = BAD[case]
         started = time.monotonic()
-        res = requests.get(f"{server.url}/api/topics/{self.topic(case)}/long-poll?timeout=20", headers=headers,
-                           timeout=scaled(10))
+        res = requests.get(
+            f"{server.url}/api/topics/{self.topic(case)}/long-poll?timeout=20", headers=headers, timeout=scaled(10)
+        )
         check_refusal(res, status, code, invalid)
         assert time.monotonic() - started < scaled(5), "refused at once, not after parking"
 
@@ -117,9 +126,12 @@ class TestAllowed:
             assert json.loads(event["data"])["data"] == "hello"
         res = requests.get(f"{server.url}/api/topics/room.allowed/events", headers=bearer(token), timeout=scaled(10))
         assert res.status_code == 200 and [e["data"] for e in res.json()["events"]] == ["hello"]
-        res = requests.get(f"{server.url}/api/topics/room.allowed/long-poll",
-                         params={"since": res.json()["cursor"], "timeout": "0.2"}, headers=bearer(token),
-                         timeout=scaled(10))
+        res = requests.get(
+            f"{server.url}/api/topics/room.allowed/long-poll",
+            params={"since": res.json()["cursor"], "timeout": "0.2"},
+            headers=bearer(token),
+            timeout=scaled(10),
+        )
         assert res.status_code == 204
         res = publish(server.url, "user.alice", "to myself", bearer(token))
         assert res.status_code == 403, "user.{sub} is in alice's subscribe list, not her publish list"
@@ -131,13 +143,15 @@ class TestAllowed:
     def test_anonymous_patterns_open_what_they_name_and_nothing_else(self, server):
         res = requests.get(f"{server.url}/api/topics/open.news/events", timeout=scaled(10))
         assert res.status_code == 200
-        check_refusal(requests.get(f"{server.url}/api/topics/room.a/events", timeout=scaled(10)),
-                      401, "unauthorized", False)
+        check_refusal(
+            requests.get(f"{server.url}/api/topics/room.a/events", timeout=scaled(10)), 401, "unauthorized", False
+        )
         check_refusal(publish(server.url, "open.news", "anonymous"), 401, "unauthorized", False)
 
     def test_whoami_describes_the_identity(self, server):
-        res = requests.get(f"{server.url}/api/whoami", headers=bearer(mint("alice", **ALICE, lifetime=120)),
-                           timeout=scaled(10))
+        res = requests.get(
+            f"{server.url}/api/whoami", headers=bearer(mint("alice", **ALICE, lifetime=120)), timeout=scaled(10)
+        )
         body = res.json()
         assert body["sub"] == "alice" and body["via"] == "bearer" and 100 < body["expires_in"] <= 120
         assert body["subscribe"] == ALICE["subscribe"] and body["publish"] == ALICE["publish"]
@@ -159,11 +173,19 @@ class TestSessionCookie:
             assert 80 <= int(cookie["max-age"]) <= 90
             res = browser.get(f"{server.url}/api/whoami", timeout=scaled(10))
             assert res.json()["via"] == "cookie" and res.json()["sub"] == "alice"
-            with RawStream(server.url, "/api/topics/user.alice/stream",
-                           {"Cookie": f"switchboard_token={token}"}) as raw:
+            with RawStream(
+                server.url, "/api/topics/user.alice/stream", {"Cookie": f"switchboard_token={token}"}
+            ) as raw:
                 assert raw.read_head().status == 200, "an EventSource-style request carries the cookie"
-            assert browser.post(f"{server.url}/api/topics/room.c/events", json={"data": "same origin"},
-                                headers={"Origin": server.url}, timeout=scaled(10)).status_code == 201
+            assert (
+                browser.post(
+                    f"{server.url}/api/topics/room.c/events",
+                    json={"data": "same origin"},
+                    headers={"Origin": server.url},
+                    timeout=scaled(10),
+                ).status_code
+                == 201
+            )
             res = browser.delete(f"{server.url}/api/session", timeout=scaled(10))
             assert res.status_code == 204
             assert SimpleCookie(res.headers["Set-Cookie"])["switchboard_token"]["max-age"] == "0"
@@ -172,15 +194,22 @@ class TestSessionCookie:
     def test_post_session_takes_a_json_body_and_refuses_a_bad_token(self, server):
         res = requests.post(f"{server.url}/api/session", json={"token": mint("alice", **ALICE)}, timeout=scaled(10))
         assert res.status_code == 204 and "switchboard_token=" in res.headers["Set-Cookie"]
-        res = requests.post(f"{server.url}/api/session", json={"token": mint("alice", **ALICE, lifetime=-1)},
-                            timeout=scaled(10))
+        res = requests.post(
+            f"{server.url}/api/session", json={"token": mint("alice", **ALICE, lifetime=-1)}, timeout=scaled(10)
+        )
         check_refusal(res, 401, "unauthorized", True)
         assert "Set-Cookie" not in res.headers
         res = requests.post(f"{server.url}/api/session", json={}, timeout=scaled(10))
         check_refusal(res, 401, "unauthorized", False)
 
-    @pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
-                                         {"Origin": "http://evil.example", "Sec-Fetch-Site": "same-site"}])
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"Origin": "http://evil.example"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Origin": "http://evil.example", "Sec-Fetch-Site": "same-site"},
+        ],
+    )
     def test_a_cookie_authenticated_change_from_another_origin_is_refused(self, server, headers):
         token = mint("alice", **ALICE)
         cookie = {"Cookie": f"switchboard_token={token}"}
@@ -209,16 +238,16 @@ class TestExpiry:
             assert [e["type"] for e in events] == ["message", "expired"]
             assert json.loads(events[1]["data"])["error"] == "unauthorized"
             assert raw.read_chunk(timeout=5) is None, "the stream ends after event: expired"
-        with RawStream(server.url, "/api/topics/room.exp/stream",
-                       {**headers, "Last-Event-ID": events[0]["id"]}) as raw:
+        with RawStream(server.url, "/api/topics/room.exp/stream", {**headers, "Last-Event-ID": events[0]["id"]}) as raw:
             assert raw.read_head().status == 401, "EventSource's reconnect is refused, so it stops"
 
     def test_a_parked_long_poll_answers_401_at_exp(self, start_server):
         server = start_server(auth_env(SWITCHBOARD_LONGPOLL_TIMEOUT="30"))
         token = mint("alice", **ALICE, lifetime=2)
         exp = jwt.decode(token, options={"verify_signature": False})["exp"]
-        res = requests.get(f"{server.url}/api/topics/room.lp/long-poll?timeout=30", headers=bearer(token),
-                           timeout=scaled(20))
+        res = requests.get(
+            f"{server.url}/api/topics/room.lp/long-poll?timeout=30", headers=bearer(token), timeout=scaled(20)
+        )
         check_refusal(res, 401, "unauthorized", True)
         assert time.time() < exp + scaled(3), "answered at exp, not at the poll's timeout"
 

@@ -22,7 +22,16 @@ import pytest
 import requests
 
 from tests.support.auth_helpers import (
-    INVALID_TOKEN, LocalServer, alg_none, claims, ec_key, hs256_with, json_body, public_jwk, public_pem, rsa_key,
+    INVALID_TOKEN,
+    LocalServer,
+    alg_none,
+    claims,
+    ec_key,
+    hs256_with,
+    json_body,
+    public_jwk,
+    public_pem,
+    rsa_key,
     write_public_pem,
 )
 from tests.support.servers import Gunicorn, free_port
@@ -39,8 +48,9 @@ BASE_ENV = {"SWITCHBOARD_TICKS": "0", "SWITCHBOARD_PUBLISH_RATE": "0"}
 
 def publish(server, token: str | None, topic: str = "keys.a", data="x") -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    return requests.post(f"{server.url}/api/topics/{topic}/events", json={"data": data}, headers=headers,
-                         timeout=scaled(10))
+    return requests.post(
+        f"{server.url}/api/topics/{topic}/events", json={"data": data}, headers=headers, timeout=scaled(10)
+    )
 
 
 def poll(server, token: str | None, topic: str = "keys.a") -> requests.Response:
@@ -85,9 +95,15 @@ def start(tmp_path_factory, env: dict) -> Gunicorn:
 
 @pytest.fixture(scope="module")
 def hs_server(tmp_path_factory):
-    server = start(tmp_path_factory, {"SWITCHBOARD_AUTH_SECRET": SECRET, "SWITCHBOARD_AUTH_AUDIENCE": AUDIENCE,
-                                      "SWITCHBOARD_AUTH_ISSUER": ISSUER,
-                                      "SWITCHBOARD_ANONYMOUS_SUBSCRIBE": "keys.*"})
+    server = start(
+        tmp_path_factory,
+        {
+            "SWITCHBOARD_AUTH_SECRET": SECRET,
+            "SWITCHBOARD_AUTH_AUDIENCE": AUDIENCE,
+            "SWITCHBOARD_AUTH_ISSUER": ISSUER,
+            "SWITCHBOARD_ANONYMOUS_SUBSCRIBE": "keys.*",
+        },
+    )
     yield server
     server.stop()
 
@@ -120,13 +136,27 @@ class TestHS256:
         res = publish(hs_server, hs(good()), topic="other")
         assert res.status_code == 403 and res.json()["error"] == "forbidden"
 
-    @pytest.mark.parametrize("change", [
-        {"aud": "someone-else"}, {"aud": ["a", "b"]}, {"aud": None},
-        {"iss": "https://evil.test/"}, {"iss": None}, {"iss": ISSUER.rstrip("/")},
-    ], ids=["wrong-aud", "aud-list-without-us", "no-aud", "wrong-iss", "no-iss", "iss-not-exact"])
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"aud": "someone-else"},
+            {"aud": ["a", "b"]},
+            {"aud": None},
+            {"iss": "https://evil.test/"},
+            {"iss": None},
+            {"iss": ISSUER.rstrip("/")},
+        ],
+        ids=["wrong-aud", "aud-list-without-us", "no-aud", "wrong-iss", "no-iss", "iss-not-exact"],
+    )
     def test_audience_and_issuer_are_checked(self, hs_server, change):
-        assert_invalid_token(hs_server, hs({**good(), **change} if None not in change.values()
-                                           else {k: v for k, v in good().items() if k not in change}))
+        assert_invalid_token(
+            hs_server,
+            hs(
+                {**good(), **change}
+                if None not in change.values()
+                else {k: v for k, v in good().items() if k not in change}
+            ),
+        )
 
     @pytest.mark.parametrize("missing", ["sub", "exp"])
     def test_sub_and_exp_are_required(self, hs_server, missing):
@@ -134,12 +164,31 @@ class TestHS256:
         del payload[missing]
         assert_invalid_token(hs_server, hs(payload))
 
-    @pytest.mark.parametrize("payload", [
-        good(ttl=-60), good(nbf=int(time.time()) + 600), good(sub=""), good(sub=5), good(exp="soon"),
-        good(switchboard=["keys.*"]), good(switchboard={"publish": "keys.*"}), good(switchboard={"publish": ["a/b"]}),
-        good(exp=10**400),
-    ], ids=["expired", "not-yet-valid", "empty-sub", "numeric-sub", "exp-not-a-number", "claim-not-an-object",
-            "grant-not-a-list", "bad-pattern", "exp-past-float-range"])
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            good(ttl=-60),
+            good(nbf=int(time.time()) + 600),
+            good(sub=""),
+            good(sub=5),
+            good(exp="soon"),
+            good(switchboard=["keys.*"]),
+            good(switchboard={"publish": "keys.*"}),
+            good(switchboard={"publish": ["a/b"]}),
+            good(exp=10**400),
+        ],
+        ids=[
+            "expired",
+            "not-yet-valid",
+            "empty-sub",
+            "numeric-sub",
+            "exp-not-a-number",
+            "claim-not-an-object",
+            "grant-not-a-list",
+            "bad-pattern",
+            "exp-past-float-range",
+        ],
+    )
     def test_bad_claims(self, hs_server, payload):
         assert_invalid_token(hs_server, hs(payload))
 
@@ -149,13 +198,16 @@ class TestHS256:
         token = hs(good(exp=exp))
         assert_accepted(hs_server, token)
         with requests.Session() as http:
-            res = http.post(f"{hs_server.url}/api/session", headers={"Authorization": f"Bearer {token}"},
-                            timeout=scaled(10))
+            res = http.post(
+                f"{hs_server.url}/api/session", headers={"Authorization": f"Bearer {token}"}, timeout=scaled(10)
+            )
             assert res.status_code == 204, res.text
             max_age = int(re.search(r"Max-Age=(\d+)", res.headers["Set-Cookie"]).group(1))
             assert 86400 <= max_age <= 400 * 86400
-            assert http.post(f"{hs_server.url}/api/topics/keys.a/events", json={"data": 1},
-                             timeout=scaled(10)).status_code == 201
+            assert (
+                http.post(f"{hs_server.url}/api/topics/keys.a/events", json={"data": 1}, timeout=scaled(10)).status_code
+                == 201
+            )
 
     def test_wrong_secret_and_tampering(self, hs_server):
         assert_invalid_token(hs_server, hs(good(), key=secrets.token_urlsafe(40)))
@@ -173,8 +225,12 @@ class TestHS256:
 
     def test_malformed_authorization_headers(self, hs_server):
         for header in ("Bearer", "Bearer ", "Basic YTpi", "bearer", hs(good()), "Token " + hs(good())):
-            res = requests.post(f"{hs_server.url}/api/topics/keys.a/events", json={"data": 1},
-                                headers={"Authorization": header}, timeout=scaled(10))
+            res = requests.post(
+                f"{hs_server.url}/api/topics/keys.a/events",
+                json={"data": 1},
+                headers={"Authorization": header},
+                timeout=scaled(10),
+            )
             assert res.status_code == 401 and res.headers["WWW-Authenticate"] == INVALID_TOKEN, header
 
 
@@ -259,8 +315,11 @@ def test_an_unusable_key_file_stops_the_server_with_its_name(tmp_path, kind):
     if kind == "p384":
         write_public_pem(ec_key(ec.SECP384R1()), path)
     elif kind == "private":
-        path.write_bytes(rsa_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()))
+        path.write_bytes(
+            rsa_key().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     else:
         path.write_bytes(b"-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
     server = Gunicorn(tmp_path, env={**BASE_ENV, "SWITCHBOARD_AUTH_PUBLIC_KEY": str(path)})
@@ -416,6 +475,9 @@ class TestJwksFailsClosed:
         keys.mode = mode
         assert_unavailable(server, keys.rs(claims()))
         keys.mode = "ok"
-        wait_until(lambda: publish(server, keys.rs(claims())).status_code == 201, timeout=5,
-                   message="the JWKS endpoint is used again once it answers")
+        wait_until(
+            lambda: publish(server, keys.rs(claims())).status_code == 201,
+            timeout=5,
+            message="the JWKS endpoint is used again once it answers",
+        )
         assert_accepted(server, keys.es(claims()))

@@ -97,8 +97,12 @@ class TestHandshake:
     def test_a_failing_cookie_is_401_before_the_101(self, server, what):
         before = refusals(server.url, "unauthorized", "stomp")
         with pytest.raises(HandshakeFailed) as refused:
-            RawWebSocket.connect(ws_url(server.url, "/stomp"), protocols=STOMP_PROTOCOLS, timeout=scaled(5),
-                                 headers={"Cookie": f"switchboard_token={bad_tokens()[what]}"})
+            RawWebSocket.connect(
+                ws_url(server.url, "/stomp"),
+                protocols=STOMP_PROTOCOLS,
+                timeout=scaled(5),
+                headers={"Cookie": f"switchboard_token={bad_tokens()[what]}"},
+            )
         assert refused.value.status == 401
         assert b'WWW-Authenticate: Bearer realm="switchboard", error="invalid_token"' in refused.value.head
         assert refusals(server.url, "unauthorized", "stomp") == before + 1
@@ -117,8 +121,9 @@ class TestHandshake:
         wire.connect()  # no credentials in CONNECT: the ticket's identity
         wire.subscribe("/topic/news")
         with pytest.raises(HandshakeFailed) as again:
-            RawWebSocket.connect(ws_url(server.url, f"/stomp?ticket={ticket}"), protocols=STOMP_PROTOCOLS,
-                                 timeout=scaled(5))
+            RawWebSocket.connect(
+                ws_url(server.url, f"/stomp?ticket={ticket}"), protocols=STOMP_PROTOCOLS, timeout=scaled(5)
+            )
         assert again.value.status == 401
 
     def test_the_cookie_identifies_the_session_and_stamps_the_sender(self, server, wires):
@@ -142,15 +147,19 @@ class TestConnect:
         token = bad_tokens()[what]
         headers = {"passcode": token} if carrier == "passcode" else {"Authorization": f"Bearer {token}"}
         refused_connect(wires(), headers, "token expired" if what == "expired" else "authentication failed")
-        assert (refusals(server.url, "unauthorized", "stomp"), stomp_errors(server.url, "auth")) == \
-            (before[0] + 1, before[1] + 1)
+        assert (refusals(server.url, "unauthorized", "stomp"), stomp_errors(server.url, "auth")) == (
+            before[0] + 1,
+            before[1] + 1,
+        )
 
     def test_no_credentials_is_an_error_then_the_close(self, wires):
         assert refused_connect(wires(), {}, "authentication failed") == "authentication failed"
 
     def test_a_login_that_is_not_the_token_s_sub_is_refused(self, wires):
-        assert refused_connect(wires(), {"login": "bob", "passcode": mint("alice", **ALICE)},
-                               "authentication failed") == "authentication failed"
+        assert (
+            refused_connect(wires(), {"login": "bob", "passcode": mint("alice", **ALICE)}, "authentication failed")
+            == "authentication failed"
+        )
 
     @pytest.mark.parametrize("login", [None, "", "alice"])
     def test_the_login_may_be_absent_or_the_sub(self, server, wires, login):
@@ -204,8 +213,10 @@ class TestDestinations:
         assert error.get("destination") == "/topic/secret" and error.get("receipt-id") == "r"
         assert b"secret" in error.body
         assert wire.expect_close() == 1008
-        assert (refusals(server.url, "forbidden", "stomp"), stomp_errors(server.url, "forbidden")) == \
-            (before[0] + 1, before[1] + 1)
+        assert (refusals(server.url, "forbidden", "stomp"), stomp_errors(server.url, "forbidden")) == (
+            before[0] + 1,
+            before[1] + 1,
+        )
         event = publish(server.url, "secret", "for the watcher only")
         (message,) = watch.messages(1)
         assert message.get("event-id") == event["id"], "other sessions keep working"
@@ -231,14 +242,20 @@ class TestDestinations:
     def test_app_chat_asks_whether_the_sender_may_publish_to_chat(self, server, wires):
         watch = listener(wires, "/topic/chat")
         reader = connected_as(wires, mint("reader", subscribe=["chat"]))
-        reader.send_frame("SEND", {"destination": "/app/chat", "content-type": "application/json", "receipt": "c"},
-                          json.dumps({"text": "not allowed"}))
+        reader.send_frame(
+            "SEND",
+            {"destination": "/app/chat", "content-type": "application/json", "receipt": "c"},
+            json.dumps({"text": "not allowed"}),
+        )
         error = reader.expect_error("forbidden: /app/chat")
         assert error.get("receipt-id") == "c" and b"chat" in error.body
         assert reader.expect_close() == 1008
         writer = connected_as(wires, mint("alice", **ALICE))
-        writer.send_frame("SEND", {"destination": "/app/chat", "content-type": "application/json", "receipt": "c"},
-                          json.dumps({"text": "hello"}))
+        writer.send_frame(
+            "SEND",
+            {"destination": "/app/chat", "content-type": "application/json", "receipt": "c"},
+            json.dumps({"text": "hello"}),
+        )
         writer.expect_receipt("c")
         (message,) = watch.messages(1)
         assert json.loads(message.body) == {"text": "hello"} and message.get("sender") == "alice"
@@ -314,4 +331,3 @@ class TestRealClients:
         error = client.expect("error")
         assert error["headers"]["message"] == "authentication failed"
         assert client.expect("close")["code"] == 1008
-

@@ -31,9 +31,14 @@ pytestmark = pytest.mark.nginx
 
 SECRET = secrets.token_urlsafe(40)
 METRICS_TOKEN = secrets.token_urlsafe(24)
-ENV = {"SWITCHBOARD_TICKS": "0", "SWITCHBOARD_PUBLISH_RATE": "0", "SWITCHBOARD_AUTH_SECRET": SECRET,
-       "SWITCHBOARD_METRICS_TOKEN": METRICS_TOKEN, "SWITCHBOARD_BEHIND_PROXY": "1",
-       "SWITCHBOARD_SSE_HEARTBEAT": "0.5"}  # an abandoned stream ends (and is logged) within a second
+ENV = {
+    "SWITCHBOARD_TICKS": "0",
+    "SWITCHBOARD_PUBLISH_RATE": "0",
+    "SWITCHBOARD_AUTH_SECRET": SECRET,
+    "SWITCHBOARD_METRICS_TOKEN": METRICS_TOKEN,
+    "SWITCHBOARD_BEHIND_PROXY": "1",
+    "SWITCHBOARD_SSE_HEARTBEAT": "0.5",
+}  # an abandoned stream ends (and is logged) within a second
 THREE_WAYS = ("Authorization: Bearer", "/api/session", "/api/tickets")
 
 
@@ -86,10 +91,19 @@ def long_poll(base: str, topic: str, query: str) -> requests.Response:
 
 
 REQUESTS = [
-    ("POST", "/api/topics/urls.a/events"), ("GET", "/api/topics/urls.a/events"),
-    ("GET", "/api/topics/urls.a/long-poll"), ("GET", "/api/topics/urls.a/stream"),
-    ("GET", "/"), ("GET", "/sse"), ("GET", "/no/such/path"), ("GET", "/healthz"), ("GET", "/metrics"),
-    ("GET", "/api/whoami"), ("POST", "/api/session"), ("POST", "/api/tickets"), ("GET", "/static/css/site.css"),
+    ("POST", "/api/topics/urls.a/events"),
+    ("GET", "/api/topics/urls.a/events"),
+    ("GET", "/api/topics/urls.a/long-poll"),
+    ("GET", "/api/topics/urls.a/stream"),
+    ("GET", "/"),
+    ("GET", "/sse"),
+    ("GET", "/no/such/path"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/whoami"),
+    ("POST", "/api/session"),
+    ("POST", "/api/tickets"),
+    ("GET", "/static/css/site.css"),
 ]
 
 
@@ -98,8 +112,13 @@ class TestTokenInUrl:
     @pytest.mark.parametrize("method, path", REQUESTS, ids=[f"{m} {p}" for m, p in REQUESTS])
     def test_refused_with_the_three_ways(self, app_server, method, path, name):
         secret = token()
-        res = requests.request(method, f"{app_server.url}{path}?since=&{name}={secret}", json={"data": 1},
-                               headers=bearer(), timeout=scaled(10))
+        res = requests.request(
+            method,
+            f"{app_server.url}{path}?since=&{name}={secret}",
+            json={"data": 1},
+            headers=bearer(),
+            timeout=scaled(10),
+        )
         assert res.status_code == 400, res.text
         body = res.json()
         assert body["error"] == "token_in_url" and f"?{name}=" in body["message"]
@@ -114,8 +133,12 @@ class TestTokenInUrl:
 
     def test_nothing_is_published(self, app_server):
         before = requests.get(f"{app_server.url}/api/topics/urls.b/events", headers=bearer(), timeout=scaled(10))
-        res = requests.post(f"{app_server.url}/api/topics/urls.b/events?token={token()}", json={"data": 1},
-                            headers=bearer(), timeout=scaled(10))
+        res = requests.post(
+            f"{app_server.url}/api/topics/urls.b/events?token={token()}",
+            json={"data": 1},
+            headers=bearer(),
+            timeout=scaled(10),
+        )
         assert res.status_code == 400
         after = requests.get(f"{app_server.url}/api/topics/urls.b/events", headers=bearer(), timeout=scaled(10))
         assert after.json()["events"] == before.json()["events"]
@@ -197,9 +220,15 @@ class TestLogs:
                 value = token(sub=f"log-{name.strip('%')}")
                 secrets_used.append(value)
                 conn = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=scaled(10))
-                conn.request("GET", f"/api/topics/urls.log/events?limit=1&{name}={value}&ticket={value}",
-                             headers={"Referer": f"{base}/sse?ticket={value}", **bearer(value),
-                                      "Cookie": f"switchboard_token={value}"})
+                conn.request(
+                    "GET",
+                    f"/api/topics/urls.log/events?limit=1&{name}={value}&ticket={value}",
+                    headers={
+                        "Referer": f"{base}/sse?ticket={value}",
+                        **bearer(value),
+                        "Cookie": f"switchboard_token={value}",
+                    },
+                )
                 # 400 for the names the app refuses; ?TOKEN= is no credential to it (names are
                 # case-sensitive), so the Bearer header answers: logged redacted all the same.
                 assert conn.getresponse().status == (200 if name == "TOKEN" else 400)
@@ -207,8 +236,9 @@ class TestLogs:
         # Three credentials in one URL: more than nginx's two redaction maps take out one by one.
         value = ticket(proxy.url)
         secrets_used.append(value)
-        requests.get(f"{proxy.url}/api/topics/urls.log/events?ticket={value}&ticket={value}&ticket={value}",
-                     timeout=scaled(10))
+        requests.get(
+            f"{proxy.url}/api/topics/urls.log/events?ticket={value}&ticket={value}&ticket={value}", timeout=scaled(10)
+        )
 
         nginx_log = proxy.prefix / ".run" / "nginx" / "access.log"
         gunicorn_log = logs / "gunicorn-access.log"
@@ -219,11 +249,15 @@ class TestLogs:
         # Streams are logged when they end: nginx's once the client left, gunicorn's at the
         # next heartbeat (0.5 s) after it.
         wait_until(lambda: redacted_lines(nginx_log) >= 4, timeout=10, message="nginx logged the ticket requests")
-        wait_until(lambda: redacted_lines(gunicorn_log) >= 16, timeout=10,
-                   message="gunicorn logged the ticket requests")
-        texts = {"nginx access log": nginx_log.read_text(), "gunicorn access log": gunicorn_log.read_text(),
-                 "nginx error log": (proxy.prefix / ".run" / "nginx" / "error.log").read_text(),
-                 "gunicorn output": app_server.log_path.read_text()}
+        wait_until(
+            lambda: redacted_lines(gunicorn_log) >= 16, timeout=10, message="gunicorn logged the ticket requests"
+        )
+        texts = {
+            "nginx access log": nginx_log.read_text(),
+            "gunicorn access log": gunicorn_log.read_text(),
+            "nginx error log": (proxy.prefix / ".run" / "nginx" / "error.log").read_text(),
+            "gunicorn output": app_server.log_path.read_text(),
+        }
         for where, text in texts.items():
             for value in secrets_used:
                 assert value not in text, f"a credential is in the {where}"
@@ -233,8 +267,11 @@ class TestLogs:
         assert "Bearer [redacted]" not in texts["gunicorn access log"]  # not in the default format at all
         assert '/sse?[redacted]"' in texts["nginx access log"]  # the Referer
         for text in (texts["nginx access log"], texts["gunicorn access log"]):
-            assert re.search(r'"GET /api/topics/urls\.log/long-poll\?timeout=0\.2&since=&ticket=\[redacted\] HTTP/1\.1" '
-                             r"(200|204) ", text), "the rest of the request line is kept"
+            assert re.search(
+                r'"GET /api/topics/urls\.log/long-poll\?timeout=0\.2&since=&ticket=\[redacted\] HTTP/1\.1" '
+                r"(200|204) ",
+                text,
+            ), "the rest of the request line is kept"
 
 
 # ------------------------------------------------------------------ /metrics
@@ -274,6 +311,6 @@ class TestMetrics:
     def test_the_config_says_how_to_open_it(self):
         config = shipped_config()
         start = config.index("location = /metrics {")
-        block = config[start:config.index("}", start)]
+        block = config[start : config.index("}", start)]
         assert "allow 127.0.0.1;" in block and "allow ::1;" in block and "deny all;" in block
         assert re.search(r"#\s*allow [0-9.]+;.*Prometheus", block)

@@ -255,8 +255,11 @@ class TestExpiry:
             client.next_message(timeout=GRACE + 5)
         assert ended.value.code == 4001 and ended.value.reason == "token expired"
         assert time.monotonic() - noticed >= scaled(GRACE) - 0.5, "the grace was given"
-        wait_until(lambda: refusals(server.url, "unauthorized", "websocket") >= before + 1, timeout=5,
-                   message="the 4001 counted as a refusal")
+        wait_until(
+            lambda: refusals(server.url, "unauthorized", "websocket") >= before + 1,
+            timeout=5,
+            message="the 4001 counted as a refusal",
+        )
 
     def test_a_ticket_identity_expires_with_its_token(self, server, connect):
         token = mint("frank", lifetime=scaled(2), **NEWS)

@@ -140,8 +140,12 @@ def test_one_worker_holds_2000_long_polls_and_2000_streams(many_files, start_ser
 
         # A publish is answered promptly with 4,000 held connections in the same worker.
         sent = time.monotonic()
-        res = requests.post(f"{srv.url}/api/topics/capacity/events", data=json.dumps({"data": marker}),
-                            headers={"Content-Type": "application/json", **ONE_SHOT}, timeout=scaled(10))
+        res = requests.post(
+            f"{srv.url}/api/topics/capacity/events",
+            data=json.dumps({"data": marker}),
+            headers={"Content-Type": "application/json", **ONE_SHOT},
+            timeout=scaled(10),
+        )
         publish_s = time.monotonic() - sent
         assert res.status_code == 201
         assert publish_s < scaled(2.0), f"publish took {publish_s:.2f}s"
@@ -158,16 +162,22 @@ def test_one_worker_holds_2000_long_polls_and_2000_streams(many_files, start_ser
         assert health(srv.url)["subscribers"] == STREAMS
         swarm.close()
         left = time.monotonic()
-        wait_until(lambda: health(srv.url)["subscribers"] == 0, timeout=2 * HEARTBEAT + 10,
-                   interval=0.2, message="every subscription to be released")
+        wait_until(
+            lambda: health(srv.url)["subscribers"] == 0,
+            timeout=2 * HEARTBEAT + 10,
+            interval=0.2,
+            message="every subscription to be released",
+        )
         release_s = time.monotonic() - left
 
         per_stream = (rss_streams - rss_before) / STREAMS
         per_poll = (rss_after - rss_streams) / LONG_POLLS
-        print(f"\ncapacity: {STREAMS} streams + {LONG_POLLS} long polls opened in {connect_s:.1f}s; "
-              f"worker RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB "
-              f"({per_stream:.1f} KiB per stream, {per_poll:.1f} KiB per parked poll); "
-              f"publish answered in {publish_s * 1000:.0f} ms; on all {STREAMS + LONG_POLLS} in {fanout_s:.2f}s; "
-              f"released {release_s:.1f}s after the clients left (heartbeat {HEARTBEAT:g}s)")
+        print(
+            f"\ncapacity: {STREAMS} streams + {LONG_POLLS} long polls opened in {connect_s:.1f}s; "
+            f"worker RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB "
+            f"({per_stream:.1f} KiB per stream, {per_poll:.1f} KiB per parked poll); "
+            f"publish answered in {publish_s * 1000:.0f} ms; on all {STREAMS + LONG_POLLS} in {fanout_s:.2f}s; "
+            f"released {release_s:.1f}s after the clients left (heartbeat {HEARTBEAT:g}s)"
+        )
     finally:
         swarm.close()

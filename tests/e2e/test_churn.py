@@ -91,8 +91,12 @@ def test_churn_every_transport_loses_and_duplicates_nothing(start_server):
     assert_every_event_once_in_order(report, clients)
     # Every client is gone: abandoned streams and polls release their subscriptions
     # (SSE at its next heartbeat, long polls at their timeout).
-    wait_until(lambda: requests.get(f"{server.url}/healthz", timeout=scaled(5)).json()["subscribers"] == 0,
-               timeout=15, interval=0.2, message="every subscription released")
+    wait_until(
+        lambda: requests.get(f"{server.url}/healthz", timeout=scaled(5)).json()["subscribers"] == 0,
+        timeout=15,
+        interval=0.2,
+        message="every subscription released",
+    )
     assert_server_whole(server, workers)
 
 
@@ -111,7 +115,11 @@ def test_churn_with_redis_and_two_workers(start_server, tmp_path):
 
         assert_every_event_once_in_order(report, clients)
         # Both workers' gauges, summed over live processes (prometheus multiprocess).
-        wait_until(lambda: subscriptions(server.url) == 0, timeout=15, interval=0.2,
-                   message="every subscription released in both workers")
+        wait_until(
+            lambda: subscriptions(server.url) == 0,
+            timeout=15,
+            interval=0.2,
+            message="every subscription released in both workers",
+        )
         assert_server_whole(server, workers)
         server.stop()

@@ -22,8 +22,14 @@ import pytest
 import requests
 
 from tests.support.auth import auth_env
-from tests.support.nginx import (Nginx, buffering_with_gzip, http_10_upstream, no_upgrade_headers, read_timeout_3s,
-                                 replace_once)
+from tests.support.nginx import (
+    Nginx,
+    buffering_with_gzip,
+    http_10_upstream,
+    no_upgrade_headers,
+    read_timeout_3s,
+    replace_once,
+)
 from tests.support.servers import ROOT, Gunicorn, free_port
 from tests.support.timing import scaled
 
@@ -47,8 +53,13 @@ VARIANTS = {
 
 def doctor(url: str, *args: str, timeout: float = 60) -> tuple[int, dict[str, tuple[str, str, str]], str]:
     """Run ``python -m app.doctor url args``; returns (exit status, {check: (verdict, explanation, fix)}, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "app.doctor", url, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=scaled(timeout))
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.doctor", url, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=scaled(timeout),
+    )
     results = {}
     for line in proc.stdout.splitlines():
         match = LINE.fullmatch(line)
@@ -80,12 +91,14 @@ class TestBehindNginx:
         assert all(results[check][0] == "ok" for check in ALL_CHECKS - broken), results
         assert status == (1 if broken else 0), stderr
         # Each problem says what was measured, and names the nginx line that fixes it.
-        said = {"buffering": ("in one clump", "proxy_buffering off;"),
-                "websocket": ("the app got a plain GET", "proxy_set_header Upgrade $http_upgrade;"),
-                "stomp": ("the app got a plain GET", "proxy_set_header Connection $connection_upgrade;"),
-                "idle-cut": ("a silent stream was cut after", "proxy_read_timeout 60s;"),
-                "long-poll": ("answered 504 after", "proxy_read_timeout 60s;"),
-                "upstream": ("HTTP/1.0 with Connection: close", 'proxy_http_version 1.1; proxy_set_header Connection "";')}
+        said = {
+            "buffering": ("in one clump", "proxy_buffering off;"),
+            "websocket": ("the app got a plain GET", "proxy_set_header Upgrade $http_upgrade;"),
+            "stomp": ("the app got a plain GET", "proxy_set_header Connection $connection_upgrade;"),
+            "idle-cut": ("a silent stream was cut after", "proxy_read_timeout 60s;"),
+            "long-poll": ("answered 504 after", "proxy_read_timeout 60s;"),
+            "upstream": ("HTTP/1.0 with Connection: close", 'proxy_http_version 1.1; proxy_set_header Connection "";'),
+        }
         for check in broken:
             verdict, explanation, fix = results[check]
             assert said[check][0] in explanation and said[check][1] in fix, (check, explanation, fix)
@@ -95,8 +108,11 @@ class TestBehindNginx:
 
         def buffering_on(config: str) -> str:
             config = replace_once(config, "            proxy_buffering off;\n", "            proxy_buffering on;\n")
-            return replace_once(config, "            gzip off;\n",
-                                "            gzip on; gzip_min_length 0; gzip_types text/event-stream;\n")
+            return replace_once(
+                config,
+                "            gzip off;\n",
+                "            gzip on; gzip_min_length 0; gzip_types text/event-stream;\n",
+            )
 
         nginx = Nginx(app_server.port, edit=buffering_on).start()
         try:
@@ -109,9 +125,24 @@ class TestBehindNginx:
 
 class TestCommandLine:
     def test_json_output_and_strict(self, app_server):
-        proc = subprocess.run([sys.executable, "-m", "app.doctor", app_server.url, "--json", "--strict",
-                               "--only", "upstream,clock,idle-cut", "--idle-seconds", "1"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=scaled(30))
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app.doctor",
+                app_server.url,
+                "--json",
+                "--strict",
+                "--only",
+                "upstream,clock,idle-cut",
+                "--idle-seconds",
+                "1",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=scaled(30),
+        )
         results = {r["check"]: r for r in json.loads(proc.stdout)}
         assert set(results) == {"upstream", "clock", "idle-cut"}
         # 1 s of silence says nothing about a 4 s heartbeat: "could not tell", which --strict fails.
@@ -127,10 +158,12 @@ class TestCommandLine:
             assert doctor(app_server.url, *args)[0] == 2, args
 
     def test_the_client_imports_no_flask_and_no_gevent(self):
-        code = ("import sys\n"
-                "for name in ('flask', 'werkzeug', 'gevent', 'geventwebsocket', 'redis', 'jwt'): sys.modules[name] = None\n"
-                "import app.doctor.cli, app.doctor.checks, app.doctor.wire\n"
-                "assert not any(m.split('.')[0] in ('flask', 'gevent') for m in sys.modules if sys.modules[m])\n")
+        code = (
+            "import sys\n"
+            "for name in ('flask', 'werkzeug', 'gevent', 'geventwebsocket', 'redis', 'jwt'): sys.modules[name] = None\n"
+            "import app.doctor.cli, app.doctor.checks, app.doctor.wire\n"
+            "assert not any(m.split('.')[0] in ('flask', 'gevent') for m in sys.modules if sys.modules[m])\n"
+        )
         subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=scaled(30))
 
 
@@ -161,12 +194,23 @@ def rejections(url: str, limit: str) -> float:
 
 
 class TestEndpoints:
-    @pytest.mark.parametrize("query", [
-        "timed-stream?count=0", "timed-stream?count=51", "timed-stream?count=2.5", "timed-stream?interval=0.01",
-        "timed-stream?interval=3", "timed-stream?count=50&interval=1", "timed-stream?count=nan",
-        "idle-stream?seconds=0", "idle-stream?seconds=121", "idle-stream?seconds=inf", "slow-poll?seconds=-1",
-        "slow-poll?seconds=1e9",
-    ])
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "timed-stream?count=0",
+            "timed-stream?count=51",
+            "timed-stream?count=2.5",
+            "timed-stream?interval=0.01",
+            "timed-stream?interval=3",
+            "timed-stream?count=50&interval=1",
+            "timed-stream?count=nan",
+            "idle-stream?seconds=0",
+            "idle-stream?seconds=121",
+            "idle-stream?seconds=inf",
+            "slow-poll?seconds=-1",
+            "slow-poll?seconds=1e9",
+        ],
+    )
     def test_every_parameter_is_bounded(self, app_server, query):
         res = requests.get(f"{app_server.url}/api/doctor/{query}", timeout=5)
         assert res.status_code == 400 and res.json()["error"] == "bad_parameter", res.text
@@ -202,8 +246,10 @@ class TestEndpoints:
 
     def test_held_responses_are_capped_per_client(self, start_server):
         server = start_server({"SWITCHBOARD_DOCTOR_STREAMS": "2", "SWITCHBOARD_DOCTOR_RATE": "0"})
-        held = [raw_stream(server.url, "/api/doctor/idle-stream?seconds=3"),
-                raw_stream(server.url, "/api/doctor/slow-poll?seconds=3")]
+        held = [
+            raw_stream(server.url, "/api/doctor/idle-stream?seconds=3"),
+            raw_stream(server.url, "/api/doctor/slow-poll?seconds=3"),
+        ]
         try:
             assert b" 200 " in read_head(held[0]).split(b"\r\n")[0]
             time.sleep(0.3)  # the slow poll sends nothing until it answers: give it time to be admitted
@@ -216,8 +262,7 @@ class TestEndpoints:
         assert rejections(server.url, "doctor_streams") == 1
         # Once they have ended, the places are free again.
         deadline = time.monotonic() + scaled(10)
-        while requests.get(server.url + "/api/doctor/timed-stream?count=1&interval=0.05",
-                           timeout=5).status_code != 200:
+        while requests.get(server.url + "/api/doctor/timed-stream?count=1&interval=0.05", timeout=5).status_code != 200:
             assert time.monotonic() < deadline, "the doctor's places were never given back"
             time.sleep(0.3)
 
@@ -226,8 +271,15 @@ class TestEndpoints:
         server = start_server(auth_env())
         assert requests.get(server.url + "/api/topics/chat/events", timeout=5).status_code == 401
         assert requests.get(server.url + "/api/doctor/echo", timeout=5).status_code == 200
-        status, results, stderr = doctor(server.url, "--only", "buffering,websocket,stomp,upstream,forwarded,clock",
-                                         "--events", "3", "--interval", "0.1")
+        status, results, stderr = doctor(
+            server.url,
+            "--only",
+            "buffering,websocket,stomp,upstream,forwarded,clock",
+            "--events",
+            "3",
+            "--interval",
+            "0.1",
+        )
         assert status == 0 and {v for v, _, _ in results.values()} == {"ok"}, (results, stderr)
         # ...but a token in its URL is refused like anywhere else.
         assert requests.get(server.url + "/api/doctor/echo?token=x", timeout=5).status_code == 400

@@ -68,13 +68,30 @@ CANARY = "canary-q7x"  # the healthy clients' topic; no fuzz input can name it (
 FUZZ_TOPICS = ["fz-a", "fz-b", "fz.c", "fz:d", "fz_e"]
 SERVER_FAILURES = re.compile(r"Traceback|Error handling request|unhandled error|\" 500 ")
 # SWITCHBOARD_FUZZ_EXAMPLES=2000 for a longer hunt; the default keeps the module under a minute.
-FUZZ = settings(max_examples=int(os.environ.get("SWITCHBOARD_FUZZ_EXAMPLES", "250")), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=int(os.environ.get("SWITCHBOARD_FUZZ_EXAMPLES", "250")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # The documented /ws error codes (app/transports/websocket.py).
-WS_ERRORS = {"bad_json", "bad_message", "bad_ref", "unknown_op", "bad_topic", "bad_cursor", "bad_type",
-             "already_subscribed", "not_subscribed", "too_many_subscriptions", "unavailable",
-             "shutting_down", "slow_consumer", "subscription_closed", "rate_limited"}
+WS_ERRORS = {
+    "bad_json",
+    "bad_message",
+    "bad_ref",
+    "unknown_op",
+    "bad_topic",
+    "bad_cursor",
+    "bad_type",
+    "already_subscribed",
+    "not_subscribed",
+    "too_many_subscriptions",
+    "unavailable",
+    "shutting_down",
+    "slow_consumer",
+    "subscription_closed",
+    "rate_limited",
+}
 EVENT_KEYS = ["op", "id", "topic", "type", "data", "sender", "time"]
 MAX_SUBSCRIPTIONS = 100
 MAX_REF_LENGTH = 256
@@ -163,8 +180,12 @@ class Canary:
         self.poll_cursor = first["id"]
         self.queues: dict[str, queue.Queue] = {}
         self._closers = []
-        for name, reader in (("ws", self._ws), ("stomp", self._stomp), ("sse", self._sse),
-                             ("long-polling", self._long_poll)):
+        for name, reader in (
+            ("ws", self._ws),
+            ("stomp", self._stomp),
+            ("sse", self._sse),
+            ("long-polling", self._long_poll),
+        ):
             self.queues[name] = queue.Queue()
             ready = threading.Event()
             thread = threading.Thread(target=self._run, args=(name, reader, first["id"], ready), daemon=True)
@@ -202,8 +223,12 @@ class Canary:
         ws = websocket.create_connection(ws_url(self.base, "/stomp"), subprotocols=["v12.stomp"], timeout=None)
         self._closers.append(ws.close)
         ws.send(stomp_frame("CONNECT", [("accept-version", "1.2"), ("host", "localhost"), ("heart-beat", "0,0")]))
-        ws.send(stomp_frame("SUBSCRIBE", [("id", "c"), ("destination", f"/topic/{CANARY}"),
-                                          ("last-event-id", cursor), ("receipt", "canary")]))
+        ws.send(
+            stomp_frame(
+                "SUBSCRIBE",
+                [("id", "c"), ("destination", f"/topic/{CANARY}"), ("last-event-id", cursor), ("receipt", "canary")],
+            )
+        )
         while True:
             opcode, data = ws.recv_data(control_frame=True)
             if opcode == websocket.ABNF.OPCODE_CLOSE:
@@ -245,8 +270,11 @@ class Canary:
         self._closers.append(session.close)
         ready.set()
         while not self.closing:
-            res = session.get(f"{self.base}/api/topics/{CANARY}/long-poll",
-                              params={"since": cursor, "timeout": "1"}, timeout=scaled(10))
+            res = session.get(
+                f"{self.base}/api/topics/{CANARY}/long-poll",
+                params={"since": cursor, "timeout": "1"},
+                timeout=scaled(10),
+            )
             if res.status_code == 204:
                 continue
             assert res.status_code == 200, (res.status_code, res.text)
@@ -269,8 +297,9 @@ class Canary:
             if isinstance(item, BaseException):
                 raise AssertionError(f"the healthy {name} client failed: {item!r}") from item
             assert item == n, f"the healthy {name} client received {item}, expected {n}"
-        res = requests.get(f"{self.base}/api/topics/{CANARY}/events", params={"since": self.poll_cursor},
-                           timeout=scaled(5))
+        res = requests.get(
+            f"{self.base}/api/topics/{CANARY}/events", params={"since": self.poll_cursor}, timeout=scaled(5)
+        )
         assert res.status_code == 200, res.text
         assert [e["data"]["canary"] for e in res.json()["events"]] == [n]
         self.poll_cursor = res.json()["cursor"]
@@ -309,7 +338,7 @@ class Guard:
             log.seek(self.offset)
             text = log.read().decode("utf-8", "replace")
         match = SERVER_FAILURES.search(text)
-        assert match is None, f"the server log shows a failure:\n{text[max(0, match.start() - 3000):][:6000]}"
+        assert match is None, f"the server log shows a failure:\n{text[max(0, match.start() - 3000) :][:6000]}"
 
 
 @pytest.fixture(scope="module")
@@ -327,20 +356,44 @@ def guard(fuzz_server, canary, workers):
 # ---------------------------------------------------------- shared strategies
 
 printable = st.characters(blacklist_categories=("Cs",))  # lone surrogates only as JSON escapes
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80)
-           | st.floats(allow_nan=False, allow_infinity=False) | st.text(printable, max_size=20))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(printable, max_size=20)
+)
 json_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(printable, max_size=8), children,
-                                                                      max_size=4),
-    max_leaves=12)
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(printable, max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
 # Valid topics never start with "canary": fuzz input cannot reach the healthy clients.
 valid_topics = st.sampled_from(FUZZ_TOPICS) | st.from_regex(r"\Afz[A-Za-z0-9._:-]{0,20}\Z")
 topics = valid_topics | st.text(printable, max_size=12).filter(lambda t: not t.startswith("canary")) | json_values
-cursors = st.sampled_from(["", "abc-1", "zz-0-0", "a-99999999999999999999", "0-0", "-1", "a--1", "a-1-2-3",
-                           "a" * 33 + "-1", "abc-１", "abc-1\n", " abc-1", "a-" + "9" * 98, "a-" + "9" * 99])
-cursor_like = (cursors | st.from_regex(r"\A[A-Za-z0-9]{1,34}-[0-9]{1,22}(-[0-9]{1,3})?\Z")
-               | st.text(printable, max_size=30))
+cursors = st.sampled_from(
+    [
+        "",
+        "abc-1",
+        "zz-0-0",
+        "a-99999999999999999999",
+        "0-0",
+        "-1",
+        "a--1",
+        "a-1-2-3",
+        "a" * 33 + "-1",
+        "abc-１",
+        "abc-1\n",
+        " abc-1",
+        "a-" + "9" * 98,
+        "a-" + "9" * 99,
+    ]
+)
+cursor_like = (
+    cursors | st.from_regex(r"\A[A-Za-z0-9]{1,34}-[0-9]{1,22}(-[0-9]{1,3})?\Z") | st.text(printable, max_size=30)
+)
 surrogates = st.sampled_from(["\\ud800", "\\udfff", "\\udbff\\udbff", "\\ud83d", "\\udc00x", "\\ud800\\u0000"])
 
 
@@ -349,54 +402,134 @@ def hostile_json_texts(draw) -> str:
     """JSON-ish text that parsers get wrong: huge numbers, deep nesting, surrogates, junk."""
     kind = draw(st.sampled_from(["number", "deep", "surrogate", "junk", "constant"]))
     if kind == "number":
-        number = draw(st.sampled_from(["1e400", "-1e400", "1e308", "2e308", "-0", "1E-400", "0.1e99999",
-                                       "1" * 4300, "1" * 4301, "9" * 20, "1.0" + "0" * 5000, "1e+9999999999"]))
-        where = draw(st.sampled_from(["{n}", '{{"op":"ping","ref":{n}}}',
-                                      '{{"op":"publish","topic":"fz-a","data":{n}}}',
-                                      '{{"op":"publish","topic":"fz-a","data":[{n}]}}', '{{"data":{n}}}']))
+        number = draw(
+            st.sampled_from(
+                [
+                    "1e400",
+                    "-1e400",
+                    "1e308",
+                    "2e308",
+                    "-0",
+                    "1E-400",
+                    "0.1e99999",
+                    "1" * 4300,
+                    "1" * 4301,
+                    "9" * 20,
+                    "1.0" + "0" * 5000,
+                    "1e+9999999999",
+                ]
+            )
+        )
+        where = draw(
+            st.sampled_from(
+                [
+                    "{n}",
+                    '{{"op":"ping","ref":{n}}}',
+                    '{{"op":"publish","topic":"fz-a","data":{n}}}',
+                    '{{"op":"publish","topic":"fz-a","data":[{n}]}}',
+                    '{{"data":{n}}}',
+                ]
+            )
+        )
         return where.format(n=number)
     if kind == "deep":
         depth = draw(st.sampled_from([10, 200, 500, 900, 990, 1000, 2000, 20000, 30000]))
         inner = draw(st.sampled_from(["[", '{"a":']))
         closer = "]" if inner == "[" else "}"
         nest = inner * depth + "1" + closer * depth
-        where = draw(st.sampled_from(["{n}", '{{"op":"publish","topic":"fz-b","data":{n}}}',
-                                      '{{"op":"ping","ref":{n}}}',
-                                      '{{"data":{n}}}']))
+        where = draw(
+            st.sampled_from(
+                ["{n}", '{{"op":"publish","topic":"fz-b","data":{n}}}', '{{"op":"ping","ref":{n}}}', '{{"data":{n}}}']
+            )
+        )
         return where.format(n=nest)
     if kind == "surrogate":
         escape = draw(surrogates)
-        where = draw(st.sampled_from(['"{s}"', '{{"op":"ping","ref":"{s}"}}', '{{"op":"{s}"}}',
-                                      '{{"op":"subscribe","topic":"{s}"}}',
-                                      '{{"op":"subscribe","topic":"fz-a","since":"{s}"}}',
-                                      '{{"op":"publish","topic":"fz-a","data":"{s}"}}',
-                                      '{{"op":"publish","topic":"fz-c","type":"{s}","data":1}}',
-                                      '{{"op":"publish","topic":"fz-a","data":{{"{s}":"{s}"}}}}', '{{"data":"{s}"}}',
-                                      '{{"data":{{"{s}":1}},"type":"t"}}']))
+        where = draw(
+            st.sampled_from(
+                [
+                    '"{s}"',
+                    '{{"op":"ping","ref":"{s}"}}',
+                    '{{"op":"{s}"}}',
+                    '{{"op":"subscribe","topic":"{s}"}}',
+                    '{{"op":"subscribe","topic":"fz-a","since":"{s}"}}',
+                    '{{"op":"publish","topic":"fz-a","data":"{s}"}}',
+                    '{{"op":"publish","topic":"fz-c","type":"{s}","data":1}}',
+                    '{{"op":"publish","topic":"fz-a","data":{{"{s}":"{s}"}}}}',
+                    '{{"data":"{s}"}}',
+                    '{{"data":{{"{s}":1}},"type":"t"}}',
+                ]
+            )
+        )
         return where.format(s=escape)
     if kind == "constant":
-        return draw(st.sampled_from(["NaN", "Infinity", '{"op":"ping","ref":NaN}', '{"data":-Infinity}',
-                                     '{"op":"publish","topic":"fz-a","data":NaN}']))
-    return draw(st.text(printable, max_size=60) | st.sampled_from(["", " ", "{", "}", "[]", "null", '{"op":', "\u0000",
-                                                                    '{"op":"ping"}{"op":"ping"}', '{"op":"ping",}',
-                                                                    "\ufeff{}", "'op'", "{'op':'ping'}"]))
+        return draw(
+            st.sampled_from(
+                [
+                    "NaN",
+                    "Infinity",
+                    '{"op":"ping","ref":NaN}',
+                    '{"data":-Infinity}',
+                    '{"op":"publish","topic":"fz-a","data":NaN}',
+                ]
+            )
+        )
+    return draw(
+        st.text(printable, max_size=60)
+        | st.sampled_from(
+            [
+                "",
+                " ",
+                "{",
+                "}",
+                "[]",
+                "null",
+                '{"op":',
+                "\u0000",
+                '{"op":"ping"}{"op":"ping"}',
+                '{"op":"ping",}',
+                "\ufeff{}",
+                "'op'",
+                "{'op':'ping'}",
+            ]
+        )
+    )
 
 
 # ------------------------------------------------------------------- /ws ops
 
-ws_op_names = (st.sampled_from(["subscribe", "unsubscribe", "publish", "ping"])
-               | st.sampled_from(["Subscribe", "PING", "event", "ok", "error", "gap", "", " ping", "ping\u0000",
-                                  "__class__", "_handlers"])
-               | st.text(printable, max_size=12))
-ws_refs = (st.text(printable, max_size=20) | st.text(printable, min_size=250, max_size=260)
-           | st.integers(min_value=-(2**1100), max_value=2**1100) | st.floats(allow_nan=False, allow_infinity=False)
-           | st.booleans() | st.none() | json_values)
+ws_op_names = (
+    st.sampled_from(["subscribe", "unsubscribe", "publish", "ping"])
+    | st.sampled_from(
+        ["Subscribe", "PING", "event", "ok", "error", "gap", "", " ping", "ping\u0000", "__class__", "_handlers"]
+    )
+    | st.text(printable, max_size=12)
+)
+ws_refs = (
+    st.text(printable, max_size=20)
+    | st.text(printable, min_size=250, max_size=260)
+    | st.integers(min_value=-(2**1100), max_value=2**1100)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.booleans()
+    | st.none()
+    | json_values
+)
 
 
-ws_types = st.sampled_from(["message", "gap", "error", "presence", "t.x", "chat:1"]) | st.text(printable, max_size=70) | json_values
+ws_types = (
+    st.sampled_from(["message", "gap", "error", "presence", "t.x", "chat:1"])
+    | st.text(printable, max_size=70)
+    | json_values
+)
 # field -> (its values, the chance in ten that a message has it)
-WS_FIELDS = {"ref": (ws_refs, 6), "topic": (topics, 8), "since": (cursor_like | json_values, 3), "type": (ws_types, 3),
-             "data": (json_values, 6), "sender": (st.text(printable, max_size=8), 1)}
+WS_FIELDS = {
+    "ref": (ws_refs, 6),
+    "topic": (topics, 8),
+    "since": (cursor_like | json_values, 3),
+    "type": (ws_types, 3),
+    "data": (json_values, 6),
+    "sender": (st.text(printable, max_size=8), 1),
+}
 
 
 @st.composite
@@ -409,10 +542,16 @@ def ws_op_objects(draw) -> dict:
     return message
 
 
-ws_texts = (ws_op_objects().map(json.dumps) | hostile_json_texts()
-            | st.builds(lambda m, s: json.dumps(m).replace('"', '"' + s, 1) if '"' in json.dumps(m) else json.dumps(m),
-                        ws_op_objects(), surrogates)
-            | json_values.map(json.dumps))
+ws_texts = (
+    ws_op_objects().map(json.dumps)
+    | hostile_json_texts()
+    | st.builds(
+        lambda m, s: json.dumps(m).replace('"', '"' + s, 1) if '"' in json.dumps(m) else json.dumps(m),
+        ws_op_objects(),
+        surrogates,
+    )
+    | json_values.map(json.dumps)
+)
 
 
 class WsOps:
@@ -436,14 +575,21 @@ class WsOps:
         if not isinstance(message, dict):
             return codes | {"bad_message"}, None, None
         ref = message.get("ref")
-        ref_ok = (ref is None or (isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH)
-                  or (isinstance(ref, int) and not isinstance(ref, bool))
-                  or (isinstance(ref, float) and math.isfinite(ref)))
+        ref_ok = (
+            ref is None
+            or (isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH)
+            or (isinstance(ref, int) and not isinstance(ref, bool))
+            or (isinstance(ref, float) and math.isfinite(ref))
+        )
         if not ref_ok:
             return codes | {"bad_ref"}, None, None
         op = message.get("op")
-        fields = {"subscribe": ({"topic"}, {"since"}), "unsubscribe": ({"topic"}, set()),
-                  "publish": ({"topic", "data"}, {"type"}), "ping": (set(), set())}
+        fields = {
+            "subscribe": ({"topic"}, {"since"}),
+            "unsubscribe": ({"topic"}, set()),
+            "publish": ({"topic", "data"}, {"type"}),
+            "ping": (set(), set()),
+        }
         if not isinstance(op, str):
             return codes | {"bad_message"}, ref, None
         if op not in fields:
@@ -555,9 +701,11 @@ def ws_frames(draw) -> tuple[bytes, int | None]:
         if len(payload) < 2:
             close_code = None
     else:
-        payload = draw(st.binary(max_size=64) | st.sampled_from([b'{"op":"ping"}', b"\xc3\x28", b"\xed\xa0\x80",
-                                                                  b'{"op":"ping","ref":"\xf0\x9f\x98"}'])
-                       | st.integers(126, 70_000).map(lambda n: b"x" * n))
+        payload = draw(
+            st.binary(max_size=64)
+            | st.sampled_from([b'{"op":"ping"}', b"\xc3\x28", b"\xed\xa0\x80", b'{"op":"ping","ref":"\xf0\x9f\x98"}'])
+            | st.integers(126, 70_000).map(lambda n: b"x" * n)
+        )
     size = len(payload)
     form = draw(st.sampled_from(["minimal"] * 6 + ["16", "64", "lie"]))
     if form == "lie":
@@ -571,9 +719,16 @@ def ws_frames(draw) -> tuple[bytes, int | None]:
     head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode]) + length
     if masked:
         key = draw(st.binary(min_size=4, max_size=4))
-        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if len(payload) < 2000 else (
-            (int.from_bytes(payload, "big") ^ int.from_bytes((key * (len(payload) // 4 + 1))[:len(payload)], "big"))
-            .to_bytes(len(payload), "big"))
+        payload = (
+            bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+            if len(payload) < 2000
+            else (
+                (
+                    int.from_bytes(payload, "big")
+                    ^ int.from_bytes((key * (len(payload) // 4 + 1))[: len(payload)], "big")
+                ).to_bytes(len(payload), "big")
+            )
+        )
         head += key
     return head + payload, close_code
 
@@ -645,9 +800,11 @@ def _read_all(ws: RawWebSocket, timeout: float) -> tuple[list[tuple[int, bytes]]
 
 def test_ws_raw_frames_fuzz(fuzz_server, guard):
     @FUZZ
-    @given(path=st.sampled_from(["/ws", "/stomp"]),
-           frames=st.lists(ws_frames(), min_size=1, max_size=4),
-           junk=st.none() | st.binary(min_size=1, max_size=64))
+    @given(
+        path=st.sampled_from(["/ws", "/stomp"]),
+        frames=st.lists(ws_frames(), min_size=1, max_size=4),
+        junk=st.none() | st.binary(min_size=1, max_size=64),
+    )
     def one_connection(path, frames, junk):
         protocols = ("v12.stomp",) if path == "/stomp" else ()
         ws = RawWebSocket.connect(ws_url(fuzz_server.url, path), protocols=protocols, timeout=scaled(5))
@@ -689,20 +846,62 @@ def handshakes(draw, port: int) -> tuple[list[str], int | None, str | None, str]
     connection = draw(st.sampled_from(["Upgrade"] * 6 + ["keep-alive, Upgrade", "close", "", None, "upgrade"]))
     ws_version = draw(st.sampled_from(["13"] * 6 + ["8", "", None, "13, 8", "abc", " 13"]))
     host = draw(st.sampled_from([f"127.0.0.1:{port}"] * 6 + [None, "", "evil.example", "[::1", "127.0.0.1"]))
-    key = draw(st.sampled_from([WS_KEY] * 6 + [None, "", "abc", "dGhlIHNhbXBsZSBub25jZQ", "AAAAAAAAAAAAAAAAAAAAAA==",
-                                                "AAAAAAAAAAAAAAAAAAAAAAAAAA==", "AAAAAAAAAAAAAAAAAAAAAA=", "QUJD"])
-               | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30))
-    origin = draw(st.sampled_from([None] * 4 + [f"http://127.0.0.1:{port}", "http://evil.example", "null",
-                                                 "http://127.0.0.1", "ws://127.0.0.1:1", "%%%", ""]))
-    offered = draw(st.none() | st.lists(st.sampled_from(["v10.stomp", "v11.stomp", "v12.stomp", "stomp", "chat",
-                                                         "v12.stomp ", "V12.STOMP", ""]), max_size=4))
-    extra = draw(st.lists(st.tuples(st.sampled_from(["Sec-WebSocket-Extensions", "Cookie", "X-Forwarded-Host",
-                                                     "Authorization"]),
-                                    header_values), max_size=2))
+    key = draw(
+        st.sampled_from(
+            [WS_KEY] * 6
+            + [
+                None,
+                "",
+                "abc",
+                "dGhlIHNhbXBsZSBub25jZQ",
+                "AAAAAAAAAAAAAAAAAAAAAA==",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAA==",
+                "AAAAAAAAAAAAAAAAAAAAAA=",
+                "QUJD",
+            ]
+        )
+        | st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30)
+    )
+    origin = draw(
+        st.sampled_from(
+            [None] * 4
+            + [
+                f"http://127.0.0.1:{port}",
+                "http://evil.example",
+                "null",
+                "http://127.0.0.1",
+                "ws://127.0.0.1:1",
+                "%%%",
+                "",
+            ]
+        )
+    )
+    offered = draw(
+        st.none()
+        | st.lists(
+            st.sampled_from(["v10.stomp", "v11.stomp", "v12.stomp", "stomp", "chat", "v12.stomp ", "V12.STOMP", ""]),
+            max_size=4,
+        )
+    )
+    extra = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["Sec-WebSocket-Extensions", "Cookie", "X-Forwarded-Host", "Authorization"]),
+                header_values,
+            ),
+            max_size=2,
+        )
+    )
     lines = [f"{method} {path} {version}"]
-    for name, value in (("Host", host), ("Upgrade", upgrade), ("Connection", connection),
-                        ("Sec-WebSocket-Version", ws_version), ("Sec-WebSocket-Key", key), ("Origin", origin),
-                        ("Sec-WebSocket-Protocol", None if offered is None else ", ".join(offered))):
+    for name, value in (
+        ("Host", host),
+        ("Upgrade", upgrade),
+        ("Connection", connection),
+        ("Sec-WebSocket-Version", ws_version),
+        ("Sec-WebSocket-Key", key),
+        ("Origin", origin),
+        ("Sec-WebSocket-Protocol", None if offered is None else ", ".join(offered)),
+    ):
         if value is not None:
             lines.append(f"{name}: {value}")
     lines += [f"{name}: {value}" for name, value in extra]
@@ -717,16 +916,21 @@ def handshakes(draw, port: int) -> tuple[list[str], int | None, str | None, str]
         status = 404
     elif method != "GET":
         status = 405
-    elif version != "HTTP/1.1" or connection is None or not any(
-            t.strip().lower() == "upgrade" for t in connection.split(",")):
+    elif (
+        version != "HTTP/1.1"
+        or connection is None
+        or not any(t.strip().lower() == "upgrade" for t in connection.split(","))
+    ):
         status = 400
     elif ws_version is None or ws_version.strip() != "13":
         status = 426
     elif not host or not _valid_key(key):
         status = 400
-    elif origin is not None and (origin, host) not in {(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"),
-                                                       ("http://evil.example", "evil.example"),
-                                                       ("http://127.0.0.1", "127.0.0.1")}:
+    elif origin is not None and (origin, host) not in {
+        (f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"),
+        ("http://evil.example", "evil.example"),
+        ("http://127.0.0.1", "127.0.0.1"),
+    }:
         status = 403  # only the origin of the Host asked for (same host and port; scheme aside)
     else:
         status = 101
@@ -797,21 +1001,52 @@ def method_of(lines: list[str]) -> str:
 
 # ---------------------------------------------------------------------- STOMP
 
-STOMP_COMMANDS = ["CONNECT", "STOMP", "SEND", "SUBSCRIBE", "UNSUBSCRIBE", "ACK", "NACK", "BEGIN", "COMMIT",
-                  "ABORT", "DISCONNECT"]
+STOMP_COMMANDS = [
+    "CONNECT",
+    "STOMP",
+    "SEND",
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "ACK",
+    "NACK",
+    "BEGIN",
+    "COMMIT",
+    "ABORT",
+    "DISCONNECT",
+]
 STOMP_HEADER_VALUES = {
     "accept-version": ["1.2", "1.1", "1.0", "1.0,1.1,1.2", "2.0", "", "1.2,3"],
     "host": ["localhost", "", "x"],
-    "login": ["guest", ""], "passcode": ["guest", ""],
+    "login": ["guest", ""],
+    "passcode": ["guest", ""],
     "heart-beat": ["0,0", "0,1000", "1000,0", "10000,10000", "1,1", "-1,0", "a,b", "99999999999,0", "0"],
-    "destination": ["/topic/fz-a", "/topic/fz-b", "/app/chat", "/app/nope", "/queue/x", "/topic/", "/topic/a/b",
-                    "/topic/" + "a" * 200, "fz-a", "/topic/fz-a\\c1", ""],
-    "id": ["0", "1", "s", ""], "subscription": ["0", "1"],
+    "destination": [
+        "/topic/fz-a",
+        "/topic/fz-b",
+        "/app/chat",
+        "/app/nope",
+        "/queue/x",
+        "/topic/",
+        "/topic/a/b",
+        "/topic/" + "a" * 200,
+        "fz-a",
+        "/topic/fz-a\\c1",
+        "",
+    ],
+    "id": ["0", "1", "s", ""],
+    "subscription": ["0", "1"],
     "ack": ["auto", "client", "client-individual", "none", ""],
     "receipt": ["r1", "r:2", "r\\n3", "", "r\\\\4"],
     "transaction": ["t1", "t2", ""],
-    "content-type": ["application/json", "text/plain", "text/plain;charset=latin-1", "application/octet-stream",
-                     "application/json;charset=utf-16", "text/plain;charset=nope", "application/vnd.x+json"],
+    "content-type": [
+        "application/json",
+        "text/plain",
+        "text/plain;charset=latin-1",
+        "application/octet-stream",
+        "application/json;charset=utf-16",
+        "text/plain;charset=nope",
+        "application/vnd.x+json",
+    ],
     "content-length": ["0", "1", "5", "-1", "abc", "99999999", "1.5", " 3"],
     "last-event-id": ["abc-1", "", "nope", "a-99999999999999"],
     "prefetch-count": ["1", "0", "-5", "x", "100000"],
@@ -831,28 +1066,39 @@ def stomp_headers(draw, plausible: bool) -> list[tuple[str, str]]:
         if plausible:
             value = draw(st.sampled_from(values))
         else:
-            value = draw(st.sampled_from(values) | st.text(printable, max_size=12)
-                         | st.lists(st.text(printable, max_size=3) | escapes, max_size=5).map("".join))
+            value = draw(
+                st.sampled_from(values)
+                | st.text(printable, max_size=12)
+                | st.lists(st.text(printable, max_size=3) | escapes, max_size=5).map("".join)
+            )
         headers.append((name, value))
     return headers
 
 
 @st.composite
 def stomp_frames(draw, plausible: bool) -> bytes:
-    command = draw(st.sampled_from(STOMP_COMMANDS)) if plausible else draw(
-        st.sampled_from(STOMP_COMMANDS + ["MESSAGE", "ERROR", "CONNECTED", "connect", "SEND ", ""])
-        | st.text(printable, max_size=8))
+    command = (
+        draw(st.sampled_from(STOMP_COMMANDS))
+        if plausible
+        else draw(
+            st.sampled_from(STOMP_COMMANDS + ["MESSAGE", "ERROR", "CONNECTED", "connect", "SEND ", ""])
+            | st.text(printable, max_size=8)
+        )
+    )
     headers = draw(stomp_headers(plausible))
     if command in ("CONNECT", "STOMP") and draw(st.booleans()):
         headers = [("accept-version", "1.2"), ("host", "localhost")] + headers
     if command in ("SEND", "SUBSCRIBE") and draw(st.booleans()):
         headers = [("destination", draw(st.sampled_from(STOMP_HEADER_VALUES["destination"][:3])))] + headers
-    body = draw(st.sampled_from([b"", b'{"text":"hi"}', b"hello", b"\xff\xfe", b"1e400", b"[" * 3000, b"x\x00y"])
-                | st.binary(max_size=30))
+    body = draw(
+        st.sampled_from([b"", b'{"text":"hi"}', b"hello", b"\xff\xfe", b"1e400", b"[" * 3000, b"x\x00y"])
+        | st.binary(max_size=30)
+    )
     if b"\x00" in body and not draw(st.booleans()):
         body = body.replace(b"\x00", b"")
-    frame = stomp_frame(command, headers, body, escape=False,
-                        content_length=draw(st.booleans()) if b"\x00" not in body else True)
+    frame = stomp_frame(
+        command, headers, body, escape=False, content_length=draw(st.booleans()) if b"\x00" not in body else True
+    )
     if draw(st.integers(0, 4)) == 0:
         frame = frame.replace(b"\n", b"\r\n", draw(st.integers(1, 4)))
     return frame + draw(st.sampled_from([b"", b"", b"\n", b"\r\n\n"]))
@@ -868,16 +1114,16 @@ def mutate(draw, data: bytes) -> bytes:
         i = draw(st.integers(0, max(0, len(data))))
         if kind == "flip" and data:
             i = min(i, len(data) - 1)
-            data = data[:i] + bytes([data[i] ^ (1 << draw(st.integers(0, 7)))]) + data[i + 1:]
+            data = data[:i] + bytes([data[i] ^ (1 << draw(st.integers(0, 7)))]) + data[i + 1 :]
         elif kind == "insert":
             junk = draw(st.sampled_from([b"\x00", b"\n", b":", b"\\", b"\r", b"\xff"]) | st.binary(max_size=4))
             data = data[:i] + junk + data[i:]
         elif kind == "delete":
-            data = data[:i] + data[i + draw(st.integers(1, 4)):]
+            data = data[:i] + data[i + draw(st.integers(1, 4)) :]
         elif kind == "truncate":
             data = data[:i]
         else:
-            data = data[:i] + data[i:i + 20] + data[i:]
+            data = data[:i] + data[i : i + 20] + data[i:]
     return data
 
 
@@ -918,8 +1164,10 @@ class StompProbe:
     def run(self, messages: list[tuple[bytes, bool]]) -> tuple[list[tuple[int, bytes]], int | None]:
         try:
             for payload, text in messages:
-                self.ws.send(payload.decode("utf-8") if text else payload,
-                             opcode=websocket.ABNF.OPCODE_TEXT if text else websocket.ABNF.OPCODE_BINARY)
+                self.ws.send(
+                    payload.decode("utf-8") if text else payload,
+                    opcode=websocket.ABNF.OPCODE_TEXT if text else websocket.ABNF.OPCODE_BINARY,
+                )
             self.ws.send_close(1000)
         except (OSError, websocket.WebSocketException):
             pass  # the server closed first (an ERROR early in the stream): read what it said
@@ -963,8 +1211,9 @@ def test_stomp_bytes_mutations_and_escapes_fuzz(fuzz_server, guard):
 
 def test_stomp_random_command_order_fuzz(fuzz_server, guard):
     @FUZZ
-    @given(offer=stomp_offers, frames=st.lists(stomp_frames(plausible=True), min_size=1, max_size=8),
-           packed=st.booleans())
+    @given(
+        offer=stomp_offers, frames=st.lists(stomp_frames(plausible=True), min_size=1, max_size=8), packed=st.booleans()
+    )
     def one_session(offer, frames, packed):
         messages = [(b"".join(frames), True)] if packed else [(frame, True) for frame in frames]
         messages = [(payload, text and _utf8(payload)) for payload, text in messages]
@@ -987,9 +1236,19 @@ def test_stomp_json_body_beyond_a_double_is_refused(fuzz_server, guard):
     """Found by the /ws fuzzer, the same bug here: a SEND body of ``[1e400]`` was published
     as inf and delivered to every subscriber as the MESSAGE body ``[Infinity]``."""
     probe = StompProbe(fuzz_server.url, ("v12.stomp",))
-    received, code = probe.run([(CONNECT_FRAME, True), (stomp_frame(
-        "SEND", [("destination", "/topic/fz-inf2"), ("content-type", "application/json"), ("receipt", "s")],
-        b"[1e400]"), True)])
+    received, code = probe.run(
+        [
+            (CONNECT_FRAME, True),
+            (
+                stomp_frame(
+                    "SEND",
+                    [("destination", "/topic/fz-inf2"), ("content-type", "application/json"), ("receipt", "s")],
+                    b"[1e400]",
+                ),
+                True,
+            ),
+        ]
+    )
     assert _check_stomp_messages(received, code, probe.version) == ["CONNECTED", "ERROR"]
     error = parse_stomp(received[-1][1])
     assert error.get("message") == "invalid JSON body" and error.get("receipt-id") == "s", error
@@ -1020,8 +1279,9 @@ class Http:
         self.host, self.port = parts.hostname, parts.port
         self.conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, target: str, headers: dict | None = None,
-                body: bytes | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
+    def request(
+        self, method: str, target: str, headers: dict | None = None, body: bytes | None = None
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
         for attempt in (1, 2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=scaled(10))
@@ -1056,21 +1316,59 @@ def check_error_body(status: int, headers, body: bytes, codes: set[str] | None =
 
 
 # Query values: empty, cursors, numbers in odd spellings, any text, raw bytes (invalid UTF-8).
-query_values = (cursor_like | st.sampled_from(["", "0", "1", "50", "1000", "1001", "-1", "1e3", "0x10", " 5", "5 ",
-                                               "\uff15", "\u00b2", "\u0663", "1_0", "nan", "inf", "-0", "0.0",
-                                               "1e999", "9" * 30, "0.25", ".1"])
-                | st.text(printable, max_size=20) | st.binary(max_size=8))
-header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"),
-                        max_size=40).map(str.strip)
+query_values = (
+    cursor_like
+    | st.sampled_from(
+        [
+            "",
+            "0",
+            "1",
+            "50",
+            "1000",
+            "1001",
+            "-1",
+            "1e3",
+            "0x10",
+            " 5",
+            "5 ",
+            "\uff15",
+            "\u00b2",
+            "\u0663",
+            "1_0",
+            "nan",
+            "inf",
+            "-0",
+            "0.0",
+            "1e999",
+            "9" * 30,
+            "0.25",
+            ".1",
+        ]
+    )
+    | st.text(printable, max_size=20)
+    | st.binary(max_size=8)
+)
+header_values = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"), max_size=40
+).map(str.strip)
 # A header value carries no CR/LF and no surrounding whitespace (HTTP strips it).
 header_cursors = cursors.filter(lambda c: c == c.strip() and "\n" not in c and c.isascii())
 # Headers that must not change the answer: a tampered session cookie, any Authorization.
-cookies = st.none() | header_values | st.builds(
-    lambda v: f"switchboard_session={v}",
-    st.sampled_from(["", "x", "eyJzaWQiOiJ4In0.x.y", "a" * 300, "\"", "e30.AAAA.BBBB"])
-    | header_values.filter(lambda v: ";" not in v))
-authorizations = st.none() | header_values | st.builds(lambda v: f"Bearer {v}", header_values) | st.sampled_from(
-    ["Bearer abc.def-ghi_jkl~mno+/==", "Bearer ", "bearer x", "Basic Zm9vOmJhcg=="])
+cookies = (
+    st.none()
+    | header_values
+    | st.builds(
+        lambda v: f"switchboard_session={v}",
+        st.sampled_from(["", "x", "eyJzaWQiOiJ4In0.x.y", "a" * 300, '"', "e30.AAAA.BBBB"])
+        | header_values.filter(lambda v: ";" not in v),
+    )
+)
+authorizations = (
+    st.none()
+    | header_values
+    | st.builds(lambda v: f"Bearer {v}", header_values)
+    | st.sampled_from(["Bearer abc.def-ghi_jkl~mno+/==", "Bearer ", "bearer x", "Basic Zm9vOmJhcg=="])
+)
 
 
 def encode_query(params: dict) -> str:
@@ -1116,25 +1414,42 @@ def predicted_errors(topic_raw: str, params: dict, header: str | None, *, timeou
     return codes
 
 
-topic_segments = (valid_topics.map(lambda t: (t, quote(t, safe="")))
-                  | st.text(printable, min_size=1, max_size=20).filter(lambda t: not t.startswith("canary")).map(
-                      lambda t: (t, quote(t, safe="")))
-                  | st.sampled_from(["a" * 128, "a" * 129, "-a", ".a", "a b", "a/b", "%", "..", "ä"]).map(
-                      lambda t: (t, quote(t, safe=""))))
-query_params = st.dictionaries(st.sampled_from(["since", "limit", "last_event_id", "timeout", "x"]), query_values,
-                               max_size=4)
+topic_segments = (
+    valid_topics.map(lambda t: (t, quote(t, safe="")))
+    | st.text(printable, min_size=1, max_size=20)
+    .filter(lambda t: not t.startswith("canary"))
+    .map(lambda t: (t, quote(t, safe="")))
+    | st.sampled_from(["a" * 128, "a" * 129, "-a", ".a", "a b", "a/b", "%", "..", "ä"]).map(
+        lambda t: (t, quote(t, safe=""))
+    )
+)
+query_params = st.dictionaries(
+    st.sampled_from(["since", "limit", "last_event_id", "timeout", "x"]), query_values, max_size=4
+)
 
 
 def test_http_polling_and_long_polling_params_fuzz(fuzz_server, guard):
     client = Http(fuzz_server.url)
 
     @FUZZ
-    @given(kind=st.sampled_from(["events", "long-poll"]), topic=topic_segments, params=query_params,
-           header=st.none() | header_values | header_cursors, etag=st.none() | header_values, cookie=cookies)
+    @given(
+        kind=st.sampled_from(["events", "long-poll"]),
+        topic=topic_segments,
+        params=query_params,
+        header=st.none() | header_values | header_cursors,
+        etag=st.none() | header_values,
+        cookie=cookies,
+    )
     # Found by this fuzzer: "²".isdigit() is true but int("²") raises (a 500).
     @example(kind="events", topic=("fz-a", "fz-a"), params={"limit": "\u00b2"}, header=None, etag=None, cookie=None)
-    @example(kind="long-poll", topic=("fz-a", "fz-a"), params={"limit": "\uff15", "timeout": "0"}, header=None,
-             etag=None, cookie=None)
+    @example(
+        kind="long-poll",
+        topic=("fz-a", "fz-a"),
+        params={"limit": "\uff15", "timeout": "0"},
+        header=None,
+        etag=None,
+        cookie=None,
+    )
     @example(kind="events", topic=("a/", "a%2F"), params={}, header=None, etag=None, cookie=None)
     def one_request(kind, topic, params, header, etag, cookie):
         raw_topic, segment = topic
@@ -1166,8 +1481,15 @@ def test_http_polling_and_long_polling_params_fuzz(fuzz_server, guard):
     one_request()
     # Random methods on every URL: 405 with Allow, or 404, never a crash.
     for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "FOO"):
-        for path in ("/api/topics/fz-a/events", "/api/topics/fz-a/long-poll", "/api/topics/fz-a/stream", "/ws",
-                     "/stomp", "/healthz", "/api/topics"):
+        for path in (
+            "/api/topics/fz-a/events",
+            "/api/topics/fz-a/long-poll",
+            "/api/topics/fz-a/stream",
+            "/ws",
+            "/stomp",
+            "/healthz",
+            "/api/topics",
+        ):
             status, headers, body = client.request(method, path)
             if method == "OPTIONS" and status == 200:
                 continue  # Flask answers OPTIONS itself with the Allow header
@@ -1183,13 +1505,20 @@ def test_http_sse_resume_fuzz(fuzz_server, guard):
     host, port = urlsplit(fuzz_server.url).hostname, urlsplit(fuzz_server.url).port
 
     @FUZZ
-    @given(topic=topic_segments, params=st.dictionaries(st.sampled_from(["since", "last_event_id", "x"]), query_values,
-                                                        max_size=3),
-           header=st.none() | header_values | header_cursors, cookie=cookies, authorization=authorizations)
+    @given(
+        topic=topic_segments,
+        params=st.dictionaries(st.sampled_from(["since", "last_event_id", "x"]), query_values, max_size=3),
+        header=st.none() | header_values | header_cursors,
+        cookie=cookies,
+        authorization=authorizations,
+    )
     def one_stream(topic, params, header, cookie, authorization):
         raw_topic, segment = topic
-        lines = [f"GET /api/topics/{segment}/stream?{encode_query(params)} HTTP/1.1", f"Host: {host}:{port}",
-                 "Accept: text/event-stream"]
+        lines = [
+            f"GET /api/topics/{segment}/stream?{encode_query(params)} HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Accept: text/event-stream",
+        ]
         for name, value in (("Last-Event-ID", header), ("Cookie", cookie), ("Authorization", authorization)):
             if value is not None:
                 lines.append(f"{name}: {value}")
@@ -1228,34 +1557,70 @@ def test_http_sse_resume_fuzz(fuzz_server, guard):
     guard.check()
 
 
-content_types = st.sampled_from(["application/json", "application/json; charset=utf-8", "APPLICATION/JSON",
-                                 "application/json;charset=latin-1", "text/plain", "application/x-www-form-urlencoded",
-                                 "multipart/form-data; boundary=x", "application/vnd.api+json", "", "json",
-                                 "application/json; charset=nope", "application/json\t"]) | header_values
+content_types = (
+    st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "APPLICATION/JSON",
+            "application/json;charset=latin-1",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/vnd.api+json",
+            "",
+            "json",
+            "application/json; charset=nope",
+            "application/json\t",
+        ]
+    )
+    | header_values
+)
 publish_bodies = st.one_of(
-    st.fixed_dictionaries({"data": json_values}, optional={"type": st.sampled_from(["message", "gap", "t.1", ""])
-                                                           | st.text(printable, max_size=70) | json_values,
-                                                           "sender": st.text(printable, max_size=5),
-                                                           "extra": json_values}).map(lambda b: json.dumps(b).encode()),
+    st.fixed_dictionaries(
+        {"data": json_values},
+        optional={
+            "type": st.sampled_from(["message", "gap", "t.1", ""]) | st.text(printable, max_size=70) | json_values,
+            "sender": st.text(printable, max_size=5),
+            "extra": json_values,
+        },
+    ).map(lambda b: json.dumps(b).encode()),
     json_values.map(lambda v: json.dumps(v).encode()),
     hostile_json_texts().map(lambda t: t.encode("utf-8")),
     st.binary(max_size=64),
-    st.sampled_from([b"", b"{}", b'{"data":1}' + b" " * LIMIT, b'{"data":"' + b"x" * LIMIT + b'"}',
-                     b'{"data":"\xff"}', b'\xef\xbb\xbf{"data":1}', b'{"data":1}\x00']),
+    st.sampled_from(
+        [
+            b"",
+            b"{}",
+            b'{"data":1}' + b" " * LIMIT,
+            b'{"data":"' + b"x" * LIMIT + b'"}',
+            b'{"data":"\xff"}',
+            b'\xef\xbb\xbf{"data":1}',
+            b'{"data":1}\x00',
+        ]
+    ),
 )
 
 
 def _plainly_valid(topic: str, content_type: str | None, body: bytes) -> bool:
     """A publish nobody could refuse: valid topic, a JSON content type, a small body of data and type."""
-    if not is_topic(topic) or content_type not in ("application/json", "application/json; charset=utf-8",
-                                                   "APPLICATION/JSON") or len(body) > LIMIT:
+    if (
+        not is_topic(topic)
+        or content_type not in ("application/json", "application/json; charset=utf-8", "APPLICATION/JSON")
+        or len(body) > LIMIT
+    ):
         return False
     try:
         sent = oracle_loads(body)
     except (ValueError, RecursionError):
         return False
-    return (isinstance(sent, dict) and "data" in sent and set(sent) <= {"data", "type"}
-            and is_type(sent.get("type", "message")) and nesting_hint(body.decode("utf-8", "replace")) < 800)
+    return (
+        isinstance(sent, dict)
+        and "data" in sent
+        and set(sent) <= {"data", "type"}
+        and is_type(sent.get("type", "message"))
+        and nesting_hint(body.decode("utf-8", "replace")) < 800
+    )
 
 
 def test_http_publish_fuzz(fuzz_server, guard):
@@ -1275,7 +1640,7 @@ def test_http_publish_fuzz(fuzz_server, guard):
         if status != 201 and _plainly_valid(raw_topic, content_type, body):
             raise AssertionError(f"a valid publish was refused: {status} {answer[:300]!r}")
         if status != 201:
-            code = check_error_body(status, response_headers, answer)
+            check_error_body(status, response_headers, answer)
             if "/" in raw_topic:
                 assert status == 404
             elif status == 413:

@@ -42,7 +42,12 @@ def run_node_tests(name: str, budget: float) -> subprocess.CompletedProcess:
     return subprocess.run(
         # --test-force-exit: a handle a failed test left open must not hold the run for ever.
         [NODE, "--test", "--test-concurrency=1", "--test-force-exit", "--test-reporter=tap", str(CLIENT_TESTS / name)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=scaled(budget))
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(budget),
+    )
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=marks) for name, (marks, _) in FILES.items()])

@@ -75,13 +75,21 @@ def rejections(base: str) -> dict[str, float]:
 
 def topic_count(base: str) -> float:
     res = requests.get(base + "/metrics", headers={"Connection": "close"}, timeout=scaled(5))
-    return sum(sample.value for family in text_string_to_metric_families(res.text)
-               for sample in family.samples if sample.name == "switchboard_topics")
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(res.text)
+        for sample in family.samples
+        if sample.name == "switchboard_topics"
+    )
 
 
 def publish(base: str, topic: str, data, addr: str | None = None) -> requests.Response:
-    return requests.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}),
-                         headers={**JSON, "Connection": "close", **xff(addr or address())}, timeout=scaled(5))
+    return requests.post(
+        f"{base}/api/topics/{topic}/events",
+        data=json.dumps({"data": data}),
+        headers={**JSON, "Connection": "close", **xff(addr or address())},
+        timeout=scaled(5),
+    )
 
 
 class Stream:
@@ -89,8 +97,9 @@ class Stream:
 
     def __init__(self, server, topic: str, addr: str):
         self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=scaled(5))
-        self.sock.sendall(f"GET /api/topics/{topic}/stream HTTP/1.1\r\nHost: x\r\n"
-                          f"X-Forwarded-For: {addr}\r\n\r\n".encode())
+        self.sock.sendall(
+            f"GET /api/topics/{topic}/stream HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {addr}\r\n\r\n".encode()
+        )
         self.buf = b""
         self.head = self._until(b"\r\n\r\n")
 
@@ -108,8 +117,11 @@ class Stream:
 
     def body(self) -> dict:
         """The JSON body of a refusal."""
-        length = int(next(line.split(b":")[1] for line in self.head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:")))
+        length = int(
+            next(
+                line.split(b":")[1] for line in self.head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            )
+        )
         while len(self.buf) < length:
             self.buf += self.sock.recv(65536)
         return json.loads(self.buf[:length])
@@ -134,8 +146,14 @@ class Stream:
 
 def upgrade(server, path: str, headers: dict, protocols: tuple[str, ...] = ()) -> tuple[int, dict, dict]:
     """A WebSocket handshake expected to be refused before 101: status, headers, JSON body."""
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}", "Upgrade: websocket",
-             "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{server.port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ]
     if protocols:
         lines.append(f"Sec-WebSocket-Protocol: {', '.join(protocols)}")
     lines += [f"{k}: {v}" for k, v in headers.items()]
@@ -152,11 +170,15 @@ def upgrade(server, path: str, headers: dict, protocols: tuple[str, ...] = ()) -
 
 
 def stomp(server, addr: str, heart_beat: str = "0,0") -> tuple[RawWebSocket, object]:
-    ws = RawWebSocket.connect(ws_url(server.url, "/stomp"), headers=xff(addr), protocols=("v12.stomp",),
-                              timeout=scaled(5))
+    ws = RawWebSocket.connect(
+        ws_url(server.url, "/stomp"), headers=xff(addr), protocols=("v12.stomp",), timeout=scaled(5)
+    )
     ws.sock.settimeout(scaled(10))
-    ws.send_text(stomp_frame("CONNECT", [("accept-version", "1.2"), ("host", "x"), ("heart-beat", heart_beat)],
-                             escape=False).decode())
+    ws.send_text(
+        stomp_frame(
+            "CONNECT", [("accept-version", "1.2"), ("host", "x"), ("heart-beat", heart_beat)], escape=False
+        ).decode()
+    )
     return ws, stomp_frame_of(ws, "CONNECTED")
 
 
@@ -197,8 +219,9 @@ def test_connections_per_client_address_are_429_and_other_addresses_carry_on(ser
             assert refused.status == 429, refused.head
             assert refused.body()["error"] == "too_many_client_connections"
             assert int(refused.header("Retry-After")) >= 1
-        res = requests.get(f"{server.url}/api/topics/lim-client/long-poll?timeout=5", headers=xff(greedy),
-                           timeout=scaled(10))
+        res = requests.get(
+            f"{server.url}/api/topics/lim-client/long-poll?timeout=5", headers=xff(greedy), timeout=scaled(10)
+        )
         assert res.status_code == 429 and res.json()["error"] == "too_many_client_connections"
         status, headers, body = upgrade(server, "/ws", xff(greedy))
         assert status == 429 and body["error"] == "too_many_client_connections" and "retry-after" in headers
@@ -218,8 +241,11 @@ def test_connections_per_worker_are_503_with_retry_after(start_server):
     poll = socket.create_connection(("127.0.0.1", server.port), timeout=scaled(10))
     poll.sendall(b"GET /api/topics/lim-worker/long-poll?timeout=20 HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
-        wait_until(lambda: requests.get(f"{server.url}/healthz", timeout=5).json()["subscribers"] == 3,
-                   timeout=10, message="three streams held")
+        wait_until(
+            lambda: requests.get(f"{server.url}/healthz", timeout=5).json()["subscribers"] == 3,
+            timeout=10,
+            message="three streams held",
+        )
         refused = Stream(server, "lim-worker", "unused")
         assert refused.status == 503 and refused.body()["error"] == "too_many_connections"
         assert 1 <= int(refused.header("Retry-After")) <= 5
@@ -275,21 +301,28 @@ def test_stomp_subscriptions_per_session_end_it_with_an_error(server):
     ws, _ = stomp(server, address())
     other, _ = stomp(server, address())
     try:
-        other.send_text(stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", "/topic/lim-stomp-subs"),
-                                                  ("receipt", "r")]).decode())
+        other.send_text(
+            stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", "/topic/lim-stomp-subs"), ("receipt", "r")]).decode()
+        )
         stomp_frame_of(other, "RECEIPT")
         for n in range(MAX_SUBSCRIPTIONS + 1):
-            ws.send_text(stomp_frame("SUBSCRIBE", [("id", str(n)), ("destination", f"/topic/lim-stomp-{n}"),
-                                                   ("receipt", f"r{n}")]).decode())
-        for n in range(MAX_SUBSCRIPTIONS):
+            ws.send_text(
+                stomp_frame(
+                    "SUBSCRIBE", [("id", str(n)), ("destination", f"/topic/lim-stomp-{n}"), ("receipt", f"r{n}")]
+                ).decode()
+            )
+        for _n in range(MAX_SUBSCRIPTIONS):
             stomp_frame_of(ws, "RECEIPT")
         error = stomp_frame_of(ws, "ERROR")
         assert error.get("message") == "too many subscriptions"
         assert stomp_closed(ws) == 1008
         assert publish(server.url, "lim-stomp-subs", {"k": 1}).status_code == 201
         assert json.loads(stomp_frame_of(other, "MESSAGE").body) == {"k": 1}
-        wait_until(lambda: rejections(server.url).get("subscriptions", 0) == before + 1, timeout=5,
-                   message="the refusal counted")
+        wait_until(
+            lambda: rejections(server.url).get("subscriptions", 0) == before + 1,
+            timeout=5,
+            message="the refusal counted",
+        )
     finally:
         ws.close()
         other.close()
@@ -313,8 +346,10 @@ def test_http_publish_rate_per_address_is_429_with_retry_after(server):
 
 
 def test_ws_publish_rate_per_connection_is_an_error_op(server):
-    with JsonClient(ws_url(server.url), header=[f"X-Forwarded-For: {address()}"]) as fast, \
-            JsonClient(ws_url(server.url), header=[f"X-Forwarded-For: {address()}"]) as calm:
+    with (
+        JsonClient(ws_url(server.url), header=[f"X-Forwarded-For: {address()}"]) as fast,
+        JsonClient(ws_url(server.url), header=[f"X-Forwarded-For: {address()}"]) as calm,
+    ):
         replies = [fast.request("publish", topic="lim-ws-rate", data=n) for n in range(BURST + 1)]
         assert [r["op"] for r in replies] == ["ok"] * BURST + ["error"]
         assert replies[-1]["error"] == "rate_limited" and 0 < replies[-1]["retry_after"] <= 1 / RATE
@@ -328,11 +363,13 @@ def test_stomp_send_rate_per_connection_ends_the_session(server):
     ws, _ = stomp(server, address())
     try:
         for n in range(BURST):
-            ws.send_text(stomp_frame("SEND", [("destination", "/topic/lim-stomp-rate"), ("receipt", f"s{n}")],
-                                     str(n)).decode())
+            ws.send_text(
+                stomp_frame("SEND", [("destination", "/topic/lim-stomp-rate"), ("receipt", f"s{n}")], str(n)).decode()
+            )
             assert stomp_frame_of(ws, "RECEIPT").get("receipt-id") == f"s{n}"
-        ws.send_text(stomp_frame("SEND", [("destination", "/topic/lim-stomp-rate"), ("receipt", "over")],
-                                 "over").decode())
+        ws.send_text(
+            stomp_frame("SEND", [("destination", "/topic/lim-stomp-rate"), ("receipt", "over")], "over").decode()
+        )
         error = stomp_frame_of(ws, "ERROR")
         assert error.get("message") == "publish rate exceeded" and error.get("receipt-id") == "over"
         assert stomp_closed(ws) == 1008
@@ -349,8 +386,7 @@ def test_a_new_topic_beyond_max_topics_is_refused_on_every_way_in(start_server):
     """Counted per worker (the in-memory hub); topics it holds still take events, and a
     topic forgotten after the TTL makes room again."""
     ttl = scaled(2)
-    own = start_server({"SWITCHBOARD_MAX_TOPICS": "3", "SWITCHBOARD_HISTORY_TTL": str(ttl),
-                        "SWITCHBOARD_TICKS": "0"})
+    own = start_server({"SWITCHBOARD_MAX_TOPICS": "3", "SWITCHBOARD_HISTORY_TTL": str(ttl), "SWITCHBOARD_TICKS": "0"})
     for topic in ("mt-a", "mt-b", "mt-c"):
         assert publish(own.url, topic, topic).status_code == 201
 
@@ -367,8 +403,7 @@ def test_a_new_topic_beyond_max_topics_is_refused_on_every_way_in(start_server):
 
     ws, _ = stomp(own, address())
     try:
-        ws.send_text(stomp_frame("SEND", [("destination", "/topic/mt-stomp"), ("receipt", "over")],
-                                 "over").decode())
+        ws.send_text(stomp_frame("SEND", [("destination", "/topic/mt-stomp"), ("receipt", "over")], "over").decode())
         error = stomp_frame_of(ws, "ERROR")
         assert error.get("message") == "too many topics" and error.get("receipt-id") == "over"
         assert stomp_closed(ws) == 1008
@@ -379,8 +414,9 @@ def test_a_new_topic_beyond_max_topics_is_refused_on_every_way_in(start_server):
     for topic in ("mt-http", "mt-ws", "mt-stomp"):
         events = requests.get(f"{own.url}/api/topics/{topic}/events", timeout=scaled(5)).json()["events"]
         assert events == [], f"{topic}: nothing refused was published"
-    wait_until(lambda: topic_count(own.url) == 0, timeout=ttl * 1.25 + 5, interval=0.1,
-               message="the idle topics forgotten")
+    wait_until(
+        lambda: topic_count(own.url) == 0, timeout=ttl * 1.25 + 5, interval=0.1, message="the idle topics forgotten"
+    )
     assert publish(own.url, "mt-http", "later").status_code == 201
 
 
@@ -390,8 +426,12 @@ def test_a_new_topic_beyond_max_topics_is_refused_on_every_way_in(start_server):
 def test_message_size_limit_on_every_way_in(server):
     before = rejections(server.url).get("message_size", 0)
     big = "x" * (MAX_BYTES + 1)
-    res = requests.post(f"{server.url}/api/topics/lim-size/events", data=json.dumps({"data": big}),
-                        headers={**JSON, **xff(address())}, timeout=scaled(5))
+    res = requests.post(
+        f"{server.url}/api/topics/lim-size/events",
+        data=json.dumps({"data": big}),
+        headers={**JSON, **xff(address())},
+        timeout=scaled(5),
+    )
     assert res.status_code == 413 and res.json()["error"] == "too_large"
     with JsonClient(ws_url(server.url), header=[f"X-Forwarded-For: {address()}"]) as client:
         client.send(op="publish", topic="lim-size", data=big)
@@ -406,8 +446,9 @@ def test_message_size_limit_on_every_way_in(server):
     finally:
         ws.close()
     assert publish(server.url, "lim-size", "small").status_code == 201
-    wait_until(lambda: rejections(server.url).get("message_size", 0) == before + 3, timeout=5,
-               message="three refusals counted")
+    wait_until(
+        lambda: rejections(server.url).get("message_size", 0) == before + 3, timeout=5, message="three refusals counted"
+    )
 
 
 def test_stomp_heart_beat_comes_from_the_setting(server):

@@ -26,15 +26,20 @@ def get(url: str, **kwargs) -> requests.Response:
 
 
 def publish(base: str, topic: str, data, session=None) -> dict:
-    res = (session or requests).post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}),
-                                     headers=JSON if session else {**JSON, **ONE_SHOT}, timeout=scaled(10))
+    res = (session or requests).post(
+        f"{base}/api/topics/{topic}/events",
+        data=json.dumps({"data": data}),
+        headers=JSON if session else {**JSON, **ONE_SHOT},
+        timeout=scaled(10),
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
 
 def long_poll(base: str, topic: str, session=None, **params) -> requests.Response:
-    return (session or requests).get(f"{base}/api/topics/{topic}/long-poll", params=params, timeout=scaled(40),
-                                     headers=None if session else ONE_SHOT)
+    return (session or requests).get(
+        f"{base}/api/topics/{topic}/long-poll", params=params, timeout=scaled(40), headers=None if session else ONE_SHOT
+    )
 
 
 def subscribers(base: str) -> int:
@@ -89,8 +94,7 @@ class TestAnswers:
         page = long_poll(server.url, "lp-limit", since=ids[0], limit=2).json()
         assert list(page) == ["events", "cursor", "gap"]
         assert [e["id"] for e in page["events"]] == ids[1:3] and page["cursor"] == ids[2]
-        polled = get(f"{server.url}/api/topics/lp-limit/events", params={"since": ids[0], "limit": 2},
-                              timeout=5).json()
+        polled = get(f"{server.url}/api/topics/lp-limit/events", params={"since": ids[0], "limit": 2}, timeout=5).json()
         assert page == polled, "the same body as interval polling"
 
     def test_parks_then_wakes_promptly_on_publish(self, server):
@@ -139,15 +143,18 @@ class TestAnswers:
         page = long_poll(small.url, "lp-gap", since=foreign, timeout=5).json()
         assert page["gap"] is True and [e["id"] for e in page["events"]] == ids[3:]
 
-    @pytest.mark.parametrize("params, code", [
-        ({"timeout": "abc"}, "bad_timeout"),
-        ({"timeout": "-1"}, "bad_timeout"),
-        ({"timeout": "nan"}, "bad_timeout"),
-        ({"timeout": "inf"}, "bad_timeout"),
-        ({"since": "not a cursor"}, "bad_cursor"),
-        ({"limit": "0"}, "bad_limit"),
-        ({"limit": "1001"}, "bad_limit"),
-    ])
+    @pytest.mark.parametrize(
+        "params, code",
+        [
+            ({"timeout": "abc"}, "bad_timeout"),
+            ({"timeout": "-1"}, "bad_timeout"),
+            ({"timeout": "nan"}, "bad_timeout"),
+            ({"timeout": "inf"}, "bad_timeout"),
+            ({"since": "not a cursor"}, "bad_cursor"),
+            ({"limit": "0"}, "bad_limit"),
+            ({"limit": "1001"}, "bad_limit"),
+        ],
+    )
     def test_bad_parameters_are_400_json(self, server, params, code):
         started = time.monotonic()
         res = long_poll(server.url, "lp-bad", **params)

@@ -26,8 +26,9 @@ def samples(base: str) -> dict[str, float]:
 def test_metrics_count_publishes_and_report_the_backend(server):
     before = samples(server.url).get("switchboard_events_published_total", 0)
     for n in range(3):
-        res = requests.post(f"{server.url}/api/topics/metrics/events", data=json.dumps({"data": n}),
-                            headers=JSON, timeout=5)
+        res = requests.post(
+            f"{server.url}/api/topics/metrics/events", data=json.dumps({"data": n}), headers=JSON, timeout=5
+        )
         assert res.status_code == 201
     after = samples(server.url)
     assert after["switchboard_events_published_total"] == before + 3
@@ -56,8 +57,9 @@ def test_every_transport_updates_its_metrics(server):
     from tests.support.wsclients import JsonClient, RawWebSocket, parse_stomp, stomp_frame, ws_url
 
     topic = "metrics-all"
-    first = requests.post(f"{server.url}/api/topics/{topic}/events", data=json.dumps({"data": "first"}),
-                          headers=JSON, timeout=5).json()
+    first = requests.post(
+        f"{server.url}/api/topics/{topic}/events", data=json.dumps({"data": "first"}), headers=JSON, timeout=5
+    ).json()
     before = samples(server.url)
 
     def delta(name: str) -> float:
@@ -73,8 +75,9 @@ def test_every_transport_updates_its_metrics(server):
     try:
         assert ws.request("subscribe", topic=topic)["op"] == "ok"
         stomp.send_text(stomp_frame("CONNECT", [("accept-version", "1.2"), ("host", "x")], escape=False).decode())
-        stomp.send_text(stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{topic}"),
-                                                  ("receipt", "r")]).decode())
+        stomp.send_text(
+            stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{topic}"), ("receipt", "r")]).decode()
+        )
         frames = []
         while not any(f and f.command == "RECEIPT" for f in frames):
             frames += [parse_stomp(p) for _op, p in stomp.read_messages()]
@@ -86,18 +89,30 @@ def test_every_transport_updates_its_metrics(server):
         assert delta("switchboard_events_replayed_total") >= 0  # the SSE resume had nothing after `first`
 
         # One publish through each way in: counted by transport, delivered on each.
-        assert requests.post(f"{server.url}/api/topics/{topic}/events", data=json.dumps({"data": "http"}),
-                             headers=JSON, timeout=5).status_code == 201
+        assert (
+            requests.post(
+                f"{server.url}/api/topics/{topic}/events", data=json.dumps({"data": "http"}), headers=JSON, timeout=5
+            ).status_code
+            == 201
+        )
         assert ws.request("publish", topic=topic, data="ws")["op"] == "ok"
         stomp.send_text(stomp_frame("SEND", [("destination", f"/topic/{topic}"), ("receipt", "s")], "stomp").decode())
-        wait_until(lambda: delta("switchboard_events_delivered_total{transport=stomp}") >= 3, timeout=10,
-                   message="three events delivered over STOMP")
+        wait_until(
+            lambda: delta("switchboard_events_delivered_total{transport=stomp}") >= 3,
+            timeout=10,
+            message="three events delivered over STOMP",
+        )
         for transport in ("http", "websocket", "stomp"):
             assert delta(f"switchboard_publishes_total{{transport={transport}}}") == 1, transport
         assert delta("switchboard_events_published_total") == 3
-        wait_until(lambda: all(delta(f"switchboard_events_delivered_total{{transport={t}}}") >= 1
-                               for t in ("sse", "websocket", "long-polling")), timeout=10,
-                   message="deliveries counted on SSE, /ws and the long poll")
+        wait_until(
+            lambda: all(
+                delta(f"switchboard_events_delivered_total{{transport={t}}}") >= 1
+                for t in ("sse", "websocket", "long-polling")
+            ),
+            timeout=10,
+            message="deliveries counted on SSE, /ws and the long poll",
+        )
         polled = requests.get(f"{server.url}/api/topics/{topic}/events", params={"since": first["id"]}, timeout=5)
         assert len(polled.json()["events"]) == 3
         assert delta("switchboard_events_delivered_total{transport=polling}") == 3
@@ -111,15 +126,21 @@ def test_every_transport_updates_its_metrics(server):
         replayed = samples(server.url)["switchboard_events_replayed_total"]
         assert ws.request("unsubscribe", topic=topic)["op"] == "ok"
         assert ws.request("subscribe", topic=topic, since=first["id"])["op"] == "ok"
-        wait_until(lambda: samples(server.url)["switchboard_events_replayed_total"] == replayed + 3, timeout=5,
-                   message="three events replayed")
+        wait_until(
+            lambda: samples(server.url)["switchboard_events_replayed_total"] == replayed + 3,
+            timeout=5,
+            message="three events replayed",
+        )
 
         # A STOMP protocol error is counted by its kind once the session ends.
         stomp.send_text("NOT-A-COMMAND\n\n\x00")
         while stomp.read_messages() is not None:
             pass
-        wait_until(lambda: any(k.startswith("switchboard_stomp_errors_total{") and delta(k) >= 1
-                               for k in samples(server.url)), timeout=5, message="the STOMP error counted")
+        wait_until(
+            lambda: any(k.startswith("switchboard_stomp_errors_total{") and delta(k) >= 1 for k in samples(server.url)),
+            timeout=5,
+            message="the STOMP error counted",
+        )
     finally:
         for sock in (sse, poll):
             sock.close()
@@ -127,8 +148,11 @@ def test_every_transport_updates_its_metrics(server):
         stomp.sock.close()
     # Back down, but for the SSE stream: a server learns that its reader left at the next
     # heartbeat (15 s here), when the write fails.
-    wait_until(lambda: delta("switchboard_subscriptions") == 1 and delta("switchboard_long_polls_parked") == 0,
-               timeout=10, message="the gauges back down")
+    wait_until(
+        lambda: delta("switchboard_subscriptions") == 1 and delta("switchboard_long_polls_parked") == 0,
+        timeout=10,
+        message="the gauges back down",
+    )
 
 
 @pytest.mark.redis
@@ -151,8 +175,17 @@ def test_backend_up_follows_redis(start_server, tmp_path):
 # ------------------------------------------------------------ pages: headers and text only
 
 PAGES = ("/", "/polling", "/long-polling", "/sse", "/websocket", "/stomp", "/compare", "/doctor")
-HTML_SINKS = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "createContextualFragment",
-              "DOMParser", "srcdoc", "eval(", "new Function")
+HTML_SINKS = (
+    "innerHTML",
+    "outerHTML",
+    "insertAdjacentHTML",
+    "document.write",
+    "createContextualFragment",
+    "DOMParser",
+    "srcdoc",
+    "eval(",
+    "new Function",
+)
 
 
 @pytest.mark.parametrize("language", ["en", "ko"])
@@ -193,8 +226,12 @@ def test_message_text_reaches_the_page_as_text_only(server):
         assert "|safe" not in text.replace(" ", "") and "autoescape false" not in text, template.name
     # And the server never puts a message into a page: a message is data, pages fetch it.
     evil = '<img src=x onerror="document.title=1">'
-    assert requests.post(f"{server.url}/api/topics/chat/events", data=json.dumps({"data": {"text": evil}}),
-                         headers=JSON, timeout=5).status_code == 201
+    assert (
+        requests.post(
+            f"{server.url}/api/topics/chat/events", data=json.dumps({"data": {"text": evil}}), headers=JSON, timeout=5
+        ).status_code
+        == 201
+    )
     for path in PAGES:
         assert evil not in requests.get(server.url + path, timeout=5).text
     # The JSON the pages read escapes nothing away: the text arrives intact, to be set as textContent.

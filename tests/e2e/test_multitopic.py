@@ -32,9 +32,12 @@ ONE_SHOT = {"Connection": "close"}
 
 
 def publish(base: str, topic: str, data, session=None, headers=None) -> dict:
-    res = (session or requests).post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}),
-                                     headers={**JSON, **(headers or {}), **({} if session else ONE_SHOT)},
-                                     timeout=scaled(10))
+    res = (session or requests).post(
+        f"{base}/api/topics/{topic}/events",
+        data=json.dumps({"data": data}),
+        headers={**JSON, **(headers or {}), **({} if session else ONE_SHOT)},
+        timeout=scaled(10),
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
@@ -67,8 +70,11 @@ def messages(events: list[dict]) -> list[dict]:
 
 
 def long_poll(base: str, topics: list[str], session=None, headers=None, **params) -> requests.Response:
-    return (session or requests).get(f"{base}/api/long-poll?{query(topics, **params)}", timeout=scaled(40),
-                                     headers={**(headers or {}), **({} if session else ONE_SHOT)})
+    return (session or requests).get(
+        f"{base}/api/long-poll?{query(topics, **params)}",
+        timeout=scaled(40),
+        headers={**(headers or {}), **({} if session else ONE_SHOT)},
+    )
 
 
 def seq(event_id: str) -> int:
@@ -106,8 +112,9 @@ class Publishers:
         assert not self.alive(), "the publishers did not finish"
 
 
-def follow_with_reconnects(base: str, topics: list[str], cursor: str, publishers: Publishers,
-                           per_connection: int) -> tuple[dict[str, list[str]], int]:
+def follow_with_reconnects(
+    base: str, topics: list[str], cursor: str, publishers: Publishers, per_connection: int
+) -> tuple[dict[str, list[str]], int]:
     """Read the topics' stream as a client that drops its connection after every
     ``per_connection`` events and resumes with the last id it saw, until it has all the
     publishers' events. Returns the event ids received per topic, and the connections made."""
@@ -172,12 +179,14 @@ class TestStream:
             _, comments, retry = parse_sse(raw.chunks[0][1])
             assert retry == 2000 and "mt-wire-a, mt-wire-b, mt-wire-c" in comments[0]
             start = opening_id(raw)
-            assert start == f"mt-wire-a~{old_a}~mt-wire-b~{old_b}", \
+            assert start == f"mt-wire-a~{old_a}~mt-wire-b~{old_b}", (
                 "the opening names where each topic with history starts (c has none yet)"
+            )
             sent = [publish(server.url, topic, n) for n, topic in enumerate(["mt-wire-c", "mt-wire-a", "mt-wire-b"])]
             got = messages(raw.read_events(3))
-            assert [(m["topic"], m["id"], m["data"]) for m in got] == [(e["topic"], e["id"], e["data"]) for e in sent], \
-                "live only (nothing old replayed), each event with its topic"
+            assert [(m["topic"], m["id"], m["data"]) for m in got] == [
+                (e["topic"], e["id"], e["data"]) for e in sent
+            ], "live only (nothing old replayed), each event with its topic"
             assert [m["sse_id"] for m in got] == [
                 f"mt-wire-a~{old_a}~mt-wire-b~{old_b}~mt-wire-c~{sent[0]['id']}",
                 f"mt-wire-a~{sent[1]['id']}~mt-wire-b~{old_b}~mt-wire-c~{sent[0]['id']}",
@@ -228,8 +237,9 @@ class TestStream:
         srv = own_server({"SWITCHBOARD_MAX_CONNECTIONS_PER_CLIENT": "1"})
         with open_stream(srv.url, ["mt-lim-a", "mt-lim-b", "mt-lim-c"]):
             assert subscribers(srv.url) == 3
-            res = requests.get(f"{srv.url}/api/stream?{query(['mt-lim-d', 'mt-lim-e'])}", headers=ONE_SHOT,
-                               timeout=scaled(5))
+            res = requests.get(
+                f"{srv.url}/api/stream?{query(['mt-lim-d', 'mt-lim-e'])}", headers=ONE_SHOT, timeout=scaled(5)
+            )
             assert res.status_code == 429 and res.json()["error"] == "too_many_client_connections"
             res = long_poll(srv.url, ["mt-lim-d", "mt-lim-e"], timeout=1)
             assert res.status_code == 429
@@ -239,8 +249,9 @@ class TestStream:
 
     def test_head_request_leaks_no_subscription(self, own_server):
         srv = own_server()
-        res = requests.head(f"{srv.url}/api/stream?{query(['mt-head-a', 'mt-head-b'])}", headers=ONE_SHOT,
-                            timeout=scaled(5))
+        res = requests.head(
+            f"{srv.url}/api/stream?{query(['mt-head-a', 'mt-head-b'])}", headers=ONE_SHOT, timeout=scaled(5)
+        )
         assert res.status_code == 200 and res.headers["Content-Type"] == "text/event-stream"
         assert subscribers(srv.url) == 0
 
@@ -322,8 +333,9 @@ class TestResume:
             got = messages(events)
             assert [m["id"] for m in got if m["topic"] == "mt-gap-a"] == lost_a[-5:], "then what history still holds"
             assert [m["id"] for m in got if m["topic"] == "mt-gap-b"] == kept_b, "b resumes exactly"
-            assert events.index(gaps[0]) < min(i for i, e in enumerate(events) if e["type"] != "gap" and
-                                               json.loads(e["data"])["topic"] == "mt-gap-a")
+            assert events.index(gaps[0]) < min(
+                i for i, e in enumerate(events) if e["type"] != "gap" and json.loads(e["data"])["topic"] == "mt-gap-a"
+            )
 
     def test_seam_rule_across_topics_while_publishers_race_the_opening_and_the_reconnects(self, server):
         topics = ["mt-seam-a", "mt-seam-b", "mt-seam-c"]
@@ -340,8 +352,7 @@ class TestResume:
 
 
 class TestEventSourcePackage:
-    def test_reconnects_with_the_compound_id_even_before_any_event_and_gets_every_topic(self, own_server,
-                                                                                       node_client):
+    def test_reconnects_with_the_compound_id_even_before_any_event_and_gets_every_topic(self, own_server, node_client):
         srv = own_server({"SWITCHBOARD_SSE_RETRY_MS": "300"})
         topics = ["mt-node-a", "mt-node-b"]
         old = {topic: publish(srv.url, topic, "old")["id"] for topic in topics}
@@ -385,7 +396,8 @@ class TestLongPoll:
         page = res.json()
         assert list(page) == ["events", "cursor", "gap", "gaps"] and page["gap"] is False and page["gaps"] == []
         assert sorted((e["topic"], e["id"]) for e in page["events"]) == sorted(
-            [("mt-lp-a", a[1]), ("mt-lp-a", a[2]), ("mt-lp-b", b[1])])
+            [("mt-lp-a", a[1]), ("mt-lp-a", a[2]), ("mt-lp-b", b[1])]
+        )
         assert [e["id"] for e in page["events"] if e["topic"] == "mt-lp-a"] == a[1:], "in order per topic"
         assert page["cursor"] == f"mt-lp-a~{a[2]}~mt-lp-b~{b[1]}"
         # The limit counts across topics; the cursor moves only past what was answered.
@@ -423,28 +435,34 @@ class TestLongPoll:
     def test_without_since_waits_and_its_cursor_pins_every_topic_with_history(self, server):
         old_a = publish(server.url, "mt-first-a", "old")["id"]
         result: dict = {}
-        waiter = threading.Thread(target=lambda: result.update(
-            res=long_poll(server.url, ["mt-first-a", "mt-first-b", "mt-first-new"], timeout=3)))
+        waiter = threading.Thread(
+            target=lambda: result.update(
+                res=long_poll(server.url, ["mt-first-a", "mt-first-b", "mt-first-new"], timeout=3)
+            )
+        )
         waiter.start()
         wait_until(lambda: subscribers(server.url) >= 3, timeout=5, message="the poll to park")
         event = publish(server.url, "mt-first-b", "first b")
         waiter.join(scaled(10))
         page = result["res"].json()
         assert [e["id"] for e in page["events"]] == [event["id"]]
-        assert page["cursor"] == f"mt-first-a~{old_a}~mt-first-b~{event['id']}", \
+        assert page["cursor"] == f"mt-first-a~{old_a}~mt-first-b~{event['id']}", (
             "a, quiet, is pinned where it stood; a topic never published to has no position yet"
+        )
 
     def test_a_gap_names_its_topic_only(self, own_server):
         small = own_server({"SWITCHBOARD_HISTORY_SIZE": "3"})
         a = [publish(small.url, "mt-lpgap-a", n)["id"] for n in range(7)]
         b = [publish(small.url, "mt-lpgap-b", n)["id"] for n in range(2)]
-        page = long_poll(small.url, ["mt-lpgap-a", "mt-lpgap-b"], since=f"mt-lpgap-a~{a[0]}~mt-lpgap-b~{b[0]}",
-                         timeout=3).json()
+        page = long_poll(
+            small.url, ["mt-lpgap-a", "mt-lpgap-b"], since=f"mt-lpgap-a~{a[0]}~mt-lpgap-b~{b[0]}", timeout=3
+        ).json()
         assert page["gap"] is True and page["gaps"] == ["mt-lpgap-a"]
         assert [e["id"] for e in page["events"] if e["topic"] == "mt-lpgap-a"] == a[-3:]
         assert [e["id"] for e in page["events"] if e["topic"] == "mt-lpgap-b"] == b[1:]
-        foreign = long_poll(small.url, ["mt-lpgap-a", "mt-lpgap-b"],
-                            since=f"mt-lpgap-a~zzzz-{seq(a[-1])}~mt-lpgap-b~{b[-1]}", timeout=3).json()
+        foreign = long_poll(
+            small.url, ["mt-lpgap-a", "mt-lpgap-b"], since=f"mt-lpgap-a~zzzz-{seq(a[-1])}~mt-lpgap-b~{b[-1]}", timeout=3
+        ).json()
         assert foreign["gaps"] == ["mt-lpgap-a"], "another epoch's cursor is a gap, never matched by number"
         again = long_poll(small.url, ["mt-lpgap-a", "mt-lpgap-b"], since=page["cursor"], timeout=0.2)
         assert again.status_code == 204, "the gap is told once"
@@ -482,8 +500,9 @@ ALICE = dict(subscribe=["room.*", "user.{sub}"], publish=["room.*"])
 
 @pytest.fixture(scope="class")
 def auth_server(tmp_path_factory):
-    env = auth_env(SWITCHBOARD_ANONYMOUS_SUBSCRIBE="open.*", SWITCHBOARD_PUBLISH_RATE="0",
-                   SWITCHBOARD_SSE_HEARTBEAT="0.5")
+    env = auth_env(
+        SWITCHBOARD_ANONYMOUS_SUBSCRIBE="open.*", SWITCHBOARD_PUBLISH_RATE="0", SWITCHBOARD_SSE_HEARTBEAT="0.5"
+    )
     with Gunicorn(tmp_path_factory.mktemp("multitopic-auth"), env=env) as running:
         yield running
 
@@ -498,8 +517,9 @@ class TestAccess:
         assert res.status_code == 403 and res.json()["error"] == "forbidden", res.text
         assert "'user.bob'" in res.json()["message"]
         assert time.monotonic() - started < scaled(2)
-        res = requests.get(f"{auth_server.url}{path}?{query(['open.news', 'room.a'], timeout=5)}", headers=ONE_SHOT,
-                           timeout=scaled(10))
+        res = requests.get(
+            f"{auth_server.url}{path}?{query(['open.news', 'room.a'], timeout=5)}", headers=ONE_SHOT, timeout=scaled(10)
+        )
         assert res.status_code == 401 and "'room.a'" in res.json()["message"], "anonymous: sign in for room.a"
         assert res.headers["WWW-Authenticate"] == 'Bearer realm="switchboard"'
         assert subscribers(auth_server.url) == 0, "a refused request subscribed to nothing"
@@ -521,8 +541,14 @@ class TestAccess:
 @pytest.mark.redis
 def test_resume_with_the_compound_cursor_on_redis_across_workers(tmp_path, start_server):
     with RedisServer(tmp_path / "redis") as redis_server:
-        srv = start_server({"SWITCHBOARD_REDIS_URL": redis_server.url, "WEB_CONCURRENCY": "2",
-                            "SWITCHBOARD_SSE_HEARTBEAT": "0.3", "SWITCHBOARD_PUBLISH_RATE": "0"})
+        srv = start_server(
+            {
+                "SWITCHBOARD_REDIS_URL": redis_server.url,
+                "WEB_CONCURRENCY": "2",
+                "SWITCHBOARD_SSE_HEARTBEAT": "0.3",
+                "SWITCHBOARD_PUBLISH_RATE": "0",
+            }
+        )
         topics = ["mt-redis-a", "mt-redis-b", "mt-redis-c"]
         cursor = "~".join(f"{topic}~{publish(srv.url, topic, 'start')['id']}" for topic in topics)
         publishers = Publishers(srv.url, topics, threads=3, count=40)

@@ -92,8 +92,12 @@ class TestStaticAndPolling:
             event = publish(proxy.url, "nginx-poll", 1)
             res = http.get(f"{proxy.url}/api/topics/nginx-poll/events", timeout=5)
             assert res.status_code == 200 and res.headers["ETag"] == f'"{event["id"]}"'
-            again = http.get(f"{proxy.url}/api/topics/nginx-poll/events", params={"since": event["id"]},
-                             headers={"If-None-Match": res.headers["ETag"]}, timeout=5)
+            again = http.get(
+                f"{proxy.url}/api/topics/nginx-poll/events",
+                params={"since": event["id"]},
+                headers={"If-None-Match": res.headers["ETag"]},
+                timeout=5,
+            )
             assert again.status_code == 304
             assert again.headers["ETag"] == res.headers["ETag"]
 
@@ -122,7 +126,7 @@ class TestTimeouts:
     def location_block(self, pattern: str) -> str:
         config = shipped_config()
         start = config.index(pattern)
-        return config[start:config.index("}", start)]
+        return config[start : config.index("}", start)]
 
     def read_timeout(self, pattern: str) -> float:
         match = re.search(r"proxy_read_timeout (\d+)s;", self.location_block(pattern))
@@ -138,8 +142,14 @@ class TestTimeouts:
     def test_stream_and_long_poll_locations_cover_one_topic_and_several(self):
         config = shipped_config()
         for kind in ("stream", "long-poll"):
-            match = next((m for m in re.finditer(r"location ~ (\^/api/\S*\$) \{", config)
-                          if re.match(m.group(1), f"/api/topics/chat/{kind}")), None)
+            match = next(
+                (
+                    m
+                    for m in re.finditer(r"location ~ (\^/api/\S*\$) \{", config)
+                    if re.match(m.group(1), f"/api/topics/chat/{kind}")
+                ),
+                None,
+            )
             assert match, f"no {kind} location"
             assert re.match(match.group(1), f"/api/topics/chat/{kind}"), "one topic"
             assert re.match(match.group(1), f"/api/{kind}"), "several topics (?topic=a&topic=b)"
@@ -147,9 +157,14 @@ class TestTimeouts:
 
     def test_every_seed_note_is_in_the_config(self):
         config = shipped_config()
-        for line in ("proxy_http_version 1.1;", 'proxy_set_header Connection "";', "proxy_buffering off;",
-                     "proxy_set_header Upgrade           $http_upgrade;",
-                     "proxy_set_header Connection        $connection_upgrade;", "map $http_upgrade $connection_upgrade"):
+        for line in (
+            "proxy_http_version 1.1;",
+            'proxy_set_header Connection "";',
+            "proxy_buffering off;",
+            "proxy_set_header Upgrade           $http_upgrade;",
+            "proxy_set_header Connection        $connection_upgrade;",
+            "map $http_upgrade $connection_upgrade",
+        ):
             assert line in config, line
 
 
@@ -170,7 +185,9 @@ class TestStreamingThroughNginx:
     def site_gzip(config: str) -> str:
         """A common site-wide setting: gzip for every text type, SSE included."""
         config = config.replace("            gzip off;\n", "")
-        return config.replace("    sendfile on;", "    sendfile on;\n    gzip on; gzip_min_length 0; gzip_types text/event-stream;")
+        return config.replace(
+            "    sendfile on;", "    sendfile on;\n    gzip on; gzip_min_length 0; gzip_types text/event-stream;"
+        )
 
     def first_bytes_after_publish(self, nginx: Nginx, topic: str, within: float, path: str | None = None) -> bytes:
         """Open a gzip-accepting SSE stream (``path``, or the topic's own), publish to
@@ -178,8 +195,10 @@ class TestStreamingThroughNginx:
         host = f"127.0.0.1:{nginx.port}"
         sock = socket.create_connection(("127.0.0.1", nginx.port), timeout=scaled(5))
         try:
-            sock.sendall(f"GET {path or f'/api/topics/{topic}/stream'} HTTP/1.1\r\nHost: {host}\r\n"
-                         "Accept-Encoding: gzip\r\n\r\n".encode())
+            sock.sendall(
+                f"GET {path or f'/api/topics/{topic}/stream'} HTTP/1.1\r\nHost: {host}\r\n"
+                "Accept-Encoding: gzip\r\n\r\n".encode()
+            )
             publish(nginx.url, topic, {"n": 1})
             received = bytearray()
             deadline = time.monotonic() + within
@@ -211,12 +230,14 @@ class TestStreamingThroughNginx:
 
         def buffered(config: str) -> str:
             return self.site_gzip(config).replace(
-                "proxy_buffering off;", "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;")
+                "proxy_buffering off;", "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;"
+            )
 
         held = Nginx(app_server.port, edit=buffered).start()
         try:
-            assert self.first_bytes_after_publish(held, "nginx-buffered", 2.0) == b"", \
+            assert self.first_bytes_after_publish(held, "nginx-buffered", 2.0) == b"", (
                 "buffered: the same event is held back"
+            )
         finally:
             held.stop()
 
@@ -229,16 +250,20 @@ class TestStreamingThroughNginx:
 
         def ignore_app_header(config: str) -> str:
             # Site-wide gzip (the location keeps its own gzip off) and no X-Accel-Buffering.
-            return config.replace("    sendfile on;", "    sendfile on;\n    gzip on; gzip_min_length 0; "
-                                  "gzip_types text/event-stream;\n    proxy_ignore_headers X-Accel-Buffering;")
+            return config.replace(
+                "    sendfile on;",
+                "    sendfile on;\n    gzip on; gzip_min_length 0; "
+                "gzip_types text/event-stream;\n    proxy_ignore_headers X-Accel-Buffering;",
+            )
 
         shipped = Nginx(app_server.port, edit=ignore_app_header).start()
         try:
             sock = socket.create_connection(("127.0.0.1", shipped.port), timeout=scaled(5))
             buffer = bytearray()
             try:
-                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{shipped.port}\r\n"
-                             "Accept-Encoding: gzip\r\n\r\n".encode())
+                sock.sendall(
+                    f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{shipped.port}\r\nAccept-Encoding: gzip\r\n\r\n".encode()
+                )
                 assert read_until(sock, b"retry:", scaled(2.0), buffer) < scaled(2.0)
                 event = publish(shipped.url, "nginx-multi-b", {"n": 1})
                 assert read_until(sock, event["id"].encode(), scaled(2.0), buffer) < scaled(2.0)
@@ -249,15 +274,17 @@ class TestStreamingThroughNginx:
             shipped.stop()
 
         def one_topic_location(config: str) -> str:
-            old = ignore_app_header(config).replace("location ~ ^/api/((topics/[^/]+/)?stream|",
-                                                    "location ~ ^/api/(topics/[^/]+/stream|")
+            old = ignore_app_header(config).replace(
+                "location ~ ^/api/((topics/[^/]+/)?stream|", "location ~ ^/api/(topics/[^/]+/stream|"
+            )
             assert old != ignore_app_header(config), "nginx.conf no longer has the stream location"
             return old
 
         held = Nginx(app_server.port, edit=one_topic_location).start()
         try:
-            assert self.first_bytes_after_publish(held, "nginx-multi-b", 2.0, path) == b"", \
+            assert self.first_bytes_after_publish(held, "nginx-multi-b", 2.0, path) == b"", (
                 "outside the stream location the same stream is held back"
+            )
         finally:
             held.stop()
 
@@ -299,13 +326,18 @@ class TestStreamingThroughNginx:
 
     def test_hostile_origin_is_refused_through_nginx(self, proxy):
         with pytest.raises(websocket.WebSocketBadStatusException) as info:
-            websocket.create_connection(proxy.url.replace("http", "ws") + "/ws", origin="https://evil.example",
-                                        timeout=scaled(5))
+            websocket.create_connection(
+                proxy.url.replace("http", "ws") + "/ws", origin="https://evil.example", timeout=scaled(5)
+            )
         assert info.value.status_code == 403
 
     def test_stomp_subprotocol_survives(self, proxy):
-        ws = websocket.create_connection(proxy.url.replace("http", "ws") + "/stomp", origin=proxy.url,
-                                         subprotocols=["v10.stomp", "v12.stomp", "v11.stomp"], timeout=scaled(5))
+        ws = websocket.create_connection(
+            proxy.url.replace("http", "ws") + "/stomp",
+            origin=proxy.url,
+            subprotocols=["v10.stomp", "v12.stomp", "v11.stomp"],
+            timeout=scaled(5),
+        )
         try:
             assert ws.getsubprotocol() == "v12.stomp"
             ws.send("CONNECT\naccept-version:1.2\nhost:localhost\nheart-beat:0,0\n\n\x00")

@@ -64,14 +64,22 @@ class TestPolling:
         assert first.headers["ETag"] == f'"{ids[-1]}"'
         assert first.headers["Cache-Control"] == "no-store"
 
-        nothing = http.get(f"{server.url}/api/topics/poll-a/events", params={"since": page["cursor"]},
-                           headers={"If-None-Match": first.headers["ETag"]}, timeout=10)
+        nothing = http.get(
+            f"{server.url}/api/topics/poll-a/events",
+            params={"since": page["cursor"]},
+            headers={"If-None-Match": first.headers["ETag"]},
+            timeout=10,
+        )
         assert nothing.status_code == 304 and nothing.content == b""
         assert nothing.headers["ETag"] == first.headers["ETag"]
 
         publish(http, server.url, "poll-a", 3)
-        changed = http.get(f"{server.url}/api/topics/poll-a/events", params={"since": page["cursor"]},
-                           headers={"If-None-Match": first.headers["ETag"]}, timeout=10)
+        changed = http.get(
+            f"{server.url}/api/topics/poll-a/events",
+            params={"since": page["cursor"]},
+            headers={"If-None-Match": first.headers["ETag"]},
+            timeout=10,
+        )
         assert changed.status_code == 200 and [e["data"] for e in changed.json()["events"]] == [3]
 
     def test_since_without_if_none_match_is_an_empty_200(self, server, http):
@@ -178,8 +186,11 @@ class TestBadInput:
     @pytest.mark.parametrize("topic", ["bad%20topic", "-dash", "a" * 129, "%C3%A9t%C3%A9", "a:b:%21"])
     def test_bad_topic(self, server, http, topic):
         self.expect(http.get(f"{server.url}/api/topics/{topic}/events", timeout=5), 400, "bad_topic")
-        self.expect(http.post(f"{server.url}/api/topics/{topic}/events", data='{"data":1}', headers=JSON, timeout=5),
-                    400, "bad_topic")
+        self.expect(
+            http.post(f"{server.url}/api/topics/{topic}/events", data='{"data":1}', headers=JSON, timeout=5),
+            400,
+            "bad_topic",
+        )
 
     @pytest.mark.parametrize("body", ["{", "nope", '{"data": NaN}', "[" * 100000, ""])
     def test_bad_json(self, server, http, body):
@@ -191,8 +202,9 @@ class TestBadInput:
 
     @pytest.mark.parametrize("type_", ["gap", "", "a b", 5])
     def test_bad_type(self, server, http, type_):
-        res = http.post(f"{server.url}/api/topics/t/events", data=json.dumps({"type": type_, "data": 1}),
-                        headers=JSON, timeout=5)
+        res = http.post(
+            f"{server.url}/api/topics/t/events", data=json.dumps({"type": type_, "data": 1}), headers=JSON, timeout=5
+        )
         self.expect(res, 400, "bad_type")
 
     @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
@@ -203,7 +215,9 @@ class TestBadInput:
 
     def test_body_over_the_limit(self, server, http):
         big = json.dumps({"data": "x" * (1024 * 1024 + 10)})
-        self.expect(http.post(f"{server.url}/api/topics/t/events", data=big, headers=JSON, timeout=10), 413, "too_large")
+        self.expect(
+            http.post(f"{server.url}/api/topics/t/events", data=big, headers=JSON, timeout=10), 413, "too_large"
+        )
 
     def test_wrong_method(self, server, http):
         res = http.put(f"{server.url}/api/topics/t/events", data="{}", headers=JSON, timeout=5)
@@ -223,13 +237,15 @@ class TestBadInput:
 
 
 class TestPages:
-    @pytest.mark.parametrize("path", ["/", "/polling", "/long-polling", "/sse", "/websocket", "/stomp", "/compare",
-                                      "/doctor"])
+    @pytest.mark.parametrize(
+        "path", ["/", "/polling", "/long-polling", "/sse", "/websocket", "/stomp", "/compare", "/doctor"]
+    )
     def test_page_renders(self, server, http, path):
         res = http.get(server.url + path, timeout=5)
         assert res.status_code == 200 and res.headers["Content-Type"].startswith("text/html")
-        assert "<script" not in res.text.split("</body>")[0].split("<script src")[0].split("<main")[1], \
+        assert "<script" not in res.text.split("</body>")[0].split("<script src")[0].split("<main")[1], (
             "no inline script in the page body"
+        )
 
     def test_static_files_and_no_cdn(self, server, http):
         page = http.get(server.url + "/polling", timeout=5).text
@@ -240,15 +256,27 @@ class TestPages:
 
 class TestStartup:
     def run_gunicorn(self, env):
-        return subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--check-config", "wsgi:app"],
-                              cwd=ROOT, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                              timeout=scaled(60))
+        return subprocess.run(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--check-config", "wsgi:app"],
+            cwd=ROOT,
+            env={**env, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=scaled(60),
+        )
 
-    @pytest.mark.parametrize("name,value", [
-        ("SWITCHBOARD_HISTORY_SIZE", "lots"), ("SWITCHBOARD_QUEUE_SIZE", "0"), ("PORT", "99999"),
-        ("SWITCHBOARD_LONGPOLL_TIMEOUT", "-1"), ("SWITCHBOARD_ALLOWED_ORIGINS", "not an origin"),
-        ("SWITCHBOARD_REDIS_URL", "http://x"), ("SWITCHBOARD_BEHIND_PROXY", "maybe"),
-    ])
+    @pytest.mark.parametrize(
+        "name,value",
+        [
+            ("SWITCHBOARD_HISTORY_SIZE", "lots"),
+            ("SWITCHBOARD_QUEUE_SIZE", "0"),
+            ("PORT", "99999"),
+            ("SWITCHBOARD_LONGPOLL_TIMEOUT", "-1"),
+            ("SWITCHBOARD_ALLOWED_ORIGINS", "not an origin"),
+            ("SWITCHBOARD_REDIS_URL", "http://x"),
+            ("SWITCHBOARD_BEHIND_PROXY", "maybe"),
+        ],
+    )
     def test_bad_setting_stops_startup_naming_the_variable(self, name, value):
         result = self.run_gunicorn({name: value})
         assert result.returncode != 0

@@ -29,8 +29,13 @@ from tests.support.timing import scaled, wait_until
 from tests.support.wsclients import JsonClient, cookie_header, parse_stomp, stomp_frame, ws_url
 
 TTL = 2.0
-ENV = {"SWITCHBOARD_PRESENCE_TOPICS": "here.*", "SWITCHBOARD_PRESENCE_TTL": str(TTL),
-       "SWITCHBOARD_SSE_HEARTBEAT": "0.5", "SWITCHBOARD_WS_PING_INTERVAL": "0", "SWITCHBOARD_TICKS": "0"}
+ENV = {
+    "SWITCHBOARD_PRESENCE_TOPICS": "here.*",
+    "SWITCHBOARD_PRESENCE_TTL": str(TTL),
+    "SWITCHBOARD_SSE_HEARTBEAT": "0.5",
+    "SWITCHBOARD_WS_PING_INTERVAL": "0",
+    "SWITCHBOARD_TICKS": "0",
+}
 JSON = {"Content-Type": "application/json"}
 
 
@@ -76,8 +81,9 @@ def topic():
 class SseTab:
     """One open SSE stream (a tab), on a connection of its own or the one given."""
 
-    def __init__(self, server: Gunicorn, topic: str, headers: dict[str, str],
-                 conn: http.client.HTTPConnection | None = None):
+    def __init__(
+        self, server: Gunicorn, topic: str, headers: dict[str, str], conn: http.client.HTTPConnection | None = None
+    ):
         self.conn = conn or http.client.HTTPConnection("127.0.0.1", server.port, timeout=scaled(10))
         self.conn.request("GET", f"/api/topics/{topic}/stream", headers=headers)
         self.response = self.conn.getresponse()
@@ -121,15 +127,16 @@ class User:
         return tab
 
     def ws(self, topic: str) -> JsonClient:
-        client = JsonClient(ws_url(self.server.url), self.session, header=[f"{k}: {v}" for k, v in self.headers.items()])
+        client = JsonClient(
+            ws_url(self.server.url), self.session, header=[f"{k}: {v}" for k, v in self.headers.items()]
+        )
         reply = client.request("subscribe", topic=topic)
         assert reply["op"] == "ok", reply
         self.tabs.append(client)
         return client
 
     def poll(self, topic: str) -> None:
-        res = self.session.get(f"{self.server.url}/api/topics/{topic}/events", headers=self.headers,
-                               timeout=scaled(10))
+        res = self.session.get(f"{self.server.url}/api/topics/{topic}/events", headers=self.headers, timeout=scaled(10))
         assert res.status_code == 200, res.text
 
     def close(self) -> None:
@@ -180,8 +187,12 @@ class Watcher(User):
 
 def publish(server: Gunicorn, topic: str, data, type_: str | None = None, headers=None) -> dict:
     body = {"data": data, **({"type": type_} if type_ else {})}
-    res = requests.post(f"{server.url}/api/topics/{topic}/events", data=json.dumps(body),
-                        headers={**JSON, **(headers or {})}, timeout=scaled(10))
+    res = requests.post(
+        f"{server.url}/api/topics/{topic}/events",
+        data=json.dumps(body),
+        headers={**JSON, **(headers or {})},
+        timeout=scaled(10),
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
@@ -312,7 +323,9 @@ def test_a_parked_long_poll_counts_while_parked(memory_server, topic):
         assert first.status_code in (200, 204)
         assert watcher.changes(1) == [("join", poller.name)]
         # (Read as the poller: a poll by anyone else would be a new guest joining.)
-        cursor = poller.session.get(f"{memory_server.url}/api/topics/{topic}/events", timeout=scaled(10)).json()["cursor"]
+        cursor = poller.session.get(f"{memory_server.url}/api/topics/{topic}/events", timeout=scaled(10)).json()[
+            "cursor"
+        ]
         started = time.monotonic()
         parked = poller.session.get(url, params={"timeout": str(TTL + 1), "since": cursor}, timeout=scaled(10))
         assert parked.status_code == 204 and time.monotonic() - started >= TTL + 0.9
@@ -343,8 +356,11 @@ def test_the_users_of_a_killed_worker_leave_within_the_ttl(redis_server, start_s
         else:
             pytest.fail("every /ws connection landed on the worker to kill")
         carol.sse(topic, conn=_connection_on(server, watcher.worker()))
-        wait_until(lambda: members(server, topic) == sorted([alice.name, carol.name, watcher.name]), timeout=10,
-                   message="everyone present")
+        wait_until(
+            lambda: members(server, topic) == sorted([alice.name, carol.name, watcher.name]),
+            timeout=10,
+            message="everyone present",
+        )
 
         os.kill(doomed, signal.SIGKILL)
         killed = time.monotonic()
@@ -408,21 +424,31 @@ def test_the_endpoint_needs_subscribe_on_the_topic(start_server):
 def test_a_client_cannot_publish_a_presence_event(memory_server, topic):
     topic = topic.replace("here.", "plain-")  # no presence: the final read joins no one
     forged = {"action": "join", "sender": "mallory"}
-    res = requests.post(f"{memory_server.url}/api/topics/{topic}/events",
-                        data=json.dumps({"type": "presence", "data": forged}), headers=JSON, timeout=scaled(10))
+    res = requests.post(
+        f"{memory_server.url}/api/topics/{topic}/events",
+        data=json.dumps({"type": "presence", "data": forged}),
+        headers=JSON,
+        timeout=scaled(10),
+    )
     assert res.status_code == 400 and res.json()["error"] == "bad_type", res.text
 
     with JsonClient(ws_url(memory_server.url)) as client:
         reply = client.request("publish", topic=topic, type="presence", data=forged)
         assert reply["op"] == "error" and reply["error"] == "bad_type", reply
 
-    stomp = websocket.create_connection(ws_url(memory_server.url, "/stomp"), subprotocols=["v12.stomp"],
-                                        timeout=scaled(10))
+    stomp = websocket.create_connection(
+        ws_url(memory_server.url, "/stomp"), subprotocols=["v12.stomp"], timeout=scaled(10)
+    )
     try:
         stomp.send(stomp_frame("CONNECT", {"accept-version": "1.2", "host": "localhost"}).decode())
         assert parse_stomp(_text(stomp)).command == "CONNECTED"
-        stomp.send(stomp_frame("SEND", {"destination": f"/topic/{topic}", "event-type": "presence",
-                                        "content-type": "application/json"}, json.dumps(forged)).decode())
+        stomp.send(
+            stomp_frame(
+                "SEND",
+                {"destination": f"/topic/{topic}", "event-type": "presence", "content-type": "application/json"},
+                json.dumps(forged),
+            ).decode()
+        )
         error = parse_stomp(_text(stomp))
         assert error.command == "ERROR" and "event-type" in error.get("message", ""), error
     finally:

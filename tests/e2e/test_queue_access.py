@@ -62,13 +62,21 @@ def stomp(server):
 
 
 def queue_post(base: str, queue: str, data, token: str | None = None) -> requests.Response:
-    return requests.post(f"{base}/api/queues/{queue}/messages", json={"data": data},
-                         headers=bearer(token) if token else {}, timeout=scaled(5))
+    return requests.post(
+        f"{base}/api/queues/{queue}/messages",
+        json={"data": data},
+        headers=bearer(token) if token else {},
+        timeout=scaled(5),
+    )
 
 
 def user_post(base: str, sub: str, name: str, data, token: str | None = None) -> requests.Response:
-    return requests.post(f"{base}/api/users/{sub}/queue/{name}/events", json={"data": data},
-                         headers=bearer(token) if token else {}, timeout=scaled(5))
+    return requests.post(
+        f"{base}/api/users/{sub}/queue/{name}/events",
+        json={"data": data},
+        headers=bearer(token) if token else {},
+        timeout=scaled(5),
+    )
 
 
 def next_message(client: JsonClient) -> dict:
@@ -95,8 +103,11 @@ class TestWsQueueOps:
         expected = "unauthorized" if who == "anonymous" else "forbidden"
         queue = f"jobs-{who}"
         # The topic of the same name and another queue are granted: neither is this queue.
-        token = None if who == "anonymous" else mint("nosy", subscribe=[queue, "queue.other"],
-                                                      publish=[queue, "queue.other"])
+        token = (
+            None
+            if who == "anonymous"
+            else mint("nosy", subscribe=[queue, "queue.other"], publish=[queue, "queue.other"])
+        )
         client = connect(token)
         consume = client.request("consume", queue=queue)
         assert (consume["op"], consume["error"]) == ("error", expected), consume

@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
 import requests
@@ -133,8 +132,12 @@ def send_many(base: str, start: int, count: int, poison: bool = False) -> list[s
 
 def worker_of(server: Gunicorn, port: int) -> int:
     """The gunicorn worker holding the server side of the client connection from ``port``."""
-    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{server.port} )"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{server.port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for line in out.splitlines():
         if re.search(rf"127\.0\.0\.1:{port}\s", line):
             return int(re.search(r"pid=(\d+)", line).group(1))
@@ -149,8 +152,11 @@ def metric(base: str, name: str) -> float:
 
 @pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def test_every_message_once_through_joins_leaves_nacks_and_crashes(tmp_path, kind):
-    env = {"SWITCHBOARD_QUEUE_MAX_DELIVERIES": str(MAX_DELIVERIES), "SWITCHBOARD_QUEUE_ACK_TIMEOUT": "60",
-           "SWITCHBOARD_PUBLISH_RATE": "0"}
+    env = {
+        "SWITCHBOARD_QUEUE_MAX_DELIVERIES": str(MAX_DELIVERIES),
+        "SWITCHBOARD_QUEUE_ACK_TIMEOUT": "60",
+        "SWITCHBOARD_PUBLISH_RATE": "0",
+    }
     redis_server = None
     if kind == "redis":
         redis_server = RedisServer(tmp_path / "redis").start()
@@ -200,8 +206,11 @@ def test_every_message_once_through_joins_leaves_nacks_and_crashes(tmp_path, kin
         sent += poison
 
         healthy = set(sent) - set(poison)
-        wait_until(lambda: healthy <= set(ledger.acks), timeout=60,
-                   message=f"every message acknowledged ({len(set(ledger.acks) & healthy)} of {len(healthy)})")
+        wait_until(
+            lambda: healthy <= set(ledger.acks),
+            timeout=60,
+            message=f"every message acknowledged ({len(set(ledger.acks) & healthy)} of {len(healthy)})",
+        )
         dlq = Wire(server)
         dlq.connect()
         dlq.subscribe(f"/queue/{QUEUE}.dlq")

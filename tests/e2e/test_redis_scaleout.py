@@ -17,9 +17,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
-import signal
-import socket
 import threading
 import time
 
@@ -36,8 +33,12 @@ pytestmark = pytest.mark.redis
 JSON = {"Content-Type": "application/json"}
 ONE_SHOT = {"Connection": "close"}
 WORKERS = 4
-SERVER_ENV = {"WEB_CONCURRENCY": str(WORKERS), "SWITCHBOARD_SSE_HEARTBEAT": "1",
-              "SWITCHBOARD_LONGPOLL_TIMEOUT": "2", "SWITCHBOARD_WS_PING_INTERVAL": "0"}
+SERVER_ENV = {
+    "WEB_CONCURRENCY": str(WORKERS),
+    "SWITCHBOARD_SSE_HEARTBEAT": "1",
+    "SWITCHBOARD_LONGPOLL_TIMEOUT": "2",
+    "SWITCHBOARD_WS_PING_INTERVAL": "0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,7 @@ def _server_socket_inode(server_port: int, client_port: int) -> str | None:
 
 def worker_of(server: Gunicorn, client_port: int) -> int:
     """The pid of the worker that accepted the connection from ``client_port``."""
+
     def find() -> int | None:
         inode = _server_socket_inode(server.port, client_port)
         if inode is None:
@@ -87,6 +89,7 @@ def worker_of(server: Gunicorn, client_port: int) -> int:
                 except OSError:
                     continue
         return None  # accepted by the kernel, not yet by a worker
+
     return wait_until(find, timeout=5, interval=0.01, message=f"the worker of client port {client_port}")
 
 
@@ -222,8 +225,12 @@ class LongPoller(Subscriber):
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
-                res = requests.get(f"{self.base}/api/topics/{self.topic}/long-poll", headers=ONE_SHOT,
-                                   params={"since": self.cursor, "timeout": 1, "limit": 1000}, timeout=scaled(10))
+                res = requests.get(
+                    f"{self.base}/api/topics/{self.topic}/long-poll",
+                    headers=ONE_SHOT,
+                    params={"since": self.cursor, "timeout": 1, "limit": 1000},
+                    timeout=scaled(10),
+                )
             except requests.RequestException as exc:
                 self.errors.append(repr(exc))
                 time.sleep(0.05)
@@ -252,8 +259,12 @@ class Poller(LongPoller):
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
-                res = requests.get(f"{self.base}/api/topics/{self.topic}/events", headers=ONE_SHOT,
-                                   params={"since": self.cursor, "limit": 1000}, timeout=scaled(10))
+                res = requests.get(
+                    f"{self.base}/api/topics/{self.topic}/events",
+                    headers=ONE_SHOT,
+                    params={"since": self.cursor, "limit": 1000},
+                    timeout=scaled(10),
+                )
             except requests.RequestException as exc:
                 self.errors.append(repr(exc))
                 res = None
@@ -318,6 +329,7 @@ def subscribers_on_workers(server, topic: str, since: str, cls, wanted: int = WO
 def wait_for_all(subscribers, expected: list[str], timeout: float) -> None:
     def done():
         return all(len(sub.events()) >= len(expected) for sub in subscribers)
+
     try:
         wait_until(done, timeout=timeout, interval=0.05, message="every subscriber to get every event")
     except AssertionError:
@@ -338,11 +350,17 @@ def health(server: Gunicorn) -> dict:
 class TestFourWorkersOneAudience:
     def test_every_subscriber_on_every_worker_gets_every_event_once_in_order(self, cluster):
         topic = "scale"
-        start = requests.post(f"{cluster.url}/api/topics/{topic}/events", data='{"data": "start"}',
-                              headers={**JSON, **ONE_SHOT}, timeout=scaled(5)).json()["id"]
+        start = requests.post(
+            f"{cluster.url}/api/topics/{topic}/events",
+            data='{"data": "start"}',
+            headers={**JSON, **ONE_SHOT},
+            timeout=scaled(5),
+        ).json()["id"]
         sse = subscribers_on_workers(cluster, topic, start, SSESubscriber)
         ws = subscribers_on_workers(cluster, topic, start, WebSocketSubscriber, wanted=2)
-        pollers = [LongPoller(cluster, topic, start) for _ in range(2)] + [Poller(cluster, topic, start) for _ in range(2)]
+        pollers = [LongPoller(cluster, topic, start) for _ in range(2)] + [
+            Poller(cluster, topic, start) for _ in range(2)
+        ]
         for poller in pollers:
             poller.start()
         assert len(sse) >= 3, f"SSE streams landed on only {len(sse)} worker(s)"
@@ -400,13 +418,20 @@ class TestTwoHosts:
         for sub in subs:
             sub.open()
             sub.start()
-        wait_until(lambda: health(cluster)["subscribers"] >= 1 and health(other)["subscribers"] >= 1, timeout=10,
-                   message="both streams subscribed")
+        wait_until(
+            lambda: health(cluster)["subscribers"] >= 1 and health(other)["subscribers"] >= 1,
+            timeout=10,
+            message="both streams subscribed",
+        )
         with requests.Session() as http_a, requests.Session() as http_b:
             ids = []
             for n in range(10):
-                res = (http_a if n % 2 else http_b).post(f"{(cluster if n % 2 else other).url}/api/topics/{topic}/events",
-                                                         data=json.dumps({"data": n}), headers=JSON, timeout=scaled(10))
+                res = (http_a if n % 2 else http_b).post(
+                    f"{(cluster if n % 2 else other).url}/api/topics/{topic}/events",
+                    data=json.dumps({"data": n}),
+                    headers=JSON,
+                    timeout=scaled(10),
+                )
                 assert res.status_code == 201
                 ids.append(res.json()["id"])
         wait_for_all(subs, ids, timeout=10)
@@ -431,8 +456,12 @@ class TestRedisOutage:
         with RedisServer(tmp_path / "redis", appendonly=True) as redis_server:
             server = start_server({**SERVER_ENV, "SWITCHBOARD_REDIS_URL": redis_server.url})
             topic = "outage"
-            start = requests.post(f"{server.url}/api/topics/{topic}/events", data='{"data": "start"}',
-                                  headers={**JSON, **ONE_SHOT}, timeout=scaled(5)).json()["id"]
+            start = requests.post(
+                f"{server.url}/api/topics/{topic}/events",
+                data='{"data": "start"}',
+                headers={**JSON, **ONE_SHOT},
+                timeout=scaled(5),
+            ).json()["id"]
             sse = subscribers_on_workers(server, topic, start, SSESubscriber, wanted=3)
             pollers = [LongPoller(server, topic, start), Poller(server, topic, start)]
             for poller in pollers:
@@ -445,16 +474,21 @@ class TestRedisOutage:
                 n = 0
                 while not stop.is_set():
                     try:
-                        res = requests.post(f"{server.url}/api/topics/{topic}/events", data=json.dumps({"data": n}),
-                                            headers={**JSON, **ONE_SHOT}, timeout=scaled(10))
+                        res = requests.post(
+                            f"{server.url}/api/topics/{topic}/events",
+                            data=json.dumps({"data": n}),
+                            headers={**JSON, **ONE_SHOT},
+                            timeout=scaled(10),
+                        )
                     except requests.RequestException as exc:  # never expected: the server stays up
                         refused.append({"error": repr(exc)})
                         continue
                     if res.status_code == 201:
                         accepted.append(res.json()["id"])
                     else:
-                        refused.append({"status": res.status_code, **res.json(),
-                                        "retry_after": res.headers.get("Retry-After")})
+                        refused.append(
+                            {"status": res.status_code, **res.json(), "retry_after": res.headers.get("Retry-After")}
+                        )
                     n += 1
                     stop.wait(0.005)
 
@@ -475,8 +509,10 @@ class TestRedisOutage:
             wait_for_all(everyone, expected, timeout=30)
             for sub in everyone:
                 sub.stop()
-            assert all(r.get("status") == 503 and r.get("error") == "backend_unavailable" and r.get("retry_after")
-                       for r in refused), refused[:3]
+            assert all(
+                r.get("status") == 503 and r.get("error") == "backend_unavailable" and r.get("retry_after")
+                for r in refused
+            ), refused[:3]
             for sub in everyone:
                 assert "gap" not in sub.items, f"{sub.kind}: the epoch survived, so nothing may be reported lost"
                 assert sub.items == by_position(set(sub.items)), f"{sub.kind}: repeated or reordered events"
@@ -496,20 +532,25 @@ class TestTicks:
         assert len(listeners) >= 2, "tick listeners on one worker only"
         started = time.monotonic()
         watch = scaled(4.5)
-        wait_until(lambda: time.monotonic() - started >= watch and all(len(s.events()) >= 3 for s in listeners),
-                   timeout=watch + 10, interval=0.1, message="three ticks at every listener")
+        wait_until(
+            lambda: time.monotonic() - started >= watch and all(len(s.events()) >= 3 for s in listeners),
+            timeout=watch + 10,
+            interval=0.1,
+            message="three ticks at every listener",
+        )
         for sub in listeners:
             sub.stopping.set()
         for sub in listeners:
             sub.stop()
         elapsed = time.monotonic() - started
-        history = requests.get(f"{cluster.url}/api/topics/ticks/events", params={"limit": 100}, headers=ONE_SHOT,
-                               timeout=scaled(5)).json()["events"]
+        history = requests.get(
+            f"{cluster.url}/api/topics/ticks/events", params={"limit": 100}, headers=ONE_SHOT, timeout=scaled(5)
+        ).json()["events"]
         ids = [e["id"] for e in history]
         for sub in listeners:
             got = sub.events()
             first = ids.index(got[0])
-            assert ids[first:first + len(got)] == got, "each listener gets the one sequence of ticks"
+            assert ids[first : first + len(got)] == got, "each listener gets the one sequence of ticks"
             assert len(got) <= elapsed + 2, f"{len(got)} ticks in {elapsed:.1f}s: more than one producer"
         heard = [e for e in history if any(e["id"] in sub.events() for sub in listeners)]
         producers = {e["data"]["worker"] for e in heard}

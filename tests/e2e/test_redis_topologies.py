@@ -16,8 +16,18 @@ import pytest
 import requests
 
 from tests.e2e.test_redis_scaleout import (
-    JSON, ONE_SHOT, SERVER_ENV, LongPoller, Poller, SSESubscriber, WebSocketSubscriber, by_position, health,
-    subscribers_on_workers, wait_for_all)
+    JSON,
+    ONE_SHOT,
+    SERVER_ENV,
+    LongPoller,
+    Poller,
+    SSESubscriber,
+    WebSocketSubscriber,
+    by_position,
+    health,
+    subscribers_on_workers,
+    wait_for_all,
+)
 from tests.support.redis_topologies import RedisClusterServers, SentinelGroup
 from tests.support.servers import Gunicorn
 from tests.support.timing import scaled, wait_until
@@ -43,16 +53,26 @@ class PublishLoop(threading.Thread):
             while not self.stopping.is_set():
                 topic = self.topics[n % len(self.topics)]
                 try:
-                    res = http.post(f"{self.server.url}/api/topics/{topic}/events", data=json.dumps({"data": n}),
-                                    headers=JSON, timeout=scaled(10))
+                    res = http.post(
+                        f"{self.server.url}/api/topics/{topic}/events",
+                        data=json.dumps({"data": n}),
+                        headers=JSON,
+                        timeout=scaled(10),
+                    )
                 except requests.RequestException as exc:  # never expected: the server stays up
                     self.refused.append({"topic": topic, "error": repr(exc)})
                     continue
                 if res.status_code == 201:
                     self.accepted[topic].append(res.json()["id"])
                 else:
-                    self.refused.append({"topic": topic, "status": res.status_code, **res.json(),
-                                         "retry_after": res.headers.get("Retry-After")})
+                    self.refused.append(
+                        {
+                            "topic": topic,
+                            "status": res.status_code,
+                            **res.json(),
+                            "retry_after": res.headers.get("Retry-After"),
+                        }
+                    )
                 n += 1
                 self.stopping.wait(0.003)
 
@@ -117,13 +137,18 @@ def on_cluster(redis_cluster, tmp_path_factory):
 
 
 class TestCluster:
-    def test_every_subscriber_gets_every_event_once_in_order_with_topics_on_every_shard(self, on_cluster,
-                                                                                          redis_cluster):
+    def test_every_subscriber_gets_every_event_once_in_order_with_topics_on_every_shard(
+        self, on_cluster, redis_cluster
+    ):
         topics = topics_per_node(redis_cluster, 2)
         starts = {}
         for topic in topics:
-            res = requests.post(f"{on_cluster.url}/api/topics/{topic}/events", data='{"data": "start"}',
-                                headers={**JSON, **ONE_SHOT}, timeout=scaled(5))
+            res = requests.post(
+                f"{on_cluster.url}/api/topics/{topic}/events",
+                data='{"data": "start"}',
+                headers={**JSON, **ONE_SHOT},
+                timeout=scaled(5),
+            )
             assert res.status_code == 201, res.text
             starts[topic] = res.json()["id"]
         subscribers: dict[str, list] = {}
@@ -136,8 +161,11 @@ class TestCluster:
         loops = [PublishLoop(on_cluster, topics[i:] + topics[:i]) for i in range(3)]
         for loop in loops:
             loop.start()
-        wait_until(lambda: sum(loop.count(t) for loop in loops for t in topics) >= 300, timeout=60,
-                   message="300 events published")
+        wait_until(
+            lambda: sum(loop.count(t) for loop in loops for t in topics) >= 300,
+            timeout=60,
+            message="300 events published",
+        )
         for loop in loops:
             loop.stop()
         assert not any(loop.refused for loop in loops), [loop.refused[:3] for loop in loops]
@@ -165,8 +193,12 @@ class TestCluster:
 
     def test_work_queues_are_refused_with_the_reason(self, on_cluster):
         """Queues need one Redis or Sentinel (README "Redis Cluster"): a send says why, never a 500."""
-        res = requests.post(f"{on_cluster.url}/api/queues/jobs/messages", data='{"data": 1}',
-                            headers={**JSON, **ONE_SHOT}, timeout=scaled(5))
+        res = requests.post(
+            f"{on_cluster.url}/api/queues/jobs/messages",
+            data='{"data": 1}',
+            headers={**JSON, **ONE_SHOT},
+            timeout=scaled(5),
+        )
         assert res.status_code == 400, res.text
         assert "cluster" in res.json()["message"], res.json()
 
@@ -186,10 +218,15 @@ class TestCluster:
     def _check_shard_outage(self, server: Gunicorn, cluster: RedisClusterServers) -> None:
         topics = topics_per_node(cluster, 1)
         victim_topic, others = topics[1], [topics[0], topics[2]]
-        subscribers = {topic: list(subscribers_on_workers(server, topic, None, SSESubscriber, wanted=2).values())
-                       for topic in topics}
-        wait_until(lambda: sum(page["subscribers"] for page in [health(server) for _ in range(8)]) > 0, timeout=10,
-                   message="streams subscribed")
+        subscribers = {
+            topic: list(subscribers_on_workers(server, topic, None, SSESubscriber, wanted=2).values())
+            for topic in topics
+        }
+        wait_until(
+            lambda: sum(page["subscribers"] for page in [health(server) for _ in range(8)]) > 0,
+            timeout=10,
+            message="streams subscribed",
+        )
         loop = PublishLoop(server, topics)
         loop.start()
         try:
@@ -197,8 +234,11 @@ class TestCluster:
             cluster.kill(1)
             wait_until(lambda: len(loop.refused) >= 5, timeout=10, message="publishes to the shard refused")
             during = {topic: loop.count(topic) for topic in others}
-            wait_until(lambda: all(loop.count(topic) >= during[topic] + 30 for topic in others), timeout=20,
-                       message="the other shards' topics to go on")
+            wait_until(
+                lambda: all(loop.count(topic) >= during[topic] + 30 for topic in others),
+                timeout=20,
+                message="the other shards' topics to go on",
+            )
             for topic in others:
                 wait_for_all(subscribers[topic], by_position(loop.accepted[topic]), timeout=10)
             stalled = loop.count(victim_topic)
@@ -236,9 +276,12 @@ class TestSentinel:
         after the failover, the publishes during the switch get 503 with Retry-After, and no
         subscriber has a hole without a gap marker."""
         with SentinelGroup(tmp_path / "sentinel") as group:
-            env = {**SERVER_ENV, "SWITCHBOARD_REDIS_MIN_REPLICAS": "1",
-                   "SWITCHBOARD_REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in group.sentinels),
-                   "SWITCHBOARD_REDIS_SENTINEL_MASTER": group.master_name}
+            env = {
+                **SERVER_ENV,
+                "SWITCHBOARD_REDIS_MIN_REPLICAS": "1",
+                "SWITCHBOARD_REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in group.sentinels),
+                "SWITCHBOARD_REDIS_SENTINEL_MASTER": group.master_name,
+            }
             server = Gunicorn(tmp_path, env=env).start()
             try:
                 self._check_failover(server, group)
@@ -247,8 +290,12 @@ class TestSentinel:
 
     def _check_failover(self, server: Gunicorn, group: SentinelGroup) -> None:
         topic = "failover"
-        res = requests.post(f"{server.url}/api/topics/{topic}/events", data='{"data": "start"}',
-                            headers={**JSON, **ONE_SHOT}, timeout=scaled(5))
+        res = requests.post(
+            f"{server.url}/api/topics/{topic}/events",
+            data='{"data": "start"}',
+            headers={**JSON, **ONE_SHOT},
+            timeout=scaled(5),
+        )
         assert res.status_code == 201, res.text
         start = res.json()["id"]
         subscribers = list(subscribers_on_workers(server, topic, start, SSESubscriber, wanted=3).values())
@@ -271,8 +318,12 @@ class TestSentinel:
             assert refusal.get("retry_after"), refusal
         expected = by_position([start] + loop.accepted[topic])[1:]
         for sub in subscribers:
-            wait_until(lambda: set(expected) <= set(sub.events()), timeout=30, interval=0.05,
-                       message=f"{sub.kind} to get every acknowledged event")
+            wait_until(
+                lambda: set(expected) <= set(sub.events()),
+                timeout=30,
+                interval=0.05,
+                message=f"{sub.kind} to get every acknowledged event",
+            )
         for sub in subscribers:
             sub.stop()
             assert_no_silent_hole(sub)

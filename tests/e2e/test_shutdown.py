@@ -48,8 +48,12 @@ def health(base: str) -> dict:
 
 
 def publish(base: str, topic: str, data) -> dict:
-    res = requests.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}),
-                        headers={**JSON, "Connection": "close"}, timeout=scaled(5))
+    res = requests.post(
+        f"{base}/api/topics/{topic}/events",
+        data=json.dumps({"data": data}),
+        headers={**JSON, "Connection": "close"},
+        timeout=scaled(5),
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
@@ -80,12 +84,16 @@ def open_http(server: Gunicorn, path: str, until: bytes) -> tuple[socket.socket,
 def stomp_session(server: Gunicorn, topic: str | None) -> RawWebSocket:
     ws = RawWebSocket.connect(ws_url(server.url, "/stomp"), protocols=("v12.stomp",), timeout=scaled(5))
     ws.sock.settimeout(scaled(10))
-    ws.send_text(stomp_frame("CONNECT", [("accept-version", "1.2"), ("host", "localhost"), ("heart-beat", "0,0")],
-                             escape=False).decode())
+    ws.send_text(
+        stomp_frame(
+            "CONNECT", [("accept-version", "1.2"), ("host", "localhost"), ("heart-beat", "0,0")], escape=False
+        ).decode()
+    )
     frames = []
     if topic is not None:
-        ws.send_text(stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{topic}"),
-                                               ("receipt", "r")]).decode())
+        ws.send_text(
+            stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{topic}"), ("receipt", "r")]).decode()
+        )
     while not any(f.command == ("RECEIPT" if topic else "CONNECTED") for f in frames):
         frames += [parse_stomp(payload) for _op, payload in ws.read_messages()]
     return ws
@@ -267,8 +275,9 @@ def test_no_data_frame_after_our_close_frame():
 def worker_with_most_sockets(server: Gunicorn) -> int:
     def sockets(pid: int) -> int:
         try:
-            return sum(1 for fd in os.listdir(f"/proc/{pid}/fd")
-                       if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
+            return sum(
+                1 for fd in os.listdir(f"/proc/{pid}/fd") if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            )
         except OSError:
             return 0
 
@@ -288,8 +297,10 @@ def check_complete(report: dict) -> None:
 def describe(report: dict) -> str:
     lines = []
     for transport, f in report["transports"].items():
-        lines.append(f"  {transport:13} {f['complete']}/{f['clients']} complete, {f['resumed']} resumed, "
-                     f"{f['sessions']} sessions, gaps {f['gaps']}; ended by {f['signals']}")
+        lines.append(
+            f"  {transport:13} {f['complete']}/{f['clients']} complete, {f['resumed']} resumed, "
+            f"{f['sessions']} sessions, gaps {f['gaps']}; ended by {f['signals']}"
+        )
     return "\n".join(lines)
 
 
@@ -300,8 +311,14 @@ def test_clients_resume_through_a_stopping_worker_and_miss_nothing(how, start_se
     from tests.support.redis_server import RedisServer
 
     with RedisServer(tmp_path / "redis") as redis_server:
-        server = start_server({"SWITCHBOARD_REDIS_URL": redis_server.url, "WEB_CONCURRENCY": "3",
-                               "SWITCHBOARD_SSE_RETRY_MS": str(SSE_RETRY_MS), "SWITCHBOARD_TICKS": "0"})
+        server = start_server(
+            {
+                "SWITCHBOARD_REDIS_URL": redis_server.url,
+                "WEB_CONCURRENCY": "3",
+                "SWITCHBOARD_SSE_RETRY_MS": str(SSE_RETRY_MS),
+                "SWITCHBOARD_TICKS": "0",
+            }
+        )
         wait_until(lambda: len(server.worker_pids()) == 3, timeout=20, message="three workers")
         count, rate = 300, 50.0
         resume = start_resume(server.url, f"resume-{how}", CLIENTS, count=count, rate=rate, timeout=90)
@@ -318,13 +335,19 @@ def test_clients_resume_through_a_stopping_worker_and_miss_nothing(how, start_se
             else:  # a reload: new workers start, every old one gets SIGTERM
                 server.proc.send_signal(signal.SIGHUP)
                 gone = before
-            wait_until(lambda: not (gone & set(server.worker_pids())) and len(server.worker_pids()) == 3,
-                       timeout=30, interval=0.1, message="the stopped worker(s) replaced")
+            wait_until(
+                lambda: not (gone & set(server.worker_pids())) and len(server.worker_pids()) == 3,
+                timeout=30,
+                interval=0.1,
+                message="the stopped worker(s) replaced",
+            )
             report = resume.wait_done(scaled(90))
         finally:
             resume.stop()
-        print(f"\n{how}: {count} events at {rate:g}/s to {sum(CLIENTS.values())} clients, "
-              f"{report['publish_retries']} publish retries, {report['seconds']}s\n{describe(report)}")
+        print(
+            f"\n{how}: {count} events at {rate:g}/s to {sum(CLIENTS.values())} clients, "
+            f"{report['publish_retries']} publish retries, {report['seconds']}s\n{describe(report)}"
+        )
         check_complete(report)
         resumed = sum(f["resumed"] for f in report["transports"].values())
         assert resumed > 0, "no client was on the stopped worker(s)"
@@ -356,8 +379,10 @@ def test_memory_restart_tells_every_client_of_the_gap(start_server, tmp_path):
         report = resume.wait_done(scaled(90))
     finally:
         resume.stop()
-    print(f"\nmemory restart: {count} events, {report['publish_retries']} publish retries, "
-          f"{report['seconds']}s\n{describe(report)}")
+    print(
+        f"\nmemory restart: {count} events, {report['publish_retries']} publish retries, "
+        f"{report['seconds']}s\n{describe(report)}"
+    )
     assert report["done"] and not report["publish_errors"], report["publish_errors"]
     ids = {int(n): event_id for n, event_id in report["ids"].items()}
     new_epoch = Cursor.parse(ids[count - 1]).epoch

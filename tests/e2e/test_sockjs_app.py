@@ -5,7 +5,6 @@ access control and metrics as the WebSocket endpoints (each with its refused cas
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
@@ -13,7 +12,6 @@ import requests
 import websocket  # websocket-client
 
 from tests.support.auth import auth_env, bearer, mint
-from tests.support.rawhttp import RawHttp
 from tests.support.timing import scaled, wait_until
 
 JSON = {"Content-Type": "application/json"}
@@ -30,8 +28,9 @@ class XhrSession:
         self.messages: list[str] = []
 
     def post(self, suffix: str, body: str = "") -> requests.Response:
-        return self.http.post(self.url + suffix + self.query, data=body.encode("utf-8"), headers=self.headers,
-                              timeout=scaled(40))
+        return self.http.post(
+            self.url + suffix + self.query, data=body.encode("utf-8"), headers=self.headers, timeout=scaled(40)
+        )
 
     def open(self) -> requests.Response:
         res = self.post("/xhr")
@@ -67,12 +66,12 @@ def test_ws_json_protocol_over_sockjs(server):
     session.send(json.dumps({"op": "subscribe", "ref": 1, "topic": "sjs-ws"}))
     ok = json.loads(session.next_message())
     assert ok["op"] == "ok" and ok["ref"] == 1
-    res = requests.post(f"{server.url}/api/topics/sjs-ws/events", data=json.dumps({"data": {"n": 1}}),
-                        headers=JSON, timeout=5)
+    res = requests.post(
+        f"{server.url}/api/topics/sjs-ws/events", data=json.dumps({"data": {"n": 1}}), headers=JSON, timeout=5
+    )
     event = json.loads(session.next_message())
     assert event["op"] == "event" and event["data"] == {"n": 1} and event["id"] == res.json()["id"]
-    session.send(json.dumps({"op": "publish", "ref": "p", "topic": "sjs-ws", "data": "from sockjs"}),
-                 "not json")
+    session.send(json.dumps({"op": "publish", "ref": "p", "topic": "sjs-ws", "data": "from sockjs"}), "not json")
     replies = [json.loads(session.next_message()) for _ in range(3)]
     kinds = sorted((r["op"], r.get("error")) for r in replies)
     assert kinds == [("error", "bad_json"), ("event", None), ("ok", None)]
@@ -107,11 +106,15 @@ def test_hostile_origins_are_refused_on_every_mount(server):
         res = requests.get(server.url + prefix + "/info", headers=own, timeout=5)
         assert res.status_code == 200 and res.headers["Access-Control-Allow-Origin"] == server.url
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-            websocket.create_connection(server.url.replace("http", "ws") + prefix + "/000/abc/websocket",
-                                        origin="https://evil.example", timeout=scaled(5))
+            websocket.create_connection(
+                server.url.replace("http", "ws") + prefix + "/000/abc/websocket",
+                origin="https://evil.example",
+                timeout=scaled(5),
+            )
         assert refused.value.status_code == 403
-        ws = websocket.create_connection(server.url.replace("http", "ws") + prefix + "/000/abc/websocket",
-                                         origin=server.url, timeout=scaled(5))
+        ws = websocket.create_connection(
+            server.url.replace("http", "ws") + prefix + "/000/abc/websocket", origin=server.url, timeout=scaled(5)
+        )
         assert ws.recv() == "o"
         ws.close()
 
@@ -152,9 +155,11 @@ def test_access_control_on_sockjs(start_server):
     # Anonymous: may follow chat, not another topic, and may not publish.
     anonymous = XhrSession(server.url + "/stomp-sockjs")
     anonymous.open()
-    anonymous.send(stomp("CONNECT", {"accept-version": "1.2", "host": "x"}),
-                   stomp("SUBSCRIBE", {"id": "0", "destination": "/topic/chat", "receipt": "ok"}),
-                   stomp("SUBSCRIBE", {"id": "1", "destination": "/topic/secret"}))
+    anonymous.send(
+        stomp("CONNECT", {"accept-version": "1.2", "host": "x"}),
+        stomp("SUBSCRIBE", {"id": "0", "destination": "/topic/chat", "receipt": "ok"}),
+        stomp("SUBSCRIBE", {"id": "1", "destination": "/topic/secret"}),
+    )
     assert anonymous.next_message().startswith("CONNECTED")
     assert anonymous.next_message().startswith("RECEIPT")
     error = anonymous.next_message()
@@ -163,17 +168,21 @@ def test_access_control_on_sockjs(start_server):
     token = mint("alice", subscribe=["secret"], publish=["secret"])
     alice = XhrSession(server.url + "/ws-sockjs", headers=bearer(token))
     alice.open()
-    alice.send(json.dumps({"op": "subscribe", "ref": 1, "topic": "secret"}),
-               json.dumps({"op": "publish", "ref": 2, "topic": "secret", "data": "x"}))
+    alice.send(
+        json.dumps({"op": "subscribe", "ref": 1, "topic": "secret"}),
+        json.dumps({"op": "publish", "ref": 2, "topic": "secret", "data": "x"}),
+    )
     replies = [json.loads(alice.next_message()) for _ in range(3)]
     assert {r["op"] for r in replies} == {"ok", "event"}
     assert next(r for r in replies if r["op"] == "event")["sender"] == "alice"
     # The seed's endpoint: anonymous chat subscribers fine, anonymous senders refused.
     seed = XhrSession(server.url + "/websocket/stomp")
     seed.open()
-    seed.send(stomp("CONNECT", {"accept-version": "1.1", "host": "x"}),
-              stomp("SUBSCRIBE", {"id": "0", "destination": "/sub/chat", "receipt": "ok"}),
-              stomp("SEND", {"destination": "/pub/chat"}, "hi"))
+    seed.send(
+        stomp("CONNECT", {"accept-version": "1.1", "host": "x"}),
+        stomp("SUBSCRIBE", {"id": "0", "destination": "/sub/chat", "receipt": "ok"}),
+        stomp("SEND", {"destination": "/pub/chat"}, "hi"),
+    )
     assert seed.next_message().startswith("CONNECTED")
     assert seed.next_message().startswith("RECEIPT")
     error = seed.next_message()
@@ -194,8 +203,12 @@ def test_a_session_answers_only_whoever_opened_it(start_server):
         assert requests.post(alice.url + "/xhr", headers=headers, timeout=scaled(10)).status_code == 404, headers
     alice.send(json.dumps({"op": "ping", "ref": 2}))
     assert json.loads(alice.next_message())["ref"] == 2  # nothing of the intruders reached the session
-    assert requests.get(server.url + "/api/topics/secret/events", headers=bearer(token),
-                        timeout=scaled(10)).json()["events"] == []
+    assert (
+        requests.get(server.url + "/api/topics/secret/events", headers=bearer(token), timeout=scaled(10)).json()[
+            "events"
+        ]
+        == []
+    )
     # Opened with a single-use ticket: later requests repeat the same ticket in the query.
     res = requests.post(server.url + "/api/tickets", headers=bearer(token), timeout=scaled(10))
     ticket = res.json()["ticket"]

@@ -43,8 +43,9 @@ def proxy(app_server):
 
 
 def publish(base, topic, data):
-    res = requests.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}), headers=JSON,
-                        timeout=scaled(10))
+    res = requests.post(
+        f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}), headers=JSON, timeout=scaled(10)
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
@@ -52,10 +53,28 @@ def publish(base, topic, data):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_stomp_over_each_transport_through_nginx(proxy, transport):
     topic = f"sjs-nginx-{transport}"
-    clients = [NodeClient("sockjs_stomp_client.js", proxy.url + "/stomp-sockjs", "--lib", "v7", "--transport",
-                          transport, "--heartbeat", "0,0"),
-               NodeClient("sockjs_stomp_client.js", proxy.url + "/websocket/stomp", "--lib", "v2", "--transport",
-                          transport, "--heartbeat", "0,0")]
+    clients = [
+        NodeClient(
+            "sockjs_stomp_client.js",
+            proxy.url + "/stomp-sockjs",
+            "--lib",
+            "v7",
+            "--transport",
+            transport,
+            "--heartbeat",
+            "0,0",
+        ),
+        NodeClient(
+            "sockjs_stomp_client.js",
+            proxy.url + "/websocket/stomp",
+            "--lib",
+            "v2",
+            "--transport",
+            transport,
+            "--heartbeat",
+            "0,0",
+        ),
+    ]
     try:
         v7, seed = clients
         assert v7.expect("open")["transport"] == transport
@@ -69,8 +88,13 @@ def test_stomp_over_each_transport_through_nginx(proxy, transport):
         publish(proxy.url, topic, "through nginx")
         assert v7.expect("message")["body"] == "through nginx"
         assert time.monotonic() - sent < scaled(3), "held back by a buffer"
-        v7.command("send", destination="/app/chat", body=json.dumps({"text": f"v7 via nginx {transport}"}),
-                   headers={"content-type": "application/json"}, receipt="s1")
+        v7.command(
+            "send",
+            destination="/app/chat",
+            body=json.dumps({"text": f"v7 via nginx {transport}"}),
+            headers={"content-type": "application/json"},
+            receipt="s1",
+        )
         v7.expect("receipt", lambda r: r["id"] == "s1")
         body = json.loads(seed.expect("message", lambda r: "v7 via nginx" in r["body"])["body"])
         assert body["message"] == f"v7 via nginx {transport}" and body["sender"].startswith("guest-")
@@ -80,8 +104,11 @@ def test_stomp_over_each_transport_through_nginx(proxy, transport):
 
 
 def test_streaming_transports_are_not_buffered(proxy):
-    for transport, method, first in (("xhr_streaming", "POST", "h" * 2048 + "\n"), ("eventsource", "GET", "\r\n"),
-                                     ("htmlfile?c=cb", "GET", None)):
+    for transport, method, first in (
+        ("xhr_streaming", "POST", "h" * 2048 + "\n"),
+        ("eventsource", "GET", "\r\n"),
+        ("htmlfile?c=cb", "GET", None),
+    ):
         url = f"{proxy.url}/ws-sockjs/000/{uuid.uuid4().hex}/{transport}"
         conn = RawHttp(url)
         response = conn.request(method, url)
@@ -91,8 +118,10 @@ def test_streaming_transports_are_not_buffered(proxy):
             received += response.read_chunk()
         assert first is None or received.startswith(first)
         url2 = url.rsplit("/", 1)[0] + "/xhr_send"
-        assert requests.post(url2, data=json.dumps([json.dumps({"op": "ping", "ref": 7})]),
-                             timeout=scaled(10)).status_code == 204
+        assert (
+            requests.post(url2, data=json.dumps([json.dumps({"op": "ping", "ref": 7})]), timeout=scaled(10)).status_code
+            == 204
+        )
         sent = time.monotonic()
         while '\\"ref\\":7' not in received and "ref" not in received.split("o", 1)[-1]:
             received += response.read_chunk()
@@ -103,9 +132,12 @@ def test_streaming_transports_are_not_buffered(proxy):
 def test_polling_and_jsonp_through_nginx_and_http_10(proxy):
     url = f"{proxy.url}/ws-sockjs/000/{uuid.uuid4().hex}"
     assert requests.get(url + "/jsonp?c=cb", timeout=scaled(10)).text == 'cb("o");\r\n'
-    r = requests.post(url + "/jsonp_send", data="d=" + requests.utils.quote(json.dumps(
-        [json.dumps({"op": "ping", "ref": 1})])), headers={"Content-Type": "application/x-www-form-urlencoded"},
-        timeout=scaled(10))
+    r = requests.post(
+        url + "/jsonp_send",
+        data="d=" + requests.utils.quote(json.dumps([json.dumps({"op": "ping", "ref": 1})])),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=scaled(10),
+    )
     assert r.text == "ok"
     reply = requests.get(url + "/jsonp?c=cb", timeout=scaled(10)).text
     assert reply.startswith('cb("a[') and '\\\\\\"op\\\\\\":\\\\\\"ok\\\\\\"' in reply
@@ -133,11 +165,16 @@ def two_gunicorns(tmp_path_factory):
 
 def two_upstreams(second_port: int, sticky: bool = True):
     def edit(config: str) -> str:
-        config = re.sub(r"(        server 127\.0\.0\.1:\d+;[^\n]*\n)", r"\1" + f"        server 127.0.0.1:{second_port};\n",
-                        config, count=1)
+        config = re.sub(
+            r"(        server 127\.0\.0\.1:\d+;[^\n]*\n)",
+            r"\1" + f"        server 127.0.0.1:{second_port};\n",
+            config,
+            count=1,
+        )
         if not sticky:
             config = replace_once(config, "        hash $sockjs_session;", "        # hash removed:")
         return config
+
     return edit
 
 
@@ -156,11 +193,26 @@ def test_sticky_sessions_across_two_gunicorns(two_gunicorns):
     try:
         # Twenty sessions, each over several requests: every request of a session reaches its server.
         for n in range(20):
-            assert xhr_session(nginx.url, [json.dumps({"op": "ping", "ref": k}) for k in range(3)]) == \
-                [200, 204, 204, 204], n
+            assert xhr_session(nginx.url, [json.dumps({"op": "ping", "ref": k}) for k in range(3)]) == [
+                200,
+                204,
+                204,
+                204,
+            ], n
         # Sessions on both servers share the hub through Redis: a chat message reaches all.
-        clients = [NodeClient("sockjs_stomp_client.js", nginx.url + "/websocket/stomp", "--lib", "v2", "--transport",
-                              transport, "--heartbeat", "0,0") for transport in ("xhr-polling", "xhr-streaming")]
+        clients = [
+            NodeClient(
+                "sockjs_stomp_client.js",
+                nginx.url + "/websocket/stomp",
+                "--lib",
+                "v2",
+                "--transport",
+                transport,
+                "--heartbeat",
+                "0,0",
+            )
+            for transport in ("xhr-polling", "xhr-streaming")
+        ]
         try:
             for client in clients:
                 client.expect("connected", timeout=15)
@@ -168,8 +220,10 @@ def test_sticky_sessions_across_two_gunicorns(two_gunicorns):
                 client.expect("receipt", lambda r: r["id"] == "r")
             clients[0].command("send", destination="/pub/chat", body="across workers")
             for client in clients:
-                assert json.loads(client.expect("message", lambda r: "across" in r["body"])["body"])["message"] == \
-                    "across workers"
+                assert (
+                    json.loads(client.expect("message", lambda r: "across" in r["body"])["body"])["message"]
+                    == "across workers"
+                )
         finally:
             for client in clients:
                 client.close()

@@ -19,12 +19,20 @@ import websocket  # websocket-client
 
 from tests.support.rawhttp import RawHttp
 from tests.support.sockjs_protocol import (
-    content_type, get, Held, options, post, session_url, verify_405, verify_cors, verify_not_cached, ws_url,
+    Held,
+    content_type,
+    get,
+    options,
+    post,
+    session_url,
+    sockjs,  # noqa: F401 (fixtures)
+    verify_405,
+    verify_cors,
+    verify_not_cached,
     verify_options,
+    ws_url,
 )
-from tests.support.sockjs_protocol import sockjs  # noqa: F401 (fixtures)
 from tests.support.timing import scaled
-
 
 # ---------------------------------------------------------------- static URLs
 
@@ -38,7 +46,8 @@ def test_BaseUrlGreeting(sockjs):
         assert get(sockjs.url + "/echo" + suffix).status_code == 404, suffix
 
 
-IFRAME_BODY = re.compile(r'''
+IFRAME_BODY = re.compile(
+    r"""
 ^<!DOCTYPE html>
 <html>
 <head>
@@ -55,24 +64,41 @@ IFRAME_BODY = re.compile(r'''
   <p>This is a SockJS hidden iframe. It's used for cross domain magic.</p>
 </body>
 </html>$
-'''.strip())
+""".strip()
+)
 
 
 def test_IframePage(sockjs):
     base = sockjs.url + "/echo"
-    for suffix in ("/iframe.html", "/iframe-a.html", "/iframe-.html", "/iframe-0.1.2.html",
-                   "/iframe-0.1.2abc-dirty.2144.html", "/iframe-a.html?t=1234", "/iframe-0.1.2.html?t=123414"):
+    for suffix in (
+        "/iframe.html",
+        "/iframe-a.html",
+        "/iframe-.html",
+        "/iframe-0.1.2.html",
+        "/iframe-0.1.2abc-dirty.2144.html",
+        "/iframe-a.html?t=1234",
+        "/iframe-0.1.2.html?t=123414",
+    ):
         r = get(base + suffix)
         assert r.status_code == 200 and content_type(r) == "text/html;charset=UTF-8", suffix
-        assert "public" in r.headers["Cache-Control"] and re.search(r"max-age=[1-9][0-9]{6}", r.headers["Cache-Control"])
+        assert "public" in r.headers["Cache-Control"] and re.search(
+            r"max-age=[1-9][0-9]{6}", r.headers["Cache-Control"]
+        )
         assert r.headers["Expires"] and r.headers["ETag"] and "Last-Modified" not in r.headers
         match = IFRAME_BODY.match(r.text.strip())
         assert match and match.group("sockjs_url").startswith("/")
         assert "Set-Cookie" not in r.headers
         # Framed by our own pages only, and its one inline script allowed by hash.
         assert r.headers["X-Frame-Options"] == "SAMEORIGIN" and "'sha256-" in r.headers["Content-Security-Policy"]
-    for suffix in ("/iframe.htm", "/iframe", "/IFRAME.HTML", "/IFRAME", "/iframe.HTML", "/iframe.xml",
-                   "/iframe-/.html"):
+    for suffix in (
+        "/iframe.htm",
+        "/iframe",
+        "/IFRAME.HTML",
+        "/IFRAME",
+        "/iframe.HTML",
+        "/iframe.xml",
+        "/iframe-/.html",
+    ):
         assert get(base + suffix).status_code == 404, suffix
     r1, r2 = get(base + "/iframe.html"), get(base + "/iframe.html")
     assert r1.headers["etag"] == r2.headers["etag"]
@@ -198,8 +224,16 @@ def test_WebsocketHybi10_reuse_session_id(sockjs):
 def test_WebsocketHybi10_headers(sockjs):
     url = session_url(sockjs.url + "/echo") + "/websocket"
     conn = RawHttp(url)
-    r = conn.request("GET", url, headers={"Upgrade": "websocket", "Connection": "keep-alive, Upgrade",
-                                          "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "x3JJHMbDL1EzLkh9GBhXDw=="})
+    r = conn.request(
+        "GET",
+        url,
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "keep-alive, Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "x3JJHMbDL1EzLkh9GBhXDw==",
+        },
+    )
     assert r.status == 101 and r["sec-websocket-accept"] == "HSmrc0sMlYUkAGmm5OPpG2HaGWk="
     assert r["connection"].lower() == "upgrade" and r["upgrade"].lower() == "websocket" and not r["content-length"]
     conn.close()
@@ -217,8 +251,9 @@ def test_RawWebsocket(sockjs):
 
 def test_websocket_disabled(sockjs):
     with pytest.raises(websocket.WebSocketBadStatusException):
-        websocket.create_connection(ws_url(session_url(sockjs.url + "/disabled_websocket_echo")) + "/websocket",
-                                    timeout=scaled(5))
+        websocket.create_connection(
+            ws_url(session_url(sockjs.url + "/disabled_websocket_echo")) + "/websocket", timeout=scaled(5)
+        )
 
 
 # ---------------------------------------------------------------- XHR polling
@@ -252,7 +287,7 @@ def test_XhrPolling_invalid_json_keeps_the_session(sockjs):
     for not_strings in ("[1]", "{}", "null"):
         r = post(url + "/xhr_send", not_strings)
         assert r.status_code == 500 and "Payload expected." in r.text
-    r = post(url + "/xhr_send", b"[\"\xff\"]")
+    r = post(url + "/xhr_send", b'["\xff"]')
     assert r.status_code == 500 and "Broken JSON encoding." in r.text
     r = post(url + "/xhr_send", '["a"]')
     assert r.status_code == 204 and not r.content
@@ -263,8 +298,16 @@ def test_XhrPolling_invalid_json_keeps_the_session(sockjs):
 def test_XhrPolling_content_types_and_cors_headers(sockjs):
     url = session_url(sockjs.url + "/echo")
     assert post(url + "/xhr").text == "o\n"
-    types = ["text/plain", "T", "application/json", "application/xml", "", "application/json; charset=utf-8",
-             "text/xml; charset=utf-8", "text/xml"]
+    types = [
+        "text/plain",
+        "T",
+        "application/json",
+        "application/xml",
+        "",
+        "application/json; charset=utf-8",
+        "text/xml; charset=utf-8",
+        "text/xml",
+    ]
     for ct in types:
         r = post(url + "/xhr_send", '["a"]', headers={"Content-Type": ct})
         assert r.status_code == 204 and not r.content

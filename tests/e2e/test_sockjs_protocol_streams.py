@@ -12,12 +12,20 @@ import requests
 import websocket  # websocket-client
 
 from tests.support.rawhttp import RawHttp
-from tests.support.sockjs_protocol import (
-    NOT_CACHED, content_type, get, Held, post, session_url, verify_not_cached, verify_options, ws_url,
+from tests.support.sockjs_protocol import (  # noqa: F401 (fixtures)
+    NOT_CACHED,
+    Held,
+    content_type,
+    get,
+    post,
+    quick,
+    session_url,
+    sockjs,
+    verify_not_cached,
+    verify_options,
+    ws_url,
 )
-from tests.support.sockjs_protocol import sockjs, quick  # noqa: F401 (fixtures)
 from tests.support.timing import scaled, wait_until
-
 
 # ---------------------------------------------------------------- streaming transports
 
@@ -75,7 +83,7 @@ def test_EventSource(sockjs):
     assert r.read() == ""
 
 
-HTMLFILE_HEAD = r'''
+HTMLFILE_HEAD = r"""
 <!doctype html>
 <html><head>
   <meta http-equiv="X-UA-Compatible" content="IE=edge" />
@@ -88,7 +96,7 @@ HTMLFILE_HEAD = r'''
     function p(d) {c.message(d);};
     window.onload = function() {c.stop();};
   </script>
-'''.strip()
+""".strip()
 
 
 def test_HtmlFile(sockjs):
@@ -184,7 +192,7 @@ def test_JsessionidCookie(sockjs):
 # ---------------------------------------------------------------- JSON encoding
 
 ESCAPABLE_BY_CLIENT = re.compile(
-    "[\\\\\"\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0604\u070f\u17b4\u17b5\u2000-\u20ff\ufeff\ufff0-\uffff"
+    '[\\\\"\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0604\u070f\u17b4\u17b5\u2000-\u20ff\ufeff\ufff0-\uffff'
     "\u0300-\u0333\u033d-\u0346\u034a-\u034c\u0350-\u0352\u0357-\u0358\u035c-\u0362\u0374\u037e\u0387"
     "\u0591-\u05af\u05c4\u0610-\u0617\u0653-\u0654\u0657-\u065b\u065d-\u065e\u06df-\u06e2\u06eb-\u06ec"
     "\u0730\u0732-\u0733\u0735-\u0736\u073a\u073d\u073f-\u0741\u0743\u0745\u0747\u07eb-\u07f1\u0951"
@@ -195,7 +203,8 @@ ESCAPABLE_BY_CLIENT = re.compile(
     "\u20d0-\u20d1\u20d4-\u20d7\u20e7-\u20e9\u2126\u212a-\u212b\u2329-\u232a\u2adc\u302b-\u302c"
     "\uaab2-\uaab3\uf900-\ufa0d\ufa10\ufa12\ufa15-\ufa1e\ufa20\ufa22\ufa25-\ufa26\ufa2a-\ufa2d"
     "\ufa30-\ufa6d\ufa70-\ufad9\ufb1d\ufb1f\ufb2a-\ufb36\ufb38-\ufb3c\ufb3e\ufb40-\ufb41\ufb43-\ufb44"
-    "\ufb46-\ufb4e]")
+    "\ufb46-\ufb4e]"
+)
 ESCAPABLE_BY_SERVER = re.compile("[\x00-\x1f\u200c-\u200f\u2028-\u202f\u2060-\u206f\ufff0-\uffff]")
 CLIENT_KILLER = '"' + "".join(r"\u%04x" % i for i in range(65536) if ESCAPABLE_BY_CLIENT.match(chr(i))) + '"'
 SERVER_KILLER = '"' + "".join(r"\u%04x" % i for i in range(255, 65536) if ESCAPABLE_BY_SERVER.match(chr(i))) + '"'
@@ -334,8 +343,11 @@ def test_a_session_without_receiver_times_out(quick):
     url = session_url(quick.url + "/echo")
     assert post(url + "/xhr").text == "o\n"
     assert post(url + "/xhr_send", '["a"]').status_code == 204
-    wait_until(lambda: post(url + "/xhr_send", '["b"]').status_code == 404, timeout=5,
-               message="the session to time out after its disconnect delay")
+    wait_until(
+        lambda: post(url + "/xhr_send", '["b"]').status_code == 404,
+        timeout=5,
+        message="the session to time out after its disconnect delay",
+    )
     assert post(url + "/xhr").text == "o\n"  # the id now makes a new session
 
 

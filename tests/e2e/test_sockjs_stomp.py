@@ -22,14 +22,19 @@ from tests.support.timing import scaled, wait_until
 
 TRANSPORTS = ("websocket", "xhr-streaming", "xhr-polling", "eventsource")
 # sockjs-client's transport name -> the server's (the metrics label is sockjs-<that>).
-SERVER_NAME = {"websocket": "websocket", "xhr-streaming": "xhr_streaming", "xhr-polling": "xhr",
-               "eventsource": "eventsource"}
+SERVER_NAME = {
+    "websocket": "websocket",
+    "xhr-streaming": "xhr_streaming",
+    "xhr-polling": "xhr",
+    "eventsource": "eventsource",
+}
 JSON = {"Content-Type": "application/json"}
 
 
 def publish(base, topic, data):
-    res = requests.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}), headers=JSON,
-                        timeout=scaled(10))
+    res = requests.post(
+        f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}), headers=JSON, timeout=scaled(10)
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
@@ -43,9 +48,12 @@ def history(base, topic):
 def open_connections(base) -> dict[str, float]:
     res = requests.get(base + "/metrics", timeout=scaled(5))
     assert res.status_code == 200
-    return {sample.labels["transport"]: sample.value
-            for family in text_string_to_metric_families(res.text) if family.name == "switchboard_open_connections"
-            for sample in family.samples}
+    return {
+        sample.labels["transport"]: sample.value
+        for family in text_string_to_metric_families(res.text)
+        if family.name == "switchboard_open_connections"
+        for sample in family.samples
+    }
 
 
 @pytest.fixture
@@ -53,8 +61,16 @@ def sockjs_client(server):
     started: list[NodeClient] = []
 
     def start(lib: str, transport: str, path: str = "/stomp-sockjs", heart_beat=(0, 0)) -> NodeClient:
-        client = NodeClient("sockjs_stomp_client.js", server.url + path, "--lib", lib, "--transport", transport,
-                            "--heartbeat", ",".join(map(str, heart_beat)))
+        client = NodeClient(
+            "sockjs_stomp_client.js",
+            server.url + path,
+            "--lib",
+            lib,
+            "--transport",
+            transport,
+            "--heartbeat",
+            ",".join(map(str, heart_beat)),
+        )
         started.append(client)
         return client
 
@@ -86,19 +102,29 @@ def test_receipts_chat_and_heart_beats_over_each_transport(server, sockjs_client
     assert json.loads(message["body"]) == {"text": "from HTTP 한국어"}
     assert message["headers"]["event-id"] == event["id"] and message["headers"]["subscription"] == "s1"
 
-    client.command("send", destination=f"/topic/{topic}", body=f"from {lib} over {transport}", receipt="send-1",
-                   headers={"content-type": "text/plain"})
+    client.command(
+        "send",
+        destination=f"/topic/{topic}",
+        body=f"from {lib} over {transport}",
+        receipt="send-1",
+        headers={"content-type": "text/plain"},
+    )
     client.expect("receipt", lambda r: r["id"] == "send-1")
     echo = client.expect("message", lambda r: r["headers"]["subscription"] == "s1")
     assert echo["body"] == f"from {lib} over {transport}"
     stored = history(server.url, topic)[-1]
     assert stored["data"] == echo["body"] and stored["sender"].startswith("guest-")
 
-    client.command("send", destination="/app/chat", body=json.dumps({"text": f"hi from {lib}/{transport}"}),
-                   headers={"content-type": "application/json"})
+    client.command(
+        "send",
+        destination="/app/chat",
+        body=json.dumps({"text": f"hi from {lib}/{transport}"}),
+        headers={"content-type": "application/json"},
+    )
     # Topic chat has presence: the subscriber hears itself join first (skipped here).
-    chat = client.expect("message", lambda r: r["headers"]["subscription"] == "s2"
-                         and r["headers"].get("event-type") != "presence")
+    chat = client.expect(
+        "message", lambda r: r["headers"]["subscription"] == "s2" and r["headers"].get("event-type") != "presence"
+    )
     assert json.loads(chat["body"]) == {"text": f"hi from {lib}/{transport}"}
 
     # STOMP heart-beats both ways at 1000 ms keep the session past the server's 2 s limit.
@@ -108,14 +134,20 @@ def test_receipts_chat_and_heart_beats_over_each_transport(server, sockjs_client
         client.expect("heartbeat-out", timeout=5)
     while time.monotonic() - started < scaled(3.5):
         client.expect("heartbeat-in", timeout=5)
-    client.command("send", destination=f"/topic/{topic}", body="still here", receipt="send-2",
-                   headers={"content-type": "text/plain"})
+    client.command(
+        "send",
+        destination=f"/topic/{topic}",
+        body="still here",
+        receipt="send-2",
+        headers={"content-type": "text/plain"},
+    )
     client.expect("receipt", lambda r: r["id"] == "send-2")
     assert not any(r["kind"] in ("error", "close") for r in client.records)
     client.command("disconnect")
     client.expect("close", timeout=10)
-    wait_until(lambda: open_connections(server.url).get(label, 0) == 0, timeout=10,
-               message=f"{label} no longer counted")
+    wait_until(
+        lambda: open_connections(server.url).get(label, 0) == 0, timeout=10, message=f"{label} no longer counted"
+    )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -124,8 +156,13 @@ def test_stompjs7_acks_transactions_resume_and_a_megabyte(server, sockjs_client,
     client = sockjs_client("v7", transport)
     client.expect("connected", timeout=15)
     # Acks: one unacknowledged message at a time.
-    client.command("subscribe", destination=f"/topic/{topic}", id="a", receipt="s",
-                   headers={"ack": "client-individual", "prefetch-count": "1"})
+    client.command(
+        "subscribe",
+        destination=f"/topic/{topic}",
+        id="a",
+        receipt="s",
+        headers={"ack": "client-individual", "prefetch-count": "1"},
+    )
     client.expect("receipt", lambda r: r["id"] == "s")
     ids = [publish(server.url, topic, n)["id"] for n in range(3)]
     for expected in ids:
@@ -134,13 +171,22 @@ def test_stompjs7_acks_transactions_resume_and_a_megabyte(server, sockjs_client,
         client.command("ack", message=message["headers"]["ack"], subscription="a")
     # Transactions: nothing is published before COMMIT, nothing after ABORT.
     client.command("begin", id="tx1")
-    client.command("send", destination=f"/topic/{topic}", body="in tx1", headers={"content-type": "text/plain",
-                                                                                  "transaction": "tx1"})
+    client.command(
+        "send",
+        destination=f"/topic/{topic}",
+        body="in tx1",
+        headers={"content-type": "text/plain", "transaction": "tx1"},
+    )
     client.command("begin", id="tx2")
-    client.command("send", destination=f"/topic/{topic}", body="in tx2", headers={"content-type": "text/plain",
-                                                                                  "transaction": "tx2"})
-    client.command("send", destination=f"/topic/{topic}", body="outside", receipt="out",
-                   headers={"content-type": "text/plain"})
+    client.command(
+        "send",
+        destination=f"/topic/{topic}",
+        body="in tx2",
+        headers={"content-type": "text/plain", "transaction": "tx2"},
+    )
+    client.command(
+        "send", destination=f"/topic/{topic}", body="outside", receipt="out", headers={"content-type": "text/plain"}
+    )
     client.expect("receipt", lambda r: r["id"] == "out")
     assert [e["data"] for e in history(server.url, topic)][-1] == "outside"
     client.command("abort", id="tx2")
@@ -161,8 +207,9 @@ def test_stompjs7_acks_transactions_resume_and_a_megabyte(server, sockjs_client,
     client.command("subscribe", destination=f"/topic/{topic}-big", id="b", receipt="sb")
     client.expect("receipt", lambda r: r["id"] == "sb")
     big = "x" * 1_000_000
-    client.command("send", destination=f"/topic/{topic}-big", body=big, receipt="big",
-                   headers={"content-type": "text/plain"})
+    client.command(
+        "send", destination=f"/topic/{topic}-big", body=big, receipt="big", headers={"content-type": "text/plain"}
+    )
     client.expect("receipt", lambda r: r["id"] == "big", timeout=30)
     message = client.expect("message", lambda r: r["headers"]["subscription"] == "b", timeout=30)
     assert message["body"] == big
@@ -196,8 +243,10 @@ def test_the_seeds_client_on_the_seeds_endpoint(server, sockjs_client, http, tra
     # An empty input (the seed's page sends whatever it holds) is dropped, not an ERROR.
     client.command("send", destination="/pub/chat", body="")
     client.command("send", destination="/pub/chat", body="after the empty one")
-    assert json.loads(client.expect("message", lambda r: "after the empty" in r["body"])["body"])["message"] == \
-        "after the empty one"
+    assert (
+        json.loads(client.expect("message", lambda r: "after the empty" in r["body"])["body"])["message"]
+        == "after the empty one"
+    )
     # Other events on /sub/<topic> keep the broker's usual body.
     client.command("subscribe", destination="/sub/seed-other", id="sub-1", receipt="r2")
     client.expect("receipt", lambda r: r["id"] == "r2")

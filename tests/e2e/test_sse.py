@@ -39,6 +39,8 @@ def get(url: str, **kwargs) -> requests.Response:
 
 def head(url: str, **kwargs) -> requests.Response:
     return requests.head(url, headers={**ONE_SHOT, **kwargs.pop("headers", {})}, **kwargs)
+
+
 NODE = shutil.which("node")
 JS_DIR = ROOT / "tests" / "js"
 HEARTBEAT = b": ping\n\n"
@@ -49,8 +51,12 @@ HEARTBEAT = b": ping\n\n"
 
 def publish(base: str, topic: str, data, *, type: str | None = None, session=None) -> dict:
     body = {"data": data} if type is None else {"data": data, "type": type}
-    res = (session or requests).post(f"{base}/api/topics/{topic}/events", data=json.dumps(body),
-                                     headers=JSON if session else {**JSON, **ONE_SHOT}, timeout=scaled(10))
+    res = (session or requests).post(
+        f"{base}/api/topics/{topic}/events",
+        data=json.dumps(body),
+        headers=JSON if session else {**JSON, **ONE_SHOT},
+        timeout=scaled(10),
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
@@ -155,7 +161,7 @@ class RawStream:
         start = self._buf.index(b"\r\n") + 2
         while len(self._buf) < start + size + 2:
             self._fill(deadline)
-        chunk, self._buf = self._buf[start:start + size], self._buf[start + size + 2:]
+        chunk, self._buf = self._buf[start : start + size], self._buf[start + size + 2 :]
         if size == 0:
             self.ended = True
             return None
@@ -245,8 +251,7 @@ class TestOpening:
             assert json.loads(event["data"])["data"] == "new", "live only: the old event is not replayed"
 
     def test_authorization_bearer_reaches_the_server_and_is_named_in_a_comment(self, server):
-        with RawStream(server.url, "/api/topics/sse-auth/stream",
-                       {"Authorization": "Bearer demo-token-42"}) as raw:
+        with RawStream(server.url, "/api/topics/sse-auth/stream", {"Authorization": "Bearer demo-token-42"}) as raw:
             _, comments, _ = parse_sse(raw.read_head().read_chunk())
             assert "Bearer token of 13 characters" in comments[0] and "'demo-t'" in comments[0]
             assert "not verified" in comments[0]
@@ -335,7 +340,7 @@ class TestFraming:
                 assert decoded["data"] == data
                 assert decoded == sent, "the data line is the whole event dict"
             # Byte level: every block is id, event, data, blank line; nothing else.
-            blocks = [b for b in raw.body[len(raw.chunks[0][1]):].split(b"\n\n") if b != b": ping"]
+            blocks = [b for b in raw.body[len(raw.chunks[0][1]) :].split(b"\n\n") if b != b": ping"]
             assert blocks[-1] == b"" and len(blocks) == len(TRICKY) + 1
             for block, sent in zip(blocks, published):
                 id_line, event_line, data_line = block.split(b"\n")
@@ -346,8 +351,10 @@ class TestFraming:
 
     def test_event_field_carries_the_type_and_ids_are_clean(self, server):
         with stream(server.url, "sse-type") as raw:
-            sent = [publish(server.url, "sse-type", n, type=kind) for n, kind in
-                    enumerate(["score", "message", "a.b:c-d_e"])]
+            sent = [
+                publish(server.url, "sse-type", n, type=kind)
+                for n, kind in enumerate(["score", "message", "a.b:c-d_e"])
+            ]
             events = raw.read_events(3)
             assert [e["type"] for e in events] == ["score", "message", "a.b:c-d_e"]
             for event in sent:
@@ -449,7 +456,7 @@ class TestResume:
             kinds = [e["type"] for e in events]
             assert kinds[-1] == "gap" and json.loads(events[-1]["data"])["slow"] is True, kinds
             got = [e["id"] for e in events if e["type"] == "message"]
-            assert got == sent[:len(got)] and len(got) < len(sent), "in order, then the gap"
+            assert got == sent[: len(got)] and len(got) < len(sent), "in order, then the gap"
             assert events[-1]["id"] == got[-1], "resume from the last event delivered"
         wait_until(lambda: subscribers(tiny.url) == 0, timeout=5, message="the dropped subscription")
 
@@ -517,8 +524,14 @@ class NodeEventSource:
     """``node tests/js/sse_client.js``: the eventsource package, reporting as JSON lines."""
 
     def __init__(self, url: str, *args: str):
-        self.proc = subprocess.Popen([NODE, "sse_client.js", url, *args], cwd=JS_DIR, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [NODE, "sse_client.js", url, *args],
+            cwd=JS_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.records: list[dict] = []
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -580,8 +593,13 @@ def data_of(record: dict):
 
 class TestEventSourcePackage:
     def test_receives_typed_events_and_sends_the_authorization_header(self, server, node_client):
-        es = node_client(f"{server.url}/api/topics/node-basic/stream", "--types", "score",
-                         "--header", "Authorization: Bearer node-token")
+        es = node_client(
+            f"{server.url}/api/topics/node-basic/stream",
+            "--types",
+            "score",
+            "--header",
+            "Authorization: Bearer node-token",
+        )
         first = es.expect(lambda r: r["kind"] == "request")
         assert first["lastEventId"] is None and first["authorization"] == "Bearer node-token"
         es.expect(lambda r: r["kind"] == "open")
@@ -613,7 +631,9 @@ class TestEventSourcePackage:
         finally:
             proxy.close()
 
-    def test_reconnects_after_the_server_ends_the_stream_and_is_told_of_the_gap(self, sse_server, node_client, tmp_path):
+    def test_reconnects_after_the_server_ends_the_stream_and_is_told_of_the_gap(
+        self, sse_server, node_client, tmp_path
+    ):
         env = {"SWITCHBOARD_SSE_RETRY_MS": "300", "SWITCHBOARD_SSE_HEARTBEAT": "1"}
         first = sse_server(env)
         es = node_client(f"{first.url}/api/topics/node-restart/stream")
@@ -626,8 +646,11 @@ class TestEventSourcePackage:
         second = Gunicorn(tmp_path, env=env, port=first.port).start()
         try:
             fresh = publish(second.url, "node-restart", "after")["id"]
-            again = es.expect(lambda r: r["kind"] == "request" and r["lastEventId"] == old, timeout=15,
-                              what="a reconnect that hands back the old id")
+            again = es.expect(
+                lambda r: r["kind"] == "request" and r["lastEventId"] == old,
+                timeout=15,
+                what="a reconnect that hands back the old id",
+            )
             assert again["lastEventId"] == old
             gap, event = es.events(2, timeout=15)
             assert gap["type"] == "gap", "the old epoch's cursor is answered with a gap, not matched"
@@ -676,8 +699,10 @@ PARSER = ROOT / "static" / "vendor" / "fetch-event-source" / "parse.js"
 # WHATWG HTML spec's own examples.
 PARSER_CASES = [
     ("data: YHOO\ndata: +2\ndata: 10\n\n", [["message", "YHOO\n+2\n10", ""]]),
-    (": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n",
-     [["message", "first event", "1"], ["message", "second event", ""], ["message", " third event", ""]]),
+    (
+        ": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n",
+        [["message", "first event", "1"], ["message", "second event", ""], ["message", " third event", ""]],
+    ),
     ("data\n\ndata\ndata\n\ndata:", [["message", "", ""], ["message", "\n", ""]]),
     ("data:test\n\ndata: test\n\n", [["message", "test", ""], ["message", "test", ""]]),
     ("data: a\r\rdata: b\r\n\r\ndata: c\n\r\n", [["message", "a", ""], ["message", "b", ""], ["message", "c", ""]]),
@@ -705,8 +730,13 @@ LIBRARY_DEVIATIONS = {
 def run_js_parser(runs: list[list[str]]) -> list:
     if NODE is None:
         pytest.fail("Node is required")
-    proc = subprocess.run([NODE, "--input-type=module", "-e", PARSER_HARNESS, str(PARSER)],
-                          input=json.dumps(runs), capture_output=True, text=True, timeout=scaled(60))
+    proc = subprocess.run(
+        [NODE, "--input-type=module", "-e", PARSER_HARNESS, str(PARSER)],
+        input=json.dumps(runs),
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -727,11 +757,15 @@ def parsed_cases():
 
 
 class TestFetchReaderParser:
-    @pytest.mark.parametrize("index", [
-        pytest.param(i, marks=pytest.mark.xfail(strict=True, reason=LIBRARY_DEVIATIONS[i]))
-        if i in LIBRARY_DEVIATIONS else i
-        for i in range(len(PARSER_CASES))
-    ])
+    @pytest.mark.parametrize(
+        "index",
+        [
+            pytest.param(i, marks=pytest.mark.xfail(strict=True, reason=LIBRARY_DEVIATIONS[i]))
+            if i in LIBRARY_DEVIATIONS
+            else i
+            for i in range(len(PARSER_CASES))
+        ],
+    )
     def test_spec_examples_whole_char_by_char_and_split_anywhere(self, parsed_cases, index):
         want = PARSER_CASES[index][1]
         for chunks, got in parsed_cases[index]:
@@ -744,7 +778,7 @@ class TestFetchReaderParser:
             raw.read_events(len(TRICKY), timeout=10)
             # Feed it as it arrived (one chunk per server write) and cut into 7-byte pieces.
             text = raw.body.decode("utf-8")
-            pieces = [text[i:i + 7] for i in range(0, len(text), 7)]
+            pieces = [text[i : i + 7] for i in range(0, len(text), 7)]
             as_written = [chunk.decode("utf-8") for _, chunk in raw.chunks]
         want = [[e["type"], e["data"], e["id"]] for e in parse_sse(raw.body)[0]]
         whole, by_write, by_piece = run_js_parser([[text], as_written, pieces])

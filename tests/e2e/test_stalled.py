@@ -44,8 +44,12 @@ def rss_kib(pid: int) -> int:
 
 def metric(base: str, name: str) -> float:
     res = requests.get(base + "/metrics", headers={"Connection": "close"}, timeout=scaled(5))
-    return sum(sample.value for family in text_string_to_metric_families(res.text)
-               for sample in family.samples if sample.name == name)
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(res.text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 def subscribers(base: str) -> int:
@@ -110,10 +114,14 @@ class Healthy(threading.Thread):
         ws = RawWebSocket.connect(ws_url(self.base, "/stomp"), protocols=("v12.stomp",), timeout=scaled(10))
         self.ws = ws
         ws.sock.settimeout(scaled(30))
-        ws.send_text(stomp_frame("CONNECT", [("accept-version", "1.2"), ("host", "x"), ("heart-beat", "0,0")],
-                                 escape=False).decode())
-        ws.send_text(stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{self.topic}"),
-                                               ("receipt", "r")]).decode())
+        ws.send_text(
+            stomp_frame(
+                "CONNECT", [("accept-version", "1.2"), ("host", "x"), ("heart-beat", "0,0")], escape=False
+            ).decode()
+        )
+        ws.send_text(
+            stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{self.topic}"), ("receipt", "r")]).decode()
+        )
         while not self.stopping:
             messages = ws.read_messages()
             if messages is None:
@@ -155,8 +163,14 @@ def small_socket(port: int) -> socket.socket:
 
 def upgrade(sock: socket.socket, path: str, protocols: tuple[str, ...] = ()) -> RawWebSocket:
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {path} HTTP/1.1", "Host: x", "Upgrade: websocket", "Connection: Upgrade",
-             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: x",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
     if protocols:
         lines.append(f"Sec-WebSocket-Protocol: {', '.join(protocols)}")
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -186,10 +200,14 @@ class Stalled:
             assert json.loads(self.ws.read_messages()[0][1])["op"] == "ok"
         else:
             self.ws = upgrade(self.sock, "/stomp", ("v12.stomp",))
-            self.ws.send_text(stomp_frame("CONNECT", [("accept-version", "1.2"), ("host", "x"),
-                                                      ("heart-beat", "0,0")], escape=False).decode())
-            self.ws.send_text(stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{topic}"),
-                                                        ("receipt", "r")]).decode())
+            self.ws.send_text(
+                stomp_frame(
+                    "CONNECT", [("accept-version", "1.2"), ("host", "x"), ("heart-beat", "0,0")], escape=False
+                ).decode()
+            )
+            self.ws.send_text(
+                stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{topic}"), ("receipt", "r")]).decode()
+            )
             frames = []
             while not any(f and f.command == "RECEIPT" for f in frames):
                 frames += [parse_stomp(p) for _op, p in self.ws.read_messages()]
@@ -260,8 +278,12 @@ def publish_paced(base: str, topic: str, numbers: range, rate: float = RATE) -> 
         started = time.monotonic()
         for i, n in enumerate(numbers):
             time.sleep(max(0.0, started + i / rate - time.monotonic()))
-            res = http.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": {"n": n, "pad": PAD}}),
-                            headers={"Content-Type": "application/json"}, timeout=scaled(10))
+            res = http.post(
+                f"{base}/api/topics/{topic}/events",
+                data=json.dumps({"data": {"n": n, "pad": PAD}}),
+                headers={"Content-Type": "application/json"},
+                timeout=scaled(10),
+            )
             assert res.status_code == 201, res.text
 
 
@@ -276,8 +298,12 @@ def latency(clients: list[Healthy], numbers: range) -> tuple[float, float]:
 def server(tmp_path_factory):
     from tests.support.servers import Gunicorn
 
-    env = {"SWITCHBOARD_QUEUE_SIZE": str(QUEUE), "SWITCHBOARD_HISTORY_SIZE": str(HISTORY),
-           "SWITCHBOARD_LOG_LEVEL": "INFO", "SWITCHBOARD_TICKS": "0"}
+    env = {
+        "SWITCHBOARD_QUEUE_SIZE": str(QUEUE),
+        "SWITCHBOARD_HISTORY_SIZE": str(HISTORY),
+        "SWITCHBOARD_LOG_LEVEL": "INFO",
+        "SWITCHBOARD_TICKS": "0",
+    }
     with Gunicorn(tmp_path_factory.mktemp("stalled"), env=env) as running:
         yield running
 
@@ -310,10 +336,12 @@ def test_a_stalled_client_slows_nobody_stays_bounded_and_is_told(server, transpo
         base_p50, base_p90 = latency(healthy, baseline)
         stall_p50, stall_p90 = latency(healthy, during)
         told = stalled.read_until_signal()
-        print(f"\n{transport} stalled: others' latency p50 {base_p50 * 1000:.1f} -> {stall_p50 * 1000:.1f} ms, "
-              f"p90 {base_p90 * 1000:.1f} -> {stall_p90 * 1000:.1f} ms; worker RSS +{rss_growth} KiB over the "
-              f"last 120 events; "
-              f"the stalled client got {told}")
+        print(
+            f"\n{transport} stalled: others' latency p50 {base_p50 * 1000:.1f} -> {stall_p50 * 1000:.1f} ms, "
+            f"p90 {base_p90 * 1000:.1f} -> {stall_p90 * 1000:.1f} ms; worker RSS +{rss_growth} KiB over the "
+            f"last 120 events; "
+            f"the stalled client got {told}"
+        )
         assert all(c.error is None for c in healthy), [c.error for c in healthy]
         assert stall_p50 <= 3 * base_p50 + 0.05 and stall_p90 <= 3 * base_p90 + 0.1, "others slowed down"
         # Bounded: once it has fallen behind, what it costs no longer grows with what is published.
@@ -328,10 +356,16 @@ def test_a_stalled_client_slows_nobody_stays_bounded_and_is_told(server, transpo
             assert json.loads(stalled.ws.read_messages()[-1][1])["ref"] == "p"
         else:
             assert told["signal"] == ["gap", "ERROR slow consumer"] and told["ended"] == 1008, told
-        wait_until(lambda: metric(server.url, "switchboard_slow_consumer_drops_total") == drops + 1, timeout=5,
-                   message="the drop counted")
-        wait_until(lambda: f"transport {'websocket' if transport == 'ws' else transport}, topic {topic}"
-                   in server.log(), timeout=5, message="the drop logged with the client, transport and topic")
+        wait_until(
+            lambda: metric(server.url, "switchboard_slow_consumer_drops_total") == drops + 1,
+            timeout=5,
+            message="the drop counted",
+        )
+        wait_until(
+            lambda: f"transport {'websocket' if transport == 'ws' else transport}, topic {topic}" in server.log(),
+            timeout=5,
+            message="the drop logged with the client, transport and topic",
+        )
     finally:
         if stalled is not None:
             stalled.close()
@@ -340,9 +374,15 @@ def test_a_stalled_client_slows_nobody_stays_bounded_and_is_told(server, transpo
 
 
 def test_a_client_that_never_reads_again_is_cut(start_server):
-    server = start_server({"SWITCHBOARD_QUEUE_SIZE": str(QUEUE), "SWITCHBOARD_HISTORY_SIZE": str(HISTORY),
-                           "SWITCHBOARD_WRITE_TIMEOUT": "1", "SWITCHBOARD_WS_PING_INTERVAL": "1",
-                           "SWITCHBOARD_TICKS": "0"})
+    server = start_server(
+        {
+            "SWITCHBOARD_QUEUE_SIZE": str(QUEUE),
+            "SWITCHBOARD_HISTORY_SIZE": str(HISTORY),
+            "SWITCHBOARD_WRITE_TIMEOUT": "1",
+            "SWITCHBOARD_WS_PING_INTERVAL": "1",
+            "SWITCHBOARD_TICKS": "0",
+        }
+    )
     topic = "never-reads"
     stalled = [Stalled(transport, server.port, topic) for transport in TRANSPORTS]
     try:

@@ -45,12 +45,21 @@ class TestAtomicCommit:
         listener, client = clients(), clients()
         listener.subscribe("/topic/tx-atomic")
         client.send_frame("BEGIN", {"transaction": "t"})
-        client.send_frame("SEND", {"destination": "/topic/tx-atomic", "transaction": "t",
-                                   "content-type": "application/json"}, '{"n": 1}')
-        client.send_frame("SEND", {"destination": "/topic/tx-atomic", "transaction": "t",
-                                   "content-type": "application/json"}, "{not json")
-        client.send_frame("SEND", {"destination": "/topic/tx-atomic", "transaction": "t",
-                                   "content-type": "application/json"}, '{"n": 3}')
+        client.send_frame(
+            "SEND",
+            {"destination": "/topic/tx-atomic", "transaction": "t", "content-type": "application/json"},
+            '{"n": 1}',
+        )
+        client.send_frame(
+            "SEND",
+            {"destination": "/topic/tx-atomic", "transaction": "t", "content-type": "application/json"},
+            "{not json",
+        )
+        client.send_frame(
+            "SEND",
+            {"destination": "/topic/tx-atomic", "transaction": "t", "content-type": "application/json"},
+            '{"n": 3}',
+        )
         client.send_frame("COMMIT", {"transaction": "t", "receipt": "commit"})
         error = client.frame()  # the ERROR, never a RECEIPT first
         assert error.command == "ERROR" and error.get("message") == "invalid JSON body", error
@@ -63,10 +72,15 @@ class TestAtomicCommit:
     def test_nothing_follows_an_error(self, server, clients):
         client = clients()
         # One WebSocket message: a bad SEND, then frames that must never be acted on.
-        client.send(build("SEND", {"destination": "/topic/after-error", "content-type": "application/json",
-                                   "receipt": "bad"}, "{nope")
-                    + build("SEND", {"destination": "/topic/after-error", "receipt": "good"}, "published?")
-                    + build("SUBSCRIBE", {"id": "s", "destination": "/topic/after-error", "receipt": "sub"}))
+        client.send(
+            build(
+                "SEND",
+                {"destination": "/topic/after-error", "content-type": "application/json", "receipt": "bad"},
+                "{nope",
+            )
+            + build("SEND", {"destination": "/topic/after-error", "receipt": "good"}, "published?")
+            + build("SUBSCRIBE", {"id": "s", "destination": "/topic/after-error", "receipt": "sub"})
+        )
         error = client.expect_error("invalid JSON body")
         assert error.get("receipt-id") == "bad"
         assert client.expect_close() == 1008
@@ -74,11 +88,16 @@ class TestAtomicCommit:
 
     def test_nothing_follows_an_error_in_a_transaction_either(self, server, clients):
         client = clients()
-        client.send(build("BEGIN", {"transaction": "t"})
-                    + build("SEND", {"destination": "/topic/after-tx-error", "transaction": "t",
-                                     "event-type": "gap"}, "reserved type")
-                    + build("COMMIT", {"transaction": "t", "receipt": "c"})
-                    + build("SEND", {"destination": "/topic/after-tx-error", "receipt": "next"}, "published?"))
+        client.send(
+            build("BEGIN", {"transaction": "t"})
+            + build(
+                "SEND",
+                {"destination": "/topic/after-tx-error", "transaction": "t", "event-type": "gap"},
+                "reserved type",
+            )
+            + build("COMMIT", {"transaction": "t", "receipt": "c"})
+            + build("SEND", {"destination": "/topic/after-tx-error", "receipt": "next"}, "published?")
+        )
         error = client.expect_error("invalid event-type")
         assert error.get("receipt-id") == "c"
         assert client.expect_close() == 1008
@@ -89,8 +108,11 @@ class TestAtomicCommit:
         client.send_frame("BEGIN", {"transaction": "t"})
         for n in range(3):
             client.send_frame("SEND", {"destination": f"/topic/tx-all-{n % 2}", "transaction": "t"}, f"m{n}")
-        client.send_frame("SEND", {"destination": "/app/chat", "transaction": "t",
-                                   "content-type": "text/plain"}, "chat in a transaction")
+        client.send_frame(
+            "SEND",
+            {"destination": "/app/chat", "transaction": "t", "content-type": "text/plain"},
+            "chat in a transaction",
+        )
         client.send_frame("COMMIT", {"transaction": "t", "receipt": "done"})
         client.expect_receipt("done")
         assert [e["data"] for e in events(server.url, "tx-all-0")] == ["m0", "m2"]
@@ -101,8 +123,11 @@ class TestAtomicCommit:
         client = clients()
         client.send_frame("BEGIN", {"transaction": "t"})
         client.send_frame("SEND", {"destination": "/topic/tx-handler", "transaction": "t"}, "first")
-        client.send_frame("SEND", {"destination": "/app/chat", "transaction": "t",
-                                   "content-type": "application/json"}, '{"words": "no text"}')
+        client.send_frame(
+            "SEND",
+            {"destination": "/app/chat", "transaction": "t", "content-type": "application/json"},
+            '{"words": "no text"}',
+        )
         client.send_frame("COMMIT", {"transaction": "t"})
         assert b"SEND 2 of 2 (to /app/chat)" in client.expect_error("a chat message needs text").body
         assert events(server.url, "tx-handler") == []
@@ -137,8 +162,14 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace(":", "\\c").replace("\r", "\\r")
 
 
-USER_HEADERS = [("x-custom-header-1", "value1"), ("special-1", "test with colon : test"),
-                ("x-lines", "one\ntwo"), ("x-backslash", "a\\b"), ("x-repeated", "first"), ("x-repeated", "second")]
+USER_HEADERS = [
+    ("x-custom-header-1", "value1"),
+    ("special-1", "test with colon : test"),
+    ("x-lines", "one\ntwo"),
+    ("x-backslash", "a\\b"),
+    ("x-repeated", "first"),
+    ("x-repeated", "second"),
+]
 
 
 class TestHeadersPassThrough:
@@ -160,15 +191,28 @@ class TestHeadersPassThrough:
             assert b"special-1:test with colon \\c test\n" in message.raw
             assert b"x-lines:one\\ntwo\n" in message.raw and b"x-backslash:a\\\\b\n" in message.raw
         (stored,) = events(server.url, topic)
-        assert stored["headers"] == {"x-custom-header-1": "value1", "special-1": "test with colon : test",
-                                     "x-lines": "one\ntwo", "x-backslash": "a\\b", "x-repeated": "first"}
+        assert stored["headers"] == {
+            "x-custom-header-1": "value1",
+            "special-1": "test with colon : test",
+            "x-lines": "one\ntwo",
+            "x-backslash": "a\\b",
+            "x-repeated": "first",
+        }
 
     def test_user_headers_in_1_0(self, server, clients):
         listener, sender = clients("1.0"), clients("1.0")
         listener.subscribe("/topic/hdr-10")
         # STOMP 1.0 has no escapes: a colon in a value is itself (the first colon ends the name).
-        sender.send_frame("SEND", [("destination", "/topic/hdr-10"), ("x-custom-header-1", "value1"),
-                                   ("special-1", "test with colon : test"), ("receipt", "r")], "old")
+        sender.send_frame(
+            "SEND",
+            [
+                ("destination", "/topic/hdr-10"),
+                ("x-custom-header-1", "value1"),
+                ("special-1", "test with colon : test"),
+                ("receipt", "r"),
+            ],
+            "old",
+        )
         sender.expect_receipt("r")
         (message,) = listener.messages(1)
         assert b"\nx-custom-header-1:value1\nspecial-1:test with colon : test\n" in message.raw
@@ -180,8 +224,12 @@ class TestHeadersPassThrough:
     def test_a_1_0_subscriber_gets_the_headers_it_can_carry(self, server, clients):
         listener, sender = clients("1.0"), clients("1.2")
         listener.subscribe("/topic/hdr-down")
-        sender.send_frame("SEND", [("destination", "/topic/hdr-down"), ("receipt", "r")]
-                          + [(name, _escape(value)) for name, value in USER_HEADERS[:3]], "down")
+        sender.send_frame(
+            "SEND",
+            [("destination", "/topic/hdr-down"), ("receipt", "r")]
+            + [(name, _escape(value)) for name, value in USER_HEADERS[:3]],
+            "down",
+        )
         sender.expect_receipt("r")
         (message,) = listener.messages(1)
         assert b"x-custom-header-1:value1\nspecial-1:test with colon : test\n" in message.raw
@@ -190,20 +238,30 @@ class TestHeadersPassThrough:
     def test_http_and_ws_publishes_carry_headers_too(self, server, clients):
         listener = clients()
         listener.subscribe("/topic/hdr-http")
-        res = requests.post(f"{server.url}/api/topics/hdr-http/events", timeout=scaled(5),
-                            json={"data": "hi", "headers": {"x-trace": "abc:1", "x-n": "2"}})
+        res = requests.post(
+            f"{server.url}/api/topics/hdr-http/events",
+            timeout=scaled(5),
+            json={"data": "hi", "headers": {"x-trace": "abc:1", "x-n": "2"}},
+        )
         assert res.status_code == 201 and res.json()["headers"] == {"x-trace": "abc:1", "x-n": "2"}
         (message,) = listener.messages(1)
         assert [(k, v) for k, v in message.headers if k.startswith("x-")] == [("x-trace", "abc:1"), ("x-n", "2")]
 
-    @pytest.mark.parametrize(("headers", "why"), [
-        ({"destination": "/topic/x"}, "reserved"), ({"bad name": "x"}, "must be 1-128"),
-        ({f"x-{n}": "v" for n in range(33)}, "at most 32"), ({"x-big": "v" * 5000}, "at most 4096"),
-        (["x", "y"], "object of strings"), ({"x-n": 1}, "string value"),
-    ])
+    @pytest.mark.parametrize(
+        ("headers", "why"),
+        [
+            ({"destination": "/topic/x"}, "reserved"),
+            ({"bad name": "x"}, "must be 1-128"),
+            ({f"x-{n}": "v" for n in range(33)}, "at most 32"),
+            ({"x-big": "v" * 5000}, "at most 4096"),
+            (["x", "y"], "object of strings"),
+            ({"x-n": 1}, "string value"),
+        ],
+    )
     def test_http_headers_are_checked(self, server, headers, why):
-        res = requests.post(f"{server.url}/api/topics/hdr-bad/events", json={"data": 1, "headers": headers},
-                            timeout=scaled(5))
+        res = requests.post(
+            f"{server.url}/api/topics/hdr-bad/events", json={"data": 1, "headers": headers}, timeout=scaled(5)
+        )
         assert res.status_code == 400 and res.json()["error"] == "bad_headers" and why in res.json()["message"]
 
     def test_too_many_stomp_headers_is_an_error(self, server, clients):
@@ -214,8 +272,12 @@ class TestHeadersPassThrough:
 
 
 BODIES = [
-    pytest.param(b'{ "a" :  [1 ,2],\n  "b": "\xc3\xa9" }\n', "application/json", {"a": [1, 2], "b": "é"},
-                 id="json-odd-whitespace"),
+    pytest.param(
+        b'{ "a" :  [1 ,2],\n  "b": "\xc3\xa9" }\n',
+        "application/json",
+        {"a": [1, 2], "b": "é"},
+        id="json-odd-whitespace",
+    ),
     pytest.param("<p>h\u00e9llo</p>".encode(), "text/html; charset=utf-8", "<p>h\u00e9llo</p>", id="html-charset"),
     pytest.param(b"\x00\x01\xff\x00tail\x00", "application/octet-stream", None, id="binary-with-nuls"),
     pytest.param(b"no type at all", None, "no type at all", id="no-content-type"),
@@ -259,19 +321,25 @@ class TestBodiesPassThrough:
             ws.send(json.dumps({"op": "subscribe", "topic": "body-ws", "ref": 1}))
             assert json.loads(ws.recv())["op"] == "ok"
             sender = clients()
-            sender.send_frame("SEND", [("destination", "/topic/body-ws"), ("content-type", "application/json"),
-                                       ("x-from", "stomp"), ("receipt", "r")], '{ "spaced" : true }')
+            sender.send_frame(
+                "SEND",
+                [
+                    ("destination", "/topic/body-ws"),
+                    ("content-type", "application/json"),
+                    ("x-from", "stomp"),
+                    ("receipt", "r"),
+                ],
+                '{ "spaced" : true }',
+            )
             sender.expect_receipt("r")
             event = json.loads(ws.recv())
             assert event["op"] == "event" and event["data"] == {"spaced": True}
             assert event["headers"] == {"x-from": "stomp"}
-            ws.send(json.dumps({"op": "publish", "topic": "body-ws", "data": 1, "headers": {"x-from": "ws"},
-                                "ref": 2}))
+            ws.send(json.dumps({"op": "publish", "topic": "body-ws", "data": 1, "headers": {"x-from": "ws"}, "ref": 2}))
             replies = [json.loads(ws.recv()) for _ in range(2)]
             assert {r["op"] for r in replies} == {"ok", "event"}
             assert [r for r in replies if r["op"] == "event"][0]["headers"] == {"x-from": "ws"}
-            ws.send(json.dumps({"op": "publish", "topic": "body-ws", "data": 1, "headers": {"sender": "me"},
-                                "ref": 3}))
+            ws.send(json.dumps({"op": "publish", "topic": "body-ws", "data": 1, "headers": {"sender": "me"}, "ref": 3}))
             assert json.loads(ws.recv())["error"] == "bad_headers"
         finally:
             ws.close()

@@ -35,9 +35,12 @@ def clients(server):
 
 
 def publish(base, topic, data, headers=None, token=None) -> requests.Response:
-    return requests.post(f"{base}/api/topics/{topic}/events", json={"data": data},
-                         headers=headers or ({"Authorization": f"Bearer {token}"} if token else {}),
-                         timeout=scaled(10))
+    return requests.post(
+        f"{base}/api/topics/{topic}/events",
+        json={"data": data},
+        headers=headers or ({"Authorization": f"Bearer {token}"} if token else {}),
+        timeout=scaled(10),
+    )
 
 
 def cookie_of(base) -> tuple[str, str]:
@@ -54,9 +57,15 @@ class TestWildcards:
         for topic in ("wc", "wc.a", "wc.b", "wc.a.b", "wcx.a", "other"):
             assert publish(server.url, topic, topic).status_code == 201
         assert [(m.get("destination"), m.body) for m in star.messages(2)] == [
-            ("/topic/wc.a", b"wc.a"), ("/topic/wc.b", b"wc.b")]
+            ("/topic/wc.a", b"wc.a"),
+            ("/topic/wc.b", b"wc.b"),
+        ]
         assert [m.get("destination") for m in hash_.messages(4)] == [
-            "/topic/wc", "/topic/wc.a", "/topic/wc.b", "/topic/wc.a.b"]
+            "/topic/wc",
+            "/topic/wc.a",
+            "/topic/wc.b",
+            "/topic/wc.a.b",
+        ]
         star.nothing_for()
         hash_.nothing_for()
 
@@ -74,8 +83,9 @@ class TestWildcards:
 
     def test_a_wildcard_takes_no_last_event_id(self, clients):
         client = clients()
-        client.send_frame("SUBSCRIBE", {"id": "0", "destination": "/topic/wc.*", "last-event-id": "abc-1",
-                                        "receipt": "r"})
+        client.send_frame(
+            "SUBSCRIBE", {"id": "0", "destination": "/topic/wc.*", "last-event-id": "abc-1", "receipt": "r"}
+        )
         error = client.expect_error("a wildcard subscription takes no last-event-id")
         assert error.get("receipt-id") == "r" and b"several topics" in error.body
         assert client.expect_close() == 1008
@@ -102,8 +112,16 @@ class TestUserDestinations:
         for client in (*mine, theirs):
             client.subscribe("/user/queue/inbox")
         sender = clients()
-        sender.send_frame("SEND", {"destination": f"/user/{me}/queue/inbox", "content-type": "text/plain",
-                                   "x-note": "for you", "receipt": "r"}, "hello you")
+        sender.send_frame(
+            "SEND",
+            {
+                "destination": f"/user/{me}/queue/inbox",
+                "content-type": "text/plain",
+                "x-note": "for you",
+                "receipt": "r",
+            },
+            "hello you",
+        )
         sender.expect_receipt("r")
         for client in mine:
             (message,) = client.messages(1)
@@ -129,8 +147,11 @@ class TestAccess:
         allowed.subscribe("/topic/feed.*")
         publish(guarded.url, "feed.a", "a", token=mint("pub", publish=["**"]))
         assert allowed.messages(1)[0].get("destination") == "/topic/feed.a"
-        for wildcard, grants in (("/topic/feed.#", ["feed.*"]), ("/topic/feed.*", ["feed.a", "feed.b"]),
-                                 ("/topic/*.a", ["feed.*"])):
+        for wildcard, grants in (
+            ("/topic/feed.#", ["feed.*"]),
+            ("/topic/feed.*", ["feed.a", "feed.b"]),
+            ("/topic/*.a", ["feed.*"]),
+        ):
             refused = clients(guarded, passcode=mint("ann", subscribe=grants))
             refused.send_frame("SUBSCRIBE", {"id": "0", "destination": wildcard})
             error = refused.expect_error(f"forbidden: {wildcard}")

@@ -40,8 +40,9 @@ HEART_BEAT = (200, 200)  # asked by every client; the server's 1000,1000 floor d
 
 
 def publish(base, topic, data, **extra):
-    res = requests.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data, **extra}),
-                        headers=JSON, timeout=scaled(10))
+    res = requests.post(
+        f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data, **extra}), headers=JSON, timeout=scaled(10)
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
@@ -97,8 +98,14 @@ class NodeStomp(Records):
 
     def __init__(self, script: str, url: str, *args: str) -> None:
         super().__init__()
-        self.proc = subprocess.Popen([NODE, script, url, *args], cwd=JS_DIR, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [NODE, script, url, *args],
+            cwd=JS_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -131,8 +138,13 @@ class PyStomp(Records, stomp.ConnectionListener):
     def __init__(self, url: str, heartbeats=HEART_BEAT, **connect_headers) -> None:
         Records.__init__(self)
         parts = urlsplit(url)
-        self.conn = stomp.WSStompConnection([(parts.hostname, parts.port)], ws_path=parts.path,
-                                            heartbeats=heartbeats, reconnect_attempts_max=1, timeout=scaled(5))
+        self.conn = stomp.WSStompConnection(
+            [(parts.hostname, parts.port)],
+            ws_path=parts.path,
+            heartbeats=heartbeats,
+            reconnect_attempts_max=1,
+            timeout=scaled(5),
+        )
         self.conn.set_listener("records", self)
         self.conn.connect(wait=True, headers=connect_headers)
 
@@ -175,8 +187,9 @@ class PyStomp(Records, stomp.ConnectionListener):
         elif op == "begin":
             self.conn.begin(fields["transaction"])
         elif op in ("commit", "abort"):
-            getattr(self.conn, op)(fields["transaction"], **({"receipt": fields["receipt"]} if fields.get("receipt")
-                                                             else {}))
+            getattr(self.conn, op)(
+                fields["transaction"], **({"receipt": fields["receipt"]} if fields.get("receipt") else {})
+            )
         elif op == "disconnect":
             self.conn.disconnect()
         else:
@@ -244,8 +257,13 @@ def test_connect_subscribe_send_receipt_and_heart_beats(server, stomp_client, ki
     assert headers["content-type"] == "application/json"
 
     # The client's SEND is published (its RECEIPT after that) and comes back to it.
-    client.command("send", destination=f"/topic/{topic}", body="from " + kind, receipt="send-1",
-                   headers={"content-type": "text/plain"})
+    client.command(
+        "send",
+        destination=f"/topic/{topic}",
+        body="from " + kind,
+        receipt="send-1",
+        headers={"content-type": "text/plain"},
+    )
     client.expect("receipt", lambda r: r["id"] == "send-1")
     echo = client.expect("message", lambda r: r["headers"]["subscription"] == "s1")
     assert echo["body"] == "from " + kind and echo["headers"]["content-type"] == "text/plain"
@@ -254,11 +272,16 @@ def test_connect_subscribe_send_receipt_and_heart_beats(server, stomp_client, ki
     assert stored["sender"] == echo["headers"]["sender"] and stored["sender"].startswith("guest-")
 
     # The chat handler, as the demo page uses it.
-    client.command("send", destination="/app/chat", body=json.dumps({"text": f"hi from {kind}"}),
-                   headers={"content-type": "application/json"})
+    client.command(
+        "send",
+        destination="/app/chat",
+        body=json.dumps({"text": f"hi from {kind}"}),
+        headers={"content-type": "application/json"},
+    )
     # (Topic chat has presence: the client's own join comes on s2 too.)
-    chat = client.expect("message", lambda r: r["headers"]["subscription"] == "s2"
-                         and r["headers"].get("event-type") != "presence")
+    chat = client.expect(
+        "message", lambda r: r["headers"]["subscription"] == "s2" and r["headers"].get("event-type") != "presence"
+    )
     assert json.loads(chat["body"]) == {"text": f"hi from {kind}"}
     assert chat["headers"]["sender"] == stored["sender"]
 
@@ -270,8 +293,13 @@ def test_connect_subscribe_send_receipt_and_heart_beats(server, stomp_client, ki
         client.expect("heartbeat-out", timeout=5)
     while time.monotonic() - started < 3.0:
         client.expect("heartbeat-in", timeout=5)
-    client.command("send", destination=f"/topic/{topic}", body="still here", receipt="send-2",
-                   headers={"content-type": "text/plain"})
+    client.command(
+        "send",
+        destination=f"/topic/{topic}",
+        body="still here",
+        receipt="send-2",
+        headers={"content-type": "text/plain"},
+    )
     client.expect("receipt", lambda r: r["id"] == "send-2")
     assert not any(r["kind"] in ("error", "close") for r in client.records)
 
@@ -284,8 +312,13 @@ def test_client_acknowledgement(server, stomp_client, kind):
     topic = f"interop-ack-{kind.replace('.', '')}"
     client = stomp_client(kind, heart_beat=(0, 0))
     client.expect("connected")
-    client.command("subscribe", destination=f"/topic/{topic}", id="a", receipt="s",
-                   headers={"ack": "client-individual" if kind != "stompjs2" else "client", "prefetch-count": "1"})
+    client.command(
+        "subscribe",
+        destination=f"/topic/{topic}",
+        id="a",
+        receipt="s",
+        headers={"ack": "client-individual" if kind != "stompjs2" else "client", "prefetch-count": "1"},
+    )
     client.expect("receipt", lambda r: r["id"] == "s")
     ids = [publish(server.url, topic, n)["id"] for n in range(3)]
     for expected in ids:
@@ -301,8 +334,13 @@ def test_stompjs7_binary_and_a_megabyte(server, stomp_client):
     client.command("subscribe", destination="/topic/interop-bin", id="b", receipt="s")
     client.expect("receipt", lambda r: r["id"] == "s")
     octets = bytes([0xFF, 0x00, 0xC3, 0x28, 0x0A])
-    client.command("send", destination="/topic/interop-bin", base64=base64.b64encode(octets).decode(),
-                   headers={"content-type": "application/octet-stream"}, receipt="bin")
+    client.command(
+        "send",
+        destination="/topic/interop-bin",
+        base64=base64.b64encode(octets).decode(),
+        headers={"content-type": "application/octet-stream"},
+        receipt="bin",
+    )
     client.expect("receipt", lambda r: r["id"] == "bin")
     message = client.expect("message")
     assert message["binary"] is True and base64.b64decode(message["base64"]) == octets
@@ -314,13 +352,18 @@ def test_stompjs7_binary_and_a_megabyte(server, stomp_client):
 
 def test_three_clients_on_one_topic(server, stomp_client):
     clients = {kind: stomp_client(kind, heart_beat=(0, 0)) for kind in CLIENTS}
-    for kind, client in clients.items():
+    for _kind, client in clients.items():
         client.expect("connected")
         client.command("subscribe", destination="/topic/interop-all", id="all", receipt="s")
         client.expect("receipt", lambda r: r["id"] == "s")
     for kind, client in clients.items():
-        client.command("send", destination="/topic/interop-all", body=f"hello from {kind}", receipt="r",
-                       headers={"content-type": "text/plain"})
+        client.command(
+            "send",
+            destination="/topic/interop-all",
+            body=f"hello from {kind}",
+            receipt="r",
+            headers={"content-type": "text/plain"},
+        )
         client.expect("receipt", lambda r: r["id"] == "r")
     expected = [f"hello from {kind}" for kind in CLIENTS]
     ids = [event["id"] for event in history(server.url, "interop-all")]
@@ -338,8 +381,9 @@ def test_stompjs2_splits_a_large_frame_across_websocket_messages(server, stomp_c
     client.command("subscribe", destination="/topic/interop-split", id="p", receipt="s")
     client.expect("receipt", lambda r: r["id"] == "s")
     body = "".join(f"{n:07d}," for n in range(12_500))  # 100,000 characters
-    client.command("send", destination="/topic/interop-split", body=body, headers={"content-type": "text/plain"},
-                   receipt="big")
+    client.command(
+        "send", destination="/topic/interop-split", body=body, headers={"content-type": "text/plain"}, receipt="big"
+    )
     client.expect("receipt", lambda r: r["id"] == "big")
     assert client.expect("message")["body"] == body
     assert history(server.url, "interop-split")[-1]["data"] == body

@@ -40,8 +40,13 @@ def test_queue_with_client_individual_acks_and_nack(server, stomp_client, kind):
     queue = f"iq-{kind.replace('.', '')}"
     a, b = started(stomp_client, kind), started(stomp_client, kind)
     for name, client in (("a", a), ("b", b)):
-        client.command("subscribe", destination=f"/queue/{queue}", id=name, receipt=f"s-{name}",
-                       headers={"ack": "client-individual", "prefetch-count": "1"})
+        client.command(
+            "subscribe",
+            destination=f"/queue/{queue}",
+            id=name,
+            receipt=f"s-{name}",
+            headers={"ack": "client-individual", "prefetch-count": "1"},
+        )
         client.expect("receipt", lambda r, name=name: r["id"] == f"s-{name}")
     first = requests.post(f"{server.url}/api/queues/{queue}/messages", json={"data": "one"}, timeout=scaled(5))
     got_a = a.expect("message")
@@ -61,8 +66,13 @@ def test_queue_with_client_individual_acks_and_nack(server, stomp_client, kind):
 def test_queue_with_client_mode_cumulative_ack(server, stomp_client, kind):
     queue = f"iqc-{kind.replace('.', '')}"
     client = started(stomp_client, kind)
-    client.command("subscribe", destination=f"/queue/{queue}", id="c", receipt="s",
-                   headers={"ack": "client", "prefetch-count": "3"})
+    client.command(
+        "subscribe",
+        destination=f"/queue/{queue}",
+        id="c",
+        receipt="s",
+        headers={"ack": "client", "prefetch-count": "3"},
+    )
     client.expect("receipt", lambda r: r["id"] == "s")
     for n in range(4):
         requests.post(f"{server.url}/api/queues/{queue}/messages", json={"data": n}, timeout=scaled(5))
@@ -78,8 +88,12 @@ def test_transactions_with_receipts(server, stomp_client, kind):
     client = started(stomp_client, kind)
     client.command("begin", transaction="t1")
     for n in range(2):
-        client.command("send", destination=f"/topic/{topic}", body=f"m{n}", headers={"transaction": "t1",
-                                                                                     "content-type": "text/plain"})
+        client.command(
+            "send",
+            destination=f"/topic/{topic}",
+            body=f"m{n}",
+            headers={"transaction": "t1", "content-type": "text/plain"},
+        )
     assert history(server.url, topic) == []
     client.command("commit", transaction="t1", receipt="c1")
     client.expect("receipt", lambda r: r["id"] == "c1")
@@ -100,16 +114,24 @@ def test_user_destination_and_headers_and_bodies(server, stomp_client, kind):
     client.command("subscribe", destination=f"/topic/{topic}", id="who", receipt="w")
     client.expect("receipt", lambda r: r["id"] == "w")
     body = '{ "spaced" :  [1, 2] }'
-    client.command("send", destination=f"/topic/{topic}", body=body,
-                   headers={"content-type": "application/json", "x-custom-header-1": "value1",
-                            "special-1": "test with colon : test"})
+    client.command(
+        "send",
+        destination=f"/topic/{topic}",
+        body=body,
+        headers={
+            "content-type": "application/json",
+            "x-custom-header-1": "value1",
+            "special-1": "test with colon : test",
+        },
+    )
     echo = client.expect("message", lambda r: r["headers"]["subscription"] == "who")
     assert echo["body"] == body and echo["headers"]["content-type"] == "application/json"
     assert echo["headers"]["x-custom-header-1"] == "value1"
     assert echo["headers"]["special-1"] == "test with colon : test"
     me = echo["headers"]["sender"]  # without access control, this connection's guest name
-    res = requests.post(f"{server.url}/api/users/{me}/queue/inbox/events", json={"data": "just for you"},
-                        timeout=scaled(5))
+    res = requests.post(
+        f"{server.url}/api/users/{me}/queue/inbox/events", json={"data": "just for you"}, timeout=scaled(5)
+    )
     assert res.status_code == 201, res.text
     mail = client.expect("message", lambda r: r["headers"]["subscription"] == "inbox")
     assert mail["body"] == "just for you" and mail["headers"]["destination"] == "/user/queue/inbox"
@@ -128,15 +150,21 @@ def test_a_stompjs_program_written_for_rabbitmq_runs_unchanged(server):
     if NODE is None or not (JS_DIR / "node_modules" / "@stomp" / "stompjs").is_dir():
         pytest.fail("Node and tests/js/node_modules are required: run `make node-deps`")
     url = server.url.replace("http://", "ws://") + "/stomp"
-    out = subprocess.run([NODE, "rabbitmq_program.js", url, "12"], cwd=JS_DIR, capture_output=True, text=True,
-                         timeout=scaled(60))
+    out = subprocess.run(
+        [NODE, "rabbitmq_program.js", url, "12"], cwd=JS_DIR, capture_output=True, text=True, timeout=scaled(60)
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     _check_program_output(json.loads(out.stdout.splitlines()[-1]), 12)
 
 
 def test_a_stomp_py_program_written_for_rabbitmq_runs_unchanged(server):
     host, port = server.url.removeprefix("http://").split(":")
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "rabbitmq_program.py"), host, port,
-                          "/stomp", "12"], capture_output=True, text=True, timeout=scaled(60), cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "support" / "rabbitmq_program.py"), host, port, "/stomp", "12"],
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     _check_program_output(json.loads(out.stdout.splitlines()[-1]), 12)

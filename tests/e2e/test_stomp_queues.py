@@ -28,8 +28,11 @@ ACK_TIMEOUT = 1.5
 @pytest.fixture(scope="module", params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def server(request, tmp_path_factory):
     """The same server on the in-memory hub, and on Redis (Streams consumer groups)."""
-    env = {"SWITCHBOARD_QUEUE_MAX_DELIVERIES": "3", "SWITCHBOARD_QUEUE_MAX_MESSAGES": "5",
-           "SWITCHBOARD_QUEUE_ACK_TIMEOUT": str(scaled(ACK_TIMEOUT))}
+    env = {
+        "SWITCHBOARD_QUEUE_MAX_DELIVERIES": "3",
+        "SWITCHBOARD_QUEUE_MAX_MESSAGES": "5",
+        "SWITCHBOARD_QUEUE_ACK_TIMEOUT": str(scaled(ACK_TIMEOUT)),
+    }
     directory = tmp_path_factory.mktemp(f"queues-{request.param}")
     if request.param == "memory":
         with Gunicorn(directory, env=env) as running:
@@ -66,8 +69,9 @@ def send(client: Wire, queue: str, body: str, receipt: str | None = None, **head
 
 def http_send(base: str, queue: str, data, token: str | None = None) -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return requests.post(f"{base}/api/queues/{queue}/messages", json={"data": data}, headers=headers,
-                         timeout=scaled(10))
+    return requests.post(
+        f"{base}/api/queues/{queue}/messages", json={"data": data}, headers=headers, timeout=scaled(10)
+    )
 
 
 def metric(base: str, name: str, queue: str) -> float:
@@ -197,10 +201,12 @@ class TestDelivery:
         topic_listener.subscribe("/topic/q-tx-topic")
         consumer.subscribe("/queue/q-tx")
         producer = clients()
-        producer.send(build("BEGIN", {"transaction": "t"})
-                      + build("SEND", {"destination": "/queue/q-tx", "transaction": "t"}, "to the queue")
-                      + build("SEND", {"destination": "/topic/q-tx-topic", "transaction": "t"}, "to the topic")
-                      + build("COMMIT", {"transaction": "t", "receipt": "c"}))
+        producer.send(
+            build("BEGIN", {"transaction": "t"})
+            + build("SEND", {"destination": "/queue/q-tx", "transaction": "t"}, "to the queue")
+            + build("SEND", {"destination": "/topic/q-tx-topic", "transaction": "t"}, "to the topic")
+            + build("COMMIT", {"transaction": "t", "receipt": "c"})
+        )
         producer.expect_receipt("c")
         assert consumer.messages(1)[0].body == b"to the queue"
         assert topic_listener.messages(1)[0].body == b"to the topic"

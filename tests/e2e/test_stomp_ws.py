@@ -73,7 +73,7 @@ def parse(raw: bytes, escaped: bool = True) -> Frame:
     frame = Frame(command, headers, raw=raw)
     length = frame.get("content-length")
     if length is not None:
-        body, terminator = rest[: int(length)], rest[int(length):]
+        body, terminator = rest[: int(length)], rest[int(length) :]
         assert terminator == b"\x00", f"content-length {length} does not end at the NUL"
     else:
         body, nul, trailing = rest.partition(b"\x00")
@@ -102,8 +102,9 @@ class Wire:
     def __init__(self, server, protocols=STOMP_PROTOCOLS, cookie: str | None = None, path="/stomp"):
         url = server.url.replace("http://", "ws://") + path
         header = [f"Cookie: {cookie}"] if cookie else None
-        self.ws = websocket.create_connection(url, subprotocols=list(protocols) or None, header=header,
-                                              timeout=scaled(5))
+        self.ws = websocket.create_connection(
+            url, subprotocols=list(protocols) or None, header=header, timeout=scaled(5)
+        )
         self.version = "1.2"
 
     def send(self, data: bytes | str, binary: bool = False) -> None:
@@ -152,7 +153,11 @@ class Wire:
             assert data in (b"\n", b"\r\n"), f"unexpected message {data[:300]!r}"
 
     def connect(self, version="1.2", **headers) -> Frame:
-        headers = {"accept-version": version, "host": "localhost", **{k.replace("_", "-"): v for k, v in headers.items()}}
+        headers = {
+            "accept-version": version,
+            "host": "localhost",
+            **{k.replace("_", "-"): v for k, v in headers.items()},
+        }
         self.send_frame("CONNECT", headers)
         connected = self.frame()
         assert connected.command == "CONNECTED", connected
@@ -161,8 +166,15 @@ class Wire:
 
     def subscribe(self, destination, sub_id="0", **headers) -> None:
         receipt = f"sub-{sub_id}"
-        self.send_frame("SUBSCRIBE", {"id": sub_id, "destination": destination, "receipt": receipt,
-                                      **{k.replace("_", "-"): v for k, v in headers.items()}})
+        self.send_frame(
+            "SUBSCRIBE",
+            {
+                "id": sub_id,
+                "destination": destination,
+                "receipt": receipt,
+                **{k.replace("_", "-"): v for k, v in headers.items()},
+            },
+        )
         self.expect_receipt(receipt)
 
     def expect_receipt(self, receipt_id) -> Frame:
@@ -223,8 +235,9 @@ def clients(server):
 
 def publish(base, topic, data, session=None, **extra):
     http = session or requests
-    res = http.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data, **extra}), headers=JSON,
-                    timeout=scaled(10))
+    res = http.post(
+        f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data, **extra}), headers=JSON, timeout=scaled(10)
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
@@ -258,8 +271,11 @@ class TestHandshake:
         client.send(b"CONNECT\naccept-version:1.0,1.1,1.2\nhost:stomp.example\nheart-beat:0,0\n\n\x00")
         opcode, raw = client.recv()
         assert opcode == OP_TEXT
-        assert re.fullmatch(rb"CONNECTED\nversion:1\.2\nheart-beat:1000,1000\nsession:[0-9a-f]+\n"
-                            rb"server:Switchboard\n\n\x00", raw), raw
+        assert re.fullmatch(
+            rb"CONNECTED\nversion:1\.2\nheart-beat:1000,1000\nsession:[0-9a-f]+\n"
+            rb"server:Switchboard\n\n\x00",
+            raw,
+        ), raw
 
     def test_no_subprotocol_is_accepted_and_connect_decides(self, clients):
         client = clients(protocols=())
@@ -301,17 +317,32 @@ class TestMessaging:
         listener.connect()
         talker.connect()
         listener.subscribe("/topic/msg-a")
-        talker.send_frame("SEND", {"destination": "/topic/msg-a", "content-type": "application/json",
-                                   "receipt": "s1"}, '{"n": 1, "t": "é"}')
+        talker.send_frame(
+            "SEND",
+            {"destination": "/topic/msg-a", "content-type": "application/json", "receipt": "s1"},
+            '{"n": 1, "t": "é"}',
+        )
         talker.expect_receipt("s1")
         (message,) = listener.messages(1)
         body = '{"n": 1, "t": "é"}'.encode()  # the octets as sent, not re-serialized (issue #16)
-        assert message.raw == (
-            "MESSAGE\nsubscription:0\nmessage-id:{mid}\ndestination:/topic/msg-a\n"
-            "event-id:{eid}\nevent-type:message\nsender:{sender}\ntime:{time}\n"
-            "content-type:application/json\ncontent-length:{n}\n\n"
-        ).format(mid=message.get("message-id"), eid=message.get("event-id"), sender=sender,
-                 time=message.get("time"), n=len(body)).encode() + body + b"\x00"
+        assert (
+            message.raw
+            == (
+                "MESSAGE\nsubscription:0\nmessage-id:{mid}\ndestination:/topic/msg-a\n"
+                "event-id:{eid}\nevent-type:message\nsender:{sender}\ntime:{time}\n"
+                "content-type:application/json\ncontent-length:{n}\n\n"
+            )
+            .format(
+                mid=message.get("message-id"),
+                eid=message.get("event-id"),
+                sender=sender,
+                time=message.get("time"),
+                n=len(body),
+            )
+            .encode()
+            + body
+            + b"\x00"
+        )
         (stored,) = history(server.url, "msg-a")["events"]
         assert stored["id"] == message.get("event-id") and stored["data"] == {"n": 1, "t": "é"}
         assert stored["sender"] == sender and float(message.get("time")) == stored["time"]
@@ -324,13 +355,16 @@ class TestMessaging:
             client.expect_receipt(f"r{n}")
             assert [e["data"] for e in history(server.url, "msg-order")["events"]][-1] == f"m{n}"
 
-    @pytest.mark.parametrize(("data", "content_type", "body"), [
-        ("plain text", "text/plain", b"plain text"),
-        ({"text": "hi"}, "application/json", b'{"text":"hi"}'),
-        (42, "application/json", b"42"),
-        ("", "text/plain", b""),
-        (None, "application/json", b"null"),
-    ])
+    @pytest.mark.parametrize(
+        ("data", "content_type", "body"),
+        [
+            ("plain text", "text/plain", b"plain text"),
+            ({"text": "hi"}, "application/json", b'{"text":"hi"}'),
+            (42, "application/json", b"42"),
+            ("", "text/plain", b""),
+            (None, "application/json", b"null"),
+        ],
+    )
     def test_http_publish_maps_to_message_body(self, server, clients, data, content_type, body):
         client = clients()
         client.connect()
@@ -341,19 +375,23 @@ class TestMessaging:
         assert message.body == body and message.get("content-type") == content_type
         assert message.get("event-type") == "score" and message.get("event-id") == event["id"]
 
-    @pytest.mark.parametrize(("headers", "body", "data"), [
-        ({}, "no content-type", "no content-type"),
-        ({"content-type": "text/plain"}, "ünïcode", "ünïcode"),
-        ({"content-type": "text/plain;charset=iso-8859-1"}, "caf\xe9".encode("latin-1"), "café"),
-        ({"content-type": "application/json"}, '{"a": [1, 2]}', {"a": [1, 2]}),
-        ({"content-type": "application/vnd.x+json"}, "true", True),
-    ])
+    @pytest.mark.parametrize(
+        ("headers", "body", "data"),
+        [
+            ({}, "no content-type", "no content-type"),
+            ({"content-type": "text/plain"}, "ünïcode", "ünïcode"),
+            ({"content-type": "text/plain;charset=iso-8859-1"}, "caf\xe9".encode("latin-1"), "café"),
+            ({"content-type": "application/json"}, '{"a": [1, 2]}', {"a": [1, 2]}),
+            ({"content-type": "application/vnd.x+json"}, "true", True),
+        ],
+    )
     def test_send_body_becomes_event_data(self, server, clients, headers, body, data):
         client = clients()
         client.connect()
         topic = f"body-{abs(hash(repr(data)))}"
-        client.send_frame("SEND", {"destination": f"/topic/{topic}", "receipt": "r", **headers}, body,
-                          binary=isinstance(body, bytes))  # latin-1 is not UTF-8: a binary message
+        client.send_frame(
+            "SEND", {"destination": f"/topic/{topic}", "receipt": "r", **headers}, body, binary=isinstance(body, bytes)
+        )  # latin-1 is not UTF-8: a binary message
         client.expect_receipt("r")
         (event,) = history(server.url, topic)["events"]
         assert event["data"] == data and event["type"] == "message"
@@ -375,8 +413,11 @@ class TestMessaging:
         listener.connect()
         talker.connect()
         listener.subscribe("/topic/chat")
-        talker.send_frame("SEND", {"destination": "/app/chat", "content-type": "application/json", "receipt": "c"},
-                          json.dumps({"text": "hello over STOMP", "sender": "admin", "extra": 1}))
+        talker.send_frame(
+            "SEND",
+            {"destination": "/app/chat", "content-type": "application/json", "receipt": "c"},
+            json.dumps({"text": "hello over STOMP", "sender": "admin", "extra": 1}),
+        )
         talker.expect_receipt("c")
         (message,) = listener.messages(1)
         assert message.json() == {"text": "hello over STOMP"} and message.get("sender") == sender
@@ -402,8 +443,9 @@ class TestMessaging:
     def test_app_chat_refuses_a_message_without_text(self, clients, body):
         client = clients()
         client.connect()
-        client.send_frame("SEND", {"destination": "/app/chat", "content-type": "application/json",
-                                   "receipt": "bad"}, body)
+        client.send_frame(
+            "SEND", {"destination": "/app/chat", "content-type": "application/json", "receipt": "bad"}, body
+        )
         if body == "":  # not JSON at all
             error = client.expect_error("invalid JSON body")
         else:
@@ -421,15 +463,18 @@ class TestMessaging:
     def test_several_frames_in_one_message_and_one_frame_in_several(self, server, clients):
         client = clients()
         client.connect()
-        client.send(build("SUBSCRIBE", {"id": "a", "destination": "/topic/split"})
-                    + build("SEND", {"destination": "/topic/split"}, "one") + b"\n"
-                    + build("SEND", {"destination": "/topic/split", "receipt": "two"}, "two"))
+        client.send(
+            build("SUBSCRIBE", {"id": "a", "destination": "/topic/split"})
+            + build("SEND", {"destination": "/topic/split"}, "one")
+            + b"\n"
+            + build("SEND", {"destination": "/topic/split", "receipt": "two"}, "two")
+        )
         frames = [client.frame() for _ in range(3)]
         assert sorted(f.command for f in frames) == ["MESSAGE", "MESSAGE", "RECEIPT"]
         assert [f.body for f in frames if f.command == "MESSAGE"] == [b"one", b"two"]
         whole = build("SEND", {"destination": "/topic/split", "receipt": "three"}, "three")
         for i in range(0, len(whole), 7):
-            client.send(whole[i:i + 7])
+            client.send(whole[i : i + 7])
         frames = [client.frame() for _ in range(2)]
         assert sorted(f.command for f in frames) == ["MESSAGE", "RECEIPT"]
 
@@ -444,8 +489,10 @@ class TestMessaging:
 
 class TestDestinations:
     @pytest.mark.parametrize("command", ["SEND", "SUBSCRIBE"])
-    @pytest.mark.parametrize("destination", ["/queue/", "/topic/a/b", "/topic/", "/app/nothing", "chat", "/user/x",
-                                             "/queue/a/b", "/topic/a.#.b"])
+    @pytest.mark.parametrize(
+        "destination",
+        ["/queue/", "/topic/a/b", "/topic/", "/app/nothing", "chat", "/user/x", "/queue/a/b", "/topic/a.#.b"],
+    )
     def test_unknown_destination_gets_an_error_naming_it(self, clients, command, destination):
         client = clients()
         client.connect()
@@ -467,8 +514,9 @@ class TestDestinations:
         try:
             client.connect()
             client.subscribe("/sub/chat")
-            client.send_frame("SEND", {"destination": "/pub/chat", "content-type": "application/json"},
-                              '{"text": "seed style"}')
+            client.send_frame(
+                "SEND", {"destination": "/pub/chat", "content-type": "application/json"}, '{"text": "seed style"}'
+            )
             (message,) = client.messages(1)
             assert message.get("destination") == "/sub/chat" and message.json() == {"text": "seed style"}
             other.connect()
@@ -574,8 +622,9 @@ class TestAcks:
 @pytest.fixture(scope="class")
 def tight(tmp_path_factory):
     """A server with tiny subscriber queues and history, for the backlog rules."""
-    with Gunicorn(tmp_path_factory.mktemp("tight"),
-                  env={"SWITCHBOARD_QUEUE_SIZE": "2", "SWITCHBOARD_HISTORY_SIZE": "10"}) as running:
+    with Gunicorn(
+        tmp_path_factory.mktemp("tight"), env={"SWITCHBOARD_QUEUE_SIZE": "2", "SWITCHBOARD_HISTORY_SIZE": "10"}
+    ) as running:
         yield running
 
 
@@ -705,14 +754,17 @@ class TestResume:
 
 
 class TestBrokenFrames:
-    @pytest.mark.parametrize(("data", "message"), [
-        (b"CONNECT\naccept-version:1.2\n\n\x00SEND\ndestination /topic/x\n\n\x00", "header line without ':'"),
-        (b"CONNECT\naccept-version:1.2\n\n\x00SEND\ndestination:/topic/\\tx\n\n\x00", "undefined escape sequence"),
-        (b"CONNECT\naccept-version:1.2\n\n\x00SEND\n\nno destination\x00", "missing header 'destination'"),
-        (b"CONNECT\naccept-version:1.2\n\n\x00FLY\n\n\x00", "unknown command"),
-        (b"SEND\ndestination:/topic/x\n\n\x00", "frame before CONNECT"),
-        (b"CONNECT\naccept-version:1.2\n\n\x00SEND\ndestination:/topic/x\ncontent-length:3\n\nshort\x00", None),
-    ])
+    @pytest.mark.parametrize(
+        ("data", "message"),
+        [
+            (b"CONNECT\naccept-version:1.2\n\n\x00SEND\ndestination /topic/x\n\n\x00", "header line without ':'"),
+            (b"CONNECT\naccept-version:1.2\n\n\x00SEND\ndestination:/topic/\\tx\n\n\x00", "undefined escape sequence"),
+            (b"CONNECT\naccept-version:1.2\n\n\x00SEND\n\nno destination\x00", "missing header 'destination'"),
+            (b"CONNECT\naccept-version:1.2\n\n\x00FLY\n\n\x00", "unknown command"),
+            (b"SEND\ndestination:/topic/x\n\n\x00", "frame before CONNECT"),
+            (b"CONNECT\naccept-version:1.2\n\n\x00SEND\ndestination:/topic/x\ncontent-length:3\n\nshort\x00", None),
+        ],
+    )
     def test_error_then_close_and_others_keep_working(self, server, clients, data, message):
         bystander = clients()
         bystander.connect()
@@ -798,8 +850,10 @@ class TestPayloads:
         talker.connect()
         listener.subscribe("/topic/bin")
         payload = bytes([0xFF, 0x00, 0xFE, 0x80, 0x0A])
-        frame = (b"SEND\ndestination:/topic/bin\ncontent-type:application/octet-stream\n"
-                 b"content-length:5\nreceipt:b\n\n" + payload + b"\x00")
+        frame = (
+            b"SEND\ndestination:/topic/bin\ncontent-type:application/octet-stream\n"
+            b"content-length:5\nreceipt:b\n\n" + payload + b"\x00"
+        )
         talker.send(frame, binary=True)  # binary frames are accepted inbound
         talker.expect_receipt("b")
         (message,) = listener.messages(1)
@@ -807,7 +861,10 @@ class TestPayloads:
         assert message.get("content-type") == "application/octet-stream" and message.get("event-type") == "binary"
         (event,) = history(server.url, "bin")["events"]
         assert event["type"] == "binary"
-        assert event["data"] == {"base64": base64.b64encode(payload).decode(), "content-type": "application/octet-stream"}
+        assert event["data"] == {
+            "base64": base64.b64encode(payload).decode(),
+            "content-type": "application/octet-stream",
+        }
         talker.send_frame("SEND", {"destination": "/topic/bin"}, "text again")
         again = listener.messages(1)[0]
         assert again.opcode == OP_TEXT and again.body == b"text again"
@@ -855,8 +912,11 @@ class TestCrossTransport:
                 assert stream.status_code == 200
 
             http_event = publish(server.url, topic, {"text": "from HTTP"})
-            stomp.send_frame("SEND", {"destination": f"/topic/{topic}", "content-type": "application/json",
-                                      "receipt": "r"}, '{"text": "from STOMP"}')
+            stomp.send_frame(
+                "SEND",
+                {"destination": f"/topic/{topic}", "content-type": "application/json", "receipt": "r"},
+                '{"text": "from STOMP"}',
+            )
             frames = [stomp.frame() for _ in range(3)]  # the RECEIPT may come before or after the first MESSAGE
             assert [f.get("receipt-id") for f in frames if f.command == "RECEIPT"] == ["r"]
             via_stomp = [f for f in frames if f.command == "MESSAGE"]
@@ -869,7 +929,8 @@ class TestCrossTransport:
             else:
                 seen = sse_events(stream, 2)
             assert [(e["id"], e["data"], e["sender"]) for e in seen] == [
-                (m.get("event-id"), m.json(), m.get("sender")) for m in via_stomp]
+                (m.get("event-id"), m.json(), m.get("sender")) for m in via_stomp
+            ]
         finally:
             stomp.close()
             if stream is not None:
@@ -881,7 +942,7 @@ class TestCleanup:
         server = start_server()  # its own, so the subscriber count is this test's alone
         before = subscribers(server.url)
         wires = [Wire(server) for _ in range(3)]
-        for n, wire in enumerate(wires):
+        for _n, wire in enumerate(wires):
             wire.connect(heart_beat="1000,1000")
             wire.subscribe("/topic/cleanup-a", sub_id="a")
             wire.subscribe("/topic/cleanup-b", sub_id="b")

@@ -22,7 +22,6 @@ from tests.support.redis_server import RedisServer
 from tests.support.servers import Gunicorn
 from tests.support.timing import scaled, wait_until
 
-
 # One-shot requests ask the server to close the connection: a keep-alive socket left
 # open by a lingering Response object would make the server's graceful stop wait for it.
 ONE_SHOT = {"Connection": "close"}
@@ -111,8 +110,11 @@ class TestOneProducerPerDeployment:
                 raws[lead].close()  # the leader's last listener leaves: it must hand over
                 left = time.monotonic()
                 raws[other].read_until(
-                    lambda events: any(json.loads(e["data"])["data"]["worker"] != leader
-                                       for e in events if e["type"] == "tick"), timeout=10)
+                    lambda events: any(
+                        json.loads(e["data"])["data"]["worker"] != leader for e in events if e["type"] == "tick"
+                    ),
+                    timeout=10,
+                )
                 taken_over = time.monotonic() - left
                 assert taken_over < 2 * 0.5 + 2 + scaled(1.0), "released within two heartbeats and a beat"
                 raws[other].read_events(len([e for e in raws[other].events() if e["type"] == "tick"]) + 2, timeout=5)
@@ -187,8 +189,9 @@ def deployment(workers: int, renewable: bool):
     clock = Clock()
     store = LockStore(clock, renewable)
     log: list = []
-    producers = [TicksProducer(FakeHub(FakeBackend(store, f"w{i}"), log), interval=1.0, clock=clock)
-                 for i in range(workers)]
+    producers = [
+        TicksProducer(FakeHub(FakeBackend(store, f"w{i}"), log), interval=1.0, clock=clock) for i in range(workers)
+    ]
     return clock, producers, log
 
 

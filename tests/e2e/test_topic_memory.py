@@ -41,8 +41,12 @@ def rss_kib(pid: int) -> int:
 def metric(base: str, name: str) -> float:
     res = requests.get(base + "/metrics", headers={"Connection": "close"}, timeout=scaled(10))
     assert res.status_code == 200
-    return sum(sample.value for family in text_string_to_metric_families(res.text)
-               for sample in family.samples if sample.name == name)
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(res.text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 def topics_held(base: str) -> int:
@@ -56,8 +60,11 @@ def text_frames(texts: list[str]) -> bytes:
         payload = text.encode()
         size = len(payload)
         assert size <= 0xFFFF
-        out += struct.pack("!BB", 0x80 | OP_TEXT, 0x80 | 126) + struct.pack("!H", size) if size >= 126 \
+        out += (
+            struct.pack("!BB", 0x80 | OP_TEXT, 0x80 | 126) + struct.pack("!H", size)
+            if size >= 126
             else struct.pack("!BB", 0x80 | OP_TEXT, 0x80 | size)
+        )
         mask = os.urandom(4)
         key = (mask * (size // 4 + 1))[:size]
         out += mask + (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
@@ -76,9 +83,10 @@ def flood(base: str, prefix: str, count: int) -> float:
             ws.sock.settimeout(scaled(60))
             numbers = range(index * share, min(count, (index + 1) * share))
             for start in range(0, len(numbers), BATCH):
-                batch = numbers[start:start + BATCH]
-                ws.sock.sendall(text_frames([json.dumps({"op": "publish", "topic": f"{prefix}-{n}", "data": n})
-                                             for n in batch]))
+                batch = numbers[start : start + BATCH]
+                ws.sock.sendall(
+                    text_frames([json.dumps({"op": "publish", "topic": f"{prefix}-{n}", "data": n}) for n in batch])
+                )
                 acked = 0
                 while acked < len(batch):
                     messages = ws.read_messages()
@@ -144,8 +152,14 @@ def test_200k_topics_are_forgotten_after_the_ttl_and_the_memory_is_reused(start_
     three quarters, and the figures are printed.
     """
     ttl = scaled(40)  # above the flood's duration (about 17 s here), so all of it is held
-    server = start_server({"SWITCHBOARD_HISTORY_TTL": str(ttl), "SWITCHBOARD_PUBLISH_RATE": "0",
-                           "SWITCHBOARD_MAX_TOPICS": "0", "SWITCHBOARD_TICKS": "0"})
+    server = start_server(
+        {
+            "SWITCHBOARD_HISTORY_TTL": str(ttl),
+            "SWITCHBOARD_PUBLISH_RATE": "0",
+            "SWITCHBOARD_MAX_TOPICS": "0",
+            "SWITCHBOARD_TICKS": "0",
+        }
+    )
     worker = server.worker_pids()[0]
     forgotten_in = ttl * 1.25 + scaled(30)  # a TTL, a sweep interval, the sweeping itself
 
@@ -167,10 +181,12 @@ def test_200k_topics_are_forgotten_after_the_ttl_and_the_memory_is_reused(start_
     peak2 = rss_kib(worker)
 
     grown = peak - baseline
-    print(f"\n{TOPICS} topics in {seconds:.1f}s; worker RSS baseline {baseline / 1024:.0f} MiB, "
-          f"peak {peak / 1024:.0f} MiB (+{grown / 1024:.0f}), after the TTL {after / 1024:.0f} MiB "
-          f"(+{(after - baseline) / 1024:.0f}); second flood peak {peak2 / 1024:.0f} MiB; "
-          f"slowest /healthz while sweeping {slowest * 1000:.0f} ms ({probe.count} requests)")
+    print(
+        f"\n{TOPICS} topics in {seconds:.1f}s; worker RSS baseline {baseline / 1024:.0f} MiB, "
+        f"peak {peak / 1024:.0f} MiB (+{grown / 1024:.0f}), after the TTL {after / 1024:.0f} MiB "
+        f"(+{(after - baseline) / 1024:.0f}); second flood peak {peak2 / 1024:.0f} MiB; "
+        f"slowest /healthz while sweeping {slowest * 1000:.0f} ms ({probe.count} requests)"
+    )
     assert grown > 100 * 1024, "200,000 topics should cost memory; did the flood publish?"
     assert peak2 - peak < grown * 0.1, "the second flood should reuse the memory of the first"
     assert after - baseline < grown * 0.75, "a good part of the flood's memory should be given back"
@@ -182,16 +198,23 @@ def test_a_subscriber_that_stops_reading_holds_at_most_queue_bytes(start_server)
     the queue: its high-water mark stays at QUEUE_BYTES' worth of events, and once the
     subscriber reads again it is caught up from history, every event once and in order."""
     queue_bytes, pad, count = 256 * 1024, "p" * 16 * 1024, 400
-    server = start_server({"SWITCHBOARD_QUEUE_SIZE": "100000", "SWITCHBOARD_QUEUE_BYTES": str(queue_bytes),
-                           "SWITCHBOARD_HISTORY_BYTES": str(64 * 1024 * 1024), "SWITCHBOARD_PUBLISH_RATE": "0",
-                           "SWITCHBOARD_TICKS": "0"})
+    server = start_server(
+        {
+            "SWITCHBOARD_QUEUE_SIZE": "100000",
+            "SWITCHBOARD_QUEUE_BYTES": str(queue_bytes),
+            "SWITCHBOARD_HISTORY_BYTES": str(64 * 1024 * 1024),
+            "SWITCHBOARD_PUBLISH_RATE": "0",
+            "SWITCHBOARD_TICKS": "0",
+        }
+    )
     # A tiny receive buffer, and no reading: the server's writes to it soon block.
     with JsonClient(ws_url(server.url), timeout=30, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)) as slow:
         assert slow.request("subscribe", topic="backlog")["op"] == "ok"
         with requests.Session() as http:
             for n in range(count):  # about 6.5 MB, far more than the queue's 256 KiB
-                res = http.post(f"{server.url}/api/topics/backlog/events", json={"data": {"n": n, "pad": pad}},
-                                timeout=scaled(10))
+                res = http.post(
+                    f"{server.url}/api/topics/backlog/events", json={"data": {"n": n, "pad": pad}}, timeout=scaled(10)
+                )
                 assert res.status_code == 201
         event_size = len(res.content)  # the 201 body is the stored event's JSON
         high_water = metric(server.url, "switchboard_queue_depth_high_water")

@@ -24,8 +24,9 @@ EVENT_KEYS = ["op", "id", "topic", "type", "data", "sender", "time"]
 
 
 def publish_http(session, base, topic, data, **extra) -> dict:
-    res = session.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data, **extra}),
-                       headers=JSON, timeout=scaled(10))
+    res = session.post(
+        f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data, **extra}), headers=JSON, timeout=scaled(10)
+    )
     assert res.status_code == 201, res.text
     return res.json()
 
@@ -76,9 +77,17 @@ class TestHandshake:
         with pytest.raises(HandshakeFailed) as refused:
             RawWebSocket.connect(ws_url(server.url), headers={"Origin": "https://evil.example"}, timeout=scaled(5))
         assert refused.value.status == 403
-        res = requests.get(f"{server.url}/ws", timeout=scaled(5), headers={
-            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": "https://evil.example"})
+        res = requests.get(
+            f"{server.url}/ws",
+            timeout=scaled(5),
+            headers={
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Origin": "https://evil.example",
+            },
+        )
         assert res.status_code == 403 and res.json()["error"] == "forbidden_origin"
 
     def test_own_origin_is_accepted(self, connect, server):
@@ -109,8 +118,15 @@ class TestOps:
         assert published["op"] == "ok" and published["topic"] == "ws-basic" and published["id"]
         raw = client.next_event()
         assert list(raw) == EVENT_KEYS, "event keys in the documented order"
-        assert raw == {"op": "event", "id": published["id"], "topic": "ws-basic", "type": "message",
-                       "data": {"text": "hello"}, "sender": sender, "time": pytest.approx(time.time(), abs=60)}
+        assert raw == {
+            "op": "event",
+            "id": published["id"],
+            "topic": "ws-basic",
+            "type": "message",
+            "data": {"text": "hello"},
+            "sender": sender,
+            "time": pytest.approx(time.time(), abs=60),
+        }
 
     def test_event_bytes_are_the_event_json_with_op_first(self, connect, http, server):
         client = connect()
@@ -219,7 +235,9 @@ BAD_MESSAGES = [
 
 
 class TestBadMessages:
-    @pytest.mark.parametrize("text,code,ref", BAD_MESSAGES, ids=[f"{c}-{i}" for i, (_, c, _) in enumerate(BAD_MESSAGES)])
+    @pytest.mark.parametrize(
+        "text,code,ref", BAD_MESSAGES, ids=[f"{c}-{i}" for i, (_, c, _) in enumerate(BAD_MESSAGES)]
+    )
     def test_bad_message_gets_an_error_and_the_connection_stays_open(self, connect, text, code, ref):
         client = connect()
         client.send_text(text)
@@ -382,7 +400,8 @@ class TestCrossTransport:
         published = client.request("publish", topic="ws-cross-2", data={"text": "from ws"})
         page = http.get(f"{server.url}/api/topics/ws-cross-2/events", timeout=5).json()
         assert [(e["id"], e["data"], e["sender"]) for e in page["events"]] == [
-            (published["id"], {"text": "from ws"}, sender)]
+            (published["id"], {"text": "from ws"}, sender)
+        ]
 
 
 # ------------------------------------------------------------------------ lifecycle

@@ -41,8 +41,12 @@ def test_1000_subscribers_receive_every_event_in_order(server):
         started = time.monotonic()
         with requests.Session() as http:
             for n in range(EVENTS):
-                res = http.post(f"{server.url}/api/topics/{topic}/events", data=json.dumps({"data": {"n": n}}),
-                                headers={"Content-Type": "application/json"}, timeout=scaled(10))
+                res = http.post(
+                    f"{server.url}/api/topics/{topic}/events",
+                    data=json.dumps({"data": {"n": n}}),
+                    headers={"Content-Type": "application/json"},
+                    timeout=scaled(10),
+                )
                 assert res.status_code == 201
         published = time.monotonic() - started
         report = fanout.wait_done(scaled(30))
@@ -51,16 +55,21 @@ def test_1000_subscribers_receive_every_event_in_order(server):
     finally:
         fanout.stop()
 
-    print(f"\nfan-out: {CLIENTS} clients subscribed in {ready['connect_seconds']}s; "
-          f"{EVENTS} events published in {published:.2f}s; all {report['received']} deliveries "
-          f"done {total:.2f}s after the first publish ({report['received'] / total:,.0f} messages/s); "
-          f"latency p50 {report['latency_ms']['p50']} ms, p99 {report['latency_ms']['p99']} ms, "
-          f"max {report['latency_ms']['max']} ms; {report['bytes_in']:,} bytes; "
-          f"worker CPU {cpu:.2f}s ({cpu / report['received'] * 1e6:.1f} us per delivery, publishes included)")
+    print(
+        f"\nfan-out: {CLIENTS} clients subscribed in {ready['connect_seconds']}s; "
+        f"{EVENTS} events published in {published:.2f}s; all {report['received']} deliveries "
+        f"done {total:.2f}s after the first publish ({report['received'] / total:,.0f} messages/s); "
+        f"latency p50 {report['latency_ms']['p50']} ms, p99 {report['latency_ms']['p99']} ms, "
+        f"max {report['latency_ms']['max']} ms; {report['bytes_in']:,} bytes; "
+        f"worker CPU {cpu:.2f}s ({cpu / report['received'] * 1e6:.1f} us per delivery, publishes included)"
+    )
     assert report["done"], report
     assert report["errors"] == [], report
     assert report["received"] == CLIENTS * EVENTS
     assert report["disorder"] == 0, "every client saw 0..99 in order"
     assert report["complete"] == CLIENTS
-    wait_until(lambda: requests.get(f"{server.url}/healthz", timeout=5).json()["subscribers"] == 0,
-               timeout=10, message="all 1000 subscriptions released")
+    wait_until(
+        lambda: requests.get(f"{server.url}/healthz", timeout=5).json()["subscribers"] == 0,
+        timeout=10,
+        message="all 1000 subscriptions released",
+    )

@@ -21,8 +21,17 @@ def auth_env(**extra: str) -> dict[str, str]:
     return {"SWITCHBOARD_AUTH_SECRET": SECRET, "SWITCHBOARD_AUTH_AUDIENCE": AUDIENCE, **extra}
 
 
-def mint(sub: str = "alice", *, subscribe=(), publish=(), lifetime: float = 300.0, secret: str = SECRET,
-         audience: str | None = AUDIENCE, name: str | None = None, **claims) -> str:
+def mint(
+    sub: str = "alice",
+    *,
+    subscribe=(),
+    publish=(),
+    lifetime: float = 300.0,
+    secret: str = SECRET,
+    audience: str | None = AUDIENCE,
+    name: str | None = None,
+    **claims,
+) -> str:
     """A token for ``sub`` that may follow ``subscribe`` and publish to ``publish`` (topic
     patterns), valid for ``lifetime`` seconds (negative: already expired); ``claims`` are
     added last (they may replace any of the others)."""
@@ -30,8 +39,12 @@ def mint(sub: str = "alice", *, subscribe=(), publish=(), lifetime: float = 300.
         raise TypeError("mint() takes the token's lifetime as lifetime=, not ttl=")
     extra = claims
     now = time.time()
-    claims = {"sub": sub, "iat": int(now), "exp": now + lifetime,
-              "switchboard": {"subscribe": list(subscribe), "publish": list(publish)}}
+    claims = {
+        "sub": sub,
+        "iat": int(now),
+        "exp": now + lifetime,
+        "switchboard": {"subscribe": list(subscribe), "publish": list(publish)},
+    }
     if audience is not None:
         claims["aud"] = audience
     if name is not None:
@@ -66,9 +79,12 @@ def history(base: str, topic: str) -> list[dict]:
 
 def publish(base: str, topic: str, data, token: str | None = None) -> dict:
     """Publish over HTTP with a Bearer token (an all-topics one by default); the stored event."""
-    res = requests.post(f"{base}/api/topics/{topic}/events", data=json.dumps({"data": data}),
-                        headers={"Content-Type": "application/json", **bearer(token or mint(**ADMIN))},
-                        timeout=scaled(10))
+    res = requests.post(
+        f"{base}/api/topics/{topic}/events",
+        data=json.dumps({"data": data}),
+        headers={"Content-Type": "application/json", **bearer(token or mint(**ADMIN))},
+        timeout=scaled(10),
+    )
     assert res.status_code == 201, res.text
     return res.json()
 

@@ -55,8 +55,11 @@ def public_jwk(key, kid: str) -> dict:
 
 def claims(sub: str = "alice", ttl: float = 300, subscribe=("keys.*",), publish=("keys.*",), **extra) -> dict:
     """A token's claims: ``sub``, ``exp`` in ``ttl`` seconds, and the switchboard grants."""
-    base = {"sub": sub, "exp": int(time.time() + ttl),
-            "switchboard": {"subscribe": list(subscribe), "publish": list(publish)}}
+    base = {
+        "sub": sub,
+        "exp": int(time.time() + ttl),
+        "switchboard": {"subscribe": list(subscribe), "publish": list(publish)},
+    }
     base.update(extra)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -111,7 +114,7 @@ def reference_covers(pattern: str, topic: str, sub: str | None) -> bool:
         if token == "*":  # one non-empty segment: no dot inside
             return any(match(at + 1, rest[end:]) for end in range(1, len(rest) + 1) if "." not in rest[:end])
         literal = token[1]
-        return rest.startswith(literal) and match(at + 1, rest[len(literal):])
+        return rest.startswith(literal) and match(at + 1, rest[len(literal) :])
 
     return match(0, topic)
 

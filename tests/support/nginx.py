@@ -33,10 +33,30 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=scaled(30))
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=scaled(30),
+    )
     return cert, key
 
 
@@ -85,7 +105,10 @@ class Nginx:
         self._log = open(self.prefix / "nginx.stderr", "ab")
         self.proc = subprocess.Popen(
             [NGINX, "-p", str(self.prefix), "-c", "nginx.conf", "-g", "daemon off;"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_until(self._ready, timeout=15, message=f"nginx on {self.url}")
         return self
 
@@ -131,10 +154,14 @@ def buffering_with_gzip(config: str) -> str:
     """A buffering proxy that compresses the stream. nginx honours the app's
     X-Accel-Buffering: no even with proxy_buffering on (tests/e2e/test_doctor.py shows it),
     so the variant also ignores that header, as a CDN or another proxy in the path would."""
-    config = replace_once(config, "            proxy_buffering off;\n",
-                          "            proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;\n")
-    return replace_once(config, "            gzip off;\n",
-                        "            gzip on; gzip_min_length 0; gzip_types text/event-stream;\n")
+    config = replace_once(
+        config,
+        "            proxy_buffering off;\n",
+        "            proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;\n",
+    )
+    return replace_once(
+        config, "            gzip off;\n", "            gzip on; gzip_min_length 0; gzip_types text/event-stream;\n"
+    )
 
 
 def no_upgrade_headers(config: str) -> str:
@@ -148,5 +175,8 @@ def read_timeout_3s(config: str) -> str:
 
 
 def http_10_upstream(config: str) -> str:
-    return replace_once(config, 'proxy_http_version 1.1;\n        proxy_set_header Connection "";',
-                        "proxy_http_version 1.0;\n        proxy_set_header Connection close;")
+    return replace_once(
+        config,
+        'proxy_http_version 1.1;\n        proxy_set_header Connection "";',
+        "proxy_http_version 1.0;\n        proxy_set_header Connection close;",
+    )

@@ -30,8 +30,9 @@ class Records:
     def put(self, record: dict | None) -> None:
         self._queue.put(record)
 
-    def expect(self, kind: str, predicate=lambda record: True, timeout: float = 10, what: str = "",
-               allow_error: bool = False) -> dict:
+    def expect(
+        self, kind: str, predicate=lambda record: True, timeout: float = 10, what: str = "", allow_error: bool = False
+    ) -> dict:
         for record in self._untaken:
             if record["kind"] == kind and predicate(record):
                 self._untaken.remove(record)
@@ -66,8 +67,14 @@ class NodeClient(Records):
         super().__init__()
         if NODE is None or not (JS_DIR / "node_modules" / "sockjs-client").is_dir():
             raise AssertionError("Node and tests/js/node_modules are required: run `make node-deps`")
-        self.proc = subprocess.Popen([NODE, script, *args], cwd=JS_DIR, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [NODE, script, *args],
+            cwd=JS_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:

@@ -80,8 +80,12 @@ def main(host: str, port: int, path: str, count: int) -> dict:
     producer = connection(Producer())
     transaction = producer.begin()
     for task in range(count):
-        producer.send("/queue/tasks", json.dumps({"task": task}), content_type="application/json",
-                      headers={"persistent": "true", "transaction": transaction})
+        producer.send(
+            "/queue/tasks",
+            json.dumps({"task": task}),
+            content_type="application/json",
+            headers={"persistent": "true", "transaction": transaction},
+        )
     producer.commit(transaction, receipt="committed")
     if not committed.wait(20) or not finished.wait(30):
         raise SystemExit(json.dumps({"error": "timed out", "done": done}))

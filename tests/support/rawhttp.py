@@ -59,8 +59,9 @@ class RawHttp:
         self.sock = socket.create_connection((self.host, self.port), timeout=scaled(timeout))
         self.buffer = b""
 
-    def request(self, method: str, url: str, http: str = "1.1", headers: dict | None = None,
-                body: bytes | str = b"") -> RawResponse:
+    def request(
+        self, method: str, url: str, http: str = "1.1", headers: dict | None = None, body: bytes | str = b""
+    ) -> RawResponse:
         path = urlsplit(url)
         target = path.path + ("?" + path.query if path.query else "")
         if isinstance(body, str):

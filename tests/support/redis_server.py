@@ -33,8 +33,9 @@ class RedisServer:
         extra_args: more ``redis-server`` options (``--cluster-enabled yes``, ``--replicaof``...).
     """
 
-    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False,
-                 extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self, directory: Path, port: int | None = None, appendonly: bool = False, extra_args: tuple[str, ...] = ()
+    ):
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.path.exists(self.binary):
             raise RuntimeError("the tests need redis-server (Debian package redis-server; `make test` installs it)")
@@ -52,14 +53,28 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         """Start the server and wait until it answers PING."""
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--daemonize", "no", "--logfile", "redis.log", "--protected-mode", "no"]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "redis.log",
+            "--protected-mode",
+            "no",
+        ]
         if self.socket_path:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
         args += list(self.extra_args)
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_until(self._ready, timeout=10, interval=0.01, message=f"redis-server on port {self.port}")
         return self
 

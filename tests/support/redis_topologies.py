@@ -38,11 +38,27 @@ class RedisClusterServers:
         self.dir = Path(directory)
         # The cluster bus gets a free port of its own (not the default port + 10000, which is
         # over 65535 for many of the ports the system hands out).
-        self.nodes = [RedisServer(self.dir / f"node{i}", extra_args=(
-            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
-            "--cluster-port", str(free_port()),
-            "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "no"), appendonly=appendonly)
-            for i in range(primaries)]
+        self.nodes = [
+            RedisServer(
+                self.dir / f"node{i}",
+                extra_args=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-port",
+                    str(free_port()),
+                    "--cluster-require-full-coverage",
+                    "no",
+                    "--cluster-allow-reads-when-down",
+                    "no",
+                ),
+                appendonly=appendonly,
+            )
+            for i in range(primaries)
+        ]
         self.url = ""
         self.addresses: list[str] = []
 
@@ -52,8 +68,12 @@ class RedisClusterServers:
         self.addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         self.url = f"redis://{self.addresses[0]}/0"
         cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-        subprocess.run([cli, "--cluster", "create", *self.addresses, "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=scaled(30))
+        subprocess.run(
+            [cli, "--cluster", "create", *self.addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=scaled(30),
+        )
         wait_until(self._ok, timeout=20, interval=0.1, message="cluster_state:ok on every node")
         return self
 
@@ -73,8 +93,9 @@ class RedisClusterServers:
         """A cluster client for the test's own checks (RESP2, no retries)."""
         host, port = self.addresses[0].split(":")
         live = [ClusterNode("127.0.0.1", node.port) for node in self.nodes if node.running]
-        return RedisCluster(startup_nodes=live or [ClusterNode(host, int(port))], protocol=2,
-                            require_full_coverage=False, **kwargs)
+        return RedisCluster(
+            startup_nodes=live or [ClusterNode(host, int(port))], protocol=2, require_full_coverage=False, **kwargs
+        )
 
     def node_of(self, key: str) -> int:
         """The index of the node that owns ``key``'s slot."""
@@ -127,23 +148,40 @@ class SentinelGroup:
     def start(self) -> "SentinelGroup":
         primary = self.servers[0].start()
         for i in range(1, self._replicas + 1):
-            self.servers.append(RedisServer(self.dir / f"redis{i}", extra_args=(
-                *_REPLICATION, "--replicaof", "127.0.0.1", str(primary.port))).start())
+            self.servers.append(
+                RedisServer(
+                    self.dir / f"redis{i}", extra_args=(*_REPLICATION, "--replicaof", "127.0.0.1", str(primary.port))
+                ).start()
+            )
         wait_until(self._replicated, timeout=20, interval=0.1, message="the replicas in sync")
         binary = self.servers[0].binary
         for port in self.sentinel_ports:
             directory = self.dir / f"sentinel{port}"
             directory.mkdir(parents=True, exist_ok=True)
             conf = directory / "sentinel.conf"
-            conf.write_text("\n".join([
-                f"port {port}", "bind 127.0.0.1", "protected-mode no", f"dir {directory}",
-                f"sentinel monitor {self.master_name} 127.0.0.1 {primary.port} 2",
-                f"sentinel down-after-milliseconds {self.master_name} 1000",
-                f"sentinel failover-timeout {self.master_name} 5000",
-                f"sentinel parallel-syncs {self.master_name} 2", ""]))
-            self._sentinel_procs.append(subprocess.Popen(
-                [binary, str(conf), "--sentinel", "--logfile", str(directory / "sentinel.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+            conf.write_text(
+                "\n".join(
+                    [
+                        f"port {port}",
+                        "bind 127.0.0.1",
+                        "protected-mode no",
+                        f"dir {directory}",
+                        f"sentinel monitor {self.master_name} 127.0.0.1 {primary.port} 2",
+                        f"sentinel down-after-milliseconds {self.master_name} 1000",
+                        f"sentinel failover-timeout {self.master_name} 5000",
+                        f"sentinel parallel-syncs {self.master_name} 2",
+                        "",
+                    ]
+                )
+            )
+            self._sentinel_procs.append(
+                subprocess.Popen(
+                    [binary, str(conf), "--sentinel", "--logfile", str(directory / "sentinel.log")],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
         wait_until(self._sentinels_know_all, timeout=20, interval=0.1, message="the sentinels see the replicas")
         return self
 
@@ -160,7 +198,10 @@ class SentinelGroup:
             for port in self.sentinel_ports:
                 with self._sentinel(port) as sentinel:
                     master = sentinel.sentinel_master(self.master_name)
-                    if int(master.get("num-slaves", 0)) < self._replicas or int(master.get("num-other-sentinels", 0)) < 2:
+                    if (
+                        int(master.get("num-slaves", 0)) < self._replicas
+                        or int(master.get("num-other-sentinels", 0)) < 2
+                    ):
                         return False
             return True
         except (redis.RedisError, OSError):
@@ -192,6 +233,7 @@ class SentinelGroup:
 
     def wait_failover(self, old_port: int, timeout: float = 30) -> int:
         """Wait until the sentinels name another primary than ``old_port`` and it takes writes."""
+
         def promoted():
             port = self.primary_port()
             if port is None or port == old_port:
@@ -201,6 +243,7 @@ class SentinelGroup:
                     return port if client.info("replication").get("role") == "master" else None
             except redis.RedisError:
                 return None
+
         return wait_until(promoted, timeout=timeout, interval=0.1, message="a new primary")
 
     def stop(self) -> None:

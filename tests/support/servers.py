@@ -36,16 +36,25 @@ class Gunicorn:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_dir) / f"gunicorn-{self.port}.log"
-        self.env = {**os.environ, "PORT": str(self.port), "SWITCHBOARD_LOG_LEVEL": "WARNING",
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "SWITCHBOARD_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> "Gunicorn":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         if wait:
             wait_until(self._ready, timeout=30, interval=0.05, message=f"gunicorn on {self.url}")
         return self

@@ -4,21 +4,16 @@ worker class), its module fixtures and the request helpers of the protocol tests
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
-import websocket  # websocket-client
 
 from tests.support.rawhttp import RawHttp
 from tests.support.servers import free_port
@@ -37,9 +32,27 @@ class SockJSTestServer:
     def start(self) -> "SockJSTestServer":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-k", "app.server.lifecycle.Worker", "-b", f"127.0.0.1:{self.port}",
-             "-w", "1", "--no-control-socket", "--graceful-timeout", "5", "tests.support.sockjs_test_app:app"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-k",
+                "app.server.lifecycle.Worker",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                "1",
+                "--no-control-socket",
+                "--graceful-timeout",
+                "5",
+                "tests.support.sockjs_test_app:app",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_until(self._ready, timeout=30, interval=0.05, message=f"SockJS test app on {self.url}")
         return self
 
@@ -72,8 +85,9 @@ def sockjs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """Heartbeats every 0.5 s, sessions forgotten 0.5 s after their last receiver."""
-    server = SockJSTestServer(tmp_path_factory.mktemp("sockjs-quick"), SOCKJS_TEST_HEARTBEAT=0.5,
-                              SOCKJS_TEST_DISCONNECT_DELAY=0.5).start()
+    server = SockJSTestServer(
+        tmp_path_factory.mktemp("sockjs-quick"), SOCKJS_TEST_HEARTBEAT=0.5, SOCKJS_TEST_DISCONNECT_DELAY=0.5
+    ).start()
     yield server
     server.stop()
 
@@ -87,8 +101,9 @@ def ws_url(url: str) -> str:
 
 
 def post(url, body="", headers=None):
-    return requests.post(url, data=body.encode("utf-8") if isinstance(body, str) else body,
-                         headers=headers or {}, timeout=scaled(10))
+    return requests.post(
+        url, data=body.encode("utf-8") if isinstance(body, str) else body, headers=headers or {}, timeout=scaled(10)
+    )
 
 
 def get(url, headers=None):
@@ -153,4 +168,3 @@ class Held:
 
     def close(self) -> None:
         self.conn.close()
-

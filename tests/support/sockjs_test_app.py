@@ -20,10 +20,10 @@ import os
 
 from flask import Flask
 
-from app.sockjs import GO_AWAY, SessionConfig
-from app.transports.sockjs_http import SessionContext, SockJSService
 from app.server.handshake import WebSocketPolicy
 from app.server.hooks import ServerHooks
+from app.sockjs import GO_AWAY, SessionConfig
+from app.transports.sockjs_http import SessionContext, SockJSService
 
 
 def _admit(environ, transport, session_id, take_slot):
@@ -45,9 +45,11 @@ def close(channel, context) -> None:
 def create_app(env=os.environ) -> Flask:
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # as the production app: '//' is no greeting
-    config = SessionConfig(heartbeat_interval=float(env.get("SOCKJS_TEST_HEARTBEAT", "25")),
-                           disconnect_delay=float(env.get("SOCKJS_TEST_DISCONNECT_DELAY", "5")),
-                           response_limit=4096)
+    config = SessionConfig(
+        heartbeat_interval=float(env.get("SOCKJS_TEST_HEARTBEAT", "25")),
+        disconnect_delay=float(env.get("SOCKJS_TEST_DISCONNECT_DELAY", "5")),
+        response_limit=4096,
+    )
     services = [
         SockJSService("echo", "/echo", echo, _admit, config),
         SockJSService("close", "/close", close, _admit, config),
@@ -61,7 +63,8 @@ def create_app(env=os.environ) -> Flask:
     origins = tuple(item for item in env.get("SOCKJS_TEST_ALLOWED_ORIGINS", "*").split(",") if item)
     # What the server layer reads of an application (app/server/hooks.py).
     app.switchboard_server = ServerHooks(
-        policy=WebSocketPolicy(allowed_origins=origins, protocols=protocols, ping_interval=0))
+        policy=WebSocketPolicy(allowed_origins=origins, protocols=protocols, ping_interval=0)
+    )
     app.sockjs_services = services
     return app
 

@@ -64,7 +64,7 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 def ws_url(http_url: str, path: str = "/ws") -> str:
     """``http://host:port`` -> ``ws://host:port/ws``."""
-    return "ws" + http_url[len("http"):] + path if http_url.startswith("http") else http_url + path
+    return "ws" + http_url[len("http") :] + path if http_url.startswith("http") else http_url + path
 
 
 def cookie_header(session) -> str | None:
@@ -246,8 +246,13 @@ class RawWebSocket:
         self._fragment_opcode = 0
 
     @classmethod
-    def connect(cls, url: str, headers: dict[str, str] | None = None, protocols: tuple[str, ...] = (),
-                timeout: float | None = 10.0) -> "RawWebSocket":
+    def connect(
+        cls,
+        url: str,
+        headers: dict[str, str] | None = None,
+        protocols: tuple[str, ...] = (),
+        timeout: float | None = 10.0,
+    ) -> "RawWebSocket":
         """Open ``ws://host:port/path`` and complete the handshake.
 
         Raises:
@@ -259,8 +264,14 @@ class RawWebSocket:
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         key = base64.b64encode(os.urandom(16)).decode("ascii")
-        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
-                 f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
         if protocols:
             lines.append(f"Sec-WebSocket-Protocol: {', '.join(protocols)}")
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
@@ -334,16 +345,16 @@ class RawWebSocket:
             if size == 126:
                 if end - start < 2:
                     break
-                size = int.from_bytes(buf[start:start + 2], "big")
+                size = int.from_bytes(buf[start : start + 2], "big")
                 start += 2
             elif size == 127:
                 if end - start < 8:
                     break
-                size = int.from_bytes(buf[start:start + 8], "big")
+                size = int.from_bytes(buf[start : start + 8], "big")
                 start += 8
             if end - start < size:
                 break
-            payload = bytes(buf[start:start + size])
+            payload = bytes(buf[start : start + size])
             pos = start + size
             opcode = first & 0x0F
             if opcode == OP_PING:
@@ -402,8 +413,9 @@ def stomp_escape(text: str) -> str:
     return "".join(_STOMP_ESCAPE.get(char, char) for char in text)
 
 
-def stomp_frame(command: str, headers=(), body: bytes | str = b"", *, escape: bool = True,
-                content_length: bool = False) -> bytes:
+def stomp_frame(
+    command: str, headers=(), body: bytes | str = b"", *, escape: bool = True, content_length: bool = False
+) -> bytes:
     """The octets of one STOMP frame (command, headers, blank line, body, NUL).
 
     Args:
@@ -474,7 +486,7 @@ def parse_stomp(payload: bytes, escaped: bool = True) -> StompFrame | None:
     if length is not None:
         if not length.isdigit() or len(rest) < int(length) + 1 or rest[int(length)] != 0:
             raise StompWireError(f"content-length {length} does not end at the NUL")
-        body, trailing = rest[:int(length)], rest[int(length) + 1:]
+        body, trailing = rest[: int(length)], rest[int(length) + 1 :]
     else:
         body, nul, trailing = rest.partition(b"\x00")
         if not nul:
@@ -635,7 +647,7 @@ def _fanout_main(argv: list[str]) -> int:
                     became_ready(state)
                 break
             now = time.time()
-            for opcode, payload in messages:
+            for _opcode, payload in messages:
                 kind, value = protocol.classify(payload)
                 if kind == "event":
                     seq, server_time = value
@@ -659,7 +671,11 @@ def _fanout_main(argv: list[str]) -> int:
         out(error="not all clients subscribed", ready=counters["ready"], clients=args.clients)
         return 2
     connect_seconds = time.monotonic() - started
-    out(ready=counters["ready"] - counters["failed"], failed=counters["failed"], connect_seconds=round(connect_seconds, 3))
+    out(
+        ready=counters["ready"] - counters["failed"],
+        failed=counters["failed"],
+        connect_seconds=round(connect_seconds, 3),
+    )
     done_in_time = all_done.wait(args.timeout)
     received = sum(s.received for s in states)
     latencies.sort()
@@ -667,13 +683,18 @@ def _fanout_main(argv: list[str]) -> int:
     def pct(p: float) -> float | None:
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 1) if latencies else None
 
-    out(done=done_in_time, clients=args.clients, received=received, expected=args.clients * args.count,
+    out(
+        done=done_in_time,
+        clients=args.clients,
+        received=received,
+        expected=args.clients * args.count,
         complete=sum(1 for s in states if s.received == args.count and not s.disorder),
         disorder=sum(s.disorder for s in states),
         errors=[e for s in states for e in s.errors][:10],
         bytes_in=sum(ws.bytes_in for ws in sockets if ws is not None),
         delivery_seconds=round(last_at[0] - first_at[0], 3) if first_at else None,
-        latency_ms={"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0 - 1e-12)})
+        latency_ms={"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0 - 1e-12)},
+    )
     gevent.killall(greenlets, block=True, timeout=5)
     for ws in sockets:
         if ws is not None:
@@ -717,8 +738,15 @@ class Fanout:
             stream.close()
 
 
-def start_fanout(base: str, clients: int, topic: str, count: int, protocol: str = "ws-json",
-                 timeout: float = 60.0, connect_concurrency: int = 100) -> Fanout:
+def start_fanout(
+    base: str,
+    clients: int,
+    topic: str,
+    count: int,
+    protocol: str = "ws-json",
+    timeout: float = 60.0,
+    connect_concurrency: int = 100,
+) -> Fanout:
     """Start ``clients`` raw WebSocket clients in a gevent subprocess.
 
     Each client must receive exactly ``count`` events, with sequence numbers 0, 1, ...
@@ -733,9 +761,26 @@ def start_fanout(base: str, clients: int, topic: str, count: int, protocol: str 
         finally:
             fanout.stop()
     """
-    cmd = [sys.executable, "-m", "tests.support.wsclients", "fanout", "--base", base, "--protocol", protocol,
-           "--clients", str(clients), "--topic", topic, "--count", str(count), "--timeout", str(scaled(timeout)),
-           "--connect-concurrency", str(connect_concurrency)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.support.wsclients",
+        "fanout",
+        "--base",
+        base,
+        "--protocol",
+        protocol,
+        "--clients",
+        str(clients),
+        "--topic",
+        topic,
+        "--count",
+        str(count),
+        "--timeout",
+        str(scaled(timeout)),
+        "--connect-concurrency",
+        str(connect_concurrency),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return Fanout(proc)
 
@@ -743,8 +788,11 @@ def start_fanout(base: str, clients: int, topic: str, count: int, protocol: str 
 # --------------------------------------------------------------------------- churn
 
 CHURN_TRANSPORTS = ("polling", "long-polling", "sse", "ws", "stomp")
-_STOMP_OFFERS = {"1.0": ("v10.stomp",), "1.1": ("v11.stomp", "v10.stomp"),
-                 "1.2": ("v12.stomp", "v11.stomp", "v10.stomp")}
+_STOMP_OFFERS = {
+    "1.0": ("v10.stomp",),
+    "1.1": ("v11.stomp", "v10.stomp"),
+    "1.2": ("v12.stomp", "v11.stomp", "v10.stomp"),
+}
 
 
 class ChurnFailure(Exception):
@@ -805,8 +853,11 @@ class _Churn:
         self.published = 0
         self.deadline = 0.0
         self.sessions = {
-            "polling": self._polling, "long-polling": self._long_polling, "sse": self._sse,
-            "ws": self._ws, "stomp": self._stomp,
+            "polling": self._polling,
+            "long-polling": self._long_polling,
+            "sse": self._sse,
+            "ws": self._ws,
+            "stomp": self._stomp,
         }
 
     # -- helpers ------------------------------------------------------------------
@@ -850,8 +901,9 @@ class _Churn:
             if conn_box[0] is None:
                 conn_box[0] = self._http()
             try:
-                conn_box[0].request("POST", f"/api/topics/{self.topic}/events", body=body,
-                                    headers={"Content-Type": "application/json"})
+                conn_box[0].request(
+                    "POST", f"/api/topics/{self.topic}/events", body=body, headers={"Content-Type": "application/json"}
+                )
                 response = conn_box[0].getresponse()
                 text = response.read()
             except OSError as exc:  # a keep-alive connection the server timed out: once more
@@ -1002,11 +1054,11 @@ class _Churn:
                         raise ChurnFailure("SSE: the server ended the stream")
                     if len(chunked) < line_end + 2 + size + 2:
                         break
-                    text += chunked[line_end + 2:line_end + 2 + size]
-                    del chunked[:line_end + 2 + size + 2]
+                    text += chunked[line_end + 2 : line_end + 2 + size]
+                    del chunked[: line_end + 2 + size + 2]
                 while (nl := text.find(b"\n")) >= 0:
                     line = bytes(text[:nl]).decode("utf-8")
-                    del text[:nl + 1]
+                    del text[: nl + 1]
                     if line == "":
                         if "data" in fields:
                             if fields.get("event") == "gap":
@@ -1089,12 +1141,12 @@ class _Churn:
                         # Now, and not before, no event of the topic may come.
                         subscribed, unsubscribing = False, None
                         subscribing = f"s{next(refs)}"  # back, from where it stopped
-                        ws.send_text(json.dumps({"op": "subscribe", "topic": self.topic, "since": c.cursor,
-                                                 "ref": subscribing}))
+                        ws.send_text(
+                            json.dumps({"op": "subscribe", "topic": self.topic, "since": c.cursor, "ref": subscribing})
+                        )
                     else:
                         raise ChurnFailure(f"unexpected message {payload[:300]!r}")
-                if (subscribed and unsubscribing is None and not self.published_all.is_set()
-                        and c.rng.random() < 0.05):
+                if subscribed and unsubscribing is None and not self.published_all.is_set() and c.rng.random() < 0.05:
                     unsubscribing = f"u{next(refs)}"
                     ws.send_text(json.dumps({"op": "unsubscribe", "topic": self.topic, "ref": unsubscribing}))
         finally:
@@ -1111,8 +1163,15 @@ class _Churn:
 
         def subscribe() -> str:
             sub_id = f"sub-{next(numbers)}"
-            send("SUBSCRIBE", [("id", sub_id), ("destination", f"/topic/{self.topic}"),
-                               ("last-event-id", c.cursor), ("receipt", f"r-{sub_id}")])
+            send(
+                "SUBSCRIBE",
+                [
+                    ("id", sub_id),
+                    ("destination", f"/topic/{self.topic}"),
+                    ("last-event-id", c.cursor),
+                    ("receipt", f"r-{sub_id}"),
+                ],
+            )
             return sub_id
 
         def disconnect():
@@ -1139,8 +1198,9 @@ class _Churn:
                         continue
                     if frame.command == "MESSAGE":
                         if frame.get("subscription") not in (current, leaving):
-                            raise ChurnFailure(f"MESSAGE for subscription {frame.get('subscription')}, "
-                                               f"current {current}")
+                            raise ChurnFailure(
+                                f"MESSAGE for subscription {frame.get('subscription')}, current {current}"
+                            )
                         if frame.get("gap") == "true":
                             c.gaps += 1
                             continue
@@ -1171,7 +1231,8 @@ class _Churn:
         baseline = self.publish(-1, [None])  # every client starts from a real cursor
         clients = [
             ChurnClient(transport, i, baseline["id"], random.Random(self.rng.random()))
-            for transport, n in self.args.clients.items() for i in range(n)
+            for transport, n in self.args.clients.items()
+            for i in range(n)
         ]
         greenlets = [gevent.spawn(self._client, c) for c in clients]
         publisher = gevent.spawn(self._publisher, time.monotonic())
@@ -1192,9 +1253,14 @@ class _Churn:
                 "abrupt": sum(c.abrupt for c in group),
                 "errors": [f"{c.transport}[{c.index}] {e}" for c in group for e in c.errors][:10],
             }
-        return {"done": True, "count": self.count, "published": self.published,
-                "publish_errors": self.publish_errors, "seconds": round(time.monotonic() - started, 2),
-                "transports": report}
+        return {
+            "done": True,
+            "count": self.count,
+            "published": self.published,
+            "publish_errors": self.publish_errors,
+            "seconds": round(time.monotonic() - started, 2),
+            "transports": report,
+        }
 
 
 def _churn_main(argv: list[str]) -> int:
@@ -1202,8 +1268,7 @@ def _churn_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="wsclients churn")
     parser.add_argument("--base", required=True, help="http://host:port of the server")
     parser.add_argument("--topic", required=True)
-    parser.add_argument("--clients", required=True,
-                        help="transport=count,... over " + ", ".join(CHURN_TRANSPORTS))
+    parser.add_argument("--clients", required=True, help="transport=count,... over " + ", ".join(CHURN_TRANSPORTS))
     parser.add_argument("--count", type=int, required=True, help="events to publish (data {'n': 0..count-1})")
     parser.add_argument("--rate", type=float, required=True, help="events per second")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to catch up after the last publish")
@@ -1222,8 +1287,9 @@ def _churn_main(argv: list[str]) -> int:
     return 0
 
 
-def start_churn(base: str, topic: str, clients: dict[str, int], count: int, rate: float,
-                timeout: float = 30.0, seed: int = 0) -> Fanout:
+def start_churn(
+    base: str, topic: str, clients: dict[str, int], count: int, rate: float, timeout: float = 30.0, seed: int = 0
+) -> Fanout:
     """Start churning clients in a gevent subprocess; ``wait_done`` returns its report.
 
     ``clients`` maps each transport of :data:`CHURN_TRANSPORTS` to a number of clients.
@@ -1239,9 +1305,26 @@ def start_churn(base: str, topic: str, clients: dict[str, int], count: int, rate
     ``sessions``, ``min_sessions``, ``abrupt``, ``errors``.
     """
     spec = ",".join(f"{name}={n}" for name, n in clients.items())
-    cmd = [sys.executable, "-m", "tests.support.wsclients", "churn", "--base", base, "--topic", topic,
-           "--clients", spec, "--count", str(count), "--rate", str(rate), "--timeout", str(scaled(timeout)),
-           "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.support.wsclients",
+        "churn",
+        "--base",
+        base,
+        "--topic",
+        topic,
+        "--clients",
+        spec,
+        "--count",
+        str(count),
+        "--rate",
+        str(rate),
+        "--timeout",
+        str(scaled(timeout)),
+        "--seed",
+        str(seed),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return Fanout(proc)
 
@@ -1340,8 +1423,12 @@ class _Resume(_Churn):
                         return self._published(n, event)
                 if conn_box[0] is None:
                     conn_box[0] = self._http()
-                conn_box[0].request("POST", f"/api/topics/{self.topic}/events", body=json.dumps({"data": {"n": n}}),
-                                    headers={"Content-Type": "application/json"})
+                conn_box[0].request(
+                    "POST",
+                    f"/api/topics/{self.topic}/events",
+                    body=json.dumps({"data": {"n": n}}),
+                    headers={"Content-Type": "application/json"},
+                )
                 uncertain = True  # from here on the server may have stored it
                 response = conn_box[0].getresponse()
                 text = response.read()
@@ -1471,8 +1558,12 @@ class _Resume(_Churn):
         sock = socket.create_connection((self.host, self.port), timeout=10)
         retry = None
         try:
-            sock.sendall((f"GET /api/topics/{self.topic}/stream HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                          f"Accept: text/event-stream\r\nLast-Event-ID: {c.cursor}\r\n\r\n").encode("ascii"))
+            sock.sendall(
+                (
+                    f"GET /api/topics/{self.topic}/stream HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                    f"Accept: text/event-stream\r\nLast-Event-ID: {c.cursor}\r\n\r\n"
+                ).encode("ascii")
+            )
             raw = b""
             while b"\r\n\r\n" not in raw:
                 chunk = sock.recv(65536)
@@ -1482,8 +1573,14 @@ class _Resume(_Churn):
             status_head, _, raw = raw.partition(b"\r\n\r\n")
             status = int(status_head.split(b" ", 2)[1])
             if status != 200:
-                value = next((line.split(b":", 1)[1].strip() for line in status_head.split(b"\r\n")
-                              if line.lower().startswith(b"retry-after:")), b"")
+                value = next(
+                    (
+                        line.split(b":", 1)[1].strip()
+                        for line in status_head.split(b"\r\n")
+                        if line.lower().startswith(b"retry-after:")
+                    ),
+                    b"",
+                )
                 raise _SessionEnded(f"sse:{status}", float(value) if value.isdigit() else None)
             chunked, text, fields, opened, ended = bytearray(raw), bytearray(), {}, False, False
             while not self._done(c):
@@ -1497,11 +1594,11 @@ class _Resume(_Churn):
                         break
                     if len(chunked) < line_end + 2 + size + 2:
                         break
-                    text += chunked[line_end + 2:line_end + 2 + size]
-                    del chunked[:line_end + 2 + size + 2]
+                    text += chunked[line_end + 2 : line_end + 2 + size]
+                    del chunked[: line_end + 2 + size + 2]
                 while (nl := text.find(b"\n")) >= 0:
                     line = bytes(text[:nl]).decode("utf-8")
-                    del text[:nl + 1]
+                    del text[: nl + 1]
                     if line == "":
                         if "data" in fields:
                             if fields.get("event") == "gap":
@@ -1520,8 +1617,9 @@ class _Resume(_Churn):
                 if self._done(c):
                     break
                 if ended:
-                    raise _SessionEnded("sse:retry-end" if retry is not None else "sse:end",
-                                        None if retry is None else retry / 1000)
+                    raise _SessionEnded(
+                        "sse:retry-end" if retry is not None else "sse:end", None if retry is None else retry / 1000
+                    )
                 chunk = None
                 with gevent.Timeout(max(0.001, until - time.monotonic()), False):
                     chunk = sock.recv(65536)
@@ -1569,10 +1667,22 @@ class _Resume(_Churn):
         ws = RawWebSocket.connect(self._ws_url("/stomp"), protocols=_STOMP_OFFERS["1.2"], timeout=10)
         error = None
         try:
-            ws.send_text(stomp_frame("CONNECT", [("accept-version", "1.2"), ("host", "localhost"),
-                                                 ("heart-beat", "0,0")], escape=False).decode("utf-8"))
-            ws.send_text(stomp_frame("SUBSCRIBE", [("id", "0"), ("destination", f"/topic/{self.topic}"),
-                                                   ("last-event-id", c.cursor), ("receipt", "resume")]).decode("utf-8"))
+            ws.send_text(
+                stomp_frame(
+                    "CONNECT", [("accept-version", "1.2"), ("host", "localhost"), ("heart-beat", "0,0")], escape=False
+                ).decode("utf-8")
+            )
+            ws.send_text(
+                stomp_frame(
+                    "SUBSCRIBE",
+                    [
+                        ("id", "0"),
+                        ("destination", f"/topic/{self.topic}"),
+                        ("last-event-id", c.cursor),
+                        ("receipt", "resume"),
+                    ],
+                ).decode("utf-8")
+            )
             while not self._done(c) and time.monotonic() < until:
                 try:
                     messages = self._messages(ws, until, "stomp")
@@ -1615,7 +1725,8 @@ class _Resume(_Churn):
         baseline = self.publish(-1, [None])  # every client starts from a real cursor
         self.clients = [
             ResumeClient(transport, i, baseline["id"], random.Random(self.rng.random()))
-            for transport, n in self.args.clients.items() for i in range(n)
+            for transport, n in self.args.clients.items()
+            for i in range(n)
         ]
         greenlets = [gevent.spawn(self._client, c) for c in self.clients]
         # The publisher starts on the test's word (a line on stdin), once it saw "ready".
@@ -1644,9 +1755,16 @@ class _Resume(_Churn):
                 "errors": [f"{c.transport}[{c.index}] {e}" for c in group for e in c.errors][:10],
                 "after_gap": [c.after_gap for c in group],
             }
-        return {"done": True, "count": self.count, "published": self.published, "ids": self.ids,
-                "publish_errors": self.publish_errors, "publish_retries": self.publish_retries,
-                "seconds": round(time.monotonic() - started, 2), "transports": report}
+        return {
+            "done": True,
+            "count": self.count,
+            "published": self.published,
+            "ids": self.ids,
+            "publish_errors": self.publish_errors,
+            "publish_retries": self.publish_retries,
+            "seconds": round(time.monotonic() - started, 2),
+            "transports": report,
+        }
 
 
 def _resume_main(argv: list[str]) -> int:
@@ -1688,8 +1806,16 @@ class Resume(Fanout):
         super().stop()
 
 
-def start_resume(base: str, topic: str, clients: dict[str, int], count: int, rate: float,
-                 timeout: float = 60.0, retry_cap: float = 3.0, seed: int = 0) -> Resume:
+def start_resume(
+    base: str,
+    topic: str,
+    clients: dict[str, int],
+    count: int,
+    rate: float,
+    timeout: float = 60.0,
+    retry_cap: float = 3.0,
+    seed: int = 0,
+) -> Resume:
     """Start clients that stay connected through server stops, in a gevent subprocess.
 
     ``clients`` maps transports of :data:`CHURN_TRANSPORTS` to numbers of clients; each
@@ -1711,11 +1837,31 @@ def start_resume(base: str, topic: str, clients: dict[str, int], count: int, rat
     the sequence numbers received since its last gap); and ``ids`` (n -> stored id).
     """
     spec = ",".join(f"{name}={n}" for name, n in clients.items())
-    cmd = [sys.executable, "-m", "tests.support.wsclients", "resume", "--base", base, "--topic", topic,
-           "--clients", spec, "--count", str(count), "--rate", str(rate), "--timeout", str(scaled(timeout)),
-           "--retry-cap", str(scaled(retry_cap)), "--seed", str(seed)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.support.wsclients",
+        "resume",
+        "--base",
+        base,
+        "--topic",
+        topic,
+        "--clients",
+        spec,
+        "--count",
+        str(count),
+        "--rate",
+        str(rate),
+        "--timeout",
+        str(scaled(timeout)),
+        "--retry-cap",
+        str(scaled(retry_cap)),
+        "--seed",
+        str(seed),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     return Resume(proc)
 
 

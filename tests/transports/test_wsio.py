@@ -26,7 +26,6 @@ import requests
 import websocket
 
 from app.server import frames
-from app.transports import wsio
 from app.server.frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -36,6 +35,7 @@ from app.server.frames import (
     OP_TEXT,
     mask_frame,
 )
+from app.transports import wsio
 from tests.support.timing import scaled, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,11 +71,27 @@ class EchoServer:
     def start(self) -> "EchoServer":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-k", "app.transports.wsio.Worker",
-             "-b", f"127.0.0.1:{self.port}", "-w", "1", "--no-control-socket",
-             "--graceful-timeout", str(self.graceful_timeout),
-             "tests.support.ws_echo_app:app"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-k",
+                "app.transports.wsio.Worker",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                "1",
+                "--no-control-socket",
+                "--graceful-timeout",
+                str(self.graceful_timeout),
+                "tests.support.ws_echo_app:app",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_until(self._ready, timeout=30, interval=0.05, message=f"gunicorn on {self.url}")
         return self
 
@@ -144,8 +160,9 @@ def fresh_server(tmp_path):
 class RawClient:
     """A WebSocket client over a plain socket that sends exactly the bytes it is given."""
 
-    def __init__(self, port: int, path: str = "/ws", headers: dict | None = None,
-                 method: str = "GET", version: str = "HTTP/1.1"):
+    def __init__(
+        self, port: int, path: str = "/ws", headers: dict | None = None, method: str = "GET", version: str = "HTTP/1.1"
+    ):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=scaled(5))
         self.rfile = self.sock.makefile("rb")
         key = base64.b64encode(os.urandom(16)).decode()
@@ -288,11 +305,14 @@ def test_stomp_picks_the_highest_version_offered(echo):
         ws.close()
 
 
-@pytest.mark.parametrize(("offered", "chosen"), [
-    ("v10.stomp", "v10.stomp"),
-    ("v11.stomp,v10.stomp", "v11.stomp"),
-    ("mqtt, v11.stomp , v12.stomp", "v12.stomp"),
-])
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [
+        ("v10.stomp", "v10.stomp"),
+        ("v11.stomp,v10.stomp", "v11.stomp"),
+        ("mqtt, v11.stomp , v12.stomp", "v12.stomp"),
+    ],
+)
 def test_stomp_subprotocol_header_is_a_token_list(raw, offered, chosen):
     client = raw("/stomp", {"Sec-WebSocket-Protocol": offered})
     assert client.status == 101
@@ -309,11 +329,14 @@ def test_stomp_without_subprotocol_is_accepted(echo):
         ws.close()
 
 
-@pytest.mark.parametrize(("path", "offered"), [
-    ("/stomp", "v12.stomp.x, xv12.stomp"),  # a substring test would have matched these
-    ("/stomp", "mqtt"),
-    ("/ws", "v12.stomp"),  # /ws speaks no sub-protocol
-])
+@pytest.mark.parametrize(
+    ("path", "offered"),
+    [
+        ("/stomp", "v12.stomp.x, xv12.stomp"),  # a substring test would have matched these
+        ("/stomp", "mqtt"),
+        ("/ws", "v12.stomp"),  # /ws speaks no sub-protocol
+    ],
+)
 def test_no_common_subprotocol_is_400(raw, path, offered):
     client = raw(path, {"Sec-WebSocket-Protocol": offered})
     assert client.status == 400
@@ -344,24 +367,30 @@ def test_hostile_origin_is_403_without_101(raw):
     assert "sec-websocket-accept" not in client.headers
 
 
-@pytest.mark.parametrize("origin", [
-    "http://127.0.0.1:{port}",  # same host and port
-    "https://example.com",  # listed
-    "http://allowed.test:8080",  # listed, with a port
-    None,  # no Origin: not a browser
-])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://127.0.0.1:{port}",  # same host and port
+        "https://example.com",  # listed
+        "http://allowed.test:8080",  # listed, with a port
+        None,  # no Origin: not a browser
+    ],
+)
 def test_allowed_origins(raw, echo, origin):
     client = raw(headers={"Origin": origin.format(port=echo.port) if origin else None})
     assert client.status == 101
 
 
-@pytest.mark.parametrize("origin", [
-    "http://127.0.0.1:1",  # same host, other port
-    "http://example.com",  # listed only with https
-    "https://example.com:8443",
-    "null",
-    "not an origin",
-])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://127.0.0.1:1",  # same host, other port
+        "http://example.com",  # listed only with https
+        "https://example.com:8443",
+        "null",
+        "not an origin",
+    ],
+)
 def test_refused_origins(raw, origin):
     assert raw(headers={"Origin": origin}).status == 403
 
@@ -383,14 +412,17 @@ def test_bad_version_is_426(raw, version):
     assert client.json()["error"] == "upgrade_required"
 
 
-@pytest.mark.parametrize(("kwargs", "status"), [
-    ({"headers": {"Sec-WebSocket-Key": None}}, 400),
-    ({"headers": {"Sec-WebSocket-Key": "not base64!"}}, 400),
-    ({"headers": {"Sec-WebSocket-Key": base64.b64encode(b"short").decode()}}, 400),
-    ({"headers": {"Connection": "keep-alive"}}, 400),
-    ({"method": "POST"}, 405),
-    ({"version": "HTTP/1.0"}, 400),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"headers": {"Sec-WebSocket-Key": None}}, 400),
+        ({"headers": {"Sec-WebSocket-Key": "not base64!"}}, 400),
+        ({"headers": {"Sec-WebSocket-Key": base64.b64encode(b"short").decode()}}, 400),
+        ({"headers": {"Connection": "keep-alive"}}, 400),
+        ({"method": "POST"}, 405),
+        ({"version": "HTTP/1.0"}, 400),
+    ],
+)
 def test_bad_handshakes_get_json_errors(raw, kwargs, status):
     client = raw(**kwargs)
     assert client.status == status
@@ -470,8 +502,8 @@ def test_fragmented_message_is_reassembled(raw):
     client.send_frame(OP_TEXT, data[:cut], fin=False)
     client.send_frame(OP_PING, b"between")  # a control frame may come between fragments
     assert client.recv_frame() == (OP_PONG, True, b"between")
-    client.send_frame(OP_CONTINUATION, data[cut:cut + 5], fin=False)
-    client.send_frame(OP_CONTINUATION, data[cut + 5:], fin=True)
+    client.send_frame(OP_CONTINUATION, data[cut : cut + 5], fin=False)
+    client.send_frame(OP_CONTINUATION, data[cut + 5 :], fin=True)
     assert client.recv_frame() == (OP_TEXT, True, data)
 
 
@@ -499,23 +531,32 @@ def test_ping_gets_pong_with_the_same_payload(raw, echo):
 # ------------------------------------------------------------- close codes
 
 
-@pytest.mark.parametrize(("name", "data", "code"), [
-    ("unmasked frame", b"\x81\x05Hello", frames.CLOSE_PROTOCOL_ERROR),
-    ("RSV1 without extension", mask_frame(OP_TEXT, b"hi", MASK, rsv=0x40), frames.CLOSE_PROTOCOL_ERROR),
-    ("reserved opcode", mask_frame(0x3, b"", MASK), frames.CLOSE_PROTOCOL_ERROR),
-    ("reserved control opcode", mask_frame(0xB, b"", MASK), frames.CLOSE_PROTOCOL_ERROR),
-    ("fragmented ping", mask_frame(OP_PING, b"", MASK, fin=False), frames.CLOSE_PROTOCOL_ERROR),
-    ("126-byte ping", mask_frame(OP_PING, b"x" * 126, MASK), frames.CLOSE_PROTOCOL_ERROR),
-    ("continuation first", mask_frame(OP_CONTINUATION, b"x", MASK), frames.CLOSE_PROTOCOL_ERROR),
-    ("text inside fragments",
-     mask_frame(OP_TEXT, b"a", MASK, fin=False) + mask_frame(OP_TEXT, b"b", MASK), frames.CLOSE_PROTOCOL_ERROR),
-    ("64-bit length top bit", bytes([0x82, 0xFF]) + struct.pack("!Q", 1 << 63) + MASK, frames.CLOSE_PROTOCOL_ERROR),
-    ("1-byte close", mask_frame(OP_CLOSE, b"\x03", MASK), frames.CLOSE_PROTOCOL_ERROR),
-    ("close code 1005", mask_frame(OP_CLOSE, struct.pack("!H", 1005), MASK), frames.CLOSE_PROTOCOL_ERROR),
-    ("close code 999", mask_frame(OP_CLOSE, struct.pack("!H", 999), MASK), frames.CLOSE_PROTOCOL_ERROR),
-    ("close reason not UTF-8", mask_frame(OP_CLOSE, struct.pack("!H", 1000) + b"\xff", MASK),
-     frames.CLOSE_INVALID_DATA),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "code"),
+    [
+        ("unmasked frame", b"\x81\x05Hello", frames.CLOSE_PROTOCOL_ERROR),
+        ("RSV1 without extension", mask_frame(OP_TEXT, b"hi", MASK, rsv=0x40), frames.CLOSE_PROTOCOL_ERROR),
+        ("reserved opcode", mask_frame(0x3, b"", MASK), frames.CLOSE_PROTOCOL_ERROR),
+        ("reserved control opcode", mask_frame(0xB, b"", MASK), frames.CLOSE_PROTOCOL_ERROR),
+        ("fragmented ping", mask_frame(OP_PING, b"", MASK, fin=False), frames.CLOSE_PROTOCOL_ERROR),
+        ("126-byte ping", mask_frame(OP_PING, b"x" * 126, MASK), frames.CLOSE_PROTOCOL_ERROR),
+        ("continuation first", mask_frame(OP_CONTINUATION, b"x", MASK), frames.CLOSE_PROTOCOL_ERROR),
+        (
+            "text inside fragments",
+            mask_frame(OP_TEXT, b"a", MASK, fin=False) + mask_frame(OP_TEXT, b"b", MASK),
+            frames.CLOSE_PROTOCOL_ERROR,
+        ),
+        ("64-bit length top bit", bytes([0x82, 0xFF]) + struct.pack("!Q", 1 << 63) + MASK, frames.CLOSE_PROTOCOL_ERROR),
+        ("1-byte close", mask_frame(OP_CLOSE, b"\x03", MASK), frames.CLOSE_PROTOCOL_ERROR),
+        ("close code 1005", mask_frame(OP_CLOSE, struct.pack("!H", 1005), MASK), frames.CLOSE_PROTOCOL_ERROR),
+        ("close code 999", mask_frame(OP_CLOSE, struct.pack("!H", 999), MASK), frames.CLOSE_PROTOCOL_ERROR),
+        (
+            "close reason not UTF-8",
+            mask_frame(OP_CLOSE, struct.pack("!H", 1000) + b"\xff", MASK),
+            frames.CLOSE_INVALID_DATA,
+        ),
+    ],
+)
 def test_protocol_violations_close_with_the_rfc_code(raw, name, data, code):
     client = raw()
     client.send(data)
@@ -523,11 +564,14 @@ def test_protocol_violations_close_with_the_rfc_code(raw, name, data, code):
     assert client.at_eof()
 
 
-@pytest.mark.parametrize(("payload", "answer"), [
-    (struct.pack("!H", 1000) + "bye ☃".encode(), 1000),
-    (struct.pack("!H", 4321), 4321),  # an application code is echoed
-    (b"", None),  # no code: answered without one
-])
+@pytest.mark.parametrize(
+    ("payload", "answer"),
+    [
+        (struct.pack("!H", 1000) + "bye ☃".encode(), 1000),
+        (struct.pack("!H", 4321), 4321),  # an application code is echoed
+        (b"", None),  # no code: answered without one
+    ],
+)
 def test_peer_close_is_answered_then_tcp_ends(raw, echo, payload, answer):
     client = raw()
     client.send_frame(OP_CLOSE, payload)
@@ -721,14 +765,22 @@ def test_fast_quit_still_sends_1001(fresh_server):
 
 def test_dev_server_uses_the_same_handler(tmp_path):
     port = free_port()
-    code = ("from gevent import monkey; monkey.patch_all()\n"
-            "from tests.support.ws_echo_app import app\n"
-            "from app.transports.wsio import serve_dev\n"
-            f"serve_dev(app, '127.0.0.1', {port})\n")
+    code = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "from tests.support.ws_echo_app import app\n"
+        "from app.transports.wsio import serve_dev\n"
+        f"serve_dev(app, '127.0.0.1', {port})\n"
+    )
     with open(tmp_path / "dev.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "WS_ECHO_CLOSE_TIMEOUT": str(scaled(2))})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "WS_ECHO_CLOSE_TIMEOUT": str(scaled(2))},
+        )
     try:
+
         def ready():
             assert proc.poll() is None, (tmp_path / "dev.log").read_text()
             try:
@@ -740,8 +792,9 @@ def test_dev_server_uses_the_same_handler(tmp_path):
         hostile = RawClient(port, headers={"Origin": "https://evil.example"})
         assert hostile.status == 403
         hostile.close()
-        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/stomp", timeout=scaled(5),
-                                         subprotocols=["v11.stomp", "v10.stomp"])
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{port}/stomp", timeout=scaled(5), subprotocols=["v11.stomp", "v10.stomp"]
+        )
         assert ws.getsubprotocol() == "v11.stomp"
         ws.send("hi")
         assert ws.recv() == "hi"
@@ -790,27 +843,34 @@ def test_default_policy_takes_no_websocket():
     assert wsio.negotiate(handshake(), wsio.DEFAULT_POLICY).status == 404
 
 
-@pytest.mark.parametrize(("origin", "host", "scheme", "allowed"), [
-    ("http://chat.example.com", "chat.example.com", "http", True),
-    ("HTTP://Chat.Example.COM", "chat.example.com", "http", True),
-    ("https://chat.example.com", "chat.example.com", "http", True),  # TLS ended before us
-    ("https://chat.example.com:443", "chat.example.com:80", "http", True),
-    ("http://chat.example.com:8000", "chat.example.com:8000", "http", True),
-    ("http://chat.example.com:8001", "chat.example.com:8000", "http", False),
-    ("http://[::1]:8000", "[::1]:8000", "http", True),
-    ("http://chat.example.com.evil.com", "chat.example.com", "http", False),
-    ("https://app.example.com", "chat.example.com", "http", True),
-    ("http://app.example.com", "chat.example.com", "http", False),
-    ("http://chat.example.com/path", "chat.example.com", "http", False),
-])
+@pytest.mark.parametrize(
+    ("origin", "host", "scheme", "allowed"),
+    [
+        ("http://chat.example.com", "chat.example.com", "http", True),
+        ("HTTP://Chat.Example.COM", "chat.example.com", "http", True),
+        ("https://chat.example.com", "chat.example.com", "http", True),  # TLS ended before us
+        ("https://chat.example.com:443", "chat.example.com:80", "http", True),
+        ("http://chat.example.com:8000", "chat.example.com:8000", "http", True),
+        ("http://chat.example.com:8001", "chat.example.com:8000", "http", False),
+        ("http://[::1]:8000", "[::1]:8000", "http", True),
+        ("http://chat.example.com.evil.com", "chat.example.com", "http", False),
+        ("https://app.example.com", "chat.example.com", "http", True),
+        ("http://app.example.com", "chat.example.com", "http", False),
+        ("http://chat.example.com/path", "chat.example.com", "http", False),
+    ],
+)
 def test_origin_rules(origin, host, scheme, allowed):
     environ = handshake(HTTP_ORIGIN=origin, HTTP_HOST=host, **{"wsgi.url_scheme": scheme})
     assert wsio.origin_allowed(environ, POLICY) is allowed
 
 
 def test_forwarded_host_counts_only_when_trusted():
-    environ = handshake(HTTP_HOST="127.0.0.1:8000", HTTP_ORIGIN="https://chat.example.com",
-                        HTTP_X_FORWARDED_HOST="chat.example.com", HTTP_X_FORWARDED_PROTO="https")
+    environ = handshake(
+        HTTP_HOST="127.0.0.1:8000",
+        HTTP_ORIGIN="https://chat.example.com",
+        HTTP_X_FORWARDED_HOST="chat.example.com",
+        HTTP_X_FORWARDED_PROTO="https",
+    )
     assert not wsio.origin_allowed(environ, POLICY)
     trusting = wsio.WebSocketPolicy(protocols={"/ws": ()}, trust_forwarded=True)
     assert wsio.origin_allowed(environ, trusting)
@@ -824,30 +884,36 @@ def test_wildcard_origin():
     assert wsio.origin_allowed(handshake(HTTP_ORIGIN="https://anywhere.example"), policy)
 
 
-@pytest.mark.parametrize(("offered", "chosen"), [
-    (None, None),
-    ("v10.stomp", "v10.stomp"),
-    ("v10.stomp, v11.stomp", "v11.stomp"),
-    ("v10.stomp,v12.stomp,v11.stomp", "v12.stomp"),
-    ("v12.stomp", "v12.stomp"),
-])
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [
+        (None, None),
+        ("v10.stomp", "v10.stomp"),
+        ("v10.stomp, v11.stomp", "v11.stomp"),
+        ("v10.stomp,v12.stomp,v11.stomp", "v12.stomp"),
+        ("v12.stomp", "v12.stomp"),
+    ],
+)
 def test_stomp_negotiation_prefers_the_server_order(offered, chosen):
     decision = wsio.negotiate(handshake(PATH_INFO="/stomp", HTTP_SEC_WEBSOCKET_PROTOCOL=offered), POLICY)
     assert decision.subprotocol == chosen
 
 
-@pytest.mark.parametrize(("overrides", "status"), [
-    ({"PATH_INFO": "/ws/"}, 404),
-    ({"REQUEST_METHOD": "POST"}, 405),
-    ({"SERVER_PROTOCOL": "HTTP/1.0"}, 400),
-    ({"HTTP_CONNECTION": "keep-alive"}, 400),
-    ({"HTTP_SEC_WEBSOCKET_VERSION": "8"}, 426),
-    ({"HTTP_SEC_WEBSOCKET_VERSION": "13, 8"}, 426),
-    ({"HTTP_HOST": None}, 400),
-    ({"HTTP_SEC_WEBSOCKET_KEY": "AAAA"}, 400),
-    ({"HTTP_ORIGIN": "https://evil.example"}, 403),
-    ({"HTTP_SEC_WEBSOCKET_PROTOCOL": "chat"}, 400),
-])
+@pytest.mark.parametrize(
+    ("overrides", "status"),
+    [
+        ({"PATH_INFO": "/ws/"}, 404),
+        ({"REQUEST_METHOD": "POST"}, 405),
+        ({"SERVER_PROTOCOL": "HTTP/1.0"}, 400),
+        ({"HTTP_CONNECTION": "keep-alive"}, 400),
+        ({"HTTP_SEC_WEBSOCKET_VERSION": "8"}, 426),
+        ({"HTTP_SEC_WEBSOCKET_VERSION": "13, 8"}, 426),
+        ({"HTTP_HOST": None}, 400),
+        ({"HTTP_SEC_WEBSOCKET_KEY": "AAAA"}, 400),
+        ({"HTTP_ORIGIN": "https://evil.example"}, 403),
+        ({"HTTP_SEC_WEBSOCKET_PROTOCOL": "chat"}, 400),
+    ],
+)
 def test_negotiate_refusals(overrides, status):
     decision = wsio.negotiate(handshake(**overrides), POLICY)
     assert isinstance(decision, wsio.Refusal)
@@ -888,7 +954,7 @@ class OneByteAtATime(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         chunk = self._data.read(1)
-        buffer[:len(chunk)] = chunk
+        buffer[: len(chunk)] = chunk
         return len(chunk)
 
 
@@ -916,8 +982,7 @@ def test_read_frame_rfc_examples():
 def test_read_frame_length_encodings(size):
     payload = os.urandom(size)
     for whole in (True, False) if size < 1000 else (True,):
-        assert read_all(mask_frame(OP_BINARY, payload, MASK), whole=whole) == [
-            frames.Frame(OP_BINARY, True, payload)]
+        assert read_all(mask_frame(OP_BINARY, payload, MASK), whole=whole) == [frames.Frame(OP_BINARY, True, payload)]
 
 
 def test_read_frame_refuses_a_big_frame_before_its_payload():

@@ -25,26 +25,31 @@ def test_the_names_are_the_apps():
 
 
 def test_the_module_imports_nothing_from_the_app():
-    code = ("import sys, app.server.access_log; "
-            "print(sorted(m for m in sys.modules if m.startswith('app') and m not in ('app', 'app.server', "
-            "'app.server.access_log')))")
+    code = (
+        "import sys, app.server.access_log; "
+        "print(sorted(m for m in sys.modules if m.startswith('app') and m not in ('app', 'app.server', "
+        "'app.server.access_log')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("query, expected", [
-    (f"ticket={SECRET}", f"ticket={REDACTED}"),
-    (f"since=1-2&token={SECRET}&limit=5", f"since=1-2&token={REDACTED}&limit=5"),
-    (f"access_token={SECRET}&ticket={SECRET}", f"access_token={REDACTED}&ticket={REDACTED}"),
-    (f"TOKEN={SECRET}", f"TOKEN={REDACTED}"),
-    (f"%74oken={SECRET}", f"%74oken={REDACTED}"),  # the app decodes names, so must we
-    (f"access%5Ftoken={SECRET}", f"access%5Ftoken={REDACTED}"),
-    (f"token={SECRET}&token={SECRET}&token=", f"token={REDACTED}&token={REDACTED}&token={REDACTED}"),
-    ("token", "token"),
-    ("since=1-2&limit=5", "since=1-2&limit=5"),
-    ("tokens=x&myticket=y", "tokens=x&myticket=y"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        (f"ticket={SECRET}", f"ticket={REDACTED}"),
+        (f"since=1-2&token={SECRET}&limit=5", f"since=1-2&token={REDACTED}&limit=5"),
+        (f"access_token={SECRET}&ticket={SECRET}", f"access_token={REDACTED}&ticket={REDACTED}"),
+        (f"TOKEN={SECRET}", f"TOKEN={REDACTED}"),
+        (f"%74oken={SECRET}", f"%74oken={REDACTED}"),  # the app decodes names, so must we
+        (f"access%5Ftoken={SECRET}", f"access%5Ftoken={REDACTED}"),
+        (f"token={SECRET}&token={SECRET}&token=", f"token={REDACTED}&token={REDACTED}&token={REDACTED}"),
+        ("token", "token"),
+        ("since=1-2&limit=5", "since=1-2&limit=5"),
+        ("tokens=x&myticket=y", "tokens=x&myticket=y"),
+        ("", ""),
+    ],
+)
 def test_query_values_are_redacted(query, expected):
     assert redact_query(query) == expected
 
@@ -62,19 +67,35 @@ def access_line(environ_extra: dict, headers: list, response_headers: list = ())
     logger = RedactingLogger(cfg)
     raw_uri = environ_extra.pop("RAW_URI")
     path, _, query = raw_uri.partition("?")
-    environ = {"REQUEST_METHOD": "GET", "RAW_URI": raw_uri, "PATH_INFO": path, "QUERY_STRING": query,
-               "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", **environ_extra}
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": raw_uri,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        **environ_extra,
+    }
     resp = SimpleNamespace(status="400 BAD REQUEST", headers=list(response_headers), sent=10)
     atoms = logger.atoms(resp, headers, environ, datetime.timedelta(seconds=1))
     return repr(atoms)
 
 
 def test_every_atom_is_clean():
-    headers = [("Authorization", f"Bearer {SECRET}"), ("Cookie", f"switchboard_token={SECRET}"),
-               ("Referer", f"http://x/sse?ticket={SECRET}")]
-    line = access_line({"RAW_URI": f"/api/topics/t/stream?since=1&ticket={SECRET}",
-                        "HTTP_AUTHORIZATION": f"Bearer {SECRET}", "HTTP_COOKIE": f"switchboard_token={SECRET}",
-                        "HTTP_REFERER": f"http://x/sse?ticket={SECRET}"},
-                       headers, [("Set-Cookie", f"switchboard_token={SECRET}; HttpOnly")])
+    headers = [
+        ("Authorization", f"Bearer {SECRET}"),
+        ("Cookie", f"switchboard_token={SECRET}"),
+        ("Referer", f"http://x/sse?ticket={SECRET}"),
+    ]
+    line = access_line(
+        {
+            "RAW_URI": f"/api/topics/t/stream?since=1&ticket={SECRET}",
+            "HTTP_AUTHORIZATION": f"Bearer {SECRET}",
+            "HTTP_COOKIE": f"switchboard_token={SECRET}",
+            "HTTP_REFERER": f"http://x/sse?ticket={SECRET}",
+        },
+        headers,
+        [("Set-Cookie", f"switchboard_token={SECRET}; HttpOnly")],
+    )
     assert SECRET not in line
     assert "since=1&ticket=[redacted]" in line and "Bearer [redacted]" in line

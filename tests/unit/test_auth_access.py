@@ -33,8 +33,10 @@ def token(**extra) -> str:
     return jwt.encode({"sub": "alice", "exp": int(time.time()) + 60, **extra}, SECRET, algorithm="HS256")
 
 
-@pytest.mark.parametrize("query", ["token=x", "access_token=x", "token", "a=1&token=", "%74oken=x",
-                                   "access%5Ftoken=x", "x=1&%61ccess_token=y"])
+@pytest.mark.parametrize(
+    "query",
+    ["token=x", "access_token=x", "token", "a=1&token=", "%74oken=x", "access%5Ftoken=x", "x=1&%61ccess_token=y"],
+)
 def test_a_token_in_the_query_is_refused_however_spelt(access, query):
     with pytest.raises(TokenInUrl):
         access.credentials({"QUERY_STRING": query, "HTTP_AUTHORIZATION": f"Bearer {token()}"})

@@ -27,8 +27,9 @@ class TestTokenVerifier:
     verifier = TokenVerifier(secret=SECRET, audience=AUDIENCE)
 
     def test_a_valid_token_gives_its_identity(self):
-        identity = self.verifier.verify(mint("alice", subscribe=["user.{sub}"], publish=["chat"], name="Alice"),
-                                        "bearer")
+        identity = self.verifier.verify(
+            mint("alice", subscribe=["user.{sub}"], publish=["chat"], name="Alice"), "bearer"
+        )
         assert (identity.sub, identity.sender, identity.via) == ("alice", "Alice", "bearer")
         assert identity.may("subscribe", "user.alice") and not identity.may("subscribe", "user.bob")
         assert identity.may("publish", "chat") and not identity.may("subscribe", "chat")
@@ -36,22 +37,40 @@ class TestTokenVerifier:
 
     # Tokens are minted when the test runs, not when it is collected: a suite that takes
     # longer than a token's lifetime must not turn "bad pattern" into "expired".
-    @pytest.mark.parametrize("make, expired", [
-        (lambda: mint("alice", lifetime=-1), True),
-        (lambda: mint("alice", secret="x" * 40), False),
-        (lambda: mint("alice", audience="other"), False),
-        (lambda: mint("alice", audience=None), False),
-        (lambda: jwt.encode({"exp": int(time.time()) + 60, "aud": AUDIENCE}, SECRET, algorithm="HS256"), False),
-        (lambda: jwt.encode({"sub": "a", "aud": AUDIENCE}, SECRET, algorithm="HS256"), False),
-        (lambda: jwt.encode({"sub": "a", "exp": int(time.time()) + 60, "aud": AUDIENCE}, None, algorithm="none"),
-         False),
-        (lambda: mint("alice", switchboard={"subscribe": "chat"}), False),
-        (lambda: mint("alice", switchboard={"subscribe": ["a..b"]}), False),
-        (lambda: mint("alice", switchboard=["chat"]), False),
-        (lambda: "not.a.jwt", False),
-        (lambda: "x" * 9000, False),
-    ], ids=["expired", "bad signature", "other audience", "no audience", "no sub", "no exp", "alg none",
-            "permissions not a list", "bad pattern", "permissions not an object", "not a jwt", "oversized"])
+    @pytest.mark.parametrize(
+        "make, expired",
+        [
+            (lambda: mint("alice", lifetime=-1), True),
+            (lambda: mint("alice", secret="x" * 40), False),
+            (lambda: mint("alice", audience="other"), False),
+            (lambda: mint("alice", audience=None), False),
+            (lambda: jwt.encode({"exp": int(time.time()) + 60, "aud": AUDIENCE}, SECRET, algorithm="HS256"), False),
+            (lambda: jwt.encode({"sub": "a", "aud": AUDIENCE}, SECRET, algorithm="HS256"), False),
+            (
+                lambda: jwt.encode({"sub": "a", "exp": int(time.time()) + 60, "aud": AUDIENCE}, None, algorithm="none"),
+                False,
+            ),
+            (lambda: mint("alice", switchboard={"subscribe": "chat"}), False),
+            (lambda: mint("alice", switchboard={"subscribe": ["a..b"]}), False),
+            (lambda: mint("alice", switchboard=["chat"]), False),
+            (lambda: "not.a.jwt", False),
+            (lambda: "x" * 9000, False),
+        ],
+        ids=[
+            "expired",
+            "bad signature",
+            "other audience",
+            "no audience",
+            "no sub",
+            "no exp",
+            "alg none",
+            "permissions not a list",
+            "bad pattern",
+            "permissions not an object",
+            "not a jwt",
+            "oversized",
+        ],
+    )
     def test_a_failing_token_is_unauthorized_with_invalid_token(self, make, expired):
         with pytest.raises(Unauthorized) as caught:
             self.verifier.verify(make(), "bearer")
@@ -68,7 +87,8 @@ class TestTickets:
 
     def test_a_ticket_works_once_and_carries_the_permissions_and_expiry(self):
         identity = TokenVerifier(secret=SECRET, audience=AUDIENCE).verify(
-            mint("alice", subscribe=["user.{sub}"], lifetime=100), "bearer")
+            mint("alice", subscribe=["user.{sub}"], lifetime=100), "bearer"
+        )
         book = self.book()
         ticket, expires_in = book.issue(identity)
         assert expires_in == 30
@@ -146,13 +166,16 @@ class TestSettings:
         with pytest.raises(ConfigError, match="only one"):
             Settings.load(environ={"SWITCHBOARD_AUTH_SECRET": SECRET, "SWITCHBOARD_AUTH_PUBLIC_KEY": str(pem)})
 
-    @pytest.mark.parametrize("name, value", [
-        ("SWITCHBOARD_AUTH_SECRET", "short"),
-        ("SWITCHBOARD_AUTH_PUBLIC_KEY", "/nonexistent.pem"),
-        ("SWITCHBOARD_AUTH_JWKS_URL", "ftp://x"),
-        ("SWITCHBOARD_ANONYMOUS_SUBSCRIBE", "ok,a..b"),
-        ("SWITCHBOARD_DEMO_USERS", "Alice!"),
-    ])
+    @pytest.mark.parametrize(
+        "name, value",
+        [
+            ("SWITCHBOARD_AUTH_SECRET", "short"),
+            ("SWITCHBOARD_AUTH_PUBLIC_KEY", "/nonexistent.pem"),
+            ("SWITCHBOARD_AUTH_JWKS_URL", "ftp://x"),
+            ("SWITCHBOARD_ANONYMOUS_SUBSCRIBE", "ok,a..b"),
+            ("SWITCHBOARD_DEMO_USERS", "Alice!"),
+        ],
+    )
     def test_bad_values_name_the_variable(self, name, value):
         with pytest.raises(ConfigError, match=name):
             Settings.load(environ={name: value})

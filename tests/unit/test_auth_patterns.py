@@ -61,14 +61,17 @@ class TestSub:
         assert not covers("user.{sub}", "user.bob")
         assert covers("inbox-{sub}", "inbox-alice") and covers("{sub}.feed", "alice.feed")
 
-    @pytest.mark.parametrize("sub, literal_topic, not_covered", [
-        ("a.*", "user.a.*", ["user.a.b", "user.a.x"]),
-        ("**", "user.**", ["user.x", "user.x.y"]),
-        ("*", "user.*", ["user.x"]),
-        ("a.b", "user.a.b", ["user.a", "user.aXb"]),
-        (".+", "user..+", ["user.x", "user.xy"]),
-        ("[a-z]", "user.[a-z]", ["user.a"]),
-    ])
+    @pytest.mark.parametrize(
+        "sub, literal_topic, not_covered",
+        [
+            ("a.*", "user.a.*", ["user.a.b", "user.a.x"]),
+            ("**", "user.**", ["user.x", "user.x.y"]),
+            ("*", "user.*", ["user.x"]),
+            ("a.b", "user.a.b", ["user.a", "user.aXb"]),
+            (".+", "user..+", ["user.x", "user.xy"]),
+            ("[a-z]", "user.[a-z]", ["user.a"]),
+        ],
+    )
     def test_is_literal_never_a_wildcard(self, sub, literal_topic, not_covered):
         patterns = PatternSet(["user.{sub}"], sub)
         assert patterns.allows(literal_topic)
@@ -78,15 +81,42 @@ class TestSub:
     def test_anonymous_clients_get_nothing_from_sub_patterns(self):
         anonymous = PatternSet(["user.{sub}", "chat"], None)
         assert anonymous.allows("chat")
-        assert not anonymous.allows("user.") and not anonymous.allows("user.{sub}") and not anonymous.allows("user.None")
+        assert (
+            not anonymous.allows("user.") and not anonymous.allows("user.{sub}") and not anonymous.allows("user.None")
+        )
         assert not PatternSet(["user.{sub}"], None)
 
 
 class TestRefused:
-    @pytest.mark.parametrize("bad", [
-        "", ".", "a.", ".a", "a..b", "a b", "a/b", "a.b/c", "***", "a*", "*a", "a.*b", "{su}", "{sub", "sub}",
-        "{SUB}", "a\n", "é", "a\x00", "#", "a.#", ">", "a.>", "x" * (MAX_PATTERN_LENGTH + 1),
-    ])
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            "",
+            ".",
+            "a.",
+            ".a",
+            "a..b",
+            "a b",
+            "a/b",
+            "a.b/c",
+            "***",
+            "a*",
+            "*a",
+            "a.*b",
+            "{su}",
+            "{sub",
+            "sub}",
+            "{SUB}",
+            "a\n",
+            "é",
+            "a\x00",
+            "#",
+            "a.#",
+            ">",
+            "a.>",
+            "x" * (MAX_PATTERN_LENGTH + 1),
+        ],
+    )
     def test_bad_patterns(self, bad):
         with pytest.raises(InvalidPattern):
             check_pattern(bad)
@@ -106,8 +136,22 @@ class TestRefused:
         with pytest.raises(InvalidPattern):
             PatternSet(bad)
 
-    @pytest.mark.parametrize("good", ["chat", "a.b.c", "*", "**", "a.*.c", "a.**", "user.{sub}", "x-{sub}-y",
-                                      "{sub}{sub}", "A0_:-", "x" * MAX_PATTERN_LENGTH])
+    @pytest.mark.parametrize(
+        "good",
+        [
+            "chat",
+            "a.b.c",
+            "*",
+            "**",
+            "a.*.c",
+            "a.**",
+            "user.{sub}",
+            "x-{sub}-y",
+            "{sub}{sub}",
+            "A0_:-",
+            "x" * MAX_PATTERN_LENGTH,
+        ],
+    )
     def test_good_patterns(self, good):
         assert check_pattern(good) == good
 
@@ -117,8 +161,11 @@ class TestRefused:
 
 SEGMENTS = st.sampled_from(["a", "b", "ab", "room", "*", "**", "{sub}", "u{sub}", "{sub}-x", "x:y", "0"])
 PATTERNS = st.lists(SEGMENTS, min_size=1, max_size=5).map(".".join)
-SUBS = st.one_of(st.none(), st.sampled_from(["a", "ab", "a.b", "*", "**", "a.*", ".+", "b", "[x]", "a\\", "u"]),
-                 st.text(min_size=1, max_size=8))
+SUBS = st.one_of(
+    st.none(),
+    st.sampled_from(["a", "ab", "a.b", "*", "**", "a.*", ".+", "b", "[x]", "a\\", "u"]),
+    st.text(min_size=1, max_size=8),
+)
 TOPIC_SEGMENTS = st.sampled_from(["a", "b", "ab", "room", "ua", "a-x", "x:y", "0", "", "*", "**", "u*", "{sub}"])
 TOPICS = st.lists(TOPIC_SEGMENTS, min_size=1, max_size=6).map(".".join)
 PROPERTY = settings(max_examples=1500, deadline=None)
@@ -127,7 +174,7 @@ PROPERTY = settings(max_examples=1500, deadline=None)
 @PROPERTY
 @given(patterns=st.lists(PATTERNS, max_size=4), topic=TOPICS, sub=SUBS)
 def test_pattern_sets_match_the_reference(patterns, topic, sub):
-    valid = [p for p in patterns if not ("**" in p.split(".")[:-1])]
+    valid = [p for p in patterns if "**" not in p.split(".")[:-1]]
     expected = any(reference_covers(p, topic, sub) for p in valid)
     assert PatternSet(valid, sub).allows(topic) is expected
 
@@ -144,9 +191,11 @@ def test_sub_covers_itself_and_nothing_wider(pattern, sub, suffix):
         assert patterns.allows(topic) is reference_covers(pattern, topic, sub), topic
 
 
-ANYTHING = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
-                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
-                        max_leaves=6)
+ANYTHING = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @settings(max_examples=800, deadline=None)

@@ -26,7 +26,7 @@ import uuid
 import gevent
 import pytest
 
-from app.events import Cursor, Event, Gap
+from app.events import Cursor, Event
 from app.hub import BackendUnavailable, Hub, SubscriptionClosed, TooManyTopics
 from app.hub.memory import MemoryBackend
 from app.hub.redis import RedisBackend, _encode_body
@@ -82,8 +82,17 @@ class Hubs:
         """The kind's servers (``client()`` gives a plain client for the test's checks)."""
         return self.request.getfixturevalue(SERVER_FIXTURES[self.kind])
 
-    def make(self, history_size=1000, history_ttl=3600.0, queue_size=256, *, history_bytes=None, max_topics=0,
-             queue_bytes=None, **redis_options) -> Hub:
+    def make(
+        self,
+        history_size=1000,
+        history_ttl=3600.0,
+        queue_size=256,
+        *,
+        history_bytes=None,
+        max_topics=0,
+        queue_bytes=None,
+        **redis_options,
+    ) -> Hub:
         bounds = dict(history_bytes=history_bytes, max_topics=max_topics)
         if self.kind == "memory":
             backend = MemoryBackend(history_size, history_ttl, **bounds)
@@ -99,12 +108,23 @@ class Hubs:
 
     def _redis_backend(self) -> RedisBackend:
         settings = dict(self._settings)
-        where: dict = {"url": self.server.url} if self.kind != "sentinel" else {
-            "url": None, "sentinels": self.server.sentinels, "sentinel_master": self.server.master_name}
+        where: dict = (
+            {"url": self.server.url}
+            if self.kind != "sentinel"
+            else {"url": None, "sentinels": self.server.sentinels, "sentinel_master": self.server.master_name}
+        )
         if self.kind == "cluster":
             where["cluster"] = True
-        return RedisBackend(where.pop("url"), settings.pop("history_size"), settings.pop("history_ttl"),
-                            prefix=self.prefix, connect_timeout=scaled(1), reconnect_cap=0.3, **where, **settings)
+        return RedisBackend(
+            where.pop("url"),
+            settings.pop("history_size"),
+            settings.pop("history_ttl"),
+            prefix=self.prefix,
+            connect_timeout=scaled(1),
+            reconnect_cap=0.3,
+            **where,
+            **settings,
+        )
 
     def _hub(self, backend, queue_size, queue_bytes=None) -> Hub:
         hub = Hub(backend, queue_size=queue_size, queue_bytes=queue_bytes)
@@ -218,10 +238,21 @@ class TestOrdering:
         assert [Cursor.parse(e.id) for e in published] == cursors
         assert data(hub.history("chat", limit=100).events) == list(range(30))
 
-    @pytest.mark.parametrize("value", [
-        {"text": "héllo\n\u2028\"<>"}, [1, 2.5, None, True, "x"], 2 ** 63 + 1, 0.1, -0.0, "", None,
-        {"nested": {"deep": [[], {}]}}, "\U0001F600" * 3, "lone \ud800 surrogate",
-    ])
+    @pytest.mark.parametrize(
+        "value",
+        [
+            {"text": 'héllo\n\u2028"<>'},
+            [1, 2.5, None, True, "x"],
+            2**63 + 1,
+            0.1,
+            -0.0,
+            "",
+            None,
+            {"nested": {"deep": [[], {}]}},
+            "\U0001f600" * 3,
+            "lone \ud800 surrogate",
+        ],
+    )
     def test_event_round_trips_through_history_and_live(self, hubs, value):
         hub = hubs.make()
         with hub.subscribe("chat") as sub:
@@ -758,7 +789,7 @@ class TestOutages:
 
     def test_events_of_a_flushed_epoch_never_follow_the_new_one(self, redis_hubs):
         hub = redis_hubs.make()
-        listening = hub.subscribe("chat")  # so this worker hears the topic (per-topic routing)
+        _listening = hub.subscribe("chat")  # so this worker hears the topic (per-topic routing); kept referenced
         heard = hub.backend.received
         first = hub.publish("chat", "first")
         stale = [hub.publish("chat", n) for n in range(5)]  # not yet heard by the listener

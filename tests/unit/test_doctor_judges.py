@@ -86,8 +86,10 @@ class TestUpgrades:
 
 
 class TestUpstream:
-    @pytest.mark.parametrize("protocol, connection", [("HTTP/1.0", "close"), ("HTTP/1.0", None),
-                                                       ("HTTP/1.1", "close"), ("HTTP/1.1", "keep-alive, Close")])
+    @pytest.mark.parametrize(
+        "protocol, connection",
+        [("HTTP/1.0", "close"), ("HTTP/1.0", None), ("HTTP/1.1", "close"), ("HTTP/1.1", "keep-alive, Close")],
+    )
     def test_http_10_or_close_is_the_seeds_pitfall(self, protocol, connection):
         result = judge_upstream(protocol, connection, reused=False)
         assert result.verdict == "problem" and 'proxy_set_header Connection "";' in result.fix
@@ -98,8 +100,10 @@ class TestUpstream:
 
 
 def echo(client="127.0.0.1", scheme="http", host="h:8080", trusted=True, **forwarded):
-    return {"forwarded": {"for": None, "proto": None, "host": None, **forwarded, "trusted": trusted},
-            "seen": {"client": client, "scheme": scheme, "host": host}}
+    return {
+        "forwarded": {"for": None, "proto": None, "host": None, **forwarded, "trusted": trusted},
+        "seen": {"client": client, "scheme": scheme, "host": host},
+    }
 
 
 class TestForwarded:
@@ -144,12 +148,15 @@ class TestClock:
         assert judge_clock([]).verdict == "unknown"
 
 
-@pytest.mark.parametrize("url, origin, host_header, prefix", [
-    ("https://their.host/", "https://their.host", "their.host", ""),
-    ("http://127.0.0.1:8080", "http://127.0.0.1:8080", "127.0.0.1:8080", ""),
-    ("their.host:8443/switchboard/", "http://their.host:8443", "their.host:8443", "/switchboard"),
-    ("http://[::1]:8080/", "http://[::1]:8080", "[::1]:8080", ""),
-])
+@pytest.mark.parametrize(
+    "url, origin, host_header, prefix",
+    [
+        ("https://their.host/", "https://their.host", "their.host", ""),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080", "127.0.0.1:8080", ""),
+        ("their.host:8443/switchboard/", "http://their.host:8443", "their.host:8443", "/switchboard"),
+        ("http://[::1]:8080/", "http://[::1]:8080", "[::1]:8080", ""),
+    ],
+)
 def test_target_from_a_base_url(url, origin, host_header, prefix):
     target = Target.parse(url)
     assert (target.origin, target.host_header, target.prefix) == (origin, host_header, prefix)

@@ -8,7 +8,7 @@ import time
 import gevent
 import pytest
 
-from app.events import Cursor, Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic
+from app.events import Event, Gap, InvalidCursor, InvalidEventType, InvalidTopic
 from app.hub import Hub, NullObserver, SubscriptionClosed, TooManyTopics
 from app.hub.memory import MemoryBackend
 from tests.support.timing import scaled
@@ -53,8 +53,14 @@ class TestPublishAndHistory:
         clock = FakeClock(1234.5)
         hub = make_hub(clock=clock)
         event = hub.publish("chat", {"text": "hi"}, type="note", sender="guest-1")
-        assert event.to_dict() == {"id": event.id, "topic": "chat", "type": "note",
-                                   "data": {"text": "hi"}, "sender": "guest-1", "time": 1234.5}
+        assert event.to_dict() == {
+            "id": event.id,
+            "topic": "chat",
+            "type": "note",
+            "data": {"text": "hi"},
+            "sender": "guest-1",
+            "time": 1234.5,
+        }
 
     def test_history_without_since_returns_newest_limit(self):
         hub = make_hub()

@@ -87,5 +87,6 @@ def test_every_event_once_in_order_or_an_explicit_gap(history_size, queue_size, 
             assert n == previous + 1 or gap_pending, f"event(s) {previous + 1}..{n - 1} lost without a gap"
             previous, gap_pending = n, False
         if not closed_after_slow_gap:
-            assert previous == last_published or (previous < last_published and sub.closed), \
+            assert previous == last_published or (previous < last_published and sub.closed), (
                 "an open subscription must end up with every event"
+            )

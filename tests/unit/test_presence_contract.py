@@ -20,8 +20,7 @@ import pytest
 from app.events import Event, InvalidEventType
 from app.hub import Hub
 from tests.support.timing import scaled
-from tests.unit.test_backend_contract import (  # noqa: F401 (the server fixtures)
-    KINDS, Hubs, redis_cluster, redis_sentinel, redis_server, take, wait_for)
+from tests.unit.test_backend_contract import KINDS, Hubs, redis_cluster, redis_sentinel, redis_server, take, wait_for  # noqa: F401 (the server fixtures)
 
 TOPIC = "room"
 
@@ -32,8 +31,13 @@ class PresenceHubs(Hubs):
     ttl = 15.0
 
     def _hub(self, backend, queue_size, queue_bytes=None) -> Hub:
-        hub = Hub(backend, queue_size=queue_size, queue_bytes=queue_bytes, presence_ttl=self.ttl,
-                  presence_topics=lambda topic: not topic.startswith("off"))
+        hub = Hub(
+            backend,
+            queue_size=queue_size,
+            queue_bytes=queue_bytes,
+            presence_ttl=self.ttl,
+            presence_topics=lambda topic: not topic.startswith("off"),
+        )
         self.hubs.append(hub)
         return hub
 
@@ -225,8 +229,7 @@ class TestAcrossWorkers:
             doomed.subscribe(TOPIC, member="bob")
             both = survivor.subscribe(TOPIC, member="carol")
             doomed.subscribe(TOPIC, member="carol")
-            assert sorted(presence_events(take(watcher, 3))) == [("join", "alice"), ("join", "bob"),
-                                                                    ("join", "carol")]
+            assert sorted(presence_events(take(watcher, 3))) == [("join", "alice"), ("join", "bob"), ("join", "carol")]
             died = time.monotonic()
             doomed.presence.close()  # no more renewals, nothing withdrawn: as after SIGKILL
             left = presence_events(take(watcher, 2, timeout=4))

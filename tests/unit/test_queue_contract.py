@@ -61,10 +61,23 @@ class Stores:
             from app.hub.redis_queues import RedisQueues
 
             server = self.request.getfixturevalue("redis_server")
-            backend = RedisBackend(server.url, 1000, 3600.0, prefix=self.prefix, max_topics=self.max_topics,
-                                   connect_timeout=scaled(1), reconnect_cap=0.3)
-            store = RedisQueues(server.url, self.limits, prefix=self.prefix, sweep_interval=0.05, block_ms=100,
-                                heartbeat_ttl=scaled(0.6))
+            backend = RedisBackend(
+                server.url,
+                1000,
+                3600.0,
+                prefix=self.prefix,
+                max_topics=self.max_topics,
+                connect_timeout=scaled(1),
+                reconnect_cap=0.3,
+            )
+            store = RedisQueues(
+                server.url,
+                self.limits,
+                prefix=self.prefix,
+                sweep_interval=0.05,
+                block_ms=100,
+                heartbeat_ttl=scaled(0.6),
+            )
         hub = Hub(backend, queues=store)
         self.hubs.append(hub)
         return hub
@@ -181,8 +194,7 @@ class TestContract:
 
     @pytest.mark.parametrize("bound", ["messages", "bytes", "queues"])
     def test_bounds_refuse_and_store_nothing(self, stores, bound):
-        limits = {"messages": {"max_messages": 2}, "bytes": {"max_bytes": 1024},
-                  "queues": {"max_queues": 1}}[bound]
+        limits = {"messages": {"max_messages": 2}, "bytes": {"max_bytes": 1024}, "queues": {"max_queues": 1}}[bound]
         hub = stores.make(**limits)
         hub.enqueue("full", "x" * 300)
         hub.enqueue("full", "x" * 300) if bound != "queues" else None
@@ -197,8 +209,13 @@ class TestContract:
         hub.enqueue("batch", 0)
         with hub.subscribe("batch-topic") as sub:
             with pytest.raises(QueueFull):
-                hub.publish_batch([Publication("topic", "batch-topic", "t"), Publication("queue", "batch", 1),
-                                   Publication("queue", "batch", 2)])
+                hub.publish_batch(
+                    [
+                        Publication("topic", "batch-topic", "t"),
+                        Publication("queue", "batch", 1),
+                        Publication("queue", "batch", 2),
+                    ]
+                )
             assert hub.history("batch-topic").events == []
             assert hub.queue_stats()["batch"].depth == 1
             stored = hub.publish_batch([Publication("topic", "batch-topic", "t"), Publication("queue", "batch", 1)])
@@ -210,8 +227,9 @@ class TestContract:
         hub = stores.make(max_topics=2)
         hub.publish("t1", 1)
         with pytest.raises(TooManyTopics):
-            hub.publish_batch([Publication("queue", "tl", 1), Publication("topic", "t2", 2),
-                               Publication("topic", "t3", 3)])
+            hub.publish_batch(
+                [Publication("queue", "tl", 1), Publication("topic", "t2", 2), Publication("topic", "t3", 3)]
+            )
         assert "tl" not in hub.queue_stats() or hub.queue_stats()["tl"].depth == 0
         assert hub.history("t2").events == []
 

@@ -15,7 +15,14 @@ from app.events import Event, Gap, InvalidTopic
 from app.hub import Hub
 from tests.support.timing import scaled
 from tests.unit.test_backend_contract import (  # noqa: F401 (the server fixtures)
-    REDIS_KINDS, Hubs, redis_cluster, redis_sentinel, redis_server, take, wait_for)
+    REDIS_KINDS,
+    Hubs,
+    redis_cluster,
+    redis_sentinel,
+    redis_server,
+    take,
+    wait_for,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -133,7 +140,7 @@ class TestSeamWhileSubscribing:
         running = False
         task.get(timeout=scaled(10))
         everything = [e for e in history_after(listener, "churn", received[0].id)]
-        assert [e.id for e in received[1:]] == [e.id for e in everything[:len(received) - 1]]
+        assert [e.id for e in received[1:]] == [e.id for e in everything[: len(received) - 1]]
         wait_for(lambda: listener.backend.status()["topics_routed"] == 0, message="the topic unrouted")
 
 
@@ -162,8 +169,10 @@ class TestOnlyWhatIsServed:
         assert hub.backend.status()["topics_routed"] == 1, "one subscriber left: still routed"
         second.close()
         assert hub.backend.status()["topics_routed"] == 0
-        wait_for(lambda: sum(feed["topics"] for feed in hub.backend.status()["shards"]) == 0,
-                 message="the feeds dropped the topic")
+        wait_for(
+            lambda: sum(feed["topics"] for feed in hub.backend.status()["shards"]) == 0,
+            message="the feeds dropped the topic",
+        )
         keep = hub.subscribe(same_node(hub, "brief", (f"keep{n}" for n in range(1000))))
         heard = hub.backend.received
         other.publish("brief", 2)
@@ -225,8 +234,11 @@ class TestManyTopicsManyWorkers:
 
         publishers = [gevent.spawn(publish, w) for w in range(3)]
         movers = [gevent.spawn(come_and_go, key) for key in list(moving)[::5]]
-        wait_for(lambda: min(len(got) for key, got in moving_got.items() if key in list(moving)[::5]) >= 15,
-                 timeout=30, message="every moving subscriber to have come back three times")
+        wait_for(
+            lambda: min(len(got) for key, got in moving_got.items() if key in list(moving)[::5]) >= 15,
+            timeout=30,
+            message="every moving subscriber to have come back three times",
+        )
         running = False
         gevent.joinall(publishers, timeout=scaled(10), raise_error=True)
         gevent.joinall(movers, timeout=scaled(10), raise_error=True)
@@ -238,7 +250,7 @@ class TestManyTopicsManyWorkers:
         for key in list(moving)[::5]:
             everything = history_after(hubs[0], key[1], starts[key[1]].id)
             got = moving_got[key]
-            assert [e.id for e in got] == [e.id for e in everything[:len(got)]], f"moving {key}"
+            assert [e.id for e in got] == [e.id for e in everything[: len(got)]], f"moving {key}"
             assert not any(isinstance(item, Gap) for item in got)
 
 

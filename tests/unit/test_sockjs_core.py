@@ -12,16 +12,42 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from app.sockjs import (ANOTHER_CONNECTION, INTERRUPTED, TRANSITIONS, Attach, BrokenJson, PayloadExpected,
-                        SessionConfig, SockJSSession, State, WIRES, close_frame, decode_messages, encode_json,
-                        message_frame, valid_callback)
+from app.sockjs import (
+    ANOTHER_CONNECTION,
+    INTERRUPTED,
+    TRANSITIONS,
+    WIRES,
+    Attach,
+    BrokenJson,
+    PayloadExpected,
+    SessionConfig,
+    SockJSSession,
+    State,
+    close_frame,
+    decode_messages,
+    encode_json,
+    message_frame,
+    valid_callback,
+)
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
 SOURCES = sorted((APP_DIR / "sockjs").glob("*.py"))
-BLOCKED = ("flask", "werkzeug", "gevent", "geventwebsocket", "redis", "socket", "_socket", "ssl", "select",
-           "selectors", "asyncio")
+BLOCKED = (
+    "flask",
+    "werkzeug",
+    "gevent",
+    "geventwebsocket",
+    "redis",
+    "socket",
+    "_socket",
+    "ssl",
+    "select",
+    "selectors",
+    "asyncio",
+)
 NEVER_IN_SOURCE = set(BLOCKED) | {"app", "time", "datetime", "threading", "logging"}
 CONFIG = SessionConfig(heartbeat_interval=25.0, disconnect_delay=5.0, response_limit=4096)
 
@@ -73,8 +99,12 @@ SCRIPT = textwrap.dedent(
 
 
 def test_imports_and_runs_with_io_modules_blocked():
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", SCRIPT, str(APP_DIR), ",".join(BLOCKED)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", SCRIPT, str(APP_DIR), ",".join(BLOCKED)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "sans-io ok"
 
@@ -88,8 +118,23 @@ def test_frames_as_the_spec_writes_them():
     assert close_frame(*ANOTHER_CONNECTION) == 'c[2010,"Another connection still open"]'
 
 
-@pytest.mark.parametrize("char", ["\x00", "\x1f", "\u200c", "\u200f", "\u2028", "\u202f", "\u2060", "\u206f",
-                                  "\ufff0", "\uffff", "\ud800", "\udfff"])
+@pytest.mark.parametrize(
+    "char",
+    [
+        "\x00",
+        "\x1f",
+        "\u200c",
+        "\u200f",
+        "\u2028",
+        "\u202f",
+        "\u2060",
+        "\u206f",
+        "\ufff0",
+        "\uffff",
+        "\ud800",
+        "\udfff",
+    ],
+)
 def test_the_characters_the_server_must_escape(char):
     assert encode_json(char) == '"\\u%04x"' % ord(char)
 

@@ -42,8 +42,7 @@ class Gate:
 
 def gated(gate: Gate, now: float = 0.0) -> Client:
     client = Client(now=now)
-    client.session = StompSession(now=now, session_id="s1", authenticate=gate.authenticate,
-                                  authorize=gate.authorize)
+    client.session = StompSession(now=now, session_id="s1", authenticate=gate.authenticate, authorize=gate.authorize)
     return client
 
 

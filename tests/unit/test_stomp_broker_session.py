@@ -25,7 +25,9 @@ def held_client(version: str = "1.2", config: StompConfig | None = None) -> Clie
 
 def test_a_frame_with_requests_waits_for_confirm():
     client = held_client()
-    client.raw(b"SEND\ndestination:/topic/a\nreceipt:r1\n\nx\x00SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r2\n\n\x00")
+    client.raw(
+        b"SEND\ndestination:/topic/a\nreceipt:r1\n\nx\x00SUBSCRIBE\nid:0\ndestination:/topic/a\nreceipt:r2\n\n\x00"
+    )
     (send,) = client.requests()
     assert isinstance(send, Send) and client.session.waiting
     assert client.frames() == []  # no RECEIPT before the broker has published
@@ -95,7 +97,7 @@ def test_topic_nack_redelivers_until_max_deliveries_then_drops():
     client.subscribe("0", ack="client-individual")
     m0 = client.session.deliver("0", b"x")
     client.frames()
-    for delivery in (2, 3):
+    for _delivery in (2, 3):
         client.send("NACK", {"id": m0})
         (again,) = client.frames()
         assert again.get("redelivered") == "true" and again.get("message-id") == m0

@@ -80,9 +80,9 @@ class TestSpecExamples:
     """The example frames of the STOMP 1.2 specification, byte for byte."""
 
     def test_connect(self):
-        assert parsed_every_way(
-            b"CONNECT\naccept-version:1.2\nhost:stomp.github.org\n\n\x00"
-        ) == [F("CONNECT", ("accept-version", "1.2"), ("host", "stomp.github.org"))]
+        assert parsed_every_way(b"CONNECT\naccept-version:1.2\nhost:stomp.github.org\n\n\x00") == [
+            F("CONNECT", ("accept-version", "1.2"), ("host", "stomp.github.org"))
+        ]
 
     def test_connected(self):
         assert parsed_every_way(b"CONNECTED\nversion:1.2\n\n\x00") == [F("CONNECTED", ("version", "1.2"))]
@@ -93,14 +93,14 @@ class TestSpecExamples:
         ) == [F("SEND", ("destination", "/queue/a"), ("content-type", "text/plain"), body=b"hello queue a\n")]
 
     def test_subscribe(self):
-        assert parsed_every_way(
-            b"SUBSCRIBE\nid:0\ndestination:/queue/foo\nack:client\n\n\x00", version="1.2"
-        ) == [F("SUBSCRIBE", ("id", "0"), ("destination", "/queue/foo"), ("ack", "client"))]
+        assert parsed_every_way(b"SUBSCRIBE\nid:0\ndestination:/queue/foo\nack:client\n\n\x00", version="1.2") == [
+            F("SUBSCRIBE", ("id", "0"), ("destination", "/queue/foo"), ("ack", "client"))
+        ]
 
     def test_ack(self):
-        assert parsed_every_way(
-            b"ACK\nid:12345\ntransaction:tx1\n\n\x00", version="1.2"
-        ) == [F("ACK", ("id", "12345"), ("transaction", "tx1"))]
+        assert parsed_every_way(b"ACK\nid:12345\ntransaction:tx1\n\n\x00", version="1.2") == [
+            F("ACK", ("id", "12345"), ("transaction", "tx1"))
+        ]
 
     def test_repeated_header_first_wins(self):
         data = b"MESSAGE\nfoo:World\nfoo:Hello\n\n\x00"
@@ -111,12 +111,11 @@ class TestSpecExamples:
 
     def test_disconnect_as_printed_without_blank_line(self):
         # The spec prints DISCONNECT and RECEIPT with NUL right after the headers.
-        assert parsed_every_way(
-            b"DISCONNECT\nreceipt:77\n\x00\n", "1.2"
-        ) == [F("DISCONNECT", ("receipt", "77")), HEARTBEAT]
-        assert parsed_every_way(
-            b"RECEIPT\nreceipt-id:77\n\x00", "1.2"
-        ) == [F("RECEIPT", ("receipt-id", "77"))]
+        assert parsed_every_way(b"DISCONNECT\nreceipt:77\n\x00\n", "1.2") == [
+            F("DISCONNECT", ("receipt", "77")),
+            HEARTBEAT,
+        ]
+        assert parsed_every_way(b"RECEIPT\nreceipt-id:77\n\x00", "1.2") == [F("RECEIPT", ("receipt-id", "77"))]
 
     def test_error_with_content_length_and_unpadded_header(self):
         body = (
@@ -141,15 +140,16 @@ class TestSpecExamples:
 
     def test_protocol_negotiation_error(self):
         assert parsed_every_way(
-            b"ERROR\nversion:1.2,2.1\ncontent-type:text/plain\n\nSupported protocol versions are 1.2 2.1\x00", version="1.2"
+            b"ERROR\nversion:1.2,2.1\ncontent-type:text/plain\n\nSupported protocol versions are 1.2 2.1\x00",
+            version="1.2",
         ) == [
-                F(
-                    "ERROR",
-                    ("version", "1.2,2.1"),
-                    ("content-type", "text/plain"),
-                    body=b"Supported protocol versions are 1.2 2.1",
-                )
-            ]
+            F(
+                "ERROR",
+                ("version", "1.2,2.1"),
+                ("content-type", "text/plain"),
+                body=b"Supported protocol versions are 1.2 2.1",
+            )
+        ]
 
 
 class TestFraming:
@@ -159,17 +159,17 @@ class TestFraming:
         ) == [F("SEND", ("destination", "/a"), ("content-type", "text/plain"), body=b"body"), HEARTBEAT]
 
     def test_content_length_body_may_hold_nul(self):
-        assert parsed_every_way(
-            b"SEND\ndestination:/a\ncontent-length:5\n\na\x00b\x00c\x00"
-        ) == [F("SEND", ("destination", "/a"), ("content-length", "5"), body=b"a\x00b\x00c")]
+        assert parsed_every_way(b"SEND\ndestination:/a\ncontent-length:5\n\na\x00b\x00c\x00") == [
+            F("SEND", ("destination", "/a"), ("content-length", "5"), body=b"a\x00b\x00c")
+        ]
 
     def test_content_length_zero(self):
         assert parsed_every_way(b"SEND\ncontent-length:0\n\n\x00") == [F("SEND", ("content-length", "0"))]
 
     def test_first_content_length_wins(self):
-        assert parsed_every_way(
-            b"SEND\ncontent-length:3\ncontent-length:10\n\nabc\x00"
-        ) == [F("SEND", ("content-length", "3"), ("content-length", "10"), body=b"abc")]
+        assert parsed_every_way(b"SEND\ncontent-length:3\ncontent-length:10\n\nabc\x00") == [
+            F("SEND", ("content-length", "3"), ("content-length", "10"), body=b"abc")
+        ]
 
     def test_without_content_length_the_first_nul_ends_the_body(self):
         assert parsed_every_way(b"SEND\n\nab\x00") == [F("SEND", body=b"ab")]
@@ -178,9 +178,13 @@ class TestFraming:
         assert parser.buffered == 3  # "cd\x00" is the start of a command line
 
     def test_heart_beats_between_frames(self):
-        assert parsed_every_way(
-            b"\n\r\n\nSEND\n\nx\x00\n\nSEND\n\ny\x00\r\n"
-        ) == [HEARTBEAT, F("SEND", body=b"x"), HEARTBEAT, F("SEND", body=b"y"), HEARTBEAT]
+        assert parsed_every_way(b"\n\r\n\nSEND\n\nx\x00\n\nSEND\n\ny\x00\r\n") == [
+            HEARTBEAT,
+            F("SEND", body=b"x"),
+            HEARTBEAT,
+            F("SEND", body=b"y"),
+            HEARTBEAT,
+        ]
 
     def test_several_frames_in_one_chunk(self):
         data = b"".join(serialize(F("SEND", ("n", str(i)), body=b"%d" % i), "1.2") for i in range(50))
@@ -208,9 +212,9 @@ class TestFraming:
     def test_colon_in_value_is_kept(self):
         # Only the first ':' separates name and value (1.0 and CONNECT allow ':' in values).
         assert parsed_every_way(b"CONNECT\nlogin:a:b\n\n\x00") == [F("CONNECT", ("login", "a:b"))]
-        assert parsed_every_way(
-            b"SEND\ndestination:/a:b\n\n\x00", version="1.2"
-        ) == [F("SEND", ("destination", "/a:b"))]
+        assert parsed_every_way(b"SEND\ndestination:/a:b\n\n\x00", version="1.2") == [
+            F("SEND", ("destination", "/a:b"))
+        ]
 
     def test_unknown_command_is_left_to_the_session(self):
         assert parsed_every_way(b"FOO\n\n\x00") == [F("FOO")]
@@ -252,14 +256,12 @@ class TestFraming:
 
 class TestEscaping:
     def test_all_escapes_in_1_2(self):
-        assert parsed_every_way(
-            b"SEND\ndestination:/a\\c\\n\\r\\\\b\nna\\cme:v\n\n\x00", version="1.2"
-        ) == [F("SEND", ("destination", "/a:\n\r\\b"), ("na:me", "v"))]
+        assert parsed_every_way(b"SEND\ndestination:/a\\c\\n\\r\\\\b\nna\\cme:v\n\n\x00", version="1.2") == [
+            F("SEND", ("destination", "/a:\n\r\\b"), ("na:me", "v"))
+        ]
 
     def test_escapes_in_1_1(self):
-        assert parsed_every_way(
-            b"SEND\nx:a\\nb\\cc\\\\d\n\n\x00", version="1.1"
-        ) == [F("SEND", ("x", "a\nb:c\\d"))]
+        assert parsed_every_way(b"SEND\nx:a\\nb\\cc\\\\d\n\n\x00", version="1.1") == [F("SEND", ("x", "a\nb:c\\d"))]
 
     @pytest.mark.parametrize("value", [b"a\\tb", b"a\\", b"\\x", b"a\\C"])
     def test_undefined_escape_is_fatal(self, value):
@@ -270,15 +272,13 @@ class TestEscaping:
 
     @pytest.mark.parametrize("command", [b"CONNECT", b"STOMP", b"CONNECTED"])
     def test_connect_frames_are_not_unescaped(self, command):
-        assert parsed_every_way(
-            command + b"\npasscode:a\\tb\\c\n\n\x00", version="1.2"
-        ) == [F(command.decode(), ("passcode", "a\\tb\\c"))]
+        assert parsed_every_way(command + b"\npasscode:a\\tb\\c\n\n\x00", version="1.2") == [
+            F(command.decode(), ("passcode", "a\\tb\\c"))
+        ]
 
     @pytest.mark.parametrize("version", [None, "1.0"])
     def test_no_escaping_in_1_0_or_before_negotiation(self, version):
-        assert parsed_every_way(
-            b"SEND\nx:a\\tb\\c\\\n\n\x00", version=version
-        ) == [F("SEND", ("x", "a\\tb\\c\\"))]
+        assert parsed_every_way(b"SEND\nx:a\\tb\\c\\\n\n\x00", version=version) == [F("SEND", ("x", "a\\tb\\c\\"))]
 
     def test_version_switch_applies_to_the_next_frame(self):
         parser = FrameParser()
@@ -301,16 +301,12 @@ class TestEscaping:
 class TestLimits:
     def test_header_count(self):
         limits = Limits(max_headers=2)
-        assert parsed_every_way(
-            b"SEND\na:1\nb:2\n\n\x00", limits=limits
-        ) == [F("SEND", ("a", "1"), ("b", "2"))]
+        assert parsed_every_way(b"SEND\na:1\nb:2\n\n\x00", limits=limits) == [F("SEND", ("a", "1"), ("b", "2"))]
         check_error(b"SEND\na:1\nb:2\nc:3\n\n\x00", LimitExceeded, limits=limits)
 
     def test_header_line_length(self):
         limits = Limits(max_header_line=10)
-        assert parsed_every_way(
-            b"SEND\nabcd:12345\r\n\n\x00", limits=limits
-        ) == [F("SEND", ("abcd", "12345"))]
+        assert parsed_every_way(b"SEND\nabcd:12345\r\n\n\x00", limits=limits) == [F("SEND", ("abcd", "12345"))]
         check_error(b"SEND\nabcd:123456\n\n\x00", LimitExceeded, limits=limits)
         check_error(b"COMMANDLONG\n\n\x00", LimitExceeded, limits=limits)
 

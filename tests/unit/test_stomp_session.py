@@ -200,8 +200,7 @@ class TestConnecting:
     def test_frames_after_connect_in_the_same_message_use_the_new_escaping(self):
         client = Client()
         client.raw(
-            b"CONNECT\naccept-version:1.2\n\n\x00SEND\ndestination:/a\\cb\n\n\x00"
-            b"CONNECT\naccept-version:1.2\n\n\x00"
+            b"CONNECT\naccept-version:1.2\n\n\x00SEND\ndestination:/a\\cb\n\n\x00CONNECT\naccept-version:1.2\n\n\x00"
         )
         requests = client.requests()
         assert isinstance(requests[0], Connect)
@@ -519,8 +518,9 @@ class TestMessage:
         assert shared.session.escapes_messages is (version != "1.0")
         for body, headers in cases:
             tail = encode_message_tail(body, headers, shared.session.escapes_messages)
-            assert plain.session.deliver("s:1\\", body, headers) == \
-                shared.session.deliver("s:1\\", body, headers, tail=tail)
+            assert plain.session.deliver("s:1\\", body, headers) == shared.session.deliver(
+                "s:1\\", body, headers, tail=tail
+            )
         assert plain.session.data_to_send() == shared.session.data_to_send()
         if ack != "auto" and version != "1.0":  # kept for NACK as before: redelivered:true
             shared.send("NACK", {"id" if version == "1.2" else "message-id": "s1-1", "subscription": "s:1\\"})

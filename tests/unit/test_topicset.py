@@ -52,18 +52,21 @@ class TestCompoundCursor:
         assert format_compound({"chat": "ep-1", "empty": ""}) == "chat~ep-1", "a topic without a position is left out"
         assert parse_compound("", 16) == {}
 
-    @pytest.mark.parametrize("text", [
-        "ep-1",                      # a plain cursor
-        "chat~",                     # a topic without its cursor
-        "chat~ep-1~ticks",           # odd number of parts
-        "chat~nope",                 # not a cursor
-        "-bad~ep-1",                 # not a topic
-        "chat~ep-1~chat~ep-2",       # a topic twice
-        "chat~ep-1-2-3",             # a cursor of too many numbers
-        "chat~ep-1\n",               # a line break
-        "~".join(f"t{n}~ep-{n}" for n in range(17)),  # more topics than allowed
-        "x~" * 100_000,              # oversized
-    ])
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "ep-1",  # a plain cursor
+            "chat~",  # a topic without its cursor
+            "chat~ep-1~ticks",  # odd number of parts
+            "chat~nope",  # not a cursor
+            "-bad~ep-1",  # not a topic
+            "chat~ep-1~chat~ep-2",  # a topic twice
+            "chat~ep-1-2-3",  # a cursor of too many numbers
+            "chat~ep-1\n",  # a line break
+            "~".join(f"t{n}~ep-{n}" for n in range(17)),  # more topics than allowed
+            "x~" * 100_000,  # oversized
+        ],
+    )
     def test_anything_else_is_bad_cursor(self, text):
         with pytest.raises(ApiError) as info:
             parse_compound(text, 16)
@@ -83,10 +86,13 @@ ops = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(history_size=st.integers(1, 10), queue_size=st.integers(1, 5), script=ops,
-       resume=st.fixed_dictionaries({topic: st.integers(-1, 6) for topic in TOPICS}))
-def test_each_topic_once_in_order_or_a_gap_and_batches_in_publication_order(history_size, queue_size, script,
-                                                                            resume):
+@given(
+    history_size=st.integers(1, 10),
+    queue_size=st.integers(1, 5),
+    script=ops,
+    resume=st.fixed_dictionaries({topic: st.integers(-1, 6) for topic in TOPICS}),
+)
+def test_each_topic_once_in_order_or_a_gap_and_batches_in_publication_order(history_size, queue_size, script, resume):
     hub = make_hub(history_size, queue_size)
     published: dict[str, list[Event]] = {topic: [] for topic in TOPICS}
     for topic in TOPICS:  # some history before the reader starts
@@ -171,7 +177,11 @@ class TestWaking:
             for n in range(5):  # c's queue and history overflow: a slow-consumer gap
                 hub.publish("c", n)
             items = reader.get_many(10, timeout=0)
-            assert [(type(item).__name__, item.topic) for item in items] == [("Event", "b"), ("Event", "c"), ("Gap", "c")]
+            assert [(type(item).__name__, item.topic) for item in items] == [
+                ("Event", "b"),
+                ("Event", "c"),
+                ("Gap", "c"),
+            ]
             assert items[-1].slow
             with pytest.raises(SubscriptionClosed):
                 reader.get_many(10, timeout=0)

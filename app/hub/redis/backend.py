@@ -102,13 +102,28 @@ class RedisBackend(RedisPresence):
 
     name = "redis"
 
-    def __init__(self, url: str | None, history_size: int, history_ttl: float, *, history_bytes: int | None = None,
-                 max_topics: int = 0, prefix: str = "switchboard",
-                 socket_timeout: float = 5.0, connect_timeout: float = 2.0, max_connections: int = 64,
-                 ping_interval: float = 5.0, reconnect_base: float = 0.05, reconnect_cap: float = 2.0,
-                 cluster: bool | None = None, sentinels: tuple[tuple[str, int], ...] = (),
-                 sentinel_master: str | None = None, min_replicas: int = 0, replica_timeout: float = 1.0,
-                 routing: str = "topic"):
+    def __init__(
+        self,
+        url: str | None,
+        history_size: int,
+        history_ttl: float,
+        *,
+        history_bytes: int | None = None,
+        max_topics: int = 0,
+        prefix: str = "switchboard",
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        max_connections: int = 64,
+        ping_interval: float = 5.0,
+        reconnect_base: float = 0.05,
+        reconnect_cap: float = 2.0,
+        cluster: bool | None = None,
+        sentinels: tuple[tuple[str, int], ...] = (),
+        sentinel_master: str | None = None,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
+        routing: str = "topic",
+    ):
         if routing not in ("topic", "shared"):
             raise ValueError(f"routing must be 'topic' or 'shared', not {routing!r}")
         self.url = url
@@ -132,10 +147,14 @@ class RedisBackend(RedisPresence):
         self._token = secrets.token_hex(16)  # this process's identity as a lock owner
         self._held_locks: set[str] = set()
         self._counted: dict[str, float] = {}  # cluster topic limit: topic -> when this process counted it
-        self.client = RedisClient(RedisTarget(url, cluster, tuple(sentinels), sentinel_master),
-                                  socket_timeout=socket_timeout, connect_timeout=connect_timeout,
-                                  max_connections=max_connections, min_replicas=min_replicas,
-                                  replica_timeout=replica_timeout)
+        self.client = RedisClient(
+            RedisTarget(url, cluster, tuple(sentinels), sentinel_master),
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            min_replicas=min_replicas,
+            replica_timeout=replica_timeout,
+        )
         self.keys = KeySpace(prefix, cluster=bool(cluster), per_topic=routing == "topic")
         self.router: Router | None = None
         self._deliver: Callable[[Event], None] = lambda event: None
@@ -167,13 +186,27 @@ class RedisBackend(RedisPresence):
 
     def _make_feed(self, node: str) -> Feed:
         hooks = FeedHooks(
-            connect=lambda: self.client.listen_connection(node), connected_to=self.client.connected_to,
-            clock=lambda: self.client.time_ms(node), position=self._position, epoch_of=self._epoch_of,
-            resync=self._resync_topics, deliver=lambda event: self._deliver(event), dead_epochs=self.dead_epochs,
-            lost_topic=lambda topic: self.router.lost(topic), cut=lambda feed: self.router.cut(feed))
-        return Feed(node, self.keys, hooks, sharded=self.client.mode == "cluster", ping_interval=self.ping_interval,
-                    reconnect_base=self.reconnect_base, reconnect_cap=self.reconnect_cap,
-                    confirm_timeout=self._connect_timeout)
+            connect=lambda: self.client.listen_connection(node),
+            connected_to=self.client.connected_to,
+            clock=lambda: self.client.time_ms(node),
+            position=self._position,
+            epoch_of=self._epoch_of,
+            resync=self._resync_topics,
+            deliver=lambda event: self._deliver(event),
+            dead_epochs=self.dead_epochs,
+            lost_topic=lambda topic: self.router.lost(topic),
+            cut=lambda feed: self.router.cut(feed),
+        )
+        return Feed(
+            node,
+            self.keys,
+            hooks,
+            sharded=self.client.mode == "cluster",
+            ping_interval=self.ping_interval,
+            reconnect_base=self.reconnect_base,
+            reconnect_cap=self.reconnect_cap,
+            confirm_timeout=self._connect_timeout,
+        )
 
     def close(self) -> None:
         """Stop the feeds, give up held locks, close the connections."""
@@ -195,10 +228,17 @@ class RedisBackend(RedisPresence):
     def status(self) -> dict:
         """The mode, each feed (shard) and the counters, for /healthz and /metrics."""
         router = self.router
-        return {"mode": self.client.mode, "routing": self.routing, "primary": self.client.primary,
-                "shards": router.status() if router else [], "topics_routed": router.topics_routed if router else 0,
-                "resubscribes": router.resubscribes if router else 0, "reconnects": self.reconnects,
-                "failovers": self.client.failovers, "min_replicas": self.client.min_replicas}
+        return {
+            "mode": self.client.mode,
+            "routing": self.routing,
+            "primary": self.client.primary,
+            "shards": router.status() if router else [],
+            "topics_routed": router.topics_routed if router else 0,
+            "resubscribes": router.resubscribes if router else 0,
+            "reconnects": self.reconnects,
+            "failovers": self.client.failovers,
+            "min_replicas": self.client.min_replicas,
+        }
 
     @property
     def reconnects(self) -> int:
@@ -248,8 +288,16 @@ class RedisBackend(RedisPresence):
 
     # -- history ------------------------------------------------------------------------
 
-    def append(self, topic: str, type: str, data: Any, sender: str | None, *,
-               headers: tuple[tuple[str, str], ...] = (), raw: RawBody | None = None) -> Event:
+    def append(
+        self,
+        topic: str,
+        type: str,
+        data: Any,
+        sender: str | None,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        raw: RawBody | None = None,
+    ) -> Event:
         """Store a new event at the end of the topic's stream and publish it, atomically.
 
         Raises:
@@ -264,9 +312,21 @@ class RedisBackend(RedisPresence):
         if self.max_topics and self.keys.cluster:
             self._count_topic(topic)
         reply = self.client.run_acknowledged(
-            "append", [*self._topic_keys(topic), self.keys.topics_for(topic)],
-            [secrets.token_hex(6), self.history_size, self._ttl_ms, self.keys.channel(topic), topic, body,
-             self._key_lifetime_ms, self.history_bytes or 0, in_script, self._publish_command])
+            "append",
+            [*self._topic_keys(topic), self.keys.topics_for(topic)],
+            [
+                secrets.token_hex(6),
+                self.history_size,
+                self._ttl_ms,
+                self.keys.channel(topic),
+                topic,
+                body,
+                self._key_lifetime_ms,
+                self.history_bytes or 0,
+                in_script,
+                self._publish_command,
+            ],
+        )
         epoch = self._epoch_from(reply[0], topic)
         event_id = reply[1]
         if not event_id:
@@ -434,8 +494,17 @@ class RedisBackend(RedisPresence):
         for i in range(start, len(reply), 2):
             ms, seq = id_parts(reply[i])
             fields = json.loads(reply[i + 1])
-            events.append(Event(Cursor(epoch, (ms, seq)), topic, fields["type"], fields["data"], fields["sender"],
-                                ms / 1000, **extras_from_stored(fields)))
+            events.append(
+                Event(
+                    Cursor(epoch, (ms, seq)),
+                    topic,
+                    fields["type"],
+                    fields["data"],
+                    fields["sender"],
+                    ms / 1000,
+                    **extras_from_stored(fields),
+                )
+            )
         return events
 
 

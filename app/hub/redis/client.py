@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import ClusterError, NoScriptError, RedisClusterException, ReadOnlyError, ResponseError
+from redis.exceptions import ClusterError, NoScriptError, ReadOnlyError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -38,8 +38,19 @@ from . import scripts
 log = logging.getLogger(__name__)
 
 # Replies that mean "Redis cannot serve now" rather than "this code is wrong".
-_UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "BUSY", "MASTERDOWN", "LOADING", "TRYAGAIN", "NOREPLICAS", "CLUSTERDOWN",
-                        "READONLY", "MOVED", "ASK")
+_UNAVAILABLE_REPLIES = (
+    "OOM",
+    "MISCONF",
+    "BUSY",
+    "MASTERDOWN",
+    "LOADING",
+    "TRYAGAIN",
+    "NOREPLICAS",
+    "CLUSTERDOWN",
+    "READONLY",
+    "MOVED",
+    "ASK",
+)
 # Exceptions that mean the same (a broken connection, a failover in progress, a slot nobody serves).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterError, RedisClusterException, OSError)
 
@@ -88,8 +99,16 @@ class RedisClient:
             ``replica_timeout`` seconds; 0: no wait.
     """
 
-    def __init__(self, target: RedisTarget, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0,
-                 max_connections: int = 64, min_replicas: int = 0, replica_timeout: float = 1.0):
+    def __init__(
+        self,
+        target: RedisTarget,
+        *,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        max_connections: int = 64,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
+    ):
         self.target = target
         self.mode = target.mode
         self.min_replicas = min_replicas
@@ -100,8 +119,9 @@ class RedisClient:
         self._socket_timeout = socket_timeout
         self._connect_timeout = connect_timeout
         self._max_connections = max_connections
-        self._options = dict(protocol=2, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout,
-                             health_check_interval=0)
+        self._options = dict(
+            protocol=2, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout, health_check_interval=0
+        )
         if not (target.url or "").startswith("unix:"):
             self._options["socket_keepalive"] = True  # TCP only: a vanished peer is noticed
         self.redis: Any = None
@@ -118,13 +138,23 @@ class RedisClient:
         options = self._options
         no_retry = Retry(NoBackoff(), 0)
         if self.mode == "sentinel":
-            self._sentinel = Sentinel(list(self.target.sentinels), socket_timeout=self._connect_timeout,
-                                      socket_connect_timeout=self._connect_timeout, protocol=2)
-            pool = SentinelConnectionPool(self.target.sentinel_master, self._sentinel,
-                                          max_connections=self._max_connections * 4, retry=no_retry, **options)
+            self._sentinel = Sentinel(
+                list(self.target.sentinels),
+                socket_timeout=self._connect_timeout,
+                socket_connect_timeout=self._connect_timeout,
+                protocol=2,
+            )
+            pool = SentinelConnectionPool(
+                self.target.sentinel_master,
+                self._sentinel,
+                max_connections=self._max_connections * 4,
+                retry=no_retry,
+                **options,
+            )
             self.redis = redis.Redis(connection_pool=pool)
-            self._listen_pool = SentinelConnectionPool(self.target.sentinel_master, self._sentinel, retry=no_retry,
-                                                       **options)
+            self._listen_pool = SentinelConnectionPool(
+                self.target.sentinel_master, self._sentinel, retry=no_retry, **options
+            )
         else:
             if self.target.cluster is None:
                 self.mode = "cluster" if self._is_cluster() else "single"
@@ -132,22 +162,39 @@ class RedisClient:
                 parsed = urlparse(self.target.url)
                 self.redis = RedisCluster(
                     startup_nodes=[ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379)],
-                    retry=no_retry, require_full_coverage=False, max_connections=self._max_connections, **options)
+                    retry=no_retry,
+                    require_full_coverage=False,
+                    max_connections=self._max_connections,
+                    **options,
+                )
             else:
-                pool = redis.BlockingConnectionPool.from_url(self.target.url, max_connections=self._max_connections,
-                                                             timeout=self._socket_timeout, retry=no_retry, **options)
+                pool = redis.BlockingConnectionPool.from_url(
+                    self.target.url,
+                    max_connections=self._max_connections,
+                    timeout=self._socket_timeout,
+                    retry=no_retry,
+                    **options,
+                )
                 self.redis = redis.Redis(connection_pool=pool)
                 self._listen_pool = redis.ConnectionPool.from_url(self.target.url, retry=no_retry, **options)
         self._scripts = {name: self.redis.register_script(source) for name, source in scripts.ALL.items()}
 
     def _is_cluster(self) -> bool:
         try:
-            with redis.Redis.from_url(self.target.url, socket_connect_timeout=self._connect_timeout,
-                                      socket_timeout=self._connect_timeout, protocol=2) as probe:
+            with redis.Redis.from_url(
+                self.target.url,
+                socket_connect_timeout=self._connect_timeout,
+                socket_timeout=self._connect_timeout,
+                protocol=2,
+            ) as probe:
                 return bool(probe.info("cluster").get("cluster_enabled"))
         except redis.RedisError as exc:
-            log.warning("redis: could not ask %s whether it is a cluster (%s); taking it for one server "
-                        "(set SWITCHBOARD_REDIS_CLUSTER to say)", self.target.url, exc)
+            log.warning(
+                "redis: could not ask %s whether it is a cluster (%s); taking it for one server "
+                "(set SWITCHBOARD_REDIS_CLUSTER to say)",
+                self.target.url,
+                exc,
+            )
             return False
 
     def close(self) -> None:

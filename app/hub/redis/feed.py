@@ -93,8 +93,18 @@ class Feed:
         confirm_timeout: longest :meth:`watch` waits for Redis to confirm a SUBSCRIBE.
     """
 
-    def __init__(self, name: str, keys: KeySpace, hooks: FeedHooks, *, sharded: bool, ping_interval: float,
-                 reconnect_base: float, reconnect_cap: float, confirm_timeout: float):
+    def __init__(
+        self,
+        name: str,
+        keys: KeySpace,
+        hooks: FeedHooks,
+        *,
+        sharded: bool,
+        ping_interval: float,
+        reconnect_base: float,
+        reconnect_cap: float,
+        confirm_timeout: float,
+    ):
         self.name = name
         self.keys = keys
         self.hooks = hooks
@@ -204,8 +214,14 @@ class Feed:
             self._send("PUNSUBSCRIBE", glob)
 
     def status(self) -> dict:
-        return {"node": self.name, "address": self.address, "state": self.state, "topics": len(self.topics),
-                "reconnects": self.reconnects, "resubscribes": self.resubscribes}
+        return {
+            "node": self.name,
+            "address": self.address,
+            "state": self.state,
+            "topics": len(self.topics),
+            "reconnects": self.reconnects,
+            "resubscribes": self.resubscribes,
+        }
 
     def _await(self, pending: _Awaited) -> None:
         if not pending.done.wait(self.confirm_timeout) and not pending.done.is_set():
@@ -230,8 +246,12 @@ class Feed:
                 self._pump()
             except (RedisConnectionError, RedisTimeoutError, BackendUnavailable, OSError) as exc:
                 if self._failures == 0 and self.state != "closed":
-                    log.warning("redis feed %s: connection lost (%s); reconnecting", self.name, exc,
-                                exc_info=log.isEnabledFor(logging.DEBUG))
+                    log.warning(
+                        "redis feed %s: connection lost (%s); reconnecting",
+                        self.name,
+                        exc,
+                        exc_info=log.isEnabledFor(logging.DEBUG),
+                    )
             except Exception:  # a bug: log it, and keep the process's live feed alive
                 log.error("redis feed %s failed; reconnecting", self.name, exc_info=True)
             self._drop_connection()
@@ -275,7 +295,7 @@ class Feed:
         self._awaited = {topic: deque([_Awaited("sub")]) for topic in topics}
         self._initial = len(topics)
         for i in range(0, len(topics), _CHUNK):
-            chunk = topics[i:i + _CHUNK]
+            chunk = topics[i : i + _CHUNK]
             with self._writing:
                 conn.send_command(self._sub, *(self.keys.channel(topic) for topic in chunk))
         if self._failures:
@@ -291,8 +311,11 @@ class Feed:
         if topics is None or topics or self.patterns:  # the hub gives wildcard subscriptions a gap
             self.hooks.resync(lambda topic: self._start_for(topic, floor, epochs, heard), topics)
         if self._failures:
-            log.warning("redis feed %s: subscribed again after %d failed attempt(s); subscriptions resynced "
-                        "from history", self.name, self._failures)
+            log.warning(
+                "redis feed %s: subscribed again after %d failed attempt(s); subscriptions resynced from history",
+                self.name,
+                self._failures,
+            )
             self.reconnects += 1
         self._failures = 0
         self.floor_ms, self.heard = now, {}
@@ -401,8 +424,15 @@ class Feed:
             cursor = Cursor.parse(cursor_text.decode("ascii"))
             fields = json.loads(body)
             ms = cursor.position[0]
-            event = Event(cursor, topic.decode("ascii"), fields["type"], fields["data"], fields["sender"], ms / 1000,
-                          **extras_from_stored(fields))
+            event = Event(
+                cursor,
+                topic.decode("ascii"),
+                fields["type"],
+                fields["data"],
+                fields["sender"],
+                ms / 1000,
+                **extras_from_stored(fields),
+            )
         except (ValueError, KeyError) as exc:
             log.error("redis feed %s: dropped a malformed message (%s): %r", self.name, exc, payload[:200])
             return

@@ -123,7 +123,7 @@ class KeySpace:
         text = channel.decode("utf-8", "replace")
         head = f"{self.prefix}:events:{{"
         if text.startswith(head) and text.endswith("}"):
-            return text[len(head):-1]
+            return text[len(head) : -1]
         return None
 
     def control(self) -> str:

@@ -89,22 +89,27 @@ class RedisPresence:
             swept = self.client.run("presence", keys, args)
             members = self.client.call(lambda: self.client.redis.zrange(members_key, 0, -1, withscores=True))
         else:
-            swept, members = self.client.run_then("presence", keys, args,
-                                                  lambda pipe: pipe.zrange(members_key, 0, -1, withscores=True))
+            swept, members = self.client.run_then(
+                "presence", keys, args, lambda pipe: pipe.zrange(members_key, 0, -1, withscores=True)
+            )
         self._epoch_from(swept[0], topic)
         return [(sender.decode("utf-8"), score / 1000) for sender, score in members]
 
     def _presence(self, calls: list[tuple[str, list[str], list[str]]], ttl_ms: int) -> list[tuple[str, str, str]]:
         if not calls:
             return []
-        replies = self.client.run_many([("presence", self._presence_keys(topic),
-                                         self._presence_args(topic, ttl_ms, entering, leaving))
-                                        for topic, entering, leaving in calls])
+        replies = self.client.run_many(
+            [
+                ("presence", self._presence_keys(topic), self._presence_args(topic, ttl_ms, entering, leaving))
+                for topic, entering, leaving in calls
+            ]
+        )
         announced = []
         for (topic, _, _), reply in zip(calls, replies):
             self._epoch_from(reply[0], topic)
-            announced += [(topic, reply[i].decode("ascii"), reply[i + 1].decode("utf-8"))
-                          for i in range(1, len(reply), 2)]
+            announced += [
+                (topic, reply[i].decode("ascii"), reply[i + 1].decode("utf-8")) for i in range(1, len(reply), 2)
+            ]
         return announced
 
     def _presence_keys(self, topic: str) -> list[str]:
@@ -115,6 +120,19 @@ class RedisPresence:
         # On a cluster the script cannot count a topic in the deployment's set (another
         # slot): presence events do not count against SWITCHBOARD_MAX_TOPICS there.
         max_topics = 0 if self.keys.cluster else self.max_topics
-        return [secrets.token_hex(6), self.history_size, self._ttl_ms, self.keys.channel(topic), topic,
-                self._key_lifetime_ms, self.history_bytes or 0, max_topics, self._publish_command, self._token,
-                ttl_ms, len(entering), *entering, *leaving]
+        return [
+            secrets.token_hex(6),
+            self.history_size,
+            self._ttl_ms,
+            self.keys.channel(topic),
+            topic,
+            self._key_lifetime_ms,
+            self.history_bytes or 0,
+            max_topics,
+            self._publish_command,
+            self._token,
+            ttl_ms,
+            len(entering),
+            *entering,
+            *leaving,
+        ]

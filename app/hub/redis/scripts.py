@@ -62,7 +62,10 @@ end
 # command: PUBLISH, or SPUBLISH on a cluster (the channel shares the topic's slot, so only
 # the shard that owns the topic forwards it).
 # Returns {epoch, id}, or {epoch, '', ms until a topic may be forgotten} when refused.
-APPEND_FUNCTION = PRELUDE + TRIM_BYTES + r"""
+APPEND_FUNCTION = (
+    PRELUDE
+    + TRIM_BYTES
+    + r"""
 local function append(stream, meta_key, topics, size, ttl, channel, topic, body, lifetime, max_bytes, max_topics,
                       publish)
   local epoch = get_epoch()
@@ -108,13 +111,17 @@ local function append(stream, meta_key, topics, size, ttl, channel, topic, body,
   return {epoch, id}
 end
 """
+)
 
 # KEYS: epoch, stream, meta, topics. ARGV: epoch candidate, history size, ttl ms, channel,
 # topic, body, key lifetime ms, history bytes (0: none), max topics (0: none), publish command.
-APPEND = APPEND_FUNCTION + r"""
+APPEND = (
+    APPEND_FUNCTION
+    + r"""
 return append(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
               ARGV[10])
 """
+)
 
 # Retained events from a stream id on: the age bound is the caller's start id, the count
 # bound (numbers above last_seq - size) is applied here, since MAXLEN ~ keeps a few more.
@@ -148,7 +155,10 @@ end
 # KEYS: epoch, stream, meta. ARGV: epoch candidate, history size, ttl ms, cursor epoch
 # ('' if the cursor is not a stream position), cursor ms, cursor seq, limit.
 # Returns {epoch, gap (0/1), id, body, id, body, ...}.
-READ_AFTER = PRELUDE + RETAINED + r"""
+READ_AFTER = (
+    PRELUDE
+    + RETAINED
+    + r"""
 local epoch = get_epoch()
 local oldest_ms = math.max(0, math.ceil(now_ms() - tonumber(ARGV[3])))  -- older ids have expired
 local oldest = string.format('%d-0', oldest_ms)
@@ -184,10 +194,14 @@ if gap then
 end
 return flatten({epoch, gap and 1 or 0}, events)
 """
+)
 
 # KEYS: epoch, stream, meta. ARGV: epoch candidate, history size, ttl ms, limit.
 # Returns {epoch, id, body, ...}, newest first.
-READ_LATEST = PRELUDE + RETAINED + r"""
+READ_LATEST = (
+    PRELUDE
+    + RETAINED
+    + r"""
 local epoch = get_epoch()
 local oldest = string.format('%d-0', math.max(0, math.ceil(now_ms() - tonumber(ARGV[3]))))
 local limit = math.min(tonumber(ARGV[4]), tonumber(ARGV[2]))
@@ -195,10 +209,13 @@ local limit = math.min(tonumber(ARGV[4]), tonumber(ARGV[2]))
 -- from the front only), so the newest `history size` of them are all within the bound.
 return flatten({epoch}, redis.call('XREVRANGE', KEYS[2], '+', oldest, 'COUNT', limit))
 """
+)
 
 # KEYS: epoch, stream, meta. ARGV: epoch candidate, history size, ttl ms, count (0/1).
 # Returns {epoch, last ms, last seq, retained count (if asked)}.
-STAT = PRELUDE + r"""
+STAT = (
+    PRELUDE
+    + r"""
 local epoch = get_epoch()
 local last_ms, last_seq = last_id(KEYS[3])
 local retained = 0
@@ -212,11 +229,14 @@ if ARGV[4] == '1' and last_seq > 0 then
 end
 return {epoch, last_ms, last_seq, retained}
 """
+)
 
 # Where a live-only subscription resumes after the listener was cut: the position of
 # the newest event older than `floor` ms, i.e. just before anything it may have missed.
 # KEYS: epoch, stream, meta. ARGV: epoch candidate, floor ms. Returns {epoch, ms, seq}.
-POSITION = PRELUDE + r"""
+POSITION = (
+    PRELUDE
+    + r"""
 local epoch = get_epoch()
 local floor = ARGV[2]
 local last_ms, last_seq = last_id(KEYS[3])
@@ -237,11 +257,15 @@ if #after > 0 then
 end
 return {epoch, tonumber(floor) - 1, next_seq - 1}
 """
+)
 
 # KEYS: epoch. ARGV: epoch candidate. Returns {epoch, now ms}.
-CLOCK = PRELUDE + r"""
+CLOCK = (
+    PRELUDE
+    + r"""
 return {get_epoch(), math.floor(now_ms())}
 """
+)
 
 # KEYS: topics. ARGV: key lifetime ms. The topics whose keys still live.
 TOPIC_COUNT = r"""
@@ -300,7 +324,9 @@ return 0
 # the number k of senders entering, k senders entering (or renewed), the senders leaving.
 # First expires the topic's entries whose time is up (a process that died), except those
 # renewed by this call. Returns {epoch, action, sender, ...}: the events appended.
-PRESENCE = APPEND_FUNCTION + r"""
+PRESENCE = (
+    APPEND_FUNCTION
+    + r"""
 local topic, worker = ARGV[5], ARGV[10]
 local entry_ttl, entering = tonumber(ARGV[11]), tonumber(ARGV[12])
 local now = now_ms()
@@ -362,6 +388,7 @@ else
 end
 return out
 """
+)
 
 # KEYS: due. ARGV: limit. The topics with an entry whose time is up.
 PRESENCE_DUE = r"""
@@ -374,6 +401,17 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', math.flo
 SWEEP_TOPICS = 100
 
 # Every script by the name the backend runs it under.
-ALL = {"append": APPEND, "after": READ_AFTER, "latest": READ_LATEST, "stat": STAT, "position": POSITION,
-       "clock": CLOCK, "acquire": ACQUIRE, "release": RELEASE, "topic_count": TOPIC_COUNT, "register": REGISTER,
-       "presence": PRESENCE, "presence_due": PRESENCE_DUE}
+ALL = {
+    "append": APPEND,
+    "after": READ_AFTER,
+    "latest": READ_LATEST,
+    "stat": STAT,
+    "position": POSITION,
+    "clock": CLOCK,
+    "acquire": ACQUIRE,
+    "release": RELEASE,
+    "topic_count": TOPIC_COUNT,
+    "register": REGISTER,
+    "presence": PRESENCE,
+    "presence_due": PRESENCE_DUE,
+}
