@@ -72,12 +72,16 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+#: ``--servers``: which servers to measure (default all three).
+SERVERS = {"switchboard", "nchan", "flask-socketio"}
+
+
 def server_classes(include_nchan: bool) -> list:
     classes = [Switchboard]
     if include_nchan:
         classes.append(Nchan)
     classes.append(SocketIO)
-    return classes
+    return [cls for cls in classes if cls.name in SERVERS]
 
 
 def redis_backend_available() -> bool:
@@ -370,6 +374,8 @@ async def main_async(args) -> int:
         FANOUT_TRANSPORTS[:] = [t for t in args.transports.split(",")]
     if args.paced_seconds:
         cfg["paced_seconds"] = args.paced_seconds
+    if args.servers:
+        SERVERS.intersection_update(args.servers.split(","))
     scenarios.SETTLE = 0.1 if args.quick else 0.3
     runs = args.runs or cfg["runs"]
     only = set(args.only.split(",")) if args.only else {"idle", "fanout", "redis", "overhead", "inbound"}
@@ -429,6 +435,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="also py-spy Switchboard under load")
     parser.add_argument("--subscribers", help="fan-out sizes, comma-separated (default 100,1000; quick 1000)")
     parser.add_argument("--transports", help="fan-out transports, comma-separated (default all streaming ones)")
+    parser.add_argument("--servers", help="servers to measure, comma-separated: switchboard,nchan,flask-socketio")
     parser.add_argument("--paced-seconds", type=float, help="length of the 50 events/s window")
     parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
     parser.add_argument("--name", help="output file stem (default latest, quick mode latest-quick)")
