@@ -4,7 +4,7 @@ Flask's cookie session costs about a third of an HTTP publish: every request ver
 cookie's HMAC and decodes its JSON, and, the session being permanent, signs it again and
 formats a new ``Set-Cookie`` (``SESSION_REFRESH_EACH_REQUEST``). A publisher sends the
 same cookie each time, so :class:`SessionCookies` keeps what it verified in a small LRU
-keyed by the raw cookie string, and the last signature it made (itsdangerous signs with
+keyed by the raw ``Cookie`` header, and the last signature it made (itsdangerous signs with
 a whole-second timestamp, so within a second the signed value and the header are the same
 bytes). What a request sees and what it is answered do not change:
 
@@ -79,18 +79,23 @@ class SessionCookies(SecureCookieSessionInterface):
         serializer = self.get_signing_serializer(app)
         if serializer is None:
             return None
-        value = request.cookies.get(self.get_cookie_name(app))
-        if not value:
+        # Keyed by the whole Cookie header: it determines the cookie's value, and a hit
+        # then costs no cookie parsing either.
+        header = request.environ.get("HTTP_COOKIE")
+        if not header:
             return self.session_class()
         max_age = int(app.permanent_session_lifetime.total_seconds())
-        known = self._verified.get(value)
+        known = self._verified.get(header)
         if known is not None:
             items, signed_at = known
             age = int(time.time()) - signed_at  # as itsdangerous's TimestampSigner.unsign
             if 0 <= age <= max_age:
-                self._verified.move_to_end(value)
+                self._verified.move_to_end(header)
                 return self.session_class(items)
-            del self._verified[value]
+            del self._verified[header]
+        value = request.cookies.get(self.get_cookie_name(app))
+        if not value:
+            return self.session_class()
         try:
             data, signed = serializer.loads(value, max_age=max_age, return_timestamp=True)
         except BadSignature:
@@ -98,7 +103,7 @@ class SessionCookies(SecureCookieSessionInterface):
         if isinstance(data, dict):
             items = _frozen(data)
             if items is not None:
-                self._verified[value] = (items, int(signed.timestamp()))
+                self._verified[header] = (items, int(signed.timestamp()))
                 if len(self._verified) > self.size:
                     self._verified.popitem(last=False)
         return self.session_class(data)
@@ -116,7 +121,6 @@ class SessionCookies(SecureCookieSessionInterface):
             self.get_cookie_partitioned(app),
             self.get_cookie_samesite(app),
             self.get_cookie_httponly(app),
-            response.max_cookie_size,
         )
         expires = self.get_expiration_time(app, session)
         items = _frozen(dict(session))
@@ -127,7 +131,7 @@ class SessionCookies(SecureCookieSessionInterface):
         if key is not None and last is not None and last[0] == key:
             header = last[1]
         else:
-            name, domain, path, secure, partitioned, samesite, httponly, max_size = settings
+            name, domain, path, secure, partitioned, samesite, httponly = settings
             value = self.get_signing_serializer(app).dumps(dict(session))  # type: ignore[union-attr]
             header = dump_cookie(
                 name,
@@ -137,13 +141,15 @@ class SessionCookies(SecureCookieSessionInterface):
                 domain=domain,
                 secure=secure,
                 httponly=httponly,
-                max_size=max_size,
+                max_size=response.max_cookie_size,
                 samesite=samesite,
                 partitioned=partitioned,
             )
             if key is not None:
                 self._last_cookie = (key, header)
-        if session.accessed:  # the headers in Flask's order
+        if session.accessed:  # Flask's order of the two headers
             response.vary.add("Cookie")
-        response.headers.add("Set-Cookie", header)
-        response.vary.add("Cookie")
+            response.headers.add("Set-Cookie", header)
+        else:
+            response.headers.add("Set-Cookie", header)
+            response.vary.add("Cookie")

@@ -116,4 +116,4 @@ def test_the_cache_is_bounded_and_keeps_only_scalar_sessions(app):
         assert len(sessions._verified) <= 2
     listed = signed(app, {"sid": "0123456789ab", "seen": ["a"], "_permanent": True})
     assert sender(app, listed)[0] == "guest-012345"
-    assert listed not in sessions._verified, "a list would be shared between requests"
+    assert f"{COOKIE}={listed}" not in sessions._verified, "a list would be shared between requests"
