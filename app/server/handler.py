@@ -25,6 +25,7 @@ from .handshake import WEBSOCKET_VERSION, Acceptance, Refusal, WebSocketPolicy, 
 from .hooks import hooks_of
 from .raw_response import ENVIRON_RAW_RESPONSE, RawResponse
 from .registry import ENVIRON_REGISTRY, Registry
+from .request_headers import parse_headers
 from .websocket import State, WebSocket
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,11 @@ class Handler(WebSocketHandler, PyWSGIHandler):
     """
 
     _requests_read = 0  # on this connection (one handler per connection)
+
+    def MessageClass(self, *args):  # noqa: N802  (pywsgi's name)
+        # The request's headers: pywsgi's parser's message, without the email package
+        # for a plain header block (request_headers.py).
+        return parse_headers(*args)
 
     def __init__(self, sock, address, server, rfile=None):
         super().__init__(sock, address, server, rfile)
