@@ -266,8 +266,10 @@ class Handler(WebSocketHandler, PyWSGIHandler):
     def log_request(self):
         # gunicorn's access log when gunicorn runs us, gevent's format otherwise.
         # Unlike gevent-websocket we also log 101s: the line then shows the session length.
-        if hasattr(self.server.log, "access"):
-            PyWSGIHandler.log_request(self)
+        server_log = self.server.log
+        if hasattr(server_log, "access"):
+            if getattr(server_log, "access_log_enabled", True):  # else nothing to build the line for
+                PyWSGIHandler.log_request(self)
         else:
             WSGIHandler.log_request(self)
 
