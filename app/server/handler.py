@@ -23,6 +23,7 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 from .frames import CLOSE_INTERNAL_ERROR
 from .handshake import WEBSOCKET_VERSION, Acceptance, Refusal, WebSocketPolicy, is_websocket_request, negotiate
 from .hooks import hooks_of
+from .outbox import raw_socket
 from .raw_response import ENVIRON_RAW_RESPONSE, RawResponse
 from .registry import ENVIRON_REGISTRY, Registry
 from .request_headers import parse_headers
@@ -131,6 +132,18 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         timeout = self._policy().write_timeout
         if timeout is None or getattr(self, "websocket", None) is not None:
             return super()._sendall(data)
+        # Most writes go out whole at once (the socket has room): only what it cannot take
+        # now waits, and only that wait needs the timer (arming one costs more than the send).
+        try:
+            sent = raw_socket(self.socket).send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return super()._sendall(data)  # fails again, and pywsgi notes it as before
+        self.response_length += sent
+        if sent == len(data):
+            return None
+        data = memoryview(data)[sent:]
         try:
             with gevent.Timeout(timeout, _SendTimedOut):
                 return super()._sendall(data)

@@ -34,7 +34,7 @@ class _WriteTimedOut(Exception):
     """Raised by the writer's gevent.Timeout: the peer took nothing for ``write_timeout``."""
 
 
-def _raw(sock):
+def raw_socket(sock):
     # gevent's socket keeps the real, non-blocking socket object as _sock (gevent's
     # _socket3.py: "code that needs the raw _sock"). A send on it never waits: it takes
     # what the kernel accepts now, or raises BlockingIOError.
@@ -100,7 +100,7 @@ class Outbox:
         self.lost = False
         self.sealed = False  # see seal()
         self._sock = sock
-        self._raw = _raw(sock)
+        self._raw = raw_socket(sock)
         self._buf: deque = deque()
         self._buffered = 0
         self._writer: gevent.Greenlet | None = None
