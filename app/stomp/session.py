@@ -507,7 +507,9 @@ class StompSession:
         accepted = login_result(self._authenticate(Credentials(login, frame.get("passcode"), frame.headers)))
         self.principal = accepted.principal
         if accepted.expires_in is not None:
-            self._expires_at = self._time.clock + accepted.expires_in  # type: ignore[operator]
+            clock = self._time.clock
+            assert clock is not None, "receive_data() started the clock before this frame"
+            self._expires_at = clock + accepted.expires_in
         server_beats = (0, 0) if version == "1.0" else self.config.heart_beat
         self._heart_beat = agree_heart_beat(client_beats, server_beats)
         self._time.start(self._heart_beat, self.config.heartbeat_margin)
