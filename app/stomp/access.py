@@ -127,8 +127,8 @@ class SessionAccess:
         self.principal: object = None  # the authenticator's Login.principal, once connected
         self.expires_at: float | None = None  # when the credentials expire, if they do
 
-    def login(self, frame: Frame, now: float) -> None:
-        """Accept a CONNECT frame's credentials at ``now``, or raise.
+    def login(self, frame: Frame, now: float | None) -> None:
+        """Accept a CONNECT frame's credentials at ``now`` (the session's clock), or raise.
 
         Raises:
             AuthError: the authenticator refused them.
@@ -137,6 +137,7 @@ class SessionAccess:
         accepted = login_result(self._authenticate(credentials))
         self.principal = accepted.principal
         if accepted.expires_in is not None:
+            assert now is not None, "the session's clock starts with the data that brought the CONNECT"
             self.expires_at = now + accepted.expires_in
 
     def expired(self, now: float) -> AuthError | None:

@@ -47,15 +47,14 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 
 from .access import Authenticator, Authorizer, SessionAccess, from_login_hook
-from .acks import AckBook, SessionSubscription
 from .config import StompConfig
 from .errors import BrokerError, StompError, require_header, unexpected_command
 from .frames import EOL, Frame, escapes_headers, serialize
 from .messages import BLOB_TYPE, MessageWriter, encode_message_tail
 from .negotiation import HeartBeats, agree_heart_beat, connected_frame, negotiate_version, parse_heart_beat
 from .parser import FrameParser
-from .requests import Ack, Closed, Connect, Nack, PendingRequests, Request, Send, Unsubscribe
-from .subscriptions import open_subscription, subscriptions_closed
+from .requests import Ack, Closed, Connect, Nack, PendingRequests, Request, Send
+from .subscriptions import OpenSubscriptions
 from .transactions import Transactions
 
 # encode_message_tail: for the callers that build a MESSAGE tail for StompSession.deliver.
@@ -129,8 +128,8 @@ class StompSession:
         self._heart_beat = (0, 0)
         self._outgoing: list[bytes] = []
         self._requests = PendingRequests()  # and the frame that waits for confirm()
-        self._subscriptions: dict[str, SessionSubscription] = {}
-        self._acks = AckBook(self.config.max_deliveries)
+        self._subscriptions = OpenSubscriptions(self.config)
+        self._acks = self._subscriptions.acks
         self._transactions = Transactions(self.config.max_transactions, self.config.max_transaction_frames)
         self._messages = MessageWriter(self.session_id, self._acks)
         self._time = HeartBeats(now)  # connect timeout, client silence, server heart-beats
@@ -324,8 +323,7 @@ class StompSession:
             is full of unacknowledged messages. Wait for an :class:`Ack` (or
             :class:`Nack`) request for that subscription, then ask again.
         """
-        sub = self._subscriptions.get(sub_id)
-        return self._state is SessionState.CONNECTED and sub is not None and sub.window_open()
+        return self._state is SessionState.CONNECTED and self._subscriptions.ready(sub_id) is not None
 
     def room(self, sub_id: str, most: int) -> int:
         """How many MESSAGEs subscription ``sub_id`` can take now, at most ``most``.
@@ -333,12 +331,7 @@ class StompSession:
         ``most`` in ``auto`` mode; in client modes what its prefetch window has left;
         0 whenever :meth:`can_deliver` would say ``False``.
         """
-        sub = self._subscriptions.get(sub_id)
-        if self._state is not SessionState.CONNECTED or sub is None:
-            return 0
-        if sub.ack_mode == "auto":
-            return most
-        return max(0, min(most, sub.window - len(sub.pending)))
+        return self._subscriptions.room(sub_id, most) if self._state is SessionState.CONNECTED else 0
 
     def deliver(
         self,
@@ -374,8 +367,8 @@ class StompSession:
         """
         if now is not None:
             self._time.advance(now)
-        sub = self._subscriptions.get(sub_id)
-        if self._state is not SessionState.CONNECTED or sub is None or not sub.window_open():
+        sub = self._subscriptions.ready(sub_id) if self._state is SessionState.CONNECTED else None
+        if sub is None:
             return None
         message_id, data = self._messages.write(
             sub,
@@ -442,9 +435,7 @@ class StompSession:
         version = negotiate_version(frame.get("accept-version"), self.config.versions)
         # STOMP 1.0 has no heart-beating; 1.1 introduced the header.
         client_beats = (0, 0) if version == "1.0" else parse_heart_beat(frame.get("heart-beat"))
-        now = self._time.clock
-        assert now is not None, "receive_data() started the clock before this frame"
-        self._access.login(frame, now)
+        self._access.login(frame, self._time.clock)
         server_beats = (0, 0) if version == "1.0" else self.config.heart_beat
         self._heart_beat = agree_heart_beat(client_beats, server_beats)
         self._time.start(self._heart_beat, self.config.heartbeat_margin)
@@ -471,24 +462,15 @@ class StompSession:
         )
 
     def _on_subscribe(self, frame: Frame) -> None:
-        sub, request = open_subscription(
-            frame,
-            self._version,
-            self._subscriptions,
-            self.config,
-            lambda destination: self._access.check("subscribe", destination),
-        )
-        self._subscriptions[sub.sub_id] = sub
-        self._requests.append(request)
+        check = functools.partial(self._access.check, "subscribe")
+        self._requests.append(self._subscriptions.open(frame, self._version, check))
 
     def _on_unsubscribe(self, frame: Frame) -> None:
-        for gone in subscriptions_closed(frame, self._version, self._subscriptions):
-            sub = self._subscriptions.pop(gone)
-            self._acks.forget(sub)
-            self._requests.append(Unsubscribe(sub.sub_id, sub.destination))
+        for request in self._subscriptions.close(frame, self._version):
+            self._requests.append(request)
 
     def _on_ack(self, frame: Frame) -> None:
-        sub, message_id = self._acks.resolve(frame, self._version, self._subscriptions)
+        sub, message_id = self._acks.resolve(frame, self._version, self._subscriptions.by_id)
         transaction = frame.get("transaction")
         if transaction is not None:
             self._transactions.hold(transaction, frame)  # checked now, applied at COMMIT
@@ -514,7 +496,7 @@ class StompSession:
         # An ACK/NACK was valid when received, but may have been settled since. Settled here
         # at once (the broker's refusal closes the session anyway), but a NACKed topic
         # message is sent again only once the COMMIT is confirmed.
-        pending = self._acks.still_pending(held, self._version, self._subscriptions)
+        pending = self._acks.still_pending(held, self._version, self._subscriptions.by_id)
         if pending is None:
             return None
         sub, message_id = pending
@@ -546,7 +528,6 @@ class StompSession:
         self._requests.drop()
         self._transactions.abort_all()
         self._subscriptions.clear()
-        self._acks.clear()
         self._requests.append(Closed(reason, error_kind))
 
     def _send_frame(self, frame: Frame) -> None:
