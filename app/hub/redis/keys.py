@@ -28,6 +28,7 @@ exactly the topic.
 
 from __future__ import annotations
 
+import functools
 from binascii import crc_hqx
 
 SLOTS = 16384
@@ -38,18 +39,19 @@ def key_slot(tag: str) -> int:
     return crc_hqx(tag.encode("utf-8"), 0) % SLOTS
 
 
+@functools.cache  # built once per process (~30 ms), by the first cluster KeySpace
 def _slot_tags() -> list[str]:
     """For each slot, a short tag that hashes to it (``s<n>`` for the first ``n`` that does)."""
-    tags: list[str | None] = [None] * SLOTS
+    tags = [""] * SLOTS  # "" until the slot has its tag
     missing, n = SLOTS, 0
     while missing:
         tag = f"s{n}"
         slot = key_slot(tag)
-        if tags[slot] is None:
+        if not tags[slot]:
             tags[slot] = tag
             missing -= 1
         n += 1
-    return tags  # type: ignore[return-value]
+    return tags
 
 
 class KeySpace:
@@ -62,16 +64,13 @@ class KeySpace:
             one shared channel every worker hears in full.
     """
 
-    _tags: list[str] | None = None  # the slot tag table, built once per process (~30 ms)
-
     def __init__(self, prefix: str, *, cluster: bool = False, per_topic: bool = True):
         self.prefix = prefix
         self.cluster = cluster
         self.per_topic = per_topic
         self.shared_channel = f"{prefix}:events"
         self.topics = f"{prefix}:topics"
-        if cluster and KeySpace._tags is None:
-            KeySpace._tags = _slot_tags()
+        self._tags = _slot_tags() if cluster else []  # a tag per slot (only a cluster's keys name slots)
 
     def slot(self, topic: str) -> int:
         return key_slot(topic)
@@ -86,7 +85,7 @@ class KeySpace:
         """The epoch key that the topic's cursors name (its scope)."""
         if not self.cluster:
             return f"{self.prefix}:epoch"
-        return f"{self.prefix}:epoch:{{{self._tags[key_slot(topic)]}}}"  # type: ignore[index]
+        return f"{self.prefix}:epoch:{{{self._tags[key_slot(topic)]}}}"
 
     def topics_for(self, topic: str) -> str:
         """The topics key the append script is given: the real one on a single Redis; on a
@@ -97,7 +96,7 @@ class KeySpace:
         return self.due_of_slot(key_slot(topic)) if self.cluster else f"{self.prefix}:presence-due"
 
     def due_of_slot(self, slot: int) -> str:
-        return f"{self.prefix}:presence-due:{{{self._tags[slot]}}}"  # type: ignore[index]
+        return f"{self.prefix}:presence-due:{{{self._tags[slot]}}}"
 
     def presence(self, topic: str) -> list[str]:
         """Entries, members, holders."""
