@@ -14,9 +14,11 @@ keeps each of its scripts on one shard of a cluster.
 On a Redis Cluster every key of one queue carries a hash tag, so it lives in one slot:
 ``<p>:q:{<name>}`` and ``<p>:qm:{<name>}``. The tag is the name without its ``.dlq``
 suffixes, so a queue's dead-letter queue shares its slot (``<p>:q:{jobs}.dlq``) and the
-script that moves a message there touches one slot only. A queue and a topic of the same
-name share a slot too (the event backend tags a topic's keys ``{<topic>}``, see
-:mod:`app.hub.redis.keys`). The registry and the heartbeats live in slots of their own:
+script that moves a message there touches one slot only. A name with a ``{tag}`` of its own
+(``orders.{eu}``, app/events.py) is left as it is (``<p>:q:orders.{eu}``, and its
+``<p>:q:orders.{eu}.dlq``): Redis hashes it by ``eu``, as it does a topic with that tag (the
+event backend tags a topic's keys the same way, :mod:`app.hub.redis.keys`). So a queue and
+a topic of the same name, or of the same ``{tag}``, share a slot. The registry and the heartbeats live in slots of their own:
 no script reads them together with a queue's keys (the reaper asks for them first, in
 separate commands; see :mod:`app.hub.redis_queues`).
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from ..events import InvalidTopic
 from .queues import DLQ_SUFFIX
-from .redis.keys import key_slot
+from .redis.keys import hash_tag, key_slot
 
 __all__ = ["QUEUE_EPOCH", "CrossSlotBatch", "QueueKeys"]
 
@@ -39,10 +41,12 @@ class CrossSlotBatch(InvalidTopic):
     HTTP 400; STOMP an ERROR that names the rule."""
 
     def __init__(self, names: list[str]):
+        if len(names) > 4:
+            names = [*names[:4], "..."]
         super().__init__(
             "a transaction on a Redis Cluster must keep to one hash slot, and its destinations "
-            f"({', '.join(names)}) hash to several: send them separately, or to one topic and "
-            "queue name (a queue, its .dlq and the topic of the same name share a slot)"
+            f"({', '.join(names)}) hash to several: name them with a common {{tag}} (orders.{{eu}} "
+            "and audit.{eu}: the tag decides the slot), or send them separately"
         )
 
 
@@ -61,8 +65,10 @@ class QueueKeys:
 
     @staticmethod
     def tag(queue: str) -> str:
-        """The queue's hash tag: its name without the ``.dlq`` suffixes (``jobs`` for
-        ``jobs``, ``jobs.dlq`` and ``jobs.dlq.dlq``)."""
+        """The queue's hash tag: the ``{tag}`` it names, else its name without the ``.dlq``
+        suffixes (``jobs`` for ``jobs``, ``jobs.dlq`` and ``jobs.dlq.dlq``)."""
+        if "{" in queue:
+            return hash_tag(queue)
         while queue.endswith(DLQ_SUFFIX) and len(queue) > len(DLQ_SUFFIX):
             queue = queue[: -len(DLQ_SUFFIX)]
         return queue
@@ -72,7 +78,7 @@ class QueueKeys:
         return key_slot(self.tag(queue))
 
     def _tagged(self, queue: str) -> str:
-        if not self.cluster:
+        if not self.cluster or "{" in queue:
             return queue
         tag = self.tag(queue)
         return f"{{{tag}}}{queue[len(tag) :]}"
