@@ -17,6 +17,7 @@ import uuid
 import gevent
 import pytest
 
+from app.events import InvalidTopic
 from app.hub import Hub, QueueFull, TooManyTopics
 from app.hub.batch import Publication
 from app.hub.memory import MemoryBackend
@@ -287,3 +288,119 @@ class TestRedisWorkers:
         back = take(survivor, 3, timeout=10)
         assert sorted(d.event.data for d in back) == [0, 1, 2] and all(d.redelivered for d in back)
         assert {d.event.id for d in back} == {d.event.id for d in held}
+
+
+def names_on_each_node(cluster: RedisClusterServers, stores: Stores, per_node: int) -> list[str]:
+    """``per_node`` queue names whose keys live on each primary of the cluster."""
+    found: dict[int, list[str]] = {i: [] for i in range(len(cluster.nodes))}
+    n = 0
+    while any(len(names) < per_node for names in found.values()):
+        name = f"spread-{n}"
+        names = found[cluster.node_of(f"{stores.prefix}:q:{{{name}}}")]
+        if len(names) < per_node:
+            names.append(name)
+        n += 1
+    return [name for names in found.values() for name in names]
+
+
+@pytest.fixture
+def cluster_stores(request):
+    made = Stores("cluster", request)
+    yield made
+    made.close()
+
+
+@pytest.mark.redis
+class TestCluster:
+    """What only a cluster has: queues on every shard, and batches that must keep to one slot."""
+
+    def test_queues_on_every_shard_reach_each_message_once(self, cluster_stores, redis_cluster):
+        hubs = [cluster_stores.make(), cluster_stores.peer()]
+        queues = names_on_each_node(redis_cluster, cluster_stores, 2)
+        consumers = [hub.consume(queue, 3) for hub in hubs for queue in queues]
+        sent = {(queue, n) for queue in queues for n in range(8)}
+        for i, (queue, n) in enumerate(sorted(sent)):
+            hubs[i % 2].enqueue(queue, n)
+        seen: list[tuple[str, int]] = []
+
+        def drain(consumer):
+            while True:
+                delivery = consumer.get(timeout=scaled(1))
+                if delivery is None:
+                    return
+                seen.append((delivery.event.topic, delivery.event.data))
+                assert consumer.ack(delivery.event.id)
+
+        gevent.joinall([gevent.spawn(drain, c) for c in consumers], timeout=scaled(20))
+        assert sorted(seen) == sorted(sent)  # every message, once
+        for queue in queues:  # nothing left waiting on any shard
+            assert cluster_stores.hubs[0].queue_stats()[queue].depth == 0
+
+    @pytest.mark.parametrize("queue", ["poison", "orders.{eu}"])
+    def test_a_dead_letter_stays_in_its_queues_slot(self, cluster_stores, redis_cluster, queue):
+        hub = cluster_stores.make(max_deliveries=1)
+        dead = f"{queue}.dlq"
+        keys = hub.queues.keys
+        assert keys.slot(dead) == keys.slot(queue)
+        assert redis_cluster.node_of(keys.stream(dead)) == redis_cluster.node_of(keys.stream(queue))
+        with hub.consume(queue, 1) as consumer:
+            hub.enqueue(queue, "bad")
+            (delivery,) = take(consumer)
+            assert consumer.nack(delivery.event.id)  # its first delivery was its last
+            nothing(consumer, 0.2)
+        with hub.consume(dead, 1) as letters:
+            (letter,) = take(letters)
+            assert letter.event.data == "bad" and letter.event.topic == dead and letter.event.id == delivery.event.id
+            assert letters.ack(letter.event.id)
+        assert hub.queue_stats()[dead].depth == 0 and hub.queue_stats()[queue].depth == 0
+
+    def test_a_batch_across_slots_is_refused_whole(self, cluster_stores):
+        hub = cluster_stores.make()
+        assert hub.backend.keys.slot("audit") != hub.queues.keys.slot("orders")
+        with hub.subscribe("audit") as sub:
+            with pytest.raises(InvalidTopic) as refused:
+                hub.publish_batch([Publication("queue", "orders", 1), Publication("topic", "audit", 2)])
+            assert "must keep to one hash slot" in str(refused.value) and "{tag}" in str(refused.value)
+            assert sub.get(timeout=0.3) is None
+        assert hub.history("audit").events == []
+        assert "orders" not in hub.queue_stats()  # not even registered
+
+    def test_a_batch_with_a_common_tag_is_stored_whole_or_not_at_all(self, cluster_stores):
+        hub = cluster_stores.make(max_messages=2)
+        names = ["orders.{eu}", "billing.{eu}", "audit.{eu}"]
+        assert (
+            len({hub.queues.keys.slot(names[0]), hub.queues.keys.slot(names[1]), hub.backend.keys.slot(names[2])}) == 1
+        )
+        hub.enqueue("orders.{eu}", 0)
+        hub.enqueue("orders.{eu}", 1)
+        with hub.subscribe("audit.{eu}") as sub:
+            with pytest.raises(QueueFull):  # orders is full: billing and audit are not stored either
+                hub.publish_batch(
+                    [
+                        Publication("queue", "billing.{eu}", "b"),
+                        Publication("topic", "audit.{eu}", "a"),
+                        Publication("queue", "orders.{eu}", 2),
+                    ]
+                )
+            assert hub.history("audit.{eu}").events == []
+            assert hub.queue_stats()["billing.{eu}"].depth == 0
+            stored = hub.publish_batch(
+                [Publication("queue", "billing.{eu}", "b"), Publication("topic", "audit.{eu}", "a")]
+            )
+            assert [e.topic for e in stored] == ["billing.{eu}", "audit.{eu}"]
+            assert sub.get(timeout=scaled(5)).data == "a"
+        assert [e.data for e in hub.history("audit.{eu}").events] == ["a"]
+        assert hub.queue_stats()["billing.{eu}"].depth == 1
+        assert hub.queue_stats()["orders.{eu}"].depth == 2
+
+    def test_max_queues_holds_across_shards(self, cluster_stores, redis_cluster):
+        hub = cluster_stores.make(max_queues=3)
+        queues = names_on_each_node(redis_cluster, cluster_stores, 2)
+        for queue in queues[:3]:
+            hub.enqueue(queue, 1)
+        with pytest.raises(QueueFull) as refused:
+            hub.enqueue(queues[3], 1)
+        assert refused.value.bound == "queues"
+        with pytest.raises(QueueFull):
+            hub.consume(queues[4], 1)
+        assert sorted(hub.queue_stats()) == sorted(queues[:3])
