@@ -1,8 +1,11 @@
 """The Lua scripts of the Redis queue store (:mod:`app.hub.redis_queues`), one per operation.
 
 Each runs atomically in Redis, so a check and what depends on it (is this entry still this
-worker's? is there room in the queue?) cannot be split by another worker's command. Keys and
-fields are those described in :mod:`app.hub.redis_queues`. The batch script reuses the event
+worker's? is there room in the queue?) cannot be split by another worker's command. Keys are
+those of :mod:`app.hub.redis_queue_keys`, fields those of :mod:`app.hub.redis_queues`. Every
+script is given the keys it touches (KEYS), all in one slot on a cluster, except ``REAP`` and
+``STATS``, which read the registry and name the keys themselves and run on one Redis only (a
+cluster runs ``REAP_QUEUE`` and ``STATS_QUEUE`` once per queue instead). The batch script reuses the event
 backend's own append (:mod:`app.hub.redis.scripts`), so a topic event in a COMMIT is stored exactly
 as a single publish stores it.
 """
