@@ -26,21 +26,17 @@ consumer), and removes the dead consumer from the group. So a worker killed with
 flight (SIGKILL) loses none of them: within its heartbeat's TTL they go to the consumers
 still there. (This is ``XAUTOCLAIM``'s job, done as claim and re-append in one script so the
 message is delivered through the ordinary ``XREADGROUP`` path, with its delivery count, to
-whichever worker has room.) On one Redis that is one script for all queues; on a cluster,
-where the registry and the heartbeats live in other slots than a queue, the reaper reads the
-registry, and for each queue its consumers and their heartbeats, in separate commands, then
-runs one script per queue (in the queue's slot) given the consumers found dead.
+whichever worker has room.) On one Redis that is one script for all queues; on a cluster the
+registry and the heartbeats live in other slots than a queue, so they are read first (one
+pipeline each) and one script per queue that needs it runs in its slot, given the dead.
 
-A batch (a STOMP COMMIT, topics and queues mixed) is one script, see
-:mod:`app.hub.redis_queue_batch`.
-
-On a Redis Cluster every script touches one slot (a queue's keys and its dead-letter queue's
-share one, :mod:`app.hub.redis_queue_keys`), and the cluster client routes it by its keys; a
-fetcher's blocking ``XREADGROUP`` has its own connection to the node that owns its queue's
-slot, made again (after re-reading the slot map) when that node fails or answers ``MOVED``.
-``max_queues`` is kept by one registry set in a slot of its own, checked and added to by one
-script of its own before a new queue's first use: exact, but a queue registered by a send
-that another bound then refuses stays counted.
+A batch (a STOMP COMMIT) is one script, see :mod:`app.hub.redis_queue_batch`. On a cluster
+every script touches one slot (:mod:`app.hub.redis_queue_keys`) and is routed by its keys; a
+fetcher's blocking ``XREADGROUP`` has its own connection to the node owning its queue's slot,
+made again (after re-reading the slot map) when that node fails or answers ``MOVED``
+(:mod:`app.hub.redis_queue_clients`).
+``max_queues`` is kept by the registry set, checked and added to by one script of its own
+(:meth:`RedisQueues.register`) before a queue's first use.
 
 The scripts themselves are in :mod:`app.hub.redis_queue_scripts`. Requires Redis 6.2
 (``XPENDING ... IDLE``); a cluster, Redis 7.
@@ -54,33 +50,22 @@ import secrets
 import socket
 import time
 from typing import Any, Sequence
-from urllib.parse import urlparse
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.socket
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import (
-    AskError,
-    ClusterDownError,
-    ClusterError,
-    ReadOnlyError,
-    RedisClusterException,
-    ResponseError,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ..events import Cursor, Event, extras_from_stored
 from . import BackendUnavailable
 from .batch import Publication
 from .queues import Consumer, Delivery, NullQueueObserver, QueueFull, QueueLimits, QueueObserver, QueueStats, dlq_name
 from .redis_queue_batch import commit_batch
+from .redis_queue_clients import REDIRECTS, UNREACHABLE, connect, disconnect, fetch_connection, refresh
 from .redis_queue_keys import QUEUE_EPOCH, QueueKeys
 from .redis_queue_scripts import ACK, COMMIT, PUT_BACK, REAP, REAP_QUEUE, REGISTER, STATS, STATS_QUEUE
 from .subscription import SubscriptionClosed
@@ -99,9 +84,6 @@ _SCRIPTS = {
     "stats_queue": STATS_QUEUE,
     "commit": COMMIT,
 }
-# Failures that mean "Redis cannot serve now" (a cluster: also a slot nobody serves, or moved).
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterError, RedisClusterException)
-_REDIRECTS = (AskError, TryAgainError, ClusterDownError)  # MOVED is an AskError
 
 
 class _Local:
@@ -178,6 +160,7 @@ class RedisQueues:
         self._closed_reason: str | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._started = False
+        self._connecting = gevent.lock.Semaphore()
 
     # -- life ----------------------------------------------------------------------------
 
@@ -191,40 +174,16 @@ class RedisQueues:
         Raises:
             BackendUnavailable: Redis cannot be reached to ask.
         """
-        if self._redis is not None:
-            return
-        options = self._options
-        if self._sentinels:  # the primary as the sentinels name it, followed through failovers
-            sentinel = Sentinel(list(self._sentinels), socket_timeout=2.0, socket_connect_timeout=2.0, protocol=2)
-            self._redis = redis.Redis(
-                connection_pool=SentinelConnectionPool(self._sentinel_master, sentinel, max_connections=32, **options)
-            )
-            self._fetch_pool = SentinelConnectionPool(self._sentinel_master, sentinel, **options)
-        else:
-            if self._cluster is None:
-                try:
-                    with redis.Redis.from_url(self.url, **options) as probe:
-                        self._cluster = bool(probe.info("cluster").get("cluster_enabled"))
-                except redis.RedisError as exc:
-                    raise BackendUnavailable(f"Redis cannot be reached: {exc}") from exc
-            if self._cluster:
-                parsed = urlparse(self.url)
-                try:
-                    self._redis = RedisCluster(
-                        startup_nodes=[ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379)],
-                        require_full_coverage=False,
-                        max_connections=32,
-                        **options,
-                    )
-                except (*_UNREACHABLE, OSError) as exc:
-                    raise BackendUnavailable(f"Redis cannot be reached: {exc}") from exc
-                self.keys = QueueKeys(self.prefix, cluster=True)
-            else:
-                pool = redis.BlockingConnectionPool.from_url(
-                    self.url, max_connections=32, timeout=self._socket_timeout, **options
-                )
-                self._redis = redis.Redis(connection_pool=pool)
-                self._fetch_pool = redis.ConnectionPool.from_url(self.url, **options)  # one connection per fetcher
+        with self._connecting:  # one client, though several greenlets ask first at once
+            if self._redis is None:
+                self._build_clients()
+
+    def _build_clients(self) -> None:
+        self._redis, self._fetch_pool, cluster = connect(
+            self.url, self._cluster, self._sentinels, self._sentinel_master, self._options, self._socket_timeout
+        )
+        self._cluster = cluster
+        self.keys = QueueKeys(self.prefix, cluster=cluster)
         self._scripts = {name: self._redis.register_script(source) for name, source in _SCRIPTS.items()}
 
     def _start(self) -> None:
@@ -263,12 +222,7 @@ class RedisQueues:
         self._disconnect()
 
     def _disconnect(self) -> None:
-        if isinstance(self._redis, RedisCluster):
-            self._redis.close()
-        elif self._redis is not None:
-            self._redis.connection_pool.disconnect()
-        if self._fetch_pool is not None:
-            self._fetch_pool.disconnect()
+        disconnect(self._redis, self._fetch_pool)
 
     def _stop_greenlets(self) -> None:
         fetchers = [local.fetcher for local in self._locals.values() if local.fetcher is not None]
@@ -377,14 +331,6 @@ class RedisQueues:
             except redis.RedisError as exc:  # found again by the next dead letter or consumer
                 log.warning("queue %s: registering its dead-letter queue failed: %s", queue, exc)
 
-    def _fetch_connection(self, queue: str):
-        """A new connection for one fetcher: to the primary, or to the node serving the
-        queue's slot (a cluster), as the client last read the slot map."""
-        if not self.cluster:
-            return self._fetch_pool.make_connection()
-        node = self._redis.nodes_manager.get_node_from_slot(self.keys.slot(queue))
-        return redis.Connection(host=node.host, port=node.port, **self._options)
-
     def _fetch_forever(self, local: _Local) -> None:
         """Read new entries for this worker's consumers of one queue, and hand them out."""
         stream = self.keys.stream(local.name)
@@ -399,7 +345,9 @@ class RedisQueues:
                     continue
                 try:
                     if conn is None:
-                        conn = self._fetch_connection(local.name)
+                        conn = fetch_connection(
+                            self._redis, self._fetch_pool, self.keys.slot(local.name), self._options
+                        )
                         conn.connect()
                     conn.send_command(
                         "XREADGROUP",
@@ -414,7 +362,7 @@ class RedisQueues:
                         stream,
                         ">",
                     )
-                    if not conn.can_read(0):
+                    if not conn.can_read(0) and conn._sock is not None:  # connected: it is not None
                         gevent.socket.wait_read(conn._sock.fileno(), self.block_ms / 1000 + 5)
                     reply = conn.read_response()
                     failures = 0
@@ -422,11 +370,11 @@ class RedisQueues:
                     if "NOGROUP" in str(exc):  # the queue was deleted under us: make it again
                         self._ensure_queue(local.name)
                         continue
-                    if not isinstance(exc, _REDIRECTS):
+                    if not isinstance(exc, REDIRECTS):
                         raise
                     conn, failures = self._fetch_failed(local.name, conn, failures, exc)
                     continue
-                except (*_UNREACHABLE, OSError, socket.timeout) as exc:
+                except (*UNREACHABLE, OSError, socket.timeout) as exc:
                     conn, failures = self._fetch_failed(local.name, conn, failures, exc)
                     continue
                 for entry_id, flat in reply[0][1] if reply else ():
@@ -450,11 +398,10 @@ class RedisQueues:
         if failures == 1:
             log.warning("queue %s: fetching failed (%s); retrying", queue, exc)
         gevent.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
-        if self.cluster:
-            try:
-                self._redis.nodes_manager.initialize()
-            except (*_UNREACHABLE, OSError) as refresh:
-                log.debug("queue %s: reading the cluster's slots failed: %s", queue, refresh)
+        try:
+            refresh(self._redis)
+        except (*UNREACHABLE, OSError) as again:
+            log.debug("queue %s: reading the cluster's slots failed: %s", queue, again)
         return None, failures
 
     def _hand_out(self, local: _Local, entry_id: str, flat: list) -> None:
@@ -503,26 +450,33 @@ class RedisQueues:
         return moved
 
     def _reap_each(self, timeout_ms: int) -> list[tuple[str, str]]:
-        """A cluster: one script per registered queue, in its slot, given the consumers whose
-        heartbeat (a key of another slot) is gone, as read just before."""
-        alive: dict[str, bool] = {self.token: True}
+        """A cluster: read every registered queue's consumers and whether it holds an entry
+        past the ack timeout, then the heartbeats of those consumers (keys of other slots; each
+        read one pipeline, one round trip per shard), then run one script per queue that has
+        a dead consumer or a late entry, in its slot, given the dead consumers' names."""
+        queues = [raw.decode() for raw in self._redis_call(self._redis.smembers, self.keys.registry)]
+        if not queues:
+            return []
+        pipe = self._redis.pipeline()
+        for queue in queues:
+            pipe.xinfo_consumers(self.keys.stream(queue), "g")
+            pipe.xpending_range(self.keys.stream(queue), "g", "-", "+", 1, idle=timeout_ms)
+        replies = self._redis_call(pipe.execute, raise_on_error=False)
+        held: dict[str, list[str]] = {}
+        for queue, consumers in zip(queues, replies[::2]):
+            if not isinstance(consumers, Exception):  # else no stream or no group yet: nothing held
+                held[queue] = [_text(c["name"]) for c in consumers]
+        others = sorted({name for names in held.values() for name in names} - {self.token})
+        pipe = self._redis.pipeline()
+        for name in others:
+            pipe.exists(self.keys.worker(name))
+        alive = dict(zip(others, self._redis_call(pipe.execute))) if others else {}
         outcomes = []
-        for raw in self._redis_call(self._redis.smembers, self.keys.registry):
-            queue = raw.decode()
-            try:
-                consumers = self._redis_call(self._redis.xinfo_consumers, self.keys.stream(queue), "g")
-            except ResponseError:  # no stream or no group yet: nothing held
-                continue
-            dead = []
-            for consumer in consumers:
-                name = consumer["name"]
-                name = name.decode() if isinstance(name, bytes) else name
-                if name not in alive:
-                    alive[name] = bool(self._redis_call(self._redis.exists, self.keys.worker(name)))
-                if not alive[name]:
-                    dead.append(name)
-            args = [timeout_ms, self.limits.max_deliveries, 100, *dead]
-            outcomes += [(queue, o.decode()) for o in self._call("reap_queue", self.keys.of(queue), args)]
+        for queue, late in zip(queues, replies[1::2]):
+            dead = [name for name in held.get(queue, ()) if name != self.token and not alive.get(name)]
+            if dead or (late and not isinstance(late, Exception)):
+                args = [timeout_ms, self.limits.max_deliveries, 100, *dead]
+                outcomes += [(queue, o.decode()) for o in self._call("reap_queue", self.keys.of(queue), args)]
         return outcomes
 
     def _reap_forever(self) -> None:
@@ -558,11 +512,15 @@ class RedisQueues:
         try:
             return command(*args, **kwargs)
         except ResponseError as exc:
-            if isinstance(exc, _REDIRECTS):
+            if isinstance(exc, REDIRECTS):
                 raise BackendUnavailable(f"Redis cannot serve now: {exc}") from exc
             raise
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             raise BackendUnavailable(f"Redis cannot be reached: {exc}") from exc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _event(queue: str, entry_id: str, fields: dict) -> Event:
