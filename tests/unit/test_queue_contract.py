@@ -151,6 +151,19 @@ class TestContract:
             nothing(consumer)
         assert hub.queue_stats().get("jobs", None) in (None,) or hub.queue_stats()["jobs"].depth == 0
 
+    def test_a_name_with_a_tag_is_a_name_like_any_other(self, stores):
+        hub = stores.make()
+        with hub.subscribe("audit.{eu}") as sub, hub.consume("jobs.{eu}", 1) as consumer:
+            stored = hub.publish_batch([Publication("queue", "jobs.{eu}", 1), Publication("topic", "audit.{eu}", 2)])
+            assert [e.topic for e in stored] == ["jobs.{eu}", "audit.{eu}"]
+            (delivery,) = take(consumer)
+            assert delivery.event.topic == "jobs.{eu}" and delivery.event.data == 1
+            assert consumer.ack(delivery.event.id)
+            assert sub.get(timeout=scaled(5)).data == 2
+            stats = hub.queue_stats()
+            assert stats["jobs.{eu}"].depth == 0 and stats["jobs.{eu}"].in_flight == 0 and "jobs" not in stats
+        assert [e.data for e in hub.history("audit.{eu}").events] == [2]
+
     def test_round_robin_among_consumers_with_room(self, stores):
         hub = stores.make()
         a, b = hub.consume("rr", 1), hub.consume("rr", 1)
