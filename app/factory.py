@@ -81,6 +81,7 @@ def make_queues(settings: Settings, observer=None):
             prefix=settings.redis_prefix,
             sentinels=settings.redis_sentinels,
             sentinel_master=settings.redis_sentinel_master,
+            cluster=settings.redis_cluster,
         )
     return MemoryQueues(limits, observer=observer)
 

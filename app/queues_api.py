@@ -17,7 +17,7 @@ from .api import read_publish_body
 from .auth import Unauthorized
 from .auth.web import access, authorize, request_identity
 from .errors import ApiError, error_response
-from .events import check_topic
+from .events import NAME_RULE, check_topic
 from .hub import QueueFull
 from .transports.stomp_destinations import QUEUE_NAME_RE, USER_SUB_RE, user_topic
 
@@ -36,7 +36,7 @@ def queue_envelope(event) -> dict:
 def _check_queue(name: str) -> None:
     if not QUEUE_NAME_RE.match(name):
         raise ApiError(
-            400, "bad_queue", "a queue is 1-100 characters of A-Z a-z 0-9 . _ : - and starts with a letter or digit"
+            400, "bad_queue", f"a queue is 1-100 characters of {NAME_RULE}, and starts with a letter or digit"
         )
 
 

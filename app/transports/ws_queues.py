@@ -32,7 +32,7 @@ from typing import Any
 
 import gevent
 
-from ..events import InvalidHeaders, check_headers, check_type
+from ..events import NAME_RULE, InvalidHeaders, check_headers, check_type
 from ..hub import Consumer, Delivery, QueueFull, SubscriptionClosed
 from .stomp_destinations import QUEUE_NAME_RE
 
@@ -79,9 +79,7 @@ class Send:
 
 def _queue(value: Any, ref: Any, error) -> str:
     if not isinstance(value, str) or not QUEUE_NAME_RE.match(value):
-        raise error(
-            "bad_queue", "a queue is 1-100 characters of A-Z a-z 0-9 . _ : - and starts with a letter or digit", ref
-        )
+        raise error("bad_queue", f"a queue is 1-100 characters of {NAME_RULE}, and starts with a letter or digit", ref)
     return value
 
 
