@@ -51,7 +51,6 @@ from typing import Callable, Iterator
 
 from flask import Blueprint, Flask, Request, Response, request
 
-from .. import limits, state
 from ..auth import Identity
 from ..auth.web import authorize
 from ..config import Settings
@@ -62,6 +61,7 @@ from ..hub import Subscription, SubscriptionClosed
 from ..metrics import Metrics
 from ..server.outbox import Outbox
 from ..server.raw_response import ENVIRON_RAW_RESPONSE, RawResponse
+from ..services import Services, services
 from .cursor import compound_resume_cursor, format_compound, resume_cursor
 from .topics import TopicSet, authorize_topics, read_topics, start_positions
 
@@ -280,7 +280,7 @@ def _respond(
     open_source: Callable[[], Subscription | TopicSet], framer: _Framer, opening: bytes, identity: Identity
 ) -> Response:
     """Admit the stream (connection limits), open its subscriptions, and answer with it."""
-    settings = state.settings()
+    settings = services().settings
     raw = request.environ.get(ENVIRON_RAW_RESPONSE)
     if raw is None:
         raise ApiError(
@@ -288,7 +288,7 @@ def _respond(
             "unsupported_server",
             "event streams need Switchboard's server: gunicorn with app.server.lifecycle.Worker, or python wsgi.py",
         )
-    slot = limits.current().open_stream(request.environ, "sse")  # or 503/429
+    slot = services().limits.open_stream(request.environ, "sse")  # or 503/429
     try:
         source = open_source()
     except SubscriptionClosed:
@@ -306,8 +306,8 @@ def _respond(
         framer,
         opening,
         settings.sse_heartbeat,
-        state.metrics(),
-        state.delivery(),
+        services().metrics,
+        services().delivery,
         settings.write_timeout or None,
         slot.client,
         identity,
@@ -327,9 +327,9 @@ def stream(topic: str) -> Response:
     check_topic(topic)
     identity = authorize("subscribe", topic, "sse")
     since = resume_cursor(request)
-    opening = _opening(state.settings(), f"topic {topic}", identity)
+    opening = _opening(services().settings, f"topic {topic}", identity)
     return _respond(
-        lambda: state.hub().subscribe(topic, since=since, member=identity.sender),
+        lambda: services().hub.subscribe(topic, since=since, member=identity.sender),
         _TopicFramer(since),
         opening,
         identity,
@@ -339,16 +339,18 @@ def stream(topic: str) -> Response:
 @bp.get("/api/stream")
 def multi_stream() -> Response:
     """Stream several topics on one text/event-stream, resuming each after the compound Last-Event-ID."""
-    settings = state.settings()
+    settings = services().settings
     topics = read_topics(request, settings.max_stream_topics)
     identity = authorize_topics(topics, "sse")
     resume = compound_resume_cursor(request, topics, settings.max_stream_topics)
-    hub = state.hub()
+    hub = services().hub
     positions = start_positions(hub, topics, resume)
     framer = _CompoundFramer(positions)
     opening = _opening(settings, "topics " + ", ".join(topics), identity, framer.position)
     return _respond(lambda: TopicSet(hub, topics, positions, member=identity.sender), framer, opening, identity)
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, services: Services) -> dict[str, tuple[str, ...]]:
+    """Register the event-stream routes (no WebSocket path)."""
     app.register_blueprint(bp)
+    return {}

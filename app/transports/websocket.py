@@ -102,10 +102,7 @@ import gevent
 import gevent.pool
 from flask import Blueprint, Flask, request
 
-from .. import limits as limits_module
-from .. import state
 from ..auth import AccessError
-from ..auth.web import access as app_access
 from ..delivery import Delivery, Feed
 from ..delivery.channel import ChannelOutbox
 from ..errors import ApiError
@@ -115,6 +112,7 @@ from ..identity import current_sender
 from ..limits import Limits, TokenBucket, topic_refusal
 from ..metrics import Metrics
 from ..server.frames import OP_TEXT, encode_frame
+from ..services import Services, services
 from .ws_auth import WsAuth
 from .ws_protocol import (
     Auth,
@@ -481,9 +479,8 @@ def connect():
     ws = request.environ.get(ENVIRON_WEBSOCKET)
     if ws is None:  # a server without our WebSocket handler (e.g. `flask run`)
         raise _upgrade_required()
-    metrics = state.metrics()
-    limits = limits_module.current()
-    access = app_access()
+    app_services = services()
+    metrics, limits, access = app_services.metrics, app_services.limits, app_services.access
     try:
         # Checked before the 101 (app/factory.py) and kept in the environ: this reads it back.
         identity = access.credentials(request.environ) or access.anonymous(current_sender())
@@ -491,9 +488,9 @@ def connect():
         ws.close(CLOSE_POLICY_VIOLATION, exc.message[:120])
         return "", 204
     connection = Connection(
-        ws, state.hub(), identity.sender, metrics, limits, limits.client(request.environ), state.delivery()
+        ws, app_services.hub, identity.sender, metrics, limits, limits.client(request.environ), app_services.delivery
     )
-    connection.with_access(access, identity, state.settings().auth_refresh_grace)
+    connection.with_access(access, identity, app_services.settings.auth_refresh_grace)
     with metrics.connection("websocket"):
         connection.run()
     if ws.close_code == CLOSE_MESSAGE_TOO_BIG:
@@ -507,5 +504,7 @@ def not_upgraded():
     raise _upgrade_required()
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, services: Services) -> dict[str, tuple[str, ...]]:
+    """Register ``/ws``; it takes WebSockets without a sub-protocol."""
     app.register_blueprint(bp)
+    return {"/ws": ()}
