@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the web stack's types; importing them here would load it al
     from .metrics import Metrics
     from .producers import TicksProducer
     from .server.handshake import WebSocketPolicy
+    from .transports.sse_keeper import SseKeeper
     from .transports.stomp_ws import Broker
 
 EXTENSION = "switchboard"
@@ -43,6 +44,8 @@ class Services:
             headers), which a SockJS session checks too.
         shutdown: the steps of a graceful stop; ``shutdown.stopping`` is set once it begins.
         producers: the demo producers running (none outside gevent, or without ticks).
+        sse_keeper: the worker's one timer of its SSE streams (heartbeats, expiry, each
+            stream's end: app/transports/sse_keeper.py).
     """
 
     settings: Settings
@@ -55,6 +58,13 @@ class Services:
     origins: WebSocketPolicy
     shutdown: Shutdown
     producers: list[TicksProducer] = field(default_factory=list)
+    sse_keeper: SseKeeper = field(default_factory=lambda: _sse_keeper())
+
+
+def _sse_keeper() -> SseKeeper:
+    from .transports.sse_keeper import SseKeeper  # the web stack: loaded with the app, not here
+
+    return SseKeeper()
 
 
 def services(app: Flask | None = None) -> Services:

@@ -216,18 +216,42 @@ class Broker:
         ``switchboard_open_connections``, and ``on_connect`` hears the CONNECT (SockJS turns
         its own heartbeats off when STOMP heart-beats are negotiated).
         """
+        connection, end = self._open(ws, sender, client, identity, transport, on_connect)
+        try:
+            connection.run()
+        finally:
+            end()
+
+    def serve_events(self, ws, sender: str, client: str = "?", identity: Identity | None = None) -> None:
+        """As :meth:`serve`, but return at once: the socket hands each message over as it
+        comes (``ws.serve_events``), and an idle session costs no greenlet."""
+        connection, end = self._open(ws, sender, client, identity, "stomp", None)
+
+        def ended() -> None:
+            try:
+                connection.end()
+            finally:
+                end()
+
+        connection.start()
+        ws.serve_events(connection.on_message, ended)
+
+    def _open(self, ws, sender, client, identity, transport, on_connect) -> tuple["Connection", Callable[[], None]]:
+        """A new session's connection, counted, and what to run once it ended."""
         connection = Connection(self, ws, sender, client=client, identity=identity)
         connection.on_connect = on_connect
         self.connections.add(connection)
-        try:
-            if self.metrics is None:
-                connection.run()
-            else:
-                with self.metrics.connection(transport):
-                    connection.run()
-        finally:
+        gauge = self.metrics.connections.labels(transport) if self.metrics is not None else None
+        if gauge is not None:
+            gauge.inc()
+
+        def end() -> None:
             self.connections.discard(connection)
-        self._count_end(connection)
+            if gauge is not None:
+                gauge.dec()
+            self._count_end(connection)
+
+        return connection, end
 
     def _count_end(self, connection: "Connection") -> None:
         error = connection.session.error
@@ -277,7 +301,13 @@ def stomp_socket():
     except AccessError as exc:  # only if no admission hook ran (a server without our policy)
         ws.close(CLOSE_POLICY_VIOLATION, exc.message[:120])
         return "", 204
-    app_services.broker.serve(ws, current_sender(), app_services.limits.client(request.environ), identity)
+    args = (ws, current_sender(), app_services.limits.client(request.environ), identity)
+    # Messages are handed over once this view has returned, by a greenlet that exists only
+    # while there is something to read (app/server/reader.py).
+    if hasattr(ws, "serve_events"):
+        app_services.broker.serve_events(*args)
+    else:
+        app_services.broker.serve(*args)
     return "", 204
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 
@@ -155,15 +155,14 @@ class WsQueues:
         ok: ``ok(ref, **details)`` -> the reply text.
     """
 
+    OPS: dict[type, Callable[..., str]] = {}  # filled below the class
+
     def __init__(self, connection, error, ok) -> None:
         self.connection = connection
         self._error = error
         self._ok = ok
         self.consumers: dict[str, Consumer] = {}
         self._holders: dict[str, Consumer] = {}  # message id -> the consumer that holds it
-
-    def handlers(self) -> dict[type, Any]:
-        return {Consume: self.consume, Ack: self.ack, Nack: self.nack, Cancel: self.cancel, Send: self.send}
 
     def consume(self, cmd: Consume) -> str:
         connection = self.connection
@@ -247,3 +246,13 @@ class WsQueues:
         self._holders.clear()
         for consumer in consumers:
             consumer.close()
+
+
+#: The work-queue ops, by kind: one table for every connection.
+WsQueues.OPS = {
+    Consume: WsQueues.consume,
+    Ack: WsQueues.ack,
+    Nack: WsQueues.nack,
+    Cancel: WsQueues.cancel,
+    Send: WsQueues.send,
+}
