@@ -170,7 +170,7 @@ node-deps: tests/js/node_modules/.installed
 # ruff (lint and format) over app/, tests/ and bench/, and mypy over the typed packages;
 # settings in pyproject.toml.
 LINT_PATHS := app tests bench wsgi.py gunicorn.conf.py
-TYPED_PATHS := app/delivery app/server app/transports/ws_protocol.py app/transports/stomp_delivery.py
+TYPED_PATHS := app/delivery app/hub app/server app/stomp app/transports/ws_protocol.py app/transports/stomp_delivery.py
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -15,7 +15,8 @@ app = create_app()
 
 if __name__ == "__main__":
     from app.server.lifecycle import serve_dev
+    from app.services import services
 
-    port = app.extensions["switchboard.settings"].port
+    port = services(app).settings.port
     print(f"Switchboard development server on http://127.0.0.1:{port}/ (Ctrl-C stops)")
     serve_dev(app, "127.0.0.1", port)

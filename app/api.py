@@ -10,11 +10,11 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from gevent import Greenlet
 
-from . import state
 from .auth.web import authorize, request_identity
 from .errors import ApiError, error_response
 from .events import InvalidHeaders, check_headers, check_topic, parse_json
 from .hub import BackendUnavailable
+from .services import services
 
 bp = Blueprint("api", __name__)
 
@@ -53,7 +53,7 @@ def publish(topic: str) -> tuple[Response, int]:
     check_topic(topic)
     identity = authorize("publish", topic, "http")
     type_, data, headers = read_publish_body()
-    event = state.hub().publish(topic, data, type=type_, sender=identity.sender, headers=headers)
+    event = services().hub.publish(topic, data, type=type_, sender=identity.sender, headers=headers)
     text = event.json()  # built once for every transport (and the history's byte count)
     if text.isascii():  # then it is byte for byte what jsonify writes (ensure_ascii, compact)
         response = Response(text + "\n", mimetype="application/json")
@@ -68,7 +68,7 @@ def presence(topic: str) -> Response:
     """Tell who is in the topic now: each user once, however many connections they hold."""
     check_topic(topic)
     authorize("subscribe", topic, "http")
-    hub = state.hub()
+    hub = services().hub
     if not hub.presence.tracked(topic):
         raise ApiError(404, "no_presence", f"topic {topic!r} has no presence (SWITCHBOARD_PRESENCE_TOPICS)")
     members = hub.presence.members(topic)
@@ -97,7 +97,7 @@ def whoami() -> Response:
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
     """Liveness, the backend's state, and the server clock (pages measure their offset to it)."""
-    hub = state.hub()
+    hub = services().hub
     status = hub.status()
     body = {
         "status": "ok" if status["healthy"] else "degraded",
@@ -120,7 +120,7 @@ def healthz() -> tuple[Response, int]:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text metrics (every worker's, under gunicorn)."""
-    expected = state.settings().metrics_token
+    expected = services().settings.metrics_token
     if expected is not None:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
@@ -130,8 +130,8 @@ def metrics() -> Response:
                 "/metrics needs SWITCHBOARD_METRICS_TOKEN as a Bearer token",
                 {"WWW-Authenticate": 'Bearer realm="metrics"'},
             )
-    hub = state.hub()
-    registry = state.metrics()
+    hub = services().hub
+    registry = services().metrics
     status = hub.status()
     registry.backend_up.labels(status["backend"]).set(1 if status["healthy"] else 0)
     if "details" in status:

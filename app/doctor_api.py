@@ -39,17 +39,16 @@ import math
 import time
 from typing import Iterator
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from gevent.event import Event as StopFlag
 
-from . import limits, state
 from .errors import ApiError
 from .limits import Slot
+from .services import services
 from .transports.sse import CONTENT_TYPE
 
 bp = Blueprint("doctor", __name__)
 
-EXTENSION = "switchboard.doctor.stopping"
 # (low, high) of each parameter; None = the SWITCHBOARD_DOCTOR_MAX_WAIT setting.
 BOUNDS = {"count": (1, 50), "interval": (0.05, 2.0), "seconds": (0.1, None)}
 MAX_TIMED_SECONDS = 20.0  # count x interval
@@ -91,10 +90,6 @@ def _sse(body: Iterator[bytes], slot: Slot) -> Response:
     return response
 
 
-def _stopping() -> StopFlag:
-    return current_app.extensions[EXTENSION]
-
-
 def _opening(text: str) -> bytes:
     # Like the real stream: retry: and a comment at once, before any event (the seed's
     # "503 on first connect": a proxy that sees no byte may give up on the stream).
@@ -104,14 +99,14 @@ def _opening(text: str) -> bytes:
 @bp.before_request
 def charge() -> None:
     """Charge every doctor request to the caller's address (429 beyond the bucket)."""
-    limits.current().check_doctor_rate(request.environ)
+    services().limits.check_doctor_rate(request.environ)
 
 
 @bp.get("/api/doctor/echo")
 def echo() -> Response:
     """Tell the client what reached the app: upstream HTTP version, Connection, forwarded headers, clock."""
     environ = request.environ
-    settings = state.settings()
+    settings = services().settings
 
     def header(name: str) -> str | None:
         value = request.headers.get(name)
@@ -133,7 +128,7 @@ def echo() -> Response:
             "trusted": settings.behind_proxy,
         },
         # What the app makes of it: the address limits count, the scheme and host it answers for.
-        "seen": {"client": limits.current().client(environ), "scheme": request.scheme, "host": request.host},
+        "seen": {"client": services().limits.client(environ), "scheme": request.scheme, "host": request.host},
         "server": {
             "sse_heartbeat": settings.sse_heartbeat,
             "longpoll_timeout": settings.longpoll_timeout,
@@ -170,8 +165,8 @@ def timed_stream() -> Response:
     interval = _number("interval", 0.5)
     if count * interval > MAX_TIMED_SECONDS:
         raise ApiError(400, "bad_parameter", f"count x interval must be at most {MAX_TIMED_SECONDS:g} s")
-    slot = limits.current().open_doctor_stream(request.environ)
-    return _sse(_timed(count, interval, _stopping(), slot), slot)
+    slot = services().limits.open_doctor_stream(request.environ)
+    return _sse(_timed(count, interval, services().shutdown.stopping, slot), slot)
 
 
 def _idle(seconds: float, stopping: StopFlag, slot: Slot) -> Iterator[bytes]:
@@ -188,20 +183,20 @@ def _idle(seconds: float, stopping: StopFlag, slot: Slot) -> Iterator[bytes]:
 @bp.get("/api/doctor/idle-stream")
 def idle_stream() -> Response:
     """Open a stream and stay silent for ``seconds``, to show when a proxy cuts a quiet stream."""
-    settings = state.settings()
+    settings = services().settings
     seconds = _number("seconds", min(settings.sse_heartbeat + 2, settings.doctor_max_wait), settings.doctor_max_wait)
-    slot = limits.current().open_doctor_stream(request.environ)
-    return _sse(_idle(seconds, _stopping(), slot), slot)
+    slot = services().limits.open_doctor_stream(request.environ)
+    return _sse(_idle(seconds, services().shutdown.stopping, slot), slot)
 
 
 @bp.get("/api/doctor/slow-poll")
 def slow_poll() -> Response:
     """Answer only after ``seconds`` of silence, to show whether a proxy times out a parked long poll."""
-    settings = state.settings()
+    settings = services().settings
     seconds = _number("seconds", min(settings.longpoll_timeout + 2, settings.doctor_max_wait), settings.doctor_max_wait)
     received = time.time()
-    with limits.current().open_doctor_stream(request.environ):
-        if _stopping().wait(seconds):
+    with services().limits.open_doctor_stream(request.environ):
+        if services().shutdown.stopping.wait(seconds):
             raise ApiError(503, "shutting_down", "the server is shutting down; try again shortly", {"Retry-After": "1"})
     response = jsonify(held=seconds, received=received, time=time.time())
     response.headers["Cache-Control"] = "no-store"
@@ -209,8 +204,5 @@ def slow_poll() -> Response:
 
 
 def init_app(app: Flask) -> None:
-    """Register the endpoints; on shutdown, every held doctor response ends at once."""
-    stopping = StopFlag()
-    app.extensions[EXTENSION] = stopping
-    app.extensions["switchboard.shutdown"].add("doctor", lambda timeout: stopping.set())
+    """Register the endpoints; on shutdown (``services.shutdown.stopping``), every held doctor response ends at once."""
     app.register_blueprint(bp)

@@ -13,7 +13,19 @@ import re
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-TOPIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+
+def name_re(length: int) -> re.Pattern[str]:
+    """Names of topics and queues, of at most ``length`` characters: ``NAME_RULE``.
+
+    The ``{tag}`` is a Redis Cluster hash tag: names with the same tag share a slot, so a
+    STOMP transaction can keep to one (app/hub/redis/keys.py, app/hub/redis_queue_keys.py).
+    """
+    return re.compile(rf"(?=.{{1,{length}}}\Z)[A-Za-z0-9][A-Za-z0-9._:-]*(?:\{{[A-Za-z0-9_:-]+\}}[A-Za-z0-9._:-]*)?\Z")
+
+
+#: What a topic or queue name may hold (for the messages that refuse one).
+NAME_RULE = "A-Z a-z 0-9 . _ : - and at most one {tag} of A-Z a-z 0-9 _ : -"
+TOPIC_RE = name_re(128)
 TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 _EPOCH_RE = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 _MAX_CURSOR_LEN = 100
@@ -26,7 +38,7 @@ RESERVED_TYPES = frozenset({"gap", "error", PRESENCE_TYPE})
 
 
 class InvalidTopic(ValueError):
-    """A topic name outside ``[A-Za-z0-9][A-Za-z0-9._:-]{0,127}``."""
+    """A topic name outside ``TOPIC_RE``."""
 
 
 class InvalidCursor(ValueError):
@@ -175,7 +187,7 @@ def check_topic(name: object) -> str:
         InvalidTopic: it is not a string matching ``TOPIC_RE``.
     """
     if not isinstance(name, str) or not TOPIC_RE.match(name):
-        raise InvalidTopic("a topic is 1-128 characters of A-Z a-z 0-9 . _ : - and starts with a letter or digit")
+        raise InvalidTopic(f"a topic is 1-128 characters of {NAME_RULE}, and starts with a letter or digit")
     return name
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Callable
 
 from flask import Flask
 from gevent import monkey
+from gevent.event import Event as StopFlag
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, doctor_api, errors, i18n, pages, queues_api, security
@@ -28,8 +30,10 @@ from .metrics import STREAMING, HubObserver, Metrics, QueueObserver
 from .producers import start_producers
 from .server.handshake import Refusal, WebSocketPolicy
 from .server.hooks import ServerHooks
+from .services import EXTENSION, Services
 from .session_cookie import SessionCookies
-from .transports import TRANSPORTS, sockjs_mounts
+from .transports import TRANSPORTS
+from .transports.stomp_ws import Broker
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,7 @@ def make_queues(settings: Settings, observer=None):
             prefix=settings.redis_prefix,
             sentinels=settings.redis_sentinels,
             sentinel_master=settings.redis_sentinel_master,
+            cluster=settings.redis_cluster,
         )
     return MemoryQueues(limits, observer=observer)
 
@@ -94,11 +99,13 @@ class Shutdown:
     the WebSockets still open. Callbacks run in the order they were added, each given
     the seconds left; one that fails is logged and the next still runs. Transports add
     theirs in ``init_app``; the hub's closing comes last (see :func:`build_app`).
+    ``stopping`` is set before the first callback runs (held doctor responses wait on it).
     """
 
     def __init__(self) -> None:
         self._callbacks: list[tuple[str, Callable[[float], None]]] = []
         self.started = False
+        self.stopping = StopFlag()
 
     def add(self, name: str, callback: Callable[[float], None]) -> None:
         """Run ``callback(seconds_left)`` on shutdown; it should return within that time."""
@@ -109,6 +116,7 @@ class Shutdown:
         if self.started:
             return
         self.started = True
+        self.stopping.set()
         deadline = time.monotonic() + timeout
         for name, callback in self._callbacks:
             try:
@@ -185,14 +193,10 @@ def build_app(test_config=None) -> Flask:
     )
     limits = Limits(settings, metrics)
     shutdown = Shutdown()
-    app.extensions["switchboard.settings"] = settings
-    app.extensions["switchboard.hub"] = hub
-    app.extensions["switchboard.metrics"] = metrics
-    app.extensions["switchboard.shutdown"] = shutdown
     # The worker's one fan-out from subscriptions to sockets (app/delivery/).
     delivered = {name: metrics.delivered.labels(name) for name in STREAMING}
     latency = {name: metrics.delivery_latency.labels(name) for name in STREAMING}
-    app.extensions["switchboard.delivery"] = Delivery(
+    delivery = Delivery(
         delivered=lambda transport, count: delivered[transport].inc(count),
         observe_latency=lambda transport, seconds: latency[transport].observe(seconds),
     )
@@ -200,37 +204,47 @@ def build_app(test_config=None) -> Flask:
     access = Access(
         settings, app.secret_key, hub.claim_once, count_hook=lambda result: metrics.auth_hook.labels(result).inc()
     )
+    broker = Broker.from_settings(hub, settings, metrics=metrics, limits=limits, access=access)
+    broker.delivery = delivery
+    services = Services(
+        settings=settings,
+        hub=hub,
+        metrics=metrics,
+        limits=limits,
+        access=access,
+        delivery=delivery,
+        broker=broker,
+        origins=WebSocketPolicy(allowed_origins=settings.allowed_origins, trust_forwarded=settings.behind_proxy),
+        shutdown=shutdown,
+    )
+    app.extensions[EXTENSION] = services  # the one place they are kept (app/services.py)
 
     errors.init_app(app)
     security.init_app(app)
     i18n.init_app(app)  # the pages' language (cookie, else Accept-Language) and the switch
-    auth_web.init_app(app, access, metrics)
+    auth_web.init_app(app, metrics)
     auth_demo.init_app(app, settings)  # POST /api/demo/session, only with SWITCHBOARD_DEMO_USERS
     limits_module.init_app(app, limits)
     app.register_blueprint(api.bp)
     app.register_blueprint(queues_api.bp)
     app.register_blueprint(pages.bp)
     doctor_api.init_app(app)  # the proxy doctor's endpoints (/api/doctor/...)
+    protocols: dict[str, tuple[str, ...]] = {}  # /ws, /stomp and SockJS's WebSocket URLs
     for transport in TRANSPORTS:
-        transport.init_app(app)
+        protocols.update(transport.init_app(app, services))
 
     # Read by the WebSocket handler (app/server/handler.py) before it answers 101.
-    policy = WebSocketPolicy(
-        allowed_origins=settings.allowed_origins,
-        protocols={
-            "/ws": (),
-            "/stomp": ("v12.stomp", "v11.stomp", "v10.stomp"),
-            **sockjs_mounts.websocket_protocols(app),
-        },  # SockJS's WebSocket URLs
+    policy = replace(
+        services.origins,
+        protocols=protocols,
         max_message_bytes=settings.max_message_bytes,
         ping_interval=settings.ws_ping_interval,
         ping_timeout=max(settings.ws_ping_interval, 1.0),
-        trust_forwarded=settings.behind_proxy,
         admit=_websocket_admission(limits, access, metrics),
         write_timeout=settings.write_timeout or None,
     )
 
-    producers = start_producers(app)  # the ticks demo producer; only under gevent (see app/producers.py)
+    producers = start_producers(services)  # the ticks demo producer; only under gevent (see app/producers.py)
     if monkey.is_module_patched("socket"):  # a gunicorn worker or `python wsgi.py`: greenlets run
         metrics.watch_backend(hub.backend)
 

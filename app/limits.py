@@ -44,7 +44,7 @@ import random
 import time
 from typing import Callable, Mapping
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 
 from .config import Settings
 from .errors import ApiError, error_response
@@ -365,21 +365,12 @@ class Limits:
             self.metrics.limit_rejections.labels(limit).inc()
 
 
-EXTENSION = "switchboard.limits"
-
-
-def current() -> Limits:
-    """The application's limits, inside a request."""
-    return current_app.extensions[EXTENSION]
-
-
 def init_app(app: Flask, limits: Limits) -> None:
-    """Keep ``limits`` on the app; charge HTTP publishes to the caller's address.
+    """Charge HTTP publishes to the caller's address; answer a refused new topic.
 
     The HTTP publish view (``api.publish``) stays unaware of limits: the bucket is
     charged before it runs, and an accepted publish is counted by transport after it.
     """
-    app.extensions[EXTENSION] = limits
 
     @app.errorhandler(TooManyTopics)
     def too_many_topics(exc: TooManyTopics):

@@ -9,11 +9,11 @@ from flask import Blueprint, abort, render_template
 from flask_babel import LazyString
 from flask_babel import lazy_gettext as _l
 
-from . import state
 from .auth import AccessError
 from .auth.demo import DEMO_QUEUES, demo_topics
 from .auth.web import request_identity
 from .identity import current_sender
+from .services import services
 
 bp = Blueprint("pages", __name__)
 
@@ -257,7 +257,7 @@ DOCTOR_CHECKS = (
 @bp.get("/")
 def index():
     """Show one card per technique, and the demo sign-in when demo users are configured."""
-    users = state.settings().demo_users
+    users = services().settings.demo_users
     return render_template(
         "index.html",
         techniques=TECHNIQUES,
@@ -278,7 +278,7 @@ def compare():
 @bp.get("/doctor")
 def doctor():
     """Show the proxy doctor: checks of what sits between this browser and the server."""
-    settings = state.settings()
+    settings = services().settings
     return render_template(
         "doctor.html",
         techniques=TECHNIQUES,

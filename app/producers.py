@@ -28,12 +28,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import gevent
 from gevent import monkey
 
 from .events import Event
+
+if TYPE_CHECKING:
+    from .services import Services
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +134,16 @@ class TicksProducer:
             gevent.sleep(next_beat - now)
 
 
-def start_producers(app) -> list[TicksProducer]:
-    """Start the demo producers of ``app`` when running under gevent (see the module docstring).
+def start_producers(services: Services) -> list[TicksProducer]:
+    """Start the app's demo producers when running under gevent (see the module docstring).
 
     Returns:
-        The producers started (also kept in ``app.extensions["switchboard.producers"]``).
+        The producers started (also kept in ``services.producers``).
     """
-    producers: list[TicksProducer] = []
-    app.extensions["switchboard.producers"] = producers
-    if not app.extensions["switchboard.settings"].ticks or not monkey.is_module_patched("socket"):
+    producers = services.producers
+    if not services.settings.ticks or not monkey.is_module_patched("socket"):
         return producers
-    producer = TicksProducer(app.extensions["switchboard.hub"])
+    producer = TicksProducer(services.hub)
     producers.append(producer)
     producer.start()
     return producers

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from . import state
 from .api import read_publish_body
 from .auth import Unauthorized
-from .auth.web import access, authorize, request_identity
+from .auth.web import authorize, request_identity
 from .errors import ApiError, error_response
-from .events import check_topic
+from .events import NAME_RULE, check_topic
 from .hub import QueueFull
+from .services import services
 from .transports.stomp_destinations import QUEUE_NAME_RE, USER_SUB_RE, user_topic
 
 __all__ = ["bp", "queue_envelope"]
@@ -36,7 +36,7 @@ def queue_envelope(event) -> dict:
 def _check_queue(name: str) -> None:
     if not QUEUE_NAME_RE.match(name):
         raise ApiError(
-            400, "bad_queue", "a queue is 1-100 characters of A-Z a-z 0-9 . _ : - and starts with a letter or digit"
+            400, "bad_queue", f"a queue is 1-100 characters of {NAME_RULE}, and starts with a letter or digit"
         )
 
 
@@ -47,7 +47,7 @@ def send(name: str) -> tuple[Response, int]:
     identity = authorize("publish", f"queue.{name}", "http")
     type_, data, headers = read_publish_body()
     try:
-        event = state.hub().enqueue(name, data, type=type_, sender=identity.sender, headers=headers)
+        event = services().hub.enqueue(name, data, type=type_, sender=identity.sender, headers=headers)
     except QueueFull as exc:
         return error_response(
             429, "queue_full", f"{exc}; nothing was stored (nothing is dropped to make room)", {"Retry-After": "1"}
@@ -72,9 +72,9 @@ def send_to_user(sub: str, name: str) -> tuple[Response, int]:
         if left is not None and left <= 0:
             raise Unauthorized("the token has expired", invalid_token=True, expired=True)
         if identity.via == "cookie":
-            access().check_same_origin(request.environ)
+            services().access.check_same_origin(request.environ)
     type_, data, headers = read_publish_body()
-    event = state.hub().publish(topic, data, type=type_, sender=identity.sender, headers=headers)
+    event = services().hub.publish(topic, data, type=type_, sender=identity.sender, headers=headers)
     response = jsonify(event.to_dict())
     response.headers["Cache-Control"] = "no-store"
     return response, 201

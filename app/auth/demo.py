@@ -22,9 +22,9 @@ from typing import Sequence
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
-from .. import state
 from ..errors import ApiError
 from ..events import parse_json
+from ..services import services
 from . import web
 
 __all__ = ["DEMO_QUEUES", "DEMO_TOKEN_SECONDS", "MEMBERS_ROOM", "demo_claims", "demo_topics", "init_app"]
@@ -82,9 +82,9 @@ def _requested_user(users: Sequence[str]) -> str:
 @bp.post("/api/demo/session")
 def open_demo_session() -> Response:
     """Sign in as a demo user: mint a short-lived token, keep it in the HttpOnly cookie."""
-    access = web.access()
+    access = services().access
     access.check_same_origin(request.environ)  # a cookie-setting POST: refuse other sites (CSRF)
-    settings = state.settings()
+    settings = services().settings
     name = _requested_user(settings.demo_users)
     token = access.verifier.mint(
         demo_claims(name, settings.demo_users, time.time(), settings.auth_audience, settings.auth_issuer)

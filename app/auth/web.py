@@ -8,21 +8,17 @@ WebSocket carry (they cannot send headers); ``DELETE /api/session`` clears it;
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from ..errors import ApiError, error_response
 from ..events import parse_json
 from ..identity import current_sender
-from .access import COOKIE_NAME, URL_TOKEN_PARAMS, Access
+from ..services import services
+from .access import COOKIE_NAME, URL_TOKEN_PARAMS
 from .errors import AccessError, TokenInUrl, Unauthorized
 from .tokens import Identity
 
 bp = Blueprint("auth", __name__)
-
-
-def access() -> Access:
-    """The application's access control."""
-    return current_app.extensions["switchboard.access"]
 
 
 def request_identity() -> Identity:
@@ -33,7 +29,8 @@ def request_identity() -> Identity:
     """
     identity = g.get("switchboard_identity")
     if identity is None:
-        identity = access().credentials(request.environ) or access().anonymous(current_sender())
+        access = services().access
+        identity = access.credentials(request.environ) or access.anonymous(current_sender())
         g.switchboard_identity = identity
     return identity
 
@@ -44,9 +41,9 @@ def authorize(action: str, topic: str, transport: str) -> Identity:
     A cookie-authenticated publish must also come from this origin (CSRF).
     """
     identity = request_identity()
-    access().authorize(identity, action, topic, transport)
+    services().access.authorize(identity, action, topic, transport)
     if action == "publish" and identity.via == "cookie":
-        access().check_same_origin(request.environ)
+        services().access.check_same_origin(request.environ)
     return identity
 
 
@@ -77,7 +74,7 @@ def set_token_cookie(response: Response, token: str, identity: Identity) -> None
     response.set_cookie(
         COOKIE_NAME,
         token,
-        max_age=access().cookie_max_age(identity),
+        max_age=services().access.cookie_max_age(identity),
         path="/",
         secure=request.is_secure,
         httponly=True,
@@ -88,9 +85,9 @@ def set_token_cookie(response: Response, token: str, identity: Identity) -> None
 @bp.post("/api/session")
 def open_session() -> Response:
     """Verify a token and keep it in an HttpOnly cookie for EventSource and WebSocket."""
-    access().check_same_origin(request.environ)
+    services().access.check_same_origin(request.environ)
     token = _token_from_request()
-    identity = access().verify(token, "cookie")
+    identity = services().access.verify(token, "cookie")
     response = _no_store(Response(status=204))
     set_token_cookie(response, token, identity)
     return response
@@ -99,7 +96,7 @@ def open_session() -> Response:
 @bp.delete("/api/session")
 def close_session() -> Response:
     """Forget the token cookie."""
-    access().check_same_origin(request.environ)
+    services().access.check_same_origin(request.environ)
     response = _no_store(Response(status=204))
     response.delete_cookie(COOKIE_NAME, path="/", secure=request.is_secure, httponly=True, samesite="Strict")
     return response
@@ -111,12 +108,11 @@ def issue_ticket() -> Response:
     identity = request_identity()
     if identity.via != "bearer":
         raise Unauthorized("a ticket is issued for a token sent as 'Authorization: Bearer <token>'")
-    ticket, expires_in = access().tickets.issue(identity)
+    ticket, expires_in = services().access.tickets.issue(identity)
     return _no_store(jsonify(ticket=ticket, expires_in=expires_in))
 
 
-def init_app(app: Flask, access_control: Access, metrics) -> None:
-    app.extensions["switchboard.access"] = access_control
+def init_app(app: Flask, metrics) -> None:
     app.register_blueprint(bp)
 
     @app.before_request

@@ -65,11 +65,12 @@ class TooManyTopics(Exception):
 
 
 # After the errors above, which the presence registry imports from here.
-from .presence import Presence  # noqa: E402
+from .presence import Presence, PresenceBackend  # noqa: E402
 
 
-class Backend(Protocol):
-    """What the hub needs from a place that keeps history and fans events out."""
+class Backend(PresenceBackend, Protocol):
+    """What the hub needs from a place that keeps history and fans events out (and the
+    three presence methods of :class:`~app.hub.presence.PresenceBackend`)."""
 
     name: str
     epoch: str
@@ -96,8 +97,6 @@ class Backend(Protocol):
     def acquire_lock(self, name: str, ttl: float) -> bool: ...
     def release_lock(self, name: str) -> None: ...
     def claim_once(self, name: str, ttl: float) -> bool: ...
-
-    # and the three presence methods of app.hub.presence.PresenceBackend.
 
     # ``append`` raises TooManyTopics for a new topic beyond the backend's topic limit.
     #
@@ -245,8 +244,7 @@ class Hub:
         check_topic(topic)
         check_type(type)
         try:
-            extras = {"headers": headers, "raw": raw} if headers or raw is not None else {}
-            event = self.backend.append(topic, type, data, sender, **extras)
+            event = self.backend.append(topic, type, data, sender, headers=headers, raw=raw)
         except TooManyTopics:
             self.observer.refused("topics")
             raise
@@ -567,9 +565,9 @@ class Hub:
                 if pattern_sub.matches(event.topic):
                     pattern_sub.offer(event)
 
-    def _forget_pattern(self, sub: Subscription) -> None:
+    def _forget_pattern(self, sub: PatternSubscription) -> None:
         if sub in self._patterns:
-            self._patterns.discard(sub)  # type: ignore[arg-type]
+            self._patterns.discard(sub)
             self.observer.unsubscribed(sub.topic, sub.close_reason or "closed")
             if self._unwatch_pattern is not None:
                 self._unwatch_pattern(sub.topic)

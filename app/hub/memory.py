@@ -35,6 +35,7 @@ SWEEP_PAUSE = 0.001
 # (tests/e2e/test_topic_memory.py). It takes about 15 ms for a 350 MB heap. Not glibc
 # (musl, macOS): nothing to call.
 TRIM_AFTER = 10_000
+_malloc_trim: Callable[[int], int] | None
 try:
     _malloc_trim = ctypes.CDLL(None).malloc_trim
 except (OSError, AttributeError):
@@ -93,7 +94,6 @@ class MemoryBackend:
         self.epoch = epoch or secrets.token_hex(6)
         self.swept = 0  # topics forgotten so far
         self._clock = clock
-        self._topics: dict[str, _Topic] = {}
         self._claims: dict[str, float] = {}  # claim_once: name -> until
         # Ordered by `touched`, oldest first (an append moves its topic to the end): the
         # sweep reads only the front, so its cost is the topics it forgets, not all of them.

@@ -170,7 +170,9 @@ class MemoryQueues:
 
     def _settle(self, consumer: Consumer, event_id: str, ref: object, how: str) -> bool:
         queue = self._queues.get(consumer.queue)
-        held = queue.in_flight.get(event_id) if queue is not None else None
+        if queue is None:
+            return False  # the queue was forgotten: nothing of it is in flight
+        held = queue.in_flight.get(event_id)
         if held is None or held[1] is not consumer:
             return False  # taken back meanwhile (ack timeout): no longer this consumer's
         message = held[0]

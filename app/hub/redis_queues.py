@@ -1,19 +1,10 @@
 """Work queues in Redis Streams with consumer groups: several workers and hosts share each queue.
 
-The contract is :mod:`app.hub.queues`'; tests/unit/test_queue_contract.py runs it here and
-in memory. Keys (``<p>`` the prefix, as the event backend's):
-
-==========================  =============================================================
-``<p>:q:<name>``            the queue: a Stream read through consumer group ``g``. Each
-                            entry: ``b`` the message (type, sender, data, headers, raw),
-                            ``s`` its size in bytes, ``t`` when it was first sent (ms),
-                            ``n`` how often it was delivered before this copy, ``m`` the
-                            message's id (the first copy's entry id; absent on the first).
-``<p>:qm:<name>``           hash ``bytes``: the bytes the queue holds.
-``<p>:queues``              the set of queues (for ``max_queues``, the metrics, the reaper).
-``<p>:qw:<worker>``         a worker's heartbeat (``PX`` a few seconds, renewed): a worker
-                            whose key is gone is dead, and what it held goes back.
-==========================  =============================================================
+The contract is :mod:`app.hub.queues`'; tests/unit/test_queue_contract.py runs it here (one
+Redis and a three-primary cluster) and in memory. The keys are in :mod:`app.hub.redis_queue_keys`;
+each entry of a queue's stream holds: ``b`` the message (type, sender, data, headers, raw),
+``s`` its size in bytes, ``t`` when it was first sent (ms), ``n`` how often it was delivered
+before this copy, ``m`` the message's id (the first copy's entry id; absent on the first).
 
 Each worker is one consumer of group ``g`` (named by its random token). For every queue it
 has local consumers of, one *fetcher* greenlet reads new entries with ``XREADGROUP ...
@@ -24,29 +15,31 @@ acknowledges, in a script that first checks that the entry is still this worker'
 Putting a message back (NACK, a consumer that ends, the ack timeout, a dead worker) is one
 script: the entry is acknowledged and deleted, and a copy with ``n + 1`` is appended to the
 queue, where the next ``XREADGROUP`` of any worker finds it at once (or, delivered
-``max_deliveries`` times, to ``<name>.dlq``). The copy keeps the message's id in ``m``, so
-a consumer sees the same id on every delivery; it goes to the back of the queue.
+``max_deliveries`` times, to ``<name>.dlq``, which is then registered). The copy keeps the
+message's id in ``m``, so a consumer sees the same id on every delivery; it goes to the back
+of the queue.
 
-Every worker runs a *reaper* every ``sweep_interval``: one script that, for every queue,
-puts back the entries pending longer than the ack timeout (``XPENDING ... IDLE``) and
-everything a dead worker held (its heartbeat key is gone: ``XINFO CONSUMERS``, then
-``XPENDING`` of that consumer), and removes the dead consumer from the group. So a worker
-killed with messages in flight (SIGKILL) loses none of them: within its heartbeat's TTL
-they go to the consumers still there. (This is ``XAUTOCLAIM``'s job, done as claim and
-re-append in one script so the message is delivered through the ordinary ``XREADGROUP``
-path, with its delivery count, to whichever worker has room.)
+Every worker runs a *reaper* every ``sweep_interval`` that, for every registered queue, puts
+back the entries pending longer than the ack timeout (``XPENDING ... IDLE``) and everything
+a dead worker held (its heartbeat key is gone: ``XINFO CONSUMERS``, then ``XPENDING`` of that
+consumer), and removes the dead consumer from the group. So a worker killed with messages in
+flight (SIGKILL) loses none of them: within its heartbeat's TTL they go to the consumers
+still there. (This is ``XAUTOCLAIM``'s job, done as claim and re-append in one script so the
+message is delivered through the ordinary ``XREADGROUP`` path, with its delivery count, to
+whichever worker has room.) On one Redis that is one script for all queues; on a cluster the
+registry and the heartbeats live in other slots than a queue, so they are read first (one
+pipeline each) and one script per queue that needs it runs in its slot, given the dead.
 
-A batch (:meth:`RedisQueues.commit`: a STOMP COMMIT, topics and queues mixed) is one script:
-every bound is checked first (queue messages, bytes and count; the topic limit), then every
-queue entry and topic event is appended (topics with the event backend's own append, so
-history, trimming and the Pub/Sub fan-out are the same as a single publish).
+A batch (a STOMP COMMIT) is one script, see :mod:`app.hub.redis_queue_batch`. On a cluster
+every script touches one slot (:mod:`app.hub.redis_queue_keys`) and is routed by its keys; a
+fetcher's blocking ``XREADGROUP`` has its own connection to the node owning its queue's slot,
+made again (after re-reading the slot map) when that node fails or answers ``MOVED``
+(:mod:`app.hub.redis_queue_clients`).
+``max_queues`` is kept by the registry set, checked and added to by one script of its own
+(:meth:`RedisQueues.register`) before a queue's first use.
 
-The scripts themselves are in :mod:`app.hub.redis_queue_scripts`.
-
-Unlike the event backend, this needs one Redis server or a Sentinel-managed primary, not a
-Cluster: the scripts touch keys they compute, and a batch or the reaper spans many queues
-(on a cluster every queue op is refused with a clear error, see :meth:`RedisQueues._check_not_cluster`).
-Requires Redis 6.2 (``XPENDING ... IDLE``, ``XAUTOCLAIM``-era streams).
+The scripts themselves are in :mod:`app.hub.redis_queue_scripts`. Requires Redis 6.2
+(``XPENDING ... IDLE``); a cluster, Redis 7.
 """
 
 from __future__ import annotations
@@ -56,33 +49,41 @@ import logging
 import secrets
 import socket
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.socket
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from ..events import Cursor, Event, InvalidTopic, extras_from_stored, stored_extras
-from . import BackendUnavailable, TooManyTopics
+from ..events import Cursor, Event, extras_from_stored
+from . import BackendUnavailable
 from .batch import Publication
-from .queues import Consumer, Delivery, NullQueueObserver, QueueFull, QueueLimits, QueueObserver, QueueStats
-from .redis import encode_body as _encode_body
-from .redis_queue_scripts import ACK, COMMIT, PUT_BACK, REAP, STATS
+from .queues import Consumer, Delivery, NullQueueObserver, QueueFull, QueueLimits, QueueObserver, QueueStats, dlq_name
+from .redis_queue_batch import commit_batch
+from .redis_queue_clients import REDIRECTS, UNREACHABLE, connect, disconnect, fetch_connection, refresh
+from .redis_queue_keys import QUEUE_EPOCH, QueueKeys
+from .redis_queue_scripts import ACK, COMMIT, PUT_BACK, REAP, REAP_QUEUE, REGISTER, STATS, STATS_QUEUE
 from .subscription import SubscriptionClosed
 
 __all__ = ["RedisQueues"]
 
 log = logging.getLogger(__name__)
 
-#: The epoch of queue message ids (``q-<ms>-<seq>``): a queue has no history to resume.
-QUEUE_EPOCH = "q"
+_SCRIPTS = {
+    "ack": ACK,
+    "put_back": PUT_BACK,
+    "reap": REAP,
+    "reap_queue": REAP_QUEUE,
+    "register": REGISTER,
+    "stats": STATS,
+    "stats_queue": STATS_QUEUE,
+    "commit": COMMIT,
+}
 
 
 class _Local:
@@ -103,7 +104,7 @@ class RedisQueues:
     """The Redis queue store (see the module docstring).
 
     Args:
-        url: the Redis URL (the event backend's).
+        url: the Redis URL (the event backend's; any node of a cluster).
         limits: bounds, ack timeout, deliveries before the dead-letter queue.
         observer: told of acks, redeliveries, dead letters and refusals.
         prefix: the key prefix (the event backend's).
@@ -112,6 +113,7 @@ class RedisQueues:
             worker's messages go back.
         block_ms: how long one ``XREADGROUP`` waits (it is asked again right after).
         socket_timeout: seconds a command may take.
+        cluster: True for a Redis Cluster, False for one server; None: asked at first use.
     """
 
     name = "redis"
@@ -129,6 +131,7 @@ class RedisQueues:
         socket_timeout: float = 5.0,
         sentinels: tuple[tuple[str, int], ...] = (),
         sentinel_master: str | None = None,
+        cluster: bool | None = None,
     ):
         self.url = url
         self.limits = limits
@@ -138,61 +141,54 @@ class RedisQueues:
         self.sweep_interval = sweep_interval
         self.heartbeat_ttl = heartbeat_ttl
         self.block_ms = block_ms
-        options = dict(
+        self._socket_timeout = socket_timeout
+        self._options: dict[str, Any] = dict(
             protocol=2,
             socket_timeout=socket_timeout,
             socket_connect_timeout=2.0,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        if sentinels:  # the primary as the sentinels name it, followed through failovers
-            sentinel = Sentinel(list(sentinels), socket_timeout=2.0, socket_connect_timeout=2.0, protocol=2)
-            self._pool = SentinelConnectionPool(sentinel_master, sentinel, max_connections=32, **options)
-            self._fetch_pool = SentinelConnectionPool(sentinel_master, sentinel, **options)
-        else:
-            self._pool = redis.BlockingConnectionPool.from_url(
-                url, max_connections=32, timeout=socket_timeout, **options
-            )
-            self._fetch_pool = redis.ConnectionPool.from_url(url, **options)  # one unpooled connection per fetcher
-        self._redis = redis.Redis(connection_pool=self._pool)
-        self._cluster: bool | None = None if not sentinels else False
-        self._scripts = {
-            name: self._redis.register_script(source)
-            for name, source in (
-                ("ack", ACK),
-                ("put_back", PUT_BACK),
-                ("reap", REAP),
-                ("stats", STATS),
-                ("commit", COMMIT),
-            )
-        }
+        self._sentinels = sentinels
+        self._sentinel_master = sentinel_master
+        self._cluster = False if sentinels else cluster
+        self.keys = QueueKeys(prefix, cluster=bool(self._cluster))
+        self._redis: Any = None  # built at first use (in the worker, after the fork)
+        self._fetch_pool: Any = None
+        self._scripts: dict[str, Any] = {}
         self._locals: dict[str, _Local] = {}
         self._closed_reason: str | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._started = False
+        self._connecting = gevent.lock.Semaphore()
 
     # -- life ----------------------------------------------------------------------------
 
-    def _check_not_cluster(self) -> None:
-        """Refuse every queue op on a Redis Cluster (asked once, with ``INFO cluster``).
+    @property
+    def cluster(self) -> bool:
+        return self.keys.cluster
+
+    def _connect(self) -> None:
+        """Build the clients, once; on a URL of unknown kind ask it (``INFO cluster``).
 
         Raises:
-            InvalidTopic: the server is a cluster node (a 400 / an ERROR frame that says so).
+            BackendUnavailable: Redis cannot be reached to ask.
         """
-        if self._cluster is None:
-            try:
-                self._cluster = bool(self._redis.info("cluster").get("cluster_enabled"))
-            except redis.RedisError as exc:
-                raise BackendUnavailable(f"Redis cannot be reached: {exc}") from exc
-        if self._cluster:
-            raise InvalidTopic(
-                "work queues need one Redis server or Sentinel; this deployment's Redis is a "
-                "cluster, where only topics are available"
-            )
+        with self._connecting:  # one client, though several greenlets ask first at once
+            if self._redis is None:
+                self._build_clients()
+
+    def _build_clients(self) -> None:
+        self._redis, self._fetch_pool, cluster = connect(
+            self.url, self._cluster, self._sentinels, self._sentinel_master, self._options, self._socket_timeout
+        )
+        self._cluster = cluster
+        self.keys = QueueKeys(self.prefix, cluster=cluster)
+        self._scripts = {name: self._redis.register_script(source) for name, source in _SCRIPTS.items()}
 
     def _start(self) -> None:
         # Lazily, in the worker: the heartbeat exists before this worker first reads a group.
-        self._check_not_cluster()
+        self._connect()
         if self._started:
             return
         self._started = True
@@ -209,12 +205,12 @@ class RedisQueues:
                 except BackendUnavailable:
                     pass  # the reaper of another worker puts them back once our heartbeat is gone
         self._stop_greenlets()
-        try:
-            self._redis.delete(self._worker_key())
-        except redis.RedisError:
-            pass
-        self._pool.disconnect()
-        self._fetch_pool.disconnect()
+        if self._redis is not None:
+            try:
+                self._redis.delete(self.keys.worker(self.token))
+            except redis.RedisError:
+                pass
+        self._disconnect()
 
     def crash(self) -> None:
         """Stop dead, as a SIGKILL would: nothing released, nothing acknowledged (tests)."""
@@ -223,18 +219,17 @@ class RedisQueues:
         for local in self._locals.values():
             for consumer in local.consumers:
                 consumer.close_reason = "crashed"
-        self._pool.disconnect()
-        self._fetch_pool.disconnect()
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        disconnect(self._redis, self._fetch_pool)
 
     def _stop_greenlets(self) -> None:
         fetchers = [local.fetcher for local in self._locals.values() if local.fetcher is not None]
         gevent.killall(self._greenlets + fetchers, block=True, timeout=2)
 
-    def _worker_key(self) -> str:
-        return f"{self.prefix}:qw:{self.token}"
-
     def _beat(self) -> None:
-        self._redis.set(self._worker_key(), b"1", px=max(int(self.heartbeat_ttl * 1000), 100))
+        self._redis.set(self.keys.worker(self.token), b"1", px=max(int(self.heartbeat_ttl * 1000), 100))
 
     def _heartbeat_forever(self) -> None:
         while True:
@@ -247,87 +242,26 @@ class RedisQueues:
     # -- sending ---------------------------------------------------------------------------
 
     def commit(self, hub, items: Sequence[Publication]) -> list[Event]:
-        """Store a batch of queue messages and topic events in one script: all or nothing.
+        """Store a batch of queue messages and topic events in one script: all or nothing
+        (see :func:`app.hub.redis_queue_batch.commit_batch`).
 
         Raises:
             QueueFull, TooManyTopics: a bound refused it (nothing stored).
+            CrossSlotBatch: a cluster, and the batch spans slots (nothing stored).
             BackendUnavailable: Redis cannot be reached.
         """
-        self._check_not_cluster()
-        backend = hub.backend
-        ops, bodies = [], []
-        for item in items:
-            body = _encode_body({"type": item.type, "sender": item.sender, "data": item.data, **_extras(item)})
-            bodies.append(body)
-            if item.kind == "queue":
-                ops.append({"k": "q", "name": item.name, "b": body.decode("utf-8", "surrogatepass"), "s": _size(item)})
-            else:  # the event backend's own append, its KEYS and ARGV (app/hub/redis/scripts.py)
-                keys = [*backend._topic_keys(item.name), backend.keys.topics_for(item.name)]
-                args = [
-                    secrets.token_hex(6),
-                    backend.history_size,
-                    backend._ttl_ms,
-                    backend.keys.channel(item.name),
-                    item.name,
-                    body.decode("utf-8", "surrogatepass"),
-                    backend._key_lifetime_ms,
-                    backend.history_bytes or 0,
-                    backend.max_topics,
-                    backend._publish_command,
-                ]
-                ops.append({"k": "t", "K": keys, "A": args})
-        spec = {
-            "prefix": self.prefix,
-            "ops": ops,
-            "max_queues": self.limits.max_queues,
-            "max_messages": self.limits.max_messages,
-            "max_bytes": self.limits.max_bytes,
-            "max_topics": backend.max_topics,
-            "topics_key": backend.keys.topics,
-            "lifetime": backend._key_lifetime_ms,
-        }
-        reply = self._call("commit", [backend.keys.epoch("")], [secrets.token_hex(6), json.dumps(spec)])
-        status = reply[0].decode()
-        if status == "full":
-            bound = reply[2].decode()
-            self.observer.refused("queues" if bound == "queues" else f"queue_{bound}")
-            raise QueueFull(reply[1].decode(), bound, int(reply[3]))
-        if status == "topics":
-            hub.observer.refused("topics")
-            raise TooManyTopics(backend.max_topics, int(reply[1]) / 1000)
-        epoch = backend._epoch_from(reply[1], "")  # one Redis: one epoch for every topic
-        stored = []
-        for item, raw_id in zip(items, reply[2:]):
-            ms, seq = (int(part) for part in raw_id.decode().split("-"))
-            if item.kind == "queue":
-                stored.append(
-                    Event(
-                        Cursor(QUEUE_EPOCH, (ms, seq)),
-                        item.name,
-                        item.type,
-                        item.data,
-                        item.sender,
-                        ms / 1000,
-                        headers=item.headers,
-                        raw=item.raw,
-                    )
-                )
-            else:
-                stored.append(
-                    Event(
-                        Cursor(epoch, (ms, seq)),
-                        item.name,
-                        item.type,
-                        item.data,
-                        item.sender,
-                        ms / 1000,
-                        headers=item.headers,
-                        raw=item.raw,
-                    )
-                )
-                hub.published += 1
-                hub.observer.published(item.name)
-        return stored
+        self._connect()
+        return commit_batch(self, hub, items)
+
+    def register(self, queue: str) -> None:
+        """Count ``queue`` in the registry unless it is there (one script on the registry's key).
+
+        Raises:
+            QueueFull: a new queue, and the deployment holds ``max_queues``.
+        """
+        if not self._call("register", [self.keys.registry], [queue, self.limits.max_queues]):
+            self.observer.refused("queues")
+            raise QueueFull(queue, "queues", self.limits.max_queues)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -351,14 +285,9 @@ class RedisQueues:
         return consumer
 
     def _ensure_queue(self, queue: str) -> None:
-        stream = f"{self.prefix}:q:{queue}"
-        if not self._redis.sismember(f"{self.prefix}:queues", queue):
-            if self._redis.scard(f"{self.prefix}:queues") >= self.limits.max_queues:
-                self.observer.refused("queues")
-                raise QueueFull(queue, "queues", self.limits.max_queues)
-            self._redis.sadd(f"{self.prefix}:queues", queue)
+        self.register(queue)
         try:
-            self._redis.xgroup_create(stream, "g", id="0", mkstream=True)
+            self._redis.xgroup_create(self.keys.stream(queue), "g", id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -377,25 +306,34 @@ class RedisQueues:
         if consumer.close_reason == "crashed":
             return False
         if how == "ack":
-            done = bool(self._call("ack", [], [self.prefix, consumer.queue, ref, self.token]))
+            queue = consumer.queue
+            done = bool(self._call("ack", [self.keys.stream(queue), self.keys.meta(queue)], [ref, self.token]))
             if done:
                 self.observer.acked(consumer.queue, 1)
             return done
-        outcome = self._call(
-            "put_back", [], [self.prefix, consumer.queue, ref, self.token, self.limits.max_deliveries]
-        ).decode()
-        self._count(consumer.queue, outcome)
+        outcome = self._put_back(consumer.queue, str(ref))
         return outcome != "not-yours"
+
+    def _put_back(self, queue: str, entry_id: str) -> str:
+        outcome = self._call("put_back", self.keys.of(queue), [entry_id, self.token, self.limits.max_deliveries])
+        outcome = outcome.decode()
+        self._count(queue, outcome)
+        return outcome
 
     def _count(self, queue: str, outcome: str) -> None:
         if outcome == "back":
             self.observer.redelivered(queue, 1)
         elif outcome == "dead":
             self.observer.dead_lettered(queue, 1)
+            # Registered after the move (a dead letter is never refused, max_queues or not).
+            try:
+                self._redis.sadd(self.keys.registry, dlq_name(queue))
+            except redis.RedisError as exc:  # found again by the next dead letter or consumer
+                log.warning("queue %s: registering its dead-letter queue failed: %s", queue, exc)
 
     def _fetch_forever(self, local: _Local) -> None:
         """Read new entries for this worker's consumers of one queue, and hand them out."""
-        stream = f"{self.prefix}:q:{local.name}"
+        stream = self.keys.stream(local.name)
         conn = None
         failures = 0
         try:
@@ -407,7 +345,9 @@ class RedisQueues:
                     continue
                 try:
                     if conn is None:
-                        conn = self._fetch_pool.make_connection()
+                        conn = fetch_connection(
+                            self._redis, self._fetch_pool, self.keys.slot(local.name), self._options
+                        )
                         conn.connect()
                     conn.send_command(
                         "XREADGROUP",
@@ -422,7 +362,7 @@ class RedisQueues:
                         stream,
                         ">",
                     )
-                    if not conn.can_read(0):
+                    if not conn.can_read(0) and conn._sock is not None:  # connected: it is not None
                         gevent.socket.wait_read(conn._sock.fileno(), self.block_ms / 1000 + 5)
                     reply = conn.read_response()
                     failures = 0
@@ -430,15 +370,12 @@ class RedisQueues:
                     if "NOGROUP" in str(exc):  # the queue was deleted under us: make it again
                         self._ensure_queue(local.name)
                         continue
-                    raise
-                except (RedisConnectionError, RedisTimeoutError, OSError, socket.timeout) as exc:
-                    if conn is not None:
-                        conn.disconnect()
-                    conn = None
-                    failures += 1
-                    if failures == 1:
-                        log.warning("queue %s: fetching failed (%s); retrying", local.name, exc)
-                    gevent.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
+                    if not isinstance(exc, REDIRECTS):
+                        raise
+                    conn, failures = self._fetch_failed(local.name, conn, failures, exc)
+                    continue
+                except (*UNREACHABLE, OSError, socket.timeout) as exc:
+                    conn, failures = self._fetch_failed(local.name, conn, failures, exc)
                     continue
                 for entry_id, flat in reply[0][1] if reply else ():
                     self._hand_out(local, entry_id.decode(), flat)
@@ -452,17 +389,27 @@ class RedisQueues:
             if not local.consumers and self._locals.get(local.name) is local:
                 del self._locals[local.name]
 
+    def _fetch_failed(self, queue: str, conn, failures: int, exc: Exception) -> tuple[None, int]:
+        """Drop the fetcher's connection, back off; on a cluster re-read which node serves
+        what (a failover or a moved slot), so the next connection goes to the new owner."""
+        if conn is not None:
+            conn.disconnect()
+        failures += 1
+        if failures == 1:
+            log.warning("queue %s: fetching failed (%s); retrying", queue, exc)
+        gevent.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
+        try:
+            refresh(self._redis)
+        except (*UNREACHABLE, OSError) as again:
+            log.debug("queue %s: reading the cluster's slots failed: %s", queue, again)
+        return None, failures
+
     def _hand_out(self, local: _Local, entry_id: str, flat: list) -> None:
         fields = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
         delivery = Delivery(_event(local.name, entry_id, fields), int(fields.get("n", b"0")) + 1)
         with_room = [c for c in local.consumers if c.room > 0]
         if not with_room:  # a consumer left meanwhile: back for someone else
-            self._count(
-                local.name,
-                self._call(
-                    "put_back", [], [self.prefix, local.name, entry_id, self.token, self.limits.max_deliveries]
-                ).decode(),
-            )
+            self._put_back(local.name, entry_id)
             return
         start = local.turn % len(local.consumers)
         order = local.consumers[start:] + local.consumers[:start]
@@ -488,19 +435,49 @@ class RedisQueues:
                         event_id,
                         self.limits.ack_timeout,
                     )
-                    outcome = self._call(
-                        "put_back", [], [self.prefix, local.name, entry_id, self.token, self.limits.max_deliveries]
-                    ).decode()
-                    self._count(local.name, outcome)
+                    self._put_back(local.name, entry_id)
                     moved += 1
                     local.room.set()
-        reply = self._call(
-            "reap", [], [self.prefix, max(int(self.limits.ack_timeout * 1000), 1), self.limits.max_deliveries, 100]
-        )
-        for i in range(0, len(reply), 2):
-            self._count(reply[i].decode(), reply[i + 1].decode())
+        timeout_ms = max(int(self.limits.ack_timeout * 1000), 1)
+        if not self.cluster:
+            reply = self._call("reap", [], [self.prefix, timeout_ms, self.limits.max_deliveries, 100])
+            outcomes = [(reply[i].decode(), reply[i + 1].decode()) for i in range(0, len(reply), 2)]
+        else:
+            outcomes = self._reap_each(timeout_ms)
+        for queue, outcome in outcomes:
+            self._count(queue, outcome)
             moved += 1
         return moved
+
+    def _reap_each(self, timeout_ms: int) -> list[tuple[str, str]]:
+        """A cluster: read every registered queue's consumers and whether it holds an entry
+        past the ack timeout, then the heartbeats of those consumers (keys of other slots; each
+        read one pipeline, one round trip per shard), then run one script per queue that has
+        a dead consumer or a late entry, in its slot, given the dead consumers' names."""
+        queues = [raw.decode() for raw in self._redis_call(self._redis.smembers, self.keys.registry)]
+        if not queues:
+            return []
+        pipe = self._redis.pipeline()
+        for queue in queues:
+            pipe.xinfo_consumers(self.keys.stream(queue), "g")
+            pipe.xpending_range(self.keys.stream(queue), "g", "-", "+", 1, idle=timeout_ms)
+        replies = self._redis_call(pipe.execute, raise_on_error=False)
+        held: dict[str, list[str]] = {}
+        for queue, consumers in zip(queues, replies[::2]):
+            if not isinstance(consumers, Exception):  # else no stream or no group yet: nothing held
+                held[queue] = [_text(c["name"]) for c in consumers]
+        others = sorted({name for names in held.values() for name in names} - {self.token})
+        pipe = self._redis.pipeline()
+        for name in others:
+            pipe.exists(self.keys.worker(name))
+        alive = dict(zip(others, self._redis_call(pipe.execute))) if others else {}
+        outcomes = []
+        for queue, late in zip(queues, replies[1::2]):
+            dead = [name for name in held.get(queue, ()) if name != self.token and not alive.get(name)]
+            if dead or (late and not isinstance(late, Exception)):
+                args = [timeout_ms, self.limits.max_deliveries, 100, *dead]
+                outcomes += [(queue, o.decode()) for o in self._call("reap_queue", self.keys.of(queue), args)]
+        return outcomes
 
     def _reap_forever(self) -> None:
         while True:
@@ -515,34 +492,35 @@ class RedisQueues:
     # -- the rest ----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, QueueStats]:
-        """Every queue of the deployment: waiting and in-flight messages (none on a cluster)."""
-        try:
-            self._check_not_cluster()
-        except InvalidTopic:
-            return {}
-        reply = self._call("stats", [], [self.prefix])
-        stats = {}
-        for i in range(0, len(reply), 3):
-            length, pending = int(reply[i + 1]), int(reply[i + 2])
-            stats[reply[i].decode()] = QueueStats(max(length - pending, 0), pending)
-        return stats
+        """Every queue of the deployment: waiting and in-flight messages."""
+        self._connect()
+        if not self.cluster:
+            reply = self._call("stats", [], [self.prefix])
+            rows = [(reply[i].decode(), reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)]
+        else:  # one script per queue, each in its slot
+            rows = []
+            for raw in self._redis_call(self._redis.smembers, self.keys.registry):
+                length, pending = self._call("stats_queue", [self.keys.stream(raw.decode())], [])
+                rows.append((raw.decode(), length, pending))
+        return {name: QueueStats(max(int(length) - int(pending), 0), int(pending)) for name, length, pending in rows}
 
     def _call(self, script: str, keys: list, args: list):
+        return self._redis_call(self._scripts[script], keys=keys, args=args)
+
+    @staticmethod
+    def _redis_call(command, *args, **kwargs):
         try:
-            return self._scripts[script](keys=keys, args=args)
-        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
+            return command(*args, **kwargs)
+        except ResponseError as exc:
+            if isinstance(exc, REDIRECTS):
+                raise BackendUnavailable(f"Redis cannot serve now: {exc}") from exc
+            raise
+        except UNREACHABLE as exc:
             raise BackendUnavailable(f"Redis cannot be reached: {exc}") from exc
 
 
-def _extras(item: Publication) -> dict:
-    return stored_extras(item.headers, item.raw)
-
-
-def _size(item: Publication) -> int:
-    probe = Event(
-        Cursor("0", (0,)), item.name, item.type, item.data, item.sender, 0.0, headers=item.headers, raw=item.raw
-    )
-    return probe.size
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _event(queue: str, entry_id: str, fields: dict) -> Event:

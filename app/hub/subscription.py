@@ -30,7 +30,8 @@ ReadAfter = Callable[[Cursor, int], "tuple[list[Event], bool]"]
 
 # What _queue and _pending hold until their first event: an empty deque costs 760 bytes
 # (its first block), and most subscriptions sit idle; the deque is made on first use.
-_EMPTY: tuple = ()
+# Typed as the empty tuple, which is always false: a truth test narrows the attributes to a deque.
+_EMPTY: tuple[()] = ()
 
 
 class SubscriptionClosed(Exception):
@@ -77,8 +78,8 @@ class Subscription:
         self._last = since
         self._syncing = since is not None
         self._first_sync = since is not None  # only a resume's first read may find an old gap
-        self._pending: deque[Event] | tuple = _EMPTY  # events read from history, not yet taken
-        self._queue: deque[Event] | tuple = _EMPTY  # live events offered by the hub
+        self._pending: deque[Event] | tuple[()] = _EMPTY  # events read from history, not yet taken
+        self._queue: deque[Event] | tuple[()] = _EMPTY  # live events offered by the hub
         self._queued_bytes = 0  # the sizes of the events in _queue
         self._overflow = False
         self._gap: Gap | None = None
@@ -111,7 +112,7 @@ class Subscription:
             self._overflow = True
             self.overflows += 1
         else:
-            if queued is _EMPTY:
+            if isinstance(queued, tuple):  # _EMPTY
                 self._queue = queued = deque()
             queued.append(event)
             self._queued_bytes += size
@@ -369,7 +370,7 @@ class Subscription:
         if self._close_after_gap:
             return
         if events:
-            if self._pending is _EMPTY:
+            if isinstance(self._pending, tuple):  # _EMPTY
                 self._pending = deque(events)
             else:
                 self._pending.extend(events)

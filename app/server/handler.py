@@ -13,6 +13,8 @@ import http
 import json
 import logging
 import socket
+import time
+from typing import Any, Callable
 
 import gevent
 import gevent.select
@@ -23,11 +25,11 @@ from gunicorn.workers.ggevent import PyWSGIHandler
 from .frames import CLOSE_INTERNAL_ERROR
 from .handshake import WEBSOCKET_VERSION, Acceptance, Refusal, WebSocketPolicy, is_websocket_request, negotiate
 from .hooks import hooks_of
-from .outbox import raw_socket
 from .raw_response import ENVIRON_RAW_RESPONSE, RawResponse
+from .reader import EventReader
 from .registry import ENVIRON_REGISTRY, Registry
 from .request_headers import parse_headers
-from .websocket import State, WebSocket
+from .websocket import ServeEvents, SocketReader, State, WebSocket
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
     """
 
     _requests_read = 0  # on this connection (one handler per connection)
+    _detached: "Detached | None" = None  # the response outlives this handler's greenlet
 
     def MessageClass(self, *args):  # noqa: N802  (pywsgi's name)
         # The request's headers: pywsgi's parser's message, without the email package
@@ -135,7 +138,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         # Most writes go out whole at once (the socket has room): only what it cannot take
         # now waits, and only that wait needs the timer (arming one costs more than the send).
         try:
-            sent = raw_socket(self.socket).send(data)
+            sent = _raw(self.socket).send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -169,6 +172,46 @@ class Handler(WebSocketHandler, PyWSGIHandler):
             headers = [(name, value) for name, value in headers if name.lower() != "connection"]
             headers.append(("Connection", "close"))
         return super().start_response(status, headers, exc_info)
+
+    def process_result(self):
+        # gevent's, except that a detached response's body goes on without us: no last chunk.
+        for data in self.result:
+            if data:
+                self.write(data)
+        if self._detached is not None:
+            return
+        if self.status and not self.headers_sent:
+            self.write(b"")
+        if self.response_use_chunked:
+            self._sendall(b"0\r\n\r\n")
+
+    def detach(self) -> "Detached":
+        """Let the response outlive this request's greenlet (see :meth:`RawResponse.detach`)."""
+        if not self.headers_sent or self._detached is not None:
+            raise RuntimeError("detach() needs a response whose headers are out, once")
+        registry = self._registry()
+        detached = self._detached = Detached(self, registry, self.socket)
+        registry.detached[self.socket] = detached
+        _leave_open(self)
+        return detached
+
+    def _finish_detached(self, sock) -> None:
+        if self.response_use_chunked:
+            try:
+                _raw(sock).send(b"0\r\n\r\n")  # the last chunk; the socket's buffer is empty by now
+            except OSError:
+                pass
+        try:
+            _raw(sock).recv(16384)  # as pywsgi: unread input would turn the close into a reset
+        except OSError:
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+        self.time_finish = time.time()
+        self._detached = None
+        self.log_request()
 
     def _registry(self) -> Registry:
         registry = getattr(self.server, "ws_registry", None)
@@ -250,6 +293,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
 
     def _run_websocket(self, ws: WebSocket, policy: WebSocketPolicy, registry: Registry) -> None:
         registry.add(ws, policy.ping_interval, policy.ping_timeout)
+        handed_over = False
         try:
             app_status = _AppStatus()
             try:
@@ -268,15 +312,43 @@ class Handler(WebSocketHandler, PyWSGIHandler):
                 if app_status.failed and ws.state is State.OPEN:
                     log.warning("WebSocket application answered %r on %s", app_status.status, ws.path)
                     ws.close(CLOSE_INTERNAL_ERROR, f"application answered {app_status.status}")
+            serve = ws.take_serve()
+            if serve is not None:
+                self._hand_over(ws, serve, policy, registry)
+                handed_over = True
+                return
             ws.finish(policy.close_timeout)
         finally:
-            if ws.state is not State.CLOSED:
-                ws.abort()
+            if not handed_over:
+                if ws.state is not State.CLOSED:
+                    ws.abort()
+                registry.discard(ws)
+                self.environ[ENVIRON_WEBSOCKET] = None  # break the environ <-> websocket cycle
+                self.websocket = None  # type: ignore[assignment]
+
+    def _hand_over(self, ws: WebSocket, serve, policy: WebSocketPolicy, registry: Registry):
+        """Let this greenlet end and the connection be read without the request's framework
+        context (and what it held): by a fresh greenlet running the application's ``serve``,
+        or by callbacks (:class:`~app.server.reader.EventReader`: no greenlet while idle)."""
+        sock = self.socket
+        detached = self._detached = Detached(self, registry, sock)
+        registry.detached[sock] = detached
+        ws.read_with(SocketReader(sock, _buffered(self.rfile, sock)))
+        _leave_open(self)
+        ws.environ = _slim_environ(self)  # what ws.path and the access log read
+
+        def done() -> None:
             registry.discard(ws)
-            self.environ[ENVIRON_WEBSOCKET] = None  # break the environ <-> websocket cycle
-            self.websocket = None  # type: ignore[assignment]
+            detached.finish()
+
+        if isinstance(serve, ServeEvents):
+            EventReader(ws, serve.on_message, serve.on_end, policy.close_timeout, done).start()
+        else:
+            gevent.spawn(_serve_websocket, ws, serve, policy.close_timeout, done)
 
     def log_request(self):
+        if self._detached is not None:
+            return  # logged when the detached response ends (Detached.finish)
         # gunicorn's access log when gunicorn runs us, gevent's format otherwise.
         # Unlike gevent-websocket we also log 101s: the line then shows the session length.
         server_log = self.server.log
@@ -287,6 +359,135 @@ class Handler(WebSocketHandler, PyWSGIHandler):
             WSGIHandler.log_request(self)
 
 
+class Detached:
+    """A streaming response that outlives its request's greenlet (:meth:`RawResponse.detach`).
+
+    The application writes its body to :attr:`socket` and calls :meth:`finish` when it
+    ends; until then the connection is counted in the registry (a graceful stop waits for it).
+    """
+
+    __slots__ = ("_handler", "_registry", "socket")
+
+    def __init__(self, handler: Handler, registry: Registry, sock):
+        self._handler: Handler | None = handler
+        self._registry = registry
+        self.socket = sock
+
+    @property
+    def finished(self) -> bool:
+        return self._handler is None
+
+    def let_go(self) -> None:
+        """The request's greenlet has ended: drop what the response's end does not need."""
+        if self._handler is not None:
+            _let_go(self._handler)
+
+    def finish(self) -> None:
+        """End the body (its last chunk), close the connection, write the access log line.
+
+        Call it once the application's own writes are out (or the client is gone). Idempotent.
+        """
+        handler, self._handler = self._handler, None
+        if handler is None:
+            return
+        try:
+            handler._finish_detached(self.socket)
+        finally:
+            self._registry.forget_detached(self.socket)
+
+
+def _serve_websocket(ws: WebSocket, serve: Callable[[], None], close_timeout: float, done: Callable[[], None]):
+    """A handed-over WebSocket's reader: the application's ``serve``, then the closing
+    handshake, and ``done`` (the close and the access log line)."""
+    try:
+        try:
+            serve()
+        except Exception:
+            log.error("WebSocket application failed on %s", ws.path, exc_info=True)
+            ws.close(CLOSE_INTERNAL_ERROR, "internal error")
+        ws.finish(close_timeout)
+    finally:
+        if ws.state is not State.CLOSED:
+            ws.abort()
+        done()
+
+
+def _buffered(rfile, sock) -> bytes:
+    """What the handler's buffered request stream holds beyond the request (a client's
+    first frames sent with its handshake), read without waiting; the stream is spent."""
+    try:
+        sock.settimeout(0.0)  # a read that would wait raises instead (none comes if it holds some)
+        try:
+            held = rfile.peek(READ_BUFFER)
+        finally:
+            sock.settimeout(None)
+        return rfile.read(len(held)) if held else b""
+    except (OSError, ValueError):
+        return b""
+
+
+class _HeaderList(list):
+    """A request's headers as ``(name, value)`` pairs, with the ``items()`` the access log calls."""
+
+    __slots__ = ()
+
+    def items(self):
+        return self
+
+
+#: What the access log reads of a handler (gunicorn's and gevent's log_request) and what
+#: a detached response's end uses; a handler whose greenlet has ended keeps only these.
+_KEPT = (
+    "server",
+    "client_address",
+    "requestline",
+    "request_version",
+    "command",
+    "path",
+    "status",
+    "code",
+    "response_headers",
+    "response_length",
+    "response_use_chunked",
+    "headers",
+    "environ",
+    "time_start",
+    "time_finish",
+    "close_connection",
+    "_detached",
+)
+
+
+def _leave_open(handler: Any) -> None:
+    handler.close_connection = True  # no further request is read: the body is not over
+    handler.socket = None  # pywsgi's handle() then leaves the connection open
+
+
+def _text_only(environ: dict) -> dict:
+    # What the access log reads of the environ is text; the rest (the request stream and
+    # its buffer, the framework's request object) is let go.
+    return {key: value for key, value in environ.items() if isinstance(value, str)}
+
+
+def _slim_environ(handler: Any) -> dict:
+    handler.environ = _text_only(handler.environ)
+    return handler.environ
+
+
+def _let_go(handler: Any) -> None:
+    """Once a detached response's request greenlet has ended: keep only what its end needs."""
+    if any(not isinstance(value, str) for value in handler.environ.values()):
+        handler.environ = _text_only(handler.environ)
+    headers = getattr(handler, "headers", None)
+    if headers is not None:
+        handler.headers = _HeaderList(headers.raw_items())  # the parsed pairs themselves, no copies
+    handler.__dict__ = {name: value for name, value in vars(handler).items() if name in _KEPT}  # a small dict
+
+
+def _raw(sock):
+    return getattr(sock, "_sock", sock)  # gevent's real, non-blocking socket (see outbox.py)
+
+
 class Server(WSGIServer):
     """gevent's WSGI server with a :class:`Registry` of its open WebSockets."""
 
@@ -295,3 +496,11 @@ class Server(WSGIServer):
     def __init__(self, *args, ws_registry: Registry | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.ws_registry = ws_registry if ws_registry is not None else Registry()
+
+    def do_close(self, sock, *args):
+        # A detached response's connection outlives the greenlet that accepted it.
+        detached = self.ws_registry.detached.get(sock)
+        if detached is None:
+            super().do_close(sock, *args)
+        else:
+            detached.let_go()

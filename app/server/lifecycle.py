@@ -28,6 +28,9 @@ def graceful_shutdown(application, registry: Registry, hook_timeout: float, clos
        long poll's 204, a STOMP ``ERROR`` frame before its Close).
     3. 1001 "server shutting down" to every WebSocket still open, and wait up to
        ``close_timeout`` for their closing handshakes.
+    4. wait up to ``close_timeout`` for the detached responses (streams whose request
+       greenlet has ended: :meth:`~app.server.raw_response.RawResponse.detach`) that the
+       hook ended to finish; cut those left.
     """
     registry.closing = True
     for server in servers:
@@ -40,6 +43,7 @@ def graceful_shutdown(application, registry: Registry, hook_timeout: float, clos
         except Exception:
             log.error("the application's shutdown hook failed", exc_info=True)
     registry.close_all(CLOSE_GOING_AWAY, "server shutting down", close_timeout)
+    registry.wait_detached(close_timeout)
 
 
 class Worker(GeventWebSocketWorker):
@@ -81,7 +85,7 @@ class Worker(GeventWebSocketWorker):
         super().handle_exit(sig, frame)
         self.ws_registry.closing = True
         # A signal handler must not block: the closing runs in its own greenlet.
-        gevent.spawn(
+        closing = gevent.spawn(
             graceful_shutdown,
             getattr(self, "wsgi", None),
             self.ws_registry,
@@ -89,6 +93,16 @@ class Worker(GeventWebSocketWorker):
             self._ws_close_timeout(),
             self._servers,
         )
+        self._hold_exit(closing)
+
+    def _hold_exit(self, closing: gevent.Greenlet) -> None:
+        # gunicorn's worker exits once its servers' pools are empty; a detached response
+        # is in none, so the closing greenlet joins one: the exit waits for it.
+        for server in self._servers[:1]:
+            try:
+                server.pool.add(closing, blocking=False)
+            except Exception:  # gevent.pool's Full: the exit waits for the connections anyway
+                pass
 
     def handle_quit(self, sig, frame):
         self.ws_registry.closing = True

@@ -34,7 +34,7 @@ class _WriteTimedOut(Exception):
     """Raised by the writer's gevent.Timeout: the peer took nothing for ``write_timeout``."""
 
 
-def raw_socket(sock):
+def _raw(sock):
     # gevent's socket keeps the real, non-blocking socket object as _sock (gevent's
     # _socket3.py: "code that needs the raw _sock"). A send on it never waits: it takes
     # what the kernel accepts now, or raises BlockingIOError.
@@ -100,8 +100,8 @@ class Outbox:
         self.lost = False
         self.sealed = False  # see seal()
         self._sock = sock
-        self._raw = raw_socket(sock)
-        self._buf: deque = deque()
+        self._raw = _raw(sock)
+        self._buf: deque | None = None  # made by the first backlog (an empty deque holds a 64-slot block)
         self._buffered = 0
         self._writer: gevent.Greenlet | None = None
         self._on_written = on_written
@@ -133,6 +133,7 @@ class Outbox:
             return
         if self._writer is not None:  # behind a backlog: keep the order
             data = pieces[0] if count == 1 else b"".join(pieces)
+            assert self._buf is not None  # a writer exists only with its buffer
             self._buf.append(data)
             self._buffered += len(data)
             return
@@ -152,6 +153,8 @@ class Outbox:
         total = len(pieces[0]) if count == 1 else sum(map(len, pieces))
         if sent < total:
             rest = _rest(pieces, sent)
+            if self._buf is None:
+                self._buf = deque()
             self._buf.append(rest)
             self._buffered += len(rest)
             if self._drained is not None:
@@ -205,6 +208,7 @@ class Outbox:
             if timer is not None:
                 timer.close()
         self._writer = None
+        self._buf = None  # the next backlog makes its own: an idle connection holds none
         if self._drained is not None:
             self._drained.set()
         for callback in self.on_drained:
@@ -223,7 +227,9 @@ class Outbox:
         writer, self._writer = self._writer, None
         if writer is not None and writer is not gevent.getcurrent():
             writer.kill(block=False)
-        self._buf.clear()
+        if self._buf is not None:
+            self._buf.clear()  # (a writer being stopped may still hold it)
+            self._buf = None
         self._buffered = 0
         if self._drained is not None:
             self._drained.set()

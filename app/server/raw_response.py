@@ -9,6 +9,11 @@ Contract: the application first sends the status, the headers and at least one b
 chunk through WSGI (so the server has committed to its framing), then writes body bytes
 itself, framed as :attr:`RawResponse.chunked` says, and returns from its iterable only
 after its own writes are complete; the server then ends the body (``0`` chunk) as usual.
+
+Or, to let its request's greenlet end while the stream lives on (an idle stream then costs
+no greenlet, nor its parked stack): it calls :meth:`RawResponse.detach` once the headers are
+out, returns from its iterable, and calls ``finish()`` on what ``detach`` gave when its own
+writes are done; the server then ends the body, closes the connection and logs the request.
 """
 
 from __future__ import annotations
@@ -43,6 +48,16 @@ class RawResponse:
         """Whether the body is in HTTP/1.1 chunked framing (else it is raw, and the
         connection closes after it: an HTTP/1.0 client)."""
         return bool(self._handler.response_use_chunked)
+
+    def detach(self):
+        """Keep the connection open after the application's iterable ends.
+
+        Returns:
+            A ``Detached`` (:mod:`app.server.handler`): its ``finish()`` ends the body,
+            closes the connection and writes the access log line; a graceful stop waits
+            for it (and cuts the connection if it does not come).
+        """
+        return self._handler.detach()
 
     def written(self, count: int) -> None:
         """Count ``count`` body bytes the application wrote itself (the access log's size)."""

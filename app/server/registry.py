@@ -7,6 +7,7 @@ import socket
 import time
 
 import gevent
+import gevent.event
 import gevent.pool
 import gevent.select
 from gevent.pywsgi import WSGIHandler
@@ -34,6 +35,10 @@ class Registry:
     def __init__(self):
         self._open: set[WebSocket] = set()
         self._idle: set[WSGIHandler] = set()
+        #: Responses that outlive their request's greenlet, by socket (handler.Detached).
+        self.detached: dict = {}
+        self._no_detached = gevent.event.Event()
+        self._no_detached.set()
         self._keepalive: gevent.Greenlet | None = None
         self._tick = 1.0  # seconds between keepalive ticks: a quarter of the shortest interval seen
         self.closing = False
@@ -61,6 +66,26 @@ class Registry:
 
     def discard(self, ws: WebSocket) -> None:
         self._open.discard(ws)
+
+    def forget_detached(self, sock) -> None:
+        self.detached.pop(sock, None)
+        if not self.detached:
+            self._no_detached.set()
+
+    def wait_detached(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for every detached response to finish (a graceful stop
+        ended their streams); cut those left. How many were cut."""
+        if self.detached:
+            self._no_detached.clear()
+            self._no_detached.wait(timeout)
+        left = list(self.detached.values())
+        for detached in left:
+            try:
+                detached.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            detached.finish()
+        return len(left)
 
     def _keep_alive(self) -> None:
         """The keepalive timer: runs for the life of the process."""

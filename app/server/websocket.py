@@ -58,6 +58,70 @@ of a message. The peer rarely sees this frame anyway: the code is for the logs.
 HIGH_WATER = 64 * 1024
 
 
+#: What :meth:`WebSocket.receive_available` returns when no message can be read without waiting.
+NOTHING_YET = object()
+
+
+class ServeEvents:
+    """What :meth:`WebSocket.serve_events` was given: the handler reads by callbacks."""
+
+    __slots__ = ("on_message", "on_end")
+
+    def __init__(self, on_message, on_end):
+        self.on_message = on_message
+        self.on_end = on_end
+
+
+class SocketReader:
+    """``read(n)`` over a gevent socket for a handed-over WebSocket's frames, holding no
+    buffer while idle (``io.BufferedReader`` keeps one), and waiting in gevent's own
+    ``recv``, called from Python: the parked reader's C stack, which gevent copies to the
+    heap at each switch, stays short.
+
+    Args:
+        sock: the connection's gevent socket.
+        leftover: bytes already read from the connection (what a buffered reader held).
+    """
+
+    __slots__ = ("_sock", "_recv", "_buf")
+
+    def __init__(self, sock, leftover: bytes = b""):
+        self._sock = sock
+        self._recv = sock.recv
+        self._buf = leftover
+
+    def pending(self) -> bool:
+        """Whether a read would not wait (bytes held or arrived, or the end of the stream)."""
+        if self._buf:
+            return True
+        try:
+            self._sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except (OSError, AttributeError):
+            pass  # an error (or a socket without gevent's raw one) is for the read to find
+        return True
+
+    def read(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at the end of the stream (``BufferedReader.read`` semantics)."""
+        buf = self._buf
+        if len(buf) < n:
+            parts = [buf]
+            have = len(buf)
+            while have < n:
+                chunk = self._recv(max(n - have, 4096))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                have += len(chunk)
+            buf = b"".join(parts)
+        if len(buf) <= n:
+            self._buf = b""
+            return buf
+        self._buf = buf[n:]
+        return buf[:n]
+
+
 class ConnectionClosed(WebSocketError):
     """Sending on a WebSocket that is closing or closed."""
 
@@ -114,6 +178,8 @@ class WebSocket(_StockWebSocket):
         "_reader",
         "_watchdog",
         "_linger",
+        "_serve",
+        "_input",
     )
 
     def __init__(self, environ, handler, *, subprotocol=None, max_message_bytes=1024 * 1024, close_timeout=5.0):
@@ -145,6 +211,42 @@ class WebSocket(_StockWebSocket):
         self._reader = None
         self._watchdog = None
         self._linger = False  # we failed the connection: the peer may still be sending
+        self._serve = None
+        self._input: SocketReader | None = None  # set by read_with()
+
+    def serve_after(self, serve) -> None:
+        """Have ``serve()`` run as this connection's reader once the application has returned.
+
+        An application that sets up the connection in its request and then calls this
+        (and returns) gets ``serve()`` run in a fresh greenlet, with the request's
+        framework context gone: an idle connection then waits on a short stack. The
+        handler completes the closing handshake when ``serve()`` returns.
+        """
+        self._serve = serve
+
+    def serve_events(self, on_message, on_end) -> None:
+        """Have messages handed to ``on_message`` once the application has returned, read
+        by a greenlet that exists only while there is something to read.
+
+        ``on_message(message) -> bool`` gets each message (``str`` or ``bytes``) in order,
+        in a greenlet of its own that may wait (a send, a pace); a false answer ends the
+        connection. ``on_end()`` runs once, when the connection is closed or ended. An idle
+        connection then costs no greenlet at all (:mod:`app.server.reader`).
+        """
+        self._serve = ServeEvents(on_message, on_end)
+
+    def take_serve(self):
+        """What :meth:`serve_after` was given (once), or ``None``: for the handler."""
+        serve, self._serve = self._serve, None
+        return serve
+
+    def read_with(self, reader: SocketReader) -> None:
+        """Read frames through ``reader`` from now on, and let go of the handler's request
+        stream (the handler, handing the connection over, gives what it had buffered)."""
+        self._read = reader.read
+        self._input = reader
+        for name in ("stream", "raw_read", "raw_write", "handler"):  # the stock class's, holding it
+            setattr(self, name, None)
 
     def __del__(self):
         # The stock class sends a Close frame from __del__, i.e. from whatever greenlet
@@ -176,11 +278,25 @@ class WebSocket(_StockWebSocket):
         finally:
             self._reader = None
 
-    def _receive(self):
+    def receive_available(self):
+        """As :meth:`receive`, but :data:`NOTHING_YET` instead of waiting for a frame that
+        has not started to arrive (the rest of one that has is waited for). After
+        :meth:`read_with` only."""
+        if self._state is State.CLOSED:
+            return None
+        self._reader = gevent.getcurrent()
+        try:
+            return self._receive(self._input)
+        finally:
+            self._reader = None
+
+    def _receive(self, idle: SocketReader | None = None):
         read = self._read
         assembler = self._assembler
         try:
             while True:
+                if idle is not None and not idle.pending():
+                    return NOTHING_YET
                 opcode, fin, payload = frame = read_frame(read, assembler.room)
                 self.last_received = time.monotonic()
                 if opcode == OP_PING:

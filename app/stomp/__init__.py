@@ -18,6 +18,8 @@ and nothing from the rest of ``app``; ``tests/unit/test_stomp_sans_io.py`` prove
 """
 
 from .access import TOKEN_EXPIRED, Authenticator, Authorizer, Credentials, Login
+from .acks import ACK_MODES
+from .config import LoginHook, StompConfig, accept_all
 from .errors import (
     AccessDenied,
     AuthError,
@@ -46,23 +48,8 @@ from .frames import (
     unescape_header,
 )
 from .parser import FrameParser, Limits
-from .session import (
-    ACK_MODES,
-    Ack,
-    Closed,
-    Commit,
-    Connect,
-    LoginHook,
-    Nack,
-    Request,
-    Send,
-    SessionState,
-    StompConfig,
-    StompSession,
-    Subscribe,
-    Unsubscribe,
-    accept_all,
-)
+from .requests import Ack, Closed, Commit, Connect, Nack, Request, Send, Subscribe, Unsubscribe
+from .session import SessionState, StompSession
 
 __all__ = [
     "ACK_MODES",

@@ -10,7 +10,8 @@ expires ends the session from :meth:`StompSession.tick` with ERROR "token expire
 (an ``AuthError`` whose message is :data:`TOKEN_EXPIRED`).
 
 The plain :data:`~app.stomp.session.LoginHook` of :class:`StompConfig` (login and
-passcode in, bool out) still works: :func:`from_login_hook` adapts it.
+passcode in, bool out) still works: :func:`from_login_hook` adapts it. A session holds its
+hooks, its principal and its credentials' expiry in one :class:`SessionAccess`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .errors import AuthError
+from .errors import AuthError, BadDestination
+from .frames import Frame
 
-__all__ = ["TOKEN_EXPIRED", "Authenticator", "Authorizer", "Credentials", "Login", "from_login_hook", "login_result"]
+__all__ = [
+    "TOKEN_EXPIRED",
+    "Authenticator",
+    "Authorizer",
+    "Credentials",
+    "Login",
+    "SessionAccess",
+    "from_login_hook",
+    "login_result",
+]
 
 #: The ERROR ``message`` of a session whose credentials expired (kind ``auth``).
 TOKEN_EXPIRED = "token expired"
@@ -92,3 +103,61 @@ def login_result(result: Union[Login, bool]) -> Login:
     if not result:
         raise AuthError("authentication failed", "The login and passcode were not accepted.")
     return Login()
+
+
+class SessionAccess:
+    """One session's access: who its CONNECT said the client is, until when, and the check of
+    each destination it subscribes or sends to.
+
+    Args:
+        authenticate: the CONNECT check.
+        authorize: the check of each SUBSCRIBE and SEND destination; ``None``: all allowed.
+        validate: ``validate(destination) -> problem or None`` (``StompConfig.validate_destination``).
+    """
+
+    def __init__(
+        self,
+        authenticate: Authenticator,
+        authorize: Authorizer | None,
+        validate: Callable[[str], str | None] | None,
+    ) -> None:
+        self._authenticate = authenticate
+        self._authorize = authorize
+        self._validate = validate
+        self.principal: object = None  # the authenticator's Login.principal, once connected
+        self.expires_at: float | None = None  # when the credentials expire, if they do
+
+    def login(self, frame: Frame, now: float | None) -> None:
+        """Accept a CONNECT frame's credentials at ``now`` (the session's clock), or raise.
+
+        Raises:
+            AuthError: the authenticator refused them.
+        """
+        credentials = Credentials(frame.get("login"), frame.get("passcode"), frame.headers)
+        accepted = login_result(self._authenticate(credentials))
+        self.principal = accepted.principal
+        if accepted.expires_in is not None:
+            assert now is not None, "the session's clock starts with the data that brought the CONNECT"
+            self.expires_at = now + accepted.expires_in
+
+    def expired(self, now: float) -> AuthError | None:
+        """The error that ends the session once its credentials have expired at ``now``."""
+        if self.expires_at is None or now < self.expires_at:
+            return None
+        return AuthError(
+            TOKEN_EXPIRED, "The credentials this session was opened with have expired. Reconnect with a new token."
+        )
+
+    def check(self, action: str, destination: str) -> None:
+        """Check that ``destination`` is valid, then that the principal may ``action`` it
+        (``"subscribe"`` or ``"publish"``).
+
+        Raises:
+            BadDestination: the destination is invalid.
+            AccessDenied, AuthError: the authorizer refused it (ERROR naming it, then close).
+        """
+        problem = self._validate(destination) if self._validate is not None else None
+        if problem is not None:
+            raise BadDestination("invalid destination", f"{destination[:200]!r}: {problem}")
+        if self._authorize is not None:
+            self._authorize(self.principal, action, destination)

@@ -15,10 +15,12 @@ the broker's to hand to another consumer, so it is only forgotten here.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .errors import MissingHeader, ProtocolViolation
 from .frames import Frame
+from .requests import Ack, Nack
 
 __all__ = ["ACK_MODES", "AckBook", "SessionSubscription", "Settled"]
 
@@ -122,6 +124,19 @@ class AckBook:
             )
         return sub, message_id
 
+    def still_pending(
+        self, frame: Frame, version: str | None, subscriptions: Mapping[str, SessionSubscription]
+    ) -> tuple[SessionSubscription, str] | None:
+        """The subscription and message of an ACK or NACK that a transaction held, if the
+        message still waits: an earlier cumulative ACK or an UNSUBSCRIBE may since have
+        settled it (then there is nothing left to do)."""
+        message_id = frame.get("id" if version == "1.2" else "message-id", "")
+        sub_id = self.index.get(message_id)
+        sub = subscriptions.get(sub_id) if sub_id is not None else None
+        if sub is None or message_id not in sub.pending:
+            return None
+        return sub, message_id
+
     def covered(self, sub: SessionSubscription, message_id: str) -> tuple[str, ...]:
         """The messages an ACK/NACK of ``message_id`` settles, oldest first."""
         if sub.ack_mode != "client":
@@ -157,6 +172,18 @@ class AckBook:
             self.track(sub, pending_id, again)
             resend.append(again)
         return Settled(settled, tuple(resend), tuple(dropped))
+
+    def request(
+        self, sub: SessionSubscription, message_id: str, nack: bool, resend: Callable[[tuple[Frame, ...]], None]
+    ) -> Ack | Nack:
+        """Settle an ACK or NACK of ``message_id`` and make the broker's request of it; the
+        frames a topic subscription's NACK sends again go to ``resend``."""
+        settled = self.settle(sub, message_id, nack=nack)
+        if not nack:
+            return Ack(sub.sub_id, settled.message_ids)
+        if settled.resend:
+            resend(settled.resend)
+        return Nack(sub.sub_id, settled.message_ids, settled.dropped)
 
 
 def _require(frame: Frame, name: str) -> str:

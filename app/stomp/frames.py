@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import overload
 
 __all__ = [
     "BODY_COMMANDS",
@@ -123,6 +124,13 @@ class Frame:
         """
         items = headers.items() if isinstance(headers, Mapping) else headers
         return cls(command, tuple((str(k), str(v)) for k, v in items), bytes(body))
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+    @overload
+    def get(self, name: str, default: str | None) -> str | None: ...
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the value of header ``name``.

@@ -9,21 +9,24 @@ which are the same for every subscriber of one event in one escaping mode: the b
 builds that tail once (:func:`encode_message_tail`) and hands it to every session, which
 puts its own lines in front (:func:`message_head`, :func:`message_from_tail`). A MESSAGE
 that is kept for a redelivery, or differs per subscription, is a whole :class:`Frame`
-(:func:`message_frame`), serialized with the same rules.
+(:func:`message_frame`), serialized with the same rules. A session's :class:`MessageWriter`
+numbers its MESSAGEs and chooses between the two.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from .frames import Frame, escape_header, escapes_headers, header_representable
+from .frames import Frame, escape_header, escapes_headers, header_representable, serialize
 
 if TYPE_CHECKING:
-    from .acks import SessionSubscription
+    from .acks import AckBook, SessionSubscription
 
 __all__ = [
     "BLOB_TYPE",
+    "MessageWriter",
     "RESERVED_MESSAGE_HEADERS",
     "encode_message_tail",
     "event_header_lines",
@@ -154,3 +157,74 @@ def message_frame(
         frame_headers.append(("redelivered", "true"))
     frame_headers += event_header_lines(headers, escapes_headers("MESSAGE", version), body, default_type)
     return Frame("MESSAGE", tuple(frame_headers), bytes(body))
+
+
+class MessageWriter:
+    """One session's MESSAGEs: their ``message-id`` (``<session id>-<n>``) and their bytes.
+
+    Args:
+        session_id: the session's id, the prefix of every ``message-id``.
+        acks: where a MESSAGE of a client ack mode is kept until it is settled.
+    """
+
+    def __init__(self, session_id: str, acks: AckBook) -> None:
+        self.session_id = session_id
+        self._acks = acks
+        self._numbers = itertools.count(1)
+
+    def write(
+        self,
+        sub: SessionSubscription,
+        body: bytes,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        version: str | None,
+        *,
+        tail: bytes | None,
+        redelivered: bool,
+        default_type: str | None,
+        destination: str | None,
+    ) -> tuple[str, bytes]:
+        """A new MESSAGE for ``sub``, kept in the ack book in a client ack mode (for
+        :meth:`StompSession.deliver`, whose arguments these are).
+
+        Args:
+            sub: the subscription.
+            body: the message body octets.
+            headers: extra MESSAGE headers, as a mapping or ``(name, value)`` pairs.
+            version: the session's STOMP version (its escaping).
+            tail: ``encode_message_tail(body, headers, session.escapes_messages, default_type)``
+                of the same arguments, for a caller that delivers one event to many
+                sessions and builds it once. An ``auto`` subscription's frame is then
+                the per-subscription headers plus ``tail`` (the same bytes); client ack
+                modes ignore it (they keep the frame for NACK).
+            redelivered: a shared queue's message delivered before (to anyone).
+            default_type: the content-type said for a body that has none; ``None``: none.
+            destination: the ``destination`` header, when it is not the subscription's own
+                (a wildcard subscription's MESSAGE names the topic it came from).
+
+        Returns:
+            Its ``message-id`` and its bytes.
+
+        Raises:
+            ValueError: a header cannot be written in this version's escaping.
+        """
+        if tail is not None and sub.ack_mode == "auto" and not redelivered and destination is None:
+            # Nothing is kept for a redelivery: write the per-subscription lines and the
+            # shared tail; the same bytes serialize() writes for the frame built below.
+            number = next(self._numbers)
+            head = sub.message_head or message_head(sub, self.session_id, escapes_headers("MESSAGE", version))
+            return f"{self.session_id}-{number}", message_from_tail(head, number, tail)
+        message_id = f"{self.session_id}-{next(self._numbers)}"
+        frame = message_frame(
+            sub,
+            message_id,
+            body,
+            headers,
+            version,
+            redelivered=redelivered,
+            default_type=default_type,
+            destination=destination,
+        )
+        if sub.ack_mode != "auto":
+            self._acks.track(sub, message_id, frame)
+        return message_id, serialize(frame, version)

@@ -121,7 +121,8 @@ class HeartBeats:
 
     def silent_too_long(self, now: float) -> bool:
         """Whether the client has sent nothing for longer than its interval allows."""
-        return bool(self.silence_limit) and now >= self.last_received + self.silence_limit  # type: ignore[operator]
+        last = self.last_received
+        return bool(self.silence_limit) and last is not None and now >= last + self.silence_limit
 
     def beat_due(self, now: float) -> bool:
         """Whether a heart-beat is due at ``now``; if so, the next one is counted from ``now``."""

@@ -4,15 +4,27 @@
 caused them. A frame that produced requests holds everything behind it (its RECEIPT, the
 frames after it) until the broker has acted and calls :meth:`StompSession.confirm`; a
 broker that refuses one calls :meth:`StompSession.send_error` instead, and nothing of that
-frame, nor anything after it, ever happens.
+frame, nor anything after it, ever happens. A session keeps both in :class:`PendingRequests`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Union
 
-__all__ = ["Ack", "Closed", "Commit", "Connect", "Nack", "Request", "Send", "Subscribe", "Unsubscribe"]
+__all__ = [
+    "Ack",
+    "Closed",
+    "Commit",
+    "Connect",
+    "Nack",
+    "PendingRequests",
+    "Request",
+    "Send",
+    "Subscribe",
+    "Unsubscribe",
+]
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,54 @@ class Closed:
 
 
 Request = Union[Connect, Subscribe, Unsubscribe, Send, Ack, Nack, Commit, Closed]
+
+
+class PendingRequests:
+    """One session's requests not yet handed out, and the frame that waits for the broker.
+
+    A frame that made requests is *held* (:meth:`hold`): its receipt, and what the session
+    does once the broker has acted (:meth:`on_confirm`, e.g. a COMMIT's redeliveries), wait
+    for :meth:`release`, and so does every frame after it.
+    """
+
+    def __init__(self) -> None:
+        self._made: list[Request] = []
+        # The held frame's receipt and its actions; None when no frame waits.
+        self._held: tuple[str | None, list[Callable[[], None]]] | None = None
+        self._after: list[Callable[[], None]] = []  # the actions of the frame being handled
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def append(self, request: Request) -> None:
+        self._made.append(request)
+
+    def take(self) -> list[Request]:
+        """Return and forget the requests made so far, in order."""
+        made, self._made = self._made, []
+        return made
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a frame is held until the broker confirms."""
+        return self._held is not None
+
+    def on_confirm(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the frame being handled is confirmed."""
+        self._after.append(action)
+
+    def hold(self, receipt: str | None) -> None:
+        """Hold the frame just handled (it made requests), with its receipt and actions."""
+        self._held, self._after = (receipt, self._after), []
+
+    def release(self) -> tuple[str | None, list[Callable[[], None]]] | None:
+        """The held frame's receipt and actions, no longer held; ``None`` when none was."""
+        held, self._held = self._held, None
+        return held
+
+    def drop(self) -> None:
+        """Forget the held frame and its actions: they never happen (the session closed)."""
+        self._held, self._after = None, []
 
 
 def _first(headers: tuple[tuple[str, str], ...], name: str) -> str | None:

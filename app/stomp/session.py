@@ -35,55 +35,30 @@ and nothing sent after the refused frame is looked at (STOMP 1.2, "ERROR").
 Which client command is allowed in which state is the table :data:`_HANDLERS`;
 every failure is a :class:`~app.stomp.errors.StompError`, answered in one place
 (:meth:`StompSession._fail`) with an ERROR frame, after which the session is
-closed. Settings are :mod:`.config`'s, CONNECT negotiation and the heart-beat clock
-:mod:`.negotiation`'s, SUBSCRIBE/UNSUBSCRIBE checks :mod:`.subscriptions`', transactions
-:mod:`.transactions`', acknowledgments :mod:`.acks`', every MESSAGE :mod:`.messages`'.
+closed. What each command does is the job of the package's other modules (see
+:mod:`app.stomp`); this one keeps the state and the order of things.
 """
 
 from __future__ import annotations
 
 import enum
-import itertools
+import functools
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 
-from .access import TOKEN_EXPIRED, Authenticator, Authorizer, Credentials, from_login_hook, login_result
-from .acks import ACK_MODES, AckBook, SessionSubscription
-from .config import LoginHook, StompConfig, accept_all
-from .errors import (
-    AuthError,
-    BadDestination,
-    BrokerError,
-    StompError,
-    require_header,
-    unexpected_command,
-)
+from .access import Authenticator, Authorizer, SessionAccess, from_login_hook
+from .config import StompConfig
+from .errors import BrokerError, StompError, require_header, unexpected_command
 from .frames import EOL, Frame, escapes_headers, serialize
-from .messages import BLOB_TYPE, encode_message_tail, message_frame, message_from_tail, message_head
+from .messages import BLOB_TYPE, MessageWriter, encode_message_tail
 from .negotiation import HeartBeats, agree_heart_beat, connected_frame, negotiate_version, parse_heart_beat
 from .parser import FrameParser
-from .requests import Ack, Closed, Commit, Connect, Nack, Request, Send, Subscribe, Unsubscribe
-from .subscriptions import open_subscription, subscriptions_closed
+from .requests import Ack, Closed, Connect, Nack, PendingRequests, Request, Send
+from .subscriptions import OpenSubscriptions
 from .transactions import Transactions
 
-__all__ = [
-    "ACK_MODES",
-    "Ack",
-    "Closed",
-    "Commit",
-    "Connect",
-    "LoginHook",
-    "Nack",
-    "Request",
-    "Send",
-    "SessionState",
-    "StompConfig",
-    "StompSession",
-    "Subscribe",
-    "Unsubscribe",
-    "accept_all",
-    "encode_message_tail",
-]
+# encode_message_tail: for the callers that build a MESSAGE tail for StompSession.deliver.
+__all__ = ["SessionState", "StompSession", "encode_message_tail"]
 
 
 class SessionState(enum.Enum):
@@ -141,10 +116,9 @@ class StompSession:
             authorize: this connection's check of each SUBSCRIBE and SEND destination.
         """
         self.config = config if config is not None else StompConfig()
-        self._authenticate = authenticate or from_login_hook(self.config.authenticate)
-        self._authorize = authorize
-        self.principal: object = None  # the authenticator's Login.principal, once connected
-        self._expires_at: float | None = None
+        self._access = SessionAccess(
+            authenticate or from_login_hook(self.config.authenticate), authorize, self.config.validate_destination
+        )
         self.session_id = session_id if session_id is not None else secrets.token_hex(8)
         self.error: StompError | None = None
         self.close_reason: str | None = None
@@ -153,15 +127,11 @@ class StompSession:
         self._version: str | None = None
         self._heart_beat = (0, 0)
         self._outgoing: list[bytes] = []
-        self._requests: list[Request] = []
-        # The frame whose requests the broker is acting on: its receipt and what happens
-        # here once it is confirmed; None when no frame waits (see confirm()).
-        self._held: tuple[str | None, list[Callable[[], None]]] | None = None
-        self._after_confirm: list[Callable[[], None]] = []
-        self._subscriptions: dict[str, SessionSubscription] = {}
-        self._acks = AckBook(self.config.max_deliveries)
+        self._requests = PendingRequests()  # and the frame that waits for confirm()
+        self._subscriptions = OpenSubscriptions(self.config)
+        self._acks = self._subscriptions.acks
         self._transactions = Transactions(self.config.max_transactions, self.config.max_transaction_frames)
-        self._message_numbers = itertools.count(1)
+        self._messages = MessageWriter(self.session_id, self._acks)
         self._time = HeartBeats(now)  # connect timeout, client silence, server heart-beats
 
     # --- state ------------------------------------------------------------------------
@@ -175,6 +145,11 @@ class StompSession:
     def closed(self) -> bool:
         """Whether the session is over; close the connection once its data is sent."""
         return self._state is SessionState.CLOSED
+
+    @property
+    def principal(self) -> object:
+        """Who the authenticator said the client is (its ``Login.principal``), once connected."""
+        return self._access.principal
 
     @property
     def version(self) -> str | None:
@@ -195,7 +170,7 @@ class StompSession:
     @property
     def waiting(self) -> bool:
         """Whether a frame waits for the broker's :meth:`confirm`."""
-        return self._held is not None
+        return self._requests.waiting
 
     # --- outputs ----------------------------------------------------------------------
 
@@ -219,8 +194,7 @@ class StompSession:
             :class:`Closed`, in the order the client's frames caused them. Act on them,
             then call :meth:`confirm` (or :meth:`send_error` to refuse one).
         """
-        requests, self._requests = self._requests, []
-        return requests
+        return self._requests.take()
 
     # --- inputs -----------------------------------------------------------------------
 
@@ -240,7 +214,7 @@ class StompSession:
         """
         if self.closed:
             return
-        self._advance(now)
+        self._time.advance(now)
         if data:
             self._time.last_received = now
         try:
@@ -263,8 +237,8 @@ class StompSession:
             now: the current time in seconds, if known.
         """
         if now is not None:
-            self._advance(now)
-        held, self._held = self._held, None
+            self._time.advance(now)
+        held = self._requests.release()
         if self.closed or held is None:
             return
         receipt, after = held
@@ -279,7 +253,7 @@ class StompSession:
         # the session ends.
         frame: Frame | None = None
         try:
-            while not self.closed and self._held is None:
+            while not self.closed and not self._requests.waiting:
                 item = self._parser.next_item()
                 if item is None:
                     break
@@ -307,19 +281,14 @@ class StompSession:
         """
         if self.closed:
             return
-        self._advance(now)
-        if self._expires_at is not None and now >= self._expires_at:
-            self._fail(
-                AuthError(
-                    TOKEN_EXPIRED,
-                    "The credentials this session was opened with have expired. Reconnect with a new token.",
-                )
-            )
-            return
+        self._time.advance(now)
         connecting = self._state is SessionState.AWAITING_CONNECT
-        overdue = self._time.overdue(now, connecting, self.config.connect_timeout, self._heart_beat[0])
-        if overdue is not None:
-            self._fail(overdue)
+        # Expired credentials first (a login has none before CONNECT), then the timeouts.
+        error = self._access.expired(now) or self._time.overdue(
+            now, connecting, self.config.connect_timeout, self._heart_beat[0]
+        )
+        if error is not None:
+            self._fail(error)
         elif not connecting and self._time.beat_due(now):
             # STOMP 1.2: "if the sender has no real STOMP frame to send, it MUST send an EOL".
             self._outgoing.append(EOL)
@@ -336,7 +305,8 @@ class StompSession:
             return None
         if self._state is SessionState.AWAITING_CONNECT:
             return self._time.connect_deadline(self.config.connect_timeout)
-        deadlines = [] if self._expires_at is None else [self._expires_at]
+        expires_at = self._access.expires_at
+        deadlines = [] if expires_at is None else [expires_at]
         deadlines += self._time.deadlines()
         return min(deadlines) if deadlines else None
 
@@ -353,8 +323,7 @@ class StompSession:
             is full of unacknowledged messages. Wait for an :class:`Ack` (or
             :class:`Nack`) request for that subscription, then ask again.
         """
-        sub = self._subscriptions.get(sub_id)
-        return self._state is SessionState.CONNECTED and sub is not None and sub.window_open()
+        return self._state is SessionState.CONNECTED and self._subscriptions.ready(sub_id) is not None
 
     def room(self, sub_id: str, most: int) -> int:
         """How many MESSAGEs subscription ``sub_id`` can take now, at most ``most``.
@@ -362,12 +331,7 @@ class StompSession:
         ``most`` in ``auto`` mode; in client modes what its prefetch window has left;
         0 whenever :meth:`can_deliver` would say ``False``.
         """
-        sub = self._subscriptions.get(sub_id)
-        if self._state is not SessionState.CONNECTED or sub is None:
-            return 0
-        if sub.ack_mode == "auto":
-            return most
-        return max(0, min(most, sub.window - len(sub.pending)))
+        return self._subscriptions.room(sub_id, most) if self._state is SessionState.CONNECTED else 0
 
     def deliver(
         self,
@@ -391,15 +355,9 @@ class StompSession:
             headers: extra MESSAGE headers, as a mapping or ``(name, value)`` pairs.
             now: the current time in seconds; when given, the server heart-beat
                 timer restarts from it (the frame is a sign of life).
-            tail: ``encode_message_tail(body, headers, session.escapes_messages, default_type)``
-                of the same arguments, for a caller that delivers one event to many
-                sessions and builds it once. An ``auto`` subscription's frame is then
-                the per-subscription headers plus ``tail`` (the same bytes); client ack
-                modes ignore it (they keep the frame for NACK).
-            redelivered: a shared queue's message delivered before (to anyone).
-            default_type: the content-type said for a body that has none; ``None``: none.
-            destination: the ``destination`` header, when it is not the subscription's own
-                (a wildcard subscription's MESSAGE names the topic it came from).
+            tail, redelivered, default_type, destination: how the MESSAGE is written, as
+                :meth:`~app.stomp.messages.MessageWriter.write` describes (``tail``: the
+                event's part built once, by :func:`encode_message_tail`, for many sessions).
 
         Returns:
             The new ``message-id``; or ``None`` when nothing was queued because
@@ -408,31 +366,21 @@ class StompSession:
             in a loop).
         """
         if now is not None:
-            self._advance(now)
-        sub = self._subscriptions.get(sub_id)
-        if self._state is not SessionState.CONNECTED or sub is None or not sub.window_open():
+            self._time.advance(now)
+        sub = self._subscriptions.ready(sub_id) if self._state is SessionState.CONNECTED else None
+        if sub is None:
             return None
-        if tail is not None and sub.ack_mode == "auto" and not redelivered and destination is None:
-            # Nothing is kept for a redelivery: write the per-subscription lines and the
-            # shared tail; the same bytes serialize() writes for the frame built below.
-            number = next(self._message_numbers)
-            head = sub.message_head or message_head(sub, self.session_id, self.escapes_messages)
-            self._send_bytes(message_from_tail(head, number, tail))
-            return f"{self.session_id}-{number}"
-        message_id = f"{self.session_id}-{next(self._message_numbers)}"
-        frame = message_frame(
+        message_id, data = self._messages.write(
             sub,
-            message_id,
             body,
             headers,
             self._version,
+            tail=tail,
             redelivered=redelivered,
             default_type=default_type,
             destination=destination,
         )
-        if sub.ack_mode != "auto":
-            self._acks.track(sub, message_id, frame)
-        self._send_frame(frame)
+        self._send_bytes(data)
         return message_id
 
     def send_error(self, message: str, body: str = "", *, receipt_id: str | None = None) -> None:
@@ -479,35 +427,15 @@ class StompSession:
         receipt = None if frame.command in ("CONNECT", "STOMP") else frame.get("receipt")
         if len(self._requests) > made:
             # The broker acts first; the RECEIPT (and every later frame) waits for confirm().
-            self._held = (receipt, self._after_confirm)
-            self._after_confirm = []
+            self._requests.hold(receipt)
         elif receipt is not None:
             self._send_frame(Frame("RECEIPT", (("receipt-id", receipt),)))
-
-    def _check_destination(self, destination: str) -> None:
-        hook = self.config.validate_destination
-        problem = hook(destination) if hook is not None else None
-        if problem is not None:
-            raise BadDestination("invalid destination", f"{destination[:200]!r}: {problem}")
-
-    def _check_access(self, action: str, destination: str) -> None:
-        # Raises AccessDenied or AuthError: ERROR naming the destination, then close.
-        if self._authorize is not None:
-            self._authorize(self.principal, action, destination)
-
-    def _check_use(self, action: str, destination: str) -> None:
-        self._check_destination(destination)
-        self._check_access(action, destination)
 
     def _on_connect(self, frame: Frame) -> None:
         version = negotiate_version(frame.get("accept-version"), self.config.versions)
         # STOMP 1.0 has no heart-beating; 1.1 introduced the header.
         client_beats = (0, 0) if version == "1.0" else parse_heart_beat(frame.get("heart-beat"))
-        login = frame.get("login")
-        accepted = login_result(self._authenticate(Credentials(login, frame.get("passcode"), frame.headers)))
-        self.principal = accepted.principal
-        if accepted.expires_in is not None:
-            self._expires_at = self._time.clock + accepted.expires_in  # type: ignore[operator]
+        self._access.login(frame, self._time.clock)
         server_beats = (0, 0) if version == "1.0" else self.config.heart_beat
         self._heart_beat = agree_heart_beat(client_beats, server_beats)
         self._time.start(self._heart_beat, self.config.heartbeat_margin)
@@ -516,12 +444,12 @@ class StompSession:
         self._state = SessionState.CONNECTED
         self._send_frame(connected_frame(version, server_beats, self.session_id, self.config.server_name))
         self._requests.append(
-            Connect(version, login, frame.get("host"), self.session_id, self._heart_beat, self.principal)
+            Connect(version, frame.get("login"), frame.get("host"), self.session_id, self._heart_beat, self.principal)
         )
 
     def _on_send(self, frame: Frame) -> None:
         destination = require_header(frame, "destination")
-        self._check_use("publish", destination)
+        self._access.check("publish", destination)
         transaction = frame.get("transaction")
         if transaction is not None:
             self._transactions.hold(transaction, frame)  # checked now, published at COMMIT
@@ -534,68 +462,45 @@ class StompSession:
         )
 
     def _on_subscribe(self, frame: Frame) -> None:
-        sub, request = open_subscription(
-            frame,
-            self._version,
-            self._subscriptions,
-            self.config,
-            lambda destination: self._check_use("subscribe", destination),
-        )
-        self._subscriptions[sub.sub_id] = sub
-        self._requests.append(request)
+        check = functools.partial(self._access.check, "subscribe")
+        self._requests.append(self._subscriptions.open(frame, self._version, check))
 
     def _on_unsubscribe(self, frame: Frame) -> None:
-        for gone in subscriptions_closed(frame, self._version, self._subscriptions):
-            sub = self._subscriptions.pop(gone)
-            self._acks.forget(sub)
-            self._requests.append(Unsubscribe(sub.sub_id, sub.destination))
+        for request in self._subscriptions.close(frame, self._version):
+            self._requests.append(request)
 
     def _on_ack(self, frame: Frame) -> None:
-        sub, message_id = self._acks.resolve(frame, self._version, self._subscriptions)
+        sub, message_id = self._acks.resolve(frame, self._version, self._subscriptions.by_id)
         transaction = frame.get("transaction")
         if transaction is not None:
             self._transactions.hold(transaction, frame)  # checked now, applied at COMMIT
         else:
-            self._requests.append(self._settle(sub, message_id, frame.command == "NACK", self._resend))
-
-    def _settle(
-        self, sub: SessionSubscription, message_id: str, nack: bool, resend: Callable[[tuple[Frame, ...]], None]
-    ) -> Ack | Nack:
-        settled = self._acks.settle(sub, message_id, nack=nack)
-        if not nack:
-            return Ack(sub.sub_id, settled.message_ids)
-        if settled.resend:
-            resend(settled.resend)
-        return Nack(sub.sub_id, settled.message_ids, settled.dropped)
+            self._requests.append(self._acks.request(sub, message_id, frame.command == "NACK", self._resend))
 
     def _resend(self, frames: tuple[Frame, ...]) -> None:
         for frame in frames:
             self._send_frame(frame)
 
     def _resend_on_confirm(self, frames: tuple[Frame, ...]) -> None:
-        self._after_confirm.append(lambda: self._resend(frames))
+        self._requests.on_confirm(lambda: self._resend(frames))
 
     def _on_begin(self, frame: Frame) -> None:
         self._transactions.begin(require_header(frame, "transaction"))
 
     def _on_commit(self, frame: Frame) -> None:
         transaction = require_header(frame, "transaction")
-        items: list[Send | Ack | Nack] = []
-        for held in self._transactions.end(transaction):
-            if held.command == "SEND":
-                items.append(self._send_request(held, transaction))
-                continue
-            # An ACK/NACK was valid when received; an earlier cumulative ACK or an
-            # UNSUBSCRIBE may since have settled its message: nothing left to do.
-            message_id = held.get("id" if self._version == "1.2" else "message-id", "")
-            sub_id = self._acks.index.get(message_id)
-            sub = self._subscriptions.get(sub_id) if sub_id is not None else None
-            if sub is not None and message_id in sub.pending:
-                # Settled here at once (the broker's refusal closes the session anyway), but
-                # a NACKed topic message is sent again only once the COMMIT is confirmed.
-                items.append(self._settle(sub, message_id, held.command == "NACK", self._resend_on_confirm))
-        # One request, even for an empty transaction: its RECEIPT waits for the broker.
-        self._requests.append(Commit(transaction, tuple(items), frame.get("receipt")))
+        send = functools.partial(self._send_request, transaction=transaction)
+        self._requests.append(self._transactions.commit(transaction, frame.get("receipt"), send, self._settle_held))
+
+    def _settle_held(self, held: Frame) -> Ack | Nack | None:
+        # An ACK/NACK was valid when received, but may have been settled since. Settled here
+        # at once (the broker's refusal closes the session anyway), but a NACKed topic
+        # message is sent again only once the COMMIT is confirmed.
+        pending = self._acks.still_pending(held, self._version, self._subscriptions.by_id)
+        if pending is None:
+            return None
+        sub, message_id = pending
+        return self._acks.request(sub, message_id, held.command == "NACK", self._resend_on_confirm)
 
     def _on_abort(self, frame: Frame) -> None:
         self._transactions.end(require_header(frame, "transaction"))
@@ -620,11 +525,9 @@ class StompSession:
         # waited for the broker never happens.
         self._state = SessionState.CLOSED
         self.close_reason = reason
-        self._held = None
-        self._after_confirm = []
+        self._requests.drop()
         self._transactions.abort_all()
         self._subscriptions.clear()
-        self._acks.clear()
         self._requests.append(Closed(reason, error_kind))
 
     def _send_frame(self, frame: Frame) -> None:
@@ -633,9 +536,6 @@ class StompSession:
     def _send_bytes(self, data: bytes) -> None:
         self._outgoing.append(data)
         self._time.sent()
-
-    def _advance(self, now: float) -> None:
-        self._time.advance(now)
 
 
 # Which client commands each state accepts, and who handles them. A command

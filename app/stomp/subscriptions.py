@@ -1,10 +1,10 @@
-"""SUBSCRIBE and UNSUBSCRIBE: which subscription a frame opens or closes, checked.
+"""SUBSCRIBE and UNSUBSCRIBE: which subscription a frame opens or closes, checked, and the
+session's open subscriptions.
 
-A session keeps its open subscriptions in a dict by id (:class:`~.acks.SessionSubscription`,
-which also holds their unacknowledged messages, :mod:`.acks`). These functions read a
-frame against that dict and the session's settings, raise the
-:class:`~app.stomp.errors.StompError` a bad frame deserves, and leave the changes and
-the requests to the session.
+A session keeps its open subscriptions in an :class:`OpenSubscriptions`, by id
+(:class:`~.acks.SessionSubscription`, whose unacknowledged messages its :class:`~.acks.AckBook`
+tracks). The functions read a frame against them and the session's settings and raise the
+:class:`~app.stomp.errors.StompError` a bad frame deserves.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from .acks import ACK_MODES, SessionSubscription
+from .acks import ACK_MODES, AckBook, SessionSubscription
 from .config import StompConfig
 from .errors import LimitExceeded, MissingHeader, ProtocolViolation, require_header
 from .frames import Frame
-from .requests import Subscribe
+from .requests import Subscribe, Unsubscribe
 
-__all__ = ["missing_id", "open_subscription", "subscriptions_closed"]
+__all__ = ["OpenSubscriptions", "missing_id", "open_subscription", "subscriptions_closed"]
 
 _COUNT = re.compile(r"[0-9]{1,9}")
 
@@ -91,6 +91,54 @@ def subscriptions_closed(
         wanted = sub_id if sub_id is not None else frame.get("destination", "")
         raise ProtocolViolation("unknown subscription", f"No subscription {wanted[:200]!r}.")
     return sub_ids
+
+
+class OpenSubscriptions:
+    """One session's open subscriptions, by id, and the book of their unacknowledged messages.
+
+    Args:
+        config: the session's settings.
+    """
+
+    def __init__(self, config: StompConfig) -> None:
+        self.config = config
+        self.by_id: dict[str, SessionSubscription] = {}
+        self.acks = AckBook(config.max_deliveries)
+
+    def ready(self, sub_id: str) -> SessionSubscription | None:
+        """Subscription ``sub_id`` if it is open and may take another MESSAGE now."""
+        sub = self.by_id.get(sub_id)
+        return sub if sub is not None and sub.window_open() else None
+
+    def room(self, sub_id: str, most: int) -> int:
+        """How many MESSAGEs ``sub_id`` can take now, at most ``most`` (see ``StompSession.room``)."""
+        sub = self.by_id.get(sub_id)
+        if sub is None:
+            return 0
+        if sub.ack_mode == "auto":
+            return most
+        return max(0, min(most, sub.window - len(sub.pending)))
+
+    def open(self, frame: Frame, version: str | None, check: Callable[[str], None]) -> Subscribe:
+        """Open the subscription of a SUBSCRIBE frame (:func:`open_subscription`); its request."""
+        sub, request = open_subscription(frame, version, self.by_id, self.config, check)
+        self.by_id[sub.sub_id] = sub
+        return request
+
+    def close(self, frame: Frame, version: str | None) -> list[Unsubscribe]:
+        """Close the subscriptions of an UNSUBSCRIBE frame (:func:`subscriptions_closed`),
+        forgetting their unacknowledged messages; their requests."""
+        requests = []
+        for gone in subscriptions_closed(frame, version, self.by_id):
+            sub = self.by_id.pop(gone)
+            self.acks.forget(sub)
+            requests.append(Unsubscribe(sub.sub_id, sub.destination))
+        return requests
+
+    def clear(self) -> None:
+        """Forget every subscription (the session ended)."""
+        self.by_id.clear()
+        self.acks.clear()
 
 
 def missing_id(frame: Frame) -> MissingHeader:

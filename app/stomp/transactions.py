@@ -8,8 +8,11 @@ ABORT drops them; a session that ends with transactions open aborts them (STOMP 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .errors import LimitExceeded, ProtocolViolation
 from .frames import Frame
+from .requests import Ack, Commit, Nack, Send
 
 __all__ = ["Transactions"]
 
@@ -70,6 +73,28 @@ class Transactions:
             return self._open.pop(transaction)
         except KeyError:
             raise ProtocolViolation("unknown transaction", f"No transaction {transaction[:200]!r} is open.") from None
+
+    def commit(
+        self,
+        transaction: str,
+        receipt: str | None,
+        send: Callable[[Frame], Send],
+        settle: Callable[[Frame], Ack | Nack | None],
+    ) -> Commit:
+        """End ``transaction`` and make the broker's :class:`~app.stomp.requests.Commit` of it:
+        each held SEND becomes ``send(frame)``, each held ACK or NACK ``settle(frame)`` (``None``
+        when its message has been settled since: nothing is left to do).
+
+        Raises:
+            ProtocolViolation: it is not open.
+        """
+        items: list[Send | Ack | Nack] = []
+        for held in self.end(transaction):
+            item = send(held) if held.command == "SEND" else settle(held)
+            if item is not None:
+                items.append(item)
+        # One request, even for an empty transaction: its RECEIPT waits for the broker.
+        return Commit(transaction, tuple(items), receipt)
 
     def abort_all(self) -> None:
         """Drop every open transaction (the session ended)."""

@@ -37,12 +37,12 @@ from typing import Callable
 
 from flask import Blueprint, Flask, Request, Response, jsonify, request
 
-from .. import limits, state
 from ..auth import Identity, Unauthorized
 from ..auth.web import authorize
 from ..errors import ApiError
 from ..events import Event, Gap, Page, check_topic
 from ..hub import Hub, Item, Subscription, SubscriptionClosed
+from ..services import Services, services
 from .cursor import compound_resume_cursor, format_compound, read_limit, resume_cursor
 from .polling import count_poll
 from .topics import TopicSet, authorize_topics, read_topics, start_positions
@@ -91,7 +91,7 @@ def _park(
     Returns:
         What the wait took (empty on timeout or shutdown), and the client's address.
     """
-    slot = limits.current().open_stream(request.environ, "long-polling")  # or 503/429
+    slot = services().limits.open_stream(request.environ, "long-polling")  # or 503/429
     try:
         source = open_source()
     except SubscriptionClosed:
@@ -102,7 +102,7 @@ def _park(
     except BaseException:
         slot.release()
         raise
-    metrics = state.metrics()
+    metrics = services().metrics
     with slot, source, metrics.connection("long-polling"):
         metrics.long_polls_parked.inc()
         try:
@@ -139,17 +139,17 @@ def long_poll(topic: str) -> Response:
     identity = authorize("subscribe", topic, "long-polling")
     since = resume_cursor(request)
     limit = read_limit(request)
-    timeout = read_timeout(request, state.settings().longpoll_timeout)
+    timeout = read_timeout(request, services().settings.longpoll_timeout)
     token_left = identity.seconds_left()
-    hub = state.hub()
+    hub = services().hub
     count_poll(hub, [topic], identity, hold=timeout)  # present while parked, and a while after
 
     if since:
         page = hub.history(topic, since=since, limit=limit)
         if page.events or page.gap:
-            state.metrics().delivered.labels("long-polling").inc(len(page.events))
+            services().metrics.delivered.labels("long-polling").inc(len(page.events))
             if page.gap:
-                state.metrics().gaps.labels("resume").inc()
+                services().metrics.gaps.labels("resume").inc()
             return _answer(page)
 
     # Starts at ``since``: whatever is published from here on (or was, since the history
@@ -160,7 +160,7 @@ def long_poll(topic: str) -> Response:
     _log_slow(items, client)
     if not events and not gap:
         return _nothing(identity, token_left)
-    state.metrics().delivered.labels("long-polling").inc(len(events))
+    services().metrics.delivered.labels("long-polling").inc(len(events))
     return _answer(Page(events, events[-1].id if events else (since or ""), gap))
 
 
@@ -171,7 +171,7 @@ def _compound_answer(items: list[Item], positions: dict[str, str]) -> Response:
     for event in events:
         positions[event.topic] = event.id
     gaps = list(dict.fromkeys(item.topic for item in items if isinstance(item, Gap)))
-    state.metrics().delivered.labels("long-polling").inc(len(events))
+    services().metrics.delivered.labels("long-polling").inc(len(events))
     response = jsonify(
         {
             "events": [event.to_dict() for event in events],
@@ -217,14 +217,14 @@ def _newer(hub: Hub, resume: dict[str, str], positions: dict[str, str], limit: i
 def multi_long_poll() -> Response:
     """Answer with the events of several topics after the compound ``since`` now, or park
     until one arrives (200) or the timeout (204)."""
-    settings = state.settings()
+    settings = services().settings
     topics = read_topics(request, settings.max_stream_topics)
     identity = authorize_topics(topics, "long-polling")
     resume = compound_resume_cursor(request, topics, settings.max_stream_topics)
     limit = read_limit(request)
     timeout = read_timeout(request, settings.longpoll_timeout)
     token_left = identity.seconds_left()
-    hub = state.hub()
+    hub = services().hub
     count_poll(hub, topics, identity, hold=timeout)
     # Every topic gets a position in the answer's cursor, even one without news: the next
     # poll then resumes it from here, not from whenever that poll comes.
@@ -235,7 +235,7 @@ def multi_long_poll() -> Response:
         if items:
             gaps = sum(isinstance(item, Gap) for item in items)
             if gaps:  # (a parked poll's gaps are counted by the hub)
-                state.metrics().gaps.labels("resume").inc(gaps)
+                services().metrics.gaps.labels("resume").inc(gaps)
             return _compound_answer(items, positions)
 
     items, client = _park(lambda: TopicSet(hub, topics, positions), limit, timeout, token_left)
@@ -245,5 +245,7 @@ def multi_long_poll() -> Response:
     return _compound_answer(items, positions)
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, services: Services) -> dict[str, tuple[str, ...]]:
+    """Register the long-poll routes (no WebSocket path)."""
     app.register_blueprint(bp)
+    return {}

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
-from .. import state
 from ..auth import Identity
 from ..auth.web import authorize
 from ..hub import Hub
 from ..identity import sender_is_new
+from ..services import Services, services
 from .cursor import read_limit, resume_cursor
 
 bp = Blueprint("polling", __name__)
@@ -33,14 +33,14 @@ def count_poll(hub: Hub, topics: list[str], identity: Identity, hold: float = 0.
 def poll(topic: str) -> Response:
     """Return the events after ``since`` (or the newest ones), or 304 if nothing changed."""
     identity = authorize("subscribe", topic, "polling")
-    hub = state.hub()
+    hub = services().hub
     page = hub.history(topic, since=resume_cursor(request), limit=read_limit(request))
     count_poll(hub, [topic], identity)
     if page.cursor and not page.gap and page.cursor in request.if_none_match:
         response = Response(status=304)
     else:
         response = jsonify(page.to_dict())
-        metrics = state.metrics()
+        metrics = services().metrics
         metrics.delivered.labels("polling").inc(len(page.events))
         if page.gap:
             metrics.gaps.labels("resume").inc()
@@ -50,5 +50,7 @@ def poll(topic: str) -> Response:
     return response
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, services: Services) -> dict[str, tuple[str, ...]]:
+    """Register the polling route (no WebSocket path)."""
     app.register_blueprint(bp)
+    return {}

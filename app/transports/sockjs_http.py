@@ -47,7 +47,9 @@ from flask import Flask, Response, current_app, request
 
 from ..auth import AccessError
 from ..errors import ApiError, error_response
-from ..server.hooks import hooks_of
+from ..limits import Limits
+from ..metrics import Metrics
+from ..server.handshake import DEFAULT_POLICY, WebSocketPolicy
 from ..sockjs import (
     GO_AWAY,
     WIRES,
@@ -127,6 +129,8 @@ class SockJSService:
         max_body: the largest send body, in bytes (larger: 413).
         write_timeout: seconds a sender may wait for a receiver to take its messages.
         protocols: the WebSocket sub-protocols spoken on its WebSocket URLs.
+        origins: the policy whose Origin rules (``allowed_origins``, ``trust_forwarded``) apply here too.
+        limits, metrics: where a body over ``max_body`` and an access refusal are counted, if anywhere.
     """
 
     def __init__(
@@ -143,6 +147,9 @@ class SockJSService:
         max_body: int = 1024 * 1024,
         write_timeout: float | None = 30.0,
         protocols: tuple[str, ...] = (),
+        origins: WebSocketPolicy = DEFAULT_POLICY,
+        limits: Limits | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not prefix.startswith("/") or prefix.endswith("/"):
@@ -158,6 +165,9 @@ class SockJSService:
         self.max_body = max_body
         self.write_timeout = write_timeout
         self.protocols = protocols
+        self.origins = origins
+        self.limits = limits
+        self.metrics = metrics
         self.clock = clock
         self.sessions: dict[str, SockJSChannel] = {}
         self._handlers: dict[SockJSChannel, gevent.Greenlet] = {}
@@ -307,8 +317,7 @@ class SockJSService:
     def _origin_refusal(self) -> Response | None:
         # The same check as a WebSocket handshake's (wsio.origin_allowed): a page of another
         # site may not drive a session with this visitor's cookies.
-        policy = hooks_of(current_app).policy
-        if origin_allowed(request.environ, policy):
+        if origin_allowed(request.environ, self.origins):
             return None
         return self._cors(error_response(403, "forbidden_origin", "this origin may not open a SockJS session here"))
 
@@ -504,9 +513,8 @@ class SockJSService:
         return body
 
     def _too_large(self) -> Response:
-        limits = current_app.extensions.get("switchboard.limits")
-        if limits is not None:
-            limits.rejected("message_size")
+        if self.limits is not None:
+            self.limits.rejected("message_size")
         response = error_response(
             413,
             "too_large",
@@ -526,9 +534,8 @@ class SockJSService:
     def _refused(self, exc: ApiError | AccessError) -> Response:
         """A session refused at admission: the same status and JSON as the WebSocket handshake's."""
         if isinstance(exc, AccessError):
-            metrics = current_app.extensions.get("switchboard.metrics")
-            if metrics is not None:
-                metrics.auth_refusals.labels(exc.code, "sockjs").inc()
+            if self.metrics is not None:
+                self.metrics.auth_refusals.labels(exc.code, "sockjs").inc()
             headers = {}
             if exc.status == 401:
                 headers["WWW-Authenticate"] = exc.www_authenticate()

@@ -21,26 +21,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs
 
 from flask import Flask, url_for
 
-from .. import limits as limits_module
 from ..auth import Access, AccessError
 from ..identity import current_sender
 from ..limits import Limits
 from ..metrics import Metrics
+from ..services import Services
 from ..sockjs import SessionConfig
 from . import stomp_ws, websocket
 from .sockjs_channel import SockJSChannel
 from .sockjs_http import SessionContext, SockJSService
 from .sockjs_seed import seed_broker
+from .stomp_ws import STOMP_PROTOCOLS
 
-__all__ = ["EXTENSION", "STOMP_PROTOCOLS", "admission", "init_app", "websocket_protocols"]
-
-EXTENSION = "switchboard.sockjs"
-STOMP_PROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
+__all__ = ["STOMP_PROTOCOLS", "admission", "init_app"]
 
 
 def admission(limits: Limits, access: Access):
@@ -140,35 +138,27 @@ def ws_handler(hub, metrics: Metrics, limits: Limits, access: Access, grace: flo
     return handle
 
 
-def websocket_protocols(app: Flask) -> dict[str, tuple[str, ...]]:
-    """The WebSocket policy's entries for every mount (app/factory.py merges them)."""
-    paths: dict[str, tuple[str, ...]] = {}
-    for service in app.extensions.get(EXTENSION, ()):
-        paths.update(service.websocket_paths())
-    return paths
-
-
-def init_app(app: Flask) -> None:
-    """Mount the three SockJS endpoints (after stomp_ws, whose broker the first one shares)."""
-    settings = app.extensions["switchboard.settings"]
-    hub = app.extensions["switchboard.hub"]
-    metrics = app.extensions["switchboard.metrics"]
-    limits = app.extensions[limits_module.EXTENSION]
-    access = app.extensions["switchboard.access"]
+def init_app(app: Flask, services: Services) -> dict[str, tuple[str, ...]]:
+    """Mount the three SockJS endpoints (the first shares /stomp's broker); return their WebSocket paths."""
+    settings, hub, metrics = services.settings, services.hub, services.metrics
+    limits, access, delivery = services.limits, services.access, services.delivery
     config = SessionConfig(settings.sockjs_heartbeat, settings.sockjs_disconnect_delay, settings.sockjs_response_limit)
     admit = admission(limits, access)
     seed = seed_broker(hub, settings, metrics=metrics, limits=limits, access=access)
-    seed.delivery = app.extensions["switchboard.delivery"]  # the worker's one fan-out
-    common = dict(
+    seed.delivery = delivery  # the worker's one fan-out
+    common: dict[str, Any] = dict(
         max_body=settings.max_message_bytes,
         write_timeout=settings.write_timeout or None,
         sockjs_url="/static/vendor/sockjs-client/sockjs.min.js",
+        origins=services.origins,
+        limits=limits,
+        metrics=metrics,
     )
-    services = [
+    mounts = [
         SockJSService(
             "stomp",
             "/stomp-sockjs",
-            stomp_handler(app.extensions[stomp_ws.EXTENSION]),
+            stomp_handler(services.broker),
             admit,
             config,
             protocols=STOMP_PROTOCOLS,
@@ -180,27 +170,26 @@ def init_app(app: Flask) -> None:
         SockJSService(
             "ws",
             "/ws-sockjs",
-            ws_handler(
-                hub, metrics, limits, access, settings.auth_refresh_grace, app.extensions["switchboard.delivery"]
-            ),
+            ws_handler(hub, metrics, limits, access, settings.auth_refresh_grace, delivery),
             admit,
             config,
             **common,
         ),
     ]
-    for service in services:
-        service.register(app)
+    for mount in mounts:
+        mount.register(app)
     from .. import sockjs_page  # the /sockjs page: its client uses the seed's mount
 
     app.register_blueprint(sockjs_page.bp)
-    app.extensions[EXTENSION] = services
-    app.extensions["switchboard.stomp.seed"] = seed
-    shutdown = app.extensions.get("switchboard.shutdown")
-    if shutdown is not None:
-        shutdown.add("stomp-seed", seed.shutdown)  # ERROR frames first, as /stomp's
-        shutdown.add("sockjs", lambda timeout: [service.shutdown(timeout / len(services)) for service in services])
+    services.shutdown.add("stomp-seed", seed.shutdown)  # ERROR frames first, as /stomp's
+    services.shutdown.add("sockjs", lambda timeout: [mount.shutdown(timeout / len(mounts)) for mount in mounts])
 
     @app.context_processor
     def sockjs_urls() -> dict:
         # For the pages: where each SockJS mount is, with this app's URL prefix if any.
-        return {"sockjs_urls": {service.name: url_for(f"sockjs_{service.name}_greeting") for service in services}}
+        return {"sockjs_urls": {mount.name: url_for(f"sockjs_{mount.name}_greeting") for mount in mounts}}
+
+    paths: dict[str, tuple[str, ...]] = {}
+    for mount in mounts:
+        paths.update(mount.websocket_paths())
+    return paths

@@ -46,12 +46,10 @@ import json
 import logging
 import random
 import re
-import time
 from typing import Callable, Iterator
 
 from flask import Blueprint, Flask, Request, Response, request
 
-from .. import limits, state
 from ..auth import Identity
 from ..auth.web import authorize
 from ..config import Settings
@@ -59,10 +57,13 @@ from ..delivery import Delivery
 from ..errors import ApiError
 from ..events import Event, Gap, check_topic
 from ..hub import Subscription, SubscriptionClosed
+from ..limits import Slot
 from ..metrics import Metrics
 from ..server.outbox import Outbox
 from ..server.raw_response import ENVIRON_RAW_RESPONSE, RawResponse
+from ..services import Services, services
 from .cursor import compound_resume_cursor, format_compound, resume_cursor
+from .sse_keeper import SseKeeper, SseLife
 from .topics import TopicSet, authorize_topics, read_topics, start_positions
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("sse", __name__)
 
 CONTENT_TYPE = "text/event-stream"
-HEARTBEAT = b": ping\n\n"
-# The last block of a stream whose token expired. EventSource then reconnects without a
-# valid token (the cookie's Max-Age ended with it) and gets 401, which stops it.
-EXPIRED = b'event: expired\ndata: {"error":"unauthorized","message":"the token has expired"}\n\n'
 # The spread of the last retry: on shutdown, in ms (see the module docstring, 6).
 SHUTDOWN_JITTER_MS = 2000
 # RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token.
@@ -215,51 +212,66 @@ class _CompoundFramer(_Framer):
         return events
 
 
+class _Release:
+    """What a stream holds until it ends: its source and its connection slot. Released
+    when the response closes, unless the stream was handed to the keeper (which then
+    releases them when the stream is done)."""
+
+    __slots__ = ("source", "slot", "kept")
+
+    def __init__(self, source: Subscription | TopicSet, slot: Slot):
+        self.source = source
+        self.slot = slot
+        self.kept = False
+
+    def __call__(self) -> None:
+        if not self.kept:
+            self.source.close()
+            self.slot.release()
+
+
 def _stream(
     raw: RawResponse,
-    source: Subscription | TopicSet,
+    owned: _Release,
     framer: _Framer,
     opening: bytes,
     heartbeat: float,
     metrics: Metrics,
     delivery: Delivery,
+    keeper: SseKeeper,
     write_timeout: float | None,
-    client: str = "?",
     identity: Identity | None = None,
 ) -> Iterator[bytes]:
     # The headers and the opening go out through WSGI; after that the delivery layer
-    # writes the body to the socket itself, and this request greenlet only waits: for
-    # the stream's end, or the next heartbeat.
+    # writes the body to the socket itself, the response is detached from this request's
+    # greenlet, which ends, and the worker's keeper does the rest (sse_keeper.py).
+    source, slot = owned.source, owned.slot
+    gauge = metrics.connections.labels("sse")
+    gauge.inc()
     try:
-        with metrics.connection("sse"):
-            yield opening
-            framer.chunked = raw.chunked
-            outbox = Outbox(raw.socket, f"{client} (sse)", write_timeout, raw.written)
-            stream = delivery.stream(outbox, "sse", client)
-            try:
-                delivery.attach(stream, source, framer)
-                beat = heartbeat  # seconds until a heartbeat is due
-                while True:
-                    left = identity.seconds_left() if identity is not None else None
-                    if left is not None and left <= 0 and stream.open:
-                        stream.end([framer.wrap(EXPIRED)])  # a stream never outlives its token
-                    wait = beat if left is None or left <= 0 else min(beat, left)
-                    if stream.done.wait(wait):
-                        return
-                    silence = time.monotonic() - stream.last_write
-                    if stream.backlog or not stream.open:
-                        beat = heartbeat  # a writer is at work; its bytes are the sign of life
-                    elif silence < heartbeat:
-                        beat = heartbeat - silence
-                    else:
-                        beat = heartbeat
-                        if left is None or left > heartbeat:
-                            stream.write([framer.wrap(HEARTBEAT)])
-            finally:
-                stream.close()
-                outbox.clear()
+        yield opening
+        framer.chunked = raw.chunked
+        outbox = Outbox(raw.socket, f"{slot.client} (sse)", write_timeout, raw.written)
+        stream = delivery.stream(outbox, "sse", slot.client)
+        delivery.attach(stream, source, framer)
+        detached = raw.detach()
+        owned.kept = True
     finally:
-        source.close()
+        if not owned.kept:
+            gauge.dec()
+            source.close()
+
+    def release() -> None:
+        try:
+            stream.close()
+            outbox.clear()
+            source.close()
+            slot.release()
+            gauge.dec()
+        finally:
+            detached.finish()  # the last chunk, the close, the access log line
+
+    keeper.add(SseLife(stream, framer.wrap, heartbeat, identity, release))
 
 
 def _opening(settings: Settings, what: str, identity: Identity, position: str | None = None) -> bytes:
@@ -280,7 +292,7 @@ def _respond(
     open_source: Callable[[], Subscription | TopicSet], framer: _Framer, opening: bytes, identity: Identity
 ) -> Response:
     """Admit the stream (connection limits), open its subscriptions, and answer with it."""
-    settings = state.settings()
+    settings = services().settings
     raw = request.environ.get(ENVIRON_RAW_RESPONSE)
     if raw is None:
         raise ApiError(
@@ -288,7 +300,7 @@ def _respond(
             "unsupported_server",
             "event streams need Switchboard's server: gunicorn with app.server.lifecycle.Worker, or python wsgi.py",
         )
-    slot = limits.current().open_stream(request.environ, "sse")  # or 503/429
+    slot = services().limits.open_stream(request.environ, "sse")  # or 503/429
     try:
         source = open_source()
     except SubscriptionClosed:
@@ -300,24 +312,24 @@ def _respond(
         slot.release()
         raise
     framer.retry_ms = settings.sse_retry_ms
+    owned = _Release(source, slot)
     stream_body = _stream(
         raw,
-        source,
+        owned,
         framer,
         opening,
         settings.sse_heartbeat,
-        state.metrics(),
-        state.delivery(),
+        services().metrics,
+        services().delivery,
+        services().sse_keeper,
         settings.write_timeout or None,
-        slot.client,
         identity,
     )
     response = Response(stream_body, status=200, content_type=CONTENT_TYPE)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each write on at once
     # Runs even if the generator never starts (HEAD, or a failure before the first write).
-    response.call_on_close(source.close)
-    response.call_on_close(slot.release)
+    response.call_on_close(owned)
     return response
 
 
@@ -327,9 +339,9 @@ def stream(topic: str) -> Response:
     check_topic(topic)
     identity = authorize("subscribe", topic, "sse")
     since = resume_cursor(request)
-    opening = _opening(state.settings(), f"topic {topic}", identity)
+    opening = _opening(services().settings, f"topic {topic}", identity)
     return _respond(
-        lambda: state.hub().subscribe(topic, since=since, member=identity.sender),
+        lambda: services().hub.subscribe(topic, since=since, member=identity.sender),
         _TopicFramer(since),
         opening,
         identity,
@@ -339,16 +351,18 @@ def stream(topic: str) -> Response:
 @bp.get("/api/stream")
 def multi_stream() -> Response:
     """Stream several topics on one text/event-stream, resuming each after the compound Last-Event-ID."""
-    settings = state.settings()
+    settings = services().settings
     topics = read_topics(request, settings.max_stream_topics)
     identity = authorize_topics(topics, "sse")
     resume = compound_resume_cursor(request, topics, settings.max_stream_topics)
-    hub = state.hub()
+    hub = services().hub
     positions = start_positions(hub, topics, resume)
     framer = _CompoundFramer(positions)
     opening = _opening(settings, "topics " + ", ".join(topics), identity, framer.position)
     return _respond(lambda: TopicSet(hub, topics, positions, member=identity.sender), framer, opening, identity)
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, services: Services) -> dict[str, tuple[str, ...]]:
+    """Register the event-stream routes (no WebSocket path)."""
     app.register_blueprint(bp)
+    return {}

@@ -154,20 +154,14 @@ class Connection:
         self._channel = None if self.raw else ChannelOutbox(ws)
         self.stream = broker.delivery.stream(outbox if self.raw else self._channel, "stomp", client)
         self.deferred: set = set()  # feeds that found the session busy (see StompTopicFramer.room)
-        self._wake_timer = gevent.event.Event()
+        # The session's next deadline (heart-beats, a silent client, the CONNECT timeout) is a
+        # timer of the event loop, not a greenlet that waits: an idle session costs one
+        # greenlet, its reader; a due deadline runs in a short greenlet of its own (_tick).
+        self._timer = None
+        self._handled = 0  # messages read, for pacing
         self._close_code: int | None = None
         self._socket_dead = False
         self._delivered = broker.metrics.delivered.labels("stomp") if broker.metrics is not None else None
-        self._dispatch: dict[type, Callable[[Any], None]] = {
-            Connect: self._on_connect,
-            Subscribe: self._on_subscribe,
-            Unsubscribe: self._on_unsubscribe,
-            Send: self._on_send,
-            Commit: self._on_commit,
-            Ack: self._on_ack,
-            Nack: self._on_nack,
-            Closed: self._on_closed,
-        }
 
     @property
     def sender(self) -> str:
@@ -183,51 +177,74 @@ class Connection:
 
     def run(self) -> None:
         """Read until the session or the socket ends, then release every greenlet and subscription."""
-        timer = gevent.spawn(self._timer)
+        self.start()
         try:
-            self._read()
+            while not self.session.closed:
+                message = self.ws.receive()
+                if message is None or not self.on_message(message):
+                    break
         finally:
-            self.session.connection_lost("connection closed")
-            for request in self.session.requests():  # at most the Closed: no I/O needed
+            self.end()
+
+    def start(self) -> None:
+        """Before the first message: the CONNECT timeout's timer."""
+        self._arm()
+
+    def on_message(self, message: str | bytes) -> bool:
+        """Feed one WebSocket message to the session and act on it; whether to read on."""
+        # Text messages arrive as str; the session reads bytes (STOMP is octets).
+        data = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+        self.session.receive_data(data, self._clock())
+        self._drain()
+        self._handled += 1
+        if self._handled % PACE == 0:
+            # A bounded batch read: let delivery write what it published before the
+            # next one (a flood must not starve the subscribers).
+            self.broker.delivery.pace()
+        return not self.session.closed
+
+    def end(self) -> None:
+        """The socket or the session ended: release every greenlet and subscription."""
+        session = self.session
+        try:
+            if not session.closed:  # closed by the peer, by us, or lost
+                session.connection_lost(f"WebSocket closed ({self.ws.close_code})")
+                self._drain()
+        finally:
+            session.connection_lost("connection closed")
+            for request in session.requests():  # at most the Closed: no I/O needed
                 if isinstance(request, Closed):
                     self._on_closed(request)
             self._release()
+            self._disarm()
             self.stream.close()
-            greenlets = [timer, *(p.greenlet for p in self._pumps.values() if getattr(p, "greenlet", None) is not None)]
+            greenlets = [p.greenlet for p in self._pumps.values() if getattr(p, "greenlet", None) is not None]
             self._pumps.clear()
             gevent.killall(greenlets, block=True, timeout=5)
 
-    def _read(self) -> None:
-        session = self.session
-        handled = 0
-        while not session.closed:
-            message = self.ws.receive()
-            if message is None:  # closed by the peer, by us, or lost
-                session.connection_lost(f"WebSocket closed ({self.ws.close_code})")
-                self._drain()
-                return
-            # Text messages arrive as str; the session reads bytes (STOMP is octets).
-            data = message.encode("utf-8") if isinstance(message, str) else bytes(message)
-            session.receive_data(data, self._clock())
-            self._drain()
-            handled += 1
-            if handled % PACE == 0:
-                # A bounded batch read: let delivery write what it published before the
-                # next one (a flood must not starve the subscribers).
-                self.broker.delivery.pace()
+    def _arm(self) -> None:
+        """Set the timer for the session's next deadline (none: no timer)."""
+        self._disarm()
+        if self.session.closed:
+            return
+        deadline = self.session.next_deadline()
+        if deadline is not None:
+            self._timer = gevent.get_hub().loop.timer(max(0.0, deadline - self._clock()))
+            self._timer.start(gevent.spawn, self._tick)  # the callback runs in the hub: it must not wait
 
-    def _timer(self) -> None:
-        session = self.session
-        while not session.closed:
-            self._wake_timer.clear()
-            deadline = session.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self._clock())
-            if timeout != 0.0:
-                self._wake_timer.wait(timeout)  # woken early by CONNECT and by the end
-            if session.closed:
-                return
-            session.tick(self._clock())
-            self._drain()
+    def _disarm(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.stop()
+            timer.close()
+
+    def _tick(self) -> None:
+        """A deadline is due: heart-beats out, a silent client ended; then the next one."""
+        if self.session.closed:
+            return
+        self.session.tick(self._clock())
+        self._drain()
+        self._arm()
 
     def _count_delivered(self, count: int) -> None:
         if self._delivered is not None:
@@ -248,7 +265,7 @@ class Connection:
                 for request_ in requests:
                     if session.closed and not isinstance(request_, Closed):
                         continue  # STOMP 1.2, "ERROR": nothing after it
-                    self._dispatch[type(request_)](request_)
+                    _DISPATCH[type(request_)](self, request_)
                 if requests:
                     session.confirm(self._clock())
                 chunks = session.data_to_send()
@@ -315,7 +332,7 @@ class Connection:
         log.debug(
             "STOMP %s connected: version %s, heart-beat %s", request_.session_id, request_.version, request_.heart_beat
         )
-        self._wake_timer.set()  # heart-beat deadlines exist from now on
+        self._arm()  # heart-beat deadlines exist from now on
         if self.on_connect is not None:
             self.on_connect(request_)
 
@@ -508,8 +525,22 @@ class Connection:
         if request_.error_kind is not None:
             log.info("STOMP session %s ended: %s (%s)", self.session.session_id, request_.reason, request_.error_kind)
         self._release()
-        self._wake_timer.set()
+        self._disarm()
 
     def _release(self) -> None:
         for pump in self._pumps.values():
             pump.stop()
+
+
+#: What each session request runs: one table for every connection, not a dict of bound
+#: methods per connection.
+_DISPATCH: dict[type, Callable[[Connection, Any], None]] = {
+    Connect: Connection._on_connect,
+    Subscribe: Connection._on_subscribe,
+    Unsubscribe: Connection._on_unsubscribe,
+    Send: Connection._on_send,
+    Commit: Connection._on_commit,
+    Ack: Connection._on_ack,
+    Nack: Connection._on_nack,
+    Closed: Connection._on_closed,
+}

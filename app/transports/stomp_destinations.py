@@ -31,14 +31,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..events import TOPIC_RE
+from ..events import NAME_RULE, TOPIC_RE, name_re
 from ..hub.wildcard import is_pattern, pattern_problem
 from ..stomp_handlers import Handlers
 
 __all__ = ["Destinations", "QUEUE_NAME_RE", "Target", "USER_SUB_RE", "user_topic"]
 
 #: A queue name: a topic name of at most 100 characters (its ``.dlq`` must be one too).
-QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}\Z")
+QUEUE_NAME_RE = name_re(100)
 #: A subject that can name a user destination: a topic word (no dot), at most 64 characters.
 USER_SUB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,63}\Z")
 
@@ -133,16 +133,16 @@ class Destinations:
             )
         kind, name = target.kind, target.name
         if kind == "topic" and not TOPIC_RE.match(name):
-            return "not a topic: 1-128 characters of A-Z a-z 0-9 . _ : - (no slash), starting with a letter or digit"
+            return f"not a topic: 1-128 characters of {NAME_RULE} (no slash), starting with a letter or digit"
         if kind == "pattern":
             return pattern_problem(name)
         if kind == "queue" and not QUEUE_NAME_RE.match(name):
-            return "not a queue: 1-100 characters of A-Z a-z 0-9 . _ : - (no slash), starting with a letter or digit"
+            return f"not a queue: 1-100 characters of {NAME_RULE} (no slash), starting with a letter or digit"
         if kind == "user":
             if target.user is not None and not USER_SUB_RE.match(target.user):
                 return "not a user: 1-64 characters of A-Z a-z 0-9 _ : - (no dot, no slash)"
             if not QUEUE_NAME_RE.match(name) or not TOPIC_RE.match(user_topic("x" * 64, name)):
-                return "not a user destination name: 1-52 characters of A-Z a-z 0-9 . _ : -"
+                return f"not a user destination name: 1-52 characters of {NAME_RULE}"
         if kind == "app" and name not in self.handlers:
             known = ", ".join(f"{self.app_prefix}/{n}" for n in self.handlers) or "none"
             return f"no application handler {name[:64]!r} (handlers: {known})"

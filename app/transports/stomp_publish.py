@@ -198,6 +198,8 @@ class StompPublisher:
                 "Try again once consumers have caught up.",
                 "queue-full",
             ) from None
+        except InvalidTopic as exc:  # a Redis Cluster transaction across hash slots (app/hub/redis_queue_batch.py)
+            raise Refusal("transaction spans hash slots", f"{exc}. Nothing was published.") from None
         except TooManyTopics as exc:  # counted by the hub
             refusal = topic_refusal(exc)
             raise Refusal(

@@ -65,12 +65,10 @@ import gevent
 import gevent.event
 import gevent.lock
 import gevent.pool
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, request
 
-from .. import limits as limits_module
 from ..auth import Access, AccessError, Identity
 from ..auth.demo import DEMO_QUEUES
-from ..auth.web import access as app_access
 from ..config import Settings
 from ..delivery import Delivery
 from ..errors import ApiError
@@ -79,6 +77,7 @@ from ..hub import Hub
 from ..identity import current_sender
 from ..limits import Limits
 from ..metrics import Metrics
+from ..services import Services, services
 from ..stomp import (
     TOKEN_EXPIRED,
     Connect,
@@ -101,6 +100,7 @@ __all__ = [
     "CLOSE_CODES",
     "PACE",
     "SERVER_HEART_BEAT",
+    "STOMP_PROTOCOLS",
     "Broker",
     "Connection",
     "BodyError",
@@ -116,7 +116,8 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("stomp_ws", __name__)
 
-EXTENSION = "switchboard.stomp"
+# The sub-protocols of /stomp and its SockJS mounts, highest version first (DESIGN.md §5).
+STOMP_PROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
 
 #: The default CONNECTED ``heart-beat`` (sx, sy), in ms (``SWITCHBOARD_STOMP_HEARTBEAT_MS``
 #: sets it). Both are floors, as the negotiation takes the larger of each pair (STOMP 1.2,
@@ -157,7 +158,7 @@ class Broker:
         self.access = access
         self.shared_login = shared_login
         self.connections: set[Connection] = set()
-        self.delivery = Delivery()  # init_app gives it the application's (one fan-out per worker)
+        self.delivery = Delivery()  # create_app gives it the application's (one fan-out per worker)
         # How an event becomes a MESSAGE; the seed's /websocket/stomp mount swaps both
         # (app/transports/sockjs_seed.py: its chat body is {"sender", "message"}).
         self.encode_message: Callable[[Event], tuple[bytes, tuple[tuple[str, str], ...]]] = encode_message
@@ -215,18 +216,42 @@ class Broker:
         ``switchboard_open_connections``, and ``on_connect`` hears the CONNECT (SockJS turns
         its own heartbeats off when STOMP heart-beats are negotiated).
         """
+        connection, end = self._open(ws, sender, client, identity, transport, on_connect)
+        try:
+            connection.run()
+        finally:
+            end()
+
+    def serve_events(self, ws, sender: str, client: str = "?", identity: Identity | None = None) -> None:
+        """As :meth:`serve`, but return at once: the socket hands each message over as it
+        comes (``ws.serve_events``), and an idle session costs no greenlet."""
+        connection, end = self._open(ws, sender, client, identity, "stomp", None)
+
+        def ended() -> None:
+            try:
+                connection.end()
+            finally:
+                end()
+
+        connection.start()
+        ws.serve_events(connection.on_message, ended)
+
+    def _open(self, ws, sender, client, identity, transport, on_connect) -> tuple["Connection", Callable[[], None]]:
+        """A new session's connection, counted, and what to run once it ended."""
         connection = Connection(self, ws, sender, client=client, identity=identity)
         connection.on_connect = on_connect
         self.connections.add(connection)
-        try:
-            if self.metrics is None:
-                connection.run()
-            else:
-                with self.metrics.connection(transport):
-                    connection.run()
-        finally:
+        gauge = self.metrics.connections.labels(transport) if self.metrics is not None else None
+        if gauge is not None:
+            gauge.inc()
+
+        def end() -> None:
             self.connections.discard(connection)
-        self._count_end(connection)
+            if gauge is not None:
+                gauge.dec()
+            self._count_end(connection)
+
+        return connection, end
 
     def _count_end(self, connection: "Connection") -> None:
         error = connection.session.error
@@ -269,34 +294,28 @@ def stomp_socket():
     ws = request.environ.get(ENVIRON_WEBSOCKET)
     if ws is None:  # only the wsio handler routes upgrades here
         raise ApiError(426, "upgrade_required", "GET /stomp with Upgrade: websocket")
-    broker: Broker = current_app.extensions[EXTENSION]
+    app_services = services()
     try:
         # Checked before the 101 (app/factory.py) and kept in the environ: this reads it back.
-        identity = app_access().credentials(request.environ)
+        identity = app_services.access.credentials(request.environ)
     except AccessError as exc:  # only if no admission hook ran (a server without our policy)
         ws.close(CLOSE_POLICY_VIOLATION, exc.message[:120])
         return "", 204
-    broker.serve(ws, current_sender(), limits_module.current().client(request.environ), identity)
+    args = (ws, current_sender(), app_services.limits.client(request.environ), identity)
+    # Messages are handed over once this view has returned, by a greenlet that exists only
+    # while there is something to read (app/server/reader.py).
+    if hasattr(ws, "serve_events"):
+        app_services.broker.serve_events(*args)
+    else:
+        app_services.broker.serve(*args)
     return "", 204
 
 
-def init_app(app: Flask) -> None:
-    """Build the app's broker from its hub and settings; register ``/stomp``."""
-    hub = app.extensions["switchboard.hub"]
-    settings = app.extensions["switchboard.settings"]
-    metrics = app.extensions.get("switchboard.metrics")
-    limits = app.extensions.get(limits_module.EXTENSION)
-    access = app.extensions.get("switchboard.access")
-    broker = app.extensions[EXTENSION] = Broker.from_settings(
-        hub, settings, metrics=metrics, limits=limits, access=access
-    )
-    delivery = app.extensions.get("switchboard.delivery")
-    if delivery is not None:
-        broker.delivery = delivery
+def init_app(app: Flask, services: Services) -> dict[str, tuple[str, ...]]:
+    """Register ``/stomp``, served by the app's broker (``services.broker``)."""
+    broker, settings = services.broker, services.settings
     app.register_blueprint(bp)
-    shutdown = app.extensions.get("switchboard.shutdown")
-    if shutdown is not None:
-        shutdown.add("stomp", broker.shutdown)  # before the hub closes: ERROR frames, then 1001
+    services.shutdown.add("stomp", broker.shutdown)  # before the hub closes: ERROR frames, then 1001
 
     @app.context_processor
     def stomp_chat_destinations() -> dict:
@@ -312,3 +331,5 @@ def init_app(app: Flask) -> None:
                 "max_deliveries": settings.queue_max_deliveries,
             },
         }
+
+    return {"/stomp": STOMP_PROTOCOLS}

@@ -18,12 +18,12 @@ from typing import Mapping
 from flask import Request
 from gevent.event import Event as Signal
 
-from .. import limits
 from ..auth import Identity
 from ..auth.web import authorize
 from ..errors import ApiError
 from ..events import Event, InvalidTopic, check_topic
 from ..hub import Hub, Item, Subscription, SubscriptionClosed
+from ..services import services
 
 
 def read_topics(req: Request, maximum: int) -> list[str]:
@@ -38,7 +38,7 @@ def read_topics(req: Request, maximum: int) -> list[str]:
     if not topics:
         raise ApiError(400, "bad_topic", "name the topics to follow: ?topic=a&topic=b")
     if len(topics) > maximum:
-        limits.current().rejected("stream_topics")
+        services().limits.rejected("stream_topics")
         raise ApiError(
             400,
             "too_many_topics",

@@ -102,10 +102,7 @@ import gevent
 import gevent.pool
 from flask import Blueprint, Flask, request
 
-from .. import limits as limits_module
-from .. import state
 from ..auth import AccessError
-from ..auth.web import access as app_access
 from ..delivery import Delivery, Feed
 from ..delivery.channel import ChannelOutbox
 from ..errors import ApiError
@@ -115,6 +112,7 @@ from ..identity import current_sender
 from ..limits import Limits, TokenBucket, topic_refusal
 from ..metrics import Metrics
 from ..server.frames import OP_TEXT, encode_frame
+from ..services import Services, services
 from .ws_auth import WsAuth
 from .ws_protocol import (
     Auth,
@@ -239,16 +237,9 @@ class Connection:
         self._feeds: dict[Subscription, Feed] = {}
         # Subscriptions (and work-queue consumers' greenlets, ws_queues.py) waiting for their "ok" to go out.
         self._to_start: list[Subscription | gevent.Greenlet] = []
-        self._consumers = gevent.pool.Group()  # the work-queue consumers' greenlets
-        self._handlers: dict[type, Callable[[Any], str]] = {
-            Subscribe: self._subscribe,
-            Unsubscribe: self._unsubscribe,
-            Publish: self._publish,
-            Ping: self._ping,
-            Auth: self._auth,
-        }
+        self._handled = 0  # messages read, for pacing
+        self._consumers: gevent.pool.Group | None = None  # the work-queue consumers' greenlets, once there is one
         self.queues = WsQueues(self, ClientError, ok)
-        self._handlers.update(self.queues.handlers())
 
     def with_access(self, access, identity, grace: float) -> "Connection":
         """Put this connection under access control, as ``identity`` (see ws_auth.py)."""
@@ -269,31 +260,34 @@ class Connection:
 
     def run(self) -> None:
         """Serve the connection until it closes; release everything it held."""
-        handled = 0
         try:
             while True:
                 message = self.ws.receive()
-                if message is None:
+                if message is None or not self.on_message(message):
                     return
-                if not isinstance(message, str):
-                    # Binary: another protocol altogether (see the module docstring).
-                    self.ws.close(CLOSE_UNSUPPORTED_DATA, "this endpoint takes JSON text messages only")
-                    continue  # receive() now reads the peer's Close and returns None
-                reply = self.handle(message)
-                try:
-                    self._reply(reply)
-                except WebSocketError:
-                    return
-                # Only now may a new subscription's events go out: "ok" comes first.
-                while self._to_start:
-                    self._start(self._to_start.pop(0))
-                handled += 1
-                if handled % PACE == 0:
-                    # A bounded batch read: let delivery write what it brought before the
-                    # next one (a flood of publishes must not starve the subscribers).
-                    self.delivery.pace()
         finally:
             self.release()
+
+    def on_message(self, message: str | bytes) -> bool:
+        """Act on one message: reply, then start what it subscribed to; whether to read on."""
+        if not isinstance(message, str):
+            # Binary: another protocol altogether (see the module docstring).
+            self.ws.close(CLOSE_UNSUPPORTED_DATA, "this endpoint takes JSON text messages only")
+            return True  # the peer's Close comes next
+        reply = self.handle(message)
+        try:
+            self._reply(reply)
+        except WebSocketError:
+            return False
+        # Only now may a new subscription's events go out: "ok" comes first.
+        while self._to_start:
+            self._start(self._to_start.pop(0))
+        self._handled += 1
+        if self._handled % PACE == 0:
+            # A bounded batch read: let delivery write what it brought before the
+            # next one (a flood of publishes must not starve the subscribers).
+            self.delivery.pace()
+        return True
 
     def handle(self, text: str) -> str:
         """Act on one message; the reply's text (``ok`` or ``error``)."""
@@ -303,7 +297,10 @@ class Connection:
             ref = command.ref
             if self.auth is not None and not isinstance(command, Auth):
                 self.auth.note_op()
-            return self._handlers[type(command)](command)
+            op = _OPS.get(type(command))
+            if op is not None:
+                return op(self, command)
+            return WsQueues.OPS[type(command)](self.queues, command)
         except AccessError as exc:
             self._refused(exc.code)
             topic = getattr(command, "topic", None)
@@ -346,6 +343,8 @@ class Connection:
 
     def _start(self, sub: Subscription | gevent.Greenlet) -> None:
         if isinstance(sub, gevent.Greenlet):  # a work-queue consumer: not on the delivery layer yet
+            if self._consumers is None:
+                self._consumers = gevent.pool.Group()
             self._consumers.start(sub)
             return
         if self.subscriptions.get(sub.topic) is sub:  # not ended meanwhile
@@ -453,13 +452,25 @@ class Connection:
         self.subscriptions.clear()
         self._to_start.clear()
         self.queues.release()  # what its consumers hold goes back to their queues
-        self._consumers.join(timeout=1.0)  # they end at their consumer's close
-        self._consumers.kill(block=False)
+        if self._consumers is not None:
+            self._consumers.join(timeout=1.0)  # they end at their consumer's close
+            self._consumers.kill(block=False)
         if self.auth is not None:
             self.auth.close()  # stops its timers
         self.stream.close()  # closes every feed's subscription
         for sub in subs:
             sub.close()
+
+
+#: What each client op runs (the work-queue ops are WsQueues.OPS): one table for every
+#: connection, not a dict of bound methods per connection.
+_OPS: dict[type, Callable[[Connection, Any], str]] = {
+    Subscribe: Connection._subscribe,
+    Unsubscribe: Connection._unsubscribe,
+    Publish: Connection._publish,
+    Ping: Connection._ping,
+    Auth: Connection._auth,
+}
 
 
 # ---------------------------------------------------------------------------- views
@@ -481,9 +492,8 @@ def connect():
     ws = request.environ.get(ENVIRON_WEBSOCKET)
     if ws is None:  # a server without our WebSocket handler (e.g. `flask run`)
         raise _upgrade_required()
-    metrics = state.metrics()
-    limits = limits_module.current()
-    access = app_access()
+    app_services = services()
+    metrics, limits, access = app_services.metrics, app_services.limits, app_services.access
     try:
         # Checked before the 101 (app/factory.py) and kept in the environ: this reads it back.
         identity = access.credentials(request.environ) or access.anonymous(current_sender())
@@ -491,13 +501,30 @@ def connect():
         ws.close(CLOSE_POLICY_VIOLATION, exc.message[:120])
         return "", 204
     connection = Connection(
-        ws, state.hub(), identity.sender, metrics, limits, limits.client(request.environ), state.delivery()
+        ws, app_services.hub, identity.sender, metrics, limits, limits.client(request.environ), app_services.delivery
     )
-    connection.with_access(access, identity, state.settings().auth_refresh_grace)
-    with metrics.connection("websocket"):
+    connection.with_access(access, identity, app_services.settings.auth_refresh_grace)
+
+    gauge = metrics.connections.labels("websocket")
+    gauge.inc()
+
+    def end() -> None:
+        connection.release()
+        gauge.dec()
+        if ws.close_code == CLOSE_MESSAGE_TOO_BIG:
+            limits.rejected("message_size")
+
+    # Messages are handed to the connection once this view has returned, by a greenlet
+    # that exists only while there is something to read: an idle socket costs no greenlet
+    # (app/server/reader.py).
+    serve_events = getattr(ws, "serve_events", None)
+    if serve_events is not None:
+        serve_events(connection.on_message, end)
+        return "", 204
+    try:  # a stand-in socket without it: serve here
         connection.run()
-    if ws.close_code == CLOSE_MESSAGE_TOO_BIG:
-        limits.rejected("message_size")
+    finally:
+        end()
     return "", 204
 
 
@@ -507,5 +534,7 @@ def not_upgraded():
     raise _upgrade_required()
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, services: Services) -> dict[str, tuple[str, ...]]:
+    """Register ``/ws``; it takes WebSockets without a sub-protocol."""
     app.register_blueprint(bp)
+    return {"/ws": ()}

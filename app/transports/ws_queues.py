@@ -28,11 +28,11 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 
-from ..events import InvalidHeaders, check_headers, check_type
+from ..events import NAME_RULE, InvalidHeaders, check_headers, check_type
 from ..hub import Consumer, Delivery, QueueFull, SubscriptionClosed
 from .stomp_destinations import QUEUE_NAME_RE
 
@@ -79,9 +79,7 @@ class Send:
 
 def _queue(value: Any, ref: Any, error) -> str:
     if not isinstance(value, str) or not QUEUE_NAME_RE.match(value):
-        raise error(
-            "bad_queue", "a queue is 1-100 characters of A-Z a-z 0-9 . _ : - and starts with a letter or digit", ref
-        )
+        raise error("bad_queue", f"a queue is 1-100 characters of {NAME_RULE}, and starts with a letter or digit", ref)
     return value
 
 
@@ -157,15 +155,14 @@ class WsQueues:
         ok: ``ok(ref, **details)`` -> the reply text.
     """
 
+    OPS: dict[type, Callable[..., str]] = {}  # filled below the class
+
     def __init__(self, connection, error, ok) -> None:
         self.connection = connection
         self._error = error
         self._ok = ok
         self.consumers: dict[str, Consumer] = {}
         self._holders: dict[str, Consumer] = {}  # message id -> the consumer that holds it
-
-    def handlers(self) -> dict[type, Any]:
-        return {Consume: self.consume, Ack: self.ack, Nack: self.nack, Cancel: self.cancel, Send: self.send}
 
     def consume(self, cmd: Consume) -> str:
         connection = self.connection
@@ -249,3 +246,13 @@ class WsQueues:
         self._holders.clear()
         for consumer in consumers:
             consumer.close()
+
+
+#: The work-queue ops, by kind: one table for every connection.
+WsQueues.OPS = {
+    Consume: WsQueues.consume,
+    Ack: WsQueues.ack,
+    Nack: WsQueues.nack,
+    Cancel: WsQueues.cancel,
+    Send: WsQueues.send,
+}

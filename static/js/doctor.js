@@ -1,7 +1,7 @@
 /* The proxy doctor in the browser: each check measures something through whatever sits
  * between this page and the server (EventSource, fetch, WebSocket, Resource Timing), then
  * judges it: ok, problem or unknown ("could not tell"), with the nginx line that fixes it.
- * The judgements and their words follow app/doctor/checks.py, the command-line doctor's
+ * The judgements and their words follow app/doctor/judges.py, the command-line doctor's
  * (which stays English: it is a CI tool); here the words come from the page's catalog
  * (t/tx, msgids in app/js_messages.py), and what the server or the wire said (a protocol,
  * an address, a reply) goes in as it came (verbatim). The checks only a browser can make

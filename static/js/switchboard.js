@@ -66,7 +66,7 @@ const DEFAULTS = Object.freeze({
   withCredentials: false, // EventSource: send cookies to another origin
 });
 const KNOWN_TRANSPORTS = ["websocket", "sse", "long-polling", "polling"];
-const TOPIC = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+const TOPIC = /^(?=.{1,128}$)[A-Za-z0-9][A-Za-z0-9._:-]*(?:\{[A-Za-z0-9_:-]+\}[A-Za-z0-9._:-]*)?$/; // app/events.py name_re
 
 const TRANSPORT_CLASSES = {
   websocket: WebSocketTransport, sse: SseTransport, "long-polling": LongPollTransport, polling: PollingTransport,

@@ -96,7 +96,8 @@ EVENT_KEYS = ["op", "id", "topic", "type", "data", "sender", "time"]
 MAX_SUBSCRIPTIONS = 100
 MAX_REF_LENGTH = 256
 
-TOPIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# At most one {tag} (a Redis Cluster hash tag), of the same characters but the dot.
+TOPIC_RE = re.compile(r"(?=.{1,128}\Z)[A-Za-z0-9][A-Za-z0-9._:-]*(?:\{[A-Za-z0-9_:-]+\}[A-Za-z0-9._:-]*)?")
 TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 CURSOR_RE = re.compile(r"[A-Za-z0-9]{1,32}-[0-9]+(?:-[0-9]+)?")
 

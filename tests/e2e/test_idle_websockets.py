@@ -1,8 +1,8 @@
-"""10,000 idle WebSockets on one worker hold one greenlet each (issue 15).
+"""10,000 idle WebSockets on one worker hold at most one greenlet each (issue 15).
 
-Each /ws connection is subscribed to a topic and then idle. Its only greenlet is its
-reader (the pywsgi handler's): delivery comes from the worker's one fan-out greenlet, and
-keepalive pings from the worker's one timer. The worker's live greenlets are counted by
+Each /ws connection is subscribed to a topic and then idle. It holds at most one greenlet,
+its reader, and only while there is something to read (app/server/reader.py): delivery
+comes from the worker's one fan-out greenlet, and keepalive pings from the worker's one timer. The worker's live greenlets are counted by
 ``/healthz?greenlets=1`` before and with the sockets open; a closing round checks that
 an event still reaches them all.
 """

@@ -1,7 +1,8 @@
 """A work queue under churn: consumers join, leave, NACK and crash, and (Redis) a worker is SIGKILLed.
 
-Real processes: gunicorn (one worker in memory; three on Redis, the kernel spreading the
-STOMP connections over them), raw STOMP clients on threads, HTTP producers. Throughout,
+Real processes: gunicorn (one worker in memory; three on Redis, one server or a three-primary
+cluster, the kernel spreading the STOMP connections over them), raw STOMP clients on
+threads, HTTP producers. Throughout,
 each message is delivered to one consumer at a time (no (message, delivery count) pair is
 ever seen twice); at the end every message was acknowledged exactly once or is in the
 dead-letter queue, none is lost, and /metrics agrees with what the clients counted.
@@ -21,6 +22,7 @@ import websocket
 
 from tests.e2e.test_stomp_ws import Closed, Wire
 from tests.support.redis_server import RedisServer
+from tests.support.redis_topologies import RedisClusterServers
 from tests.support.servers import Gunicorn
 from tests.support.timing import scaled, wait_until
 
@@ -150,7 +152,9 @@ def metric(base: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-@pytest.mark.parametrize("kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize(
+    "kind", ["memory", pytest.param("redis", marks=pytest.mark.redis), pytest.param("cluster", marks=pytest.mark.redis)]
+)
 def test_every_message_once_through_joins_leaves_nacks_and_crashes(tmp_path, kind):
     env = {
         "SWITCHBOARD_QUEUE_MAX_DELIVERIES": str(MAX_DELIVERIES),
@@ -158,8 +162,10 @@ def test_every_message_once_through_joins_leaves_nacks_and_crashes(tmp_path, kin
         "SWITCHBOARD_PUBLISH_RATE": "0",
     }
     redis_server = None
-    if kind == "redis":
-        redis_server = RedisServer(tmp_path / "redis").start()
+    if kind != "memory":
+        redis_server = (
+            RedisServer(tmp_path / "redis") if kind == "redis" else RedisClusterServers(tmp_path / "rc")
+        ).start()
         env.update({"SWITCHBOARD_REDIS_URL": redis_server.url, "WEB_CONCURRENCY": "3"})
     server = Gunicorn(tmp_path, env=env).start()
     ledger = Ledger()
@@ -182,7 +188,7 @@ def test_every_message_once_through_joins_leaves_nacks_and_crashes(tmp_path, kin
         join("late-2", "ack")
 
         # Some consumers hold messages without acknowledging them, then crash.
-        if kind == "redis":
+        if kind != "memory":
             pids = {c.name_: worker_of(server, c.port) for c in consumers if not c.gone.is_set()}
             victim = pids["c1"]
             doomed = [c for c in consumers if pids.get(c.name_) == victim]
@@ -194,7 +200,7 @@ def test_every_message_once_through_joins_leaves_nacks_and_crashes(tmp_path, kin
         sent += send_many(server.url, 80, 30)
         wait_until(lambda: all(c.held for c in doomed), timeout=20, message="the doomed consumers to hold messages")
         held = {event_id for c in doomed for event_id in c.held}
-        if kind == "redis":
+        if kind != "memory":
             os.kill(victim, signal.SIGKILL)
             for consumer in doomed:
                 assert consumer.gone.wait(scaled(10)), f"{consumer.name_} still connected after SIGKILL"

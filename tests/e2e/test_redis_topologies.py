@@ -28,6 +28,8 @@ from tests.e2e.test_redis_scaleout import (
     subscribers_on_workers,
     wait_for_all,
 )
+from tests.e2e.test_stomp_ws import Wire, build
+from tests.support.auth import auth_env, bearer, mint
 from tests.support.redis_topologies import RedisClusterServers, SentinelGroup
 from tests.support.servers import Gunicorn
 from tests.support.timing import scaled, wait_until
@@ -191,16 +193,76 @@ class TestCluster:
             assert f'switchboard_redis_shard_up{{shard="{address}"}} 1.0' in metrics, metrics[-2000:]
         assert "switchboard_redis_topics_routed" in metrics
 
-    def test_work_queues_are_refused_with_the_reason(self, on_cluster):
-        """Queues need one Redis or Sentinel (README "Redis Cluster"): a send says why, never a 500."""
-        res = requests.post(
-            f"{on_cluster.url}/api/queues/jobs/messages",
-            data='{"data": 1}',
-            headers={**JSON, **ONE_SHOT},
-            timeout=scaled(5),
-        )
-        assert res.status_code == 400, res.text
-        assert "cluster" in res.json()["message"], res.json()
+    def test_work_queues_on_the_cluster_and_a_transaction_keeps_to_one_slot(self, on_cluster):
+        """Queues on a cluster (README "Redis Cluster"): an HTTP send reaches a STOMP consumer;
+        a COMMIT whose destinations hash to two slots is refused whole with the rule, and one
+        whose names share a {tag} is stored whole (its queue message and its topic event)."""
+        consumer, listener, producer = Wire(on_cluster), Wire(on_cluster), Wire(on_cluster)
+        try:
+            for client in (consumer, listener, producer):
+                client.connect()
+            consumer.subscribe("/queue/jobs.{eu}")
+            listener.subscribe("/topic/audit.{eu}", sub_id="1")
+            res = requests.post(
+                f"{on_cluster.url}/api/queues/jobs.{{eu}}/messages",
+                data='{"data": "first"}',
+                headers={**JSON, **ONE_SHOT},
+                timeout=scaled(5),
+            )
+            assert res.status_code == 201, res.text
+            assert consumer.messages(1)[0].body == b"first"
+            producer.send(
+                build("BEGIN", {"transaction": "t"})
+                + build("SEND", {"destination": "/queue/jobs.{eu}", "transaction": "t"}, "tagged")
+                + build("SEND", {"destination": "/topic/audit.{eu}", "transaction": "t"}, "tagged")
+                + build("COMMIT", {"transaction": "t", "receipt": "c"})
+            )
+            producer.expect_receipt("c")
+            assert consumer.messages(1)[0].body == b"tagged"
+            assert listener.messages(1)[0].body == b"tagged"
+            producer.send(
+                build("BEGIN", {"transaction": "u"})
+                + build("SEND", {"destination": "/queue/jobs.{eu}", "transaction": "u"}, "split")
+                + build("SEND", {"destination": "/topic/audit.{us}", "transaction": "u"}, "split")
+                + build("COMMIT", {"transaction": "u", "receipt": "d"})
+            )
+            error = producer.expect_error("transaction spans hash slots")
+            assert b"must keep to one hash slot" in error.body and b"{tag}" in error.body, error.body
+            assert producer.expect_close() == 1008
+            consumer.nothing_for()  # nothing of it was stored
+            history = requests.get(f"{on_cluster.url}/api/topics/audit.{{us}}/events", timeout=scaled(5))
+            assert history.status_code == 200 and history.json()["events"] == [], history.text
+        finally:
+            for client in (consumer, listener, producer):
+                client.close()
+
+    def test_queue_access_control_holds_on_the_cluster(self, redis_cluster, tmp_path):
+        """A queue the client may not use is refused on a cluster as on one Redis."""
+        env = auth_env(**SERVER_ENV, SWITCHBOARD_REDIS_URL=redis_cluster.url, SWITCHBOARD_REDIS_PREFIX="guarded")
+        with Gunicorn(tmp_path, env=env) as guarded:
+            clients = [Wire(guarded) for _ in range(3)]
+            worker, nosy, sender = clients
+            try:
+                worker.connect(passcode=mint("worker", subscribe=["queue.jobs"], publish=["queue.jobs"]))
+                worker.subscribe("/queue/jobs")
+                nosy.connect(passcode=mint("nosy", subscribe=["jobs", "queue.other"]))
+                nosy.send_frame("SUBSCRIBE", {"id": "0", "destination": "/queue/jobs"})
+                assert nosy.expect_error("forbidden: /queue/jobs").get("destination") == "/queue/jobs"
+                sender.connect(passcode=mint("s", publish=["queue.other"]))
+                sender.send_frame("SEND", {"destination": "/queue/jobs"}, "refused")
+                sender.expect_error("forbidden: /queue/jobs")
+                res = requests.post(
+                    f"{guarded.url}/api/queues/jobs/messages",
+                    json={"data": "allowed"},
+                    headers=bearer(mint("app", publish=["queue.*"])),
+                    timeout=scaled(5),
+                )
+                assert res.status_code == 201, res.text
+                assert worker.messages(1)[0].body == b"allowed"  # the refused SEND stored nothing
+                worker.nothing_for()
+            finally:
+                for client in clients:
+                    client.close()
 
     @pytest.mark.soak
     def test_a_shard_killed_and_restarted_pauses_only_its_topics(self, tmp_path):

@@ -17,6 +17,7 @@ import requests
 from gevent import monkey
 
 from app.producers import LOCK_NAME, TICKS_TOPIC, TicksProducer
+from app.services import services
 from tests.e2e.test_sse import parse_sse, stream
 from tests.support.redis_server import RedisServer
 from tests.support.servers import Gunicorn
@@ -78,7 +79,7 @@ class TestTicksOverSSE:
         from app import create_app
 
         app = create_app()
-        assert app.extensions["switchboard.producers"] == [], "unit tests get no background greenlet"
+        assert services(app).producers == [], "unit tests get no background greenlet"
 
 
 def tick_times(raw) -> list[tuple[float, dict]]:

@@ -17,6 +17,7 @@ so a test can watch heartbeats and timeouts without waiting 25 s.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from flask import Flask
 
@@ -50,21 +51,20 @@ def create_app(env=os.environ) -> Flask:
         disconnect_delay=float(env.get("SOCKJS_TEST_DISCONNECT_DELAY", "5")),
         response_limit=4096,
     )
+    allowed = tuple(item for item in env.get("SOCKJS_TEST_ALLOWED_ORIGINS", "*").split(",") if item)
+    origins = WebSocketPolicy(allowed_origins=allowed)
     services = [
-        SockJSService("echo", "/echo", echo, _admit, config),
-        SockJSService("close", "/close", close, _admit, config),
-        SockJSService("wsoff", "/disabled_websocket_echo", echo, _admit, config, websocket=False),
-        SockJSService("cookie", "/cookie_needed_echo", echo, _admit, config, cookie_needed=True),
+        SockJSService("echo", "/echo", echo, _admit, config, origins=origins),
+        SockJSService("close", "/close", close, _admit, config, origins=origins),
+        SockJSService("wsoff", "/disabled_websocket_echo", echo, _admit, config, websocket=False, origins=origins),
+        SockJSService("cookie", "/cookie_needed_echo", echo, _admit, config, cookie_needed=True, origins=origins),
     ]
     protocols: dict[str, tuple[str, ...]] = {}
     for service in services:
         service.register(app)
         protocols.update(service.websocket_paths())
-    origins = tuple(item for item in env.get("SOCKJS_TEST_ALLOWED_ORIGINS", "*").split(",") if item)
     # What the server layer reads of an application (app/server/hooks.py).
-    app.switchboard_server = ServerHooks(
-        policy=WebSocketPolicy(allowed_origins=origins, protocols=protocols, ping_interval=0)
-    )
+    app.switchboard_server = ServerHooks(policy=replace(origins, protocols=protocols, ping_interval=0))
     app.sockjs_services = services
     return app
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.doctor.checks import (
+from app.doctor.judges import (
     FORGED_ADDRESS,
     judge_buffering,
     judge_clock,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from app import create_app
+from app.services import services
 
 
 def series(text: str) -> dict[str, float]:
@@ -14,7 +15,7 @@ def series(text: str) -> dict[str, float]:
 
 def test_every_transport_series_exists_at_zero_before_any_traffic():
     app = create_app({"ticks": False})
-    text = app.extensions["switchboard.metrics"].render()[0].decode()
+    text = services(app).metrics.render()[0].decode()
     found = series(text)
     for transport in ("polling", "long-polling", "sse", "websocket", "stomp"):
         assert found[f'switchboard_events_delivered_total{{transport="{transport}"}}'] == 0

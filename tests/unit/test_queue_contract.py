@@ -1,9 +1,11 @@
 """One queue contract, two stores: work queues behave the same in memory and on a real Redis.
 
-Every test in the first part runs twice, through the ``queues`` fixture: with
-:class:`MemoryQueues` and with :class:`RedisQueues` (Streams and consumer groups) on a real
-``redis-server`` (marked ``redis``). The second part covers what only Redis has: several
-workers on one queue, and a worker that dies holding messages. As in
+Every test in the first part runs three times, through the ``stores`` fixture: with
+:class:`MemoryQueues`, and with :class:`RedisQueues` (Streams and consumer groups) on a real
+``redis-server`` and on a three-primary Redis Cluster (marked ``redis``). The second part
+covers what only Redis has: several workers on one queue, and a worker that dies holding
+messages (one server and the cluster); the third what only a cluster has: queues on every
+shard, and batches that must keep to one hash slot. As in
 test_backend_contract.py, nothing is monkey-patched here: the Redis store's greenlets run
 whenever a test waits on a consumer.
 """
@@ -15,21 +17,31 @@ import uuid
 import gevent
 import pytest
 
+from app.events import InvalidTopic
 from app.hub import Hub, QueueFull, TooManyTopics
 from app.hub.batch import Publication
 from app.hub.memory import MemoryBackend
 from app.hub.memory_queues import MemoryQueues
 from app.hub.queues import QueueLimits
 from tests.support.redis_server import RedisServer
+from tests.support.redis_topologies import RedisClusterServers
 from tests.support.timing import scaled
 
-KINDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+REDIS_KINDS = ["redis", "cluster"]
+KINDS = ["memory", *(pytest.param(kind, marks=pytest.mark.redis) for kind in REDIS_KINDS)]
+SERVER_FIXTURES = {"redis": "redis_server", "cluster": "redis_cluster"}
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
     with RedisServer(tmp_path_factory.mktemp("redis-queues")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    with RedisClusterServers(tmp_path_factory.mktemp("cluster-queues")) as cluster:
+        yield cluster
 
 
 class Stores:
@@ -49,7 +61,7 @@ class Stores:
         return self._hub()
 
     def peer(self) -> Hub:
-        assert self.kind == "redis"
+        assert self.kind != "memory"
         return self._hub()
 
     def _hub(self) -> Hub:
@@ -60,7 +72,8 @@ class Stores:
             from app.hub.redis import RedisBackend
             from app.hub.redis_queues import RedisQueues
 
-            server = self.request.getfixturevalue("redis_server")
+            server = self.request.getfixturevalue(SERVER_FIXTURES[self.kind])
+            cluster = {"cluster": True} if self.kind == "cluster" else {}
             backend = RedisBackend(
                 server.url,
                 1000,
@@ -69,6 +82,7 @@ class Stores:
                 max_topics=self.max_topics,
                 connect_timeout=scaled(1),
                 reconnect_cap=0.3,
+                **cluster,
             )
             store = RedisQueues(
                 server.url,
@@ -77,6 +91,7 @@ class Stores:
                 sweep_interval=0.05,
                 block_ms=100,
                 heartbeat_ttl=scaled(0.6),
+                **cluster,
             )
         hub = Hub(backend, queues=store)
         self.hubs.append(hub)
@@ -94,9 +109,9 @@ def stores(request):
     made.close()
 
 
-@pytest.fixture
+@pytest.fixture(params=REDIS_KINDS)
 def redis_stores(request):
-    made = Stores("redis", request)
+    made = Stores(request.param, request)
     yield made
     made.close()
 
@@ -112,6 +127,11 @@ def take(consumer, count: int = 1, timeout: float = 5.0) -> list:
 
 def nothing(consumer, seconds: float = 0.3) -> None:
     assert consumer.get(timeout=seconds) is None
+
+
+def skip_on_cluster(stores: Stores, why: str) -> None:
+    if stores.kind == "cluster":
+        pytest.skip(f"a cluster refuses this batch whole: {why}")
 
 
 class TestContract:
@@ -130,6 +150,19 @@ class TestContract:
             assert not consumer.ack(got[0].event.id)  # acknowledged once only
             nothing(consumer)
         assert hub.queue_stats().get("jobs", None) in (None,) or hub.queue_stats()["jobs"].depth == 0
+
+    def test_a_name_with_a_tag_is_a_name_like_any_other(self, stores):
+        hub = stores.make()
+        with hub.subscribe("audit.{eu}") as sub, hub.consume("jobs.{eu}", 1) as consumer:
+            stored = hub.publish_batch([Publication("queue", "jobs.{eu}", 1), Publication("topic", "audit.{eu}", 2)])
+            assert [e.topic for e in stored] == ["jobs.{eu}", "audit.{eu}"]
+            (delivery,) = take(consumer)
+            assert delivery.event.topic == "jobs.{eu}" and delivery.event.data == 1
+            assert consumer.ack(delivery.event.id)
+            assert sub.get(timeout=scaled(5)).data == 2
+            stats = hub.queue_stats()
+            assert stats["jobs.{eu}"].depth == 0 and stats["jobs.{eu}"].in_flight == 0 and "jobs" not in stats
+        assert [e.data for e in hub.history("audit.{eu}").events] == [2]
 
     def test_round_robin_among_consumers_with_room(self, stores):
         hub = stores.make()
@@ -205,6 +238,7 @@ class TestContract:
         assert "other" not in hub.queue_stats()
 
     def test_a_batch_is_stored_whole_or_not_at_all(self, stores):
+        skip_on_cluster(stores, "its topic and queue hash to two slots (TestCluster has the one-slot batch)")
         hub = stores.make(max_messages=2)
         hub.enqueue("batch", 0)
         with hub.subscribe("batch-topic") as sub:
@@ -224,6 +258,7 @@ class TestContract:
         assert hub.queue_stats()["batch"].depth == 2
 
     def test_a_batch_over_the_topic_limit_stores_nothing(self, stores):
+        skip_on_cluster(stores, "its topics hash to several slots (TestCluster has the one-slot batch)")
         hub = stores.make(max_topics=2)
         hub.publish("t1", 1)
         with pytest.raises(TooManyTopics):
@@ -266,3 +301,119 @@ class TestRedisWorkers:
         back = take(survivor, 3, timeout=10)
         assert sorted(d.event.data for d in back) == [0, 1, 2] and all(d.redelivered for d in back)
         assert {d.event.id for d in back} == {d.event.id for d in held}
+
+
+def names_on_each_node(cluster: RedisClusterServers, stores: Stores, per_node: int) -> list[str]:
+    """``per_node`` queue names whose keys live on each primary of the cluster."""
+    found: dict[int, list[str]] = {i: [] for i in range(len(cluster.nodes))}
+    n = 0
+    while any(len(names) < per_node for names in found.values()):
+        name = f"spread-{n}"
+        names = found[cluster.node_of(f"{stores.prefix}:q:{{{name}}}")]
+        if len(names) < per_node:
+            names.append(name)
+        n += 1
+    return [name for names in found.values() for name in names]
+
+
+@pytest.fixture
+def cluster_stores(request):
+    made = Stores("cluster", request)
+    yield made
+    made.close()
+
+
+@pytest.mark.redis
+class TestCluster:
+    """What only a cluster has: queues on every shard, and batches that must keep to one slot."""
+
+    def test_queues_on_every_shard_reach_each_message_once(self, cluster_stores, redis_cluster):
+        hubs = [cluster_stores.make(), cluster_stores.peer()]
+        queues = names_on_each_node(redis_cluster, cluster_stores, 2)
+        consumers = [hub.consume(queue, 3) for hub in hubs for queue in queues]
+        sent = {(queue, n) for queue in queues for n in range(8)}
+        for i, (queue, n) in enumerate(sorted(sent)):
+            hubs[i % 2].enqueue(queue, n)
+        seen: list[tuple[str, int]] = []
+
+        def drain(consumer):
+            while True:
+                delivery = consumer.get(timeout=scaled(1))
+                if delivery is None:
+                    return
+                seen.append((delivery.event.topic, delivery.event.data))
+                assert consumer.ack(delivery.event.id)
+
+        gevent.joinall([gevent.spawn(drain, c) for c in consumers], timeout=scaled(20))
+        assert sorted(seen) == sorted(sent)  # every message, once
+        for queue in queues:  # nothing left waiting on any shard
+            assert cluster_stores.hubs[0].queue_stats()[queue].depth == 0
+
+    @pytest.mark.parametrize("queue", ["poison", "orders.{eu}"])
+    def test_a_dead_letter_stays_in_its_queues_slot(self, cluster_stores, redis_cluster, queue):
+        hub = cluster_stores.make(max_deliveries=1)
+        dead = f"{queue}.dlq"
+        keys = hub.queues.keys
+        assert keys.slot(dead) == keys.slot(queue)
+        assert redis_cluster.node_of(keys.stream(dead)) == redis_cluster.node_of(keys.stream(queue))
+        with hub.consume(queue, 1) as consumer:
+            hub.enqueue(queue, "bad")
+            (delivery,) = take(consumer)
+            assert consumer.nack(delivery.event.id)  # its first delivery was its last
+            nothing(consumer, 0.2)
+        with hub.consume(dead, 1) as letters:
+            (letter,) = take(letters)
+            assert letter.event.data == "bad" and letter.event.topic == dead and letter.event.id == delivery.event.id
+            assert letters.ack(letter.event.id)
+        assert hub.queue_stats()[dead].depth == 0 and hub.queue_stats()[queue].depth == 0
+
+    def test_a_batch_across_slots_is_refused_whole(self, cluster_stores):
+        hub = cluster_stores.make()
+        assert hub.backend.keys.slot("audit") != hub.queues.keys.slot("orders")
+        with hub.subscribe("audit") as sub:
+            with pytest.raises(InvalidTopic) as refused:
+                hub.publish_batch([Publication("queue", "orders", 1), Publication("topic", "audit", 2)])
+            assert "must keep to one hash slot" in str(refused.value) and "{tag}" in str(refused.value)
+            assert sub.get(timeout=0.3) is None
+        assert hub.history("audit").events == []
+        assert "orders" not in hub.queue_stats()  # not even registered
+
+    def test_a_batch_with_a_common_tag_is_stored_whole_or_not_at_all(self, cluster_stores):
+        hub = cluster_stores.make(max_messages=2)
+        names = ["orders.{eu}", "billing.{eu}", "audit.{eu}"]
+        assert (
+            len({hub.queues.keys.slot(names[0]), hub.queues.keys.slot(names[1]), hub.backend.keys.slot(names[2])}) == 1
+        )
+        hub.enqueue("orders.{eu}", 0)
+        hub.enqueue("orders.{eu}", 1)
+        with hub.subscribe("audit.{eu}") as sub:
+            with pytest.raises(QueueFull):  # orders is full: billing and audit are not stored either
+                hub.publish_batch(
+                    [
+                        Publication("queue", "billing.{eu}", "b"),
+                        Publication("topic", "audit.{eu}", "a"),
+                        Publication("queue", "orders.{eu}", 2),
+                    ]
+                )
+            assert hub.history("audit.{eu}").events == []
+            assert hub.queue_stats()["billing.{eu}"].depth == 0
+            stored = hub.publish_batch(
+                [Publication("queue", "billing.{eu}", "b"), Publication("topic", "audit.{eu}", "a")]
+            )
+            assert [e.topic for e in stored] == ["billing.{eu}", "audit.{eu}"]
+            assert sub.get(timeout=scaled(5)).data == "a"
+        assert [e.data for e in hub.history("audit.{eu}").events] == ["a"]
+        assert hub.queue_stats()["billing.{eu}"].depth == 1
+        assert hub.queue_stats()["orders.{eu}"].depth == 2
+
+    def test_max_queues_holds_across_shards(self, cluster_stores, redis_cluster):
+        hub = cluster_stores.make(max_queues=3)
+        queues = names_on_each_node(redis_cluster, cluster_stores, 2)
+        for queue in queues[:3]:
+            hub.enqueue(queue, 1)
+        with pytest.raises(QueueFull) as refused:
+            hub.enqueue(queues[3], 1)
+        assert refused.value.bound == "queues"
+        with pytest.raises(QueueFull):
+            hub.consume(queues[4], 1)
+        assert sorted(hub.queue_stats()) == sorted(queues[:3])

@@ -185,6 +185,8 @@ class RedisBackend(RedisPresence):
         self.router.wait_whole(self._connect_timeout)
 
     def _make_feed(self, node: str) -> Feed:
+        router = self.router
+        assert router is not None, "feeds are made by the router, which start() builds first"
         hooks = FeedHooks(
             connect=lambda: self.client.listen_connection(node),
             connected_to=self.client.connected_to,
@@ -194,8 +196,8 @@ class RedisBackend(RedisPresence):
             resync=self._resync_topics,
             deliver=lambda event: self._deliver(event),
             dead_epochs=self.dead_epochs,
-            lost_topic=lambda topic: self.router.lost(topic),
-            cut=lambda feed: self.router.cut(feed),
+            lost_topic=router.lost,
+            cut=router.cut,
         )
         return Feed(
             node,

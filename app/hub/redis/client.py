@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict
 from urllib.parse import urlparse
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import ConnectionInterface
 from redis.exceptions import ClusterError, NoScriptError, ReadOnlyError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -79,6 +80,16 @@ class RedisTarget:
         return "cluster" if self.cluster else "single"
 
 
+class _ConnectionOptions(TypedDict, total=False):
+    """The options every connection is made with (commands and listeners, every mode)."""
+
+    protocol: int
+    socket_timeout: float
+    socket_connect_timeout: float
+    health_check_interval: int
+    socket_keepalive: bool
+
+
 class NotAcknowledged(BackendUnavailable):
     """An append was stored on the primary but fewer than ``min_replicas`` replicas confirmed
     it in time: it may be lost in a failover, so it is not acknowledged (HTTP 503)."""
@@ -119,14 +130,14 @@ class RedisClient:
         self._socket_timeout = socket_timeout
         self._connect_timeout = connect_timeout
         self._max_connections = max_connections
-        self._options = dict(
+        self._options = _ConnectionOptions(
             protocol=2, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout, health_check_interval=0
         )
         if not (target.url or "").startswith("unix:"):
             self._options["socket_keepalive"] = True  # TCP only: a vanished peer is noticed
         self.redis: Any = None
         self._scripts: dict[str, Any] = {}
-        self._listen_pool: Any = None
+        self._listen_pool: redis.ConnectionPool | None = None  # off a cluster: the listeners' connections
         self._owners: dict[int, str] = {}  # cluster: slot -> primary name, as last read
         self._refreshed = 0.0
 
@@ -137,6 +148,7 @@ class RedisClient:
         (a server that cannot be reached now is taken for one server)."""
         options = self._options
         no_retry = Retry(NoBackoff(), 0)
+        pool: redis.ConnectionPool
         if self.mode == "sentinel":
             self._sentinel = Sentinel(
                 list(self.target.sentinels),
@@ -156,10 +168,13 @@ class RedisClient:
                 self.target.sentinel_master, self._sentinel, retry=no_retry, **options
             )
         else:
+            url = self.target.url
+            if url is None:
+                raise ValueError("Redis needs a URL, or sentinels and the name of their primary")
             if self.target.cluster is None:
-                self.mode = "cluster" if self._is_cluster() else "single"
+                self.mode = "cluster" if self._is_cluster(url) else "single"
             if self.mode == "cluster":
-                parsed = urlparse(self.target.url)
+                parsed = urlparse(url)
                 self.redis = RedisCluster(
                     startup_nodes=[ClusterNode(parsed.hostname or "127.0.0.1", parsed.port or 6379)],
                     retry=no_retry,
@@ -169,20 +184,20 @@ class RedisClient:
                 )
             else:
                 pool = redis.BlockingConnectionPool.from_url(
-                    self.target.url,
+                    url,
                     max_connections=self._max_connections,
                     timeout=self._socket_timeout,
                     retry=no_retry,
                     **options,
                 )
                 self.redis = redis.Redis(connection_pool=pool)
-                self._listen_pool = redis.ConnectionPool.from_url(self.target.url, retry=no_retry, **options)
+                self._listen_pool = redis.ConnectionPool.from_url(url, retry=no_retry, **options)
         self._scripts = {name: self.redis.register_script(source) for name, source in scripts.ALL.items()}
 
-    def _is_cluster(self) -> bool:
+    def _is_cluster(self, url: str) -> bool:
         try:
             with redis.Redis.from_url(
-                self.target.url,
+                url,
                 socket_connect_timeout=self._connect_timeout,
                 socket_timeout=self._connect_timeout,
                 protocol=2,
@@ -192,7 +207,7 @@ class RedisClient:
             log.warning(
                 "redis: could not ask %s whether it is a cluster (%s); taking it for one server "
                 "(set SWITCHBOARD_REDIS_CLUSTER to say)",
-                self.target.url,
+                url,
                 exc,
             )
             return False
@@ -317,16 +332,19 @@ class RedisClient:
             log.warning("redis cluster: %d slot(s) of followed topics changed owner", len(moved))
         return bool(moved)
 
-    def listen_connection(self, node: str):
+    def listen_connection(self, node: str) -> ConnectionInterface:
         """A new, unconnected connection for a Pub/Sub listener, never pooled."""
         if self.mode == "cluster":
             host, port = self.primaries().get(node) or node.rsplit(":", 1)
             return redis.Connection(host=host, port=int(port), retry=Retry(NoBackoff(), 0), **self._options)
+        if self._listen_pool is None:
+            raise RuntimeError("a listener connection was asked for before connect()")
         return self._listen_pool.make_connection()
 
-    def connected_to(self, conn) -> str:
+    def connected_to(self, conn: ConnectionInterface) -> str:
         """The address a listener connection reached; behind Sentinel, a new one is a failover."""
-        address = f"{conn.host}:{conn.port}" if getattr(conn, "host", None) else str(getattr(conn, "path", "unix"))
+        host = getattr(conn, "host", None)  # a TCP connection; a Unix socket's has a path instead
+        address = f"{host}:{getattr(conn, 'port', None)}" if host else str(getattr(conn, "path", "unix"))
         if self.mode == "sentinel":
             if self.primary is not None and address != self.primary:
                 self.failovers += 1

@@ -39,6 +39,7 @@ import gevent
 import gevent.event
 import gevent.lock
 import gevent.socket
+from redis.connection import ConnectionInterface
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -67,8 +68,8 @@ class _Awaited:
 class FeedHooks:
     """What a feed needs from its backend."""
 
-    connect: Callable[[], object]  # a new, unconnected redis-py Connection
-    connected_to: Callable[[object], str]  # the address reached (counts Sentinel failovers)
+    connect: Callable[[], ConnectionInterface]  # a new, unconnected redis-py Connection
+    connected_to: Callable[[ConnectionInterface], str]  # the address reached (counts Sentinel failovers)
     clock: Callable[[], int]  # Redis's clock (ms) on this feed's node
     position: Callable[[str, int], tuple[str, int, int]]  # (epoch, ms, seq) before floor ms in a topic
     epoch_of: Callable[[str], str | None]  # the epoch this process knows for a topic's scope
@@ -134,7 +135,7 @@ class Feed:
         self._awaited: dict[str, deque[_Awaited]] = {}
         self._pattern_awaited: dict[bytes, deque[_Awaited]] = {}
         self._initial = 0  # topic confirmations still awaited after a (re)connect
-        self._conn = None
+        self._conn: ConnectionInterface | None = None  # while connected
         self._writing = gevent.lock.Semaphore()
         self._greenlet: gevent.Greenlet | None = None
         self._failures = 0
@@ -229,6 +230,9 @@ class Feed:
 
     def _send(self, *args) -> bool:
         conn = self._conn
+        if conn is None:
+            log.debug("redis feed %s: no connection to send %s on; the listener reconnects", self.name, args[0])
+            return False
         try:
             with self._writing:
                 conn.send_command(*args)
@@ -242,8 +246,7 @@ class Feed:
     def _run(self) -> None:
         while self.state != "closed":
             try:
-                self._connect()
-                self._pump()
+                self._pump(self._connect())
             except (RedisConnectionError, RedisTimeoutError, BackendUnavailable, OSError) as exc:
                 if self._failures == 0 and self.state != "closed":
                     log.warning(
@@ -276,7 +279,7 @@ class Feed:
         if conn is not None:
             conn.disconnect()
 
-    def _connect(self) -> None:
+    def _connect(self) -> ConnectionInterface:
         conn = self.hooks.connect()
         conn.connect()
         self.address = self.hooks.connected_to(conn)
@@ -302,6 +305,7 @@ class Feed:
             self.resubscribes += len(topics)
         if not topics:
             self._whole()
+        return conn
 
     def _whole(self) -> None:
         """Every topic is confirmed: catch up on what the cut (or the start) hid."""
@@ -329,9 +333,8 @@ class Feed:
         delay = min(self.reconnect_cap, self.reconnect_base * 2 ** min(failures - 1, 16))
         return delay / 2 + random.uniform(0, delay / 2)
 
-    def _pump(self) -> None:
-        """Read replies until the connection breaks (raises)."""
-        conn = self._conn
+    def _pump(self, conn: ConnectionInterface) -> None:
+        """Read replies on ``conn`` (the one :meth:`_connect` made) until it breaks (raises)."""
         ping_floor: int | None = None  # the clock read just before our PING
         since_yield = 0
         while True:
@@ -369,7 +372,9 @@ class Feed:
 
     def _confirmed(self, channel: bytes) -> None:
         topic = self.keys.topic_of_channel(channel)
-        queue = self._awaited.get(topic) if topic is not None else None
+        if topic is None:
+            return
+        queue = self._awaited.get(topic)
         if not queue:
             return
         awaited = queue.popleft()
@@ -398,7 +403,7 @@ class Feed:
             # Not asked for: the cluster moved the topic's slot to another shard.
             self.hooks.lost_topic(topic)
 
-    def _read_reply(self, conn, timeout: float, expect: bytes | None = None):
+    def _read_reply(self, conn: ConnectionInterface, timeout: float, expect: bytes | None = None):
         """The next Pub/Sub reply, or None after ``timeout`` seconds of silence.
 
         Waits with gevent (not in the socket), so it yields to other greenlets whether or
@@ -406,7 +411,9 @@ class Feed:
         """
         if not conn.can_read(0):
             try:
-                gevent.socket.wait_read(conn._sock.fileno(), timeout)
+                # A gap in redis-py's types: ConnectionInterface declares no _sock, though every
+                # connection it makes has one (AbstractConnection, where it is typed None).
+                gevent.socket.wait_read(conn._sock.fileno(), timeout)  # type: ignore[attr-defined]
             except socket.timeout:
                 if expect is not None:
                     raise RedisTimeoutError(f"no {expect.decode()} confirmation within {timeout:g}s") from None

@@ -22,9 +22,15 @@ from __future__ import annotations
 
 import random
 import secrets
+from typing import TYPE_CHECKING
 
 from .keys import SLOTS
 from .scripts import SWEEP_TOPICS
+
+if TYPE_CHECKING:
+    from .client import RedisClient
+    from .keys import KeySpace
+    from .router import Router
 
 _SWEEP_SLOTS = 32  # cluster: slots one sweep visits besides those of the topics it serves
 
@@ -34,6 +40,22 @@ class RedisPresence:
     :class:`~app.hub.redis.backend.RedisBackend`, whose client, keys and bounds it uses)."""
 
     _sweep_from: int = -1
+
+    if TYPE_CHECKING:  # what the mixin uses of RedisBackend, which sets or defines each of them
+        client: RedisClient
+        keys: KeySpace
+        router: Router | None
+        history_size: int
+        history_bytes: int | None
+        max_topics: int
+        _ttl_ms: int
+        _key_lifetime_ms: int
+        _token: str
+
+        @property
+        def _publish_command(self) -> str: ...
+        def _topic_keys(self, topic: str) -> list[str]: ...
+        def _epoch_from(self, raw: bytes, topic: str) -> str: ...
 
     def presence_update(self, updates, ttl: float) -> list[tuple[str, str, str]]:
         """For each ``(topic, entering, leaving)``: this process holds (or renews) an entry of

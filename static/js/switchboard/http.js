@@ -13,6 +13,31 @@ export class HttpTransport {
     this.wake = null; // resolves an idle wait
   }
 
+  start() { this._loop(); }
+
+  /** The loop every HTTP transport runs: while there is no topic, wait; else one round for
+   *  the active topics (a stream, a long poll, a poll of each). `_round` resolves true to
+   *  go on, false when the transport ended; an error ends it, unless the round was abandoned
+   *  for new topics (the generation moved on). */
+  async _loop() {
+    const state = { retried: false }; // one retry with a new token after a 401
+    while (!this.ended) {
+      const subs = this.client._activeSubs();
+      if (!subs.length) {
+        await this._idle();
+        continue;
+      }
+      const gen = this.gen;
+      try {
+        if (!(await this._round(subs, gen, state))) return;
+      } catch (err) {
+        if (gen === this.gen && !this.ended) this._end(err);
+        else if (!this.ended) continue;
+        return;
+      }
+    }
+  }
+
   _after(ms, fn) {
     const timer = setTimeout(() => {
       this.timers.delete(timer);

@@ -11,46 +11,26 @@ export class LongPollTransport extends HttpTransport {
     super(client, "long-polling");
   }
 
-  start() { this._loop(); }
-
-  async _loop() {
+  /** One long poll of every topic: positions first, then the answer applied. */
+  async _round(subs, gen, state) {
     const c = this.client;
-    const state = { retried: false };
-    while (!this.ended) {
-      const subs = c._activeSubs();
-      if (!subs.length) {
-        await this._idle();
-        continue;
-      }
-      const gen = this.gen;
-      try {
-        await c._position(subs, this.name);
-        if (gen !== this.gen || subs.some((sub) => !sub.active)) continue;
-        const token = await c._tokens.get();
-        if (gen !== this.gen) continue;
-        // A topic that never had an event has no position in a long poll: one published on
-        // it between two polls would be missed. Its history, read after each answer, has it.
-        const empty = subs.filter((sub) => !sub.cursor);
-        const res = await this._poll(subs, token, gen);
-        if (res === null) continue; // abandoned for new topics
-        if (res.status === 204 || res.status === 200) {
-          this._prove(subs);
-          const page = res.status === 200 ? res.json() : null;
-          if (empty.length) await c._catchUp(empty, this.name);
-          if (gen !== this.gen) continue;
-          if (page) this._apply(subs.filter((sub) => !empty.includes(sub)), page);
-        } else if (!(await this._refused(httpError(res, this.name), subs, state))) {
-          return;
-        } else {
-          continue;
-        }
-        state.retried = false;
-      } catch (err) {
-        if (gen === this.gen && !this.ended) this._end(err);
-        else if (!this.ended) continue;
-        return;
-      }
-    }
+    await c._position(subs, this.name);
+    if (gen !== this.gen || subs.some((sub) => !sub.active)) return true;
+    const token = await c._tokens.get();
+    if (gen !== this.gen) return true;
+    // A topic that never had an event has no position in a long poll: one published on
+    // it between two polls would be missed. Its history, read after each answer, has it.
+    const empty = subs.filter((sub) => !sub.cursor);
+    const res = await this._poll(subs, token, gen);
+    if (res === null) return true; // abandoned for new topics
+    if (res.status !== 204 && res.status !== 200) return this._refused(httpError(res, this.name), subs, state);
+    this._prove(subs);
+    const page = res.status === 200 ? res.json() : null;
+    if (empty.length) await c._catchUp(empty, this.name);
+    if (gen !== this.gen) return true;
+    if (page) this._apply(subs.filter((sub) => !empty.includes(sub)), page);
+    state.retried = false;
+    return true;
   }
 
   async _poll(subs, token, gen) {
@@ -114,40 +94,25 @@ export class PollingTransport extends HttpTransport {
     super(client, "polling");
   }
 
-  start() { this._loop(); }
-
-  async _loop() {
+  /** One round: a poll of each topic, then the interval (none after a full page). */
+  async _round(subs, gen, state) {
     const c = this.client;
-    const state = { retried: false };
-    while (!this.ended) {
-      const subs = c._activeSubs();
-      if (!subs.length) {
-        await this._idle();
-        continue;
+    let full = false;
+    for (const sub of subs) {
+      if (gen !== this.gen || this.ended) break;
+      if (c._subs.get(sub.topic) !== sub || !sub.active) continue;
+      const res = await this._poll(sub, gen);
+      if (res === null) break;
+      if (res.status === 304 || res.status === 200) {
+        this._prove([sub]);
+        if (res.status === 200) full = this._apply(sub, res.json()) || full;
+        state.retried = false;
+      } else if (!(await this._refused(httpError(res, this.name), [sub], state))) {
+        return false;
       }
-      const gen = this.gen;
-      let full = false;
-      try {
-        for (const sub of subs) {
-          if (gen !== this.gen || this.ended) break;
-          if (c._subs.get(sub.topic) !== sub || !sub.active) continue;
-          const res = await this._poll(sub, gen);
-          if (res === null) break;
-          if (res.status === 304 || res.status === 200) {
-            this._prove([sub]);
-            if (res.status === 200) full = this._apply(sub, res.json()) || full;
-            state.retried = false;
-          } else if (!(await this._refused(httpError(res, this.name), [sub], state))) {
-            return;
-          }
-        }
-      } catch (err) {
-        if (gen === this.gen && !this.ended) this._end(err);
-        else if (!this.ended) continue;
-        return;
-      }
-      if (gen === this.gen && !this.ended) await this._idle(full ? 0 : c.options.pollInterval);
     }
+    if (gen === this.gen && !this.ended) await this._idle(full ? 0 : c.options.pollInterval);
+    return true;
   }
 
   async _poll(sub, gen) {

@@ -51,31 +51,13 @@ export class SseTransport extends HttpTransport {
     super(client, "sse");
   }
 
-  start() { this._loop(); }
-
-  async _loop() {
-    const c = this.client;
-    const state = { retried: false };
-    while (!this.ended) {
-      const subs = c._activeSubs();
-      if (!subs.length) {
-        await this._idle();
-        continue;
-      }
-      const gen = this.gen;
-      let outcome;
-      try {
-        outcome = await this._stream(subs, gen, state);
-      } catch (err) {
-        if (gen === this.gen && !this.ended) this._end(err);
-        return;
-      }
-      if (this.ended || gen !== this.gen) continue; // restarted for new topics (or stopped)
-      if (outcome === "again") continue;
-      // The server ended the stream (shutdown, a slow consumer): a new one, after a wait.
-      this._end(null, { retryMs: outcome });
-      return;
-    }
+  /** One stream of every topic; when the server ends it (shutdown, a slow consumer), the
+   *  transport ends with the server's retry: delay, and the client opens a new one. */
+  async _round(subs, gen, state) {
+    const outcome = await this._stream(subs, gen, state);
+    if (this.ended || gen !== this.gen || outcome === "again") return true; // restarted for new topics (or stopped)
+    this._end(null, { retryMs: outcome });
+    return false;
   }
 
   /** One stream. Resolves with "again" (open a new one now) or the server's retry: delay
