@@ -31,6 +31,7 @@ from .producers import start_producers
 from .server.handshake import Refusal, WebSocketPolicy
 from .server.hooks import ServerHooks
 from .services import EXTENSION, Services
+from .session_cookie import SessionCookies
 from .transports import TRANSPORTS
 from .transports.stomp_ws import Broker
 
@@ -164,6 +165,7 @@ def build_app(test_config=None) -> Flask:
 
     app = Flask(__name__, root_path=ROOT, static_folder="static", template_folder="templates")
     app.secret_key = settings.signing_key()
+    app.session_interface = SessionCookies()  # the guest's signed cookie, verified and signed once per value
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_message_bytes,
         SESSION_COOKIE_NAME="switchboard_session",

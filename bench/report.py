@@ -122,6 +122,7 @@ def build(runs: list[list[dict]], meta: dict) -> dict:
     idle = defaultdict(list)  # (key, level) -> kb
     over = defaultdict(list)  # key -> rows
     inbound = defaultdict(list)  # (transport, size) -> rows
+    rooms = defaultdict(list)  # key -> rows
     raw_ws = []
     errors = []
     for run in runs:
@@ -139,6 +140,10 @@ def build(runs: list[list[dict]], meta: dict) -> dict:
                 idle[(_key(row), row["connections"])].append(row["kb_per_conn"])
             elif kind == "overhead":
                 over[_key(row)].append(row)
+                for field in ("lost", "duplicated", "out_of_order"):
+                    transports[_key(row)][field] += row[field]
+            elif kind == "room":
+                rooms[_key(row)].append(row)
                 for field in ("lost", "duplicated", "out_of_order"):
                     transports[_key(row)][field] += row[field]
             elif kind == "inbound":
@@ -253,6 +258,46 @@ def build(runs: list[list[dict]], meta: dict) -> dict:
         for v, ws in raw_summary.items()
     }
 
+    room_summary = {}
+    for key, rows in sorted(rooms.items()):
+        room_summary[key] = {
+            "subscribers": rows[0]["subscribers"],
+            "rate": rows[0]["rate"],
+            "events": rows[0]["events"],
+            **{
+                f: _median([r.get(f) for r in rows])
+                for f in (
+                    "deliveries_per_s",
+                    "server_us_per_delivery",
+                    "server_cpu",
+                    "client_cpu",
+                    "p50_ms",
+                    "p99_ms",
+                    "max_ms",
+                    "others_on_server_core",
+                    "open_seconds",
+                )
+            },
+            "client_saturated": any(r["client_saturated"] for r in rows),
+            **{f: sum(r[f] for r in rows) for f in ("lost", "duplicated", "out_of_order")},
+            "runs": len(rows),
+        }
+    # Each Switchboard room row against Nchan's in the same run (STOMP against Nchan's WebSocket).
+    for key, entry in room_summary.items():
+        server, transport = key.split("/", 1)
+        if server != SB:
+            continue
+        anchor = f"{NCHAN}/{'websocket' if transport == 'stomp' else transport}"
+        for figure in ("server_us_per_delivery", "p99_ms"):
+            per_run = []
+            for run in runs:
+                a = next((r for r in run if r.get("scenario") == "room" and _key(r) == key and "error" not in r), None)
+                b = next(
+                    (r for r in run if r.get("scenario") == "room" and _key(r) == anchor and "error" not in r), None
+                )
+                per_run.append(_ratio(a and a.get(figure), b and b.get(figure)))
+            entry[f"{figure}_vs_nchan"] = _median(per_run)
+
     ratios = {}
     for name, num, den, figure, target, sense, text in RATIO_TARGETS:
         per_run = []
@@ -288,6 +333,47 @@ def build(runs: list[list[dict]], meta: dict) -> dict:
                 "so this ratio is an upper bound; per_server_cpu_second compares CPU cost instead"
             )
         ratios[name] = entry
+
+    # Server CPU per delivered event with the single closed-loop publisher at the fixed rate,
+    # against Nchan in the same run: 1.5x its own transport for WebSocket and SSE, 2x its
+    # WebSocket for STOMP.
+    for subs in (100, 1000):
+        for transport, anchor, target in (
+            ("websocket", "websocket", 1.5),
+            ("sse", "sse", 1.5),
+            ("stomp", "websocket", 2.0),
+        ):
+            per_run = []
+            for run in runs:
+                a, b = _fanout(run, SB, transport, subs), _fanout(run, NCHAN, anchor, subs)
+                per_run.append(_ratio(_figure(a, "server_us_per_delivery"), _figure(b, "server_us_per_delivery")))
+            value = _median(per_run)
+            if value is None:
+                continue
+            ratios[f"cpu_per_delivery_{subs}_{transport}_vs_nchan"] = {
+                "text": f"server CPU per delivery at 50 events/s to {subs:,} subscribers: Switchboard "
+                f"{transport} / Nchan {anchor}",
+                "numerator": f"{SB}/{transport}",
+                "denominator": f"{NCHAN}/{anchor}",
+                "figure": "server_us_per_delivery",
+                "target": target,
+                "sense": "max",
+                "median": value,
+                "per_run": per_run,
+                "met": value <= target,
+            }
+    stomp = fanout_summary.get(f"{SB}/stomp", {}).get("1000")
+    if stomp and stomp.get("paced_delivered_per_s") is not None:
+        wanted = 50 * 1000
+        value = stomp["paced_delivered_per_s"] / wanted
+        ratios["stomp_1000_keeps_up"] = {
+            "text": "STOMP at 50 events/s to 1,000 subscribers on one worker: deliveries/s in the window / 50,000",
+            "figure": "paced_delivered_per_s",
+            "target": 0.95,
+            "sense": "min",
+            "median": round(value, 3),
+            "met": value >= 0.95,
+        }
 
     # Absolute targets.
     for transport in ("websocket", "sse"):
@@ -381,6 +467,7 @@ def build(runs: list[list[dict]], meta: dict) -> dict:
         "transports": dict(transports),
         "fanout": fanout_summary,
         "idle": idle_summary,
+        "room": room_summary,
         "overhead": overhead_summary,
         "inbound": inbound_summary,
         "ws_inbound": raw_summary,
@@ -464,6 +551,27 @@ def table(doc: dict) -> str:
                 f"{_n(e.get('paced_client_cpu'), 2):>8}{_n(e.get('p99_ms'), 1):>9}"
             )
     out.append("")
+    if doc.get("room"):
+        first = next(iter(doc["room"].values()))
+        out.append(
+            f"Large room: {first['subscribers']:,} subscribers on one topic, one worker, single closed-loop "
+            f"publisher at {first['rate']:g} events/s ({first['events']} events); x Nchan: in the same run "
+            "(STOMP against Nchan's WebSocket)"
+        )
+        out.append(
+            f"{'server/transport':<31}{'deliv/s':>9}{'us/deliv':>9}{'x Nchan':>8}{'srv CPU':>8}{'lg CPU':>8}"
+            f"{'p50 ms':>9}{'p99 ms':>9}{'x Nchan':>8}{'max ms':>9}{'lost/dup/ooo':>14}"
+        )
+        for key, e in doc["room"].items():
+            star = "*" if e.get("client_saturated") else " "
+            out.append(
+                f"{key:<31}{_n(e.get('deliveries_per_s')):>9}{_n(e.get('server_us_per_delivery'), 1):>9}"
+                f"{_n(e.get('server_us_per_delivery_vs_nchan'), 2):>8}{_n(e.get('server_cpu'), 2):>8}"
+                f"{_n(e.get('client_cpu'), 2):>7}{star}{_n(e.get('p50_ms'), 1):>9}{_n(e.get('p99_ms'), 1):>9}"
+                f"{_n(e.get('p99_ms_vs_nchan'), 2):>8}{_n(e.get('max_ms'), 1):>9}"
+                f"{str(e['lost']) + '/' + str(e['duplicated']) + '/' + str(e['out_of_order']):>14}"
+            )
+        out.append("")
     levels = sorted({int(lvl) for v in doc["idle"].values() for lvl in v})
     out.append("Idle memory: KB per open connection (RSS of all server processes minus the baseline)")
     out.append(f"{'server/transport':<31}" + "".join(f"{f'N={lvl:,}':>10}" for lvl in levels))
@@ -529,6 +637,8 @@ def chart(doc: dict, path: Path) -> None:
         for name, r in doc["ratios"].items()
         if isinstance(r.get("median"), (int, float)) and r.get("target") not in (0, None)
     ]
+    if not ratios:
+        return  # nothing to chart (a run of the room or idle scenario alone)
     fig, (left, right) = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [1.1, 1]})
     labels = [name.replace("_", " ") for name, _ in ratios]
     values = [
@@ -622,5 +732,6 @@ if __name__ == "__main__":  # re-render the table and chart of a saved run: repo
 
     source = Path(sys.argv[1])
     saved = json.loads(source.read_text())
+    saved = build(saved["raw"], saved["meta"])  # the figures again, with this report's summaries and targets
     print(table(saved))
     chart(saved, source.with_suffix(".png"))

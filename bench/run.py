@@ -47,6 +47,8 @@ FULL = {
     "inbound": {"small": (100, 10000), "64KiB": (64 * 1024, 1000)},
     "redis_subscribers": 1000,
     "redis_transports": ["websocket", "sse"],
+    # A large room: 10,000 subscribers on one topic, one worker, 5 events/s for 10 s.
+    "room": {"subscribers": 10000, "rate": 5.0, "seconds": 10},
     "idle_transports": ["sse", "websocket", "stomp", "long-polling"],
 }
 QUICK = {
@@ -60,11 +62,13 @@ QUICK = {
     "inbound": {"small": (100, 3000), "64KiB": (64 * 1024, 200)},
     "redis_subscribers": 1000,
     "redis_transports": ["websocket"],
+    "room": {"subscribers": 2000, "rate": 5.0, "seconds": 2},
     "idle_transports": ["sse", "websocket"],
 }
 
 # (server class, transports) per scenario: the anchors only where they have the transport.
 FANOUT_TRANSPORTS = ["websocket", "sse", "stomp", "long-polling"]
+ROOM_TRANSPORTS = ["websocket", "sse", "stomp"]
 OVERHEAD_TRANSPORTS = ["polling", "long-polling"]
 
 
@@ -72,12 +76,16 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+#: ``--servers``: which servers to measure (default all three).
+SERVERS = {"switchboard", "nchan", "flask-socketio"}
+
+
 def server_classes(include_nchan: bool) -> list:
     classes = [Switchboard]
     if include_nchan:
         classes.append(Nchan)
     classes.append(SocketIO)
-    return classes
+    return [cls for cls in classes if cls.name in SERVERS]
 
 
 def redis_backend_available() -> bool:
@@ -151,6 +159,23 @@ async def one_run(cfg: dict, only: set[str], include_nchan: bool, run_index: int
                 if transport in cls.transports:
                     for row in await with_server(cls, lambda s, t=transport: fan(s, t)):
                         keep(row)
+
+    if "room" in only:
+        r = cfg["room"]
+        log(f"large room ({r['subscribers']:,} subscribers, {r['rate']:g} events/s)")
+        for transport in ROOM_TRANSPORTS:
+            for cls in classes:
+                if transport not in cls.transports or cls is SocketIO:
+                    continue  # Switchboard and its C anchor (Nchan: WebSocket and SSE)
+                try:
+                    keep(
+                        await with_server(
+                            cls,
+                            lambda s, t=transport: scenarios.room(s, t, r["subscribers"], r["rate"], r["seconds"]),
+                        )
+                    )
+                except Exception as exc:
+                    keep({"scenario": "room", "server": cls.name, "transport": transport, "error": repr(exc)})
 
     if "redis" in only and redis_backend_available():
         log("fan-out over Redis")
@@ -368,11 +393,16 @@ async def main_async(args) -> int:
         cfg["burst_events"] = {n: cfg["burst_events"].get(n, 200) for n in cfg["fanout_subscribers"]}
     if args.transports:
         FANOUT_TRANSPORTS[:] = [t for t in args.transports.split(",")]
+        ROOM_TRANSPORTS[:] = [t for t in ROOM_TRANSPORTS if t in FANOUT_TRANSPORTS]
     if args.paced_seconds:
         cfg["paced_seconds"] = args.paced_seconds
+    if args.room_subscribers:
+        cfg["room"] = dict(cfg["room"], subscribers=args.room_subscribers)
+    if args.servers:
+        SERVERS.intersection_update(args.servers.split(","))
     scenarios.SETTLE = 0.1 if args.quick else 0.3
     runs = args.runs or cfg["runs"]
-    only = set(args.only.split(",")) if args.only else {"idle", "fanout", "redis", "overhead", "inbound"}
+    only = set(args.only.split(",")) if args.only else {"idle", "fanout", "room", "redis", "overhead", "inbound"}
     include_nchan = Nchan.available()
     if not include_nchan:
         log("Nchan is not installed (Debian: libnginx-mod-nchan): its anchor is skipped")
@@ -425,10 +455,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 run, smaller N (under a minute)")
     parser.add_argument("--runs", type=int, help="runs to take the median of (default 3, quick 1)")
-    parser.add_argument("--only", help="comma-separated: idle,fanout,redis,overhead,inbound; or 'profile' alone")
+    parser.add_argument("--only", help="comma-separated: idle,fanout,room,redis,overhead,inbound; or 'profile' alone")
     parser.add_argument("--profile", action="store_true", help="also py-spy Switchboard under load")
     parser.add_argument("--subscribers", help="fan-out sizes, comma-separated (default 100,1000; quick 1000)")
     parser.add_argument("--transports", help="fan-out transports, comma-separated (default all streaming ones)")
+    parser.add_argument("--room-subscribers", type=int, help="size of the large room (default 10,000; quick 2,000)")
+    parser.add_argument("--servers", help="servers to measure, comma-separated: switchboard,nchan,flask-socketio")
     parser.add_argument("--paced-seconds", type=float, help="length of the 50 events/s window")
     parser.add_argument("--out", default=str(HERE / "results"), help="output directory")
     parser.add_argument("--name", help="output file stem (default latest, quick mode latest-quick)")

@@ -3,7 +3,8 @@
 1. :func:`idle`: N subscribers open at once on one worker; resident memory per connection.
 2. :func:`fanout`: S subscribers on one topic; a burst published as fast as the server
    answers (deliveries per second at saturation), then a fixed rate (latency); every
-   subscriber checked for lost, duplicated and out-of-order events.
+   subscriber checked for lost, duplicated and out-of-order events. :func:`room`: a large
+   room (10,000 subscribers on one topic, one worker) at a low fixed rate.
 3. :func:`overhead`: requests and bytes on the wire per delivered event for the polling
    styles, at a given interval and rate.
 4. :func:`inbound`: WebSocket and STOMP messages per second and MB/s that one worker takes.
@@ -275,6 +276,80 @@ async def fanout(
             "requests_per_event": round(group.wire.requests / max(1, summary["delivered"]), 3),
             "bytes_per_event": round((group.wire.bytes_in + group.wire.bytes_out) / max(1, summary["delivered"]), 1),
         }
+    finally:
+        if publisher is not None:
+            publisher.close()
+        close_group(group)
+    return result
+
+
+# ---------------------------------------------------------------------- 2b. a large room
+
+
+async def room(
+    server: Server, transport: str, subscribers: int, rate: float, seconds: float, open_timeout: float = 180
+) -> dict:
+    """A large room: ``subscribers`` on one topic of one worker, and the single closed-loop
+    publisher (the next event only after the last was acknowledged) at ``rate`` events/s
+    for ``seconds``.
+
+    Each event is one burst of ``subscribers`` deliveries, so the tail latency is how long
+    the server takes to get through the whole room once. Reports the latency from publish
+    to arrival, the server's CPU per delivered event, the load generator's own CPU share
+    (a share of 0.85 or more marks the figure as the client's limit, not the server's), and
+    lost, duplicated and out-of-order events."""
+    spec = server.transports[transport]
+    topic = new_topic("room")
+    group = Group(server.host, server.port, spec, topic, subscribers)
+    count = max(1, int(rate * seconds))
+    result = {
+        "scenario": "room",
+        "server": server.name,
+        "transport": transport,
+        "subscribers": subscribers,
+        "rate": rate,
+        "events": count,
+    }
+    publisher = None
+    try:
+        before = max(0, await asyncio.to_thread(server.subscribers, topic))
+        started = time.time()
+        ready = await open_group(group, subscribers, concurrency=256, timeout=open_timeout)
+        counted = await wait_server_count(server, topic, before + subscribers, 60, floor=subscribers) - before
+        result.update(ready=ready, server_counted=counted, open_seconds=round(time.time() - started, 1))
+        if ready < subscribers:
+            result["error"] = f"only {ready} of {subscribers} subscribers ready"
+            return result
+        cookie = "/api/whoami" if spec["format"] == "switchboard" and server.name.startswith("switchboard") else None
+        publisher = await open_publisher(
+            server.host,
+            server.port,
+            server.publish_path.format(topic=topic),
+            "raw" if spec["format"] == "raw" else "switchboard",
+            cookie,
+        )
+        # Connections opened in a rush settle (the server's last handshakes, the client's
+        # buffers) before the window starts.
+        await asyncio.sleep(max(SETTLE, 1.0))
+        phase = group.new_phase(0, count, latency=True)
+        group.wire.reset()
+        meter = Meter(server)
+        try:
+            await publisher.paced(0, count, rate, seconds + 60, window=1)
+            await asyncio.wait_for(phase.done.wait(), 30)
+        except asyncio.TimeoutError:
+            result["timeout"] = True
+        cpu = meter.read()  # as the fan-out's fixed-rate phase: the window ends now
+        summary = phase.summary()
+        result.update(
+            **summary,
+            **cpu,
+            **latency_ms(phase.latency),
+            deliveries_per_s=round(summary["delivered"] / cpu["seconds"]),
+            server_us_per_delivery=server_us_per_delivery(cpu, summary["delivered"]),
+            bytes_per_event=round((group.wire.bytes_in + group.wire.bytes_out) / max(1, summary["delivered"]), 1),
+            publish_statuses=dict(publisher.statuses),
+        )
     finally:
         if publisher is not None:
             publisher.close()

@@ -39,6 +39,8 @@ BATCH = 100
 #: what is published meanwhile joins the batch of the streams not yet pumped.
 YIELD_EVERY = 256
 
+_NEVER = float("inf")  # no event yet (the oldest time of a round)
+
 
 class Source(Protocol):
     """What a feed reads: a :class:`~app.hub.Subscription` or a multi-topic set of them."""
@@ -207,33 +209,47 @@ class Delivery:
         """Pump every ready stream once (the fan-out greenlet's one step)."""
         ready, self._ready = self._ready, {}
         self.rounds += 1
+        pump = self._pump
         counts: dict[str, int] = {}
         oldest: dict[str, float] = {}
-        for index, stream in enumerate(ready):
-            if index and not index % YIELD_EVERY:
+        # The streams of a round are mostly of one transport: its count is kept in locals
+        # and put in the dicts when another transport comes (and at the end).
+        transport, count, first = "", 0, _NEVER
+        left = YIELD_EVERY
+        for stream in ready:
+            if not left:
                 gevent.sleep(0)
+                left = YIELD_EVERY
+            left -= 1
             if stream.outbox.has_writer or stream.done.is_set():
                 continue  # its writer re-readies it once drained
             if stream.gate is not None and not stream.gate.is_set():
                 continue  # readied again when the gate opens
             try:
-                events, first_time = self._pump(stream)
+                events, first_time = pump(stream)
             except Exception:  # a framer's bug: end this stream, not the round
                 log.error("delivery to %s (%s) failed", stream.client, stream.transport, exc_info=True)
                 stream.close()
                 continue
             if events:
-                transport = stream.transport
-                counts[transport] = counts.get(transport, 0) + events
-                if first_time < oldest.get(transport, float("inf")):
-                    oldest[transport] = first_time
+                if stream.transport != transport:
+                    if count:
+                        counts[transport] = counts.get(transport, 0) + count
+                        oldest[transport] = min(first, oldest.get(transport, _NEVER))
+                    transport, count, first = stream.transport, 0, _NEVER
+                count += events
+                if first_time < first:
+                    first = first_time
+        if count:
+            counts[transport] = counts.get(transport, 0) + count
+            oldest[transport] = min(first, oldest.get(transport, _NEVER))
         if counts:
             now = time.time()
-            for transport, count in counts.items():
+            for name, total in counts.items():
                 if self._delivered is not None:
-                    self._delivered(transport, count)
+                    self._delivered(name, total)
                 if self._observe_latency is not None:
-                    self._observe_latency(transport, max(0.0, now - oldest[transport]))
+                    self._observe_latency(name, max(0.0, now - oldest[name]))
         if not self._ready:
             self.idle.set()
         else:
@@ -254,15 +270,17 @@ class Delivery:
         feeds, stream._ready = stream._ready, []
         out: list = []
         events = 0
-        first_time = float("inf")
+        first_time = _NEVER
         ends = False
+        most = self.batch
         for feed in feeds:
             feed.pending = False
             if feed.closed_reason is not None:
                 continue
-            batch = self.batch
-            if feed.room is not None:
-                batch = min(batch, feed.room())
+            batch = most
+            room = feed.room
+            if room is not None:
+                batch = min(batch, room())
                 if batch <= 0:
                     continue  # the framer sets the feed again when it has room
             try:

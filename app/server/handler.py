@@ -28,6 +28,7 @@ from .hooks import hooks_of
 from .raw_response import ENVIRON_RAW_RESPONSE, RawResponse
 from .reader import EventReader
 from .registry import ENVIRON_REGISTRY, Registry
+from .request_headers import parse_headers
 from .websocket import ServeEvents, SocketReader, State, WebSocket
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,11 @@ class Handler(WebSocketHandler, PyWSGIHandler):
     _requests_read = 0  # on this connection (one handler per connection)
     _detached: "Detached | None" = None  # the response outlives this handler's greenlet
 
+    def MessageClass(self, *args):  # noqa: N802  (pywsgi's name)
+        # The request's headers: pywsgi's parser's message, without the email package
+        # for a plain header block (request_headers.py).
+        return parse_headers(*args)
+
     def __init__(self, sock, address, server, rfile=None):
         super().__init__(sock, address, server, rfile)
         if rfile is None:
@@ -129,6 +135,18 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         timeout = self._policy().write_timeout
         if timeout is None or getattr(self, "websocket", None) is not None:
             return super()._sendall(data)
+        # Most writes go out whole at once (the socket has room): only what it cannot take
+        # now waits, and only that wait needs the timer (arming one costs more than the send).
+        try:
+            sent = _raw(self.socket).send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return super()._sendall(data)  # fails again, and pywsgi notes it as before
+        self.response_length += sent
+        if sent == len(data):
+            return None
+        data = memoryview(data)[sent:]
         try:
             with gevent.Timeout(timeout, _SendTimedOut):
                 return super()._sendall(data)
@@ -333,8 +351,10 @@ class Handler(WebSocketHandler, PyWSGIHandler):
             return  # logged when the detached response ends (Detached.finish)
         # gunicorn's access log when gunicorn runs us, gevent's format otherwise.
         # Unlike gevent-websocket we also log 101s: the line then shows the session length.
-        if hasattr(self.server.log, "access"):
-            PyWSGIHandler.log_request(self)
+        server_log = self.server.log
+        if hasattr(server_log, "access"):
+            if getattr(server_log, "access_log_enabled", True):  # else nothing to build the line for
+                PyWSGIHandler.log_request(self)
         else:
             WSGIHandler.log_request(self)
 
