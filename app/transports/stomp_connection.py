@@ -123,6 +123,7 @@ class Connection:
         self._guest = sender
         self.client = client
         self.error_kind: str | None = None  # a finer kind than "broker" for the ERRORs we raise, for metrics
+        self.error_counted = False  # the ERROR is in the metrics (Broker.count_error)
         self.on_connect: Callable[[Connect], None] | None = None  # told of the CONNECT (see Broker.serve)
         bucket = broker.limits.publish_bucket() if broker.limits is not None else None
         self._published = broker.metrics.publishes.labels("stomp") if broker.metrics is not None else None
@@ -298,6 +299,7 @@ class Connection:
         code = self._close_code or CLOSE_CODES.get(error.kind if error else None, CLOSE_POLICY_VIOLATION)
         reason = error.message if error is not None else (self.session.close_reason or "")
         self._socket_dead = True
+        self.broker.count_error(self)  # counted before the peer can see the close
         self.ws.close(code, reason)
 
     def fail_and_drain(self, message: str, detail: str, kind: str | None) -> None:

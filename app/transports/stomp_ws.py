@@ -253,20 +253,30 @@ class Broker:
 
         return connection, end
 
-    def _count_end(self, connection: "Connection") -> None:
+    def count_error(self, connection: "Connection") -> None:
+        """The session's ERROR in the metrics and the limits' refusals, once. The connection
+        calls it before its close goes out, so a client that saw the close finds it counted."""
         error = connection.session.error
-        if self.metrics is not None and error is not None:
+        if error is None or connection.error_counted:
+            return
+        connection.error_counted = True
+        if self.metrics is not None:
             self.metrics.stomp_errors.labels(connection.error_kind or error.kind).inc()
             if error.message == TOKEN_EXPIRED and connection.session.principal is not None:
                 # Ended by expiry mid-stream (the gate counted refusals at CONNECT itself).
                 self.metrics.auth_refusals.labels("unauthorized", "stomp").inc()
         if self.limits is not None:
-            if error is not None and error.message == "too many subscriptions":
+            if error.message == "too many subscriptions":
                 self.limits.rejected("subscriptions")
-            elif (
-                error is not None and error.message == "frame too large"
-            ) or connection.ws.close_code == CLOSE_MESSAGE_TOO_BIG:
+            elif error.message == "frame too large":
                 self.limits.rejected("message_size")
+
+    def _count_end(self, connection: "Connection") -> None:
+        error = connection.session.error
+        self.count_error(connection)
+        if self.limits is not None and connection.ws.close_code == CLOSE_MESSAGE_TOO_BIG:
+            if error is None or error.message not in ("too many subscriptions", "frame too large"):
+                self.limits.rejected("message_size")  # a message over the WebSocket limit, cut by the server
 
     def shutdown(self, timeout: float) -> None:
         """End every session with ERROR "server shutting down" (and a reconnect hint), then 1001.
