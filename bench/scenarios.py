@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from clients import Group, close_group, open_group, open_publisher
+from clients import Group, Publisher, close_group, open_group, open_publisher
 from servers import Server, core_busy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -156,6 +156,39 @@ async def idle(server: Server, transport: str, levels: list[int], settle: float 
 # ---------------------------------------------------------------------- 2. fan-out
 
 
+async def open_audience(
+    server: Server,
+    spec: dict,
+    group: Group,
+    topic: str,
+    subscribers: int,
+    result: dict,
+    *,
+    concurrency: int = 200,
+    open_timeout: float = 60,
+    count_timeout: float = 30,
+) -> Publisher | None:
+    """Open ``subscribers`` on ``topic``, wait until the server counts them, then connect the
+    publisher. Notes ``ready`` and ``server_counted`` in ``result``; None (and ``error``)
+    when not every subscriber got ready."""
+    # Switchboard counts subscribers over all topics: wait for this many more.
+    before = max(0, await asyncio.to_thread(server.subscribers, topic))
+    ready = await open_group(group, subscribers, concurrency=concurrency, timeout=open_timeout)
+    counted = await wait_server_count(server, topic, before + subscribers, count_timeout, floor=subscribers) - before
+    result.update(ready=ready, server_counted=counted)
+    if ready < subscribers:
+        result["error"] = f"only {ready} of {subscribers} subscribers ready"
+        return None
+    cookie = "/api/whoami" if spec["format"] == "switchboard" and server.name.startswith("switchboard") else None
+    return await open_publisher(
+        server.host,
+        server.port,
+        server.publish_path.format(topic=topic),
+        "raw" if spec["format"] == "raw" else "switchboard",
+        cookie,
+    )
+
+
 async def fanout(
     server: Server,
     transport: str,
@@ -180,22 +213,9 @@ async def fanout(
     result = {"scenario": "fanout", "server": server.name, "transport": transport, "subscribers": subscribers}
     publisher = None
     try:
-        # Switchboard counts subscribers over all topics: wait for this many more.
-        before = max(0, await asyncio.to_thread(server.subscribers, topic))
-        ready = await open_group(group, subscribers, timeout=60)
-        counted = await wait_server_count(server, topic, before + subscribers, 30, floor=subscribers) - before
-        result.update(ready=ready, server_counted=counted)
-        if ready < subscribers:
-            result["error"] = f"only {ready} of {subscribers} subscribers ready"
+        publisher = await open_audience(server, spec, group, topic, subscribers, result)
+        if publisher is None:
             return result
-        cookie = "/api/whoami" if spec["format"] == "switchboard" and server.name.startswith("switchboard") else None
-        publisher = await open_publisher(
-            server.host,
-            server.port,
-            server.publish_path.format(topic=topic),
-            "raw" if spec["format"] == "raw" else "switchboard",
-            cookie,
-        )
         await asyncio.sleep(SETTLE)
 
         # Saturation: publish as fast as the server answers; time to the last delivery.
@@ -312,22 +332,21 @@ async def room(
     }
     publisher = None
     try:
-        before = max(0, await asyncio.to_thread(server.subscribers, topic))
         started = time.time()
-        ready = await open_group(group, subscribers, concurrency=256, timeout=open_timeout)
-        counted = await wait_server_count(server, topic, before + subscribers, 60, floor=subscribers) - before
-        result.update(ready=ready, server_counted=counted, open_seconds=round(time.time() - started, 1))
-        if ready < subscribers:
-            result["error"] = f"only {ready} of {subscribers} subscribers ready"
-            return result
-        cookie = "/api/whoami" if spec["format"] == "switchboard" and server.name.startswith("switchboard") else None
-        publisher = await open_publisher(
-            server.host,
-            server.port,
-            server.publish_path.format(topic=topic),
-            "raw" if spec["format"] == "raw" else "switchboard",
-            cookie,
+        publisher = await open_audience(
+            server,
+            spec,
+            group,
+            topic,
+            subscribers,
+            result,
+            concurrency=256,
+            open_timeout=open_timeout,
+            count_timeout=60,
         )
+        result["open_seconds"] = round(time.time() - started, 1)
+        if publisher is None:
+            return result
         # Connections opened in a rush settle (the server's last handshakes, the client's
         # buffers) before the window starts.
         await asyncio.sleep(max(SETTLE, 1.0))
