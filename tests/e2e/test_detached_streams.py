@@ -170,13 +170,29 @@ class TestWebSocket:
             ws.close()
 
     def test_the_access_log_line_is_written_when_the_socket_closes(self, server):
-        ws = RawWebSocket.connect(ws_url(server.url), timeout=scaled(10))
-        ws.close()
-        wait_until(
-            lambda: server.access_log.exists() and '"GET /ws HTTP/1.1" 101' in server.access_log.read_text(),
-            timeout=5,
-            message="the WebSocket's access log line",
-        )
+        # gunicorn's line ends with the User-Agent: each request here names its own.
+        mine, other = f'"ws-log-{os.getpid()}-{time.monotonic_ns()}"', f'"barrier-{time.monotonic_ns()}"'
+
+        def lines(agent: str) -> list[str]:
+            text = server.access_log.read_text() if server.access_log.exists() else ""
+            return [line for line in text.splitlines() if line.endswith(agent)]
+
+        ws = RawWebSocket.connect(ws_url(server.url), headers={"User-Agent": mine.strip('"')}, timeout=scaled(10))
+        try:
+            ws.send_text(json.dumps({"op": "ping", "ref": "up"}))
+            reply = json.loads(ws.read_messages()[0][1])
+            assert (reply["op"], reply["ref"]) == ("ok", "up"), "the socket is being served"
+            # A request made after the upgrade is logged; the open socket's line is not yet
+            # (it is written at the end, with the session's length).
+            answer = requests.get(f"{server.url}/healthz", headers={"User-Agent": other.strip('"')}, timeout=scaled(10))
+            assert answer.status_code == 200
+            wait_until(lambda: lines(other), timeout=5, message="the later request's access log line")
+            assert lines(mine) == [], "no line for the WebSocket while it is open"
+        finally:
+            ws.close()
+        wait_until(lambda: lines(mine), timeout=5, message="the WebSocket's access log line")
+        (line,) = lines(mine)
+        assert '"GET /ws HTTP/1.1" 101' in line, line
 
 
 class TestStomp:
