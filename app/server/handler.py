@@ -22,6 +22,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 from gunicorn.workers.ggevent import PyWSGIHandler
 
+from .deferred import Deferred
 from .frames import CLOSE_INTERNAL_ERROR
 from .handshake import WEBSOCKET_VERSION, Acceptance, Refusal, WebSocketPolicy, is_websocket_request, negotiate
 from .hooks import hooks_of
@@ -84,7 +85,8 @@ class Handler(WebSocketHandler, PyWSGIHandler):
     """
 
     _requests_read = 0  # on this connection (one handler per connection)
-    _detached: "Detached | None" = None  # the response outlives this handler's greenlet
+    _detached: "Detached | Deferred | None" = None  # the response outlives this handler's greenlet
+    _deferral: "Deferred | None" = None  # the application asked to answer later (RawResponse.defer)
 
     def MessageClass(self, *args):  # noqa: N802  (pywsgi's name)
         # The request's headers: pywsgi's parser's message, without the email package
@@ -174,7 +176,13 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         return super().start_response(status, headers, exc_info)
 
     def process_result(self):
-        # gevent's, except that a detached response's body goes on without us: no last chunk.
+        # gevent's, except that a detached response's body goes on without us (no last
+        # chunk), and a deferred one is not sent at all: only its placeholder's headers are kept.
+        deferral, self._deferral = self._deferral, None
+        if deferral is not None and self.code == 204 and not self.headers_sent:
+            self._detached = deferral
+            deferral.park(self, self._policy().write_timeout)
+            return
         for data in self.result:
             if data:
                 self.write(data)
@@ -194,6 +202,16 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         registry.detached[self.socket] = detached
         _leave_open(self)
         return detached
+
+    def defer(self, on_parked: Callable[["Deferred"], None]) -> "Deferred | None":
+        """Answer this request later (see :meth:`RawResponse.defer`); ``None`` under a
+        server that is not :class:`Server` (it would close the connection)."""
+        if not isinstance(self.server, Server):
+            return None
+        if self.headers_sent or self._deferral is not None or self._detached is not None:
+            raise RuntimeError("defer() needs a request whose response has not started, once")
+        self._deferral = Deferred(self, self._registry(), on_parked)
+        return self._deferral
 
     def _finish_detached(self, sock) -> None:
         if self.response_use_chunked:

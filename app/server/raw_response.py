@@ -14,6 +14,10 @@ Or, to let its request's greenlet end while the stream lives on (an idle stream 
 no greenlet, nor its parked stack): it calls :meth:`RawResponse.detach` once the headers are
 out, returns from its iterable, and calls ``finish()`` on what ``detach`` gave when its own
 writes are done; the server then ends the body, closes the connection and logs the request.
+
+Or, for an answer that is not known yet (a parked long poll), :meth:`RawResponse.defer`:
+no byte is sent until the application answers, and nothing waits meanwhile
+(:mod:`app.server.deferred`).
 """
 
 from __future__ import annotations
@@ -58,6 +62,23 @@ class RawResponse:
             for it (and cuts the connection if it does not come).
         """
         return self._handler.detach()
+
+    def defer(self, on_parked):
+        """Answer this request later, after its greenlet has ended (a parked long poll).
+
+        The application then returns a ``204`` response as a placeholder: its headers
+        (with what the framework's hooks add) are kept for the real answer, and nothing is
+        sent. Once the request's greenlet is done with it, the server calls
+        ``on_parked(deferred)``; the application answers with ``deferred.answer(status,
+        body, content_type, headers)`` from a greenlet of its own, which then serves the
+        connection's next requests. If the application returns anything but a 204 (an
+        error after all), ``on_parked`` is never called and the response goes out as usual.
+
+        Returns:
+            The ``Deferred`` (:mod:`app.server.deferred`), or ``None`` when this server
+            cannot (a plain gevent ``WSGIServer``): the application then answers as usual.
+        """
+        return self._handler.defer(on_parked)
 
     def written(self, count: int) -> None:
         """Count ``count`` body bytes the application wrote itself (the access log's size)."""

@@ -12,8 +12,11 @@ The client loops ``GET /api/topics/<topic>/long-poll?since=<cursor>``:
   cursor.
 
 A 200 has the polling body ``{"events", "cursor", "gap"}``. A parked request costs one
-greenlet and one subscription; both end at the timeout at the latest, whether or not
-the client is still there (a WSGI server notices a gone client only when it writes).
+subscription and no greenlet: its request's greenlet ends, the server defers the answer,
+and the first event (or the timeout's timer) spawns the greenlet that answers and then
+serves the connection's next request (``app/transports/parked_poll.py``). It ends at the
+timeout at the latest, whether or not the client is still there (a WSGI server notices a
+gone client only when it writes).
 A parked request counts against the connection limits (``app/limits.py``): beyond them
 it is answered 503 or 429 with ``Retry-After`` instead of parking. On shutdown every
 parked request is answered 204 at once (DESIGN.md §8); the client polls again.
@@ -22,8 +25,8 @@ Several topics in one poll: ``GET /api/long-poll?topic=a&topic=b&since=<compound
 answers the same way, with every topic's news in one body ``{"events", "cursor", "gap",
 "gaps"}``: each event names its topic, ``cursor`` is the compound cursor to send back
 (``app/transports/cursor.py``), ``gaps`` lists the topics that lost events and ``gap``
-says whether any did. It parks one subscription per topic (one request, one greenlet,
-one connection slot) and wakes on the first event of any of them.
+says whether any did. It parks one subscription per topic (one request, one connection
+slot) and wakes on the first event of any of them.
 """
 
 from __future__ import annotations
@@ -35,15 +38,18 @@ import math
 from operator import attrgetter
 from typing import Callable
 
-from flask import Blueprint, Flask, Request, Response, jsonify, request
+from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 
 from ..auth import Identity, Unauthorized
 from ..auth.web import authorize
 from ..errors import ApiError
 from ..events import Event, Gap, Page, check_topic
 from ..hub import Hub, Item, Subscription, SubscriptionClosed
+from ..metrics import Metrics
+from ..server.raw_response import ENVIRON_RAW_RESPONSE
 from ..services import Services, services
 from .cursor import compound_resume_cursor, format_compound, read_limit, resume_cursor
+from .parked_poll import Outcome, ParkedPoll
 from .polling import count_poll
 from .topics import TopicSet, authorize_topics, read_topics, start_positions
 
@@ -83,15 +89,31 @@ def _no_content() -> Response:
     return response
 
 
-def _park(
-    open_source: Callable[[], Subscription | TopicSet], limit: int, timeout: float, token_left: float | None
-) -> tuple[list[Item], str]:
-    """Admit a parked poll (connection limits), open its subscriptions and wait on them.
+def _respond(outcome: Outcome) -> Response:
+    """An outcome as the response of this request (answered in the request's greenlet)."""
+    status, body, headers = outcome
+    response = _no_content() if body is None else jsonify(body)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    for name, value in headers:
+        response.headers[name] = value
+    return response
 
-    Returns:
-        What the wait took (empty on timeout or shutdown), and the client's address.
+
+def _park(
+    svc: Services,
+    open_source: Callable[[], Subscription | TopicSet],
+    limit: int,
+    timeout: float,
+    token_left: float | None,
+    conclude: Callable[[list[Item], str], Outcome],
+) -> Response:
+    """Admit a parked poll (connection limits), open its subscriptions and park it.
+
+    On Switchboard's server the request's greenlet then ends: the answer is deferred
+    (:mod:`app.transports.parked_poll`). Elsewhere it waits here, as any WSGI view would.
     """
-    slot = services().limits.open_stream(request.environ, "long-polling")  # or 503/429
+    slot = svc.limits.open_stream(request.environ, "long-polling")  # or 503/429
     try:
         source = open_source()
     except SubscriptionClosed:
@@ -102,24 +124,51 @@ def _park(
     except BaseException:
         slot.release()
         raise
-    metrics = services().metrics
-    with slot, source, metrics.connection("long-polling"):
-        metrics.long_polls_parked.inc()
+    metrics = svc.metrics
+    # A parked poll never outlives its token: it wakes at exp and answers 401.
+    wait = timeout if token_left is None else max(0.0, min(timeout, token_left))
+    gauge = metrics.connections.labels("long-polling")
+    gauge.inc()
+    metrics.long_polls_parked.inc()
+
+    def release() -> None:
+        metrics.long_polls_parked.dec()
+        gauge.dec()
+        slot.release()
+
+    raw = request.environ.get(ENVIRON_RAW_RESPONSE)
+    client = slot.client
+    json = current_app.json  # the body's bytes as jsonify writes them (compact, sorted or not)
+    parked = ParkedPoll(
+        source, limit, wait, lambda items: conclude(items, client), lambda body: json.response(body).get_data(), release
+    )
+    deferred = raw.defer(parked.start) if raw is not None else None
+    if deferred is not None:
+        placeholder = _no_content()  # its headers (and the hooks') are kept for the answer
+        placeholder.call_on_close(lambda: parked.abandon(deferred))  # an error after all: nothing is parked
+        return placeholder
+    try:
         try:
-            # A parked poll never outlives its token: it wakes at exp and answers 401.
-            items = source.get_many(limit, timeout if token_left is None else max(0.0, min(timeout, token_left)))
+            items = source.get_many(limit, wait)
         except SubscriptionClosed:  # hub shutdown (DESIGN.md §8): the client polls again
             items = []
-        finally:
-            metrics.long_polls_parked.dec()
-    return items, slot.client
+    finally:
+        source.close()
+        release()
+    return _respond(conclude(items, client))
 
 
-def _nothing(identity: Identity, token_left: float | None) -> Response:
+def _nothing(metrics: Metrics, identity: Identity, token_left: float | None) -> Outcome:
     """The answer of a poll that took nothing: 204, or 401 if its token expired meanwhile."""
     if token_left is not None and identity.seconds_left() <= 0:
-        raise Unauthorized("the token expired while the poll was parked", invalid_token=True, expired=True)
-    return _no_content()
+        refusal = Unauthorized("the token expired while the poll was parked", invalid_token=True, expired=True)
+        metrics.auth_refusals.labels(refusal.code, "http").inc()
+        return (
+            refusal.status,
+            {"error": refusal.code, "message": refusal.message},
+            (("WWW-Authenticate", refusal.www_authenticate()),),
+        )
+    return 204, None, ()
 
 
 def _log_slow(items: list[Item], client: str) -> None:
@@ -152,36 +201,36 @@ def long_poll(topic: str) -> Response:
                 services().metrics.gaps.labels("resume").inc()
             return _answer(page)
 
+    metrics = services().metrics
+
+    def conclude(items: list[Item], client: str) -> Outcome:
+        events = [item for item in items if isinstance(item, Event)]
+        gap = any(isinstance(item, Gap) for item in items)
+        _log_slow(items, client)
+        if not events and not gap:
+            return _nothing(metrics, identity, token_left)
+        metrics.delivered.labels("long-polling").inc(len(events))
+        return 200, Page(events, events[-1].id if events else (since or ""), gap).to_dict(), ()
+
     # Starts at ``since``: whatever is published from here on (or was, since the history
     # read above) is replayed or queued live, exactly once (seam rule).
-    items, client = _park(lambda: hub.subscribe(topic, since=since), limit, timeout, token_left)
-    events = [item for item in items if isinstance(item, Event)]
-    gap = any(isinstance(item, Gap) for item in items)
-    _log_slow(items, client)
-    if not events and not gap:
-        return _nothing(identity, token_left)
-    services().metrics.delivered.labels("long-polling").inc(len(events))
-    return _answer(Page(events, events[-1].id if events else (since or ""), gap))
+    return _park(services(), lambda: hub.subscribe(topic, since=since), limit, timeout, token_left, conclude)
 
 
-def _compound_answer(items: list[Item], positions: dict[str, str]) -> Response:
-    """The multi-topic 200: the polling body, with a compound ``cursor`` and ``gaps``
-    (the topics that had one; ``gap`` is true when any did)."""
+def _compound_body(items: list[Item], positions: dict[str, str], metrics: Metrics) -> dict:
+    """The multi-topic 200's body: the polling body, with a compound ``cursor`` and
+    ``gaps`` (the topics that had one; ``gap`` is true when any did)."""
     events = [item for item in items if isinstance(item, Event)]
     for event in events:
         positions[event.topic] = event.id
     gaps = list(dict.fromkeys(item.topic for item in items if isinstance(item, Gap)))
-    services().metrics.delivered.labels("long-polling").inc(len(events))
-    response = jsonify(
-        {
-            "events": [event.to_dict() for event in events],
-            "cursor": format_compound(positions),
-            "gap": bool(gaps),
-            "gaps": gaps,
-        }
-    )
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    metrics.delivered.labels("long-polling").inc(len(events))
+    return {
+        "events": [event.to_dict() for event in events],
+        "cursor": format_compound(positions),
+        "gap": bool(gaps),
+        "gaps": gaps,
+    }
 
 
 def _newer(hub: Hub, resume: dict[str, str], positions: dict[str, str], limit: int) -> list[Item]:
@@ -230,19 +279,22 @@ def multi_long_poll() -> Response:
     # poll then resumes it from here, not from whenever that poll comes.
     positions = start_positions(hub, topics, resume)
 
+    metrics = services().metrics
     if resume:
         items = _newer(hub, resume, positions, limit)
         if items:
             gaps = sum(isinstance(item, Gap) for item in items)
             if gaps:  # (a parked poll's gaps are counted by the hub)
-                services().metrics.gaps.labels("resume").inc(gaps)
-            return _compound_answer(items, positions)
+                metrics.gaps.labels("resume").inc(gaps)
+            return _respond((200, _compound_body(items, positions, metrics), ()))
 
-    items, client = _park(lambda: TopicSet(hub, topics, positions), limit, timeout, token_left)
-    _log_slow(items, client)
-    if not items:
-        return _nothing(identity, token_left)
-    return _compound_answer(items, positions)
+    def conclude(items: list[Item], client: str) -> Outcome:
+        _log_slow(items, client)
+        if not items:
+            return _nothing(metrics, identity, token_left)
+        return 200, _compound_body(items, positions, metrics), ()
+
+    return _park(services(), lambda: TopicSet(hub, topics, positions), limit, timeout, token_left, conclude)
 
 
 def init_app(app: Flask, services: Services) -> dict[str, tuple[str, ...]]:
