@@ -144,7 +144,8 @@ class Deferred:
         handler._detached = None
         handler.log_request()
         if not (sent and keep_alive):
-            _close(sock)
+            _close(sock, self._rfile)
+            self._rfile = None
             return
         # Keep-alive: the connection's next request, read by a fresh handler in this greenlet.
         fresh = type(handler)(sock, handler.client_address, handler.server, self._rfile)
@@ -161,7 +162,8 @@ class Deferred:
         if handler is None:
             return
         self._registry.forget_detached(self.socket)
-        _close(self.socket)
+        _close(self.socket, self._rfile)
+        self._rfile = None
 
     def _send(self, data: bytes, handler) -> bool:
         """One non-blocking send; what the socket cannot take now waits, bounded by the
@@ -189,7 +191,12 @@ class Deferred:
             return False
 
 
-def _close(sock) -> None:
+def _close(sock, rfile) -> None:
+    if rfile is not None:
+        try:
+            rfile.close()  # its reference to the socket would keep the descriptor open
+        except OSError:
+            pass
     try:
         getattr(sock, "_sock", sock).recv(16384)  # as pywsgi: unread input would turn the close into a reset
     except OSError:
