@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import time
 
@@ -19,6 +20,8 @@ from .websocket import CLOSE_KEEPALIVE_TIMEOUT, State, WebSocket
 log = logging.getLogger(__name__)
 
 ENVIRON_REGISTRY = "switchboard.ws_registry"
+#: Sockets one keepalive tick handles before it lets other greenlets run (deliveries).
+YIELD_EVERY = 256
 
 
 class Registry:
@@ -59,7 +62,10 @@ class Registry:
         self._open.add(ws)
         if ping_interval > 0:
             ws.ping_interval, ws.ping_timeout = ping_interval, ping_timeout
-            ws._ping_due = time.monotonic() + ping_interval
+            # The first ping somewhere in the second half of the interval: sockets opened
+            # together (a room filling up, a reconnect wave) would otherwise be pinged, and
+            # answer, in one burst per interval, holding up deliveries while it lasts.
+            ws._ping_due = time.monotonic() + ping_interval * random.uniform(0.5, 1.0)
             self._tick = min(self._tick, max(0.02, min(ping_interval, ping_timeout) / 4))
             if self._keepalive is None:
                 self._keepalive = gevent.spawn(self._keep_alive)
@@ -92,7 +98,9 @@ class Registry:
         while True:
             gevent.sleep(self._tick)
             now = time.monotonic()
-            for ws in list(self._open):
+            for count, ws in enumerate(list(self._open), 1):
+                if not count % YIELD_EVERY:
+                    gevent.sleep(0)  # deliveries between slices of a large worker's sockets
                 if ws.ping_interval > 0 and ws.state is State.OPEN:
                     try:
                         _keepalive_step(ws, now)
