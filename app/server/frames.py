@@ -71,6 +71,8 @@ _RECEIVABLE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1
 
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
+_HEADER16 = struct.Struct("!BBH")
+_HEADER64 = struct.Struct("!BBQ")
 _utf8_incremental = codecs.getincrementaldecoder("utf-8")
 
 
@@ -310,15 +312,17 @@ def close_payload(code: int | None, reason: str = "") -> bytes:
 
 def encode_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     """A server frame: never masked (RFC 6455 5.1), no extension bits."""
-    first = (0x80 if fin else 0) | opcode
-    size = len(payload)
+    return frame_header((0x80 if fin else 0) | opcode, len(payload)) + payload
+
+
+def frame_header(first: int, size: int) -> bytes:
+    """The header of a server frame whose first byte is ``first`` (FIN and opcode) and whose
+    payload has ``size`` bytes, for a caller that builds the payload in pieces."""
     if size < 126:
-        header = bytes((first, size))
-    elif size <= 0xFFFF:
-        header = bytes((first, 126)) + _U16.pack(size)
-    else:
-        header = bytes((first, 127)) + _U64.pack(size)
-    return header + payload
+        return bytes((first, size))
+    if size <= 0xFFFF:
+        return _HEADER16.pack(first, 126, size)
+    return _HEADER64.pack(first, 127, size)
 
 
 def mask_frame(opcode: int, payload: bytes, mask: bytes, fin: bool = True, rsv: int = 0) -> bytes:

@@ -15,7 +15,6 @@ numbers its MESSAGEs and chooses between the two.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -167,10 +166,19 @@ class MessageWriter:
         acks: where a MESSAGE of a client ack mode is kept until it is settled.
     """
 
+    __slots__ = ("session_id", "_acks", "_last")
+
     def __init__(self, session_id: str, acks: AckBook) -> None:
         self.session_id = session_id
         self._acks = acks
-        self._numbers = itertools.count(1)
+        self._last = 0  # the number of the latest message-id
+
+    def reserve(self, count: int) -> int:
+        """Take the next ``count`` message numbers for MESSAGEs written elsewhere from
+        :func:`message_head` and a shared tail (:meth:`StompSession.direct_messages`); the first."""
+        first = self._last + 1
+        self._last += count
+        return first
 
     def write(
         self,
@@ -211,10 +219,11 @@ class MessageWriter:
         if tail is not None and sub.ack_mode == "auto" and not redelivered and destination is None:
             # Nothing is kept for a redelivery: write the per-subscription lines and the
             # shared tail; the same bytes serialize() writes for the frame built below.
-            number = next(self._numbers)
+            number = self._last = self._last + 1
             head = sub.message_head or message_head(sub, self.session_id, escapes_headers("MESSAGE", version))
             return f"{self.session_id}-{number}", message_from_tail(head, number, tail)
-        message_id = f"{self.session_id}-{next(self._numbers)}"
+        self._last += 1
+        message_id = f"{self.session_id}-{self._last}"
         frame = message_frame(
             sub,
             message_id,

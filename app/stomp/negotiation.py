@@ -89,6 +89,8 @@ class HeartBeats:
         next_at: when the next heart-beat is due, if ``every``.
     """
 
+    __slots__ = ("started_at", "clock", "last_received", "silence_limit", "every", "next_at")
+
     def __init__(self, now: float | None) -> None:
         self.started_at = now
         self.clock = now
@@ -118,6 +120,16 @@ class HeartBeats:
         """Note that data went out: any data is a sign of life, so the next heart-beat can wait."""
         if self.every and self.clock is not None:
             self.next_at = self.clock + self.every
+
+    def wrote(self, now: float) -> None:
+        """:meth:`advance` to ``now``, then :meth:`sent`: one call for a fan-out's each delivery."""
+        clock = self.clock = now if self.clock is None else max(self.clock, now)
+        if self.started_at is None:
+            self.started_at = now
+        if self.last_received is None:
+            self.last_received = now
+        if self.every:
+            self.next_at = clock + self.every
 
     def silent_too_long(self, now: float) -> bool:
         """Whether the client has sent nothing for longer than its interval allows."""

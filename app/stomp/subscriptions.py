@@ -100,6 +100,8 @@ class OpenSubscriptions:
         config: the session's settings.
     """
 
+    __slots__ = ("config", "by_id", "acks")
+
     def __init__(self, config: StompConfig) -> None:
         self.config = config
         self.by_id: dict[str, SessionSubscription] = {}

@@ -12,6 +12,16 @@ reader and timer act on the session under one lock and write under it; while it 
 the framer takes nothing (:meth:`StompTopicFramer.room` answers 0) and the feed is set
 again when the lock is released. Flow control: in client ack modes the framer takes at
 most the room the subscription's prefetch window has; an ACK sets the feed again.
+
+The common case has a shorter way (in :meth:`StompTopicFramer.frame`): events to an
+``auto`` subscription of its own destination, on a WebSocket, while the session has
+nothing queued and the lock is free. The session only numbers them
+(:meth:`~app.stomp.StompSession.direct_messages`) and the framer writes each WebSocket frame
+itself: the event's tail, and whether it is text, are worked out once per event and
+escaping for all the subscribers (:class:`_LastTail`), and per subscription only the
+header lines and the number are new. The bytes are the ones the session's queue would have
+given; anything else (a gap, a wildcard's destination, a client ack mode, withheld events,
+SockJS, a frame already queued) takes the session's queue.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import gevent
 from ..delivery import BATCH, Feed
 from ..events import Event, Gap
 from ..hub import Subscription
-from ..server.frames import OP_BINARY, OP_TEXT, encode_frame
+from ..server.frames import OP_BINARY, OP_TEXT, encode_frame, frame_header
 
 if TYPE_CHECKING:
     from .stomp_connection import Connection
@@ -54,6 +64,36 @@ def chunks_out(chunks: list[bytes], out: list, raw: bool) -> None:
         out += chunks
 
 
+class _LastTail:
+    """The MESSAGE tail of the event the fan-out wrote last, in one escaping mode, and the
+    first byte of its WebSocket frames (text when UTF-8, else binary): the fan-out writes
+    one event to all its subscribers in a row, so this answers all but the first of them.
+
+    Keyed by the event and the broker's ``message_tail`` (a mount may have its own); it
+    keeps that one event alive until the next.
+    """
+
+    __slots__ = ("event", "source", "tail", "size", "first")
+
+    def __init__(self) -> None:
+        self.event: object = None
+        self.source: object = None
+        self.tail = b""
+        self.size = 0
+        self.first = 0
+
+    def remember(self, event: Event, source: Callable[[Event, bool], bytes], escaped: bool) -> None:
+        self.event, self.source = event, source
+        tail = self.tail = source(event, escaped)
+        self.size = len(tail)
+        # The per-subscription lines before it are UTF-8 ending in a newline, so the whole
+        # frame is UTF-8 exactly when the tail is (what is_utf8 of the whole would say).
+        self.first = 0x80 | (OP_TEXT if is_utf8(tail) else OP_BINARY)
+
+
+_LAST_TAILS = (_LastTail(), _LastTail())  # unescaped (1.0), escaped (1.1, 1.2)
+
+
 class StompTopicFramer:
     """One topic SUBSCRIBE's framing (:class:`app.delivery.Framer`), see the module docstring.
 
@@ -65,7 +105,18 @@ class StompTopicFramer:
             subscription's (a wildcard names the concrete topic); ``None`` otherwise.
     """
 
-    __slots__ = ("connection", "sub_id", "subscription", "destination", "feed")
+    __slots__ = (
+        "connection",
+        "sub_id",
+        "subscription",
+        "destination",
+        "feed",
+        "escaped",
+        "session",
+        "lock",
+        "broker",
+        "direct",
+    )
 
     def __init__(
         self,
@@ -79,6 +130,13 @@ class StompTopicFramer:
         self.subscription = subscription
         self.destination = destination
         self.feed: Feed | None = None
+        self.escaped: bool | None = None  # the session's escaping, known once it delivers (after CONNECT)
+        # The connection's, fixed for its life; kept here so that a delivery touches fewer
+        # objects (with a thousand sessions, each one more is a cache miss more).
+        self.session, self.lock, self.broker = connection.session, connection._lock, connection.broker
+        # Whether the direct way can apply at all (module docstring): a WebSocket, and the
+        # subscription's own destination.
+        self.direct = connection.raw and destination is None
 
     # -- for the connection ---------------------------------------------------------
 
@@ -97,16 +155,39 @@ class StompTopicFramer:
     # -- for the delivery layer -----------------------------------------------------
 
     def room(self) -> int:
-        connection = self.connection
-        session = connection.session
-        if session.closed:
+        session = self.session
+        if self.lock.locked():  # the reader or the timer is acting and writing
+            if not session.closed:
+                self.connection.deferred.add(self.feed)
             return 0
-        if connection._lock.locked():  # the reader or the timer is acting and writing
-            connection.deferred.add(self.feed)
-            return 0
-        return session.room(self.sub_id, BATCH)  # 0: an ACK sets the feed again
+        return session.room(self.sub_id, BATCH)  # 0 once closed; 0: an ACK sets the feed again
 
     def frame(self, items: list, out: list) -> int:
+        # The direct way when it applies (module docstring), written out here rather than in
+        # a method of its own: it runs once per subscriber and event, where a call more shows
+        # (bench/stomp_frame_cost.py).
+        broker = self.broker
+        if self.direct and broker.withholds is None and not self.lock.locked() and Gap not in map(type, items):
+            session = self.session
+            lane = session.direct_messages(self.sub_id, len(items), self.connection._clock())
+            if lane is not None:
+                before, after, number = lane
+                escaped = self.escaped
+                if escaped is None:
+                    escaped = self.escaped = session.escapes_messages
+                last = _LAST_TAILS[escaped]
+                source = broker.message_tail
+                for item in items:
+                    if last.event is not item or last.source is not source:
+                        last.remember(item, source, escaped)
+                    head = b"%s%d%s" % (before, number, after)
+                    out.append(frame_header(last.first, len(head) + last.size) + head + last.tail)
+                    number += 1
+                return len(items)
+        return self._frame_queued(items, out)
+
+    def _frame_queued(self, items: list, out: list) -> int:
+        """Write ``items`` through the session's queue: every MESSAGE, gap and frame it holds."""
         connection = self.connection
         session, broker = connection.session, connection.broker
         now = connection._clock()
