@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -665,6 +666,41 @@ def test_keepalive_pings_and_an_answering_peer_stays(fresh_server):
         assert (opcode, payload) == (OP_TEXT, b"still here")
     finally:
         client.close()
+
+
+def test_keepalive_first_pings_of_sockets_opened_together_are_spread(fresh_server):
+    # Opened together (a room filling up), the sockets would otherwise all be pinged, and
+    # answer, in one tick per interval, holding up deliveries while it lasts: each first
+    # ping comes somewhere in the second half of its interval.
+    interval = 2.0
+    # A short timeout makes the timer tick every 0.1 s (a quarter of it); nobody answers
+    # here, and only each socket's first ping is read.
+    server = fresh_server(ping_interval=interval, ping_timeout=0.4)
+    opened: dict[RawClient, float] = {}
+    for _ in range(40):
+        client = RawClient(server.port)
+        opened[client] = time.monotonic()
+    try:
+        assert all(client.status == 101 for client in opened)
+        delays: dict[RawClient, float] = {}
+        deadline = time.monotonic() + scaled(interval + 3.0)
+        while len(delays) < len(opened) and time.monotonic() < deadline:
+            waiting = {client.sock: client for client in opened if client not in delays}
+            readable, _, _ = select.select(list(waiting), [], [], 0.05)
+            now = time.monotonic()
+            for sock in readable:
+                delays[waiting[sock]] = now - opened[waiting[sock]]
+        assert len(delays) == len(opened), "every socket gets a ping"
+        for client in opened:
+            opcode, _, _ = client.recv_frame()
+            assert opcode == OP_PING
+        spread = sorted(delays.values())
+        assert spread[0] >= interval / 2 - 0.1, spread
+        # Each at its own interval from opening, they would all be 2.0-2.1 s.
+        assert spread[-1] - spread[0] >= interval / 4, f"first pings not spread: {[round(d, 2) for d in spread]}"
+    finally:
+        for client in opened:
+            client.close()
 
 
 def test_keepalive_timeout_closes_a_silent_peer(fresh_server):
