@@ -1,10 +1,12 @@
 """Several topics on one request: the topic list, where each topic starts, and one reader
 over their subscriptions.
 
-A multi-topic SSE stream or long poll holds one hub subscription per topic, all read by
-the request's own greenlet (no greenlet per topic): the subscriptions share one wake-up
-signal (:meth:`app.hub.Subscription.wake_with`), and :class:`TopicSet` waits on it, then
-takes what each subscription has ready without waiting. Per topic, the hub's seam rule
+A multi-topic SSE stream or long poll holds one hub subscription per topic, and no
+greenlet per topic: the subscriptions share one wake-up signal
+(:meth:`app.hub.Subscription.wake_with`), which is the stream's feed on the delivery layer
+or the parked poll itself (or, under a server that cannot defer, :class:`TopicSet`'s own,
+which its request's greenlet waits on), and :class:`TopicSet` takes what each subscription
+has ready without waiting. Per topic, the hub's seam rule
 holds as on a one-topic stream (each event once, in order, or a gap); across topics,
 events go out in the order they were published, within each batch.
 """
