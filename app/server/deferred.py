@@ -18,10 +18,12 @@ from __future__ import annotations
 import http
 import logging
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import gevent
 from gevent.pywsgi import format_date_time
+
+from .kept import leave_open, let_go
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -30,20 +32,6 @@ log = logging.getLogger(__name__)
 
 #: Headers the answer decides itself; the placeholder's are dropped.
 _DECIDED = frozenset((b"content-length", b"content-type", b"date", b"connection", b"transfer-encoding"))
-
-#: What a deferred handler keeps once its greenlet has ended: what the access log reads.
-_KEPT = (
-    "server",
-    "client_address",
-    "requestline",
-    "request_version",
-    "command",
-    "path",
-    "headers",
-    "environ",
-    "time_start",
-    "_detached",
-)
 
 
 class Deferred:
@@ -58,8 +46,8 @@ class Deferred:
     def __init__(self, handler, registry: "Registry", on_parked: Callable[["Deferred"], None]):
         self._handler = handler
         self._registry = registry
-        self.socket = None
-        self._rfile = None
+        self.socket: Any = None
+        self._rfile: Any = None
         self._head: list[tuple[bytes, bytes]] = []
         self._keep_alive = False
         self._write_timeout: float | None = None
@@ -86,18 +74,14 @@ class Deferred:
         self._keep_alive = not handler.close_connection
         self._write_timeout = write_timeout
         self._registry.detached[self.socket] = self
-        handler.close_connection = True  # read no further request in this greenlet
-        handler.socket = None
+        leave_open(handler)  # this greenlet reads no further request, and leaves the connection open
 
     def let_go(self) -> None:
         """The request's greenlet is ending (the server's ``do_close``): drop what the answer
         does not need, and hand the request to the application (``on_parked``), which may
         answer from now on: nothing of the request's greenlet touches the connection again."""
-        handler = self._handler
-        if handler is not None:
-            environ = handler.environ
-            handler.environ = {key: value for key, value in environ.items() if isinstance(value, str)}
-            handler.__dict__ = {name: value for name, value in vars(handler).items() if name in _KEPT}
+        if self._handler is not None:
+            let_go(self._handler)
         on_parked, self._on_parked = self._on_parked, None
         if on_parked is not None:
             on_parked(self)

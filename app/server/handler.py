@@ -14,7 +14,7 @@ import json
 import logging
 import socket
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import gevent
 import gevent.select
@@ -26,6 +26,7 @@ from .deferred import Deferred
 from .frames import CLOSE_INTERNAL_ERROR
 from .handshake import WEBSOCKET_VERSION, Acceptance, Refusal, WebSocketPolicy, is_websocket_request, negotiate
 from .hooks import hooks_of
+from .kept import leave_open, let_go, slim_environ
 from .raw_response import ENVIRON_RAW_RESPONSE, RawResponse
 from .reader import EventReader
 from .registry import ENVIRON_REGISTRY, Registry
@@ -200,7 +201,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         registry = self._registry()
         detached = self._detached = Detached(self, registry, self.socket)
         registry.detached[self.socket] = detached
-        _leave_open(self)
+        leave_open(self)
         return detached
 
     def defer(self, on_parked: Callable[["Deferred"], None]) -> "Deferred | None":
@@ -352,8 +353,8 @@ class Handler(WebSocketHandler, PyWSGIHandler):
         detached = self._detached = Detached(self, registry, sock)
         registry.detached[sock] = detached
         ws.read_with(SocketReader(sock, _buffered(self.rfile, sock)))
-        _leave_open(self)
-        ws.environ = _slim_environ(self)  # what ws.path and the access log read
+        leave_open(self)
+        ws.environ = slim_environ(self)  # what ws.path and the access log read
 
         def done() -> None:
             registry.discard(ws)
@@ -398,7 +399,7 @@ class Detached:
     def let_go(self) -> None:
         """The request's greenlet has ended: drop what the response's end does not need."""
         if self._handler is not None:
-            _let_go(self._handler)
+            let_go(self._handler)
 
     def finish(self) -> None:
         """End the body (its last chunk), close the connection, write the access log line.
@@ -442,64 +443,6 @@ def _buffered(rfile, sock) -> bytes:
         return rfile.read(len(held)) if held else b""
     except (OSError, ValueError):
         return b""
-
-
-class _HeaderList(list):
-    """A request's headers as ``(name, value)`` pairs, with the ``items()`` the access log calls."""
-
-    __slots__ = ()
-
-    def items(self):
-        return self
-
-
-#: What the access log reads of a handler (gunicorn's and gevent's log_request) and what
-#: a detached response's end uses; a handler whose greenlet has ended keeps only these.
-_KEPT = (
-    "server",
-    "client_address",
-    "requestline",
-    "request_version",
-    "command",
-    "path",
-    "status",
-    "code",
-    "response_headers",
-    "response_length",
-    "response_use_chunked",
-    "headers",
-    "environ",
-    "time_start",
-    "time_finish",
-    "close_connection",
-    "_detached",
-)
-
-
-def _leave_open(handler: Any) -> None:
-    handler.close_connection = True  # no further request is read: the body is not over
-    handler.socket = None  # pywsgi's handle() then leaves the connection open
-
-
-def _text_only(environ: dict) -> dict:
-    # What the access log reads of the environ is text; the rest (the request stream and
-    # its buffer, the framework's request object) is let go.
-    return {key: value for key, value in environ.items() if isinstance(value, str)}
-
-
-def _slim_environ(handler: Any) -> dict:
-    handler.environ = _text_only(handler.environ)
-    return handler.environ
-
-
-def _let_go(handler: Any) -> None:
-    """Once a detached response's request greenlet has ended: keep only what its end needs."""
-    if any(not isinstance(value, str) for value in handler.environ.values()):
-        handler.environ = _text_only(handler.environ)
-    headers = getattr(handler, "headers", None)
-    if headers is not None:
-        handler.headers = _HeaderList(headers.raw_items())  # the parsed pairs themselves, no copies
-    handler.__dict__ = {name: value for name, value in vars(handler).items() if name in _KEPT}  # a small dict
 
 
 def _raw(sock):
