@@ -92,6 +92,15 @@ class ParkedPoll:
     # -- the answering greenlet -----------------------------------------------------
 
     def _answer(self, time_up: bool) -> None:
+        try:
+            self._take_and_answer(time_up)
+        except Exception:
+            # Not left hanging: the poll's holdings go and the client gets a 500 (nothing,
+            # if the failure came after the answer, while serving the next request).
+            log.error("answering a parked long poll failed", exc_info=True)
+            self._send((500, {"error": "internal", "message": "the server failed to handle this request"}, ()))
+
+    def _take_and_answer(self, time_up: bool) -> None:
         closed = False
         try:
             items = self.source.take(self.limit)
@@ -112,6 +121,8 @@ class ParkedPoll:
         self._send(self.conclude(items))
 
     def _send(self, outcome: Outcome) -> None:
+        """Let go of the poll's holdings and answer; each happens once (a second call,
+        after a failure, only releases what is left)."""
         status, body, headers = outcome
         if self.timer is not None:
             self.timer.close()
