@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import gevent
 from gevent.pywsgi import format_date_time
 
-from .kept import leave_open, let_go
+from .kept import close_connection, leave_open, let_go
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -128,7 +128,7 @@ class Deferred:
         handler._detached = None
         handler.log_request()
         if not (sent and keep_alive):
-            _close(sock, self._rfile)
+            close_connection(sock, self._rfile)
             self._rfile = None
             return
         # Keep-alive: the connection's next request, read by a fresh handler in this greenlet.
@@ -146,7 +146,7 @@ class Deferred:
         if handler is None:
             return
         self._registry.forget_detached(self.socket)
-        _close(self.socket, self._rfile)
+        close_connection(self.socket, self._rfile)
         self._rfile = None
 
     def _send(self, data: bytes, handler) -> bool:
@@ -173,19 +173,3 @@ class Deferred:
             return True
         except OSError:
             return False
-
-
-def _close(sock, rfile) -> None:
-    if rfile is not None:
-        try:
-            rfile.close()  # its reference to the socket would keep the descriptor open
-        except OSError:
-            pass
-    try:
-        getattr(sock, "_sock", sock).recv(16384)  # as pywsgi: unread input would turn the close into a reset
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass

@@ -26,7 +26,7 @@ from .deferred import Deferred
 from .frames import CLOSE_INTERNAL_ERROR
 from .handshake import WEBSOCKET_VERSION, Acceptance, Refusal, WebSocketPolicy, is_websocket_request, negotiate
 from .hooks import hooks_of
-from .kept import leave_open, let_go, slim_environ
+from .kept import close_connection, leave_open, let_go, slim_environ
 from .raw_response import ENVIRON_RAW_RESPONSE, RawResponse
 from .reader import EventReader
 from .registry import ENVIRON_REGISTRY, Registry
@@ -220,14 +220,7 @@ class Handler(WebSocketHandler, PyWSGIHandler):
                 _raw(sock).send(b"0\r\n\r\n")  # the last chunk; the socket's buffer is empty by now
             except OSError:
                 pass
-        try:
-            _raw(sock).recv(16384)  # as pywsgi: unread input would turn the close into a reset
-        except OSError:
-            pass
-        try:
-            sock.close()
-        except OSError:
-            pass
+        close_connection(sock)
         self.time_finish = time.time()
         self._detached = None
         self.log_request()

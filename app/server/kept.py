@@ -1,4 +1,4 @@
-"""What a pywsgi handler keeps once its request's greenlet has ended.
+"""A pywsgi handler past its request's greenlet: what it keeps, and how its connection ends.
 
 A response that outlives its greenlet (a detached stream, a handed-over WebSocket, a
 deferred answer: :mod:`app.server.handler`, :mod:`app.server.deferred`) keeps its handler
@@ -68,3 +68,23 @@ def let_go(handler: Any) -> None:
     if headers is not None:
         handler.headers = _HeaderList(headers.raw_items())  # the parsed pairs themselves, no copies
     handler.__dict__ = {name: value for name, value in vars(handler).items() if name in _KEPT}  # a small dict
+
+
+def close_connection(sock, rfile=None) -> None:
+    """Close a connection whose handler's greenlet has ended, as pywsgi closes its own: any
+    unread input is read first (closing over it would send a reset, and the client could
+    lose the last bytes sent to it); ``rfile``, a read stream on the socket, is closed too
+    (its reference would keep the descriptor open)."""
+    if rfile is not None:
+        try:
+            rfile.close()
+        except OSError:
+            pass
+    try:
+        getattr(sock, "_sock", sock).recv(16384)  # gevent's real, non-blocking socket
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
