@@ -43,6 +43,19 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return response
 
 
+def unavailable_answer(exc: BackendUnavailable) -> tuple[int, dict, tuple[tuple[str, str], ...]]:
+    """The answer to a failed read or write of the event store: status, JSON body, headers
+    (for the error handler, and for an answer given outside the request)."""
+    return (
+        503,
+        {"error": "backend_unavailable", "message": f"the event store is unavailable: {exc}"},
+        (("Retry-After", "1"),),
+    )
+
+
+INTERNAL_ERROR = (500, {"error": "internal", "message": "the server failed to handle this request"}, ())
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
@@ -62,9 +75,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(BackendUnavailable)
     def unavailable(exc):
-        return error_response(
-            503, "backend_unavailable", f"the event store is unavailable: {exc}", {"Retry-After": "1"}
-        )
+        status, body, headers = unavailable_answer(exc)
+        return error_response(status, body["error"], body["message"], dict(headers))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -81,4 +93,5 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log.error("unhandled error", exc_info=exc)
-        return error_response(500, "internal", "the server failed to handle this request")
+        status, body, _ = INTERNAL_ERROR
+        return error_response(status, body["error"], body["message"])

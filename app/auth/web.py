@@ -112,6 +112,19 @@ def issue_ticket() -> Response:
     return _no_store(jsonify(ticket=ticket, expires_in=expires_in))
 
 
+def refusal(exc: AccessError, metrics) -> tuple[int, dict, tuple[tuple[str, str], ...]]:
+    """An HTTP refusal: its status, JSON body and headers (``WWW-Authenticate`` on a 401,
+    ``Retry-After`` on a 503), counted in ``switchboard_auth_refusals_total``. For the error
+    handler, and for an answer given outside the request (a parked long poll's 401 at exp)."""
+    metrics.auth_refusals.labels(exc.code, "http").inc()
+    headers: tuple[tuple[str, str], ...] = ()
+    if isinstance(exc, Unauthorized):
+        headers = (("WWW-Authenticate", exc.www_authenticate()),)
+    elif exc.status == 503:
+        headers = (("Retry-After", "1"),)
+    return exc.status, {"error": exc.code, "message": exc.message}, headers
+
+
 def init_app(app: Flask, metrics) -> None:
     app.register_blueprint(bp)
 
@@ -124,10 +137,5 @@ def init_app(app: Flask, metrics) -> None:
 
     @app.errorhandler(AccessError)
     def refused(exc: AccessError):
-        metrics.auth_refusals.labels(exc.code, "http").inc()
-        headers = {}
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = exc.www_authenticate()
-        elif exc.status == 503:
-            headers["Retry-After"] = "1"
-        return error_response(exc.status, exc.code, exc.message, headers)
+        status, body, headers = refusal(exc, metrics)
+        return error_response(status, body["error"], body["message"], dict(headers))

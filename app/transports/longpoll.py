@@ -41,7 +41,7 @@ from typing import Callable
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 
 from ..auth import Identity, Unauthorized
-from ..auth.web import authorize
+from ..auth.web import authorize, refusal
 from ..errors import ApiError
 from ..events import Event, Gap, Page, check_topic
 from ..hub import Hub, Item, Subscription, SubscriptionClosed
@@ -74,12 +74,6 @@ def read_timeout(req: Request, maximum: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise ApiError(400, "bad_timeout", f"timeout must be a number of seconds from 0 to {maximum:g}")
     return min(value, maximum)
-
-
-def _answer(page: Page) -> Response:
-    response = jsonify(page.to_dict())
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 def _no_content() -> Response:
@@ -161,12 +155,8 @@ def _park(
 def _nothing(metrics: Metrics, identity: Identity, token_left: float | None) -> Outcome:
     """The answer of a poll that took nothing: 204, or 401 if its token expired meanwhile."""
     if token_left is not None and identity.seconds_left() <= 0:
-        refusal = Unauthorized("the token expired while the poll was parked", invalid_token=True, expired=True)
-        metrics.auth_refusals.labels(refusal.code, "http").inc()
-        return (
-            refusal.status,
-            {"error": refusal.code, "message": refusal.message},
-            (("WWW-Authenticate", refusal.www_authenticate()),),
+        return refusal(
+            Unauthorized("the token expired while the poll was parked", invalid_token=True, expired=True), metrics
         )
     return 204, None, ()
 
@@ -199,7 +189,7 @@ def long_poll(topic: str) -> Response:
             services().metrics.delivered.labels("long-polling").inc(len(page.events))
             if page.gap:
                 services().metrics.gaps.labels("resume").inc()
-            return _answer(page)
+            return _respond((200, page.to_dict(), ()))
 
     metrics = services().metrics
 

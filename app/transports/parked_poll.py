@@ -17,6 +17,7 @@ from typing import Callable
 
 import gevent
 
+from ..errors import INTERNAL_ERROR, unavailable_answer
 from ..hub import BackendUnavailable, Item, SubscriptionClosed
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class ParkedPoll:
             # Not left hanging: the poll's holdings go and the client gets a 500 (nothing,
             # if the failure came after the answer, while serving the next request).
             log.error("answering a parked long poll failed", exc_info=True)
-            self._send((500, {"error": "internal", "message": "the server failed to handle this request"}, ()))
+            self._send(INTERNAL_ERROR)
 
     def _take_and_answer(self, time_up: bool) -> None:
         closed = False
@@ -107,13 +108,7 @@ class ParkedPoll:
         except SubscriptionClosed:  # hub shutdown (DESIGN.md §8): 204, the client polls again
             items, closed = [], True
         except BackendUnavailable as exc:  # a history read (replay or catch-up) failed
-            self._send(
-                (
-                    503,
-                    {"error": "backend_unavailable", "message": f"the event store is unavailable: {exc}"},
-                    (("Retry-After", "1"),),
-                )
-            )
+            self._send(unavailable_answer(exc))
             return
         if not items and not time_up and not closed:
             self.busy = False  # nothing after all (a duplicate the seam rule skipped)
